@@ -1,0 +1,40 @@
+"""Password hashing (argon2id) and the rules a new password must meet."""
+
+from __future__ import annotations
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+
+MIN_LENGTH = 12
+# Verifying against this hash when the user does not exist keeps the timing of a login attempt the
+# same for known and unknown usernames.
+_DUMMY_HASH = _hasher.hash("not-a-real-password-0000")
+
+
+class PasswordRuleError(ValueError):
+    pass
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def check_new_password(username: str, new: str, old_hash: str | None = None) -> None:
+    """Raise PasswordRuleError with the rule the password breaks."""
+    if len(new) < MIN_LENGTH:
+        raise PasswordRuleError(f"The password must have at least {MIN_LENGTH} characters.")
+    if new.strip().lower() == username.strip().lower():
+        raise PasswordRuleError("The password must not be the username.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in new):
+        raise PasswordRuleError("The password must not contain control characters.")
+    if old_hash is not None and verify_password(old_hash, new):
+        raise PasswordRuleError("The new password must differ from the old one.")

@@ -1,0 +1,22 @@
+"""Roles and what each may do. Higher roles include everything below them."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Role(IntEnum):
+    readonly = 1
+    operator = 2
+    admin = 3
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        try:
+            return cls[value]
+        except KeyError:
+            raise ValueError(f"unknown role {value!r} (admin, operator, readonly)") from None
+
+    @property
+    def label(self) -> str:
+        return {"readonly": "ReadOnly", "operator": "Operator", "admin": "Admin"}[self.name]

@@ -1,0 +1,96 @@
+"""Server-side sessions: the cookie carries a random token, PostgreSQL keeps its hash.
+
+Deleting rows ends sessions at once (logout, password change, user removal).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from app.auth.roles import Role
+from app.db.tables import AppUser, UserSession
+
+COOKIE_NAME = "mailrelay_session"
+
+
+@dataclass(frozen=True)
+class SessionUser:
+    """The logged-in user as handlers see it."""
+
+    id: int
+    username: str
+    role: Role
+    language: str | None
+    must_change_password: bool
+    session_id: int
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_session(user_id: int, source_ip: str) -> str:
+    token = secrets.token_urlsafe(32)
+    now = dt.datetime.now(dt.UTC)
+    await UserSession.insert(
+        UserSession(
+            token_hash=token_hash(token),
+            user=user_id,
+            created_at=now,
+            last_seen_at=now,
+            source_ip=source_ip,
+        )
+    )
+    return token
+
+
+async def load_session(token: str, idle_minutes: int) -> SessionUser | None:
+    """The session's user, or None when the token is unknown or idle too long (then deleted)."""
+    row = (
+        await UserSession.select(
+            UserSession.id,
+            UserSession.last_seen_at,
+            UserSession.user.id,
+            UserSession.user.username,
+            UserSession.user.role,
+            UserSession.user.language,
+            UserSession.user.must_change_password,
+        )
+        .where(UserSession.token_hash == token_hash(token))
+        .first()
+    )
+    if row is None:
+        return None
+    now = dt.datetime.now(dt.UTC)
+    if now - row["last_seen_at"] > dt.timedelta(minutes=idle_minutes):
+        await UserSession.delete().where(UserSession.id == row["id"])
+        return None
+    # Touch at most once a minute: every request writing a row would be needless churn.
+    if now - row["last_seen_at"] > dt.timedelta(minutes=1):
+        await UserSession.update({UserSession.last_seen_at: now}).where(UserSession.id == row["id"])
+    return SessionUser(
+        id=row["user.id"],
+        username=row["user.username"],
+        role=Role.parse(row["user.role"]),
+        language=row["user.language"],
+        must_change_password=row["user.must_change_password"],
+        session_id=row["id"],
+    )
+
+
+async def end_session(session_id: int) -> None:
+    await UserSession.delete().where(UserSession.id == session_id)
+
+
+async def end_other_sessions(user_id: int, keep_session_id: int | None) -> None:
+    query = UserSession.delete().where(UserSession.user == user_id)
+    if keep_session_id is not None:
+        query = query.where(UserSession.id != keep_session_id)
+    await query
+
+
+async def user_exists(user_id: int) -> bool:
+    return await AppUser.exists().where(AppUser.id == user_id)

@@ -1,0 +1,179 @@
+"""Users: the first-start admin, login, password changes, and what Admins do to accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from app import audit
+from app.auth import sessions, throttle
+from app.auth.passwords import check_new_password, hash_password, verify_password
+from app.auth.roles import Role
+from app.db.tables import AppUser
+
+DEFAULT_ADMIN = "admin"
+DEFAULT_PASSWORD = "Admin123"  # noqa: S105 - documented; must be changed at first login
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
+
+
+class UserError(ValueError):
+    pass
+
+
+class LoginOutcome(Enum):
+    ok = "ok"
+    bad_credentials = "bad_credentials"
+    account_locked = "account_locked"
+    address_locked = "address_locked"
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    outcome: LoginOutcome
+    token: str | None = None
+    must_change_password: bool = False
+
+
+async def ensure_default_admin() -> bool:
+    """Create admin/Admin123 (must change at first login) when there is no user at all."""
+    if await AppUser.count() > 0:
+        return False
+    await AppUser.raw(
+        "INSERT INTO app_users (username, password_hash, role, must_change_password, "
+        "failed_logins, created_at) VALUES ({}, {}, 'admin', true, 0, now()) "
+        "ON CONFLICT (username) DO NOTHING",
+        DEFAULT_ADMIN,
+        hash_password(DEFAULT_PASSWORD),
+    )
+    return True
+
+
+async def authenticate(username: str, password: str, source_ip: str) -> LoginResult:
+    username = username.strip().lower()
+    failures, address_lock = await throttle.address_state(source_ip)
+    if throttle.is_locked(address_lock):
+        await audit.record(
+            username or "-", "login", "", source_ip, "denied", after="address locked"
+        )
+        return LoginResult(LoginOutcome.address_locked)
+    user = await AppUser.objects().where(AppUser.username == username).first()
+    if user is not None and throttle.is_locked(user.locked_until):
+        await audit.record(username, "login", "", source_ip, "denied", after="account locked")
+        return LoginResult(LoginOutcome.account_locked)
+    # Slow down guessing: the answer to a repeated failure comes late.
+    await asyncio.sleep(throttle.delay_for(max(failures, user.failed_logins if user else 0)))
+    if user is None or not verify_password(user.password_hash, password):
+        await throttle.record_failure(source_ip, user.id if user else None)
+        await audit.record(username or "-", "login", "", source_ip, "failed")
+        return LoginResult(LoginOutcome.bad_credentials)
+    await throttle.record_success(source_ip, user.id)
+    token = await sessions.create_session(user.id, source_ip)
+    await audit.record(username, "login", "", source_ip, "ok")
+    return LoginResult(LoginOutcome.ok, token, user.must_change_password)
+
+
+async def change_password(user: sessions.SessionUser, old: str, new: str, source_ip: str) -> None:
+    """Check the old password and the rules, store the new hash, end every other session."""
+    row = await AppUser.objects().where(AppUser.id == user.id).first()
+    if row is None or not verify_password(row.password_hash, old):
+        raise UserError("The current password is wrong.")
+    check_new_password(row.username, new, row.password_hash)
+    await AppUser.update(
+        {AppUser.password_hash: hash_password(new), AppUser.must_change_password: False}
+    ).where(AppUser.id == user.id)
+    await sessions.end_other_sessions(user.id, keep_session_id=user.session_id)
+    await audit.record(user.username, "password.change", user.username, source_ip)
+
+
+def _check_username(username: str) -> str:
+    username = username.strip().lower()
+    if not USERNAME_RE.match(username):
+        raise UserError(
+            "A username has 2-64 characters: lowercase letters, digits, '.', '_' or '-'."
+        )
+    return username
+
+
+async def create_user(
+    username: str, password: str, role: Role, actor: str, source_ip: str = ""
+) -> None:
+    username = _check_username(username)
+    check_new_password(username, password)
+    if await AppUser.exists().where(AppUser.username == username):
+        raise UserError(f"The user {username} exists already.")
+    async with AppUser._meta.db.transaction():
+        await AppUser.insert(
+            AppUser(
+                username=username,
+                password_hash=hash_password(password),
+                role=role.name,
+                must_change_password=True,
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
+        await audit.record(actor, "user.create", username, source_ip, after={"role": role.name})
+
+
+async def reset_password(username: str, password: str, actor: str, source_ip: str = "") -> None:
+    """Set a new password that its owner must change at the next login; unlock the account."""
+    username = _check_username(username)
+    row = await AppUser.objects().where(AppUser.username == username).first()
+    if row is None:
+        raise UserError(f"There is no user {username}.")
+    check_new_password(username, password)
+    async with AppUser._meta.db.transaction():
+        await AppUser.update(
+            {
+                AppUser.password_hash: hash_password(password),
+                AppUser.must_change_password: True,
+                AppUser.failed_logins: 0,
+                AppUser.locked_until: None,
+            }
+        ).where(AppUser.id == row.id)
+        await sessions.end_other_sessions(row.id, keep_session_id=None)
+        await audit.record(actor, "user.reset_password", username, source_ip)
+
+
+async def set_role(username: str, role: Role, actor: str, source_ip: str) -> None:
+    row = await AppUser.objects().where(AppUser.username == username).first()
+    if row is None:
+        raise UserError(f"There is no user {username}.")
+    if row.role == Role.admin.name and role != Role.admin and await _last_admin(row.id):
+        raise UserError("The last Admin cannot lose the Admin role.")
+    async with AppUser._meta.db.transaction():
+        await AppUser.update({AppUser.role: role.name}).where(AppUser.id == row.id)
+        await audit.record(
+            actor,
+            "user.role",
+            username,
+            source_ip,
+            before={"role": row.role},
+            after={"role": role.name},
+        )
+
+
+async def delete_user(username: str, actor: str, source_ip: str) -> None:
+    row = await AppUser.objects().where(AppUser.username == username).first()
+    if row is None:
+        raise UserError(f"There is no user {username}.")
+    if username == actor:
+        raise UserError("You cannot delete your own account.")
+    if row.role == Role.admin.name and await _last_admin(row.id):
+        raise UserError("The last Admin cannot be deleted.")
+    async with AppUser._meta.db.transaction():
+        await AppUser.delete().where(AppUser.id == row.id)
+        await audit.record(actor, "user.delete", username, source_ip, before={"role": row.role})
+
+
+async def set_language(user_id: int, language: str | None) -> None:
+    await AppUser.update({AppUser.language: language}).where(AppUser.id == user_id)
+
+
+async def _last_admin(user_id: int) -> bool:
+    others = await AppUser.count().where(
+        (AppUser.role == Role.admin.name) & (AppUser.id != user_id)
+    )
+    return others == 0

@@ -1,0 +1,268 @@
+"""Changing the relay configuration.
+
+Every change runs in one transaction that writes the rows, the new config version (a full
+snapshot) and the audit entry, so that no version ever misses a change and no change lacks its
+version. Changes are serialised with an advisory lock, which keeps version numbers gap-free and
+monotonic even when two operators save at the same moment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app import audit
+from app.config import snapshot as snap
+from app.config import validation
+from app.config.validation import FieldErrors
+from app.crypto import SecretBox
+from app.db.tables import ConfigVersion, RelayRoute, SenderDomain, TrustedNetwork
+
+_CONFIG_LOCK = 0x6D61696C  # pg_advisory_xact_lock key for config changes ("mail")
+
+
+class NotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Actor:
+    username: str
+    source_ip: str = ""
+
+
+async def _change(
+    actor: Actor,
+    action: str,
+    target: str,
+    mutate: Callable[[], Awaitable[Any]],
+    comment: str = "",
+) -> int:
+    """Apply `mutate` and record the resulting version and audit entry atomically."""
+    async with ConfigVersion._meta.db.transaction():
+        await ConfigVersion.raw("SELECT pg_advisory_xact_lock({})", _CONFIG_LOCK)
+        before = await snap.current()
+        await mutate()
+        after = await snap.current()
+        number = await _store_version(after, actor.username, comment or f"{action} {target}")
+        await audit.record(
+            actor.username,
+            action,
+            target,
+            actor.source_ip,
+            before=_focus(before, target),
+            after=_focus(after, target) | {"version": number},
+        )
+        return number
+
+
+def _focus(snapshot: snap.Snapshot, target: str) -> dict[str, Any]:
+    """The part of a snapshot a change is about, with secrets reduced to their fingerprints."""
+    lines = [line for line in snap.describe(snapshot) if target and target in line.split(" ")[1]]
+    return {"lines": lines}
+
+
+async def _store_version(snapshot: snap.Snapshot, author: str, comment: str) -> int:
+    latest = (
+        await ConfigVersion.select(ConfigVersion.number)
+        .order_by(ConfigVersion.number, ascending=False)
+        .first()
+    )
+    number = (latest["number"] if latest else 0) + 1
+    await ConfigVersion.insert(
+        ConfigVersion(
+            number=number,
+            snapshot=snapshot,
+            checksum=snap.checksum(snapshot),
+            author=author,
+            comment=validation.comment(comment[:500]),
+            created_at=dt.datetime.now(dt.UTC),
+        )
+    )
+    return number
+
+
+async def _domain_id(name: str) -> int:
+    row = await SenderDomain.select(SenderDomain.id).where(SenderDomain.name == name).first()
+    if row is None:
+        raise NotFound(f"There is no sender domain {name}.")
+    return int(row["id"])
+
+
+async def add_domain(actor: Actor, name: str, comment: str = "") -> int:
+    clean = validation.collect(
+        {"name": (validation.domain_name, name), "comment": (validation.comment, comment)}
+    )
+    domain = str(clean["name"])
+    if await SenderDomain.exists().where(SenderDomain.name == domain):
+        raise FieldErrors({"name": f"The sender domain {domain} exists already."})
+
+    async def mutate() -> None:
+        await SenderDomain.insert(
+            SenderDomain(name=domain, comment=clean["comment"], created_at=dt.datetime.now(dt.UTC))
+        )
+
+    return await _change(actor, "domain.add", domain, mutate)
+
+
+async def delete_domain(actor: Actor, name: str) -> int:
+    domain_id = await _domain_id(name)
+
+    async def mutate() -> None:
+        await SenderDomain.delete().where(SenderDomain.id == domain_id)
+
+    return await _change(actor, "domain.delete", name, mutate)
+
+
+async def set_route(
+    actor: Actor,
+    box: SecretBox,
+    domain: str,
+    host: str,
+    port: str | int,
+    tls_mode: str,
+    auth_user: str = "",
+    auth_password: str = "",
+    clear_password: bool = False,
+) -> int:
+    """Create or replace a sender domain's route. An empty password keeps the stored one."""
+    clean = validation.collect(
+        {
+            "host": (validation.relay_host, host),
+            "port": (validation.port, port),
+            "tls_mode": (validation.tls_mode, tls_mode),
+            "auth_user": (validation.auth_user, auth_user),
+            "auth_password": (validation.auth_password, auth_password),
+        }
+    )
+    domain_id = await _domain_id(domain)
+    existing = await RelayRoute.select().where(RelayRoute.sender_domain == domain_id).first()
+    password_enc = existing["auth_password_enc"] if existing and not clear_password else None
+    if clean["auth_password"]:
+        password_enc = box.encrypt(str(clean["auth_password"]))
+    user = str(clean["auth_user"]) or None
+    if user and not password_enc:
+        raise FieldErrors({"auth_password": "SMTP AUTH needs a password."})
+    if not user:
+        password_enc = None
+    values = {
+        RelayRoute.host: clean["host"],
+        RelayRoute.port: clean["port"],
+        RelayRoute.tls_mode: clean["tls_mode"],
+        RelayRoute.auth_user: user,
+        RelayRoute.auth_password_enc: password_enc,
+    }
+
+    async def mutate() -> None:
+        if existing:
+            await RelayRoute.update(values).where(RelayRoute.id == existing["id"])
+        else:
+            await RelayRoute.insert(
+                RelayRoute(sender_domain=domain_id, **{c._meta.name: v for c, v in values.items()})
+            )
+
+    return await _change(actor, "route.set", domain, mutate)
+
+
+async def delete_route(actor: Actor, domain: str) -> int:
+    domain_id = await _domain_id(domain)
+    if not await RelayRoute.exists().where(RelayRoute.sender_domain == domain_id):
+        raise NotFound(f"The sender domain {domain} has no route.")
+
+    async def mutate() -> None:
+        await RelayRoute.delete().where(RelayRoute.sender_domain == domain_id)
+
+    return await _change(actor, "route.delete", domain, mutate)
+
+
+async def add_network(actor: Actor, cidr: str, comment: str = "") -> int:
+    clean = validation.collect(
+        {"cidr": (validation.cidr, cidr), "comment": (validation.comment, comment)}
+    )
+    network = str(clean["cidr"])
+    if await TrustedNetwork.exists().where(TrustedNetwork.cidr == network):
+        raise FieldErrors({"cidr": f"The network {network} is trusted already."})
+
+    async def mutate() -> None:
+        await TrustedNetwork.insert(TrustedNetwork(cidr=network, comment=clean["comment"]))
+
+    return await _change(actor, "network.add", network, mutate)
+
+
+async def delete_network(actor: Actor, cidr: str) -> int:
+    if not await TrustedNetwork.exists().where(TrustedNetwork.cidr == cidr):
+        raise NotFound(f"The network {cidr} is not trusted.")
+
+    async def mutate() -> None:
+        await TrustedNetwork.delete().where(TrustedNetwork.cidr == cidr)
+
+    return await _change(actor, "network.delete", cidr, mutate)
+
+
+async def replace_all(actor: Actor, snapshot: snap.Snapshot, action: str, comment: str) -> int:
+    """Make the live tables equal to `snapshot` (rollback, or a version pulled from the master)."""
+    problems = snap.validate(snapshot)
+    if problems:
+        raise FieldErrors({"snapshot": "; ".join(problems)})
+
+    async def mutate() -> None:
+        await SenderDomain.delete(force=True)
+        await TrustedNetwork.delete(force=True)
+        now = dt.datetime.now(dt.UTC)
+        for entry in snapshot["sender_domains"]:
+            row = await SenderDomain.insert(
+                SenderDomain(name=entry["name"], comment=entry.get("comment", ""), created_at=now)
+            ).returning(SenderDomain.id)
+            route = entry.get("route")
+            if route:
+                await RelayRoute.insert(
+                    RelayRoute(
+                        sender_domain=row[0]["id"],
+                        host=route["host"],
+                        port=route["port"],
+                        tls_mode=route["tls_mode"],
+                        auth_user=route.get("auth_user"),
+                        auth_password_enc=route.get("auth_password_enc"),
+                    )
+                )
+        for entry in snapshot["trusted_networks"]:
+            await TrustedNetwork.insert(
+                TrustedNetwork(cidr=entry["cidr"], comment=entry.get("comment", ""))
+            )
+
+    return await _change(actor, action, "*", mutate, comment)
+
+
+async def rollback(actor: Actor, number: int) -> int:
+    version = await get_version(number)
+    return await replace_all(
+        actor, version["snapshot"], "config.rollback", f"Rollback to version {number}"
+    )
+
+
+async def get_version(number: int) -> dict[str, Any]:
+    row = await ConfigVersion.select().where(ConfigVersion.number == number).first()
+    if row is None:
+        raise NotFound(f"There is no config version {number}.")
+    return row
+
+
+async def latest_version() -> dict[str, Any] | None:
+    return await ConfigVersion.select().order_by(ConfigVersion.number, ascending=False).first()
+
+
+async def list_versions(limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    return (
+        await ConfigVersion.select(
+            ConfigVersion.number,
+            ConfigVersion.author,
+            ConfigVersion.comment,
+            ConfigVersion.created_at,
+            ConfigVersion.checksum,
+        )
+        .order_by(ConfigVersion.number, ascending=False)
+        .limit(limit)
+        .offset(offset)
+    )

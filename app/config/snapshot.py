@@ -1,0 +1,183 @@
+"""A config version's snapshot: the whole relay configuration as one canonical document.
+
+Snapshots are what versions store, what the export ships and what the renderer reads. Secrets stay
+ciphertext inside them; `describe` shows only whether a password is set and a short fingerprint, so
+a diff reveals that it changed and nothing more.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import validation
+from app.db.tables import RelayRoute, SenderDomain, TrustedNetwork
+
+Snapshot = dict[str, Any]
+
+
+def empty() -> Snapshot:
+    return {"sender_domains": [], "trusted_networks": []}
+
+
+async def current() -> Snapshot:
+    """Read the live configuration tables into a snapshot (call inside the change's transaction)."""
+    domains = await SenderDomain.select().order_by(SenderDomain.name)
+    routes = {r["sender_domain"]: r for r in await RelayRoute.select()}
+    networks = await TrustedNetwork.select().order_by(TrustedNetwork.cidr)
+    return {
+        "sender_domains": [
+            {
+                "name": d["name"],
+                "comment": d["comment"],
+                "route": _route(routes.get(d["id"])),
+            }
+            for d in domains
+        ],
+        "trusted_networks": [{"cidr": n["cidr"], "comment": n["comment"]} for n in networks],
+    }
+
+
+def _route(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {
+        "host": row["host"],
+        "port": row["port"],
+        "tls_mode": row["tls_mode"],
+        "auth_user": row["auth_user"],
+        "auth_password_enc": row["auth_password_enc"],
+    }
+
+
+def canonical(snapshot: Snapshot) -> bytes:
+    return json.dumps(snapshot, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def checksum(snapshot: Snapshot) -> str:
+    return hashlib.sha256(canonical(snapshot)).hexdigest()
+
+
+def validate(snapshot: Snapshot) -> list[str]:
+    """Every problem in a snapshot (e.g. one received from the master), as operator-facing text.
+
+    The same rules as the forms: a snapshot that passes cannot inject anything into a map.
+    """
+    problems: list[str] = []
+    seen_domains: set[str] = set()
+    nexthop_tls: dict[tuple[str, int], tuple[str, str]] = {}
+    try:
+        domains = list(snapshot["sender_domains"])
+        networks = list(snapshot["trusted_networks"])
+    except (KeyError, TypeError):
+        return ["The snapshot lacks sender_domains or trusted_networks."]
+    for entry in domains:
+        name = str(entry.get("name", ""))
+        try:
+            if validation.domain_name(name) != name:
+                problems.append(f"sender domain {name!r}: not in normalised form")
+        except ValueError as exc:
+            problems.append(f"sender domain {name!r}: {exc}")
+            continue
+        if name in seen_domains:
+            problems.append(f"sender domain {name}: listed twice")
+        seen_domains.add(name)
+        route = entry.get("route")
+        if route is None:
+            continue
+        try:
+            host = validation.relay_host(str(route["host"]))
+            port = validation.port(route["port"])
+            tls = validation.tls_mode(str(route["tls_mode"]))
+            if route.get("auth_user"):
+                validation.auth_user(str(route["auth_user"]))
+                if not route.get("auth_password_enc") and not route.get("auth_password_sealed"):
+                    problems.append(f"route for {name}: SMTP AUTH user without a password")
+        except (KeyError, ValueError) as exc:
+            problems.append(f"route for {name}: {exc}")
+            continue
+        # smtp_tls_policy_maps is keyed by next hop: two routes to one host must agree on TLS.
+        other = nexthop_tls.setdefault((host, port), (tls, name))
+        if other[0] != tls:
+            problems.append(
+                f"route for {name}: [{host}]:{port} uses TLS {tls}, but the route for "
+                f"{other[1]} uses {other[0]} for the same host and port"
+            )
+    seen_networks: set[str] = set()
+    for entry in networks:
+        value = str(entry.get("cidr", ""))
+        try:
+            if validation.cidr(value) != value:
+                problems.append(f"trusted network {value!r}: not in normalised form")
+        except ValueError as exc:
+            problems.append(f"trusted network {value!r}: {exc}")
+        if value in seen_networks:
+            problems.append(f"trusted network {value}: listed twice")
+        seen_networks.add(value)
+    return problems
+
+
+def _secret_mark(route: dict[str, Any]) -> str:
+    secret = route.get("auth_password_enc") or route.get("auth_password_sealed")
+    if not secret:
+        return "-"
+    return "set#" + hashlib.sha256(str(secret).encode()).hexdigest()[:8]
+
+
+def describe(snapshot: Snapshot) -> list[str]:
+    """One line per setting, stable order: what a version diff compares."""
+    lines: list[str] = []
+    for entry in snapshot.get("sender_domains", []):
+        note = f"  # {entry['comment']}" if entry.get("comment") else ""
+        lines.append(f"sender-domain {entry['name']}{note}")
+        route = entry.get("route")
+        if route:
+            auth = (
+                f" auth={route['auth_user']} password={_secret_mark(route)}"
+                if route.get("auth_user")
+                else ""
+            )
+            lines.append(
+                f"route {entry['name']} -> [{route['host']}]:{route['port']} "
+                f"tls={route['tls_mode']}{auth}"
+            )
+    for entry in snapshot.get("trusted_networks", []):
+        note = f"  # {entry['comment']}" if entry.get("comment") else ""
+        lines.append(f"trusted-network {entry['cidr']}{note}")
+    return lines
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    kind: str  # same | changed | added | removed
+    left: str
+    right: str
+
+
+def side_by_side(old: Snapshot, new: Snapshot) -> list[DiffRow]:
+    a, b = describe(old), describe(new)
+    rows: list[DiffRow] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            rows.extend(
+                DiffRow("same", a[i], b[j])
+                for i, j in zip(range(i1, i2), range(j1, j2), strict=True)
+            )
+        elif tag == "delete":
+            rows.extend(DiffRow("removed", a[i], "") for i in range(i1, i2))
+        elif tag == "insert":
+            rows.extend(DiffRow("added", "", b[j]) for j in range(j1, j2))
+        else:
+            left, right = a[i1:i2], b[j1:j2]
+            for k in range(max(len(left), len(right))):
+                rows.append(
+                    DiffRow(
+                        "changed",
+                        left[k] if k < len(left) else "",
+                        right[k] if k < len(right) else "",
+                    )
+                )
+    return rows

@@ -1,0 +1,27 @@
+import os
+
+from piccolo.conf.apps import AppConfig
+
+from app.db import tables
+
+APP_CONFIG = AppConfig(
+    app_name="mailrelay",
+    migrations_folder_path=os.path.join(os.path.dirname(__file__), "migrations"),
+    table_classes=[
+        tables.AppUser,
+        tables.UserSession,
+        tables.AddressThrottle,
+        tables.SenderDomain,
+        tables.RelayRoute,
+        tables.TrustedNetwork,
+        tables.ConfigVersion,
+        tables.AppliedVersion,
+        tables.AuditLog,
+        tables.MailLog,
+        tables.RejectionLog,
+        tables.ClusterLock,
+        tables.ApiToken,
+    ],
+    migration_dependencies=[],
+    commands=[],
+)

@@ -1,0 +1,171 @@
+"""The product's tables. Column comments say what an operator would ask about them."""
+
+from piccolo.columns import (
+    JSONB,
+    BigInt,
+    BigSerial,
+    Boolean,
+    DoublePrecision,
+    ForeignKey,
+    Integer,
+    Serial,
+    SmallInt,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.base import OnDelete
+from piccolo.table import Table
+
+
+class AppUser(Table, tablename="app_users"):
+    """A person who logs in to the GUI. (`user` is reserved in PostgreSQL.)"""
+
+    id = Serial(primary_key=True)
+    username = Varchar(length=64, unique=True)
+    password_hash = Text()
+    role = Varchar(length=16)  # admin | operator | readonly
+    language = Varchar(length=8, null=True, default=None)  # None: follow the browser
+    must_change_password = Boolean(default=True)
+    failed_logins = Integer(default=0)
+    locked_until = Timestamptz(null=True, default=None)
+    created_at = Timestamptz()
+    last_login_at = Timestamptz(null=True, default=None)
+
+
+class UserSession(Table, tablename="user_sessions"):
+    """A server-side login session; the cookie holds a random token, the table its SHA-256."""
+
+    id = Serial(primary_key=True)
+    token_hash = Varchar(length=64, unique=True)
+    user = ForeignKey(references=AppUser, on_delete=OnDelete.cascade, index=True)
+    created_at = Timestamptz()
+    last_seen_at = Timestamptz()
+    source_ip = Varchar(length=45)
+
+
+class AddressThrottle(Table, tablename="address_throttle"):
+    """Failed logins per source address, so a password-guessing client is slowed and locked out."""
+
+    address = Varchar(length=45, primary_key=True)
+    failures = Integer(default=0)
+    last_failure_at = Timestamptz()
+    locked_until = Timestamptz(null=True, default=None)
+
+
+class SenderDomain(Table, tablename="sender_domains"):
+    """A domain that may appear in the envelope sender (the whitelist). Stored in punycode."""
+
+    id = Serial(primary_key=True)
+    name = Varchar(length=253, unique=True)
+    comment = Text(default="")
+    created_at = Timestamptz()
+
+
+class RelayRoute(Table, tablename="relay_routes"):
+    """Where mail from one sender domain is relayed, and how (TLS, SMTP AUTH)."""
+
+    id = Serial(primary_key=True)
+    sender_domain = ForeignKey(references=SenderDomain, on_delete=OnDelete.cascade, unique=True)
+    host = Varchar(length=253)
+    port = Integer(default=25)
+    tls_mode = Varchar(length=8, default="may")  # none | may | encrypt | verify
+    auth_user = Varchar(length=255, null=True, default=None)
+    # Fernet ciphertext under the node's secret key; never rendered back to anyone.
+    auth_password_enc = Text(null=True, default=None)
+
+
+class TrustedNetwork(Table, tablename="trusted_networks"):
+    """A client network (CIDR) that may relay through us."""
+
+    id = Serial(primary_key=True)
+    cidr = Varchar(length=43, unique=True)
+    comment = Text(default="")
+
+
+class ConfigVersion(Table, tablename="config_versions"):
+    """An immutable, numbered snapshot of the whole relay configuration."""
+
+    id = Serial(primary_key=True)
+    number = Integer(unique=True)
+    snapshot = JSONB()
+    checksum = Varchar(length=64)
+    author = Varchar(length=64)
+    comment = Text(default="")
+    created_at = Timestamptz()
+
+
+class AppliedVersion(Table, tablename="applied_versions"):
+    """Which config version each node's Postfix runs, and since when."""
+
+    node_id = Varchar(length=32, primary_key=True)
+    number = Integer()
+    applied_at = Timestamptz()
+
+
+class AuditLog(Table, tablename="audit_log"):
+    """Who did what, when and from where; config changes carry their before and after."""
+
+    id = Serial(primary_key=True)
+    at = Timestamptz(index=True)
+    actor = Varchar(length=64, index=True)
+    action = Varchar(length=64, index=True)
+    target = Text(default="")
+    source_ip = Varchar(length=45, default="")
+    outcome = Varchar(length=16, default="ok")  # ok | denied | failed
+    before = JSONB(null=True, default=None)
+    after = JSONB(null=True, default=None)
+
+
+class MailLog(Table, tablename="mail_logs"):
+    """One recipient outcome of one message, from the Postfix log."""
+
+    id = BigSerial(primary_key=True)
+    at = Timestamptz(index=True)
+    node_id = Varchar(length=32)
+    queue_id = Varchar(length=32, index=True)
+    message_id = Text(default="", index=True)
+    sender = Text(default="", index=True)
+    recipient = Text(default="", index=True)
+    relay = Text(default="")
+    status = Varchar(length=16, index=True)  # sent | deferred | bounced | expired
+    delay_seconds = DoublePrecision(null=True, default=None)
+    dsn = Varchar(length=16, default="")
+    size = BigInt(null=True, default=None)
+    client = Text(default="")
+
+
+class RejectionLog(Table, tablename="rejection_logs"):
+    """An SMTP transaction Postfix refused before queueing (NOQUEUE reject)."""
+
+    id = BigSerial(primary_key=True)
+    at = Timestamptz(index=True)
+    node_id = Varchar(length=32)
+    client = Text(default="")
+    sender = Text(default="", index=True)
+    recipient = Text(default="", index=True)
+    reason = Text(default="")
+    code = SmallInt(default=0)
+
+
+class ClusterLock(Table, tablename="cluster_locks"):
+    """A lease: one holder at a time, until it expires; the fencing token grows on every grant."""
+
+    name = Varchar(length=64, primary_key=True)
+    holder = Varchar(length=64)
+    fencing_token = BigInt(default=0)
+    expires_at = Timestamptz()
+
+
+class ApiToken(Table, tablename="api_tokens"):
+    """A bearer token for the API; only its SHA-256 is stored. Kind `cluster` may read secrets
+    (encrypted for the peer); kind `read` never sees them."""
+
+    id = Serial(primary_key=True)
+    name = Varchar(length=64, unique=True)
+    token_hash = Varchar(length=64, unique=True)
+    kind = Varchar(length=16, default="read")  # read | cluster
+    created_by = Varchar(length=64)
+    created_at = Timestamptz()
+    last_used_at = Timestamptz(null=True, default=None)
+    revoked = Boolean(default=False)

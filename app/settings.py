@@ -1,0 +1,183 @@
+"""Every environment variable the product reads, parsed and validated once.
+
+A bad value is an error that names the variable; nothing falls back silently.
+Secrets may come from ``NAME_FILE`` instead of ``NAME`` (podman secrets, systemd credentials).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+class SettingsError(Exception):
+    """A variable is missing or malformed; the message names it."""
+
+
+ClusterMode = Literal["master", "slave"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_id: str
+    node_ip: str
+    peer_node_ip: str | None
+    vip_address: str | None
+    vrrp_priority: int
+    cluster_mode: ClusterMode
+    master_api_url: str | None
+    master_api_token: str | None
+    retention_days: int
+    sync_interval_seconds: float
+    database_url: str
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    secret_key_file: Path
+    state_dir: Path
+    https_host: str
+    https_port: int
+    session_idle_minutes: int
+    htmx_source: Literal["cdn", "local"]
+    hostname: str
+
+    @property
+    def generated_cert_file(self) -> Path:
+        return self.state_dir / "tls" / "node.crt"
+
+    @property
+    def generated_key_file(self) -> Path:
+        return self.state_dir / "tls" / "node.key"
+
+    @property
+    def rendered_maps_dir(self) -> Path:
+        """Where "Test configuration" renders scratch maps and "Apply" keeps the live copy."""
+        return self.state_dir / "maps"
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            file_name = self.env.get(f"{name}_FILE")
+            if file_name:
+                try:
+                    value = Path(file_name).read_text().strip()
+                except OSError as exc:
+                    raise SettingsError(f"{name}_FILE: cannot read {file_name}: {exc}") from exc
+            else:
+                return None
+        return value.strip()
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self.raw(name)
+        if value is None:
+            if default is None:
+                raise SettingsError(f"{name} is required but not set")
+            return default
+        return value
+
+    def optional(self, name: str) -> str | None:
+        return self.raw(name)
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {value!r}") from None
+        if not low <= number <= high:
+            raise SettingsError(f"{name} must be between {low} and {high}, got {number}")
+        return number
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {value!r}") from None
+        if not low <= number <= high:
+            raise SettingsError(f"{name} must be between {low} and {high}, got {number}")
+        return number
+
+    def ip(self, name: str, default: str | None = None, required: bool = True) -> str | None:
+        value = self.raw(name) or default
+        if value is None:
+            if required:
+                raise SettingsError(f"{name} is required but not set")
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise SettingsError(f"{name} must be an IP address, got {value!r}") from None
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = (self.raw(name) or default).lower()
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def path(self, name: str, default: str | None = None) -> Path | None:
+        value = self.raw(name) or default
+        return Path(value) if value else None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the whole configuration; raise SettingsError naming the bad variable."""
+    r = _Reader(os.environ if env is None else env)
+    mode = r.choice("CLUSTER_MODE", "master", ("master", "slave"))
+    master_api_url = r.optional("MASTER_API_URL")
+    master_api_token = r.optional("MASTER_API_TOKEN")
+    if mode == "slave" and not master_api_url:
+        raise SettingsError("MASTER_API_URL is required when CLUSTER_MODE=slave")
+    if master_api_url and not master_api_url.startswith("https://"):
+        raise SettingsError(f"MASTER_API_URL must be an https:// URL, got {master_api_url!r}")
+    if mode == "slave" and not master_api_token:
+        raise SettingsError("MASTER_API_TOKEN is required when CLUSTER_MODE=slave")
+    database_url = r.text("DATABASE_URL")
+    if not database_url.startswith(("postgres://", "postgresql://")):
+        raise SettingsError("DATABASE_URL must be a postgresql:// URL")
+    cert = r.path("TLS_CERT_FILE")
+    key = r.path("TLS_KEY_FILE")
+    if (cert is None) != (key is None):
+        raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE must be set together (or neither)")
+    state_dir = r.path("STATE_DIR", "/var/lib/mailrelay")
+    assert state_dir is not None
+    secret_key_file = r.path("SECRET_KEY_FILE", str(state_dir / "secret.key"))
+    assert secret_key_file is not None
+    node_id = r.text("NODE_ID", "a")
+    if not node_id.isalnum() or len(node_id) > 32:
+        raise SettingsError(f"NODE_ID must be 1-32 letters or digits, got {node_id!r}")
+    return Settings(
+        node_id=node_id,
+        node_ip=r.ip("NODE_IP", "127.0.0.1") or "127.0.0.1",
+        peer_node_ip=r.ip("PEER_NODE_IP", required=False),
+        vip_address=r.ip("VIP_ADDRESS", required=False),
+        vrrp_priority=r.integer("VRRP_PRIORITY", 100, 1, 254),
+        cluster_mode=mode,  # type: ignore[arg-type]
+        master_api_url=master_api_url,
+        master_api_token=master_api_token,
+        retention_days=r.integer("RETENTION_DAYS", 14, 1, 3650),
+        sync_interval_seconds=r.number("SYNC_INTERVAL_SECONDS", 5.0, 1.0, 3600.0),
+        database_url=database_url,
+        tls_cert_file=cert,
+        tls_key_file=key,
+        secret_key_file=secret_key_file,
+        state_dir=state_dir,
+        https_host=r.text("HTTPS_HOST", "127.0.0.1"),
+        https_port=r.integer("HTTPS_PORT", 8443, 1, 65535),
+        session_idle_minutes=r.integer("SESSION_IDLE_MINUTES", 30, 1, 24 * 60),
+        htmx_source=r.choice("HTMX_SOURCE", "cdn", ("cdn", "local")),  # type: ignore[arg-type]
+        hostname=r.text("NODE_HOSTNAME", socket.gethostname()),
+    )

@@ -1,0 +1,173 @@
+"""create_app(): every route, plugin, middleware and exception handler is wired here."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from litestar import Litestar, Request
+from litestar.config.csrf import CSRFConfig
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
+from litestar.logging.config import LoggingConfig
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.plugins.htmx import HTMXPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Response
+from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_303_SEE_OTHER
+from litestar.template.config import TemplateConfig
+
+from app.auth import users
+from app.config.service import NotFound
+from app.crypto import SecretBox, ensure_secret_key
+from app.piccolo_conf import DB
+from app.settings import Settings
+from app.web.auth import CallerMiddleware, PasswordChangeRequired, access_guard
+from app.web.controllers import admin, api, config, monitor, session, versions
+from app.web.security import add_security_headers
+from app.web.views import is_htmx, page
+
+ROOT = Path(__file__).resolve().parents[2]
+PUBLIC_PATHS = ["^/static/", "^/login", "^/healthz", "^/api/schema"]
+
+
+def _wants_json(request: Request[Any, Any, Any]) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _go(request: Request[Any, Any, Any], location: str) -> Response[Any]:
+    if is_htmx(request):
+        return Response(content=b"", status_code=200, headers={"HX-Redirect": location})
+    return Redirect(path=location, status_code=HTTP_303_SEE_OTHER)
+
+
+def _not_logged_in(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if _wants_json(request):
+        return Response({"status_code": 401, "detail": str(exc)}, status_code=401)
+    target = request.url.path
+    return _go(request, "/login" if target == "/" else f"/login?next={target}")
+
+
+def _forbidden(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    detail = getattr(exc, "detail", "") or "Forbidden"
+    if _wants_json(request):
+        return Response({"status_code": 403, "detail": detail}, status_code=403)
+    return page(request, "error.html", 403, title="Forbidden", detail=detail)
+
+
+def _not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    detail = str(exc) if isinstance(exc, NotFound) else "Not found"
+    if _wants_json(request):
+        return Response({"status_code": 404, "detail": detail}, status_code=404)
+    return page(request, "error.html", 404, title="Not found", detail=detail)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if _wants_json(request) or exc.status_code < 400:
+        return Response(
+            {"status_code": exc.status_code, "detail": exc.detail, "extra": exc.extra},
+            status_code=exc.status_code,
+        )
+    return page(
+        request, "error.html", exc.status_code, title=str(exc.status_code), detail=exc.detail
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    ensure_secret_key(settings.secret_key_file)
+    box = SecretBox(settings.secret_key_file)
+    # The CSRF secret is derived from the node's key file: stable across restarts, never stored.
+    csrf_secret = hashlib.sha256(b"csrf:" + settings.secret_key_file.read_bytes()).hexdigest()
+
+    async def on_startup(app: Litestar) -> None:
+        await DB.start_connection_pool(min_size=1, max_size=10)
+        await users.ensure_default_admin()
+
+    async def on_shutdown(app: Litestar) -> None:
+        await DB.close_connection_pool()
+
+    app = Litestar(
+        route_handlers=[
+            session.login_page,
+            session.login,
+            session.logout,
+            session.password_page,
+            session.change_password,
+            session.set_language,
+            session.healthz,
+            monitor.dashboard,
+            monitor.recent_rejects,
+            monitor.audit_page,
+            config.domains_page,
+            config.add_domain,
+            config.delete_domain,
+            config.routes_page,
+            config.route_page,
+            config.save_route,
+            config.delete_route,
+            config.networks_page,
+            config.add_network,
+            config.delete_network,
+            versions.versions_page,
+            versions.version_page,
+            versions.diff_page,
+            versions.rollback,
+            versions.test_config,
+            versions.apply_config,
+            admin.users_page,
+            admin.create_user,
+            admin.set_role,
+            admin.reset_password,
+            admin.delete_user,
+            admin.tokens_page,
+            admin.create_token,
+            admin.revoke_token,
+            api.config_export,
+            api.acquire_lock,
+            api.release_lock,
+            create_static_files_router(
+                path="/static", directories=[ROOT / "static"], opt={"public": True}
+            ),
+        ],
+        guards=[access_guard],
+        middleware=[DefineMiddleware(CallerMiddleware, exclude=PUBLIC_PATHS)],
+        before_send=[add_security_headers],
+        csrf_config=CSRFConfig(
+            secret=csrf_secret,
+            cookie_secure=True,
+            cookie_httponly=True,
+            cookie_samesite="strict",
+            exclude=["/api/"],
+        ),
+        template_config=TemplateConfig(directory=ROOT / "templates", engine=JinjaTemplateEngine),
+        plugins=[HTMXPlugin()],
+        openapi_config=OpenAPIConfig(
+            title="mailrelay-ha API",
+            version="1",
+            path="/api/schema",
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        exception_handlers={
+            NotAuthorizedException: _not_logged_in,
+            PermissionDeniedException: _forbidden,
+            PasswordChangeRequired: lambda r, e: _go(r, "/password"),
+            NotFoundException: _not_found,
+            NotFound: _not_found,
+            HTTPException: _http_error,
+        },
+        # Log every unexpected exception with its traceback; an operator needs it.
+        logging_config=LoggingConfig(log_exceptions="always"),
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+    )
+    app.state.settings = settings
+    app.state.box = box
+    return app

@@ -1,0 +1,95 @@
+"""Who is calling: a GUI session (cookie) or an API token (bearer), and what they may do.
+
+One middleware identifies the caller; one guard, on every route, enforces the route's `opt`:
+  opt={"public": True}           no login (login page, health check, static files)
+  opt={"role": "operator"}       the least role a session user needs (default: readonly)
+  opt={"api": "read"|"cluster"}  an API route: only tokens, of at least that kind
+  opt={"before_password_change": True}  reachable while a password change is pending
+  opt={"master_only": True}      changes the configuration: refused on the slave
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.authentication import (
+    AbstractAuthenticationMiddleware,
+    AuthenticationResult,
+)
+
+from app import audit
+from app.auth import sessions, tokens
+from app.auth.roles import Role
+from app.auth.sessions import COOKIE_NAME, SessionUser
+from app.auth.tokens import TokenPrincipal
+
+
+class PasswordChangeRequired(Exception):
+    """The user logged in with a password that must be changed first."""
+
+
+def source_ip(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    return connection.client.host if connection.client else ""
+
+
+class CallerMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        if connection.scope["path"].startswith("/api/"):
+            header = connection.headers.get("authorization", "")
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value:
+                raise NotAuthorizedException("An API token is required (Authorization: Bearer).")
+            principal = await tokens.authenticate(value.strip())
+            if principal is None:
+                await audit.record(
+                    "-", "api.auth", connection.scope["path"], source_ip(connection), "failed"
+                )
+                raise NotAuthorizedException("The API token is unknown or revoked.")
+            return AuthenticationResult(user=principal, auth=principal)
+        token = connection.cookies.get(COOKIE_NAME)
+        settings = connection.app.state.settings
+        user = await sessions.load_session(token, settings.session_idle_minutes) if token else None
+        if user is None:
+            raise NotAuthorizedException("Please log in.")
+        return AuthenticationResult(user=user, auth=user.session_id)
+
+
+async def access_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    opt = handler.opt
+    if opt.get("public"):
+        return
+    caller = connection.user
+    api_kind = opt.get("api")
+    if isinstance(caller, TokenPrincipal):
+        if api_kind is None or (api_kind == "cluster" and caller.kind != "cluster"):
+            await _deny(connection, f"token:{caller.name}")
+        return
+    if not isinstance(caller, SessionUser) or api_kind is not None:
+        await _deny(connection, getattr(caller, "username", "-"))
+        return
+    if caller.must_change_password and not opt.get("before_password_change"):
+        raise PasswordChangeRequired
+    if caller.role < Role.parse(opt.get("role", "readonly")):
+        await _deny(connection, caller.username)
+    if opt.get("master_only") and connection.app.state.settings.cluster_mode != "master":
+        raise PermissionDeniedException(
+            "This node is a slave: change the configuration on the master."
+        )
+
+
+async def _deny(connection: ASGIConnection[Any, Any, Any, Any], who: str) -> None:
+    await audit.record(
+        who,
+        "access.denied",
+        f"{connection.scope.get('method', '')} {connection.scope['path']}",
+        source_ip(connection),
+        "denied",
+    )
+    raise PermissionDeniedException("Your role does not allow this.")

@@ -1,0 +1,163 @@
+"""Admin screens: users and API tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath
+from litestar.response import Response, Template
+
+from app.auth import tokens, users
+from app.auth.passwords import PasswordRuleError
+from app.auth.roles import Role
+from app.auth.sessions import SessionUser
+from app.db.tables import AppUser
+from app.web.auth import source_ip
+from app.web.views import done, form_answer, page
+
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+Req = Request[SessionUser, Any, Any]
+ADMIN = {"role": "admin"}
+
+
+async def _users() -> list[dict[str, Any]]:
+    return await AppUser.select(
+        AppUser.username,
+        AppUser.role,
+        AppUser.must_change_password,
+        AppUser.locked_until,
+        AppUser.last_login_at,
+        AppUser.language,
+    ).order_by(AppUser.username)
+
+
+def _role(value: str) -> Role:
+    try:
+        return Role.parse(value)
+    except ValueError as exc:
+        raise users.UserError(str(exc)) from None
+
+
+@get("/users", opt=ADMIN)
+async def users_page(request: Req) -> Template:
+    return page(
+        request, "users/page.html", users=await _users(), roles=list(Role), errors={}, form={}
+    )
+
+
+@post("/users", opt=ADMIN)
+async def create_user(request: Req, data: Form) -> Response[Any]:
+    try:
+        await users.create_user(
+            data.get("username", ""),
+            data.get("password", ""),
+            _role(data.get("role", "")),
+            request.user.username,
+            source_ip(request),
+        )
+    except (users.UserError, PasswordRuleError) as exc:
+        return form_answer(
+            request,
+            "users/page.html",
+            "users/_form.html",
+            {"form": str(exc)},
+            users=await _users(),
+            roles=list(Role),
+            form={"username": data.get("username", "")},
+        )
+    return done(request, "/users")
+
+
+async def _user_action(request: Req, data: Form, username: str, action: str) -> Response[Any]:
+    actor, ip = request.user.username, source_ip(request)
+    try:
+        if action == "role":
+            await users.set_role(username, _role(data.get("role", "")), actor, ip)
+        elif action == "reset":
+            await users.reset_password(username, data.get("password", ""), actor, ip)
+        else:
+            await users.delete_user(username, actor, ip)
+    except (users.UserError, PasswordRuleError) as exc:
+        return form_answer(
+            request,
+            "users/page.html",
+            "users/page.html",
+            {"form": f"{username}: {exc}"},
+            users=await _users(),
+            roles=list(Role),
+            form={},
+        )
+    return done(request, "/users")
+
+
+@post("/users/{username:str}/role", opt=ADMIN)
+async def set_role(request: Req, username: FromPath[str], data: Form) -> Response[Any]:
+    return await _user_action(request, data, username, "role")
+
+
+@post("/users/{username:str}/reset", opt=ADMIN)
+async def reset_password(request: Req, username: FromPath[str], data: Form) -> Response[Any]:
+    return await _user_action(request, data, username, "reset")
+
+
+@post("/users/{username:str}/delete", opt=ADMIN)
+async def delete_user(request: Req, username: FromPath[str], data: Form) -> Response[Any]:
+    return await _user_action(request, data, username, "delete")
+
+
+@get("/tokens", opt=ADMIN)
+async def tokens_page(request: Req) -> Template:
+    return page(
+        request,
+        "tokens/page.html",
+        tokens=await tokens.list_tokens(),
+        errors={},
+        new_token=None,
+        form={},
+    )
+
+
+@post("/tokens", opt=ADMIN)
+async def create_token(request: Req, data: Form) -> Template:
+    try:
+        token = await tokens.create(
+            data.get("name", ""), data.get("kind", ""), request.user.username, source_ip(request)
+        )
+    except tokens.TokenError as exc:
+        return form_answer(
+            request,
+            "tokens/page.html",
+            "tokens/page.html",
+            {"form": str(exc)},
+            tokens=await tokens.list_tokens(),
+            new_token=None,
+            form=data,
+        )
+    # Shown once, on this answer only; never stored in clear.
+    return page(
+        request,
+        "tokens/page.html",
+        tokens=await tokens.list_tokens(),
+        errors={},
+        new_token=token,
+        form={},
+    )
+
+
+@post("/tokens/{name:str}/revoke", opt=ADMIN)
+async def revoke_token(request: Req, name: FromPath[str]) -> Response[Any]:
+    try:
+        await tokens.revoke(name, request.user.username, source_ip(request))
+    except tokens.TokenError as exc:
+        return form_answer(
+            request,
+            "tokens/page.html",
+            "tokens/page.html",
+            {"form": str(exc)},
+            tokens=await tokens.list_tokens(),
+            new_token=None,
+            form={},
+        )
+    return done(request, "/tokens")

@@ -1,0 +1,148 @@
+"""Screens for sender domains, their routes and the trusted networks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath
+from litestar.response import Response, Template
+
+from app.auth.sessions import SessionUser
+from app.config import service
+from app.config.validation import TLS_MODES, FieldErrors
+from app.db.tables import RelayRoute, SenderDomain, TrustedNetwork
+from app.web.auth import source_ip
+from app.web.views import done, form_answer, page
+
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+Req = Request[SessionUser, Any, Any]
+CHANGE = {"role": "operator", "master_only": True}
+
+
+def actor(request: Req) -> service.Actor:
+    return service.Actor(request.user.username, source_ip(request))
+
+
+async def _domains() -> list[dict[str, Any]]:
+    domains = await SenderDomain.select().order_by(SenderDomain.name)
+    routes = {r["sender_domain"]: r for r in await RelayRoute.select()}
+    for domain in domains:
+        domain["route"] = routes.get(domain["id"])
+    return domains
+
+
+@get("/domains")
+async def domains_page(request: Req) -> Template:
+    return page(request, "domains/page.html", domains=await _domains(), errors={}, form={})
+
+
+@post("/domains", opt=CHANGE)
+async def add_domain(request: Req, data: Form) -> Response[Any]:
+    try:
+        await service.add_domain(actor(request), data.get("name", ""), data.get("comment", ""))
+    except FieldErrors as exc:
+        return form_answer(
+            request,
+            "domains/page.html",
+            "domains/_form.html",
+            exc.errors,
+            domains=await _domains(),
+            form=data,
+        )
+    return done(request, "/domains")
+
+
+@post("/domains/{name:str}/delete", opt=CHANGE)
+async def delete_domain(request: Req, name: FromPath[str]) -> Response[Any]:
+    await service.delete_domain(actor(request), name)
+    return done(request, "/domains")
+
+
+@get("/routes")
+async def routes_page(request: Req) -> Template:
+    return page(request, "routes/page.html", domains=await _domains())
+
+
+async def _route_form(domain: str) -> dict[str, Any]:
+    row = await SenderDomain.select().where(SenderDomain.name == domain).first()
+    if row is None:
+        raise service.NotFound(f"There is no sender domain {domain}.")
+    route = await RelayRoute.select().where(RelayRoute.sender_domain == row["id"]).first()
+    return {
+        "domain": domain,
+        "route": route,
+        "tls_modes": TLS_MODES,
+        "form": {
+            "host": route["host"] if route else "",
+            "port": str(route["port"]) if route else "25",
+            "tls_mode": route["tls_mode"] if route else "may",
+            "auth_user": (route["auth_user"] or "") if route else "",
+        },
+        "password_set": bool(route and route["auth_password_enc"]),
+    }
+
+
+@get("/routes/{domain:str}")
+async def route_page(request: Req, domain: FromPath[str]) -> Template:
+    return page(request, "routes/edit.html", errors={}, **await _route_form(domain))
+
+
+@post("/routes/{domain:str}", opt=CHANGE)
+async def save_route(request: Req, domain: FromPath[str], data: Form) -> Response[Any]:
+    try:
+        await service.set_route(
+            actor(request),
+            request.app.state.box,
+            domain,
+            host=data.get("host", ""),
+            port=data.get("port", ""),
+            tls_mode=data.get("tls_mode", ""),
+            auth_user=data.get("auth_user", ""),
+            auth_password=data.get("auth_password", ""),
+            clear_password=data.get("clear_password") == "on",
+        )
+    except FieldErrors as exc:
+        ctx = await _route_form(domain)
+        # Show what was typed, never echo a password back.
+        ctx["form"] = {k: v for k, v in data.items() if k != "auth_password"}
+        return form_answer(request, "routes/edit.html", "routes/_form.html", exc.errors, **ctx)
+    return done(request, "/routes")
+
+
+@post("/routes/{domain:str}/delete", opt=CHANGE)
+async def delete_route(request: Req, domain: FromPath[str]) -> Response[Any]:
+    await service.delete_route(actor(request), domain)
+    return done(request, "/routes")
+
+
+async def _networks() -> list[dict[str, Any]]:
+    return await TrustedNetwork.select().order_by(TrustedNetwork.cidr)
+
+
+@get("/networks")
+async def networks_page(request: Req) -> Template:
+    return page(request, "networks/page.html", networks=await _networks(), errors={}, form={})
+
+
+@post("/networks", opt=CHANGE)
+async def add_network(request: Req, data: Form) -> Response[Any]:
+    try:
+        await service.add_network(actor(request), data.get("cidr", ""), data.get("comment", ""))
+    except FieldErrors as exc:
+        return form_answer(
+            request,
+            "networks/page.html",
+            "networks/_form.html",
+            exc.errors,
+            networks=await _networks(),
+            form=data,
+        )
+    return done(request, "/networks")
+
+
+@post("/networks/delete", opt=CHANGE)
+async def delete_network(request: Req, data: Form) -> Response[Any]:
+    await service.delete_network(actor(request), data.get("cidr", ""))
+    return done(request, "/networks")

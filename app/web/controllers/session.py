@@ -1,0 +1,111 @@
+"""Login, logout, the (forced) password change and the language switch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromQuery
+from litestar.response import Redirect, Response, Template
+from litestar.status_codes import HTTP_303_SEE_OTHER
+
+from app.auth import sessions, users
+from app.auth.passwords import PasswordRuleError
+from app.auth.sessions import COOKIE_NAME, SessionUser
+from app.auth.users import LoginOutcome
+from app.web.auth import source_ip
+from app.web.i18n import LANGUAGES, translator
+from app.web.views import form_answer, language_of, page
+
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+
+_MESSAGES = {
+    LoginOutcome.bad_credentials: "Wrong username or password.",
+    LoginOutcome.account_locked: (
+        "Too many failed logins: this account is locked for a while. Try again later."
+    ),
+    LoginOutcome.address_locked: "Too many failed logins from your address: try again later.",
+}
+
+
+def _safe_next(value: str | None) -> str:
+    # Only local paths: a login link must not send anyone to another site.
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
+@get("/login", opt={"public": True}, exclude_from_auth=True)
+async def login_page(
+    request: Request[Any, Any, Any], next: FromQuery[str | None] = None
+) -> Template:
+    return page(request, "login/page.html", next=_safe_next(next), errors={})
+
+
+@post("/login", opt={"public": True}, exclude_from_auth=True)
+async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
+    result = await users.authenticate(
+        data.get("username", ""), data.get("password", ""), source_ip(request)
+    )
+    target = _safe_next(data.get("next"))
+    if result.token is None:
+        _ = translator(language_of(request))
+        return form_answer(
+            request,
+            "login/page.html",
+            "login/page.html",
+            {"form": _(_MESSAGES[result.outcome])},
+            next=target,
+            username=data.get("username", ""),
+        )
+    response = Redirect(
+        path="/password" if result.must_change_password else target,
+        status_code=HTTP_303_SEE_OTHER,
+    )
+    response.set_cookie(
+        COOKIE_NAME, result.token, secure=True, httponly=True, samesite="strict", path="/"
+    )
+    return response
+
+
+@post("/logout", opt={"before_password_change": True})
+async def logout(request: Request[SessionUser, Any, Any]) -> Response[Any]:
+    await sessions.end_session(request.user.session_id)
+    response = Redirect(path="/login", status_code=HTTP_303_SEE_OTHER)
+    response.delete_cookie(COOKIE_NAME, path="/")
+    return response
+
+
+@get("/password", opt={"before_password_change": True})
+async def password_page(request: Request[SessionUser, Any, Any]) -> Template:
+    return page(request, "password/page.html", errors={})
+
+
+@post("/password", opt={"before_password_change": True})
+async def change_password(request: Request[SessionUser, Any, Any], data: Form) -> Response[Any]:
+    _ = translator(language_of(request))
+    new = data.get("new_password", "")
+    try:
+        if new != data.get("new_password_again", ""):
+            raise users.UserError(_("The two new passwords differ."))
+        await users.change_password(
+            request.user, data.get("current_password", ""), new, source_ip(request)
+        )
+    except (users.UserError, PasswordRuleError) as exc:
+        return form_answer(request, "password/page.html", "password/page.html", {"form": str(exc)})
+    return Redirect(path="/", status_code=HTTP_303_SEE_OTHER)
+
+
+@post("/language", opt={"before_password_change": True})
+async def set_language(request: Request[SessionUser, Any, Any], data: Form) -> Response[Any]:
+    choice = data.get("language", "")
+    await users.set_language(request.user.id, choice if choice in LANGUAGES else None)
+    referer = request.headers.get("referer", "/")
+    path = "/" + referer.split("://", 1)[-1].split("/", 1)[-1] if "://" in referer else "/"
+    return Redirect(path=_safe_next(path), status_code=HTTP_303_SEE_OTHER)
+
+
+@get("/healthz", opt={"public": True}, exclude_from_auth=True)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}

@@ -1,0 +1,94 @@
+"""Config versions: list, view, side-by-side diff, rollback, and Test / Apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.params import FromPath, FromQuery
+from litestar.response import Response, Template
+
+from app.auth.sessions import SessionUser
+from app.config import service
+from app.config import snapshot as snap
+from app.postfix import pipeline
+from app.web.controllers.config import actor
+from app.web.views import done, is_htmx, page
+
+Req = Request[SessionUser, Any, Any]
+PAGE_SIZE = 50
+
+
+@get("/versions")
+async def versions_page(request: Req, page_no: FromQuery[int] = 1) -> Template:
+    offset = (max(page_no, 1) - 1) * PAGE_SIZE
+    versions = await service.list_versions(PAGE_SIZE + 1, offset)
+    applied = await pipeline.applied_versions()
+    return page(
+        request,
+        "versions/page.html",
+        versions=versions[:PAGE_SIZE],
+        page_no=max(page_no, 1),
+        has_more=len(versions) > PAGE_SIZE,
+        applied=applied,
+        this_node=applied.get(request.app.state.settings.node_id),
+    )
+
+
+@get("/versions/{number:int}")
+async def version_page(request: Req, number: FromPath[int]) -> Template:
+    version = await service.get_version(number)
+    return page(
+        request, "versions/view.html", version=version, lines=snap.describe(version["snapshot"])
+    )
+
+
+@get("/versions/diff")
+async def diff_page(
+    request: Req, a: FromQuery[int | None] = None, b: FromQuery[int | None] = None
+) -> Template:
+    if a is None or b is None:
+        return page(request, "versions/diff.html", rows=None, a=a, b=b)
+    old, new = await service.get_version(min(a, b)), await service.get_version(max(a, b))
+    rows = snap.side_by_side(old["snapshot"], new["snapshot"])
+    return page(request, "versions/diff.html", rows=rows, a=old["number"], b=new["number"])
+
+
+@post("/versions/{number:int}/rollback", opt={"role": "operator", "master_only": True})
+async def rollback(request: Req, number: FromPath[int]) -> Response[Any]:
+    new = await service.rollback(actor(request), number)
+    return done(request, f"/versions/{new}")
+
+
+async def _latest_number() -> int:
+    latest = await service.latest_version()
+    if latest is None:
+        raise service.NotFound("There is no config version yet: add a sender domain first.")
+    return int(latest["number"])
+
+
+def _report(request: Req, report: pipeline.TestReport, applied: bool) -> Template:
+    template = "versions/_report.html" if is_htmx(request) else "versions/report.html"
+    return page(request, template, report=report, applied=applied)
+
+
+@post("/config/test", opt={"role": "operator"})
+async def test_config(request: Req) -> Template:
+    settings = request.app.state.settings
+    report = await pipeline.test_version(
+        await _latest_number(), request.app.state.box, settings.rendered_maps_dir
+    )
+    return _report(request, report, applied=False)
+
+
+@post("/config/apply", opt={"role": "operator"})
+async def apply_config(request: Req) -> Template:
+    settings = request.app.state.settings
+    report = await pipeline.apply_version(
+        await _latest_number(),
+        request.app.state.box,
+        settings.rendered_maps_dir,
+        settings.node_id,
+        actor(request),
+    )
+    return _report(request, report, applied=report.ok)

@@ -1,0 +1,138 @@
+"""Test fixtures: one real PostgreSQL cluster for the session, a clean database per test, the app
+in-process over HTTPS scope, and clients logged in as admin, operator and read-only users.
+
+The cluster starts in pytest_configure, before any test module imports the app, because Piccolo
+reads DATABASE_URL when app.piccolo_conf is first imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.pgcluster import PostgresCluster
+
+_cluster: PostgresCluster | None = None
+STATE_DIR = Path(tempfile.mkdtemp(prefix="mailrelay-test-state-"))
+BASE_URL = "https://testserver.local"
+PASSWORD = "correct-horse-battery"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _cluster
+    if hasattr(config, "workerinput"):
+        return
+    _cluster = PostgresCluster().start()
+    os.environ["DATABASE_URL"] = _cluster.create_database("mailrelay_test")
+    os.environ["PICCOLO_CONF"] = "app.piccolo_conf"
+    os.environ["STATE_DIR"] = str(STATE_DIR)
+    os.environ["HTMX_SOURCE"] = "local"
+    os.environ.pop("CLUSTER_MODE", None)
+
+    from piccolo.apps.migrations.commands.forwards import run_forwards
+
+    result = asyncio.run(run_forwards(app_name="mailrelay"))
+    assert result.success, result.message
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _cluster is not None:
+        _cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> PostgresCluster:
+    assert _cluster is not None
+    return _cluster
+
+
+TABLES = (
+    "user_sessions, address_throttle, relay_routes, sender_domains, trusted_networks, "
+    "config_versions, applied_versions, audit_log, mail_logs, rejection_logs, cluster_locks, "
+    "api_tokens, app_users"
+)
+
+
+@pytest.fixture(autouse=True)
+async def clean_db() -> AsyncIterator[None]:
+    from app.db.tables import AppUser
+
+    await AppUser.raw(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    yield
+
+
+@pytest.fixture(scope="session")
+def settings() -> Any:
+    from app.settings import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Any) -> Any:
+    from app.web.app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[Any]:
+    from litestar.testing import AsyncTestClient
+
+    async with AsyncTestClient(app=app, base_url=BASE_URL) as c:
+        yield c
+
+
+async def make_user(username: str, role: str, password: str = PASSWORD) -> None:
+    """A user whose first-login password change is already done."""
+    from app.auth import users
+    from app.auth.roles import Role
+    from app.db.tables import AppUser
+
+    await users.create_user(username, password, Role.parse(role), actor="test")
+    await AppUser.update({AppUser.must_change_password: False}).where(AppUser.username == username)
+
+
+def csrf(client: Any) -> dict[str, str]:
+    """The header HTMX sends: the CSRF token from the cookie the server set."""
+    token = client.cookies.get("csrftoken")
+    if token is None:
+        raise AssertionError("no CSRF cookie yet: GET a page first")
+    return {"x-csrftoken": token}
+
+
+async def login(client: Any, username: str, password: str = PASSWORD) -> Any:
+    await client.get("/login")
+    return await client.post(
+        "/login",
+        data={"username": username, "password": password},
+        headers=csrf(client),
+        follow_redirects=False,
+    )
+
+
+@pytest.fixture
+async def login_as(app: Any) -> AsyncIterator[Callable[[str], Awaitable[Any]]]:
+    """login_as("operator") -> a client logged in as a fresh user with that role."""
+    from litestar.testing import AsyncTestClient
+
+    opened: list[Any] = []
+
+    async def factory(role: str) -> Any:
+        await make_user(role, role)
+        c = AsyncTestClient(app=app, base_url=BASE_URL)
+        await c.__aenter__()
+        opened.append(c)
+        response = await login(c, role)
+        assert response.status_code == 303, response.text
+        return c
+
+    yield factory
+    for c in opened:
+        await c.__aexit__(None, None, None)
