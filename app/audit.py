@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from app.db.tables import AuditLog
@@ -25,7 +26,12 @@ async def record(
             target=target,
             source_ip=source_ip,
             outcome=outcome,
-            before=before,
-            after=after,
+            before=_json(before),
+            after=_json(after),
         )
     )
+
+
+def _json(value: Any) -> str | None:
+    # Piccolo passes a str to JSONB as JSON text: encode every value, plain strings included.
+    return None if value is None else json.dumps(value, default=str, sort_keys=True)

@@ -8,6 +8,8 @@ reads DATABASE_URL when app.piccolo_conf is first imported.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -61,9 +63,11 @@ TABLES = (
 
 @pytest.fixture(autouse=True)
 async def clean_db() -> AsyncIterator[None]:
+    from app.auth.users import ensure_default_admin
     from app.db.tables import AppUser
 
     await AppUser.raw(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    await ensure_default_admin()  # what every first start of the app does
     yield
 
 
@@ -75,17 +79,31 @@ def settings() -> Any:
 
 
 @pytest.fixture(scope="session")
-def app(settings: Any) -> Any:
+async def app(settings: Any) -> AsyncIterator[Any]:
+    """The app, with what its startup hook does (pool; first admin per test in clean_db) done
+    here in the tests' event loop: Litestar's lifespan task group cannot span fixture tasks."""
+    from app.piccolo_conf import DB
     from app.web.app import create_app
 
-    return create_app(settings)
+    application = create_app(settings)
+    await DB.start_connection_pool(min_size=1, max_size=10)
+    yield application
+    await DB.close_connection_pool()
+
+
+def http_client(app: Any) -> Any:
+    """An HTTP client that talks ASGI to the app in-process; https scope, so Secure cookies
+    flow as they would in a browser."""
+    import httpx
+
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("198.18.0.30", 50000)), base_url=BASE_URL
+    )
 
 
 @pytest.fixture
 async def client(app: Any) -> AsyncIterator[Any]:
-    from litestar.testing import AsyncTestClient
-
-    async with AsyncTestClient(app=app, base_url=BASE_URL) as c:
+    async with http_client(app) as c:
         yield c
 
 
@@ -119,17 +137,15 @@ async def login(client: Any, username: str, password: str = PASSWORD) -> Any:
 
 @pytest.fixture
 async def login_as(app: Any) -> AsyncIterator[Callable[[str], Awaitable[Any]]]:
-    """login_as("operator") -> a client logged in as a fresh user with that role."""
-    from litestar.testing import AsyncTestClient
-
+    """login_as("operator") -> a client logged in as a fresh user `operator-user`."""
     opened: list[Any] = []
 
     async def factory(role: str) -> Any:
-        await make_user(role, role)
-        c = AsyncTestClient(app=app, base_url=BASE_URL)
+        await make_user(f"{role}-user", role)
+        c = http_client(app)
         await c.__aenter__()
         opened.append(c)
-        response = await login(c, role)
+        response = await login(c, f"{role}-user")
         assert response.status_code == 303, response.text
         return c
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ class LoginResult:
     must_change_password: bool = False
 
 
+@functools.cache
+def _default_admin_hash() -> str:
+    # The default password is public; hashing it once per process saves an argon2 run per start.
+    return hash_password(DEFAULT_PASSWORD)
+
+
 async def ensure_default_admin() -> bool:
     """Create admin/Admin123 (must change at first login) when there is no user at all."""
     if await AppUser.count() > 0:
@@ -46,7 +53,7 @@ async def ensure_default_admin() -> bool:
         "failed_logins, created_at) VALUES ({}, {}, 'admin', true, 0, now()) "
         "ON CONFLICT (username) DO NOTHING",
         DEFAULT_ADMIN,
-        hash_password(DEFAULT_PASSWORD),
+        _default_admin_hash(),
     )
     return True
 

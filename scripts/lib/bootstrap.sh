@@ -22,13 +22,16 @@ BOOTSTRAP_APT_PACKAGES=(
     npm
 )
 
-# htmx is vendored from the npm registry at a pinned version and verified by its
-# SRI hash (the same file the CDN serves at
-# https://cdn.jsdelivr.net/npm/htmx.org@${HTMX_VERSION}/dist/htmx.min.js).
-HTMX_VERSION="2.0.11"
-HTMX_SRI="sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg"
-
 BOOTSTRAP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# htmx is vendored from the npm registry at the version the app pins in
+# app/web/assets.py, and verified by the same SRI hash the pages use for the
+# CDN copy (https://cdn.jsdelivr.net/npm/htmx.org@VERSION/dist/htmx.min.js).
+_bootstrap_pin() {
+    sed -n "s/^$1 = \"\(.*\)\"$/\1/p" "$BOOTSTRAP_ROOT/app/web/assets.py"
+}
+HTMX_VERSION="$(_bootstrap_pin HTMX_VERSION)"
+HTMX_SRI="$(_bootstrap_pin HTMX_SRI)"
 
 _bootstrap_log() {
     printf 'bootstrap: %s\n' "$*" >&2

@@ -1,0 +1,257 @@
+"""Fixtures for the browser tests: `mailrelay serve` as a real HTTPS server on its own database,
+and a fresh headless Chromium page per test (Debian's /usr/bin/chromium driven by Playwright).
+
+The Playwright sync API is used inside plain `def` tests. It runs its own event loop, so the page
+fixture is function-scoped: it is started and stopped inside one test, while no pytest-asyncio
+fixture runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.pgcluster import PostgresCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+HTMX_LOCAL = ROOT / "static" / "vendor" / "htmx.min.js"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    base_url: str
+    state_dir: Path
+    log_file: Path
+    process: subprocess.Popen[bytes]
+
+    def output(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no server output)"
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def server(pg_cluster: PostgresCluster) -> Iterator[Server]:
+    """`mailrelay migrate` then `mailrelay serve` on a free port, against a database of its own."""
+    if not HTMX_LOCAL.is_file():
+        pytest.skip(f"{HTMX_LOCAL} is missing: run scripts/test (its bootstrap fetches htmx)")
+    database = "mailrelay_browser"
+    pg_cluster.drop_database(database)
+    dsn = pg_cluster.create_database(database)
+    tmp = Path(tempfile.mkdtemp(prefix="mailrelay-browser-"))
+    state_dir = tmp / "state"
+    state_dir.mkdir()
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "STATE_DIR": str(state_dir),
+        "HTMX_SOURCE": "local",
+        "NODE_ID": "a",
+        "NODE_IP": "127.0.0.1",
+        "CLUSTER_MODE": "master",
+        "PICCOLO_CONF": "app.piccolo_conf",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("SECRET_KEY_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE", "MASTER_API_URL"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "app.cli"]
+    migrated = subprocess.run(
+        [*command, "migrate"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if migrated.returncode != 0:
+        raise RuntimeError(
+            f"mailrelay migrate failed (exit {migrated.returncode}):\n"
+            f"{migrated.stdout}{migrated.stderr}"
+        )
+    port = _free_port()
+    log_file = tmp / "server.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    running = Server(f"https://127.0.0.1:{port}", state_dir, log_file, process)
+    try:
+        _wait_healthy(running)
+        yield running
+    finally:
+        _stop(process)
+
+
+def _wait_healthy(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"mailrelay serve exited with status {server.process.returncode} before it "
+                f"answered /healthz:\n{server.output()}"
+            )
+        try:
+            # The server made a self-signed certificate for itself: nothing to verify against.
+            response = httpx.get(f"{server.base_url}/healthz", verify=False, timeout=2.0)  # noqa: S501
+            if response.status_code == 200 and response.json() == {"status": "ok"}:
+                return
+            last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last_error = repr(exc)
+        time.sleep(0.2)
+    raise RuntimeError(
+        f"mailrelay serve did not answer {server.base_url}/healthz within {STARTUP_TIMEOUT:.0f} s "
+        f"(last: {last_error}):\n{server.output()}"
+    )
+
+
+@dataclass
+class Problems:
+    """What the page reported that a clean GUI never should."""
+
+    console_errors: list[tuple[str, str]] = field(default_factory=list)  # (text, source url)
+    page_errors: list[str] = field(default_factory=list)
+    csp_violations: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
+
+    def expected_console_error(self, text: str, path: str) -> None:
+        """Take out the one console error an intended answer causes (Chromium logs every 4xx)."""
+        matches = [
+            (t, url) for t, url in self.console_errors if text in t and urlsplit(url).path == path
+        ]
+        assert len(matches) == 1, f"expected one console error {text!r} for {path}: {matches}"
+        self.console_errors.remove(matches[0])
+
+    def all(self) -> list[str]:
+        return [
+            *(f"console: {text} ({url})" for text, url in self.console_errors),
+            *(f"page error: {m}" for m in self.page_errors),
+            *(f"CSP: {m}" for m in self.csp_violations),
+            *(f"request failed: {m}" for m in self.failed_requests),
+        ]
+
+
+# Runs before any page script (Playwright injects it outside the page's CSP) and reports every
+# CSP violation through the exposed binding, which survives navigations.
+_CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__mailrelayCspViolation(
+    `${e.violatedDirective} blocked ${e.blockedURI || "(inline)"} on ${e.documentURI}`
+  );
+});
+"""
+
+
+@dataclass
+class Gui:
+    page: Any
+    base_url: str
+    problems: Problems
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Skip before any server starts when there is no browser to drive."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test does)")
+    pytest.importorskip("playwright.sync_api")
+    return CHROMIUM
+
+
+@pytest.fixture
+def gui(chromium: Path, server: Server) -> Iterator[Gui]:
+    """A fresh Chromium page on the server, collecting console errors and CSP violations."""
+    from playwright import sync_api
+
+    problems = Problems()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = browser.new_context(
+                ignore_https_errors=True, locale="en-US", viewport={"width": 1280, "height": 900}
+            )
+            context.set_default_timeout(10_000)
+
+            def report_csp(violation: str) -> None:
+                problems.csp_violations.append(violation)
+
+            context.expose_function("__mailrelayCspViolation", report_csp)
+            context.add_init_script(_CSP_LISTENER)
+            page = context.new_page()
+            page.on(
+                "console",
+                lambda msg: (
+                    problems.console_errors.append((msg.text, msg.location["url"]))
+                    if msg.type == "error"
+                    else None
+                ),
+            )
+            page.on("pageerror", lambda exc: problems.page_errors.append(str(exc)))
+            page.on(
+                "requestfailed",
+                lambda request: problems.failed_requests.append(
+                    f"{request.method} {request.url}: {request.failure}"
+                ),
+            )
+            yield Gui(page, server.base_url, problems)
+            context.close()
+        finally:
+            browser.close()

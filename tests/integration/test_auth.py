@@ -1,0 +1,237 @@
+"""Login, the forced password change, sessions, throttling, CSRF and headers (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from app.auth import throttle
+from app.db.tables import AddressThrottle, AppUser, AuditLog, UserSession
+from tests.conftest import PASSWORD, csrf, http_client, login, make_user
+
+NEW_PASSWORD = "a-much-better-secret"
+
+
+async def test_it_creates_the_default_admin_who_must_change_the_password_first(client):
+    response = await login(client, "admin", "Admin123")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/password"
+    for path in ("/", "/domains", "/users", "/versions"):
+        page = await client.get(path, follow_redirects=False)
+        assert page.status_code == 303, path
+        assert page.headers["location"] == "/password"
+
+
+async def test_it_changes_the_password_and_then_lets_the_admin_in(client):
+    await login(client, "admin", "Admin123")
+    response = await client.post(
+        "/password",
+        data={
+            "current_password": "Admin123",
+            "new_password": NEW_PASSWORD,
+            "new_password_again": NEW_PASSWORD,
+        },
+        headers=csrf(client),
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert (await client.get("/domains")).status_code == 200
+    row = await AppUser.objects().where(AppUser.username == "admin").first()
+    assert row.must_change_password is False
+    assert row.password_hash.startswith("$argon2id$")
+
+
+async def test_it_enforces_the_password_rules(client):
+    await login(client, "admin", "Admin123")
+    for new, message in (
+        ("short", "at least 12"),
+        ("admin", "at least 12"),
+        ("ADMIN", "at least 12"),
+        ("Admin123", "at least 12"),
+    ):
+        response = await client.post(
+            "/password",
+            data={"current_password": "Admin123", "new_password": new, "new_password_again": new},
+            headers=csrf(client),
+        )
+        assert response.status_code == 422
+        assert message in response.text
+    await make_user("longusername1", "readonly")
+    other = await AppUser.objects().where(AppUser.username == "longusername1").first()
+    assert other is not None
+
+
+async def test_it_refuses_the_username_and_the_old_password_as_new_password(client):
+    await make_user("operator-one", "operator")
+    await login(client, "operator-one")
+    for new, message in (("operator-one", "not be the username"), (PASSWORD, "differ")):
+        response = await client.post(
+            "/password",
+            data={"current_password": PASSWORD, "new_password": new, "new_password_again": new},
+            headers=csrf(client),
+        )
+        assert response.status_code == 422
+        assert message in response.text
+
+
+async def test_logout_ends_the_session_on_the_server(client):
+    await make_user("op", "operator")
+    await login(client, "op")
+    cookie = client.cookies.get("mailrelay_session")
+    assert (await client.get("/")).status_code == 200
+    await client.post("/logout", headers=csrf(client), follow_redirects=False)
+    assert await UserSession.count() == 0
+    client.cookies.set("mailrelay_session", cookie)
+    response = await client.get("/", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login")
+
+
+async def test_a_password_change_ends_the_other_sessions(app, client):
+    await make_user("op", "operator")
+    async with http_client(app) as other:
+        await login(other, "op")
+        await login(client, "op")
+        assert (await other.get("/")).status_code == 200
+        response = await client.post(
+            "/password",
+            data={
+                "current_password": PASSWORD,
+                "new_password": NEW_PASSWORD,
+                "new_password_again": NEW_PASSWORD,
+            },
+            headers=csrf(client),
+            follow_redirects=False,
+        )
+        assert response.status_code == 303
+        assert (await client.get("/")).status_code == 200
+        assert (await other.get("/", follow_redirects=False)).status_code == 303
+
+
+async def test_an_idle_session_expires(client, settings):
+    await make_user("op", "operator")
+    await login(client, "op")
+    stale = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=settings.session_idle_minutes + 1)
+    await UserSession.update({UserSession.last_seen_at: stale}, force=True)
+    response = await client.get("/", follow_redirects=False)
+    assert response.status_code == 303
+    assert await UserSession.count() == 0
+
+
+async def test_the_session_cookie_is_secure_httponly_and_strict(client):
+    await make_user("op", "operator")
+    response = await login(client, "op")
+    cookie = response.headers["set-cookie"].lower()
+    assert "mailrelay_session=" in cookie
+    assert "secure" in cookie
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+
+
+async def test_repeated_failures_lock_the_account_with_a_clear_message(client):
+    await make_user("op", "operator")
+    for _ in range(throttle.LOCK_AFTER):
+        response = await login(client, "op", "wrong-password-123")
+        assert response.status_code == 422
+        assert "Wrong username or password." in response.text
+    user = await AppUser.objects().where(AppUser.username == "op").first()
+    assert user.failed_logins == throttle.LOCK_AFTER
+    assert user.locked_until is not None
+    # Even the right password is refused while locked (the address is locked too here).
+    response = await login(client, "op")
+    assert response.status_code == 422
+    assert "Too many failed logins" in response.text
+    failed = await AuditLog.count().where(
+        (AuditLog.action == "login") & (AuditLog.outcome == "failed")
+    )
+    denied = await AuditLog.count().where(
+        (AuditLog.action == "login") & (AuditLog.outcome == "denied")
+    )
+    assert failed == throttle.LOCK_AFTER
+    assert denied == 1
+
+
+async def test_a_locked_account_stays_locked_from_another_address(client):
+    await make_user("op", "operator")
+    for _ in range(throttle.LOCK_AFTER):
+        await login(client, "op", "wrong-password-123")
+    await AddressThrottle.delete(force=True)  # as if the next try came from elsewhere
+    response = await login(client, "op")
+    assert response.status_code == 422
+    assert "this account is locked" in response.text
+
+
+async def test_guessing_across_accounts_locks_the_source_address(client):
+    for i in range(throttle.LOCK_AFTER):
+        await login(client, f"nobody{i}", "wrong-password-123")
+    await make_user("op", "operator")
+    response = await login(client, "op")
+    assert response.status_code == 422
+    assert "from your address" in response.text
+
+
+async def test_failures_slow_down_the_answer():
+    assert throttle.delay_for(0) == 0
+    assert throttle.delay_for(throttle.SLOWDOWN_AFTER - 1) == 0
+    assert 0 < throttle.delay_for(throttle.SLOWDOWN_AFTER) < throttle.delay_for(4)
+    assert throttle.delay_for(100) == throttle.MAX_DELAY_SECONDS
+
+
+async def test_a_success_resets_the_counters(client):
+    await make_user("op", "operator")
+    await login(client, "op", "wrong-password-123")
+    await login(client, "op")
+    user = await AppUser.objects().where(AppUser.username == "op").first()
+    assert user.failed_logins == 0
+    assert await AddressThrottle.count() == 0
+
+
+async def test_a_post_without_csrf_token_is_refused(client):
+    await make_user("op", "operator")
+    await login(client, "op")
+    response = await client.post("/domains", data={"name": "example.com"})
+    assert response.status_code == 403
+    response = await client.post(
+        "/domains", data={"name": "example.com"}, headers={"x-csrftoken": "forged"}
+    )
+    assert response.status_code == 403
+    response = await client.post("/domains", data={"name": "example.com"}, headers=csrf(client))
+    assert response.status_code in (200, 303)
+
+
+async def test_the_login_form_needs_the_csrf_token_too(client):
+    await client.get("/login")
+    response = await client.post("/login", data={"username": "admin", "password": "Admin123"})
+    assert response.status_code == 403
+
+
+async def test_pages_carry_the_security_headers(client):
+    response = await client.get("/login")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self' https://cdn.jsdelivr.net/npm/htmx.org@" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "same-origin"
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+    redirect = await client.get("/", follow_redirects=False)
+    assert redirect.headers["x-frame-options"] == "DENY"
+
+
+async def test_the_page_loads_htmx_with_subresource_integrity(client):
+    from app.web.assets import HTMX_SRI
+
+    page = (await client.get("/login")).text
+    assert f'integrity="{HTMX_SRI}"' in page
+    assert "<script>" not in page  # no inline scripts
+
+
+async def test_login_does_not_redirect_to_another_site(client):
+    await make_user("op", "operator")
+    await client.get("/login")
+    response = await client.post(
+        "/login",
+        data={"username": "op", "password": PASSWORD, "next": "//evil.example/"},
+        headers=csrf(client),
+        follow_redirects=False,
+    )
+    assert response.headers["location"] == "/"

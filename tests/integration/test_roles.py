@@ -1,0 +1,181 @@
+"""The role matrix: every route x every role, allowed or 403 (with an audit entry).
+
+The matrix must name every route the app has: a new route without an entry fails the first test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from app.auth import tokens
+from app.auth.roles import Role
+from app.config import service
+from app.db.tables import AuditLog
+from tests.conftest import csrf, make_user
+
+# (method, path template, least role); role None = any logged-in user, even before the forced
+# password change.
+GUI = [
+    ("GET", "/", "readonly"),
+    ("GET", "/dashboard/rejects", "readonly"),
+    ("GET", "/audit", "readonly"),
+    ("GET", "/domains", "readonly"),
+    ("POST", "/domains", "operator"),
+    ("POST", "/domains/{name}/delete", "operator"),
+    ("GET", "/routes", "readonly"),
+    ("GET", "/routes/{domain}", "readonly"),
+    ("POST", "/routes/{domain}", "operator"),
+    ("POST", "/routes/{domain}/delete", "operator"),
+    ("GET", "/networks", "readonly"),
+    ("POST", "/networks", "operator"),
+    ("POST", "/networks/delete", "operator"),
+    ("GET", "/versions", "readonly"),
+    ("GET", "/versions/{number}", "readonly"),
+    ("GET", "/versions/diff", "readonly"),
+    ("POST", "/versions/{number}/rollback", "operator"),
+    ("POST", "/config/test", "operator"),
+    ("POST", "/config/apply", "operator"),
+    ("GET", "/users", "admin"),
+    ("POST", "/users", "admin"),
+    ("POST", "/users/{username}/role", "admin"),
+    ("POST", "/users/{username}/reset", "admin"),
+    ("POST", "/users/{username}/delete", "admin"),
+    ("GET", "/tokens", "admin"),
+    ("POST", "/tokens", "admin"),
+    ("POST", "/tokens/{name}/revoke", "admin"),
+    ("GET", "/password", None),
+    ("POST", "/password", None),
+    ("POST", "/language", None),
+    ("POST", "/logout", None),
+]
+API = [
+    ("GET", "/api/config/export", "read"),
+    ("POST", "/api/sync-lock/acquire", "cluster"),
+    ("POST", "/api/sync-lock/release", "cluster"),
+]
+PUBLIC = [("GET", "/login"), ("POST", "/login"), ("GET", "/healthz"), ("GET", "/api/schema")]
+
+VALUES = {
+    "name": "example.com",
+    "domain": "example.com",
+    "number": "1",
+    "username": "victim",
+}
+FORMS = {
+    "/domains": {"name": "new.example"},
+    "/routes/{domain}": {"host": "smtp.example.net", "port": "25", "tls_mode": "may"},
+    "/networks": {"cidr": "10.0.0.0/8"},
+    "/networks/delete": {"cidr": "192.0.2.0/24"},
+    "/users": {"username": "newuser", "password": "a-long-password-1", "role": "readonly"},
+    "/users/{username}/role": {"role": "operator"},
+    "/users/{username}/reset": {"password": "another-long-password"},
+    "/tokens": {"name": "newtoken", "kind": "read"},
+    "/language": {"language": "de"},
+}
+
+
+def _path(template: str) -> str:
+    path = template
+    for key, value in VALUES.items():
+        path = path.replace("{" + key + "}", value)
+    if template == "/tokens/{name}/revoke":
+        path = "/tokens/t1/revoke"
+    return path
+
+
+async def _fixtures() -> None:
+    actor = service.Actor("test")
+    await service.add_domain(actor, "example.com")
+    await service.add_network(actor, "192.0.2.0/24")
+    await make_user("victim", "readonly")
+    await tokens.create("t1", "read", "test")
+
+
+def test_the_matrix_covers_every_route(app):
+    known = {(m, p) for m, p, _ in GUI + API} | set(PUBLIC)
+    routes = set()
+    for route in app.routes:
+        path = route.path_format if hasattr(route, "path_format") else route.path
+        if path.startswith(("/static", "/api/schema/")):
+            continue
+        for method in getattr(route, "methods", ()):
+            if method in ("HEAD", "OPTIONS"):
+                continue
+            routes.add((method, path.replace(":int", "").replace(":str", "")))
+    assert routes - known == set()
+
+
+@pytest.mark.parametrize(("method", "template", "least"), GUI)
+@pytest.mark.parametrize("role", ["readonly", "operator", "admin"])
+async def test_each_role_gets_exactly_its_rights(login_as, role, method, template, least):
+    await _fixtures()
+    client = await login_as(role)
+    path = _path(template)
+    data = FORMS.get(template, {})
+    if method == "GET":
+        response = await client.get(path, follow_redirects=False)
+    else:
+        response = await client.post(path, data=data, headers=csrf(client), follow_redirects=False)
+    allowed = least is None or Role.parse(role) >= Role.parse(least)
+    if allowed:
+        assert response.status_code != 403, response.text
+        if response.status_code == 303 and template != "/logout":
+            assert not response.headers["location"].startswith("/login")
+    else:
+        assert response.status_code == 403
+        entry = await AuditLog.select().where(AuditLog.action == "access.denied").first()
+        assert entry["actor"] == f"{role}-user"
+        assert entry["outcome"] == "denied"
+        assert path in entry["target"]
+
+
+@pytest.mark.parametrize(("method", "template", "least"), GUI)
+async def test_anonymous_callers_are_sent_to_the_login(client, method, template, least):
+    path = _path(template)
+    if method == "GET":
+        response = await client.get(path, follow_redirects=False)
+    else:
+        await client.get("/login")
+        response = await client.post(path, headers=csrf(client), follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login")
+
+
+@pytest.mark.parametrize(("method", "path", "kind"), API)
+@pytest.mark.parametrize("caller", ["none", "bogus", "read", "cluster", "session"])
+async def test_the_api_takes_only_tokens_of_the_right_kind(
+    client, login_as, caller, method, path, kind
+):
+    headers = {}
+    if caller == "bogus":
+        headers["authorization"] = "Bearer mrt_not-a-token"
+    elif caller in ("read", "cluster"):
+        headers["authorization"] = "Bearer " + await tokens.create(f"tok-{caller}", caller, "t")
+    if caller == "session":
+        client = await login_as("admin")
+    body = {"holder": "node-a", "fencing_token": 1}
+    response = await client.request(method, path, headers=headers, json=body)
+    if caller in ("none", "bogus", "session"):
+        # A GUI session is no API credential: the API wants a token.
+        assert response.status_code == 401
+    elif kind == "cluster" and caller == "read":
+        assert response.status_code == 403
+        assert await AuditLog.count().where(AuditLog.action == "access.denied") == 1
+    else:
+        assert response.status_code in (200, 409)
+
+
+async def test_the_gui_offers_only_what_the_role_may_do(login_as):
+    await _fixtures()
+    readonly = await login_as("readonly")
+    page = (await readonly.get("/domains")).text
+    assert 'id="domain-form"' not in page
+    assert "/domains/example.com/delete" not in page
+    assert 'href="/users"' not in page
+    assert 'id="test-config"' not in (await readonly.get("/versions")).text
+    operator = await login_as("operator")
+    page = (await operator.get("/domains")).text
+    assert 'id="domain-form"' in page
+    assert 'href="/users"' not in page
+    admin = await login_as("admin")
+    assert 'href="/users"' in (await admin.get("/")).text
