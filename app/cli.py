@@ -28,14 +28,23 @@ def _settings() -> Settings:
     return settings
 
 
+async def check_database(dsn: str) -> None:
+    """Connect once ourselves, so that an unreachable database is one clear line."""
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(dsn, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise UserFacingError(f"cannot connect to the database: {exc}") from None
+    await connection.close()
+
+
 def _run_db(work: Callable[[], Awaitable[Any]]) -> Any:
     async def wrapped() -> Any:
+        await check_database(os.environ["DATABASE_URL"])
         from app.piccolo_conf import DB
 
-        try:
-            await DB.start_connection_pool(min_size=1, max_size=2)
-        except (OSError, Exception) as exc:
-            raise UserFacingError(f"cannot connect to the database: {exc}") from exc
+        await DB.start_connection_pool(min_size=1, max_size=2)
         try:
             return await work()
         finally:
@@ -62,9 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.tls import ensure_certificate, fingerprint
-    from app.web.app import create_app
 
     settings = _settings()
+    asyncio.run(check_database(settings.database_url))
+    from app.web.app import create_app
+
     cert, key, generated = ensure_certificate(settings)
     if generated:
         print(f"generated a self-signed certificate: {cert}")
@@ -156,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("piccolo").setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     try:
         args.func(args)

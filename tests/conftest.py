@@ -107,14 +107,27 @@ async def client(app: Any) -> AsyncIterator[Any]:
         yield c
 
 
+@functools.cache
+def _hash(password: str) -> str:
+    from app.auth.passwords import hash_password
+
+    return hash_password(password)
+
+
 async def make_user(username: str, role: str, password: str = PASSWORD) -> None:
-    """A user whose first-login password change is already done."""
-    from app.auth import users
-    from app.auth.roles import Role
+    """A user whose first-login password change is already done (the argon2 hash is made once
+    per password and session: hashing is deliberately slow)."""
     from app.db.tables import AppUser
 
-    await users.create_user(username, password, Role.parse(role), actor="test")
-    await AppUser.update({AppUser.must_change_password: False}).where(AppUser.username == username)
+    await AppUser.insert(
+        AppUser(
+            username=username,
+            password_hash=_hash(password),
+            role=role,
+            must_change_password=False,
+            created_at=dt.datetime.now(dt.UTC),
+        )
+    )
 
 
 def csrf(client: Any) -> dict[str, str]:

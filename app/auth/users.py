@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum

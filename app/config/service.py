@@ -243,14 +243,24 @@ async def rollback(actor: Actor, number: int) -> int:
 
 
 async def get_version(number: int) -> dict[str, Any]:
-    row = await ConfigVersion.select().where(ConfigVersion.number == number).first()
+    row = (
+        await ConfigVersion.select()
+        .where(ConfigVersion.number == number)
+        .output(load_json=True)
+        .first()
+    )
     if row is None:
         raise NotFound(f"There is no config version {number}.")
     return row
 
 
 async def latest_version() -> dict[str, Any] | None:
-    return await ConfigVersion.select().order_by(ConfigVersion.number, ascending=False).first()
+    return (
+        await ConfigVersion.select()
+        .order_by(ConfigVersion.number, ascending=False)
+        .output(load_json=True)
+        .first()
+    )
 
 
 async def list_versions(limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:

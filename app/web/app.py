@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.exceptions import (
     HTTPException,
@@ -152,8 +152,9 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="mailrelay-ha API",
             version="1",
-            path="/api/schema",
             render_plugins=[JsonRenderPlugin()],
+            # The schema documents the API; it holds nothing secret, so it is public.
+            openapi_router=Router(path="/api/schema", route_handlers=[], opt={"public": True}),
         ),
         exception_handlers={
             NotAuthorizedException: _not_logged_in,
