@@ -46,6 +46,11 @@ async def _change(
         before = await snap.current()
         await mutate()
         after = await snap.current()
+        # The whole configuration must stay renderable: a change that breaks it (e.g. a second
+        # TLS mode for one next hop) is refused and rolled back with the transaction.
+        problems = snap.validate(after)
+        if problems:
+            raise FieldErrors({"form": "; ".join(problems)})
         number = await _store_version(after, actor.username, comment or f"{action} {target}")
         await audit.record(
             actor.username,
@@ -96,10 +101,11 @@ async def add_domain(actor: Actor, name: str, comment: str = "") -> int:
         {"name": (validation.domain_name, name), "comment": (validation.comment, comment)}
     )
     domain = str(clean["name"])
-    if await SenderDomain.exists().where(SenderDomain.name == domain):
-        raise FieldErrors({"name": f"The sender domain {domain} exists already."})
 
     async def mutate() -> None:
+        # Checked under the config lock, so two simultaneous adds cannot both pass.
+        if await SenderDomain.exists().where(SenderDomain.name == domain):
+            raise FieldErrors({"name": f"The sender domain {domain} exists already."})
         await SenderDomain.insert(
             SenderDomain(name=domain, comment=clean["comment"], created_at=dt.datetime.now(dt.UTC))
         )
@@ -156,6 +162,25 @@ async def set_route(
     }
 
     async def mutate() -> None:
+        # One next hop has one TLS policy (smtp_tls_policy_maps is keyed by it).
+        clash = (
+            await RelayRoute.select(RelayRoute.sender_domain.name, RelayRoute.tls_mode)
+            .where(
+                (RelayRoute.host == clean["host"])
+                & (RelayRoute.port == clean["port"])
+                & (RelayRoute.tls_mode != clean["tls_mode"])
+                & (RelayRoute.sender_domain != domain_id)
+            )
+            .first()
+        )
+        if clash:
+            raise FieldErrors(
+                {
+                    "tls_mode": f"[{clean['host']}]:{clean['port']} already has TLS mode "
+                    f"{clash['tls_mode']} on the route for {clash['sender_domain.name']}; "
+                    "routes to one host and port must use the same TLS mode."
+                }
+            )
         if existing:
             await RelayRoute.update(values).where(RelayRoute.id == existing["id"])
         else:
@@ -182,10 +207,10 @@ async def add_network(actor: Actor, cidr: str, comment: str = "") -> int:
         {"cidr": (validation.cidr, cidr), "comment": (validation.comment, comment)}
     )
     network = str(clean["cidr"])
-    if await TrustedNetwork.exists().where(TrustedNetwork.cidr == network):
-        raise FieldErrors({"cidr": f"The network {network} is trusted already."})
 
     async def mutate() -> None:
+        if await TrustedNetwork.exists().where(TrustedNetwork.cidr == network):
+            raise FieldErrors({"cidr": f"The network {network} is trusted already."})
         await TrustedNetwork.insert(TrustedNetwork(cidr=network, comment=clean["comment"]))
 
     return await _change(actor, "network.add", network, mutate)

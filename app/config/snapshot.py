@@ -79,6 +79,7 @@ def validate(snapshot: Snapshot) -> list[str]:
         try:
             if validation.domain_name(name) != name:
                 problems.append(f"sender domain {name!r}: not in normalised form")
+            validation.comment(str(entry.get("comment", "")))
         except ValueError as exc:
             problems.append(f"sender domain {name!r}: {exc}")
             continue
@@ -89,16 +90,14 @@ def validate(snapshot: Snapshot) -> list[str]:
         if route is None:
             continue
         try:
-            host = validation.relay_host(str(route["host"]))
-            port = validation.port(route["port"])
-            tls = validation.tls_mode(str(route["tls_mode"]))
-            if route.get("auth_user"):
-                validation.auth_user(str(route["auth_user"]))
-                if not route.get("auth_password_enc") and not route.get("auth_password_sealed"):
-                    problems.append(f"route for {name}: SMTP AUTH user without a password")
-        except (KeyError, ValueError) as exc:
+            host, port, tls = _canonical_route(route)
+        except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"route for {name}: {exc}")
             continue
+        if route.get("auth_user") and not (
+            route.get("auth_password_enc") or route.get("auth_password_sealed")
+        ):
+            problems.append(f"route for {name}: SMTP AUTH user without a password")
         # smtp_tls_policy_maps is keyed by next hop: two routes to one host must agree on TLS.
         other = nexthop_tls.setdefault((host, port), (tls, name))
         if other[0] != tls:
@@ -112,12 +111,29 @@ def validate(snapshot: Snapshot) -> list[str]:
         try:
             if validation.cidr(value) != value:
                 problems.append(f"trusted network {value!r}: not in normalised form")
+            validation.comment(str(entry.get("comment", "")))
         except ValueError as exc:
             problems.append(f"trusted network {value!r}: {exc}")
         if value in seen_networks:
             problems.append(f"trusted network {value}: listed twice")
         seen_networks.add(value)
     return problems
+
+
+def _canonical_route(route: dict[str, Any]) -> tuple[str, int, str]:
+    """The route's host, port and TLS mode, refusing any value not stored in canonical form:
+    the renderer writes stored values as they are."""
+    host, port, tls = route["host"], route["port"], route["tls_mode"]
+    if not isinstance(host, str) or validation.relay_host(host) != host:
+        raise ValueError(f"relay host {host!r} is not in normalised form")
+    if not isinstance(port, int) or isinstance(port, bool) or validation.port(port) != port:
+        raise ValueError(f"port {port!r} is not a number between 1 and 65535")
+    if not isinstance(tls, str) or validation.tls_mode(tls) != tls:
+        raise ValueError(f"TLS mode {tls!r} is not one of {', '.join(validation.TLS_MODES)}")
+    user = route.get("auth_user")
+    if user is not None and (not isinstance(user, str) or validation.auth_user(user) != user):
+        raise ValueError(f"SMTP AUTH user {user!r} is not valid")
+    return host, port, tls
 
 
 def _secret_mark(route: dict[str, Any]) -> str:

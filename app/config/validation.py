@@ -14,8 +14,9 @@ import idna
 
 TLS_MODES = ("none", "may", "encrypt", "verify")
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_MAP_UNSAFE_RE = re.compile(r"[\s\x00-\x1f\x7f\u0085\u2028\u2029]")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]")
+# Whitespace, C0 and C1 controls, line/paragraph separators and lone surrogates.
+_MAP_UNSAFE_RE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 MAX_COMMENT = 500
 # Wider trusted networks than these are almost certainly a mistake that opens the relay.
 _MIN_PREFIX = {4: 8, 6: 32}
@@ -64,6 +65,8 @@ def relay_host(value: str) -> str:
     if not value:
         raise ValueError("The relay host is required.")
     map_safe(value, "The relay host")
+    if "%" in value:
+        raise ValueError("The relay host must not carry an IPv6 zone (%...).")
     try:
         return str(ipaddress.ip_address(value.strip("[]")))
     except ValueError:
@@ -74,10 +77,11 @@ def relay_host(value: str) -> str:
 
 
 def port(value: str | int) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError("The port must be a whole number.") from None
+    text = str(value).strip()
+    # Plain ASCII digits only: int() would also take "+25", "1_0" and non-ASCII digits.
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError("The port must be a whole number.")
+    number = int(text)
     if not 1 <= number <= 65535:
         raise ValueError("The port must be between 1 and 65535.")
     return number
@@ -95,6 +99,8 @@ def cidr(value: str) -> str:
     if not value:
         raise ValueError("A network is required.")
     map_safe(value, "A network")
+    if "%" in value:
+        raise ValueError("A network must not carry an IPv6 zone (%...).")
     if "/" not in value:
         raise ValueError(f"Write the prefix length too, like {value}/32 or 10.0.0.0/8.")
     try:

@@ -8,6 +8,7 @@ Map files are swapped in as a whole directory: readers see the old set or the ne
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from app.config import snapshot as snap
 from app.config import validation
+from app.crypto import SecretKeyError
 
 MAP_FILES = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd", "mynetworks")
 SECRET_MAPS = frozenset({"sasl_passwd"})
@@ -65,7 +67,10 @@ def render(version: int, snapshot: snap.Snapshot, decrypt: Callable[[str], str])
             relayhost.append(_line(f"@{name}", hop))
             tls_lines.add(_line(hop, route["tls_mode"]))
             if route.get("auth_user"):
-                password = validation.auth_password(decrypt(route["auth_password_enc"]))
+                try:
+                    password = validation.auth_password(decrypt(route["auth_password_enc"]))
+                except SecretKeyError as exc:
+                    raise RenderError([f"route for {name}: {exc}"]) from exc
                 sasl.append(_line(f"@{name}", f"{route['auth_user']}:{password}"))
         tls.extend(sorted(tls_lines))
         networks = [header]
@@ -106,7 +111,7 @@ def swap_live(maps: RenderedMaps, root: Path) -> Path:
     write_directory(maps, target)
     link_tmp = root / f".live-{secrets.token_hex(4)}"
     os.symlink(target.name, link_tmp)
-    previous = (root / "live").resolve() if (root / "live").is_symlink() else None
+    previous = root / os.readlink(root / "live") if (root / "live").is_symlink() else None
     os.replace(link_tmp, root / "live")
     # Keep the previous set for inspection and drop older ones: a history lives in config_versions.
     for old in root.glob("v*-*"):
@@ -122,23 +127,34 @@ def read_live(root: Path) -> dict[str, bytes]:
     return {name: (live / name).read_bytes() for name in MAP_FILES if (live / name).exists()}
 
 
-def _masked(name: str, content: bytes) -> list[str]:
+def _masked(name: str, content: bytes, salt: bytes) -> list[str]:
     lines = content.decode(errors="replace").splitlines()
     if name in SECRET_MAPS:
-        # Show who authenticates where, never the password.
-        lines = [ln.split(":", 1)[0] + ":********" if ":" in ln else ln for ln in lines]
+        # Show who authenticates where, never the password; a fingerprint salted afresh for
+        # each diff shows that a password changed without giving anything to guess against.
+        lines = [
+            ln.split(":", 1)[0] + ":******** #" + _fingerprint(salt, ln.split(":", 1)[1])
+            if ":" in ln and not ln.startswith("#")
+            else ln
+            for ln in lines
+        ]
     return lines
+
+
+def _fingerprint(salt: bytes, secret: str) -> str:
+    return hashlib.sha256(salt + secret.encode()).hexdigest()[:8]
 
 
 def diff_against_live(maps: RenderedMaps, root: Path) -> str:
     """A unified diff of what applying `maps` would change, passwords masked."""
     live = read_live(root)
+    salt = secrets.token_bytes(16)
     out: list[str] = []
     for name in MAP_FILES:
         out.extend(
             difflib.unified_diff(
-                _masked(name, live.get(name, b"")),
-                _masked(name, maps.files[name]),
+                _masked(name, live.get(name, b""), salt),
+                _masked(name, maps.files[name], salt),
                 fromfile=f"live/{name}",
                 tofile=f"version-{maps.version}/{name}",
                 lineterm="",

@@ -1,0 +1,173 @@
+"""Environment settings: defaults, and a SettingsError naming the variable for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import SettingsError, load_settings
+
+DB = "postgresql://mailrelay@localhost/mailrelay"
+
+
+def env(**values: str) -> dict[str, str]:
+    return {"DATABASE_URL": DB, **values}
+
+
+def test_defaults() -> None:
+    s = load_settings(env=env())
+    assert s.retention_days == 14
+    assert s.sync_interval_seconds == 5.0
+    assert s.cluster_mode == "master"
+    assert s.node_id == "a"
+    assert s.node_ip == "127.0.0.1"
+    assert s.peer_node_ip is None
+    assert s.vip_address is None
+    assert s.vrrp_priority == 100
+    assert s.master_api_url is None
+    assert s.master_api_token is None
+    assert s.database_url == DB
+    assert s.tls_cert_file is None and s.tls_key_file is None
+    assert s.state_dir == Path("/var/lib/mailrelay")
+    assert s.secret_key_file == Path("/var/lib/mailrelay/secret.key")
+    assert s.rendered_maps_dir == Path("/var/lib/mailrelay/maps")
+    assert s.https_host == "127.0.0.1"
+    assert s.https_port == 8443
+    assert s.session_idle_minutes == 30
+    assert s.htmx_source == "cdn"
+    assert s.hostname
+
+
+def test_values_are_parsed() -> None:
+    s = load_settings(
+        env=env(
+            RETENTION_DAYS=" 30 ",
+            SYNC_INTERVAL_SECONDS="2.5",
+            NODE_ID="b",
+            NODE_IP="2001:DB8::0:2",
+            PEER_NODE_IP="192.0.2.1",
+            VIP_ADDRESS="192.0.2.100",
+            VRRP_PRIORITY="150",
+            CLUSTER_MODE="SLAVE",
+            MASTER_API_URL="https://node-a.example:8443",
+            MASTER_API_TOKEN="tok",
+            TLS_CERT_FILE="/etc/mailrelay/cert.pem",
+            TLS_KEY_FILE="/etc/mailrelay/key.pem",
+            STATE_DIR="/srv/mailrelay",
+            HTMX_SOURCE="local",
+            NODE_HOSTNAME="relay-b",
+        )
+    )
+    assert s.retention_days == 30
+    assert s.sync_interval_seconds == 2.5
+    assert s.node_id == "b"
+    assert s.node_ip == "2001:db8::2"
+    assert s.peer_node_ip == "192.0.2.1"
+    assert s.vip_address == "192.0.2.100"
+    assert s.vrrp_priority == 150
+    assert s.cluster_mode == "slave"
+    assert s.master_api_url == "https://node-a.example:8443"
+    assert s.master_api_token == "tok"
+    assert s.tls_cert_file == Path("/etc/mailrelay/cert.pem")
+    assert s.tls_key_file == Path("/etc/mailrelay/key.pem")
+    assert s.secret_key_file == Path("/srv/mailrelay/secret.key")
+    assert s.htmx_source == "local"
+    assert s.hostname == "relay-b"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RETENTION_DAYS", "two weeks"),
+        ("RETENTION_DAYS", "1.5"),
+        ("RETENTION_DAYS", "0"),
+        ("RETENTION_DAYS", "3651"),
+        ("SYNC_INTERVAL_SECONDS", "fast"),
+        ("SYNC_INTERVAL_SECONDS", "0.5"),
+        ("SYNC_INTERVAL_SECONDS", "3601"),
+        ("SYNC_INTERVAL_SECONDS", "nan"),
+        ("SYNC_INTERVAL_SECONDS", "inf"),
+        ("VRRP_PRIORITY", "255"),
+        ("VRRP_PRIORITY", "0"),
+        ("HTTPS_PORT", "65536"),
+        ("HTTPS_PORT", "https"),
+        ("SESSION_IDLE_MINUTES", "1441"),
+        ("NODE_IP", "300.1.1.1"),
+        ("NODE_IP", "localhost"),
+        ("PEER_NODE_IP", "node-b"),
+        ("VIP_ADDRESS", "192.0.2.0/24"),
+        ("CLUSTER_MODE", "primary"),
+        ("HTMX_SOURCE", "unpkg"),
+        ("NODE_ID", "node-a"),
+        ("NODE_ID", "x" * 33),
+        ("MASTER_API_URL", "http://node-a.example:8443"),
+        ("MASTER_API_URL", "node-a.example"),
+        ("DATABASE_URL", "mysql://localhost/mailrelay"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(env=env(**{variable: value}))
+
+
+def test_database_url_is_required() -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        load_settings(env={})
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        load_settings(env={"DATABASE_URL": "   "})
+
+
+def test_slave_needs_the_master_url() -> None:
+    with pytest.raises(SettingsError, match="MASTER_API_URL"):
+        load_settings(env=env(CLUSTER_MODE="slave", MASTER_API_TOKEN="tok"))
+
+
+def test_slave_needs_the_master_token() -> None:
+    with pytest.raises(SettingsError, match="MASTER_API_TOKEN"):
+        load_settings(env=env(CLUSTER_MODE="slave", MASTER_API_URL="https://node-a.example"))
+
+
+@pytest.mark.parametrize("given", [{"TLS_CERT_FILE": "/etc/c.pem"}, {"TLS_KEY_FILE": "/etc/k.pem"}])
+def test_tls_cert_and_key_come_together(given: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match="TLS_CERT_FILE") as caught:
+        load_settings(env=env(**given))
+    assert "TLS_KEY_FILE" in str(caught.value)
+
+
+def test_secrets_are_read_from_name_file(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret-token\n")
+    (tmp_path / "db").write_text(DB + "\n")
+    s = load_settings(
+        env={
+            "DATABASE_URL_FILE": str(tmp_path / "db"),
+            "CLUSTER_MODE": "slave",
+            "MASTER_API_URL": "https://node-a.example",
+            "MASTER_API_TOKEN_FILE": str(tmp_path / "token"),
+        }
+    )
+    assert s.master_api_token == "s3cret-token"
+    assert s.database_url == DB
+
+
+def test_a_set_value_wins_over_name_file(tmp_path: Path) -> None:
+    (tmp_path / "db").write_text("postgresql://other/db")
+    s = load_settings(env=env(DATABASE_URL_FILE=str(tmp_path / "db")))
+    assert s.database_url == DB
+
+
+def test_an_empty_value_falls_back_to_name_file(tmp_path: Path) -> None:
+    (tmp_path / "db").write_text(DB)
+    s = load_settings(env={"DATABASE_URL": "", "DATABASE_URL_FILE": str(tmp_path / "db")})
+    assert s.database_url == DB
+
+
+def test_an_unreadable_name_file_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="MASTER_API_TOKEN_FILE"):
+        load_settings(
+            env=env(
+                CLUSTER_MODE="slave",
+                MASTER_API_URL="https://node-a.example",
+                MASTER_API_TOKEN_FILE=str(tmp_path / "missing"),
+            )
+        )
