@@ -44,6 +44,8 @@ class Settings:
     session_idle_minutes: int
     htmx_source: Literal["cdn", "local"]
     hostname: str
+    agent_socket: Path
+    postfix_log_file: Path
 
     @property
     def generated_cert_file(self) -> Path:
@@ -180,4 +182,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_idle_minutes=r.integer("SESSION_IDLE_MINUTES", 30, 1, 24 * 60),
         htmx_source=r.choice("HTMX_SOURCE", "cdn", ("cdn", "local")),  # type: ignore[arg-type]
         hostname=r.text("NODE_HOSTNAME", socket.gethostname()),
+        agent_socket=r.path("AGENT_SOCKET", "/run/mailrelay/agent.sock") or Path(),
+        postfix_log_file=r.path("POSTFIX_LOG_FILE", "/var/log/postfix.log") or Path(),
     )

@@ -21,6 +21,8 @@ APP_CONFIG = AppConfig(
         tables.RejectionLog,
         tables.ClusterLock,
         tables.ApiToken,
+        tables.LogCursor,
+        tables.LogMessage,
     ],
     migration_dependencies=[],
     commands=[],

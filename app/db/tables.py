@@ -169,3 +169,26 @@ class ApiToken(Table, tablename="api_tokens"):
     created_at = Timestamptz()
     last_used_at = Timestamptz(null=True, default=None)
     revoked = Boolean(default=False)
+
+
+class LogCursor(Table, tablename="log_cursors"):
+    """How far log ingestion has read a log file: survives restarts and rotation."""
+
+    source = Varchar(length=255, primary_key=True)
+    inode = BigInt(default=0)
+    position = BigInt(default=0)
+    updated_at = Timestamptz()
+
+
+class LogMessage(Table, tablename="log_messages"):
+    """What the log said about a queued message before its deliveries (sender, size, client,
+    message-id), so that each delivery line can be written as one complete mail_logs row."""
+
+    id = BigSerial(primary_key=True)
+    node_id = Varchar(length=32)
+    queue_id = Varchar(length=32)
+    message_id = Text(default="")
+    sender = Text(default="")
+    size = BigInt(null=True, default=None)
+    client = Text(default="")
+    first_seen_at = Timestamptz(index=True)
