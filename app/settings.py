@@ -55,11 +55,6 @@ class Settings:
     def generated_key_file(self) -> Path:
         return self.state_dir / "tls" / "node.key"
 
-    @property
-    def rendered_maps_dir(self) -> Path:
-        """Where "Test configuration" renders scratch maps and "Apply" keeps the live copy."""
-        return self.state_dir / "maps"
-
 
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:

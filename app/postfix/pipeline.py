@@ -1,20 +1,18 @@
 """ "Test configuration" and "Apply changes" for a config version.
 
-Test renders into a scratch directory and reports every problem with where it comes from, plus the
-diff against what is live. Apply renders again and swaps the live map set atomically, then records
-the applied version for this node. The Postfix issue adds postmap, `postfix check` and the reload
-through the privileged agent behind these same two functions.
+Both render the version here (pure, validated twice) and hand the map files to the privileged
+agent, which runs postmap and `postfix check` on a scratch copy (test) or also swaps the live
+maps and reloads Postfix (apply). The diff against the live maps is computed here from the
+applied version: rendering is deterministic, so that is exactly what Postfix runs with.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from app import audit
+from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.config import service
 from app.crypto import SecretBox
 from app.db.tables import AppliedVersion
@@ -25,6 +23,7 @@ from app.postfix import render
 class TestReport:
     version: int
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     diff: str = ""
 
     @property
@@ -32,39 +31,62 @@ class TestReport:
         return not self.problems
 
 
-async def _render(number: int, box: SecretBox) -> render.RenderedMaps:
+async def render_version(number: int, box: SecretBox) -> render.RenderedMaps:
     version = await service.get_version(number)
     return render.render(number, version["snapshot"], box.decrypt)
 
 
-async def test_version(number: int, box: SecretBox, maps_root: Path) -> TestReport:
+async def applied_maps(node_id: str, box: SecretBox) -> render.RenderedMaps | None:
+    """The maps this node's Postfix runs with, or None when nothing was applied yet."""
+    row = await AppliedVersion.select().where(AppliedVersion.node_id == node_id).first()
+    if row is None:
+        return None
+    try:
+        return await render_version(row["number"], box)
+    except (service.NotFound, render.RenderError):
+        return None
+
+
+async def _prepare(
+    number: int, box: SecretBox, node_id: str
+) -> tuple[TestReport, render.RenderedMaps | None]:
     report = TestReport(number)
     try:
-        maps = await _render(number, box)
+        maps = await render_version(number, box)
     except render.RenderError as exc:
         report.problems = exc.problems
+        return report, None
+    report.diff = render.diff_maps(await applied_maps(node_id, box), maps)
+    return report, maps
+
+
+async def test_version(number: int, box: SecretBox, agent: AgentClient, node_id: str) -> TestReport:
+    report, maps = await _prepare(number, box, node_id)
+    if maps is None:
         return report
-    scratch = Path(tempfile.mkdtemp(prefix="mailrelay-test-"))
     try:
-        render.write_directory(maps, scratch / "maps")
-    except OSError as exc:
-        report.problems.append(f"cannot write the map files: {exc}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    report.diff = render.diff_against_live(maps, maps_root)
+        answer = await agent.call("check", version=number, files=agent.encode_files(maps.files))
+    except AgentUnavailable as exc:
+        report.notes.append(f"Postfix did not check this version: {exc}")
+        return report
+    except AgentRefused as exc:
+        report.problems.append(f"the agent refused the check: {exc}")
+        return report
+    report.problems.extend(answer["problems"])
     return report
 
 
 async def apply_version(
-    number: int, box: SecretBox, maps_root: Path, node_id: str, actor: service.Actor
+    number: int, box: SecretBox, agent: AgentClient, node_id: str, actor: service.Actor
 ) -> TestReport:
-    """Test, then swap in; on any problem nothing live changes and the failure is audited."""
-    report = await test_version(number, box, maps_root)
-    if report.ok:
+    """Test, swap in, reload. On any failure the previous maps stay live and it is audited."""
+    report, maps = await _prepare(number, box, node_id)
+    if maps is not None:
         try:
-            render.swap_live(await _render(number, box), maps_root)
-        except OSError as exc:
-            report.problems.append(f"cannot swap the live maps: {exc}")
+            answer = await agent.call("apply", version=number, files=agent.encode_files(maps.files))
+            report.problems.extend(answer["problems"])
+        except (AgentUnavailable, AgentRefused) as exc:
+            report.problems.append(f"not applied: {exc}")
     if not report.ok:
         await audit.record(
             actor.username,
@@ -72,7 +94,7 @@ async def apply_version(
             f"version {number}",
             actor.source_ip,
             "failed",
-            after={"problems": report.problems},
+            after={"node": node_id, "problems": report.problems},
         )
         return report
     async with AppliedVersion._meta.db.transaction():

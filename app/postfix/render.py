@@ -2,7 +2,7 @@
 
 Deterministic: the same version gives the same bytes (sorted, no timestamps). The renderer checks
 every value once more and refuses to write anything a map parser would read as a second entry.
-Map files are swapped in as a whole directory: readers see the old set or the new set, never a mix.
+The agent installs them as a whole directory (app.agent.postfix).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +92,52 @@ def render(version: int, snapshot: snap.Snapshot, decrypt: Callable[[str], str])
     return RenderedMaps(version, {k: v.encode() for k, v in files.items()})
 
 
+_KEY_RULES = {
+    "sender_access": re.compile(r"^[a-z0-9.-]+$"),
+    "sender_relayhost": re.compile(r"^@[a-z0-9.-]+$"),
+    "tls_policy": re.compile(r"^\[[0-9a-z.:-]+\]:[0-9]{1,5}$"),
+    "sasl_passwd": re.compile(r"^@[a-z0-9.-]+$"),
+}
+_VALUE_RULES = {
+    "sender_access": re.compile(r"^OK$"),
+    "sender_relayhost": re.compile(r"^\[[0-9a-z.:-]+\]:[0-9]{1,5}$"),
+    "tls_policy": re.compile(r"^(none|may|encrypt|verify)$"),
+    "sasl_passwd": re.compile(r"^[^:\s]+:\S+$"),
+}
+_NETWORK_RULE = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\])/\d{1,3}$")
+MAX_MAP_BYTES = 64 * 1024 * 1024
+
+
+def check_files(files: dict[str, bytes]) -> list[str]:
+    """The agent's own check of map files it is asked to install: exactly our maps, each line
+    a comment or one entry of the right shape. A second line of defence behind `render`."""
+    problems: list[str] = []
+    if set(files) != set(MAP_FILES):
+        return [f"expected exactly the maps {', '.join(MAP_FILES)}, got {', '.join(sorted(files))}"]
+    for name, content in files.items():
+        if len(content) > MAX_MAP_BYTES:
+            problems.append(f"{name}: larger than {MAX_MAP_BYTES} bytes")
+            continue
+        try:
+            text = content.decode("ascii")
+        except UnicodeDecodeError:
+            problems.append(f"{name}: not plain ASCII")
+            continue
+        if text and not text.endswith("\n"):
+            problems.append(f"{name}: the last line is not terminated")
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.startswith("#") and "\r" not in line:
+                continue
+            if name == "mynetworks":
+                ok = bool(_NETWORK_RULE.match(line))
+            else:
+                key, tab, value = line.partition("\t")
+                ok = bool(tab and _KEY_RULES[name].match(key) and _VALUE_RULES[name].match(value))
+            if not ok:
+                problems.append(f"{name} line {number}: not a valid entry")
+    return problems
+
+
 def write_directory(maps: RenderedMaps, directory: Path) -> None:
     """Write the map files into a new directory (secret maps 0600)."""
     directory.mkdir(parents=True, exist_ok=False, mode=0o750)
@@ -102,29 +148,6 @@ def write_directory(maps: RenderedMaps, directory: Path) -> None:
             fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
-
-
-def swap_live(maps: RenderedMaps, root: Path) -> Path:
-    """Make `root/live` point at a fresh directory holding `maps`, atomically (symlink rename)."""
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"v{maps.version}-{secrets.token_hex(4)}"
-    write_directory(maps, target)
-    link_tmp = root / f".live-{secrets.token_hex(4)}"
-    os.symlink(target.name, link_tmp)
-    previous = root / os.readlink(root / "live") if (root / "live").is_symlink() else None
-    os.replace(link_tmp, root / "live")
-    # Keep the previous set for inspection and drop older ones: a history lives in config_versions.
-    for old in root.glob("v*-*"):
-        if old not in (target, previous) and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def read_live(root: Path) -> dict[str, bytes]:
-    live = root / "live"
-    if not live.exists():
-        return {}
-    return {name: (live / name).read_bytes() for name in MAP_FILES if (live / name).exists()}
 
 
 def _masked(name: str, content: bytes, salt: bytes) -> list[str]:
@@ -145,17 +168,20 @@ def _fingerprint(salt: bytes, secret: str) -> str:
     return hashlib.sha256(salt + secret.encode()).hexdigest()[:8]
 
 
-def diff_against_live(maps: RenderedMaps, root: Path) -> str:
-    """A unified diff of what applying `maps` would change, passwords masked."""
-    live = read_live(root)
+def diff_maps(live: RenderedMaps | None, maps: RenderedMaps) -> str:
+    """A unified diff of what applying `maps` over `live` would change, passwords masked.
+
+    Rendering is deterministic, so the live maps are the rendering of the applied version: the
+    web app can show this diff without reading the root-owned map files."""
+    old = live.files if live else {}
     salt = secrets.token_bytes(16)
     out: list[str] = []
     for name in MAP_FILES:
         out.extend(
             difflib.unified_diff(
-                _masked(name, live.get(name, b""), salt),
+                _masked(name, old.get(name, b""), salt),
                 _masked(name, maps.files[name], salt),
-                fromfile=f"live/{name}",
+                fromfile=f"version-{live.version}/{name}" if live else f"(nothing applied)/{name}",
                 tofile=f"version-{maps.version}/{name}",
                 lineterm="",
             )

@@ -25,6 +25,7 @@ from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.template.config import TemplateConfig
 
+from app.agent.client import AgentClient
 from app.auth import users
 from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
@@ -171,4 +172,5 @@ def create_app(settings: Settings) -> Litestar:
     )
     app.state.settings = settings
     app.state.box = box
+    app.state.agent = AgentClient(settings.agent_socket)
     return app

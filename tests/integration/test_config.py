@@ -143,7 +143,9 @@ async def test_the_diff_shows_two_versions_side_by_side(login_as):
     )
 
 
-async def test_test_configuration_reports_the_diff_and_applies_nothing(login_as, settings):
+async def test_test_configuration_reports_the_diff_and_says_when_postfix_did_not_check(
+    login_as,
+):
     actor = service.Actor("t")
     await service.add_domain(actor, "example.com")
     await service.set_route(actor, None, "example.com", "smtp.example.net", 25, "may")
@@ -153,23 +155,19 @@ async def test_test_configuration_reports_the_diff_and_applies_nothing(login_as,
     assert "The configuration is valid." in response.text
     assert "+example.com\tOK" in response.text
     assert "+@example.com\t[smtp.example.net]:25" in response.text
+    # No agent runs in this test: the report says so instead of pretending Postfix agreed.
+    assert "Postfix did not check this version" in response.text
     assert await AppliedVersion.count() == 0
 
 
-async def test_apply_swaps_the_maps_and_records_the_version(login_as, settings):
-    actor = service.Actor("t")
-    await service.add_domain(actor, "example.com")
+async def test_apply_without_the_agent_fails_cleanly_and_is_audited(login_as):
+    await service.add_domain(service.Actor("t"), "example.com")
     client = await login_as("operator")
     response = await _post(client, "/config/apply", htmx=True)
-    assert response.status_code == 200
-    live = settings.rendered_maps_dir / "live"
-    assert (live / "sender_access").read_text().endswith("example.com\tOK\n")
-    applied = await AppliedVersion.select().first()
-    assert applied["node_id"] == settings.node_id
-    assert applied["number"] == 1
-    assert "No changes against the live maps." in (await _post(client, "/config/test")).text
-    page = (await client.get("/versions")).text
-    assert '<strong id="applied-version">1</strong>' in page
+    assert "not applied: the privileged agent is not reachable" in response.text
+    assert await AppliedVersion.count() == 0
+    entry = await AuditLog.select().where(AuditLog.action == "config.apply").first()
+    assert entry["outcome"] == "failed"
 
 
 async def test_a_slave_refuses_configuration_changes(login_as, app, monkeypatch):

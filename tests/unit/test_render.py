@@ -4,7 +4,6 @@ of anything that could split a map line, the atomic live swap and the masked dif
 from __future__ import annotations
 
 import copy
-import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -193,38 +192,8 @@ def test_write_directory_keeps_the_password_map_private(box: SecretBox, tmp_path
         render.write_directory(maps, tmp_path / "maps")
 
 
-def test_swap_live_switches_the_symlink(box: SecretBox, tmp_path: Path) -> None:
-    root = tmp_path / "maps"
-    first = render.render(1, sample(box), box.decrypt)
-    target1 = render.swap_live(first, root)
-    live = root / "live"
-    assert live.is_symlink()
-    assert os.readlink(live) == target1.name  # relative: the root may move
-    assert render.read_live(root) == first.files
-
-    snapshot = sample(box)
-    snapshot["sender_domains"].append({"name": "example.net", "comment": "", "route": None})
-    second = render.render(2, snapshot, box.decrypt)
-    target2 = render.swap_live(second, root)
-    assert os.readlink(live) == target2.name
-    assert render.read_live(root) == second.files
-    assert target1.is_dir()  # the previous set stays for inspection
-    assert not list(root.glob(".live-*"))  # no temporary link left behind
-
-    target3 = render.swap_live(render.render(3, snapshot, box.decrypt), root)
-    assert os.readlink(live) == target3.name
-    assert not target1.exists()
-    assert target2.is_dir()
-    assert sorted(p.name for p in root.iterdir()) == sorted(["live", target2.name, target3.name])
-
-
-def test_read_live_without_a_live_set_is_empty(tmp_path: Path) -> None:
-    assert render.read_live(tmp_path) == {}
-
-
-def test_diff_against_live_masks_passwords(box: SecretBox, tmp_path: Path) -> None:
-    root = tmp_path / "maps"
-    render.swap_live(render.render(1, sample(box, "old-secret"), box.decrypt), root)
+def test_the_diff_masks_passwords(box: SecretBox) -> None:
+    live = render.render(1, sample(box, "old-secret"), box.decrypt)
     snapshot = sample(box, "new-secret")
     snapshot["sender_domains"].append(
         {
@@ -233,7 +202,7 @@ def test_diff_against_live_masks_passwords(box: SecretBox, tmp_path: Path) -> No
             "route": route("relay.example.net", 465, "verify", "other", box.encrypt("hunter22")),
         }
     )
-    diff = render.diff_against_live(render.render(2, snapshot, box.decrypt), root)
+    diff = render.diff_maps(live, render.render(2, snapshot, box.decrypt))
     assert "+example.net\tOK" in diff.splitlines()
     assert "+@example.net\t[relay.example.net]:465" in diff.splitlines()
     assert "+[relay.example.net]:465\tverify" in diff.splitlines()
@@ -241,16 +210,14 @@ def test_diff_against_live_masks_passwords(box: SecretBox, tmp_path: Path) -> No
     # Only the password of example.com changed: the diff shows that line as changed.
     changed = [ln for ln in diff.splitlines() if ln.startswith(("-@example.com", "+@example.com"))]
     assert [ln[0] for ln in changed if "user:********" in ln] == ["-", "+"]
-    assert "--- live/sender_access" in diff
+    assert "--- version-1/sender_access" in diff
     assert "+++ version-2/sender_access" in diff
     for secret in ("old-secret", "new-secret", "hunter22"):
         assert secret not in diff
 
 
-def test_diff_against_an_empty_live_directory_adds_everything(
-    box: SecretBox, tmp_path: Path
-) -> None:
-    diff = render.diff_against_live(render.render(1, sample(box), box.decrypt), tmp_path)
+def test_the_diff_against_nothing_applied_adds_everything(box: SecretBox) -> None:
+    diff = render.diff_maps(None, render.render(1, sample(box), box.decrypt))
     assert any(ln.startswith("+@example.com\tuser:******** #") for ln in diff.splitlines())
     assert "+[2001:db8::]/32" in diff.splitlines()
     assert "secret" not in diff
@@ -275,15 +242,3 @@ def test_an_undecryptable_password_is_a_render_problem(box: SecretBox) -> None:
 
     with pytest.raises(render.RenderError):
         render.render(1, sample(box), wrong_key)
-
-
-def test_swap_live_keeps_the_previous_set_behind_a_symlinked_root(
-    box: SecretBox, tmp_path: Path
-) -> None:
-    (tmp_path / "real").mkdir()
-    (tmp_path / "link").symlink_to("real")
-    root = tmp_path / "link" / "maps"
-    snapshot = sample(box)
-    first = render.swap_live(render.render(1, snapshot, box.decrypt), root)
-    render.swap_live(render.render(2, snapshot, box.decrypt), root)
-    assert first.is_dir()

@@ -31,7 +31,6 @@ def test_defaults() -> None:
     assert s.tls_cert_file is None and s.tls_key_file is None
     assert s.state_dir == Path("/var/lib/mailrelay")
     assert s.secret_key_file == Path("/var/lib/mailrelay/secret.key")
-    assert s.rendered_maps_dir == Path("/var/lib/mailrelay/maps")
     assert s.https_host == "127.0.0.1"
     assert s.https_port == 8443
     assert s.session_idle_minutes == 30

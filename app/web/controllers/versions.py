@@ -74,21 +74,22 @@ def _report(request: Req, report: pipeline.TestReport, applied: bool) -> Templat
 
 @post("/config/test", opt={"role": "operator"})
 async def test_config(request: Req) -> Template:
-    settings = request.app.state.settings
     report = await pipeline.test_version(
-        await _latest_number(), request.app.state.box, settings.rendered_maps_dir
+        await _latest_number(),
+        request.app.state.box,
+        request.app.state.agent,
+        request.app.state.settings.node_id,
     )
     return _report(request, report, applied=False)
 
 
 @post("/config/apply", opt={"role": "operator"})
 async def apply_config(request: Req) -> Template:
-    settings = request.app.state.settings
     report = await pipeline.apply_version(
         await _latest_number(),
         request.app.state.box,
-        settings.rendered_maps_dir,
-        settings.node_id,
+        request.app.state.agent,
+        request.app.state.settings.node_id,
         actor(request),
     )
     return _report(request, report, applied=report.ok)

@@ -1,0 +1,82 @@
+"""`python -m app.agent` (also `mailrelay agent ...`): the root side of a node.
+
+  serve               run the agent on AGENT_SOCKET (or the systemd-activated socket)
+  postfix-settings    apply postfix-conf/main.cf.fragment with postconf (--check: only show)
+
+Environment: AGENT_SOCKET (/run/mailrelay/agent.sock), POSTFIX_CONFIG_DIR (/etc/postfix),
+POSTFIX_MAPS_ROOT (/etc/postfix/mailrelay), AGENT_SOCKET_MODE (0660).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from app.agent.postfix import AgentError, PostfixTools
+from app.agent.server import serve
+
+
+def tools_from_env() -> PostfixTools:
+    return PostfixTools(
+        Path(os.environ.get("POSTFIX_CONFIG_DIR", "/etc/postfix")),
+        Path(os.environ.get("POSTFIX_MAPS_ROOT", "/etc/postfix/mailrelay")),
+    )
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = sub.add_parser("serve", help="run the privileged agent")
+    serve.set_defaults(func=cmd_serve)
+    settings = sub.add_parser("postfix-settings", help="apply the product's main.cf settings")
+    settings.add_argument("--check", action="store_true", help="only print what would change")
+    settings.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a fragment value for this host (e.g. mailrelay_tls_dir=/etc/x)",
+    )
+    settings.set_defaults(func=cmd_postfix_settings)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    socket_path = Path(os.environ.get("AGENT_SOCKET", "/run/mailrelay/agent.sock"))
+    mode = int(os.environ.get("AGENT_SOCKET_MODE", "0660"), 8)
+    asyncio.run(serve(socket_path, tools_from_env(), mode))
+
+
+def cmd_postfix_settings(args: argparse.Namespace) -> None:
+    overrides = {}
+    for item in args.set:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise AgentError(f"--set wants NAME=VALUE, got {item!r}")
+        overrides[name.strip()] = value.strip()
+    changes = tools_from_env().apply_settings(overrides, dry_run=args.check)
+    verb = "would change" if args.check else "changed"
+    for change in changes:
+        print(f"{verb}: {change}")
+    if not changes:
+        print("Postfix settings are up to date")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="mailrelay agent")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except AgentError as exc:
+        print(f"mailrelay agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

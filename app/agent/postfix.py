@@ -1,0 +1,246 @@
+"""The privileged side: every Postfix tool the product runs on a live system runs here.
+
+Maps are installed as a whole directory under `maps_root` and made live by swapping the `live`
+symlink; Postfix reads them through `mailrelay_maps` (see postfix-conf/main.cf.fragment). A set
+of maps is checked with postmap and `postfix check` against a scratch copy of the configuration
+before it can become live, and a failed reload puts the previous set back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.postfix import render
+
+HASHED_MAPS = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd")
+QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]{6,32}$")
+FRAGMENT = Path(__file__).resolve().parents[2] / "postfix-conf" / "main.cf.fragment"
+COMMAND_TIMEOUT = 120
+
+
+class AgentError(Exception):
+    pass
+
+
+@dataclass
+class MapsReport:
+    version: int
+    problems: list[str] = field(default_factory=list)
+    applied: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "problems": self.problems, "applied": self.applied}
+
+
+def parse_fragment(text: str) -> list[tuple[str, str]]:
+    """`name = value` pairs from a main.cf-style file (comments, continuation lines)."""
+    pairs: list[tuple[str, str]] = []
+    for raw in text.splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        if raw[0].isspace():
+            if not pairs:
+                raise AgentError(f"continuation line without a parameter: {raw!r}")
+            name, value = pairs[-1]
+            pairs[-1] = (name, f"{value} {raw.strip()}".strip())
+            continue
+        name, eq, value = raw.partition("=")
+        if not eq:
+            raise AgentError(f"not a 'name = value' line: {raw!r}")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+class PostfixTools:
+    def __init__(self, config_dir: Path, maps_root: Path) -> None:
+        self.config_dir = config_dir
+        self.maps_root = maps_root
+
+    # -- running tools ------------------------------------------------------------------------
+
+    def _cmd(self, tool: str, *args: str, config_dir: Path | None = None) -> list[str]:
+        return [tool, "-c", str(config_dir or self.config_dir), *args]
+
+    def run(
+        self, tool: str, *args: str, config_dir: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            result = subprocess.run(
+                self._cmd(tool, *args, config_dir=config_dir),
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise AgentError(f"{tool} failed: {exc}") from exc
+        if check and result.returncode != 0:
+            output = (result.stderr or result.stdout).strip()
+            raise AgentError(f"{tool} {' '.join(args)}: {output or f'exit {result.returncode}'}")
+        return result
+
+    # -- main.cf settings ---------------------------------------------------------------------
+
+    def apply_settings(
+        self, overrides: dict[str, str] | None = None, dry_run: bool = False
+    ) -> list[str]:
+        """Set the product's main.cf parameters and master.cf tweaks; return what changed."""
+        wanted = dict(parse_fragment(FRAGMENT.read_text()))
+        wanted.update(overrides or {})
+        current = {}
+        for name in wanted:
+            result = self.run("postconf", "-h", name, check=False)
+            current[name] = result.stdout.strip() if result.returncode == 0 else None
+        changes = [f"{k} = {v}" for k, v in wanted.items() if current.get(k) != v]
+        if changes and not dry_run:
+            self.run("postconf", "-e", *[f"{k}={v}" for k, v in wanted.items()])
+        # Without chroot, Postfix daemons read the maps and certificates where they are; the
+        # chroot would need copies inside the queue directory, which queue sync replicates.
+        chrooted = self.run("postconf", "-F", "*/*/chroot").stdout.split()
+        if any(line.endswith("=y") or line == "y" for line in chrooted):
+            changes.append("master.cf: chroot = n for all services")
+            if not dry_run:
+                self.run("postconf", "-F", "*/*/chroot = n")
+        return changes
+
+    # -- maps ---------------------------------------------------------------------------------
+
+    def _stage(self, version: int, files: dict[str, bytes]) -> Path:
+        self.maps_root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        stage = self.maps_root / f"stage-{version}-{secrets.token_hex(4)}"
+        render.write_directory(render.RenderedMaps(version, files), stage)
+        # Postfix daemons open the maps as root, then drop privileges; 0755 lets operators read
+        # the directory; the password map itself stays 0600.
+        os.chmod(stage, 0o755)  # noqa: S103
+        return stage
+
+    def _check_stage(self, stage: Path) -> list[str]:
+        problems: list[str] = []
+        for name in HASHED_MAPS:
+            result = self.run("postmap", f"hash:{stage / name}", check=False)
+            text = (result.stderr + result.stdout).strip()
+            if result.returncode != 0 or "warning" in text or "fatal" in text:
+                problems.append(f"postmap {name}: {text or f'exit {result.returncode}'}")
+        secret_db = stage / "sasl_passwd.db"
+        if secret_db.exists():
+            os.chmod(secret_db, 0o600)
+        scratch = stage / ".config"
+        scratch.mkdir(mode=0o700)
+        for name in ("main.cf", "master.cf"):
+            shutil.copy2(self.config_dir / name, scratch / name)
+        # The scratch copy reads the staged maps; everything else is the live configuration.
+        self.run("postconf", "-e", f"mailrelay_maps={stage}", config_dir=scratch)
+        result = self.run("postfix", "check", config_dir=scratch, check=False)
+        text = (result.stderr + result.stdout).strip()
+        if result.returncode != 0 or "fatal" in text or "warning" in text:
+            problems.append(f"postfix check: {text or f'exit {result.returncode}'}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        return problems
+
+    def check_maps(self, version: int, files: dict[str, bytes]) -> MapsReport:
+        report = MapsReport(version, render.check_files(files))
+        if report.problems:
+            return report
+        stage = self._stage(version, files)
+        try:
+            report.problems = self._check_stage(stage)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return report
+
+    def live_version(self) -> int | None:
+        header = self.maps_root / "live" / "sender_access"
+        try:
+            first = header.read_text().splitlines()[0]
+        except (OSError, IndexError):
+            return None
+        match = re.search(r"config version (\d+)", first)
+        return int(match.group(1)) if match else None
+
+    def apply_maps(self, version: int, files: dict[str, bytes]) -> MapsReport:
+        report = MapsReport(version, render.check_files(files))
+        if report.problems:
+            return report
+        stage = self._stage(version, files)
+        report.problems = self._check_stage(stage)
+        if report.problems:
+            shutil.rmtree(stage, ignore_errors=True)
+            return report
+        target = self.maps_root / f"v{version}-{secrets.token_hex(4)}"
+        stage.rename(target)
+        live = self.maps_root / "live"
+        previous = os.readlink(live) if live.is_symlink() else None
+        self._point_live_at(target.name)
+        try:
+            if self.postfix_running():
+                self.run("postfix", "reload")
+        except AgentError as exc:
+            # The new maps are not what Postfix runs with: put the previous set back.
+            if previous:
+                self._point_live_at(previous)
+                self.run("postfix", "reload", check=False)
+            report.problems.append(f"reload failed, previous maps restored: {exc}")
+            shutil.rmtree(target, ignore_errors=True)
+            return report
+        for old in self.maps_root.glob("v*-*"):
+            if old.name not in (target.name, previous) and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        report.applied = True
+        return report
+
+    def _point_live_at(self, name: str) -> None:
+        tmp = self.maps_root / f".live-{secrets.token_hex(4)}"
+        os.symlink(name, tmp)
+        os.replace(tmp, self.maps_root / "live")
+
+    # -- status and queue ---------------------------------------------------------------------
+
+    def postfix_running(self) -> bool:
+        return self.run("postfix", "status", check=False).returncode == 0
+
+    def reload(self) -> None:
+        self.run("postfix", "reload")
+
+    def status(self) -> dict[str, Any]:
+        version = self.run("postconf", "-h", "mail_version", check=False).stdout.strip()
+        return {
+            "postfix_running": self.postfix_running(),
+            "postfix_version": version,
+            "live_maps_version": self.live_version(),
+        }
+
+    def queue_list(self, limit: int) -> list[dict[str, Any]]:
+        result = self.run("postqueue", "-j")
+        entries = []
+        for line in result.stdout.splitlines():
+            if len(entries) >= limit:
+                break
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return entries
+
+    def queue_action(self, action: str, queue_id: str) -> None:
+        if not QUEUE_ID_RE.match(queue_id):
+            raise AgentError(f"not a queue ID: {queue_id!r}")
+        if not any(e.get("queue_id") == queue_id for e in self.queue_list(limit=10**9)):
+            raise AgentError(f"there is no message {queue_id} in the queue")
+        flags = {"hold": "-h", "release": "-H", "delete": "-d", "requeue": "-r"}
+        if action in flags:
+            self.run("postsuper", flags[action], queue_id)
+        elif action == "flush":
+            self.run("postqueue", "-i", queue_id)
+        else:
+            raise AgentError(f"unknown queue action {action!r}")
+
+    def flush_all(self) -> None:
+        self.run("postqueue", "-f")

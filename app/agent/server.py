@@ -1,0 +1,147 @@
+"""The agent: a small root service on a unix socket with a fixed set of verbs.
+
+One JSON object per line in each direction. Every call is logged with the caller's uid and pid
+(SO_PEERCRED) and its outcome. Under systemd the socket comes from socket activation
+(LISTEN_FDS); otherwise the agent binds the path itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.agent.postfix import AgentError, PostfixTools
+
+log = logging.getLogger("mailrelay.agent")
+MAX_REQUEST = 256 * 1024 * 1024
+QUEUE_LIMIT_MAX = 100_000
+
+
+def _files(args: dict[str, Any]) -> tuple[int, dict[str, bytes]]:
+    version = args.get("version")
+    files = args.get("files")
+    if not isinstance(version, int) or version < 1:
+        raise AgentError("version must be a positive integer")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise AgentError("files must map map names to base64 text")
+    try:
+        return version, {str(k): base64.b64decode(v, validate=True) for k, v in files.items()}
+    except ValueError as exc:
+        raise AgentError(f"files: {exc}") from None
+
+
+def _queue_id(args: dict[str, Any]) -> str:
+    queue_id = args.get("queue_id")
+    if not isinstance(queue_id, str):
+        raise AgentError("queue_id is required")
+    return queue_id
+
+
+class Agent:
+    def __init__(self, tools: PostfixTools) -> None:
+        self.tools = tools
+        # One change at a time: two applies must not interleave their swaps and reloads.
+        self.lock = asyncio.Lock()
+        self.verbs: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "status": lambda a: self.tools.status(),
+            "check": lambda a: self.tools.check_maps(*_files(a)).as_dict(),
+            "apply": lambda a: self.tools.apply_maps(*_files(a)).as_dict(),
+            "reload": lambda a: self.tools.reload(),
+            "queue_list": self._queue_list,
+            "flush_all": lambda a: self.tools.flush_all(),
+            **{
+                action: (lambda a, action=action: self.tools.queue_action(action, _queue_id(a)))
+                for action in ("hold", "release", "delete", "requeue", "flush")
+            },
+        }
+
+    def _queue_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        limit = args.get("limit", 1000)
+        if not isinstance(limit, int) or not 1 <= limit <= QUEUE_LIMIT_MAX:
+            raise AgentError(f"limit must be 1-{QUEUE_LIMIT_MAX}")
+        return self.tools.queue_list(limit)
+
+    async def handle(self, request: Any) -> dict[str, Any]:
+        if not isinstance(request, dict) or not isinstance(request.get("verb"), str):
+            return {"ok": False, "error": 'a request is {"verb": ..., "args": {...}}'}
+        verb, args = request["verb"], request.get("args") or {}
+        if verb not in self.verbs or not isinstance(args, dict):
+            return {"ok": False, "error": f"unknown verb {verb!r}"}
+        async with self.lock:
+            try:
+                result = await asyncio.to_thread(self.verbs[verb], args)
+            except AgentError as exc:
+                return {"ok": False, "error": str(exc)}
+        return {"ok": True, "result": result}
+
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = _peer(writer)
+        try:
+            while line := await reader.readline():
+                started = time.monotonic()
+                try:
+                    request = json.loads(line)
+                except ValueError:
+                    request = None
+                response = await self.handle(request)
+                verb = request.get("verb") if isinstance(request, dict) else "?"
+                log.info(
+                    "call verb=%s peer=%s ok=%s %.0fms%s",
+                    verb,
+                    peer,
+                    response["ok"],
+                    (time.monotonic() - started) * 1000,
+                    "" if response["ok"] else f" error={response['error']!r}",
+                )
+                writer.write(json.dumps(response).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
+            log.warning("connection from %s dropped: %s", peer, exc)
+        finally:
+            writer.close()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)
+        return f"uid={uid},pid={pid}"
+    except (OSError, AttributeError):
+        return "unknown"
+
+
+def _activated_socket() -> socket.socket | None:
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    return socket.socket(fileno=3)
+
+
+async def serve(socket_path: Path, tools: PostfixTools, mode: int = 0o660) -> None:
+    agent = Agent(tools)
+    sock = _activated_socket()
+    if sock is not None:
+        server = await asyncio.start_unix_server(
+            agent.serve_connection, sock=sock, limit=MAX_REQUEST
+        )
+    else:
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(
+            agent.serve_connection, path=str(socket_path), limit=MAX_REQUEST
+        )
+        os.chmod(socket_path, mode)
+    log.info("agent listening on %s", socket_path)
+    async with server:
+        await server.serve_forever()
