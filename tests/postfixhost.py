@@ -71,10 +71,22 @@ class PostfixHost:
         return ["ip", "netns", "exec", self.ns, *cmd]
 
     def swaks(self, sender: str, rcpt: str, client: str = CLIENT, *extra: str) -> str:
-        result = _run(self.net(
-            "swaks", "--server", RELAY, "--local-interface", client, "--from", sender,
-            "--to", rcpt, "--timeout", "20", *extra,
-        ))
+        result = _run(
+            self.net(
+                "swaks",
+                "--server",
+                RELAY,
+                "--local-interface",
+                client,
+                "--from",
+                sender,
+                "--to",
+                rcpt,
+                "--timeout",
+                "20",
+                *extra,
+            )
+        )
         return result.stdout + result.stderr
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -87,8 +99,10 @@ class PostfixHost:
             self._configure()
             self._daemons()
             self.exec("postfix", "start")
-            self._wait(lambda: self.exec("postfix", "status", check=False).returncode == 0,
-                       "postfix to start")
+            self._wait(
+                lambda: self.exec("postfix", "status", check=False).returncode == 0,
+                "postfix to start",
+            )
         except Exception:
             self.stop()
             raise
@@ -99,8 +113,10 @@ class PostfixHost:
         for cmd in (
             ["ip", "netns", "add", self.ns],
             self.net("ip", "link", "set", "lo", "up"),
-            *[self.net("ip", "addr", "add", f"{a}/32", "dev", "lo")
-              for a in (RELAY, SINK1, SINK2, CLIENT, OUTSIDE)],
+            *[
+                self.net("ip", "addr", "add", f"{a}/32", "dev", "lo")
+                for a in (RELAY, SINK1, SINK2, CLIENT, OUTSIDE)
+            ],
         ):
             result = _run(cmd)
             if result.returncode != 0:
@@ -109,7 +125,8 @@ class PostfixHost:
     def _files(self) -> None:
         for name in ("etc", "spool", "lib", "log", "run", "tls", "sink1", "sink2"):
             (self.base / name).mkdir()
-        os.chmod(self.base, 0o755)
+        # Postfix daemons (user postfix) must traverse to the maps, certificates and log.
+        os.chmod(self.base, 0o755)  # noqa: S103
         for item in Path("/etc/postfix").iterdir():
             if item.name != "main.cf" and item.is_file():
                 shutil.copy2(item, self.base / "etc" / item.name)
@@ -124,18 +141,32 @@ class PostfixHost:
     def _namespace(self) -> None:
         mounts = " && ".join(
             f"mount --bind {self.base / src} {dst}"
-            for src, dst in (("etc", "/etc/postfix"), ("spool", "/var/spool/postfix"),
-                             ("lib", "/var/lib/postfix"))
+            for src, dst in (
+                ("etc", "/etc/postfix"),
+                ("spool", "/var/spool/postfix"),
+                ("lib", "/var/lib/postfix"),
+            )
         )
         self.holder = subprocess.Popen(
-            self.net("unshare", "--mount", "--propagation", "private", "sh", "-c",
-                     f"{mounts} && exec sleep infinity"),
+            self.net(
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"{mounts} && exec sleep infinity",
+            ),
             start_new_session=True,
         )
-        self._wait(lambda: (self.base / "etc" / "main.cf").exists() and self.exec(
-            "test", "-e", "/etc/postfix/master.cf", check=False).returncode == 0
-            and self.exec("findmnt", "/var/lib/postfix", check=False).returncode == 0,
-            "the mount namespace")
+        self._wait(
+            lambda: (
+                (self.base / "etc" / "main.cf").exists()
+                and self.exec("test", "-e", "/etc/postfix/master.cf", check=False).returncode == 0
+                and self.exec("findmnt", "/var/lib/postfix", check=False).returncode == 0
+            ),
+            "the mount namespace",
+        )
 
     def _configure(self) -> None:
         overrides = {
@@ -159,22 +190,38 @@ class PostfixHost:
 
     def _agent_env(self) -> list[str]:
         return [
-            "env", f"POSTFIX_MAPS_ROOT={self.maps_root}", f"AGENT_SOCKET={self.agent_socket}",
+            "env",
+            f"POSTFIX_MAPS_ROOT={self.maps_root}",
+            f"AGENT_SOCKET={self.agent_socket}",
             f"PYTHONPATH={ROOT}",
         ]
 
     def _agent_cmd(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.exec(*self._agent_env(), sys.executable, "-m", "app.agent", *args,
-                         check=False)
+        return self.exec(*self._agent_env(), sys.executable, "-m", "app.agent", *args, check=False)
 
     def _daemons(self) -> None:
         assert self.holder is not None
         agent_log = open(self.base / "agent.log", "wb")  # noqa: SIM115 - lives with the daemon
-        self.daemons.append(subprocess.Popen(
-            ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--wd=/", *self._agent_env(),
-             sys.executable, "-m", "app.agent", "serve"],
-            stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        self.daemons.append(
+            subprocess.Popen(
+                [
+                    "nsenter",
+                    "-t",
+                    str(self.holder.pid),
+                    "-m",
+                    "-n",
+                    "--wd=/",
+                    *self._agent_env(),
+                    sys.executable,
+                    "-m",
+                    "app.agent",
+                    "serve",
+                ],
+                stdout=agent_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         self.start_sink(1)
         self.start_sink(2)
         self._wait(self.agent_socket.exists, "the agent socket")
@@ -183,20 +230,30 @@ class PostfixHost:
         if number == 1:
             args = [SINK1, "25", str(self.sink1)]
         else:
-            args = [SINK2, "25", str(self.sink2), "--tls", str(self.base / "sink2.crt"),
-                    str(self.base / "sink2.key"), "--require-tls",
-                    "--auth", f"{SINK2_USER}:{SINK2_PASSWORD}"]
+            args = [
+                SINK2,
+                "25",
+                str(self.sink2),
+                "--tls",
+                str(self.base / "sink2.crt"),
+                str(self.base / "sink2.key"),
+                "--require-tls",
+                "--auth",
+                f"{SINK2_USER}:{SINK2_PASSWORD}",
+            ]
         process = subprocess.Popen(
-            self.net("env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.smtptarget",
-                     *args),
-            stdout=subprocess.DEVNULL, stderr=open(self.base / f"sink{number}.log", "ab"),  # noqa: SIM115
+            self.net("env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "tests.smtptarget", *args),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.base / f"sink{number}.log", "ab"),  # noqa: SIM115
             start_new_session=True,
         )
         process.sink_number = number  # type: ignore[attr-defined]
         self.daemons.append(process)
         address = SINK1 if number == 1 else SINK2
-        self._wait(lambda: _run(self.net("bash", "-c", f"echo > /dev/tcp/{address}/25"))
-                   .returncode == 0, f"sink{number}")
+        self._wait(
+            lambda: _run(self.net("bash", "-c", f"echo > /dev/tcp/{address}/25")).returncode == 0,
+            f"sink{number}",
+        )
 
     def stop_sink(self, number: int) -> None:
         for process in list(self.daemons):
@@ -244,11 +301,28 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
 
 
 def _self_signed(cert: Path, key: Path, name: str) -> None:
-    result = _run([
-        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", f"/CN={name}",
-        "-addext", f"subjectAltName=DNS:{name}",
-    ])
+    result = _run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "30",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            f"subjectAltName=DNS:{name}",
+        ]
+    )
     if result.returncode != 0:
         raise RuntimeError(f"openssl: {result.stderr}")
     os.chmod(key, 0o600)

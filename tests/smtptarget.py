@@ -26,7 +26,7 @@ class Recorder:
         self.directory = directory
         self.counter = itertools.count(len(list(directory.glob("*.json"))) + 1)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         n = next(self.counter)
         content = envelope.content if isinstance(envelope.content, bytes) else b""
         message = email.message_from_bytes(content)
@@ -66,19 +66,18 @@ def main() -> None:
     if args.auth:
         user, _, password = args.auth.partition(":")
 
-        def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
-                          auth_data: Any) -> AuthResult:
+        def authenticator(
+            server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+        ) -> AuthResult:
             ok = (
                 isinstance(auth_data, LoginPassword)
                 and auth_data.login.decode() == user
                 and auth_data.password.decode() == password
             )
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, auth_data=auth_data if ok else None)
 
         kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
-    controller = Controller(
-        Recorder(args.directory), hostname=args.host, port=args.port, **kwargs
-    )
+    controller = Controller(Recorder(args.directory), hostname=args.host, port=args.port, **kwargs)
     controller.start()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()

@@ -1,0 +1,240 @@
+"""The relay relays: the GUI's configuration enforced by a real Postfix (tests/postfixhost.py),
+clients are swaks, relay targets record what they receive."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from app.agent.client import AgentClient
+from app.config import service
+from app.db.tables import AppliedVersion, AuditLog
+from tests import postfixhost
+from tests.conftest import csrf
+from tests.postfixhost import CLIENT, OUTSIDE, SINK1, SINK2, SINK2_PASSWORD, SINK2_USER
+from tests.smtptarget import received
+
+pytestmark = pytest.mark.postfix
+
+
+@pytest.fixture(scope="module")
+def host():
+    reason = postfixhost.available()
+    if reason:
+        pytest.skip(f"real Postfix tests need: {reason}")
+    relay = postfixhost.PostfixHost().start()
+    yield relay
+    relay.stop()
+
+
+@pytest.fixture
+def agent(app, host, monkeypatch):
+    client = AgentClient(host.agent_socket)
+    monkeypatch.setattr(app.state, "agent", client)
+    return client
+
+
+async def _post(client, path, data=None, htmx=True):
+    headers = csrf(client) | ({"hx-request": "true"} if htmx else {})
+    return await client.post(path, data=data or {}, headers=headers, follow_redirects=False)
+
+
+async def configure(client) -> None:
+    """The operator's configuration, entered through the GUI and applied."""
+    for name in ("example.com", "secure.example"):
+        assert (await _post(client, "/domains", {"name": name})).status_code == 200
+    await _post(client, "/routes/example.com", {"host": SINK1, "port": "25", "tls_mode": "none"})
+    await _post(
+        client,
+        "/routes/secure.example",
+        {
+            "host": SINK2,
+            "port": "25",
+            "tls_mode": "encrypt",
+            "auth_user": SINK2_USER,
+            "auth_password": SINK2_PASSWORD,
+        },
+    )
+    await _post(client, "/networks", {"cidr": f"{CLIENT}/32"})
+    response = await _post(client, "/config/apply")
+    assert "Applied version" in response.text, response.text
+
+
+def wait_for(directory: Path, count: int, timeout: float = 30.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = received(directory)
+        if len(got) >= count:
+            return got
+        time.sleep(0.2)
+    return received(directory)
+
+
+def clear(directory: Path) -> None:
+    for item in directory.iterdir():
+        item.unlink()
+
+
+async def test_an_allowed_sender_is_relayed_by_its_route(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    clear(host.sink1)
+    clear(host.sink2)
+    out = host.swaks(
+        "app@example.com", "someone@dest.example", CLIENT, "--header", "Message-Id: <plain-1@test>"
+    )
+    assert "250 2.0.0 Ok: queued" in out, out
+    got = wait_for(host.sink1, 1)
+    assert [m["message_id"] for m in got] == ["<plain-1@test>"]
+    assert got[0]["tls"] is False
+    assert got[0]["auth_user"] is None
+    # The route of secure.example: STARTTLS and SMTP AUTH, as the target saw it.
+    out = host.swaks(
+        "app@secure.example",
+        "someone@dest.example",
+        CLIENT,
+        "--header",
+        "Message-Id: <secure-1@test>",
+    )
+    assert "250 2.0.0 Ok: queued" in out, out
+    got = wait_for(host.sink2, 1)
+    assert [m["message_id"] for m in got] == ["<secure-1@test>"]
+    assert got[0]["tls"] is True
+    assert got[0]["auth_user"] == SINK2_USER
+    assert received(host.sink1)[-1]["message_id"] == "<plain-1@test>"  # nothing else went there
+    applied = await AppliedVersion.select().first()
+    assert applied["number"] == 5
+
+
+async def test_policy_refusals_happen_in_the_smtp_dialogue(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    out = host.swaks("app@blocked.example", "someone@dest.example", CLIENT)
+    assert (
+        "553 5.7.1 <app@blocked.example>: Sender address rejected: Sender domain not allowed" in out
+    )
+    # A subdomain of a whitelisted domain is not whitelisted (exact match, see main.cf fragment).
+    out = host.swaks("app@sub.example.com", "someone@dest.example", CLIENT)
+    assert "553 5.7.1" in out
+    out = host.swaks("app@example.com", "someone@dest.example", OUTSIDE)
+    assert "554 5.7.1 <someone@dest.example>: Relay access denied" in out
+
+
+async def test_starttls_is_offered_and_not_required(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    clear(host.sink1)
+    out = host.swaks("app@example.com", "x@dest.example", CLIENT, "--quit-after", "EHLO")
+    assert "250-STARTTLS" in out
+    out = host.swaks("app@example.com", "x@dest.example", CLIENT, "--tls")
+    assert "TLS started" in out and "250 2.0.0 Ok: queued" in out, out
+    out = host.swaks("app@example.com", "x@dest.example", CLIENT)  # no TLS: still accepted
+    assert "250 2.0.0 Ok: queued" in out
+    assert len(wait_for(host.sink1, 2)) == 2
+
+
+async def test_test_configuration_runs_postfix_check_and_changes_nothing(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    live_before = (host.maps_root / "live").resolve()
+    await _post(client, "/domains", {"name": "new.example"})
+    response = await _post(client, "/config/test")
+    assert "The configuration is valid." in response.text
+    assert "Postfix did not check" not in response.text
+    assert "+new.example\tOK" in response.text
+    assert (host.maps_root / "live").resolve() == live_before
+
+
+async def test_a_config_that_fails_postfix_check_is_not_applied(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    live_before = (host.maps_root / "live").resolve()
+    main_cf = host.base / "etc" / "main.cf"
+    good = main_cf.read_text()
+    main_cf.write_text(good + "this line has no equals sign\n")
+    try:
+        await _post(client, "/domains", {"name": "new.example"})
+        tested = await _post(client, "/config/test")
+        assert "postfix check" in tested.text
+        assert "missing &#39;=&#39;" in tested.text or "missing '='" in tested.text
+        applied = await _post(client, "/config/apply")
+        assert "postfix check" in applied.text
+        assert "Applied version" not in applied.text
+    finally:
+        main_cf.write_text(good)
+    assert (host.maps_root / "live").resolve() == live_before
+    assert (await AppliedVersion.select().first())["number"] == 5
+    failed = (
+        await AuditLog.select()
+        .where((AuditLog.action == "config.apply") & (AuditLog.outcome == "failed"))
+        .first()
+    )
+    assert "postfix check" in failed["after"]
+    # The running Postfix still relays with the previous maps.
+    clear(host.sink1)
+    assert "250 2.0.0 Ok: queued" in host.swaks("app@example.com", "y@dest.example", CLIENT)
+    assert len(wait_for(host.sink1, 1)) == 1
+    assert "553 5.7.1" in host.swaks("app@new.example", "y@dest.example", CLIENT)
+
+
+INJECTIONS = [
+    "evil.example\nattacker.example OK",
+    "evil.example OK",
+    "evil.example\tOK",
+    "evil.example\r\nx OK",
+    "evil.example\x00",
+    "#evil.example",
+    "evil.example,static:all",
+]
+
+
+async def test_injection_attempts_never_change_the_live_maps(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    live = host.maps_root / "live"
+    # The map sources; the .db files postmap derives from them are not byte-stable.
+    before = {p.name: p.read_bytes() for p in live.iterdir() if p.suffix != ".db"}
+    for value in INJECTIONS:
+        await _post(client, "/domains", {"name": value, "comment": value})
+        await _post(client, "/networks", {"cidr": f"{CLIENT}/32,{value}", "comment": value})
+        await _post(client, "/networks", {"cidr": value})
+        await _post(
+            client, "/routes/example.com", {"host": value, "port": "25", "tls_mode": "none"}
+        )
+        await _post(
+            client,
+            "/routes/example.com",
+            {"host": SINK1, "port": "25", "tls_mode": f"none\n{value}"},
+        )
+        if any(c in value for c in "\n\r\t\x00 "):
+            # '#' or ',' are legitimate in credentials; whitespace and controls never are.
+            await _post(
+                client,
+                "/routes/example.com",
+                {
+                    "host": SINK1,
+                    "port": "25",
+                    "tls_mode": "none",
+                    "auth_user": value,
+                    "auth_password": "pw",
+                },
+            )
+            await _post(
+                client,
+                "/routes/example.com",
+                {
+                    "host": SINK1,
+                    "port": "25",
+                    "tls_mode": "none",
+                    "auth_user": "u",
+                    "auth_password": value,
+                },
+            )
+    # Nothing was stored, so there is no new version to apply.
+    assert (await service.latest_version())["number"] == 5
+    response = await _post(client, "/config/apply")
+    assert "No changes against the live maps." in response.text
+    after = {p.name: p.read_bytes() for p in live.iterdir() if p.suffix != ".db"}
+    assert after == before
