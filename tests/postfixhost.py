@@ -177,10 +177,6 @@ class PostfixHost:
             "myhostname": "relay.test",
             "inet_interfaces": RELAY,
             "smtp_bind_address": RELAY,
-            # Tests retry at once instead of waiting minutes for the next queue run.
-            "queue_run_delay": "1s",
-            "minimal_backoff_time": "1s",
-            "maximal_backoff_time": "2s",
         }
         args = [f"{k}={v}" for k, v in overrides.items()]
         result = self._agent_cmd("postfix-settings", *[f"--set={a}" for a in args])

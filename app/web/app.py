@@ -32,7 +32,7 @@ from app.crypto import SecretBox, ensure_secret_key
 from app.piccolo_conf import DB
 from app.settings import Settings
 from app.web.auth import CallerMiddleware, PasswordChangeRequired, access_guard
-from app.web.controllers import admin, api, config, monitor, session, versions
+from app.web.controllers import admin, api, config, monitor, queue, session, versions
 from app.web.security import add_security_headers
 from app.web.views import is_htmx, page
 
@@ -131,6 +131,9 @@ def create_app(settings: Settings) -> Litestar:
             admin.tokens_page,
             admin.create_token,
             admin.revoke_token,
+            queue.queue_page,
+            queue.queue_action,
+            queue.flush_queue,
             api.config_export,
             api.acquire_lock,
             api.release_lock,

@@ -238,3 +238,70 @@ async def test_injection_attempts_never_change_the_live_maps(login_as, host, age
     assert "No changes against the live maps." in response.text
     after = {p.name: p.read_bytes() for p in live.iterdir() if p.suffix != ".db"}
     assert after == before
+
+
+async def _queue_entry(client, sender: str, timeout: float = 30.0) -> dict:
+    """Wait until the queue page lists a deferred message from `sender`; its row's text."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page = (await client.get(f"/queue?sender={sender}&queue_name=deferred")).text
+        match = re.search(r'<tr id="q-([0-9A-Za-z]+)">(.*?)</tr>', page, re.S)
+        if match:
+            return {"queue_id": match.group(1), "row": match.group(2)}
+        time.sleep(0.5)
+    raise AssertionError(f"no deferred message from {sender} on the queue page:\n{page}")
+
+
+async def test_mail_for_a_down_target_waits_and_goes_after_a_flush(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    host.stop_sink(1)
+    clear(host.sink1)
+    try:
+        out = host.swaks(
+            "late@example.com",
+            "x@dest.example",
+            CLIENT,
+            "--header",
+            "Message-Id: <deferred-1@test>",
+        )
+        assert "250 2.0.0 Ok: queued" in out
+        entry = await _queue_entry(client, "late@example.com")
+        assert "x@dest.example" in entry["row"]
+        assert "Connection refused" in entry["row"]
+        assert received(host.sink1) == []
+    finally:
+        host.start_sink(1)
+    response = await _post(client, f"/queue/{entry['queue_id']}/flush")
+    assert response.headers.get("hx-redirect") == "/queue"
+    got = wait_for(host.sink1, 1)
+    assert [m["message_id"] for m in got] == ["<deferred-1@test>"]
+    assert await AuditLog.exists().where(
+        (AuditLog.action == "queue.flush") & (AuditLog.target == entry["queue_id"])
+    )
+
+
+async def test_hold_release_and_delete_act_on_one_message(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    host.stop_sink(1)
+    try:
+        host.swaks("held@example.com", "x@dest.example", CLIENT)
+        queue_id = (await _queue_entry(client, "held@example.com"))["queue_id"]
+        await _post(client, f"/queue/{queue_id}/hold")
+        page = (await client.get("/queue?queue_name=hold")).text
+        assert queue_id in page
+        await _post(client, f"/queue/{queue_id}/release")
+        assert queue_id not in (await client.get("/queue?queue_name=hold")).text
+        await _post(client, f"/queue/{queue_id}/delete")
+        assert queue_id not in (await client.get("/queue")).text
+        refused = await _post(client, f"/queue/{queue_id}/hold")
+        assert refused.status_code == 409
+        assert "no message" in refused.text
+    finally:
+        host.start_sink(1)
+    readonly = await login_as("readonly")
+    assert (await readonly.get("/queue")).status_code == 200
+    assert (await _post(readonly, "/queue/flush")).status_code == 403

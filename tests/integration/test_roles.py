@@ -29,6 +29,9 @@ GUI = [
     ("GET", "/networks", "readonly"),
     ("POST", "/networks", "operator"),
     ("POST", "/networks/delete", "operator"),
+    ("GET", "/queue", "readonly"),
+    ("POST", "/queue/{queue_id}/{action}", "operator"),
+    ("POST", "/queue/flush", "operator"),
     ("GET", "/versions", "readonly"),
     ("GET", "/versions/{number}", "readonly"),
     ("GET", "/versions/diff", "readonly"),
@@ -60,6 +63,8 @@ VALUES = {
     "domain": "example.com",
     "number": "1",
     "username": "victim",
+    "queue_id": "4dLq2G1xZ9z9vxL",
+    "action": "hold",
 }
 FORMS = {
     "/domains": {"name": "new.example"},

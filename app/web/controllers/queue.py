@@ -1,0 +1,94 @@
+"""The queue page: what Postfix holds right now, and the operator's actions on it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.params import FromPath, FromQuery
+from litestar.response import Response, Template
+
+from app import audit
+from app.agent.client import AgentRefused, AgentUnavailable
+from app.auth.sessions import SessionUser
+from app.postfix import queue
+from app.web.auth import source_ip
+from app.web.views import done, is_htmx, page
+
+Req = Request[SessionUser, Any, Any]
+LIST_LIMIT = 5000
+
+
+@get("/queue")
+async def queue_page(
+    request: Req,
+    sender: FromQuery[str] = "",
+    recipient: FromQuery[str] = "",
+    queue_name: FromQuery[str] = "",
+    reason: FromQuery[str] = "",
+) -> Template:
+    filters = {"sender": sender, "recipient": recipient, "queue_name": queue_name, "reason": reason}
+    error, entries = None, []
+    try:
+        raw = await request.app.state.agent.call("queue_list", limit=LIST_LIMIT)
+        entries = [queue.QueueEntry.from_postqueue(r) for r in raw]
+    except (AgentUnavailable, AgentRefused) as exc:
+        error = str(exc)
+    shown = [
+        e
+        for e in entries
+        if queue.matches(e, sender.strip(), recipient.strip(), queue_name, reason.strip())
+    ]
+    template = "queue/_table.html" if is_htmx(request) else "queue/page.html"
+    return page(
+        request,
+        template,
+        entries=shown,
+        total=len(entries),
+        filters=filters,
+        error=error,
+        now=dt.datetime.now(dt.UTC),
+        limit=LIST_LIMIT,
+        actions=queue.ACTIONS,
+    )
+
+
+async def _act(request: Req, action: str, queue_id: str | None) -> Response[Any]:
+    verb_args = {"queue_id": queue_id} if queue_id else {}
+    verb = action if queue_id else "flush_all"
+    target = queue_id or "*"
+    try:
+        await request.app.state.agent.call(verb, **verb_args)
+    except (AgentUnavailable, AgentRefused) as exc:
+        await audit.record(
+            request.user.username,
+            f"queue.{action}",
+            target,
+            source_ip(request),
+            "failed",
+            after={"error": str(exc)},
+        )
+        return page(
+            request,
+            "error.html",
+            409 if isinstance(exc, AgentRefused) else 503,
+            title="Queue",
+            detail=str(exc),
+        )
+    await audit.record(request.user.username, f"queue.{action}", target, source_ip(request))
+    return done(request, "/queue")
+
+
+@post("/queue/{queue_id:str}/{action:str}", opt={"role": "operator"})
+async def queue_action(
+    request: Req, queue_id: FromPath[str], action: FromPath[str]
+) -> Response[Any]:
+    if action not in queue.ACTIONS:
+        return page(request, "error.html", 404, title="Not found", detail="Not found")
+    return await _act(request, action, queue_id)
+
+
+@post("/queue/flush", opt={"role": "operator"})
+async def flush_queue(request: Req) -> Response[Any]:
+    return await _act(request, "flush", None)
