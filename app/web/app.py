@@ -107,6 +107,8 @@ def create_app(settings: Settings) -> Litestar:
             monitor.dashboard,
             monitor.recent_rejects,
             monitor.audit_page,
+            monitor.tracking_page,
+            monitor.message_page,
             config.domains_page,
             config.add_domain,
             config.delete_domain,

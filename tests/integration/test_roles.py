@@ -29,6 +29,8 @@ GUI = [
     ("GET", "/networks", "readonly"),
     ("POST", "/networks", "operator"),
     ("POST", "/networks/delete", "operator"),
+    ("GET", "/tracking", "readonly"),
+    ("GET", "/tracking/{queue_id}", "readonly"),
     ("GET", "/queue", "readonly"),
     ("POST", "/queue/{queue_id}/{action}", "operator"),
     ("POST", "/queue/flush", "operator"),

@@ -6,10 +6,11 @@ import datetime as dt
 from typing import Any
 
 from litestar import Request, get
-from litestar.params import FromQuery
+from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from app import reports
+from app.agent.client import AgentRefused, AgentUnavailable
 from app.auth.sessions import SessionUser
 from app.config import service
 from app.postfix import pipeline
@@ -23,6 +24,12 @@ AUDIT_PAGE = 50
 async def dashboard(request: Req) -> Template:
     settings = request.app.state.settings
     applied = await pipeline.applied_versions()
+    try:
+        postfix = await request.app.state.agent.call("status")
+        postfix_error = None
+    except (AgentUnavailable, AgentRefused) as exc:
+        postfix, postfix_error = None, str(exc)
+    traffic = await reports.hourly_traffic()
     return page(
         request,
         "dashboard/page.html",
@@ -31,6 +38,12 @@ async def dashboard(request: Req) -> Template:
         latest=await service.latest_version(),
         applied=applied,
         this_node=applied.get(settings.node_id),
+        postfix=postfix,
+        postfix_error=postfix_error,
+        bars=reports.chart_bars(traffic),
+        traffic_total=sum(
+            h["delivered"] + h["deferred"] + h["bounced"] + h["rejected"] for h in traffic
+        ),
     )
 
 
@@ -78,4 +91,47 @@ async def audit_page(
         has_more=len(rows) > AUDIT_PAGE,
         page_no=page_no,
         filters=filters,
+    )
+
+
+@get("/tracking")
+async def tracking_page(
+    request: Req,
+    sender: FromQuery[str] = "",
+    recipient: FromQuery[str] = "",
+    queue_id: FromQuery[str] = "",
+    message_id: FromQuery[str] = "",
+    since: FromQuery[str] = "",
+    until: FromQuery[str] = "",
+) -> Template:
+    filters = {
+        "sender": sender,
+        "recipient": recipient,
+        "queue_id": queue_id,
+        "message_id": message_id,
+        "since": since,
+        "until": until,
+    }
+    searched = any(v.strip() for v in filters.values())
+    until_day = _day(until)
+    rows = (
+        await reports.search_messages(
+            sender=sender,
+            recipient=recipient,
+            queue_id=queue_id,
+            message_id=message_id,
+            since=_day(since),
+            until=until_day + dt.timedelta(days=1) if until_day else None,
+        )
+        if searched
+        else []
+    )
+    template = "tracking/_results.html" if is_htmx(request) else "tracking/page.html"
+    return page(request, template, rows=rows, filters=filters, searched=searched)
+
+
+@get("/tracking/{queue_id:str}")
+async def message_page(request: Req, queue_id: FromPath[str]) -> Template:
+    return page(
+        request, "tracking/message.html", queue_id=queue_id, **await reports.lifecycle(queue_id)
     )

@@ -1,0 +1,124 @@
+"""Dashboard tiles and chart, recent rejects, and message tracking, from the log tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from app.db.tables import LogMessage, MailLog, RejectionLog
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+async def _logs() -> None:
+    rows = []
+    for i in range(6):
+        rows.append(
+            MailLog(
+                at=NOW - dt.timedelta(minutes=10),
+                node_id="a",
+                queue_id=f"Q{i}AAAAAA",
+                message_id=f"<m{i}@test>",
+                sender="app@example.com",
+                recipient=f"r{i}@dest.example",
+                relay="198.18.5.21[198.18.5.21]:25",
+                status="sent",
+                dsn="2.0.0",
+                size=100,
+                client="198.18.5.30",
+            )
+        )
+    rows.append(
+        MailLog(
+            at=NOW - dt.timedelta(hours=3),
+            node_id="a",
+            queue_id="QDEFAAAAA",
+            message_id="<d@test>",
+            sender="app@example.com",
+            recipient="late@dest.example",
+            relay="none",
+            status="deferred",
+            dsn="4.4.1",
+        )
+    )
+    rows.append(
+        MailLog(
+            at=NOW - dt.timedelta(days=3),
+            node_id="a",
+            queue_id="QOLDAAAAA",
+            message_id="<old@test>",
+            sender="old@example.com",
+            recipient="x@dest.example",
+            status="bounced",
+            dsn="5.1.1",
+        )
+    )
+    await MailLog.insert(*rows)
+    await RejectionLog.insert(
+        RejectionLog(
+            at=NOW - dt.timedelta(minutes=5),
+            node_id="a",
+            client="198.18.5.40",
+            sender="app@blocked.example",
+            recipient="x@dest.example",
+            reason="Sender domain not allowed on this relay",
+            code=553,
+        )
+    )
+    await LogMessage.insert(
+        LogMessage(
+            node_id="a",
+            queue_id="Q1AAAAAA",
+            message_id="<m1@test>",
+            sender="app@example.com",
+            size=100,
+            client="198.18.5.30",
+            first_seen_at=NOW - dt.timedelta(minutes=11),
+        )
+    )
+
+
+async def test_the_dashboard_is_honest_when_nothing_was_logged(login_as):
+    client = await login_as("readonly")
+    page = (await client.get("/")).text
+    assert 'id="kpi-empty"' in page
+    assert "No rejects recorded yet" in page
+    assert "No traffic logged in the last 24 hours." in page
+    assert "the privileged agent is not reachable" in page  # no Postfix here: said, not hidden
+
+
+async def test_tiles_count_per_period(login_as):
+    await _logs()
+    client = await login_as("readonly")
+    page = (await client.get("/")).text
+    assert 'id="kpi-empty"' not in page
+    tiles = page.split('class="tile"')[1:]
+    hour, day, retention = tiles
+    assert "<dt>Accepted</dt><dd>6</dd>" in hour and "<dt>Rejected</dt><dd>1</dd>" in hour
+    assert "<dt>Delivered</dt><dd>6</dd>" in day and "<dt>Deferred</dt><dd>1</dd>" in day
+    assert "<dt>Bounced</dt><dd>1</dd>" in retention and "<dt>Accepted</dt><dd>8</dd>" in retention
+    assert page.count('<rect class="delivered"') == 1
+    assert page.count('<rect class="deferred"') == 1
+    assert "app@blocked.example" in page
+
+
+async def test_recent_rejects_refresh_as_a_fragment(login_as):
+    await _logs()
+    client = await login_as("readonly")
+    fragment = (await client.get("/dashboard/rejects", headers={"hx-request": "true"})).text
+    assert fragment.startswith('<div id="recent-rejects"')
+    assert "553 Sender domain not allowed on this relay" in fragment
+
+
+async def test_tracking_finds_messages_and_shows_a_lifecycle(login_as):
+    await _logs()
+    client = await login_as("readonly")
+    assert (await client.get("/tracking?recipient=r3@dest.example")).text.count("<tr class=") == 1
+    by_domain = (await client.get("/tracking?sender=@example.com")).text
+    assert by_domain.count('<tr class="sent"') == 6
+    assert by_domain.count('<tr class="deferred"') == 1
+    assert "Q2AAAAAA" in (await client.get("/tracking?message_id=<m2@test>")).text
+    since = (NOW - dt.timedelta(days=1)).date().isoformat()
+    recent = (await client.get(f"/tracking?sender=@example.com&since={since}")).text
+    assert "QOLDAAAAA" not in recent and "QDEFAAAAA" in recent
+    page = (await client.get("/tracking/Q1AAAAAA")).text
+    assert "198.18.5.30" in page and "r1@dest.example" in page and "&lt;m1@test&gt;" in page
