@@ -1,0 +1,210 @@
+"""The benchmark parts behind scripts/bench. Each part measures ours beside the plain tool in
+the same run, prints a table, and writes bench-results/<part>.json and an SVG bar chart."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench-results"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.platform()}"
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [
+        title,
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+        for r in cells[1:]
+    ]
+    return "\n".join(lines)
+
+
+def svg_bars(title: str, labels: list[str], series: dict[str, list[float]], unit: str) -> str:
+    """A grouped bar chart, one group per label, one bar per series."""
+    colours = ["#0b5cad", "#d4a72c", "#18794e", "#b42318"]
+    peak = max((v for values in series.values() for v in values), default=1) or 1
+    group_w, bar_w, height = 40 + 24 * len(series), 22, 200
+    width = 60 + group_w * len(labels)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 80}">',
+        f'<text x="10" y="18" font-size="14">{title}</text>',
+    ]
+    for gi, label in enumerate(labels):
+        x0 = 50 + gi * group_w
+        for si, (name, values) in enumerate(series.items()):
+            value = values[gi]
+            h = value / peak * height
+            x = x0 + si * (bar_w + 2)
+            parts.append(
+                f'<rect x="{x}" y="{30 + height - h:.1f}" width="{bar_w}" '
+                f'height="{h:.1f}" fill="{colours[si % 4]}"><title>{name}: {value:.3g} '
+                f"{unit}</title></rect>"
+            )
+            parts.append(
+                f'<text x="{x}" y="{26 + height - h:.1f}" font-size="9">{value:.3g}</text>'
+            )
+        parts.append(f'<text x="{x0}" y="{height + 48}" font-size="11">{label}</text>')
+    for si, name in enumerate(series):
+        parts.append(
+            f'<rect x="{10 + si * 160}" y="{height + 60}" width="10" height="10" '
+            f'fill="{colours[si % 4]}"/><text x="{24 + si * 160}" y="{height + 69}" '
+            f'font-size="11">{name} ({unit})</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def save(part: str, data: dict[str, Any], chart: str, text: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    data["machine"] = machine()
+    data["when"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    (RESULTS / f"{part}.json").write_text(json.dumps(data, indent=2))
+    (RESULTS / f"{part}.svg").write_text(chart)
+    print(text)
+    print(f"\nmachine: {data['machine']}\nwritten: bench-results/{part}.json, {part}.svg")
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# -- apply ------------------------------------------------------------------------------------
+
+
+def snapshot(domains: int) -> dict[str, Any]:
+    return {
+        "sender_domains": [
+            {
+                "name": f"d{i}.example",
+                "comment": "",
+                "route": {
+                    "host": f"relay{i % 50}.example.net",
+                    "port": 25,
+                    "tls_mode": "may",
+                    "auth_user": None,
+                    "auth_password_enc": None,
+                },
+            }
+            for i in range(domains)
+        ],
+        "trusted_networks": [{"cidr": "198.18.5.30/32", "comment": ""}],
+    }
+
+
+def bench_apply(quick: bool) -> None:
+    from app.agent.client import AgentClient
+    from app.postfix import render
+    from tests.postfixhost import PostfixHost, available
+
+    reason = available()
+    if reason:
+        sys.exit(f"bench apply needs a real Postfix: {reason}")
+    sizes = [100, 1000] if quick else [100, 10_000, 100_000]
+    host = PostfixHost().start()
+    rows, data = [], {"sizes": sizes, "results": []}
+    try:
+        agent = AgentClient(host.agent_socket, timeout=1800)
+        for version, size in enumerate(sizes, 1):
+            snap = snapshot(size)
+            started = time.perf_counter()
+            maps = render.render(version, snap, lambda s: s)
+            render_s = time.perf_counter() - started
+            started = time.perf_counter()
+            answer = asyncio.run(
+                agent.call("apply", version=version, files=agent.encode_files(maps.files))
+            )
+            apply_s = time.perf_counter() - started
+            if answer["problems"]:
+                sys.exit(f"apply failed: {answer['problems']}")
+            plain = Path(tempfile.mkdtemp(prefix="bench-postmap-"))
+            render.write_directory(maps, plain / "maps")
+            # The same postmap binary and main.cf, inside the relay's namespace.
+            postmap_s = timed(
+                lambda plain=plain: [
+                    host.exec("postmap", f"hash:{plain / 'maps' / name}")
+                    for name in ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd")
+                ]
+            )
+            shutil.rmtree(plain, ignore_errors=True)
+            rows.append(
+                [
+                    size,
+                    f"{render_s:.3f}",
+                    f"{apply_s:.3f}",
+                    f"{postmap_s:.3f}",
+                    f"{apply_s / postmap_s:.1f}x",
+                ]
+            )
+            data["results"].append(
+                {
+                    "domains": size,
+                    "render_s": render_s,
+                    "agent_apply_s": apply_s,
+                    "plain_postmap_s": postmap_s,
+                }
+            )
+    finally:
+        host.stop()
+    text = table(
+        "Apply: render, then the agent's apply (postmap + postfix check + swap + reload) "
+        "vs plain postmap of the same four maps",
+        ["sender domains", "render s", "agent apply s", "plain postmap s", "apply/postmap"],
+        rows,
+    )
+    chart = svg_bars(
+        "Apply time",
+        [str(s) for s in sizes],
+        {
+            "render": [r["render_s"] for r in data["results"]],
+            "agent apply": [r["agent_apply_s"] for r in data["results"]],
+            "plain postmap": [r["plain_postmap_s"] for r in data["results"]],
+        },
+        "s",
+    )
+    save("apply", data, chart, text)
+
+
+PARTS = {"apply": bench_apply}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="scripts/bench")
+    parser.add_argument("part", choices=sorted(PARTS))
+    parser.add_argument("--quick", action="store_true", help="small sizes, a short run")
+    args = parser.parse_args()
+    PARTS[args.part](args.quick)
+
+
+if __name__ == "__main__":
+    main()
