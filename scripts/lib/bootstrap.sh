@@ -11,7 +11,8 @@
 # the project venv is synced from uv.lock, static/vendor/htmx.min.js is present
 # and verified, and PG_BIN points at the newest PostgreSQL bin directory.
 
-# Debian packages the project needs. Later work adds postfix, swaks, keepalived...
+# Debian packages the project needs: the database, the browser for GUI tests, the
+# relay itself and the tools its tests talk to it with.
 BOOTSTRAP_APT_PACKAGES=(
     postgresql
     postgresql-contrib
@@ -20,6 +21,14 @@ BOOTSTRAP_APT_PACKAGES=(
     curl
     nodejs
     npm
+    postfix
+    libsasl2-modules
+    swaks
+    pflogsumm
+    openssl
+    iproute2
+    util-linux
+    systemd
 )
 
 BOOTSTRAP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -103,6 +112,11 @@ _bootstrap_apt() {
     # Keep maintainer scripts from starting services (postgresql, later postfix...)
     # on the bare host: there is no systemd, tests start their own instances.
     local policy=/usr/sbin/policy-rc.d created_policy=0 rc=0
+    # Postfix asks how it should be configured; the product configures it, not debconf.
+    if command -v debconf-set-selections >/dev/null 2>&1; then
+        echo "postfix postfix/main_mailer_type select No configuration" |
+            _bootstrap_sudo debconf-set-selections
+    fi
     if [[ ! -e $policy ]] && ((EUID == 0)); then
         printf '#!/bin/sh\n# mailrelay-ha bootstrap (temporary)\nexit 101\n' >"$policy"
         chmod 0755 "$policy"
