@@ -4,7 +4,9 @@
   postfix-settings    apply postfix-conf/main.cf.fragment with postconf (--check: only show)
 
 Environment: AGENT_SOCKET (/run/mailrelay/agent.sock), POSTFIX_CONFIG_DIR (/etc/postfix),
-POSTFIX_MAPS_ROOT (/etc/postfix/mailrelay), AGENT_SOCKET_MODE (0660).
+POSTFIX_MAPS_ROOT (/etc/postfix/mailrelay), AGENT_SOCKET_MODE (0660); for postfix-settings the
+optional protections POSTFIX_RBL_LIST, POSTFIX_CLIENT_RATE_LIMIT, POSTFIX_POSTSCREEN (see
+app/agent/postfix.py: anti_abuse).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def cmd_postfix_settings(args: argparse.Namespace) -> None:
         if not eq or not name.strip():
             raise AgentError(f"--set wants NAME=VALUE, got {item!r}")
         overrides[name.strip()] = value.strip()
-    changes = tools_from_env().apply_settings(overrides, dry_run=args.check)
+    changes = tools_from_env().apply_settings(overrides, dry_run=args.check, env=dict(os.environ))
     verb = "would change" if args.check else "changed"
     for change in changes:
         print(f"{verb}: {change}")

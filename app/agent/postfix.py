@@ -59,6 +59,53 @@ def parse_fragment(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def anti_abuse(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Optional protections, all off by default: main.cf values and master.cf entries.
+
+    POSTFIX_RBL_LIST        comma-separated DNSBL zones checked for clients outside the trusted
+                            networks (trusted clients are never looked up)
+    POSTFIX_CLIENT_RATE_LIMIT  messages per client per minute (anvil), trusted clients included:
+                            on a relay every client is trusted, so no client is exempt
+    POSTFIX_POSTSCREEN=yes  postscreen in front of smtpd on port 25 (with the RBL list, if any)
+    """
+    params: dict[str, str] = {}
+    master: list[str] = []
+    zones = [z.strip() for z in env.get("POSTFIX_RBL_LIST", "").split(",") if z.strip()]
+    for zone in zones:
+        if not re.fullmatch(r"[a-z0-9.-]+(=[0-9.]+)?(\*[0-9]+)?", zone):
+            raise AgentError(f"POSTFIX_RBL_LIST: {zone!r} is not a DNSBL zone")
+    if zones:
+        params["smtpd_client_restrictions"] = ", ".join(
+            ["permit_mynetworks", *[f"reject_rbl_client {z}" for z in zones]]
+        )
+    rate = env.get("POSTFIX_CLIENT_RATE_LIMIT", "").strip()
+    if rate:
+        if not rate.isdigit() or int(rate) < 1:
+            raise AgentError(f"POSTFIX_CLIENT_RATE_LIMIT must be a positive integer, got {rate!r}")
+        params.update(
+            anvil_rate_time_unit="60s",
+            smtpd_client_message_rate_limit=rate,
+            smtpd_client_event_limit_exceptions="",
+        )
+    postscreen = env.get("POSTFIX_POSTSCREEN", "no").strip().lower()
+    if postscreen not in ("yes", "no"):
+        raise AgentError(f"POSTFIX_POSTSCREEN must be yes or no, got {postscreen!r}")
+    if postscreen == "yes":
+        params.update(
+            postscreen_access_list="permit_mynetworks",
+            postscreen_greet_action="enforce",
+            postscreen_dnsbl_action="enforce" if zones else "ignore",
+            postscreen_dnsbl_sites=", ".join(zones),
+        )
+        master = [
+            "smtp/inet=smtp inet n - n - 1 postscreen",
+            "smtpd/pass=smtpd pass - - n - - smtpd",
+            "dnsblog/unix=dnsblog unix - - n - 0 dnsblog",
+            "tlsproxy/unix=tlsproxy unix - - n - 0 tlsproxy",
+        ]
+    return params, master
+
+
 class PostfixTools:
     def __init__(self, config_dir: Path, maps_root: Path) -> None:
         self.config_dir = config_dir
@@ -90,10 +137,15 @@ class PostfixTools:
     # -- main.cf settings ---------------------------------------------------------------------
 
     def apply_settings(
-        self, overrides: dict[str, str] | None = None, dry_run: bool = False
+        self,
+        overrides: dict[str, str] | None = None,
+        dry_run: bool = False,
+        env: dict[str, str] | None = None,
     ) -> list[str]:
         """Set the product's main.cf parameters and master.cf tweaks; return what changed."""
         wanted = dict(parse_fragment(FRAGMENT.read_text()))
+        protections, master_entries = anti_abuse(env or {})
+        wanted.update(protections)
         wanted.update(overrides or {})
         current = {}
         for name in wanted:
@@ -104,6 +156,13 @@ class PostfixTools:
             self.run("postconf", "-e", *[f"{k}={v}" for k, v in wanted.items()])
         # Without chroot, Postfix daemons read the maps and certificates where they are; the
         # chroot would need copies inside the queue directory, which queue sync replicates.
+        for entry in master_entries:
+            name = entry.split("=", 1)[0]
+            current_entry = self.run("postconf", "-M", name, check=False).stdout.split()
+            if current_entry != entry.split("=", 1)[1].split():
+                changes.append(f"master.cf: {entry.split('=', 1)[1]}")
+                if not dry_run:
+                    self.run("postconf", "-Me", entry)
         chrooted = self.run("postconf", "-F", "*/*/chroot").stdout.split()
         if any(line.endswith("=y") or line == "y" for line in chrooted):
             changes.append("master.cf: chroot = n for all services")
