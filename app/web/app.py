@@ -32,7 +32,16 @@ from app.crypto import SecretBox, ensure_secret_key
 from app.piccolo_conf import DB
 from app.settings import Settings
 from app.web.auth import CallerMiddleware, PasswordChangeRequired, access_guard
-from app.web.controllers import admin, api, config, monitor, queue, session, versions
+from app.web.controllers import (
+    admin,
+    api,
+    config,
+    monitor,
+    queue,
+    routetools,
+    session,
+    versions,
+)
 from app.web.security import add_security_headers
 from app.web.views import is_htmx, page
 
@@ -113,6 +122,9 @@ def create_app(settings: Settings) -> Litestar:
             config.add_domain,
             config.delete_domain,
             config.routes_page,
+            routetools.route_tools_page,
+            routetools.ask_which_route,
+            routetools.run_route_test,
             config.route_page,
             config.save_route,
             config.delete_route,

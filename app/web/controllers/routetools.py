@@ -1,0 +1,151 @@
+"""Route tools: "Which route?" for a sender and recipient, and a live test of a stored route."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath
+from litestar.response import Template
+
+from app import audit
+from app.auth.sessions import SessionUser
+from app.config import service
+from app.crypto import SecretKeyError
+from app.db.tables import AppliedVersion, RelayRoute, SenderDomain
+from app.postfix import render, routecheck, routetest
+from app.web.auth import source_ip
+from app.web.views import form_answer, is_htmx, page
+
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+Req = Request[SessionUser, Any, Any]
+OPERATE = {"role": "operator"}
+
+
+async def _routes() -> list[dict[str, Any]]:
+    return await RelayRoute.select(
+        RelayRoute.sender_domain.name.as_alias("domain"),
+        RelayRoute.host,
+        RelayRoute.port,
+        RelayRoute.tls_mode,
+        RelayRoute.auth_user,
+    ).order_by(RelayRoute.sender_domain.name)
+
+
+async def _versions(node_id: str) -> tuple[int | None, int | None]:
+    """(the version applied on this node, the latest version)."""
+    applied = await AppliedVersion.select().where(AppliedVersion.node_id == node_id).first()
+    latest = await service.latest_version()
+    return (applied["number"] if applied else None, latest["number"] if latest else None)
+
+
+async def _applied_files(number: int | None) -> dict[str, bytes] | None:
+    """The maps of the applied version, which are the bytes Postfix runs with (rendering is
+    deterministic; the live files themselves belong to root). Which route needs no password:
+    every one renders as a placeholder, so none is decrypted here."""
+    if number is None:
+        return None
+    try:
+        version = await service.get_version(number)
+        return render.render(number, version["snapshot"], lambda _: "********").files
+    except (service.NotFound, render.RenderError):
+        return None
+
+
+async def _page_context(request: Req, **extra: Any) -> dict[str, Any]:
+    applied, latest = await _versions(request.app.state.settings.node_id)
+    return {
+        "routes": await _routes(),
+        "applied_version": applied,
+        "latest_version": latest,
+        "form": {},
+        "errors": {},
+        "answer": None,
+        "report": None,
+        "test_domain": None,
+        "test_error": None,
+        **extra,
+    }
+
+
+@get("/routes/tools")
+async def route_tools_page(request: Req) -> Template:
+    return page(request, "routetools/page.html", **await _page_context(request))
+
+
+@post("/routes/which")
+async def ask_which_route(request: Req, data: Form) -> Template:
+    form = {"sender": data.get("sender", ""), "recipient": data.get("recipient", "")}
+    ctx = await _page_context(request, form=form)
+    try:
+        ctx["answer"] = routecheck.which_route_in(
+            form["sender"], form["recipient"], await _applied_files(ctx["applied_version"])
+        )
+    except routecheck.RouteCheckError as exc:
+        ctx.pop("errors")
+        return form_answer(
+            request, "routetools/page.html", "routetools/_which.html", exc.errors, **ctx
+        )
+    template = "routetools/_which.html" if is_htmx(request) else "routetools/page.html"
+    return page(request, template, **ctx)
+
+
+@post("/routes/{domain:str}/test", opt=OPERATE)
+async def run_route_test(request: Req, domain: FromPath[str]) -> Template:
+    row = await SenderDomain.select(SenderDomain.id).where(SenderDomain.name == domain).first()
+    if row is None:
+        raise service.NotFound(f"There is no sender domain {domain}.")
+    route = await RelayRoute.select().where(RelayRoute.sender_domain == row["id"]).first()
+    report, error = None, None
+    if route is None:
+        error = "No route: mail goes out directly to the recipient's MX."
+    else:
+        report, error = await _test(request, domain, route)
+    template = "routetools/_test.html" if is_htmx(request) else "routetools/page.html"
+    ctx = await _page_context(request, report=report, test_domain=domain, test_error=error)
+    return page(request, template, **ctx)
+
+
+async def _test(
+    request: Req, domain: str, route: dict[str, Any]
+) -> tuple[routetest.RouteTestReport | None, str | None]:
+    """Run the test with the stored password, decrypted in memory for this call only; audit it
+    without any secret."""
+    password = None
+    if route["auth_user"] and route["auth_password_enc"]:
+        try:
+            password = request.app.state.box.decrypt(route["auth_password_enc"])
+        except SecretKeyError:
+            await _audit(request, domain, route, "failed", ["the password does not decrypt"])
+            return None, "The stored password does not decrypt with this node's key."
+    report = await routetest.test_route(
+        route["host"],
+        route["port"],
+        route["tls_mode"],
+        auth_user=route["auth_user"],
+        auth_password=password,
+        helo_name=request.app.state.settings.hostname,
+    )
+    del password
+    failed = [f"{s.name}: {s.error}" for s in report.steps if not s.ok]
+    await _audit(request, domain, route, "ok" if report.ok else "failed", failed)
+    return report, None
+
+
+async def _audit(
+    request: Req, domain: str, route: dict[str, Any], outcome: str, failed: list[str]
+) -> None:
+    await audit.record(
+        request.user.username,
+        "route.test",
+        domain,
+        source_ip(request),
+        outcome=outcome,
+        after={
+            "target": f"[{route['host']}]:{route['port']}",
+            "tls_mode": route["tls_mode"],
+            "auth_user": route["auth_user"],
+            "failed": failed,
+        },
+    )
