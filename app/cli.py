@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.agent.postfix import AgentError
 from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("mailrelay")
@@ -144,6 +147,43 @@ def cmd_reset_password(args: argparse.Namespace) -> None:
     print(f"reset the password of {args.username}; it must be changed at the next login")
 
 
+def cmd_ingest_logs(args: argparse.Namespace) -> None:
+    from app.jobs import ingest
+
+    settings = _settings()
+
+    async def work() -> None:
+        try:
+            if not args.follow:
+                await ingest.run_once(settings)
+                return
+            # --follow: a long-running reader (e.g. under a plain service instead of the timer);
+            # SIGTERM or SIGINT ends it between two runs, never inside a batch's transaction.
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            while not stop.is_set():
+                await ingest.run_once(settings)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=2)
+        except ingest.IngestError as exc:
+            raise UserFacingError(str(exc)) from None
+
+    _run_db(work)
+
+
+def cmd_retention(args: argparse.Namespace) -> None:
+    from app.jobs import retention
+
+    settings = _settings()
+
+    async def work() -> None:
+        await retention.run_once(settings)
+
+    _run_db(work)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mailrelay", description="mailrelay-ha node commands")
     sub = top.add_subparsers(dest="command", required=True)
@@ -162,6 +202,18 @@ def parser() -> argparse.ArgumentParser:
     reset.add_argument("username")
     reset.add_argument("--password-stdin", action="store_true")
     reset.set_defaults(func=cmd_reset_password)
+    ingest = sub.add_parser("ingest-logs", help="read new Postfix log lines into the database")
+    ingest.add_argument(
+        "--follow", action="store_true", help="keep reading every 2 s until SIGTERM"
+    )
+    ingest.set_defaults(func=cmd_ingest_logs)
+    sub.add_parser("retention", help="delete log rows older than RETENTION_DAYS").set_defaults(
+        func=cmd_retention
+    )
+    from app.agent.__main__ import add_commands as add_agent_commands
+
+    agent = sub.add_parser("agent", help="the privileged agent (root): serve, postfix-settings")
+    add_agent_commands(agent.add_subparsers(dest="agent_command", required=True))
     return top
 
 
@@ -171,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (SettingsError, UserFacingError) as exc:
+    except (SettingsError, UserFacingError, AgentError) as exc:
         print(f"mailrelay: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,478 @@
+"""Log ingestion: the Postfix log file -> mail_logs, rejection_logs (and log_messages context).
+
+Exactly once, across crashes, restarts, rotations and a second runner: every batch writes its
+rows and moves the cursor (inode + byte position after the last complete line) in one
+transaction, and the cursor row is locked (SELECT ... FOR UPDATE) and re-read inside that
+transaction before the file is read. A runner that waited for the lock therefore continues where
+the other one stopped, and a batch that fails leaves both the rows and the cursor as they were.
+
+A delivery line says only queue id, recipient and outcome; sender, size, client and message-id
+were logged earlier by smtpd, cleanup and qmgr, possibly in an earlier batch or run. That context
+is kept per (node, queue id) in log_messages, so that each delivery becomes one complete row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from app.db.tables import LogCursor
+from app.postfix import logparse
+from app.settings import Settings
+
+log = logging.getLogger("mailrelay.ingest")
+
+# Outcomes a mail_logs row can have. Delivery lines with other statuses (deliverable and
+# undeliverable, from address verification probes) are not mail anybody sent.
+MAIL_STATUSES = frozenset({"sent", "deferred", "bounced"})
+
+# Rotated copies that are compressed are new files (new inodes) and cannot be read in place.
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z")
+
+
+class IngestError(Exception):
+    """The log file cannot be read (e.g. permissions); the message says which and why."""
+
+
+@dataclass
+class IngestResult:
+    lines: int = 0  # complete lines consumed
+    events: int = 0  # of which lines that meant something to us
+    mail_rows: int = 0
+    rejection_rows: int = 0
+    contexts: int = 0  # log_messages rows written
+    batches: int = 0
+    rotated: bool = False  # moved on to a new file (after finishing the rotated one if found)
+    truncated: bool = False  # the same file shrank: started again at 0
+    missing: bool = False  # no log file yet (Postfix has not logged anything)
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.mail_rows + self.rejection_rows
+
+
+@dataclass
+class _Read:
+    """What one batch reads: complete lines of the file `inode`, and the offset after them."""
+
+    inode: int
+    end: int
+    lines: list[bytes] = field(default_factory=list)
+    rotated: bool = False
+    truncated: bool = False
+    missing: bool = False
+
+
+@dataclass
+class _Context:
+    first_seen_at: dt.datetime
+    message_id: str = ""
+    sender: str = ""
+    size: int | None = None
+    client: str = ""
+
+
+async def run_once(settings: Settings, max_lines: int = 5000) -> IngestResult:
+    """Read the log from the cursor to its last complete line, in batches of `max_lines`."""
+    started = time.monotonic()
+    path = Path(settings.postfix_log_file)
+    result = IngestResult()
+    while True:
+        async with LogCursor._meta.db.transaction():
+            inode, position = await _lock_cursor(str(path))
+            read = _read_next(path, inode, position, max_lines)
+            result.rotated |= read.rotated
+            result.truncated |= read.truncated
+            result.missing = read.missing
+            if read.lines:
+                await _write_batch(settings.node_id, read.lines, result)
+                result.batches += 1
+            moved = (read.inode, read.end) != (inode, position)
+            if moved:
+                await _move_cursor(str(path), read.inode, read.end)
+        if not read.lines and not moved:
+            break
+    result.seconds = time.monotonic() - started
+    _log_run(path, result)
+    return result
+
+
+def _log_run(path: Path, result: IngestResult) -> None:
+    notes = "".join(
+        f"; {note}"
+        for note, flag in (
+            ("rotated", result.rotated),
+            ("truncated", result.truncated),
+            ("no log file yet", result.missing),
+        )
+        if flag
+    )
+    # An idle run (every 10 s on every node) logs at DEBUG: the journal keeps the runs that did
+    # something, one line each. A missing log is a warning: Postfix logs as soon as it starts,
+    # so POSTFIX_LOG_FILE most likely names the wrong file.
+    level = logging.INFO if result.lines or notes else logging.DEBUG
+    if result.missing:
+        level = logging.WARNING
+    log.log(
+        level,
+        "ingest-logs %s: read %d lines in %d batches, wrote %d mail rows, %d rejections, "
+        "%d message contexts in %.2f s%s",
+        path,
+        result.lines,
+        result.batches,
+        result.mail_rows,
+        result.rejection_rows,
+        result.contexts,
+        result.seconds,
+        notes,
+    )
+
+
+async def _lock_cursor(source: str) -> tuple[int, int]:
+    # Create the row first so that there is something to lock even on the very first run; a
+    # second runner's INSERT waits for the first one's commit and then does nothing.
+    await LogCursor.raw(
+        "INSERT INTO log_cursors (source, inode, position, updated_at) VALUES ({}, 0, 0, now()) "
+        "ON CONFLICT (source) DO NOTHING",
+        source,
+    )
+    rows = await LogCursor.raw(
+        "SELECT inode, position FROM log_cursors WHERE source = {} FOR UPDATE", source
+    )
+    return rows[0]["inode"], rows[0]["position"]
+
+
+async def _move_cursor(source: str, inode: int, position: int) -> None:
+    await LogCursor.raw(
+        "UPDATE log_cursors SET inode = {}, position = {}, updated_at = now() WHERE source = {}",
+        inode,
+        position,
+        source,
+    )
+
+
+# --- the file -------------------------------------------------------------------------------
+
+
+def _read_next(path: Path, inode: int, position: int, max_lines: int) -> _Read:
+    """Decide which file and offset the cursor means now, and read up to max_lines from there."""
+    try:
+        current: BinaryIO | None = path.open("rb")
+    except FileNotFoundError:
+        current = None
+    except OSError as exc:
+        raise IngestError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        stat = os.fstat(current.fileno()) if current else None
+        if inode and (stat is None or stat.st_ino != inode):
+            # The file was rotated (renamed away, a new one created). Lines written to the old
+            # file after our cursor are still in it: finish it before starting the new one.
+            old = _open_rotated(path, inode, position)
+            if old is not None:
+                with old:
+                    lines, end = _read_lines(old, position, max_lines)
+                if lines:
+                    return _Read(inode, end, lines)
+            if stat is None:  # the new file is not there yet: keep our place in the old one
+                return _Read(inode, position, missing=True)
+            if old is not None and stat.st_size == 0:
+                # logrotate creates the new file before the writer is told to reopen: until
+                # the first line arrives there, lines may still go to the old file.
+                return _Read(inode, position)
+            assert current is not None
+            lines, end = _read_lines(current, 0, max_lines)
+            return _Read(stat.st_ino, end, lines, rotated=True)
+        if stat is None:
+            return _Read(inode, position, missing=True)
+        assert current is not None
+        if not inode:
+            inode = stat.st_ino
+        truncated = stat.st_size < position
+        if truncated:  # copytruncate or an operator's `: > file`: the file starts again
+            position = 0
+        lines, end = _read_lines(current, position, max_lines)
+        return _Read(inode, end, lines, truncated=truncated)
+    finally:
+        if current is not None:
+            current.close()
+
+
+def _open_rotated(path: Path, inode: int, position: int) -> BinaryIO | None:
+    """The rotated file that still has our inode: logrotate's `.1` (`.0`, dateext `-YYYYMMDD`),
+    or `postfix logrotate`'s `.YYYYMMDD-HHMMSS` before it is compressed."""
+    names = [f"{path.name}.1", f"{path.name}.0"]
+    try:
+        others = sorted(
+            (
+                entry.name
+                for entry in os.scandir(path.parent)
+                if entry.name.startswith((f"{path.name}.", f"{path.name}-"))
+                and not entry.name.endswith(_COMPRESSED)
+                and entry.name not in names
+            ),
+            reverse=True,  # date suffixes: newest first
+        )
+    except OSError:
+        others = []
+    for name in names + others:
+        candidate = path.parent / name
+        try:
+            handle = candidate.open("rb")
+        except OSError:
+            continue
+        stat = os.fstat(handle.fileno())
+        # Same inode and at least as long as our position: the file we were reading (an inode
+        # number reused by an unrelated, shorter file does not pass).
+        if stat.st_ino == inode and stat.st_size >= position:
+            return handle
+        handle.close()
+    return None
+
+
+def _read_lines(handle: BinaryIO, position: int, max_lines: int) -> tuple[list[bytes], int]:
+    """Up to max_lines complete lines from position; a last line without its newline is being
+    written right now and waits for the next batch."""
+    handle.seek(position)
+    lines: list[bytes] = []
+    end = position
+    for _ in range(max_lines):
+        line = handle.readline()
+        if not line.endswith(b"\n"):
+            break
+        lines.append(line)
+        end += len(line)
+    return lines, end
+
+
+# --- the database ---------------------------------------------------------------------------
+
+
+async def _write_batch(node_id: str, raw_lines: list[bytes], result: IngestResult) -> None:
+    """Parse the lines and write what they say; runs inside the caller's transaction."""
+    now = dt.datetime.now().astimezone()
+    events: list[logparse.Event] = []
+    for raw in raw_lines:
+        # Addresses and texts may hold bytes that are not UTF-8 (old clients, SMTPUTF8 gone
+        # wrong): keep the line, mark those bytes.
+        event = logparse.parse_line(raw.decode("utf-8", "replace"), now)
+        if event is not None:
+            events.append(event)
+    result.lines += len(raw_lines)
+    result.events += len(events)
+
+    contexts = await _load_contexts(node_id, _queue_ids(events))
+    changed: set[str] = set()
+    mail_rows: list[tuple] = []
+    rejections: list[tuple] = []
+    expired: list[tuple[logparse.Expired, _Context | None]] = []
+    for event in events:
+        if isinstance(event, logparse.ClientContext):
+            # A new message: whatever an earlier message with this queue id left is not its.
+            contexts[event.queue_id] = _Context(
+                first_seen_at=event.at, client=event.client, sender=event.sender or ""
+            )
+            changed.add(event.queue_id)
+        elif isinstance(event, logparse.MessageId):
+            _context(contexts, event).message_id = event.message_id
+            changed.add(event.queue_id)
+        elif isinstance(event, logparse.QueueActive):
+            context = _context(contexts, event)
+            context.sender, context.size = event.sender, event.size
+            changed.add(event.queue_id)
+        elif isinstance(event, logparse.Delivery):
+            if event.status in MAIL_STATUSES:
+                mail_rows.append(_mail_row(node_id, event, contexts.get(event.queue_id)))
+        elif isinstance(event, logparse.Expired):
+            expired.append((event, contexts.get(event.queue_id)))
+        elif isinstance(event, logparse.Reject):
+            rejections.append(_rejection_row(node_id, event))
+
+    await _save_contexts(node_id, {qid: contexts[qid] for qid in changed})
+    await _insert_mail_rows(mail_rows)
+    # After this batch's deliveries: an expiry names no recipients, it ends those still
+    # deferred, and their last deferral may be in this very batch.
+    expired_rows = await _insert_expired(node_id, expired)
+    await _insert_rejections(rejections)
+    result.contexts += len(changed)
+    result.mail_rows += len(mail_rows) + expired_rows
+    result.rejection_rows += len(rejections)
+
+
+def _queue_ids(events: Iterable[logparse.Event]) -> list[str]:
+    return sorted(
+        {
+            event.queue_id
+            for event in events
+            if isinstance(
+                event,
+                logparse.MessageId | logparse.QueueActive | logparse.Delivery | logparse.Expired,
+            )
+        }
+    )
+
+
+def _context(
+    contexts: dict[str, _Context], event: logparse.MessageId | logparse.QueueActive
+) -> _Context:
+    context = contexts.get(event.queue_id)
+    if context is None:  # its client= line was before our cursor's first run, or never logged
+        context = contexts[event.queue_id] = _Context(first_seen_at=event.at)
+    return context
+
+
+async def _load_contexts(node_id: str, queue_ids: list[str]) -> dict[str, _Context]:
+    if not queue_ids:
+        return {}
+    # A join with unnest() rather than `queue_id = ANY(...)`: the planner then uses the
+    # (node_id, queue_id) index even while the table is young and without statistics (ANY()
+    # took ten times longer there, scanning the table once per batch).
+    rows = await LogCursor.raw(
+        "SELECT m.queue_id, message_id, sender, size, client, first_seen_at "
+        "FROM unnest({}::varchar[]) AS wanted (queue_id) "
+        "JOIN log_messages AS m ON m.node_id = {} AND m.queue_id = wanted.queue_id",
+        queue_ids,
+        node_id,
+    )
+    return {
+        row["queue_id"]: _Context(
+            first_seen_at=row["first_seen_at"],
+            message_id=row["message_id"],
+            sender=row["sender"],
+            size=row["size"],
+            client=row["client"],
+        )
+        for row in rows
+    }
+
+
+async def _save_contexts(node_id: str, contexts: dict[str, _Context]) -> None:
+    if not contexts:
+        return
+    items = sorted(contexts.items())
+    await LogCursor.raw(
+        "INSERT INTO log_messages (node_id, queue_id, message_id, sender, size, client, "
+        "first_seen_at) "
+        "SELECT {}, * FROM unnest({}::varchar[], {}::text[], {}::text[], {}::bigint[], "
+        "{}::text[], {}::timestamptz[]) "
+        "ON CONFLICT (node_id, queue_id) DO UPDATE SET message_id = EXCLUDED.message_id, "
+        "sender = EXCLUDED.sender, size = EXCLUDED.size, client = EXCLUDED.client, "
+        "first_seen_at = EXCLUDED.first_seen_at",
+        node_id,
+        [qid for qid, _ in items],
+        [c.message_id for _, c in items],
+        [c.sender for _, c in items],
+        [c.size for _, c in items],
+        [c.client for _, c in items],
+        [c.first_seen_at for _, c in items],
+    )
+
+
+def _mail_row(node_id: str, event: logparse.Delivery, context: _Context | None) -> tuple:
+    context = context or _Context(first_seen_at=event.at)
+    return (
+        event.at,
+        node_id,
+        event.queue_id,
+        context.message_id,
+        context.sender,
+        event.recipient,
+        event.relay,
+        event.status,
+        event.delay,
+        event.dsn,
+        context.size,
+        context.client,
+    )
+
+
+# One statement per batch: the columns travel as arrays and unnest() turns them into rows.
+_INSERT_MAIL = (
+    "INSERT INTO mail_logs (at, node_id, queue_id, message_id, sender, recipient, relay, status, "
+    "delay_seconds, dsn, size, client) "
+    "SELECT * FROM unnest({}::timestamptz[], {}::varchar[], {}::varchar[], {}::text[], "
+    "{}::text[], {}::text[], {}::text[], {}::varchar[], {}::float8[], {}::varchar[], "
+    "{}::bigint[], {}::text[])"
+)
+
+# Per expiry, one `expired` row for each recipient whose last outcome was a deferral, with that
+# deferral's relay and dsn (why the message never went out); one row without a recipient when
+# we saw no deferral (the log starts later), so that the expiry still counts once. A short queue
+# id can come back for another message: look no further back than this message's first line.
+_INSERT_EXPIRED = (
+    "INSERT INTO mail_logs (at, node_id, queue_id, message_id, sender, recipient, relay, status, "
+    "delay_seconds, dsn, size, client) "
+    "SELECT e.at, {}, e.queue_id, e.message_id, e.sender, coalesce(last.recipient, ''), "
+    "coalesce(last.relay, ''), 'expired', e.delay, coalesce(last.dsn, ''), e.size, e.client "
+    "FROM unnest({}::timestamptz[], {}::varchar[], {}::text[], {}::text[], {}::float8[], "
+    "{}::bigint[], {}::text[], {}::timestamptz[]) "
+    "AS e (at, queue_id, message_id, sender, delay, size, client, since) "
+    "LEFT JOIN LATERAL ("
+    " SELECT recipient, relay, dsn FROM ("
+    "  SELECT DISTINCT ON (m.recipient) m.recipient, m.relay, m.dsn, m.status FROM mail_logs m"
+    "  WHERE m.node_id = {} AND m.queue_id = e.queue_id AND m.at <= e.at"
+    "  AND (e.since IS NULL OR m.at >= e.since)"
+    "  ORDER BY m.recipient, m.at DESC, m.id DESC"
+    " ) AS latest WHERE latest.status = 'deferred'"
+    ") AS last ON true "
+    "RETURNING id"
+)
+
+
+async def _insert_mail_rows(rows: list[tuple]) -> None:
+    if rows:
+        await LogCursor.raw(_INSERT_MAIL, *(list(column) for column in zip(*rows, strict=True)))
+
+
+async def _insert_expired(
+    node_id: str, expiries: list[tuple[logparse.Expired, _Context | None]]
+) -> int:
+    """An expiry names no recipients: it ends those still deferred."""
+    if not expiries:
+        return 0
+    columns: list[list] = [[] for _ in range(8)]
+    for event, context in expiries:
+        known = context or _Context(first_seen_at=event.at)
+        values = (
+            event.at,
+            event.queue_id,
+            known.message_id,
+            event.sender,
+            (event.at - context.first_seen_at).total_seconds() if context else None,
+            known.size,
+            known.client,
+            context.first_seen_at if context else None,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    rows = await LogCursor.raw(_INSERT_EXPIRED, node_id, *columns, node_id)
+    return len(rows)
+
+
+def _rejection_row(node_id: str, event: logparse.Reject) -> tuple:
+    return (
+        event.at,
+        node_id,
+        event.client,
+        event.sender or "",
+        event.recipient or "",
+        event.reason,
+        event.code,
+    )
+
+
+async def _insert_rejections(rows: list[tuple]) -> None:
+    if not rows:
+        return
+    await LogCursor.raw(
+        "INSERT INTO rejection_logs (at, node_id, client, sender, recipient, reason, code) "
+        "SELECT * FROM unnest({}::timestamptz[], {}::varchar[], {}::text[], {}::text[], "
+        "{}::text[], {}::text[], {}::smallint[])",
+        *(list(column) for column in zip(*rows, strict=True)),
+    )

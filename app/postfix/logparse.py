@@ -1,0 +1,340 @@
+"""Parse Postfix log lines into typed events. Pure: no I/O, no clock (the caller passes `now`).
+
+Two line shapes are accepted, both as Postfix 3.7 and the usual syslog daemons write them:
+
+    Nov 25 14:00:01 relay-a postfix/smtpd[1234]: <text>        postlogd, classic syslog
+    2026-11-25T14:00:01.123456+00:00 relay-a postfix/smtpd[1234]: <text>
+                                                    rsyslog (RFC 3339), journald short-iso
+
+postlogd (`maillog_file`) writes the day zero-padded (`Nov 05`, strftime "%b %d"), classic syslog
+pads it with a space (`Nov  5`); both are read. The classic stamp has neither a year nor a zone:
+it is local time (Postfix formats it with localtime()), and the year is the one that puts the
+line no more than a day after `now` (a line from Dec 31 read on Jan 1 is last year's).
+
+The texts are those of the Postfix source (smtpd.c, smtpd_check.c log_whatsup(), cleanup
+message-id, opened.c, log_adhoc.c, qmgr_active.c); lines we have no use for return None.
+Addresses are kept as Postfix wrote them, without the angle brackets: `from=<>` is "".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+# Short queue IDs are upper-case hex (microseconds + inode). Long ones
+# (enable_long_queue_ids = yes) are base-52 time, at least 6 + 4 characters, a 'z', and the
+# base-51 inode, in an alphabet without vowels (mail_queue.h).
+_LONG_QID = r"[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}z[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y]+"
+_SHORT_QID = r"[0-9A-F]{6,}"
+QUEUE_ID = re.compile(rf"(?:{_LONG_QID}|{_SHORT_QID})")
+
+_CLASSIC = re.compile(
+    r"(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<h>\d\d):(?P<m>\d\d):(?P<s>\d\d)"
+    r"(?:\.(?P<frac>\d{1,6}))? "
+)
+_ISO = re.compile(r"(?P<stamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)) ")
+# host, then syslog_name/service[pid]: the syslog_name may itself hold a slash
+# (multiple instances: postfix-out/smtp, or master.cf -o syslog_name=postfix/submission).
+_REST = re.compile(
+    r"(?P<host>\S+) (?P<program>[^\s\[\]]+/(?P<service>[^\s/\[\]]+))\[(?P<pid>\d+)\]: "
+)
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+        start=1,
+    )
+}
+
+# What every event starts with: at, host, program, service, pid.
+_Head = tuple[dt.datetime, str, str, str, int]
+
+DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "error", "discard", "relay"})
+
+_QID_TEXT = re.compile(rf"(?P<qid>{QUEUE_ID.pattern}|NOQUEUE): (?P<rest>.*)", re.DOTALL)
+_CONNECT = re.compile(r"connect from (?P<client>\S+)")
+# smtpd.c: "%s: client=%s" plus optional ", sasl_method=..", ", orig_queue_id=..", ...
+_CLIENT = re.compile(r"client=(?P<client>[^,\s]+)(?P<extra>,.*)?")
+_SASL_USER = re.compile(r", sasl_username=(?P<user>[^,]*)")
+# pickup.c: "%s: uid=%d from=<%s>" (local submission through sendmail/postdrop)
+_PICKUP = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>")
+# opened.c: "%s: from=<%s>, size=%ld, nrcpt=%d (queue %s)"
+_QUEUE_ACTIVE = re.compile(
+    r"from=<(?P<sender>.*)>, size=(?P<size>\d+), nrcpt=(?P<nrcpt>\d+)(?: \((?P<note>.*)\))?"
+)
+# qmgr_active.c: "%s: from=<%s>, status=expired, returned to sender"
+_EXPIRED = re.compile(r"from=<(?P<sender>.*)>, status=expired, returned to sender")
+# log_adhoc.c: to=<>, [orig_to=<>,] relay=, [conn_use=,] delay=, delays=a/b/c/d, [tls=..,]
+# dsn=, status= (reason)
+_DELIVERY = re.compile(
+    r"to=<(?P<to>.*?)>, (?:orig_to=<(?P<orig>.*?)>, )?relay=(?P<relay>[^,]*), "
+    r"(?:conn_use=(?P<conn_use>\d+), )?delay=(?P<delay>[\d.]+), "
+    r"delays=(?P<delays>[\d.]+/[\d.]+/[\d.]+/[\d.]+), (?:.*?, )?"
+    r"dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[A-Za-z]+)(?: \((?P<text>.*)\))?",
+    re.DOTALL,
+)
+# smtpd_check.c log_whatsup(): "%s: %s: %s from %s: %s;" then " from=<%s>", " to=<%s>",
+# " proto=%s", " helo=<%s>" for what is known at that stage. The reply text may itself hold
+# semicolons (DNSBL texts do), so the context is the tail after the last one.
+_REJECT = re.compile(
+    r"(?P<action>reject|milter-reject): (?P<stage>.+?) from (?P<client>\S+?\[[^\]]*\](?::\S+)?): "
+    r"(?P<reply>.*);(?: from=<(?P<sender>[^>]*)>)?(?: to=<(?P<to>[^>]*)>)?"
+    r"(?: proto=(?P<proto>\S+))?(?: helo=<(?P<helo>[^>]*)>)?",
+    re.DOTALL,
+)
+_REPLY = re.compile(r"(?P<code>[245]\d\d)[ -](?P<text>.*)", re.DOTALL)
+_ENHANCED = re.compile(r"(?P<dsn>[245]\.\d{1,3}\.\d{1,3})(?: |$)")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What every parsed line has: when, which host, which Postfix program and process."""
+
+    at: dt.datetime
+    host: str
+    program: str  # syslog_name/service as logged, e.g. postfix/smtpd
+    service: str  # smtpd, cleanup, qmgr, smtp, ...
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connect(Event):
+    client: str  # name[addr] (name[addr]:port with smtpd_client_port_logging)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContext(Event):
+    """A message was started: by smtpd (`client=`), qmqpd, or pickup (client is then "")."""
+
+    queue_id: str
+    client: str
+    sasl_username: str = ""
+    uid: int | None = None  # pickup: the submitting user's uid
+    sender: str | None = None  # pickup names the sender right away
+
+
+@dataclass(frozen=True, slots=True)
+class MessageId(Event):
+    queue_id: str
+    message_id: str  # without the angle brackets
+
+
+@dataclass(frozen=True, slots=True)
+class QueueActive(Event):
+    """qmgr took the message into the active queue (once per delivery attempt)."""
+
+    queue_id: str
+    sender: str
+    size: int
+    nrcpt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(Event):
+    """One recipient's outcome from a delivery agent."""
+
+    queue_id: str
+    recipient: str
+    orig_recipient: str
+    relay: str
+    conn_use: int | None
+    delay: float
+    delays: tuple[float, float, float, float]
+    dsn: str
+    status: str  # sent | deferred | bounced (and deliverable/undeliverable for probes)
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expired(Event):
+    """qmgr gave up on a message (maximal_queue_lifetime) and returned it to the sender."""
+
+    queue_id: str
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Removed(Event):
+    queue_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject(Event):
+    """smtpd refused a client, command or recipient (NOQUEUE when nothing was queued yet)."""
+
+    queue_id: str | None
+    action: str  # reject | milter-reject
+    stage: str  # CONNECT, HELO, EHLO, MAIL, RCPT, DATA, END-OF-MESSAGE, ...
+    client: str
+    code: int  # the SMTP reply code, 0 if the reply has none
+    dsn: str  # the enhanced status code, "" if none
+    reason: str  # the reply after the SMTP code (enhanced code and text)
+    sender: str | None  # None when the stage had no MAIL FROM yet
+    recipient: str | None
+    proto: str | None
+    helo: str | None
+
+
+def _strip_brackets(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == "<" and value[-1] == ">":
+        return value[1:-1]
+    return value
+
+
+def _classic_time(match: re.Match[str], now: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
+    month = _MONTHS[match["mon"]]
+    micro = int((match["frac"] or "0").ljust(6, "0"))
+    parts = (month, int(match["day"]), int(match["h"]), int(match["m"]), int(match["s"]), micro)
+    reference = now if now.tzinfo else now.astimezone()
+    year = reference.year
+    for candidate in (year, year - 1):
+        try:
+            naive = dt.datetime(candidate, *parts)
+        except ValueError:  # Feb 29 in a year without one: it can only be the other year
+            continue
+        # tz None: the host's local time, which is how Postfix wrote it.
+        at = naive.replace(tzinfo=tz) if tz is not None else naive.astimezone()
+        if at - reference <= dt.timedelta(days=1):
+            return at
+    raise ValueError("no year fits this time stamp")
+
+
+def parse_line(line: str, now: dt.datetime, tz: dt.tzinfo | None = None) -> Event | None:
+    """One log line (with or without its newline) -> an event, or None for anything else.
+
+    `now` places classic time stamps in a year; `tz` is the zone they were written in (default:
+    this host's local zone).
+    """
+    classic = _CLASSIC.match(line)
+    if classic is not None:
+        try:
+            at = _classic_time(classic, now, tz)
+        except (KeyError, ValueError):
+            return None
+        offset = classic.end()
+    else:
+        iso = _ISO.match(line)
+        if iso is None:
+            return None
+        try:
+            at = dt.datetime.fromisoformat(iso["stamp"])
+        except ValueError:
+            return None
+        offset = iso.end()
+    rest = _REST.match(line, offset)
+    if rest is None:
+        return None
+    text = line[rest.end() :].rstrip("\r\n")
+    head: _Head = (at, rest["host"], rest["program"], rest["service"], int(rest["pid"]))
+    return _parse_text(head, rest["service"], text)
+
+
+def _parse_text(head: _Head, service: str, text: str) -> Event | None:
+    if service == "smtpd" and text.startswith("connect from "):
+        match = _CONNECT.fullmatch(text)
+        return Connect(*head, client=match["client"]) if match else None
+    qid_match = _QID_TEXT.fullmatch(text)
+    if qid_match is None:
+        return None
+    qid, body = qid_match["qid"], qid_match["rest"]
+    if service == "smtpd" and body.startswith(("reject: ", "milter-reject: ")):
+        return _reject(head, None if qid == "NOQUEUE" else qid, body)
+    if qid == "NOQUEUE":
+        return None
+    if service in DELIVERY_AGENTS and body.startswith("to=<"):
+        return _delivery(head, qid, body)
+    if service == "qmgr" and body.startswith("from=<"):
+        if body.endswith(", status=expired, returned to sender"):
+            match = _EXPIRED.fullmatch(body)
+            return Expired(*head, queue_id=qid, sender=match["sender"]) if match else None
+        match = _QUEUE_ACTIVE.fullmatch(body)
+        if match is None:
+            return None
+        return QueueActive(
+            *head,
+            queue_id=qid,
+            sender=match["sender"],
+            size=int(match["size"]),
+            nrcpt=int(match["nrcpt"]),
+        )
+    if service == "cleanup" and body.startswith("message-id="):
+        message_id = _strip_brackets(body.removeprefix("message-id="))
+        return MessageId(*head, queue_id=qid, message_id=message_id)
+    if body.startswith("client=") and service in ("smtpd", "qmqpd"):
+        match = _CLIENT.fullmatch(body)
+        if match is None:
+            return None
+        sasl = _SASL_USER.search(match["extra"] or "")
+        return ClientContext(
+            *head,
+            queue_id=qid,
+            client=match["client"],
+            sasl_username=sasl["user"] if sasl else "",
+        )
+    if service == "pickup" and body.startswith("uid="):
+        match = _PICKUP.fullmatch(body)
+        if match is None:
+            return None
+        return ClientContext(
+            *head, queue_id=qid, client="", uid=int(match["uid"]), sender=match["sender"]
+        )
+    if body == "removed":
+        return Removed(*head, queue_id=qid)
+    return None
+
+
+def _delivery(head: _Head, qid: str, body: str) -> Delivery | None:
+    match = _DELIVERY.fullmatch(body)
+    if match is None:
+        return None
+    a, b, c, d = (float(part) for part in match["delays"].split("/"))
+    return Delivery(
+        *head,
+        queue_id=qid,
+        recipient=match["to"],
+        orig_recipient=match["orig"] or "",
+        relay=match["relay"],
+        conn_use=int(match["conn_use"]) if match["conn_use"] else None,
+        delay=float(match["delay"]),
+        delays=(a, b, c, d),
+        dsn=match["dsn"],
+        status=match["status"],
+        text=match["text"] or "",
+    )
+
+
+def _reject(head: _Head, qid: str | None, body: str) -> Reject | None:
+    match = _REJECT.fullmatch(body)
+    if match is None:
+        return None
+    reply = match["reply"]
+    code, reason = 0, reply
+    coded = _REPLY.fullmatch(reply)
+    if coded is not None:
+        code, reason = int(coded["code"]), coded["text"]
+    enhanced = _ENHANCED.match(reason)
+    return Reject(
+        *head,
+        queue_id=qid,
+        action=match["action"],
+        stage=match["stage"],
+        client=match["client"],
+        code=code,
+        dsn=enhanced["dsn"] if enhanced else "",
+        reason=reason,
+        sender=match["sender"],
+        recipient=match["to"],
+        proto=match["proto"],
+        helo=match["helo"],
+    )
+
+
+def split_client(client: str) -> tuple[str, str]:
+    """`name[addr]` or `name[addr]:port` -> (name, addr); ("", "") when it is not that shape."""
+    open_at = client.find("[")
+    close_at = client.rfind("]")
+    if open_at <= 0 or close_at < open_at:
+        return "", ""
+    return client[:open_at], client[open_at + 1 : close_at]

@@ -1,0 +1,511 @@
+"""Log ingestion against a real PostgreSQL: a generated Postfix log with the lines Postfix 3.7
+writes for accepted, delivered, deferred, bounced and expired mail and for NOQUEUE rejects; exact
+row counts and values; and nothing lost or counted twice across appends, partial lines, failed
+batches, restarts, rotation, truncation and two runners at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from app.db.tables import LogCursor, LogMessage, MailLog, RejectionLog
+from app.jobs import ingest
+
+START = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=3)
+
+
+@pytest.fixture
+def log_settings(settings, tmp_path):
+    return dataclasses.replace(settings, postfix_log_file=tmp_path / "postfix.log")
+
+
+def stamp(at: dt.datetime) -> str:
+    # As postlogd writes it: local time, zero-padded day (strftime "%b %d %H:%M:%S").
+    return at.astimezone().strftime("%b %d %H:%M:%S")
+
+
+def line(at: dt.datetime, service: str, text: str, pid: int = 4242) -> str:
+    return f"{stamp(at)} relay-a postfix/{service}[{pid}]: {text}\n"
+
+
+def qid(i: int) -> str:
+    if i % 6 == 5:  # a few short (hex) ids among the long ones
+        return f"{0xC0FFEE00 + i:X}"
+    return f"4dLq2G{i:04d}z{i % 7 + 1}bc"
+
+
+@dataclasses.dataclass
+class Traffic:
+    lines: list[str]
+    expect: Counter  # mail_logs rows per status, and "rejected"
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def traffic(first: int, count: int, start: dt.datetime = START) -> Traffic:
+    """`count` messages from `first` on, as Postfix logs them, in time order.
+
+    Each message has three recipients: one sent, one deferred and sent on the retry an hour
+    later, one bounced (every third message) or sent. Every fifth message instead has one
+    recipient that is deferred twice and then expires. Every other message comes with a relay
+    attempt that smtpd rejects, every seventh with a refused sender.
+    """
+    timed: list[tuple[dt.datetime, str]] = []
+    expect: Counter = Counter()
+
+    def add(at: dt.datetime, service: str, text: str) -> None:
+        timed.append((at, line(at, service, text)))
+
+    for i in range(first, first + count):
+        t = start + dt.timedelta(seconds=2 * i)
+        q = qid(i)
+        client = f"app{i % 3}.example.com[198.18.0.{30 + i % 3}]"
+        add(t, "smtpd", f"connect from {client}")
+        add(t, "smtpd", f"{q}: client={client}")
+        add(t, "cleanup", f"{q}: message-id=<{i}.{q}@app.example.com>")
+        add(t, "smtpd", f"disconnect from {client} ehlo=1 mail=1 rcpt=3 data=1 quit=1 commands=7")
+        relay = "mx.example.org[203.0.113.5]:25"
+        deferral = (
+            "dsn=4.4.1, status=deferred (connect to mx.example.org[203.0.113.5]:25: "
+            "Connection timed out)"
+        )
+        if i % 5 == 4:
+            nrcpt = 1
+            add(
+                t,
+                "qmgr",
+                f"{q}: from=<alerts@example.com>, size={1000 + i}, nrcpt=1 (queue active)",
+            )
+            for attempt in (1, 2):
+                at = t + dt.timedelta(seconds=1 + 3600 * (attempt - 1))
+                add(
+                    at,
+                    "smtp",
+                    f"{q}: to=<late{i}@example.org>, relay=none, delay={3600 * (attempt - 1) + 1}, "
+                    f"delays=0.1/0/30/0, {deferral}",
+                )
+                expect["deferred"] += 1
+            gone = t + dt.timedelta(seconds=7200)
+            add(gone, "qmgr", f"{q}: from=<alerts@example.com>, status=expired, returned to sender")
+            add(gone, "qmgr", f"{q}: removed")
+            expect["expired"] += 1
+        else:
+            nrcpt = 3
+            add(
+                t,
+                "qmgr",
+                f"{q}: from=<alerts@example.com>, size={1000 + i}, nrcpt={nrcpt} (queue active)",
+            )
+            sent = (
+                "delay=0.51, delays=0.05/0.01/0.2/0.25, dsn=2.0.0, status=sent "
+                f"(250 2.0.0 Ok: queued as X{i})"
+            )
+            add(
+                t + dt.timedelta(seconds=1),
+                "smtp",
+                f"{q}: to=<a{i}@example.org>, relay={relay}, {sent}",
+            )
+            add(
+                t + dt.timedelta(seconds=1),
+                "smtp",
+                f"{q}: to=<b{i}@example.org>, orig_to=<bee{i}@example.org>, relay=none, "
+                f"delay=31, delays=0.1/0/30/0, {deferral}",
+            )
+            if i % 3 == 0:
+                add(
+                    t + dt.timedelta(seconds=1),
+                    "smtp",
+                    f"{q}: to=<c{i}@example.net>, relay=mx.example.net[203.0.113.9]:25, "
+                    "conn_use=2, delay=0.4, delays=0.1/0/0.1/0.2, dsn=5.1.1, status=bounced "
+                    f"(host mx.example.net[203.0.113.9] said: 550 5.1.1 <c{i}@example.net>: "
+                    "Recipient address rejected: User unknown (in reply to RCPT TO command))",
+                )
+                expect["bounced"] += 1
+            else:
+                add(
+                    t + dt.timedelta(seconds=1),
+                    "smtp",
+                    f"{q}: to=<c{i}@example.net>, relay={relay}, {sent}",
+                )
+                expect["sent"] += 1
+            retry = t + dt.timedelta(seconds=3600)
+            add(
+                retry,
+                "qmgr",
+                f"{q}: from=<alerts@example.com>, size={1000 + i}, nrcpt=1 (queue active)",
+            )
+            add(
+                retry,
+                "smtp",
+                f"{q}: to=<b{i}@example.org>, orig_to=<bee{i}@example.org>, relay={relay}, {sent}",
+            )
+            add(retry, "qmgr", f"{q}: removed")
+            expect["sent"] += 2
+            expect["deferred"] += 1
+        if i % 2 == 0:
+            add(
+                t,
+                "smtpd",
+                f"NOQUEUE: reject: RCPT from unknown[198.18.0.99]: 554 5.7.1 <x{i}@elsewhere.net>: "
+                f"Relay access denied; from=<app@example.com> to=<x{i}@elsewhere.net> "
+                "proto=ESMTP helo=<client.local>",
+            )
+            expect["rejected"] += 1
+        if i % 7 == 0:
+            add(
+                t,
+                "smtpd",
+                "NOQUEUE: reject: MAIL from app0.example.com[198.18.0.30]: 553 5.7.1 "
+                "<x@bad.example>: Sender address rejected: Sender domain not allowed on this "
+                "relay; from=<x@bad.example> proto=ESMTP helo=<app0>",
+            )
+            expect["rejected"] += 1
+        add(t, "anvil", "statistics: max connection rate 1/60s for (smtp:198.18.0.30) at Nov 25")
+    timed.sort(key=lambda item: item[0])  # stable: a message's lines keep their order
+    return Traffic([text for _, text in timed], expect)
+
+
+async def counts() -> Counter:
+    rows = await MailLog.raw("SELECT status, count(*) AS n FROM mail_logs GROUP BY status")
+    result = Counter({row["status"]: row["n"] for row in rows})
+    result["rejected"] = await RejectionLog.count()
+    return +result
+
+
+async def assert_no_duplicates() -> None:
+    doubles = await MailLog.raw(
+        "SELECT queue_id, recipient, status, at, count(*) FROM mail_logs "
+        "GROUP BY queue_id, recipient, status, at HAVING count(*) > 1"
+    )
+    assert doubles == []
+
+
+def write(path: Path, text: str, mode: str = "a") -> None:
+    with path.open(mode, encoding="utf-8") as handle:
+        handle.write(text)
+
+
+async def test_it_ingests_a_realistic_log(log_settings):
+    log = traffic(0, 30)
+    write(log_settings.postfix_log_file, log.text())
+    result = await ingest.run_once(log_settings)
+    assert result.lines == len(log.lines)
+    assert await counts() == log.expect
+    assert log.expect == Counter(sent=64, deferred=36, bounced=8, expired=6, rejected=20)
+    assert result.mail_rows == 114 and result.rejection_rows == 20
+    assert await LogMessage.count() == 30
+
+    first = await MailLog.select().where(MailLog.recipient == "a0@example.org").first()
+    assert {k: v for k, v in first.items() if k != "id"} == {
+        "at": START + dt.timedelta(seconds=1),
+        "node_id": log_settings.node_id,
+        "queue_id": "4dLq2G0000z1bc",
+        "message_id": "0.4dLq2G0000z1bc@app.example.com",
+        "sender": "alerts@example.com",
+        "recipient": "a0@example.org",
+        "relay": "mx.example.org[203.0.113.5]:25",
+        "status": "sent",
+        "delay_seconds": 0.51,
+        "dsn": "2.0.0",
+        "size": 1000,
+        "client": "app0.example.com[198.18.0.30]",
+    }
+    tries = await (
+        MailLog.select(MailLog.status, MailLog.relay, MailLog.dsn, MailLog.at)
+        .where(MailLog.recipient == "b0@example.org")
+        .order_by(MailLog.at)
+    )
+    assert [(row["status"], row["relay"], row["dsn"]) for row in tries] == [
+        ("deferred", "none", "4.4.1"),
+        ("sent", "mx.example.org[203.0.113.5]:25", "2.0.0"),
+    ]
+    bounced = await MailLog.select().where(MailLog.status == "bounced").first()
+    assert (bounced["recipient"], bounced["dsn"], bounced["size"]) == (
+        "c0@example.net",
+        "5.1.1",
+        1000,
+    )
+    expired = await MailLog.select().where(MailLog.status == "expired").order_by(MailLog.at).first()
+    assert expired["recipient"] == "late4@example.org"
+    assert (expired["queue_id"], expired["sender"], expired["size"]) == (
+        qid(4),
+        "alerts@example.com",
+        1004,
+    )
+    assert (expired["relay"], expired["dsn"]) == ("none", "4.4.1")  # the last deferral's
+    assert expired["delay_seconds"] == 7200
+    short = await MailLog.select().where(MailLog.queue_id == qid(5)).first()
+    assert short["queue_id"] == "C0FFEE05" and short["message_id"] == "5.C0FFEE05@app.example.com"
+
+    reject = await RejectionLog.select().where(RejectionLog.recipient == "x0@elsewhere.net").first()
+    assert {k: v for k, v in reject.items() if k != "id"} == {
+        "at": START,
+        "node_id": log_settings.node_id,
+        "client": "unknown[198.18.0.99]",
+        "sender": "app@example.com",
+        "recipient": "x0@elsewhere.net",
+        "reason": "5.7.1 <x0@elsewhere.net>: Relay access denied",
+        "code": 554,
+    }
+    refused = await RejectionLog.select().where(RejectionLog.code == 553).first()
+    assert (refused["sender"], refused["recipient"]) == ("x@bad.example", "")
+
+    # More lines arrive: only they are read.
+    more = traffic(30, 10, START + dt.timedelta(seconds=60))
+    write(log_settings.postfix_log_file, more.text())
+    result = await ingest.run_once(log_settings)
+    assert result.lines == len(more.lines)
+    assert await counts() == log.expect + more.expect
+    await assert_no_duplicates()
+    # Nothing new: nothing read, nothing written.
+    again = await ingest.run_once(log_settings)
+    assert (again.lines, again.rows) == (0, 0)
+    assert await counts() == log.expect + more.expect
+
+
+async def test_a_partial_last_line_waits_for_its_end(log_settings):
+    path = log_settings.postfix_log_file
+    log = traffic(0, 4)
+    whole = log.text()
+    last = log.lines[-1]
+    cut = len(whole) - len(last) + len(last) // 2
+    write(path, whole[:cut])
+    result = await ingest.run_once(log_settings)
+    assert result.lines == len(log.lines) - 1
+    cursor = await LogCursor.select().first()
+    assert cursor["position"] == len((whole[: len(whole) - len(last)]).encode())
+    assert cursor["inode"] == os.stat(path).st_ino
+    write(path, whole[cut:])
+    result = await ingest.run_once(log_settings)
+    assert result.lines == 1
+    assert await counts() == log.expect
+
+
+async def test_lines_spread_over_many_runs_lose_and_double_nothing(log_settings):
+    # Context (client, message-id, qmgr) in one run, its deliveries in a later one.
+    path = log_settings.postfix_log_file
+    log = traffic(0, 25)
+    for start in range(0, len(log.lines), 11):
+        write(path, "".join(log.lines[start : start + 11]))
+        await ingest.run_once(log_settings, max_lines=4)
+    assert await counts() == log.expect
+    await assert_no_duplicates()
+    row = await (
+        MailLog.select()
+        .where(MailLog.recipient == "b3@example.org")
+        .order_by(MailLog.id, ascending=False)
+        .first()
+    )
+    assert (row["sender"], row["size"], row["client"]) == (
+        "alerts@example.com",
+        1003,
+        "app0.example.com[198.18.0.30]",
+    )
+
+
+async def test_a_batch_that_fails_leaves_rows_and_cursor_as_they_were(log_settings, monkeypatch):
+    log = traffic(0, 20)
+    write(log_settings.postfix_log_file, log.text())
+    real = ingest._write_batch
+    calls = 0
+
+    async def crashing(*args):
+        nonlocal calls
+        calls += 1
+        await real(*args)  # the rows are written in the transaction ...
+        if calls == 3:
+            raise ConnectionResetError("the database went away")  # ... and then it fails
+
+    monkeypatch.setattr(ingest, "_write_batch", crashing)
+    with pytest.raises(ConnectionResetError):
+        await ingest.run_once(log_settings, max_lines=10)
+    cursor = await LogCursor.select().first()
+    assert cursor["position"] == len("".join(log.lines[:20]).encode())  # two batches kept
+    monkeypatch.setattr(ingest, "_write_batch", real)
+    result = await ingest.run_once(log_settings, max_lines=10)  # the restart
+    assert result.lines == len(log.lines) - 20
+    assert await counts() == log.expect
+    await assert_no_duplicates()
+
+
+@pytest.mark.parametrize("rotated_name", ["postfix.log.1", "postfix.log.20261125-140001"])
+async def test_rotation_finishes_the_old_file_first(log_settings, rotated_name):
+    path = log_settings.postfix_log_file
+    log = traffic(0, 30)
+    half = len(log.lines) // 2
+    write(path, "".join(log.lines[:half]))
+    await ingest.run_once(log_settings)
+    # Lines logged after our run but before the rotation ...
+    write(path, "".join(log.lines[half : half + 40]))
+    path.rename(path.with_name(rotated_name))
+    # ... and lines in the new file, some about messages whose context is in the old one.
+    write(path, "".join(log.lines[half + 40 :]))
+    result = await ingest.run_once(log_settings, max_lines=15)
+    assert result.rotated
+    assert result.lines == len(log.lines) - half
+    assert await counts() == log.expect
+    await assert_no_duplicates()
+    cursor = await LogCursor.select().first()
+    assert (cursor["inode"], cursor["position"]) == (os.stat(path).st_ino, path.stat().st_size)
+
+
+async def test_rotation_waits_for_the_new_file(log_settings):
+    path = log_settings.postfix_log_file
+    log = traffic(0, 6)
+    write(path, "".join(log.lines[:10]))
+    await ingest.run_once(log_settings)
+    write(path, "".join(log.lines[10:]))
+    path.rename(path.with_name("postfix.log.1"))  # postlogd has not created the new file yet
+    result = await ingest.run_once(log_settings)
+    assert result.lines == len(log.lines) - 10 and result.missing
+    assert await counts() == log.expect
+    write(path, traffic(6, 2).text())
+    result = await ingest.run_once(log_settings)
+    assert result.rotated and result.lines == len(traffic(6, 2).lines)
+
+
+async def test_rotation_stays_on_the_old_file_until_the_new_one_has_a_line(log_settings):
+    # logrotate's `create`: the new, empty file exists before the writer reopens.
+    path = log_settings.postfix_log_file
+    log = traffic(0, 6)
+    write(path, "".join(log.lines[:10]))
+    await ingest.run_once(log_settings)
+    rotated = path.with_name("postfix.log.1")
+    path.rename(rotated)
+    path.touch()
+    result = await ingest.run_once(log_settings)
+    assert not result.rotated and result.lines == 0
+    write(rotated, "".join(log.lines[10:30]))  # the writer has not reopened yet
+    result = await ingest.run_once(log_settings)
+    assert not result.rotated and result.lines == 20
+    write(rotated, "".join(log.lines[30:40]))
+    write(path, "".join(log.lines[40:]))  # now it has
+    result = await ingest.run_once(log_settings)
+    assert result.rotated and result.lines == len(log.lines) - 30
+    assert await counts() == log.expect
+
+
+async def test_a_rotated_file_that_is_gone_is_skipped(log_settings):
+    path = log_settings.postfix_log_file
+    write(path, traffic(0, 3).text())
+    await ingest.run_once(log_settings)
+    # Rotated and compressed before we came back: the compressed copy is another file. (Kept
+    # here under the name so that the file system cannot hand its inode to the new log.)
+    path.rename(path.with_name("postfix.log.1.gz"))
+    new = traffic(3, 3)
+    write(path, new.text())
+    result = await ingest.run_once(log_settings)
+    assert result.rotated and result.lines == len(new.lines)
+
+
+async def test_a_truncated_file_is_read_again_from_the_start(log_settings):
+    path = log_settings.postfix_log_file
+    log = traffic(0, 12)
+    write(path, log.text())
+    await ingest.run_once(log_settings)
+    inode = os.stat(path).st_ino
+    fresh = traffic(12, 2)
+    write(path, fresh.text(), mode="w")  # copytruncate: same inode, shorter
+    assert os.stat(path).st_ino == inode and path.stat().st_size < len(log.text())
+    result = await ingest.run_once(log_settings)
+    assert result.truncated and result.lines == len(fresh.lines)
+    assert await counts() == log.expect + fresh.expect
+
+
+async def test_two_runners_at_once_count_everything_once(log_settings):
+    log = traffic(0, 40)
+    write(log_settings.postfix_log_file, log.text())
+    first, second = await asyncio.gather(
+        ingest.run_once(log_settings, max_lines=25), ingest.run_once(log_settings, max_lines=25)
+    )
+    assert first.lines + second.lines == len(log.lines)
+    assert await counts() == log.expect
+    await assert_no_duplicates()
+
+
+async def test_an_expiry_without_a_deferral_we_saw_still_counts_once(log_settings):
+    at = START + dt.timedelta(days=1)
+    write(
+        log_settings.postfix_log_file,
+        line(
+            at, "qmgr", "4dLq2G9999z2bc: from=<old@example.com>, status=expired, returned to sender"
+        )
+        + line(at, "qmgr", "4dLq2G9999z2bc: removed"),
+    )
+    await ingest.run_once(log_settings)
+    rows = await MailLog.select()
+    assert [(r["status"], r["recipient"], r["sender"], r["size"]) for r in rows] == [
+        ("expired", "", "old@example.com", None)
+    ]
+
+
+async def test_a_new_message_with_a_reused_queue_id_gets_a_fresh_context(log_settings):
+    # Short queue ids embed the inode number and come back; smtpd's client= line starts anew.
+    q, t = "C0FFEE42", START
+    lines = [
+        line(t, "smtpd", f"{q}: client=one.example.com[198.18.0.41]"),
+        line(t, "cleanup", f"{q}: message-id=<one@example.com>"),
+        line(t, "qmgr", f"{q}: from=<one@example.com>, size=111, nrcpt=1 (queue active)"),
+        line(t, "qmgr", f"{q}: removed"),
+        line(t + dt.timedelta(hours=1), "smtpd", f"{q}: client=two.example.com[198.18.0.42]"),
+        line(
+            t + dt.timedelta(hours=1, seconds=1),
+            "smtp",
+            f"{q}: to=<x@example.org>, relay=none, delay=1, delays=1/0/0/0, dsn=4.4.1, "
+            "status=deferred (connect timed out)",
+        ),
+    ]
+    write(log_settings.postfix_log_file, "".join(lines))
+    await ingest.run_once(log_settings)
+    row = await MailLog.select().first()
+    assert (row["client"], row["sender"], row["message_id"], row["size"]) == (
+        "two.example.com[198.18.0.42]",
+        "",
+        "",
+        None,
+    )
+
+
+async def test_no_log_file_yet_is_not_an_error(log_settings):
+    result = await ingest.run_once(log_settings)
+    assert result.missing and result.lines == 0
+    write(log_settings.postfix_log_file, traffic(0, 2).text())
+    result = await ingest.run_once(log_settings)
+    assert not result.missing and result.lines == len(traffic(0, 2).lines)
+
+
+def run_cli(*args: str, env: dict[str, str]):
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_cli_ingests_and_reports_one_line(tmp_path):
+    path = tmp_path / "postfix.log"
+    log = traffic(0, 5)
+    write(path, log.text())
+    result = run_cli("ingest-logs", env={"POSTFIX_LOG_FILE": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert f"read {len(log.lines)} lines" in result.stderr
+    assert await counts() == log.expect
+
+
+async def test_an_unreadable_log_is_one_clear_line(tmp_path):
+    result = run_cli("ingest-logs", env={"POSTFIX_LOG_FILE": str(tmp_path)})  # a directory
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"cannot read {tmp_path}" in result.stderr

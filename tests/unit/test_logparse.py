@@ -1,0 +1,391 @@
+"""The Postfix log parser: every event we use, as Postfix 3.7 writes it (the formats come from
+the Postfix source: smtpd.c, smtpd_check.c log_whatsup(), cleanup, opened.c, log_adhoc.c,
+qmgr_active.c), under both time stamp shapes and both queue id forms."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from app.postfix.logparse import (
+    QUEUE_ID,
+    ClientContext,
+    Connect,
+    Delivery,
+    Expired,
+    MessageId,
+    QueueActive,
+    Reject,
+    Removed,
+    parse_line,
+    split_client,
+)
+
+UTC = dt.UTC
+NOW = dt.datetime(2026, 11, 25, 15, 0, 0, tzinfo=UTC)
+LONG = "4dLq2G1xZ9z9vxL"  # enable_long_queue_ids = yes
+SHORT = "3D770111AF50"
+CLASSIC = "Nov 25 14:00:01 relay-a postfix/{service}[{pid}]: {text}"
+ISO = "2026-11-25T14:00:01.123456+00:00 relay-a postfix/{service}[{pid}]: {text}"
+
+
+def parse(text: str, service: str = "smtpd", shape: str = CLASSIC, pid: int = 1234):
+    return parse_line(shape.format(service=service, pid=pid, text=text) + "\n", NOW, tz=UTC)
+
+
+def test_it_reads_the_classic_header():
+    event = parse("connect from app1.example.com[198.18.0.30]")
+    assert event == Connect(
+        at=dt.datetime(2026, 11, 25, 14, 0, 1, tzinfo=UTC),
+        host="relay-a",
+        program="postfix/smtpd",
+        service="smtpd",
+        pid=1234,
+        client="app1.example.com[198.18.0.30]",
+    )
+
+
+def test_it_reads_the_rfc3339_header():
+    event = parse("connect from app1.example.com[198.18.0.30]", shape=ISO)
+    assert event is not None
+    assert event.at == dt.datetime(2026, 11, 25, 14, 0, 1, 123456, tzinfo=UTC)
+    other_zone = parse_line(
+        "2026-11-25T15:00:01+0100 relay-a postfix/smtpd[7]: connect from x[198.18.0.1]", NOW
+    )
+    assert other_zone is not None
+    assert other_zone.at == dt.datetime(2026, 11, 25, 14, 0, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "Nov 05 14:00:01",  # postlogd: strftime("%b %d ...")
+        "Nov  5 14:00:01",  # classic syslog: the day padded with a space
+    ],
+)
+def test_it_reads_both_day_paddings(stamp: str):
+    event = parse_line(f"{stamp} relay-a postfix/smtpd[1]: connect from x[198.18.0.1]", NOW, UTC)
+    assert event is not None
+    assert event.at == dt.datetime(2026, 11, 5, 14, 0, 1, tzinfo=UTC)
+
+
+def test_the_year_is_the_one_that_is_not_in_the_future():
+    new_year = dt.datetime(2027, 1, 1, 0, 5, tzinfo=UTC)
+    line = "Dec 31 23:59:59 relay-a postfix/smtpd[1]: connect from x[198.18.0.1]"
+    event = parse_line(line, new_year, UTC)
+    assert event is not None and event.at.year == 2026
+    # A day ahead is still this year (clock skew between hosts, time zones).
+    tomorrow = "Nov 26 14:00:00 relay-a postfix/smtpd[1]: connect from x[198.18.0.1]"
+    assert parse_line(tomorrow, NOW, UTC).at.year == 2026  # type: ignore[union-attr]
+    beyond = "Nov 27 15:00:01 relay-a postfix/smtpd[1]: connect from x[198.18.0.1]"
+    assert parse_line(beyond, NOW, UTC).at.year == 2025  # type: ignore[union-attr]
+
+
+def test_classic_stamps_are_local_time_of_the_given_zone():
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    event = parse_line(
+        "Nov 25 16:00:01 relay-a postfix/smtpd[1]: connect from x[198.18.0.1]", NOW, plus_two
+    )
+    assert event is not None
+    assert event.at == dt.datetime(2026, 11, 25, 14, 0, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("qid", [LONG, SHORT, "B1B894562003", "4dLq2H0Bc5z1"])
+def test_queue_ids(qid: str):
+    assert QUEUE_ID.fullmatch(qid)
+    event = parse(f"{qid}: removed", service="qmgr")
+    assert event is not None and event.queue_id == qid  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("word", ["NOQUEUE", "warning", "statistics", "4dLq2G1xZ9", "3d770111af50"])
+def test_words_are_not_queue_ids(word: str):
+    assert not QUEUE_ID.fullmatch(word)
+    assert parse(f"{word}: removed", service="qmgr") is None
+
+
+@pytest.mark.parametrize("qid", [LONG, SHORT])
+@pytest.mark.parametrize("shape", [CLASSIC, ISO])
+def test_smtpd_client_line(qid: str, shape: str):
+    event = parse(f"{qid}: client=app1.example.com[198.18.0.30]", shape=shape)
+    assert isinstance(event, ClientContext)
+    assert (event.queue_id, event.client, event.sasl_username) == (
+        qid,
+        "app1.example.com[198.18.0.30]",
+        "",
+    )
+
+
+def test_smtpd_client_line_with_sasl_and_port():
+    event = parse(
+        f"{LONG}: client=unknown[2001:db8::7]:52144, sasl_method=PLAIN, sasl_username=app1"
+    )
+    assert isinstance(event, ClientContext)
+    assert event.client == "unknown[2001:db8::7]:52144"
+    assert event.sasl_username == "app1"
+    assert split_client(event.client) == ("unknown", "2001:db8::7")
+
+
+def test_pickup_starts_a_local_message():
+    event = parse(f"{LONG}: uid=0 from=<root>", service="pickup")
+    assert isinstance(event, ClientContext)
+    assert (event.client, event.uid, event.sender) == ("", 0, "root")
+
+
+@pytest.mark.parametrize(
+    ("logged", "expected"),
+    [
+        ("<20261125140001.1@app1.example.com>", "20261125140001.1@app1.example.com"),
+        ("no-brackets@legacy", "no-brackets@legacy"),
+    ],
+)
+def test_cleanup_message_id(logged: str, expected: str):
+    event = parse(f"{LONG}: message-id={logged}", service="cleanup")
+    assert event == MessageId(
+        at=dt.datetime(2026, 11, 25, 14, 0, 1, tzinfo=UTC),
+        host="relay-a",
+        program="postfix/cleanup",
+        service="cleanup",
+        pid=1234,
+        queue_id=LONG,
+        message_id=expected,
+    )
+
+
+@pytest.mark.parametrize("sender", ["alerts@example.com", ""])
+def test_qmgr_queue_active(sender: str):
+    event = parse(f"{SHORT}: from=<{sender}>, size=1843, nrcpt=3 (queue active)", "qmgr")
+    assert isinstance(event, QueueActive)
+    assert (event.queue_id, event.sender, event.size, event.nrcpt) == (SHORT, sender, 1843, 3)
+
+
+def test_sent():
+    event = parse(
+        f"{LONG}: to=<bob@example.org>, relay=mx.example.org[203.0.113.5]:25, delay=0.51, "
+        "delays=0.05/0.01/0.2/0.25, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 4dLq2H0Bc5z1)",
+        service="smtp",
+    )
+    assert isinstance(event, Delivery)
+    assert event.queue_id == LONG
+    assert event.recipient == "bob@example.org"
+    assert event.orig_recipient == ""
+    assert event.relay == "mx.example.org[203.0.113.5]:25"
+    assert event.conn_use is None
+    assert event.delay == 0.51
+    assert event.delays == (0.05, 0.01, 0.2, 0.25)
+    assert (event.dsn, event.status) == ("2.0.0", "sent")
+    assert event.text == "250 2.0.0 Ok: queued as 4dLq2H0Bc5z1"
+
+
+def test_deferred_with_orig_to_and_conn_use():
+    event = parse(
+        f"{SHORT}: to=<carol@example.org>, orig_to=<c@example.org>, "
+        "relay=mx.example.org[203.0.113.5]:25, conn_use=2, delay=307136, "
+        "delays=307106/0.02/30/0, dsn=4.4.1, status=deferred (connect to "
+        "mx.example.org[203.0.113.5]:25: Connection timed out)",
+        service="smtp",
+        shape=ISO,
+    )
+    assert isinstance(event, Delivery)
+    assert (event.recipient, event.orig_recipient) == ("carol@example.org", "c@example.org")
+    assert event.conn_use == 2
+    assert event.delay == 307136
+    assert (event.dsn, event.status) == ("4.4.1", "deferred")
+    assert event.text == "connect to mx.example.org[203.0.113.5]:25: Connection timed out"
+
+
+def test_bounced_by_the_remote_server():
+    event = parse(
+        f"{LONG}: to=<nobody@example.org>, relay=mx.example.org[203.0.113.5]:25, delay=1.2, "
+        "delays=1.1/0/0.03/0.07, dsn=5.1.1, status=bounced (host mx.example.org[203.0.113.5] "
+        "said: 550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown "
+        "(in reply to RCPT TO command))",
+        service="smtp",
+    )
+    assert isinstance(event, Delivery)
+    assert (event.status, event.dsn, event.relay) == (
+        "bounced",
+        "5.1.1",
+        "mx.example.org[203.0.113.5]:25",
+    )
+    assert event.text.endswith("(in reply to RCPT TO command)")
+
+
+@pytest.mark.parametrize(
+    ("service", "relay"), [("error", "none"), ("lmtp", "private/dovecot-lmtp"), ("local", "local")]
+)
+def test_other_delivery_agents(service: str, relay: str):
+    event = parse(
+        f"{LONG}: to=<a@example.net>, relay={relay}, delay=0.1, delays=0.1/0/0/0, dsn=5.1.1, "
+        "status=bounced (local delivery is disabled on this relay)",
+        service=service,
+    )
+    assert isinstance(event, Delivery) and event.relay == relay and event.service == service
+
+
+def test_a_delivery_line_with_a_tls_summary_still_parses():
+    # Newer Postfix versions add ", tls=..." before dsn=: tolerate fields we do not know.
+    event = parse(
+        f"{LONG}: to=<a@example.net>, relay=mx[203.0.113.5]:25, delay=0.3, delays=0/0/0.1/0.2, "
+        "tls=may, dsn=2.0.0, status=sent (250 ok)",
+        service="smtp",
+    )
+    assert isinstance(event, Delivery) and event.status == "sent"
+
+
+def test_expired():
+    event = parse(f"{LONG}: from=<alerts@example.com>, status=expired, returned to sender", "qmgr")
+    assert isinstance(event, Expired)
+    assert (event.queue_id, event.sender) == (LONG, "alerts@example.com")
+
+
+@pytest.mark.parametrize("service", ["qmgr", "postsuper"])
+def test_removed(service: str):
+    assert parse(f"{LONG}: removed", service) == Removed(
+        at=dt.datetime(2026, 11, 25, 14, 0, 1, tzinfo=UTC),
+        host="relay-a",
+        program=f"postfix/{service}",
+        service=service,
+        pid=1234,
+        queue_id=LONG,
+    )
+
+
+def test_relay_access_denied():
+    # The text smtpd_check.c writes for reject_unauth_destination.
+    event = parse(
+        "NOQUEUE: reject: RCPT from unknown[198.18.0.99]: 554 5.7.1 <x@elsewhere.net>: "
+        "Relay access denied; from=<app@example.com> to=<x@elsewhere.net> proto=ESMTP "
+        "helo=<client.local>"
+    )
+    assert event == Reject(
+        at=dt.datetime(2026, 11, 25, 14, 0, 1, tzinfo=UTC),
+        host="relay-a",
+        program="postfix/smtpd",
+        service="smtpd",
+        pid=1234,
+        queue_id=None,
+        action="reject",
+        stage="RCPT",
+        client="unknown[198.18.0.99]",
+        code=554,
+        dsn="5.7.1",
+        reason="5.7.1 <x@elsewhere.net>: Relay access denied",
+        sender="app@example.com",
+        recipient="x@elsewhere.net",
+        proto="ESMTP",
+        helo="client.local",
+    )
+
+
+def test_sender_not_allowed_at_mail_stage():
+    # Our own check_sender_access static:{553 5.7.1 ...} at MAIL FROM: no recipient yet.
+    event = parse(
+        "NOQUEUE: reject: MAIL from app1.example.com[198.18.0.30]: 553 5.7.1 <x@bad.example>: "
+        "Sender address rejected: Sender domain not allowed on this relay; "
+        "from=<x@bad.example> proto=ESMTP helo=<app1>"
+    )
+    assert isinstance(event, Reject)
+    assert (event.stage, event.code, event.dsn) == ("MAIL", 553, "5.7.1")
+    assert (event.sender, event.recipient, event.helo) == ("x@bad.example", None, "app1")
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply", "tail", "sender", "recipient"),
+    [
+        (
+            "CONNECT",
+            "554 5.7.1 Service unavailable; Client host [198.18.0.99] blocked using "
+            "zen.example; https://zen.example/query",
+            " proto=SMTP",
+            None,
+            None,
+        ),
+        (
+            "EHLO",
+            "504 5.5.2 <bad host>: Helo command rejected: need fully-qualified hostname",
+            " proto=ESMTP helo=<bad host>",
+            None,
+            None,
+        ),
+        (
+            "DATA",
+            "550 5.5.3 <DATA>: Data command rejected: Multi-recipient bounce",
+            " from=<> proto=ESMTP helo=<c>",
+            "",
+            None,
+        ),
+        (
+            "END-OF-MESSAGE",
+            "554 5.7.1 Message rejected by policy",
+            " from=<a@example.com> to=<b@example.org> proto=ESMTP helo=<c>",
+            "a@example.com",
+            "b@example.org",
+        ),
+    ],
+)
+def test_reject_stages(stage, reply, tail, sender, recipient):
+    event = parse(f"NOQUEUE: reject: {stage} from unknown[198.18.0.99]: {reply};{tail}")
+    assert isinstance(event, Reject)
+    assert event.stage == stage
+    assert f"{event.code} {event.reason}" == reply
+    assert (event.sender, event.recipient) == (sender, recipient)
+
+
+def test_a_reject_inside_a_queued_transaction_keeps_its_queue_id():
+    event = parse(
+        f"{LONG}: reject: RCPT from app1.example.com[198.18.0.30]: 550 5.1.1 <x@example.org>: "
+        "Recipient address rejected: User unknown; from=<a@example.com> to=<x@example.org> "
+        "proto=ESMTP helo=<app1>"
+    )
+    assert isinstance(event, Reject)
+    assert event.queue_id == LONG and event.code == 550
+
+
+def test_milter_reject():
+    event = parse(
+        f"{LONG}: milter-reject: END-OF-MESSAGE from app1.example.com[198.18.0.30]: "
+        "5.7.1 Spam message rejected; from=<a@example.com> to=<b@example.org> proto=ESMTP "
+        "helo=<app1>"
+    )
+    assert isinstance(event, Reject)
+    assert (event.action, event.code, event.dsn) == ("milter-reject", 0, "5.7.1")
+    assert event.reason == "5.7.1 Spam message rejected"
+
+
+def test_a_syslog_name_with_a_slash():
+    event = parse_line(
+        "Nov 25 14:00:01 relay-a postfix/submission/smtpd[77]: connect from x[198.18.0.1]",
+        NOW,
+        UTC,
+    )
+    assert isinstance(event, Connect)
+    assert (event.program, event.service) == ("postfix/submission/smtpd", "smtpd")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "garbage",
+        "Nov 25 14:00:01 relay-a postfix/smtpd[1]: disconnect from x[198.18.0.1] ehlo=1 quit=1",
+        "Nov 25 14:00:01 relay-a postfix/smtpd[1]: warning: hostname x does not resolve",
+        f"Nov 25 14:00:01 relay-a postfix/bounce[1]: {LONG}: sender non-delivery notification: "
+        "4dLq2H0Bc5z1",
+        "Nov 25 14:00:01 relay-a postfix/smtpd[1]: NOQUEUE: reject_warning: RCPT from "
+        "x[198.18.0.1]: 554 5.7.1 <a@b>: Relay access denied; from=<a@c> to=<a@b> proto=SMTP",
+        f"Nov 25 14:00:01 relay-a sshd[1]: {LONG}: removed",
+        "Foo 25 14:00:01 relay-a postfix/smtpd[1]: connect from x[198.18.0.1]",
+        f"Nov 25 14:00:01 relay-a postfix/smtp[1]: {LONG}: to=<a@b>, relay=none, broken",
+        # A delivery agent's text from another program is not a delivery.
+        f"Nov 25 14:00:01 relay-a postfix/cleanup[1]: {LONG}: to=<a@b>, relay=none, delay=1, "
+        "delays=1/0/0/0, dsn=2.0.0, status=sent (x)",
+    ],
+)
+def test_other_lines_are_none(line: str):
+    assert parse_line(line, NOW, UTC) is None
+
+
+def test_split_client():
+    assert split_client("mail.example.org[203.0.113.25]") == ("mail.example.org", "203.0.113.25")
+    assert split_client("unknown") == ("", "")
