@@ -6,6 +6,9 @@ transaction, and the cursor row is locked (SELECT ... FOR UPDATE) and re-read in
 transaction before the file is read. A runner that waited for the lock therefore continues where
 the other one stopped, and a batch that fails leaves both the rows and the cursor as they were.
 
+Addresses are stored in lower case: operators search them case-insensitively, and the domain
+part is case-insensitive anyway.
+
 A delivery line says only queue id, recipient and outcome; sender, size, client and message-id
 were logged earlier by smtpd, cleanup and qmgr, possibly in an earlier batch or run. That context
 is kept per (node, queue id) in log_messages, so that each delivery becomes one complete row.
@@ -381,8 +384,8 @@ def _mail_row(node_id: str, event: logparse.Delivery, context: _Context | None) 
         node_id,
         event.queue_id,
         context.message_id,
-        context.sender,
-        event.recipient,
+        context.sender.lower(),
+        event.recipient.lower(),
         event.relay,
         event.status,
         event.delay,
@@ -443,7 +446,7 @@ async def _insert_expired(
             event.at,
             event.queue_id,
             known.message_id,
-            event.sender,
+            event.sender.lower(),
             (event.at - context.first_seen_at).total_seconds() if context else None,
             known.size,
             known.client,
@@ -460,8 +463,8 @@ def _rejection_row(node_id: str, event: logparse.Reject) -> tuple:
         event.at,
         node_id,
         event.client,
-        event.sender or "",
-        event.recipient or "",
+        (event.sender or "").lower(),
+        (event.recipient or "").lower(),
         event.reason,
         event.code,
     )

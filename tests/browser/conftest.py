@@ -245,12 +245,16 @@ def gui(chromium: Path, server: Server) -> Iterator[Gui]:
                 ),
             )
             page.on("pageerror", lambda exc: problems.page_errors.append(str(exc)))
-            page.on(
-                "requestfailed",
-                lambda request: problems.failed_requests.append(
-                    f"{request.method} {request.url}: {request.failure}"
-                ),
-            )
+
+            def request_failed(request: Any) -> None:
+                # A navigation cancels the requests still open on the page it leaves (e.g. the
+                # dashboard's polling): that is no fault. Anything else is.
+                if request.failure != "net::ERR_ABORTED":
+                    problems.failed_requests.append(
+                        f"{request.method} {request.url}: {request.failure}"
+                    )
+
+            page.on("requestfailed", request_failed)
             yield Gui(page, server.base_url, problems)
             context.close()
         finally:

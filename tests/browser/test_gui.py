@@ -28,10 +28,6 @@ AUTH_PASSWORD = "S3cret-SMTP-pw-4711"
 ROUTE_LINE = f"route {DOMAIN} -> [{RELAY_HOST}]:587 tls=encrypt auth={AUTH_USER}"
 
 
-def path_of(page: Page) -> str:
-    return urlsplit(page.url).path
-
-
 def expect_path(page: Page, path: str) -> None:
     expect(page).to_have_url(re.compile(rf"^https://127\.0\.0\.1:\d+{re.escape(path)}(\?.*)?$"))
 
@@ -41,7 +37,12 @@ def assert_htmx_loaded(page: Page) -> None:
     script = page.locator(f'script[src="{HTMX_LOCAL_PATH}"]')
     expect(script).to_have_count(1)
     assert script.get_attribute("integrity") == HTMX_SRI
-    page.wait_for_function("() => typeof window.htmx === 'object' && !!window.htmx.version")
+    # htmx (a deferred script) binds the hx-* attributes on DOMContentLoaded: wait for both, or a
+    # quick click would submit the plain form instead.
+    page.wait_for_function(
+        "() => typeof window.htmx === 'object' && !!window.htmx.version"
+        " && document.readyState !== 'loading'"
+    )
 
 
 def test_first_session_of_an_admin(gui: Gui) -> None:
@@ -80,6 +81,7 @@ def test_first_session_of_an_admin(gui: Gui) -> None:
     expect(domains.locator("tr", has_text=DOMAIN)).to_have_count(1)
     expect(domains).to_contain_text("added by the browser test")
 
+    assert_htmx_loaded(page)  # the add reloaded the page (HX-Redirect)
     page.evaluate("() => { window.__sameDocument = true; }")
     form = page.locator("#domain-form")
     form.locator("#f-name").fill(BAD_DOMAIN)
