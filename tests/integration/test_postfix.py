@@ -305,3 +305,53 @@ async def test_hold_release_and_delete_act_on_one_message(login_as, host, agent)
     readonly = await login_as("readonly")
     assert (await readonly.get("/queue")).status_code == 200
     assert (await _post(readonly, "/queue/flush")).status_code == 403
+
+
+async def _ingest(settings, host) -> None:
+    import dataclasses
+
+    from app.jobs import ingest
+
+    await ingest.run_once(dataclasses.replace(settings, postfix_log_file=host.log_file))
+
+
+async def _count(status: str, sender: str) -> int:
+    from app.db.tables import MailLog
+
+    return await MailLog.count().where((MailLog.status == status) & (MailLog.sender == sender))
+
+
+async def test_the_postfix_log_flows_into_the_gui(login_as, host, agent, settings):
+    from app.db.tables import RejectionLog
+
+    client = await login_as("operator")
+    await configure(client)
+    await _ingest(settings, host)  # everything earlier tests left in the log
+    clear(host.sink1)
+    sender = f"count-{time.monotonic_ns()}@example.com"
+    for i in range(5):
+        assert "250 2.0.0 Ok" in host.swaks(sender, f"r{i}@dest.example", CLIENT)
+    wait_for(host.sink1, 5)
+    # A separate run in the middle of the stream: the next one continues where it stopped.
+    await _ingest(settings, host)
+    for i in range(5, 12):
+        assert "250 2.0.0 Ok" in host.swaks(sender, f"r{i}@dest.example", CLIENT)
+    assert "553 5.7.1" in host.swaks("spam@blocked.example", "x@dest.example", OUTSIDE)
+    delivered = wait_for(host.sink1, 12)
+    # Postfix logs status=sent just after the target's 250: ingest until it is there.
+    deadline = time.monotonic() + 20
+    while await _count("sent", sender) < 12 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        await _ingest(settings, host)
+    await _ingest(settings, host)  # a run with nothing new adds nothing
+    assert len(delivered) == 12
+    assert await _count("sent", sender) == 12
+    reject = (
+        await RejectionLog.select().where(RejectionLog.sender == "spam@blocked.example").first()
+    )
+    assert reject["client"].endswith(f"[{OUTSIDE}]") or OUTSIDE in reject["client"]
+    assert reject["code"] == 553
+    page = (await client.get("/")).text
+    assert "spam@blocked.example" in page
+    found = (await client.get(f"/tracking?sender={sender}")).text
+    assert found.count('<tr class="sent"') == 12
