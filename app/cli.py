@@ -11,9 +11,11 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from app.agent.postfix import AgentError
+from app.crypto import SecretKeyError
 from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("mailrelay")
@@ -184,6 +186,105 @@ def cmd_retention(args: argparse.Namespace) -> None:
     _run_db(work)
 
 
+def cmd_config_pull(args: argparse.Namespace) -> None:
+    from app.agent.client import AgentClient
+    from app.cluster import pull
+    from app.crypto import SecretBox, SecretKeyError
+
+    settings = _settings()
+    pull_settings = pull.PullSettings.load(required=settings.cluster_mode == "slave")
+    try:
+        box = SecretBox(settings.secret_key_file)
+    except SecretKeyError as exc:
+        raise UserFacingError(str(exc)) from None
+
+    async def work() -> pull.PullResult:
+        return await pull.run_once(settings, AgentClient(settings.agent_socket), box, pull_settings)
+
+    result = _run_db(work)
+    if not result.ok:
+        # The run's log line says why; a non-zero exit marks the unit failed for the operator.
+        raise UserFacingError(f"config pull {result.outcome}")
+
+
+def _box(settings: Settings) -> Any:
+    from app.crypto import SecretBox, ensure_secret_key
+
+    ensure_secret_key(settings.secret_key_file)  # as `serve` does on first start
+    return SecretBox(settings.secret_key_file)
+
+
+def cmd_create_token(args: argparse.Namespace) -> None:
+    from app.auth import tokens
+
+    _settings()
+
+    async def work() -> str:
+        try:
+            return await tokens.create(args.name, args.kind, actor="cli")
+        except tokens.TokenError as exc:
+            raise UserFacingError(str(exc)) from None
+
+    # The token itself on stdout (and nothing else), for scripts; it is never shown again.
+    print(_run_db(work))
+
+
+def cmd_config_import(args: argparse.Namespace) -> None:
+    """Replace the configuration with a snapshot file (a new version; the same checks as the
+    GUI). The file holds sender_domains (with optional routes) and trusted_networks."""
+    import json
+
+    from app.config import service
+    from app.config.validation import FieldErrors
+
+    settings = _settings()
+    try:
+        document = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserFacingError(f"{args.file}: {exc}") from None
+    box = _box(settings)
+    # Clear-text passwords in the file are encrypted here; they are never stored as given.
+    for entry in document.get("sender_domains", []):
+        route = entry.get("route") or {}
+        if "auth_password" in route:
+            route["auth_password_enc"] = box.encrypt(str(route.pop("auth_password")))
+
+    async def work() -> int:
+        try:
+            return await service.replace_all(
+                service.Actor("cli"), document, "config.import", f"imported from {args.file}"
+            )
+        except FieldErrors as exc:
+            raise UserFacingError(f"{args.file} refused: {exc}") from None
+
+    print(f"config version {_run_db(work)} created; apply it with `mailrelay config-apply`")
+
+
+def cmd_config_apply(args: argparse.Namespace) -> None:
+    from app.agent.client import AgentClient
+    from app.config import service
+    from app.postfix import pipeline
+
+    settings = _settings()
+
+    async def work() -> pipeline.TestReport:
+        latest = await service.latest_version()
+        if latest is None:
+            raise UserFacingError("there is no config version to apply")
+        return await pipeline.apply_version(
+            latest["number"],
+            _box(settings),
+            AgentClient(settings.agent_socket),
+            settings.node_id,
+            service.Actor("cli"),
+        )
+
+    report = _run_db(work)
+    if not report.ok:
+        raise UserFacingError("not applied: " + "; ".join(report.problems))
+    print(f"config version {report.version} applied on node {settings.node_id}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mailrelay", description="mailrelay-ha node commands")
     sub = top.add_subparsers(dest="command", required=True)
@@ -210,6 +311,19 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("retention", help="delete log rows older than RETENTION_DAYS").set_defaults(
         func=cmd_retention
     )
+    sub.add_parser(
+        "config-pull", help="slave: fetch the master's config version and apply it if newer"
+    ).set_defaults(func=cmd_config_pull)
+    token = sub.add_parser("create-token", help="create an API token (printed once)")
+    token.add_argument("name")
+    token.add_argument("--kind", default="read", help="read or cluster")
+    token.set_defaults(func=cmd_create_token)
+    imp = sub.add_parser("config-import", help="replace the configuration with a JSON snapshot")
+    imp.add_argument("file")
+    imp.set_defaults(func=cmd_config_import)
+    sub.add_parser(
+        "config-apply", help="apply the newest config version on this node"
+    ).set_defaults(func=cmd_config_apply)
     from app.agent.__main__ import add_commands as add_agent_commands
 
     agent = sub.add_parser("agent", help="the privileged agent (root): serve, postfix-settings")
@@ -223,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (SettingsError, UserFacingError, AgentError) as exc:
+    except (SettingsError, UserFacingError, AgentError, SecretKeyError) as exc:
         print(f"mailrelay: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

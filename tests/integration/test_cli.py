@@ -77,3 +77,63 @@ async def test_user_errors_are_one_line():
         "no user nobody",
     )
     assert_one_line_error(run("create-user", "dave"), "--password-stdin")
+
+
+async def test_config_import_checks_encrypts_and_versions(tmp_path, settings):
+    import json
+
+    from app.config import service
+    from app.crypto import SecretBox
+
+    good = tmp_path / "lab.json"
+    good.write_text(
+        json.dumps(
+            {
+                "sender_domains": [
+                    {
+                        "name": "example.com",
+                        "route": {
+                            "host": "198.18.0.21",
+                            "port": 25,
+                            "tls_mode": "none",
+                            "auth_user": "u",
+                            "auth_password": "clear-secret-1",
+                        },
+                    }
+                ],
+                "trusted_networks": [{"cidr": "198.18.0.30/32"}],
+            }
+        )
+    )
+    result = run("config-import", str(good))
+    assert result.returncode == 0, result.stderr
+    latest = await service.latest_version()
+    route = latest["snapshot"]["sender_domains"][0]["route"]
+    assert "clear-secret-1" not in json.dumps(latest["snapshot"])
+    assert SecretBox(settings.secret_key_file).decrypt(route["auth_password_enc"]) == (
+        "clear-secret-1"
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"sender_domains": [{"name": "bad domain"}], "trusted_networks": []}))
+    assert_one_line_error(run("config-import", str(bad)), "refused")
+    assert (await service.latest_version())["number"] == latest["number"]
+
+
+async def test_config_apply_without_an_agent_is_one_clear_line():
+    from app.config import service
+
+    await service.add_domain(service.Actor("t"), "example.com")
+    assert_one_line_error(
+        run("config-apply", env={"AGENT_SOCKET": "/nonexistent/agent.sock"}),
+        "agent is not reachable",
+    )
+
+
+async def test_create_token_prints_it_once():
+    from app.db.tables import ApiToken
+
+    result = run("create-token", "peer-b", "--kind", "cluster")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("mrt_")
+    row = await ApiToken.select().where(ApiToken.name == "peer-b").first()
+    assert row["kind"] == "cluster"
