@@ -201,6 +201,9 @@ def cmd_config_pull(args: argparse.Namespace) -> None:
     async def work() -> pull.PullResult:
         return await pull.run_once(settings, AgentClient(settings.agent_socket), box, pull_settings)
 
+    # One line per run: the job's own, not httpx's line per request as well.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
     result = _run_db(work)
     if not result.ok:
         # The run's log line says why; a non-zero exit marks the unit failed for the operator.
@@ -281,7 +284,7 @@ def cmd_config_apply(args: argparse.Namespace) -> None:
 
     report = _run_db(work)
     if not report.ok:
-        raise UserFacingError("not applied: " + "; ".join(report.problems))
+        raise UserFacingError("; ".join(report.problems))
     print(f"config version {report.version} applied on node {settings.node_id}")
 
 

@@ -1,0 +1,473 @@
+"""The two-node lab: network namespaces on a bridge, two nodes each booting its own systemd on
+an overlay root (its "disk"), relay-target sinks, a trusted and an untrusted client.
+
+Everything `up` creates is recorded in STATE/lab.json; `down` removes exactly that. Addresses
+are in 198.18.0.0/24 only. Runs with the system python3 (no dependencies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("MAILRELAY_LAB_DIR", "/var/lib/mailrelay-lab"))
+BRIDGE = "mrlab0"
+PREFIX = "198.18.0"
+VIP = f"{PREFIX}.100"
+HOSTS = {"a": 11, "b": 12, "sink1": 21, "sink2": 22, "client": 30, "outside": 40}
+NODES = ("a", "b")
+ADMIN_PASSWORD = "Admin123"
+LAB_CONFIG = {
+    "sender_domains": [
+        {"name": "app.example", "comment": "lab: routed to sink1",
+         "route": {"host": f"{PREFIX}.21", "port": 25, "tls_mode": "none"}},
+        {"name": "billing.example", "comment": "lab: routed to sink2",
+         "route": {"host": f"{PREFIX}.22", "port": 25, "tls_mode": "none"}},
+    ],
+    "trusted_networks": [{"cidr": f"{PREFIX}.30/32", "comment": "lab client"}],
+}
+
+
+def run(*cmd: str, check: bool = True, capture: bool = True, **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=capture, text=True, check=False, **kw)
+    if check and result.returncode != 0:
+        raise SystemExit(f"lab: {' '.join(cmd)} failed:\n{result.stderr or result.stdout}")
+    return result
+
+
+def ns(host: str) -> str:
+    return f"mrlab-{host}"
+
+
+def ip(host: str) -> str:
+    return f"{PREFIX}.{HOSTS[host]}"
+
+
+def load() -> dict:
+    path = STATE / "lab.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save(state: dict) -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    (STATE / "lab.json").write_text(json.dumps(state, indent=2))
+
+
+# -- network ----------------------------------------------------------------------------------
+
+
+def network_up(state: dict) -> None:
+    if run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        run("ip", "link", "add", BRIDGE, "type", "bridge")
+        state.setdefault("links", []).append(BRIDGE)
+        run("ip", "addr", "add", f"{PREFIX}.1/24", "dev", BRIDGE)
+        run("ip", "link", "set", BRIDGE, "up")
+    for host in HOSTS:
+        name = ns(host)
+        if run("ip", "netns", "exec", name, "true", check=False).returncode != 0:
+            run("ip", "netns", "add", name)
+            state.setdefault("netns", []).append(name)
+            outer = f"mrl-{host}"
+            run("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0",
+                "netns", name)
+            state.setdefault("links", []).append(outer)
+            run("ip", "link", "set", outer, "master", BRIDGE)
+            run("ip", "link", "set", outer, "up")
+            run("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+            run("ip", "netns", "exec", name, "ip", "addr", "add", f"{ip(host)}/24", "dev", "eth0")
+            run("ip", "netns", "exec", name, "ip", "link", "set", "eth0", "up")
+        save(state)
+
+
+# -- sinks ------------------------------------------------------------------------------------
+
+
+def sink_dir(name: str) -> Path:
+    return STATE / "sinks" / name
+
+
+def sink_start(state: dict, name: str) -> None:
+    if sink_running(state, name):
+        return
+    directory = sink_dir(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    log = open(STATE / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", ns(name), "env", f"PYTHONPATH={ROOT}",
+         str(ROOT / ".venv" / "bin" / "python"), "-m", "tests.smtptarget", ip(name), "25",
+         str(directory)],
+        stdout=log, stderr=log, start_new_session=True,
+    )
+    state.setdefault("sinks", {})[name] = process.pid
+    save(state)
+    wait(lambda: run("ip", "netns", "exec", ns(name), "bash", "-c",
+                     f"echo > /dev/tcp/{ip(name)}/25", check=False).returncode == 0,
+         f"{name} to listen", 20)
+
+
+def sink_running(state: dict, name: str) -> bool:
+    pid = state.get("sinks", {}).get(name)
+    return bool(pid) and Path(f"/proc/{pid}").exists()
+
+
+def sink_stop(state: dict, name: str) -> None:
+    pid = state.get("sinks", {}).pop(name, None)
+    if pid:
+        kill_group(pid)
+    save(state)
+
+
+def sink_messages(name: str) -> list[dict]:
+    files = sorted(sink_dir(name).glob("*.json"), key=lambda p: int(p.stem))
+    return [json.loads(p.read_text()) for p in files]
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+def node_dir(node: str) -> Path:
+    return STATE / "nodes" / node
+
+
+def cgroup_dirs(node: str) -> list[Path]:
+    return [Path(f"/sys/fs/cgroup/unified/mrlab-{node}"), Path(f"/sys/fs/cgroup/systemd/mrlab-{node}")]
+
+
+def node_pid(node: str) -> int | None:
+    """The PID of the node's systemd (PID 1 inside), if the node runs."""
+    pid_file = node_dir(node) / "nspawn.pid"
+    if not pid_file.exists():
+        return None
+    nspawn = int(pid_file.read_text())
+    children = run("pgrep", "-P", str(nspawn), check=False).stdout.split()
+    for child in children:
+        if "systemd" in Path(f"/proc/{child}/comm").read_text():
+            return int(child)
+    return None
+
+
+def node_exec(node: str, *cmd: str, check: bool = True, capture: bool = True,
+              **kw) -> subprocess.CompletedProcess:
+    pid = node_pid(node)
+    if pid is None:
+        raise SystemExit(f"lab: node {node} is not running")
+    return run("nsenter", "-t", str(pid), "-a", "-r", "-w", *cmd, check=check,
+               capture=capture, **kw)
+
+
+def mount_root(node: str, state: dict) -> Path:
+    base = node_dir(node)
+    root = base / "root"
+    for sub in ("upper", "work", "root"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    if run("mountpoint", "-q", str(root), check=False).returncode != 0:
+        run("mount", "-t", "overlay", "overlay", "-o",
+            f"lowerdir=/,upperdir={base / 'upper'},workdir={base / 'work'}", str(root))
+        if str(root) not in state.setdefault("mounts", []):
+            state["mounts"].append(str(root))
+        save(state)
+    return root
+
+
+def boot(node: str, state: dict) -> None:
+    if node_pid(node):
+        print(f"node {node} is running already")
+        return
+    root = mount_root(node, state)
+    # The node's hostname and its settings live on its own disk (the overlay's upper dir).
+    (root / "etc" / "hostname").write_text(f"relay-{node}\n")
+    for cg in cgroup_dirs(node):
+        cg.mkdir(exist_ok=True)
+    log = open(node_dir(node) / "console.log", "ab")  # noqa: SIM115 - kept by the child
+    launcher = (
+        "echo $$ > /sys/fs/cgroup/unified/mrlab-{n}/cgroup.procs && "
+        "echo $$ > /sys/fs/cgroup/systemd/mrlab-{n}/cgroup.procs && "
+        "exec systemd-nspawn --register=no --keep-unit -q -b -D {root} -M mrlab-{n} "
+        "--network-namespace-path=/run/netns/{ns} --bind-ro={repo}"
+    ).format(n=node, root=root, ns=ns(node), repo=ROOT)
+    process = subprocess.Popen(["bash", "-c", launcher], stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=log, start_new_session=True)
+    (node_dir(node) / "nspawn.pid").write_text(str(process.pid))
+    state.setdefault("nodes", {})[node] = process.pid
+    save(state)
+    wait(lambda: node_pid(node) is not None, f"node {node} to start", 60)
+
+    def booted() -> bool:
+        result = node_exec(node, "systemctl", "is-system-running", check=False)
+        return result.stdout.strip() in ("running", "degraded")
+
+    wait(booted, f"node {node} to boot", 120)
+
+
+def crash(node: str, state: dict) -> None:
+    """A power cut: every process of the node dies at once; its disk stays."""
+    cg = cgroup_dirs(node)[0] / "cgroup.kill"
+    if cg.exists():
+        cg.write_text("1")
+    else:
+        pid = node_pid(node)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+    wait(lambda: node_pid(node) is None, f"node {node} to die", 20)
+    pid_file = node_dir(node) / "nspawn.pid"
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink()
+    state.get("nodes", {}).pop(node, None)
+    save(state)
+
+
+def remove_cgroup(path: Path) -> None:
+    if not path.exists():
+        return
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+# -- install ----------------------------------------------------------------------------------
+
+
+def node_env(node: str, extra: dict[str, str]) -> str:
+    peer = "b" if node == "a" else "a"
+    values = {
+        "NODE_ID": node,
+        "NODE_IP": ip(node),
+        "PEER_NODE_IP": ip(peer),
+        "VIP_ADDRESS": VIP,
+        "VRRP_PRIORITY": "150" if node == "a" else "100",
+        "VRRP_INTERFACE": "eth0",
+        "CLUSTER_MODE": "master" if node == "a" else "slave",
+        "NODE_HOSTNAME": f"relay-{node}.lab.example",
+        "HTTPS_HOST": "0.0.0.0",
+        "HTMX_SOURCE": "local",
+        "SECRET_KEY_SOURCE": str(STATE / "secret.key"),
+        **extra,
+    }
+    return "".join(f"{k}={v}\n" for k, v in values.items())
+
+
+def install(node: str, extra: dict[str, str]) -> None:
+    root = node_dir(node) / "root"
+    env_path = Path("/etc/mailrelay-lab.env")
+    if extra or not (root / env_path.relative_to("/")).exists():
+        (root / env_path.relative_to("/")).write_text(node_env(node, extra))
+    uv_bin = run("bash", "-c", "readlink -f \"$(command -v uv)\" 2>/dev/null; "
+                 "ls /root/.pyenv/versions/*/bin/uv 2>/dev/null | head -1", check=False)
+    candidates = [line for line in uv_bin.stdout.split() if line and "shims" not in line]
+    env = ["env", f"UV={candidates[-1] if candidates else ''}", "UV_OFFLINE=1",
+           "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    result = node_exec(node, *env, str(ROOT / "scripts" / "install-node"), str(env_path),
+                       check=False)
+    (node_dir(node) / "install.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"lab: install-node on {node} failed:\n{result.stdout}{result.stderr}")
+
+
+def mailrelay(node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return node_exec(node, "runuser", "-u", "mailrelay", "--", "bash", "-c",
+                     "set -a; . /etc/mailrelay/mailrelay.env; set +a; "
+                     "exec /opt/mailrelay/venv/bin/mailrelay \"$@\"", "mailrelay", *args,
+                     check=check)
+
+
+def up() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("lab: run as root")
+    state = load()
+    STATE.mkdir(parents=True, exist_ok=True)
+    state["created"] = True
+    save(state)
+    key = STATE / "secret.key"
+    if not key.exists():
+        from base64 import urlsafe_b64encode
+
+        key.write_text(urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+        key.chmod(0o600)
+    network_up(state)
+    for sink in ("sink1", "sink2"):
+        sink_start(state, sink)
+    boot("a", state)
+    install("a", {})
+    token = mailrelay("a", "create-token", f"lab-peer-{int(time.time())}", "--kind",
+                      "cluster").stdout.strip()
+    config = STATE / "lab-config.json"
+    config.write_text(json.dumps(LAB_CONFIG, indent=2))
+    node_exec("a", "cp", str(config), "/var/lib/mailrelay/lab-config.json")
+    mailrelay("a", "config-import", "/var/lib/mailrelay/lab-config.json")
+    applied = mailrelay("a", "config-apply", check=False)
+    print(applied.stdout.strip() or applied.stderr.strip())
+    fingerprint = node_exec("a", "openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in",
+                            "/var/lib/mailrelay/tls/node.crt", check=False).stdout
+    fingerprint = fingerprint.strip().split("=", 1)[-1]
+    boot("b", state)
+    install("b", {"MASTER_API_URL": f"https://{ip('a')}:8443", "MASTER_API_TOKEN": token,
+                  "MASTER_CERT_FINGERPRINT": fingerprint})
+    print_summary()
+
+
+def print_summary() -> None:
+    print(f"""
+The lab is up.
+  GUI via the VIP:  https://{VIP}:8443/
+  GUI of node a:    https://{ip('a')}:8443/   (master: edit the configuration here)
+  GUI of node b:    https://{ip('b')}:8443/   (slave: read-only configuration)
+  Login: admin / {ADMIN_PASSWORD} (you must change it at the first login, on each node)
+
+Try it (from the trusted client {ip('client')} and the untrusted {ip('outside')}):
+  scripts/lab exec client swaks --server {VIP} --from app@app.example --to you@dest.example
+      -> relayed to sink1 ({ip('sink1')}); see: scripts/lab sink sink1 list
+  scripts/lab exec client swaks --server {VIP} --from pay@billing.example --to you@dest.example
+      -> relayed to sink2 ({ip('sink2')}); see: scripts/lab sink sink2 count
+  scripts/lab exec client swaks --server {VIP} --from x@blocked.example --to you@dest.example
+      -> 553 sender domain not allowed
+  scripts/lab exec outside swaks --server {VIP} --from app@app.example --to you@dest.example
+      -> 554 relay access denied
+Failover: scripts/lab crash a; scripts/lab status; scripts/lab boot a
+""")
+
+
+def vip_owner() -> str | None:
+    for node in NODES:
+        out = run("ip", "netns", "exec", ns(node), "ip", "-o", "addr", "show", check=False).stdout
+        if f" {VIP}/" in out:
+            return node
+    return None
+
+
+def status() -> None:
+    state = load()
+    if not state:
+        print("the lab is down")
+        return
+    for node in NODES:
+        pid = node_pid(node)
+        line = f"node {node} ({ip(node)}): {'running' if pid else 'stopped'}"
+        if pid:
+            units = node_exec(node, "systemctl", "is-active", "postfix@-", "keepalived",
+                              "mailrelay-web", "postgresql", check=False).stdout.split()
+            line += "  postfix/keepalived/web/postgresql: " + "/".join(units)
+        print(line)
+    print(f"VIP {VIP}: {vip_owner() or 'nobody'}")
+    for sink in ("sink1", "sink2"):
+        print(f"{sink} ({ip(sink)}): {'up' if sink_running(state, sink) else 'down'}, "
+              f"{len(sink_messages(sink))} messages")
+
+
+def partition(on: bool) -> None:
+    for node, peer in (("a", "b"), ("b", "a")):
+        action = "add" if on else "del"
+        run("ip", "netns", "exec", ns(node), "ip", "route", action, "blackhole", f"{ip(peer)}/32",
+            check=on)
+
+
+def down() -> None:
+    state = load()
+    for node in NODES:
+        if node_pid(node) or (node_dir(node) / "nspawn.pid").exists():
+            crash(node, state)
+        for cg in cgroup_dirs(node):
+            remove_cgroup(cg)
+    for pid in list(state.get("sinks", {}).values()):
+        kill_group(pid)
+    for mount in reversed(state.get("mounts", [])):
+        run("umount", "-l", mount, check=False)
+    for name in state.get("netns", []):
+        run("ip", "netns", "del", name, check=False)
+    for link in reversed(state.get("links", [])):
+        run("ip", "link", "del", link, check=False)
+    if STATE.exists() and (STATE / "lab.json").exists():
+        shutil.rmtree(STATE, ignore_errors=True)
+    print("the lab is down")
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait(condition, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, SystemExit):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"lab: timed out waiting for {what}")
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit(__doc__)
+    command, args = argv[0], argv[1:]
+    state = load()
+    if command == "up":
+        up()
+    elif command == "down":
+        down()
+    elif command == "status":
+        status()
+    elif command == "crash":
+        crash(args[0], state)
+    elif command == "boot":
+        boot(args[0], state)
+    elif command == "install":
+        # Re-run install-node on a running node with its lab settings (after a code change).
+        install(args[0], {})
+        print(f"node {args[0]}: installed")
+    elif command == "partition":
+        partition(True)
+    elif command == "heal":
+        partition(False)
+    elif command == "exec":
+        host, cmd = args[0], args[1:]
+        if host in NODES:
+            sys.exit(node_exec(host, *cmd, check=False, capture=False).returncode)
+        sys.exit(subprocess.run(["ip", "netns", "exec", ns(host), *cmd], check=False).returncode)
+    elif command == "sink":
+        name, action = args[0], args[1]
+        if action == "stop":
+            sink_stop(state, name)
+        elif action == "start":
+            sink_start(state, name)
+        elif action == "count":
+            print(len(sink_messages(name)))
+        elif action == "list":
+            for message in sink_messages(name):
+                print(message["message_id"])
+        else:
+            raise SystemExit("lab: sink NAME stop|start|count|list")
+    else:
+        raise SystemExit(f"lab: unknown command {command}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
