@@ -1,0 +1,432 @@
+"""Config pull (slave): fetch the master's latest config version and make it live here.
+
+One run: GET the master's export over HTTPS (the master's certificate checked against a pinned
+SHA-256 fingerprint or a CA file before the token is sent), check its checksum, turn the sealed
+secrets into this node's at-rest ciphertext, validate it like a form, then, under a lock, store
+it as a new local version and apply it through the agent. Storing and applying are one
+transaction: when the agent refuses the version, the tables roll back with it, so the slave's
+configuration always equals what its Postfix runs.
+
+The master's version number is kept in the local version's comment ("pulled master version N");
+only a newer master version is applied, an equal or older one is nothing to do. Two runs at once
+(a manual run during the timer's) are serialised by an advisory lock and the second one re-reads
+the last pulled version inside it, so a version is never applied twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from app import audit
+from app.agent.client import AgentClient
+from app.config import service
+from app.config import snapshot as snap
+from app.config.validation import FieldErrors
+from app.crypto import SecretBox, SecretKeyError
+from app.db.tables import AuditLog, ConfigVersion
+from app.postfix import pipeline
+from app.settings import Settings, SettingsError, _Reader
+
+log = logging.getLogger("mailrelay.config_pull")
+
+ACTOR = service.Actor("config-pull")
+ACTION = "config.pull"
+COMMENT = "pulled master version {}"
+_COMMENT_RE = re.compile(r"^pulled master version (\d+)$")
+# pg_advisory_xact_lock key for the pull's critical part ("pull"); the config service takes its
+# own lock (for the version number) inside it.
+_PULL_LOCK = 0x70756C6C
+# An export is a few kilobytes per domain; anything this large is not one.
+MAX_EXPORT_BYTES = 32 * 1024 * 1024
+TIMEOUT_SECONDS = 10.0
+
+Outcome = Literal["skipped", "unchanged", "applied", "refused", "failed"]
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    """How the slave recognises its master. To move into app.settings.Settings."""
+
+    master_cert_fingerprint: bytes | None  # the SHA-256 digest of the master's certificate (DER)
+    master_ca_file: Path | None
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, required: bool = True) -> PullSettings:
+        """Read MASTER_CERT_FINGERPRINT and MASTER_CA_FILE; on a slave (`required`) at least one
+        of them must be set. A bad value is a SettingsError naming the variable."""
+        r = _Reader(os.environ if env is None else env)
+        pin = r.optional("MASTER_CERT_FINGERPRINT")
+        digest = None
+        if pin is not None:
+            digits = pin.replace(":", "").lower()
+            if len(digits) != 64 or not all(c in "0123456789abcdef" for c in digits):
+                raise SettingsError(
+                    "MASTER_CERT_FINGERPRINT must be a SHA-256 fingerprint (64 hex digits, "
+                    f"colons allowed), got {pin!r}"
+                )
+            digest = bytes.fromhex(digits)
+        ca_file = r.path("MASTER_CA_FILE")
+        if ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise SettingsError(f"MASTER_CA_FILE: cannot load {ca_file}: {exc}") from None
+        if required and digest is None and ca_file is None:
+            raise SettingsError(
+                "MASTER_CERT_FINGERPRINT or MASTER_CA_FILE is required when CLUSTER_MODE=slave "
+                "(the master's certificate fingerprint, as `mailrelay serve` prints it, or the "
+                "CA that signed it)"
+            )
+        return cls(master_cert_fingerprint=digest, master_ca_file=ca_file)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self.master_ca_file is not None:
+            # The usual checks: chain to this CA, host name. A pin, if set too, is checked on top.
+            return ssl.create_default_context(cafile=str(self.master_ca_file))
+        if self.master_cert_fingerprint is None:
+            raise SettingsError("MASTER_CERT_FINGERPRINT or MASTER_CA_FILE is required")
+        # Pinned: the chain and host name are not checked by OpenSSL, because the certificate is
+        # typically self-signed; _PinCheck compares it with the pin before any request is sent.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+# -- the result of a run ----------------------------------------------------------------------
+
+
+@dataclass
+class PullResult:
+    outcome: Outcome
+    detail: str
+    master_version: int | None = None
+    local_version: int | None = None
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    warn: bool = False  # fine for this run, but worth an operator's look (logged as a warning)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("skipped", "unchanged", "applied")
+
+
+class PullError(Exception):
+    """The master could not be asked (network, TLS, HTTP status, not JSON)."""
+
+
+class CertificateMismatch(PullError):
+    """The server's certificate is not the pinned one: nothing was sent to it."""
+
+
+class Refused(Exception):
+    """The master answered, but with something this node will not apply."""
+
+    def __init__(self, detail: str, problems: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.problems = problems or []
+
+
+# -- fetching ---------------------------------------------------------------------------------
+
+
+class _PinCheck:
+    """An httpcore trace hook: checks the peer certificate right after the TLS handshake, and
+    refuses to let request headers (the bearer token) go out on a connection it has not checked.
+    """
+
+    def __init__(self, pin: bytes) -> None:
+        self.pin = pin
+        self.checked = False
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.start_tls.complete":
+            stream = info["return_value"]
+            ssl_object = stream.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            seen = hashlib.sha256(der).digest() if der else b""
+            if not hmac.compare_digest(seen, self.pin):
+                await stream.aclose()
+                raise CertificateMismatch(
+                    f"the server's certificate (SHA-256 {_hex(seen) or 'none'}) is not the "
+                    f"pinned MASTER_CERT_FINGERPRINT {_hex(self.pin)}; the token was not sent"
+                )
+            self.checked = True
+        elif event.endswith("send_request_headers.started") and not self.checked:
+            # Fail closed should httpcore ever stop reporting the handshake to us.
+            raise CertificateMismatch(
+                "the master's certificate was not checked against the pin; the token was not sent"
+            )
+
+
+def _hex(digest: bytes) -> str:
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+async def fetch_export(url: str, token: str, pull: PullSettings) -> dict[str, Any]:
+    """GET {url}/api/config/export with the bearer token; the parsed JSON body."""
+    endpoint = url.rstrip("/") + "/api/config/export"
+    extensions: dict[str, Any] = {}
+    if pull.master_cert_fingerprint is not None:
+        extensions["trace"] = _PinCheck(pull.master_cert_fingerprint)
+    # trust_env=False: no proxy from the environment sits between the two nodes, and no
+    # SSL_CERT_FILE widens what is trusted.
+    async with httpx.AsyncClient(
+        verify=pull.ssl_context(),
+        trust_env=False,
+        timeout=httpx.Timeout(TIMEOUT_SECONDS),
+        follow_redirects=False,
+    ) as client:
+        try:
+            async with client.stream(
+                "GET",
+                endpoint,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                extensions=extensions,
+            ) as response:
+                if response.status_code in (401, 403):
+                    raise PullError(
+                        f"the master refused MASTER_API_TOKEN (HTTP {response.status_code})"
+                    )
+                if response.status_code != 200:
+                    raise PullError(f"the master answered HTTP {response.status_code}")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_EXPORT_BYTES:
+                        raise PullError(f"the export is larger than {MAX_EXPORT_BYTES} bytes")
+        except httpx.HTTPError as exc:
+            raise PullError(f"cannot reach the master at {endpoint}: {exc or type(exc)}") from None
+    try:
+        export = json.loads(body)
+    except ValueError:
+        raise PullError("the master's answer is not JSON") from None
+    if not isinstance(export, dict):
+        raise PullError("the master's answer is not a JSON object")
+    return export
+
+
+# -- checking ---------------------------------------------------------------------------------
+
+
+def verify(export: dict[str, Any]) -> tuple[int, snap.Snapshot]:
+    """The export's version and config, if the checksum matches the config and the config has
+    the shape of a snapshot (what the values may be is snapshot.validate's part)."""
+    version, checksum, config = export.get("version"), export.get("checksum"), export.get("config")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise Refused(f"the export's version {version!r} is not a number")
+    if not isinstance(checksum, str) or not isinstance(config, dict):
+        raise Refused(f"master version {version}: the export lacks its checksum or config")
+    actual = snap.checksum(config)
+    if not hmac.compare_digest(actual, checksum):
+        raise Refused(
+            f"master version {version}: checksum mismatch (the export says {checksum[:16]}..., "
+            f"its config hashes to {actual[:16]}...)"
+        )
+    if export.get("secrets") != "sealed-for-peer":
+        raise Refused(
+            f"master version {version}: the export carries no secrets; MASTER_API_TOKEN must "
+            "be a cluster token"
+        )
+    if not _snapshot_shaped(config):
+        raise Refused(f"master version {version}: the export's config is not a snapshot")
+    return version, config
+
+
+def _snapshot_shaped(config: dict[str, Any]) -> bool:
+    domains, networks = config.get("sender_domains"), config.get("trusted_networks")
+    if not isinstance(domains, list) or not isinstance(networks, list):
+        return False
+    return all(
+        isinstance(entry, dict) and isinstance(entry.get("route"), dict | None) for entry in domains
+    ) and all(isinstance(entry, dict) for entry in networks)
+
+
+def to_local(config: snap.Snapshot, box: SecretBox) -> snap.Snapshot:
+    """The config with every sealed password turned into this node's at-rest ciphertext."""
+    local = copy.deepcopy(config)
+    for entry in local.get("sender_domains") or []:
+        route = entry.get("route") if isinstance(entry, dict) else None
+        if not isinstance(route, dict):
+            continue
+        route.pop("auth_password_set", None)
+        sealed = route.pop("auth_password_sealed", None)
+        if sealed is None:
+            continue
+        if not isinstance(sealed, str):
+            raise Refused(f"the password for {entry.get('name')!r} is not a sealed secret")
+        try:
+            route["auth_password_enc"] = box.open_from_peer(sealed)
+        except SecretKeyError as exc:
+            raise Refused(f"the password for {entry.get('name')!r}: {exc}") from None
+    return local
+
+
+async def last_pulled_master_version() -> int:
+    """The master version the newest pulled local version came from (0: never pulled)."""
+    row = (
+        await ConfigVersion.select(ConfigVersion.comment)
+        .where(
+            (ConfigVersion.author == ACTOR.username)
+            & ConfigVersion.comment.like("pulled master version %")
+        )
+        .order_by(ConfigVersion.number, ascending=False)
+        .first()
+    )
+    match = _COMMENT_RE.match(row["comment"]) if row else None
+    return int(match.group(1)) if match else 0
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+class _ApplyFailed(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+async def run_once(
+    settings: Settings, agent: AgentClient, box: SecretBox, pull: PullSettings | None = None
+) -> PullResult:
+    """One pull. A failed or refused run is a result, not an exception; only a configuration
+    error (SettingsError) raises."""
+    started = time.monotonic()
+    result = await _run(settings, agent, box, pull)
+    result.seconds = time.monotonic() - started
+    log.log(
+        logging.INFO if result.ok and not result.warn else logging.WARNING,
+        "config-pull: %s: %s%s in %.2f s",
+        result.outcome,
+        result.detail,
+        _problems(result.problems),
+        result.seconds,
+    )
+    return result
+
+
+async def _run(
+    settings: Settings, agent: AgentClient, box: SecretBox, pull: PullSettings | None
+) -> PullResult:
+    if settings.cluster_mode != "slave":
+        return PullResult("skipped", f"CLUSTER_MODE={settings.cluster_mode}: nothing to pull")
+    if pull is None:
+        pull = PullSettings.load()
+    if not settings.master_api_url or not settings.master_api_token:
+        raise SettingsError("MASTER_API_URL and MASTER_API_TOKEN are required on a slave")
+    try:
+        export = await fetch_export(settings.master_api_url, settings.master_api_token, pull)
+    except PullError as exc:
+        return PullResult("failed", str(exc))
+    # The master's version for the audit: its number and when the master made it (not the
+    # checksum: it changes with every export, as sealed secrets are encrypted afresh each time).
+    target = f"master version {export.get('version')} of {export.get('created_at')}"[:200]
+    try:
+        master_version, config = verify(export)
+    except Refused as exc:
+        await _audit_failure(target, str(exc), exc.problems)
+        return PullResult("refused", str(exc), problems=exc.problems)
+    try:
+        last = await last_pulled_master_version()
+        if master_version <= last:
+            return _unchanged(master_version, last)
+        local = to_local(config, box)
+        problems = snap.validate(local)
+        if problems:
+            raise Refused(f"master version {master_version} is not valid", problems)
+    except Refused as exc:
+        await _audit_failure(target, str(exc), exc.problems)
+        return PullResult("refused", str(exc), master_version, problems=exc.problems)
+    try:
+        async with ConfigVersion._meta.db.transaction():
+            await ConfigVersion.raw("SELECT pg_advisory_xact_lock({})", _PULL_LOCK)
+            # Another run may have applied it while we fetched or waited for the lock.
+            last = await last_pulled_master_version()
+            if master_version <= last:
+                return _unchanged(master_version, last)
+            number = await service.replace_all(ACTOR, local, ACTION, COMMENT.format(master_version))
+            report = await pipeline.apply_version(number, box, agent, settings.node_id, ACTOR)
+            if not report.ok:
+                raise _ApplyFailed(report.problems)  # rolls the stored version back
+    except FieldErrors as exc:  # validated above already; kept so that it stays a result
+        problems = list(exc.errors.values())
+        await _audit_failure(target, "refused by the config service", problems)
+        return PullResult(
+            "refused",
+            f"master version {master_version} is not valid",
+            master_version,
+            problems=problems,
+        )
+    except _ApplyFailed as exc:
+        await _audit_failure(target, "not applied", exc.problems)
+        return PullResult(
+            "failed",
+            f"master version {master_version} was not applied",
+            master_version,
+            problems=exc.problems,
+        )
+    return PullResult(
+        "applied",
+        f"master version {master_version} applied as local version {number}",
+        master_version,
+        number,
+    )
+
+
+def _problems(problems: list[str], show: int = 5) -> str:
+    if not problems:
+        return ""
+    more = f"; and {len(problems) - show} more" if len(problems) > show else ""
+    return f" ({'; '.join(problems[:show])}{more})"
+
+
+def _unchanged(master_version: int, last: int) -> PullResult:
+    if master_version == last:
+        return PullResult(
+            "unchanged", f"master version {master_version} is applied already", master_version
+        )
+    # The master's numbering went back (its database restored or rebuilt): nothing is applied
+    # until it passes the last pulled number again.
+    return PullResult(
+        "unchanged",
+        f"master version {master_version} is older than the pulled version {last}; "
+        "not applied (was the master's database replaced?)",
+        master_version,
+        warn=True,
+    )
+
+
+async def _audit_failure(target: str, detail: str, problems: list[str]) -> None:
+    """One audit entry per bad master version, not one every 10 s while it stays the latest
+    (the log has every run). A transient failure (network, TLS) is not audited: it is not a
+    version anybody needs to look at."""
+    recorded = await AuditLog.exists().where(
+        (AuditLog.action == ACTION) & (AuditLog.target == target) & (AuditLog.outcome == "failed")
+    )
+    if recorded:
+        return
+    await audit.record(
+        ACTOR.username,
+        ACTION,
+        target,
+        outcome="failed",
+        after={"detail": detail, "problems": problems[:50]},
+    )
