@@ -288,6 +288,15 @@ def cmd_config_apply(args: argparse.Namespace) -> None:
     print(f"config version {report.version} applied on node {settings.node_id}")
 
 
+def cmd_keepalived_config(args: argparse.Namespace) -> None:
+    from app.cluster.keepalived import KeepalivedConfigError, render_from_settings
+
+    try:
+        print(render_from_settings(_settings()), end="")
+    except KeepalivedConfigError as exc:
+        raise UserFacingError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mailrelay", description="mailrelay-ha node commands")
     sub = top.add_subparsers(dest="command", required=True)
@@ -327,6 +336,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "config-apply", help="apply the newest config version on this node"
     ).set_defaults(func=cmd_config_apply)
+    sub.add_parser(
+        "keepalived-config", help="print keepalived.conf rendered from this node's settings"
+    ).set_defaults(func=cmd_keepalived_config)
     from app.agent.__main__ import add_commands as add_agent_commands
 
     agent = sub.add_parser("agent", help="the privileged agent (root): serve, postfix-settings")

@@ -46,6 +46,8 @@ class Settings:
     hostname: str
     agent_socket: Path
     postfix_log_file: Path
+    vrrp_interface: str
+    vrrp_advert_int: str
 
     @property
     def generated_cert_file(self) -> Path:
@@ -179,4 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hostname=r.text("NODE_HOSTNAME", socket.gethostname()),
         agent_socket=r.path("AGENT_SOCKET", "/run/mailrelay/agent.sock") or Path(),
         postfix_log_file=r.path("POSTFIX_LOG_FILE", "/var/log/postfix.log") or Path(),
+        # Checked in detail where keepalived.conf is rendered (app.cluster.keepalived).
+        vrrp_interface=r.text("VRRP_INTERFACE", "eth0"),
+        vrrp_advert_int=r.text("VRRP_ADVERT_INT", "1"),
     )

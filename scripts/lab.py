@@ -190,7 +190,10 @@ def boot(node: str, state: dict) -> None:
         "echo $$ > /sys/fs/cgroup/unified/mrlab-{n}/cgroup.procs && "
         "echo $$ > /sys/fs/cgroup/systemd/mrlab-{n}/cgroup.procs && "
         "exec systemd-nspawn --register=no --keep-unit -q -b -D {root} -M mrlab-{n} "
-        "--network-namespace-path=/run/netns/{ns} --bind-ro={repo}"
+        "--network-namespace-path=/run/netns/{ns} --bind-ro={repo} "
+        # keepalived must add and remove the VIP: the node's own network namespace is its to
+        # change.
+        "--capability=CAP_NET_ADMIN,CAP_NET_RAW"
     ).format(n=node, root=root, ns=ns(node), repo=ROOT)
     process = subprocess.Popen(["bash", "-c", launcher], stdin=subprocess.DEVNULL, stdout=log,
                                stderr=log, start_new_session=True)
@@ -313,6 +316,8 @@ def up() -> None:
     mailrelay("a", "config-import", "/var/lib/mailrelay/lab-config.json")
     applied = mailrelay("a", "config-apply", check=False)
     print(applied.stdout.strip() or applied.stderr.strip())
+    wait(lambda: node_exec("a", "test", "-s", "/var/lib/mailrelay/tls/node.crt",
+                           check=False).returncode == 0, "node a's HTTPS certificate", 60)
     fingerprint = node_exec("a", "openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in",
                             "/var/lib/mailrelay/tls/node.crt", check=False).stdout
     fingerprint = fingerprint.strip().split("=", 1)[-1]

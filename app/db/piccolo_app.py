@@ -23,6 +23,7 @@ APP_CONFIG = AppConfig(
         tables.ApiToken,
         tables.LogCursor,
         tables.LogMessage,
+        tables.VrrpEvent,
     ],
     migration_dependencies=[],
     commands=[],

@@ -192,3 +192,16 @@ class LogMessage(Table, tablename="log_messages"):
     size = BigInt(null=True, default=None)
     client = Text(default="")
     first_seen_at = Timestamptz(index=True)
+
+
+class VrrpEvent(Table, tablename="vrrp_events"):
+    """One VRRP state change of one node (MASTER, BACKUP, FAULT, STOP), in the order keepalived
+    reported them: order by id, not by `at`, to replay a node's history."""
+
+    id = BigSerial(primary_key=True)
+    # When the event reader read the line (keepalived's FIFO lines carry no time).
+    at = Timestamptz(index=True)
+    node_id = Varchar(length=32, index=True)
+    instance = Varchar(length=64)
+    state = Varchar(length=16)  # MASTER | BACKUP | FAULT | STOP | DELETED
+    priority = Integer()
