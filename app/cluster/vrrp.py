@@ -1,0 +1,410 @@
+"""VRRP events: read keepalived's notify FIFO, keep a state file, record every change in order.
+
+keepalived writes one line per state change to its ``notify_fifo``::
+
+    INSTANCE "VI_MAIL" MASTER 150
+    GROUP "VG_1" BACKUP 0
+
+(TYPE "NAME" STATE PRIORITY; see keepalived.conf(5) and vrrp_notify.c). Unlike notify scripts,
+which run asynchronously and may overlap, the FIFO delivers the changes in the order they
+happened. The reader runs as its own service (mailrelay-vrrp-events.service) for as long as the
+node is up:
+
+* each line is parsed; instance state changes are written to the state file at once (atomically,
+  for jobs that want to know what keepalived last said) and queued for PostgreSQL;
+* a single writer task inserts the queued events into ``vrrp_events`` one by one, in order, and
+  retries while the database is unreachable without blocking the FIFO (keepalived must never find
+  it full);
+* when keepalived stops, the FIFO reaches end-of-file; the reader opens it again and waits for
+  the next keepalived. The FIFO is created here (mode 0600) before keepalived starts, so
+  keepalived never removes it when it exits.
+
+The state file says what keepalived reported, not what is true now (keepalived may have been
+killed without a word). Jobs that act only on the active node must check the address itself:
+``vip_held()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mailrelay.vrrp")
+
+FIFO_PATH = Path("/run/mailrelay/vrrp.fifo")
+STATE_FILE = Path("/run/mailrelay/vrrp.state")
+
+# The states an instance can be in; keepalived also writes events that are not state changes
+# (MASTER_RX_LOWER_PRI, and MASTER_PRIORITY / BACKUP_PRIORITY with notify_priority_changes).
+STATES = frozenset({"MASTER", "BACKUP", "FAULT", "STOP", "DELETED"})
+
+_LINE = re.compile(r'(INSTANCE|GROUP) "(.+)" ([A-Z_{}]+) (\d{1,3})')
+_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One FIFO line: kind is INSTANCE or GROUP (a sync group; its priority is always 0)."""
+
+    kind: str
+    name: str
+    state: str
+    priority: int
+
+    @property
+    def is_state_change(self) -> bool:
+        return self.kind == "INSTANCE" and self.state in STATES
+
+
+def parse_line(line: str | bytes) -> Notification | None:
+    """A notify FIFO line, or None when it is not a VRRP line we understand.
+
+    The checker process writes ``VS ...`` / ``RS ...`` lines to the same FIFO when it runs;
+    those and anything malformed give None.
+    """
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    match = _LINE.fullmatch(line.strip())
+    if match is None:
+        return None
+    kind, name, state, priority = match.groups()
+    number = int(priority)
+    if number > 255:
+        return None
+    return Notification(kind, name, state, number)
+
+
+# -- the state file -----------------------------------------------------------------------------
+
+
+def write_state(path: Path, node_id: str, event: Notification, at: dt.datetime) -> None:
+    """Replace the state file atomically: a reader sees the old or the new content, never half."""
+    path = Path(path)
+    content = json.dumps(
+        {
+            "node_id": node_id,
+            "instance": event.name,
+            "state": event.state,
+            "priority": event.priority,
+            "at": at.isoformat(),
+        },
+        sort_keys=True,
+    )
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # Readable by the jobs (group mailrelay and others); only this service writes it.
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def read_state(path: Path = STATE_FILE) -> dict[str, Any] | None:
+    """The last state keepalived reported on this node, or None when nothing was reported yet."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+# -- does this node hold the VIP? -----------------------------------------------------------------
+
+
+class VipCheckError(RuntimeError):
+    """`ip addr` could not be run or read: whether we hold the VIP is unknown."""
+
+
+def addresses(ip_output: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The usable addresses in `ip -o addr show` output.
+
+    IPv6 addresses still in (or failed) duplicate address detection cannot be used yet.
+    """
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for line in ip_output.splitlines():
+        words = line.split()
+        for index, word in enumerate(words[:-1]):
+            if word not in ("inet", "inet6"):
+                continue
+            if {"tentative", "dadfailed"} & set(words):
+                break
+            with contextlib.suppress(ValueError):
+                found.add(ipaddress.ip_interface(words[index + 1]).ip)
+            break
+    return found
+
+
+def vip_held(vip: str, *, netns: str | None = None) -> bool:
+    """Whether the VIP is configured on an interface of this node (or of network namespace
+    `netns`) right now. Raises VipCheckError when that cannot be found out."""
+    wanted = ipaddress.ip_address(vip)
+    command = ["ip", "-o", "addr", "show"]
+    if netns is not None:
+        command[1:1] = ["-n", netns]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VipCheckError(f"cannot run {' '.join(command)}: {exc}") from exc
+    if result.returncode != 0:
+        raise VipCheckError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+    return wanted in addresses(result.stdout)
+
+
+# -- reading the FIFO ----------------------------------------------------------------------------
+
+
+def ensure_fifo(path: Path) -> None:
+    """Create the FIFO (mode 0600) unless it exists; refuse anything else at that path."""
+    path = Path(path)
+    try:
+        os.mkfifo(path, 0o600)
+        log.info("created the notify FIFO %s", path)
+    except FileExistsError:
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISFIFO(mode):
+            raise RuntimeError(f"{path} exists and is not a FIFO") from None
+
+
+async def _wait_readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def read_lines(path: Path) -> AsyncGenerator[str, None]:
+    """The FIFO's lines, forever, across keepalived restarts.
+
+    The FIFO is opened non-blocking for reading. Until a writer has come, Linux reports neither
+    data nor hang-up, so waiting costs nothing; when the last writer (keepalived) closes it, read()
+    returns end-of-file, and the FIFO is opened again (and created again, should keepalived have
+    removed one it had made itself).
+    """
+    path = Path(path)
+    while True:
+        ensure_fifo(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        pending = b""
+        try:
+            while True:
+                await _wait_readable(fd)
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    yield raw.decode("utf-8", errors="replace")
+        finally:
+            os.close(fd)
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
+        log.info("keepalived closed the notify FIFO; waiting for it to come back")
+
+
+# -- recording ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pending:
+    at: dt.datetime
+    event: Notification
+
+
+async def _record(queue: asyncio.Queue[_Pending], node_id: str, in_flight: list[_Pending]) -> None:
+    """Insert queued events one at a time, in order; retry each until the database takes it.
+
+    The event being inserted is kept in in_flight, so that one lost at shutdown can be named.
+    """
+    from app.cluster.vrrp_table import VrrpEvent
+
+    while True:
+        item = await queue.get()
+        in_flight[:] = [item]
+        attempt = 0
+        while True:
+            try:
+                await VrrpEvent.insert(
+                    VrrpEvent(
+                        at=item.at,
+                        node_id=node_id,
+                        instance=item.event.name,
+                        state=item.event.state,
+                        priority=item.event.priority,
+                    )
+                )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
+                attempt += 1
+                log.warning(
+                    "cannot record %s %s yet (%s); retrying in %s s",
+                    item.event.name,
+                    item.event.state,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        in_flight.clear()
+        queue.task_done()
+
+
+async def run(
+    fifo_path: Path | str = FIFO_PATH,
+    node_id: str = "a",
+    state_file: Path | str = STATE_FILE,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    flush_seconds: float = 5.0,
+) -> None:
+    """Read the FIFO forever; keep the state file; record each state change in vrrp_events.
+
+    on_ready is called once the FIFO exists (the service tells systemd, so that keepalived,
+    ordered after us, finds our FIFO). When cancelled, events already read get flush_seconds to
+    reach the database.
+    """
+    fifo_path, state_file = Path(fifo_path), Path(state_file)
+    ensure_fifo(fifo_path)
+    queue: asyncio.Queue[_Pending] = asyncio.Queue()
+    in_flight: list[_Pending] = []
+    recorder = asyncio.create_task(_record(queue, node_id, in_flight), name="vrrp-record")
+    if on_ready is not None:
+        on_ready()
+    try:
+        async with contextlib.aclosing(read_lines(fifo_path)) as lines:
+            async for line in lines:
+                event = parse_line(line)
+                if event is None:
+                    if line.strip():
+                        log.info("ignored notify FIFO line %r", line)
+                    continue
+                if not event.is_state_change:
+                    log.info(
+                        "keepalived: %s %s %s %s",
+                        event.kind,
+                        event.name,
+                        event.state,
+                        event.priority,
+                    )
+                    continue
+                if len(event.name) > 64:
+                    log.warning("instance name too long to record: %r", event.name)
+                    continue
+                at = dt.datetime.now(dt.UTC)
+                log.info("VRRP %s is %s (priority %s)", event.name, event.state, event.priority)
+                try:
+                    write_state(state_file, node_id, event, at)
+                except OSError as exc:
+                    log.error("cannot write the state file %s: %s", state_file, exc)
+                queue.put_nowait(_Pending(at, event))
+                if recorder.done():  # it only ends on a bug: make that loud
+                    recorder.result()
+    finally:
+        if not recorder.done() and (in_flight or not queue.empty()):
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(queue.join()), timeout=flush_seconds)
+        recorder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recorder
+        lost = in_flight + [queue.get_nowait() for _ in range(queue.qsize())]
+        for item in lost:
+            log.error(
+                "not recorded in vrrp_events: %s %s %s (priority %s) at %s",
+                node_id,
+                item.event.name,
+                item.event.state,
+                item.event.priority,
+                item.at.isoformat(),
+            )
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) something; nothing happens when not run by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m app.cluster.vrrp`: the body of mailrelay-vrrp-events.service."""
+    top = argparse.ArgumentParser(description="record keepalived's VRRP state changes")
+    top.add_argument("--fifo", type=Path, default=FIFO_PATH, help=f"default {FIFO_PATH}")
+    top.add_argument("--state-file", type=Path, default=STATE_FILE, help=f"default {STATE_FILE}")
+    args = top.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+    logging.getLogger("piccolo").setLevel(logging.WARNING)
+
+    from app.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 1
+    # Piccolo reads these when it first builds its engine.
+    os.environ["DATABASE_URL"] = settings.database_url
+    os.environ.setdefault("PICCOLO_CONF", "app.piccolo_conf")
+
+    async def serve() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await run(
+                args.fifo,
+                settings.node_id,
+                args.state_file,
+                on_ready=lambda: _sd_notify("READY=1"),
+            )
+        _sd_notify("STOPPING=1")
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
