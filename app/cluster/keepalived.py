@@ -16,7 +16,7 @@ from typing import Any
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "keepalived-conf" / "keepalived.conf.template"
 CHECK_SCRIPT = "/opt/mailrelay/keepalived-conf/check_smtp.sh"
-NOTIFY_FIFO = "/run/mailrelay/vrrp.fifo"
+NOTIFY_FIFO = "/run/mailrelay-vrrp/vrrp.fifo"
 # keepalived's default script user; the node installation creates it as a system user.
 SCRIPT_USER = "keepalived_script"
 # VRRPv3 advertisement interval: 1 to 4095 centiseconds.

@@ -47,8 +47,8 @@ from typing import Any
 
 log = logging.getLogger("mailrelay.vrrp")
 
-FIFO_PATH = Path("/run/mailrelay/vrrp.fifo")
-STATE_FILE = Path("/run/mailrelay/vrrp.state")
+FIFO_PATH = Path("/run/mailrelay-vrrp/vrrp.fifo")
+STATE_FILE = Path("/run/mailrelay-vrrp/vrrp.state")
 
 # The states an instance can be in; keepalived also writes events that are not state changes
 # (MASTER_RX_LOWER_PRI, and MASTER_PRIORITY / BACKUP_PRIORITY with notify_priority_changes).

@@ -63,7 +63,7 @@ def test_it_renders_the_node_values():
     assert "advert_int 1" in lines
     assert "interface eth0" in lines
     assert "virtual_router_id 51" in lines
-    assert "notify_fifo /run/mailrelay/vrrp.fifo" in lines
+    assert "notify_fifo /run/mailrelay-vrrp/vrrp.fifo" in lines
     assert "script_user keepalived_script" in lines
     assert "enable_script_security" in lines
     assert block(render(), "virtual_ipaddress") == ["198.18.6.100/32 dev eth0"]
