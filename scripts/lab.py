@@ -181,6 +181,7 @@ def boot(node: str, state: dict) -> None:
         print(f"node {node} is running already")
         return
     root = mount_root(node, state)
+    run("ip", "netns", "exec", ns(node), "ip", "link", "set", "eth0", "up", check=False)
     # The node's hostname and its settings live on its own disk (the overlay's upper dir).
     (root / "etc" / "hostname").write_text(f"relay-{node}\n")
     for cg in cgroup_dirs(node):
@@ -226,6 +227,13 @@ def crash(node: str, state: dict) -> None:
         except ProcessLookupError:
             pass
         pid_file.unlink()
+    # A machine without power has no link and no addresses: the namespace outlives the node's
+    # processes, so take its interface down and drop the VIP, as the power cut would.
+    run("ip", "netns", "exec", ns(node), "ip", "link", "set", "eth0", "down", check=False)
+    run("ip", "netns", "exec", ns(node), "ip", "addr", "del", f"{VIP}/24", "dev", "eth0",
+        check=False)
+    run("ip", "netns", "exec", ns(node), "ip", "addr", "del", f"{VIP}/32", "dev", "eth0",
+        check=False)
     state.get("nodes", {}).pop(node, None)
     save(state)
 

@@ -1,0 +1,209 @@
+"""The two-node lab, everything real: `scripts/lab up` once for this module, then the checks of
+the deployment issue, then `scripts/lab down`. Needs root (namespaces, nspawn, overlay mounts);
+elsewhere the module is skipped with the reason."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = str(ROOT / "scripts" / "lab")
+VIP = "198.18.0.100"
+A, B = "198.18.0.11", "198.18.0.12"
+
+pytestmark = pytest.mark.lab
+
+
+def lab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [LAB, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"scripts/lab {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, overlay mounts, systemd-nspawn)"
+    if shutil.which("systemd-nspawn") is None:
+        return "systemd-nspawn is missing (Debian package systemd-container)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def up():
+    reason = why_not()
+    if reason:
+        print(f"\nSKIP lab tests: {reason}")
+        pytest.skip(reason)
+    lab("down", check=False)
+    try:
+        result = lab("up", timeout=900)
+        yield result.stdout
+    finally:
+        lab("down", check=False, timeout=300)
+        assert (
+            "mrlab"
+            not in subprocess.run(
+                ["ip", "netns", "list"], capture_output=True, text=True, check=False
+            ).stdout
+        )
+
+
+def swaks(host: str, sender: str, server: str = VIP, *extra: str, timeout: int = 10) -> str:
+    # Straight into the client's namespace (what `scripts/lab exec` does, minus its start-up).
+    cmd = [
+        "ip",
+        "netns",
+        "exec",
+        f"mrlab-{host}",
+        "swaks",
+        "--server",
+        server,
+        "--from",
+        sender,
+        "--to",
+        "you@dest.example",
+        "--timeout",
+        str(timeout),
+        *extra,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 20, check=False)
+    return result.stdout + result.stderr
+
+
+def vip_owner() -> str:
+    match = re.search(r"VIP \S+: (\w+)", lab("status").stdout)
+    return match.group(1) if match else "?"
+
+
+def wait_for(condition, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_up_prints_what_to_try(up):
+    assert f"https://{VIP}:8443/" in up
+    assert "admin / Admin123" in up
+    assert "swaks --server" in up and "sink1" in up and "sink2" in up
+
+
+def test_each_node_lists_the_product_timers_and_its_units_verify(up):
+    for node in ("a", "b"):
+        timers = lab("exec", node, "systemctl", "list-timers", "--all", "--no-pager").stdout
+        for timer in (
+            "mailrelay-config-pull.timer",
+            "mailrelay-retention.timer",
+            "mailrelay-ingest-logs.timer",
+        ):
+            assert timer in timers, f"{node}: {timer} missing\n{timers}"
+        units = lab("exec", node, "sh", "-c", "ls /etc/systemd/system/mailrelay-*").stdout.split()
+        verify = lab("exec", node, "systemd-analyze", "verify", "--man=no", *units, check=False)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_vip_relays_by_route_and_refuses_the_rest(up):
+    wait_for(lambda: vip_owner() in ("a", "b"), 30, "a VIP owner")
+    assert vip_owner() == "a"
+    before1 = int(lab("sink", "sink1", "count").stdout)
+    before2 = int(lab("sink", "sink2", "count").stdout)
+    assert "250 2.0.0 Ok: queued" in swaks("client", "app@app.example")
+    assert "250 2.0.0 Ok: queued" in swaks("client", "pay@billing.example")
+    wait_for(lambda: int(lab("sink", "sink1", "count").stdout) == before1 + 1, 20, "sink1")
+    wait_for(lambda: int(lab("sink", "sink2", "count").stdout) == before2 + 1, 20, "sink2")
+    assert "553 5.7.1" in swaks("client", "x@blocked.example")
+    assert "554 5.7.1" in swaks("outside", "app@app.example")
+
+
+def _gui_session(base: str):
+    """Log in to a node's GUI as admin over real HTTPS (the lab's self-signed certificate),
+    doing the forced password change of the first login when it is due."""
+    import httpx
+
+    client = httpx.Client(base_url=base, verify=False, timeout=20)  # noqa: S501 - lab cert
+    client.get("/login")
+    token = client.cookies["csrftoken"]
+    for password in ("lab-admin-password-1", "Admin123"):
+        response = client.post(
+            "/login",
+            data={"username": "admin", "password": password},
+            headers={"x-csrftoken": token},
+            follow_redirects=False,
+        )
+        if response.status_code == 303:
+            break
+    if response.headers["location"] == "/password":
+        client.post(
+            "/password",
+            headers={"x-csrftoken": token},
+            data={
+                "current_password": "Admin123",
+                "new_password": "lab-admin-password-1",
+                "new_password_again": "lab-admin-password-1",
+            },
+        )
+    return client, token
+
+
+def test_a_change_on_the_master_is_enforced_by_the_slave_soon(up):
+    client, token = _gui_session(f"https://{A}:8443")
+    domain = f"new{int(time.time())}.example"
+    response = client.post(
+        "/domains", data={"name": domain}, headers={"x-csrftoken": token}, follow_redirects=False
+    )
+    assert response.status_code == 303, response.text
+    changed = time.monotonic()
+    # B's Postfix accepts the new sender domain once it pulled and applied the version.
+    elapsed = wait_for(
+        lambda: "250 2.1.5" in swaks("client", f"app@{domain}", B, "--quit-after", "RCPT"),
+        10 + 2 + 10,
+        f"node b to accept {domain}",
+    )
+    elapsed = time.monotonic() - changed
+    print(f"\nconfig change on A enforced by B's Postfix after {elapsed:.1f} s")
+    assert elapsed <= 10 + 2, "the pull interval is 10 s; the issue allows 2 s more"
+
+
+def test_failover_after_a_crash_and_no_preemption_on_return(up):
+    assert vip_owner() == "a"
+    crashed = time.monotonic()
+    lab("crash", "a")
+    took = wait_for(
+        lambda: "250 2.0.0 Ok: queued" in swaks("client", "app@app.example", timeout=3),
+        60,
+        "a 250 via the VIP",
+    )
+    print(f"\ncrash of a -> first 250 through the VIP after {time.monotonic() - crashed:.1f} s")
+    assert vip_owner() == "b"
+    assert took < 60
+    lab("boot", "a", timeout=300)
+    time.sleep(8)  # several advert intervals: a would have taken the VIP back by now
+    assert vip_owner() == "b", "nopreempt: a returning node must stay BACKUP"
+
+
+def test_a_clean_keepalived_stop_moves_the_vip(up):
+    owner = vip_owner()
+    other = "a" if owner == "b" else "b"
+    started = time.monotonic()
+    lab("exec", owner, "systemctl", "stop", "keepalived")
+    try:
+        wait_for(lambda: vip_owner() == other, 20, f"the VIP to move to {other}")
+        print(
+            f"\nclean keepalived stop on {owner}: VIP on {other} after "
+            f"{time.monotonic() - started:.1f} s"
+        )
+        assert "250 2.0.0 Ok: queued" in swaks("client", "app@app.example")
+    finally:
+        lab("exec", owner, "systemctl", "start", "keepalived")
