@@ -24,6 +24,7 @@ APP_CONFIG = AppConfig(
         tables.LogCursor,
         tables.LogMessage,
         tables.VrrpEvent,
+        tables.SyncRun,
     ],
     migration_dependencies=[],
     commands=[],

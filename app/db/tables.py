@@ -205,3 +205,21 @@ class VrrpEvent(Table, tablename="vrrp_events"):
     instance = Varchar(length=64)
     state = Varchar(length=16)  # MASTER | BACKUP | FAULT | STOP | DELETED
     priority = Integer()
+
+
+class SyncRun(Table, tablename="sync_runs"):
+    """One queue-sync run of the active node: what it copied to the peer's replica, how long
+    Postfix was frozen, and how it ended."""
+
+    id = BigSerial(primary_key=True)
+    started_at = Timestamptz(index=True)
+    node_id = Varchar(length=32)
+    peer = Varchar(length=64, default="")
+    outcome = Varchar(length=16)  # ok | skipped | conflict | failed
+    detail = Text(default="")
+    duration_seconds = DoublePrecision(default=0)
+    freeze_seconds = DoublePrecision(default=0)
+    freeze_mode = Varchar(length=8, default="freeze")  # freeze | stop | none
+    files = Integer(default=0)
+    bytes = BigInt(default=0)
+    fencing_token = BigInt(null=True, default=None)
