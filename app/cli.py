@@ -288,6 +288,22 @@ def cmd_config_apply(args: argparse.Namespace) -> None:
     print(f"config version {report.version} applied on node {settings.node_id}")
 
 
+def cmd_queue_sync(args: argparse.Namespace) -> None:
+    from app.agent.client import AgentClient
+    from app.cluster import queuesync
+
+    settings = _settings()
+
+    async def work() -> Any:
+        return await queuesync.run_once(
+            settings, AgentClient(settings.agent_socket), settings.sync_freeze
+        )
+
+    result = _run_db(work)
+    if result.outcome in ("failed", "conflict"):
+        raise UserFacingError(f"queue sync {result.outcome}: {result.detail}")
+
+
 def cmd_keepalived_config(args: argparse.Namespace) -> None:
     from app.cluster.keepalived import KeepalivedConfigError, render_from_settings
 
@@ -336,6 +352,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "config-apply", help="apply the newest config version on this node"
     ).set_defaults(func=cmd_config_apply)
+    sub.add_parser(
+        "queue-sync", help="copy the queue to the peer's replica (only on the VIP owner)"
+    ).set_defaults(func=cmd_queue_sync)
     sub.add_parser(
         "keepalived-config", help="print keepalived.conf rendered from this node's settings"
     ).set_defaults(func=cmd_keepalived_config)

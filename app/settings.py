@@ -48,6 +48,7 @@ class Settings:
     postfix_log_file: Path
     vrrp_interface: str
     vrrp_advert_int: str
+    sync_freeze: str
 
     @property
     def generated_cert_file(self) -> Path:
@@ -184,4 +185,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # Checked in detail where keepalived.conf is rendered (app.cluster.keepalived).
         vrrp_interface=r.text("VRRP_INTERFACE", "eth0"),
         vrrp_advert_int=r.text("VRRP_ADVERT_INT", "1"),
+        sync_freeze=r.choice("SYNC_FREEZE", "freeze", ("freeze", "stop", "none")),
     )

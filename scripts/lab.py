@@ -277,8 +277,11 @@ def node_env(node: str, extra: dict[str, str]) -> str:
 def install(node: str, extra: dict[str, str]) -> None:
     root = node_dir(node) / "root"
     env_path = Path("/etc/mailrelay-lab.env")
-    if extra or not (root / env_path.relative_to("/")).exists():
-        (root / env_path.relative_to("/")).write_text(node_env(node, extra))
+    state = load()
+    settings = state.setdefault("settings", {}).setdefault(node, {})
+    settings.update(extra)
+    save(state)
+    (root / env_path.relative_to("/")).write_text(node_env(node, settings))
     uv_bin = run("bash", "-c", "readlink -f \"$(command -v uv)\" 2>/dev/null; "
                  "ls /root/.pyenv/versions/*/bin/uv 2>/dev/null | head -1", check=False)
     candidates = [line for line in uv_bin.stdout.split() if line and "shims" not in line]
@@ -332,6 +335,11 @@ def up() -> None:
     boot("b", state)
     install("b", {"MASTER_API_URL": f"https://{ip('a')}:8443", "MASTER_API_TOKEN": token,
                   "MASTER_CERT_FINGERPRINT": fingerprint})
+    # Queue sync: each node accepts the other's key, for rrsync into its replica only.
+    keys = {n: node_exec(n, "cat", "/etc/mailrelay/sync_ed25519.pub").stdout.strip()
+            for n in NODES}
+    install("a", {"SYNC_PEER_PUBKEY": keys["b"]})
+    install("b", {"SYNC_PEER_PUBKEY": keys["a"]})
     print_summary()
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.agent import queuesync
 from app.agent.postfix import AgentError, PostfixTools
 
 log = logging.getLogger("mailrelay.agent")
@@ -57,12 +58,23 @@ class Agent:
             "apply": lambda a: self.tools.apply_maps(*_files(a)).as_dict(),
             "reload": lambda a: self.tools.reload(),
             "queue_list": self._queue_list,
+            "queue_sync": self._queue_sync,
             "flush_all": lambda a: self.tools.flush_all(),
             **{
                 action: (lambda a, action=action: self.tools.queue_action(action, _queue_id(a)))
                 for action in ("hold", "release", "delete", "requeue", "flush")
             },
         }
+
+    def _queue_sync(self, args: dict[str, Any]) -> dict[str, Any]:
+        mode = args.get("freeze", "freeze")
+        if mode not in queuesync.FREEZE_MODES:
+            raise AgentError(f"freeze must be one of {', '.join(queuesync.FREEZE_MODES)}")
+        try:
+            config = queuesync.SyncConfig.from_env(dict(os.environ))
+        except queuesync.SyncError as exc:
+            raise AgentError(str(exc)) from None
+        return queuesync.sync(config, mode).as_dict()
 
     def _queue_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         limit = args.get("limit", 1000)

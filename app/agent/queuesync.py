@@ -1,0 +1,221 @@
+"""The privileged half of queue sync: copy this node's Postfix queue into the peer's replica
+directory with rsync over ssh, with Postfix frozen for the final pass.
+
+Only mail state is copied (incoming active deferred hold, and the bounce/defer/trace logs);
+never pid, private or public (sockets and FIFOs). The peer's `authorized_keys` entry runs
+`rrsync` restricted to its replica directory, so this key can write nowhere else, and never into
+the peer's live queue. See ../shared notes: postfix-ha.md.
+
+Freeze modes:
+  freeze  the cgroup v2 freezer of the Postfix service (SIGSTOP of the process tree when no
+          freezer is found): the listening socket stays open, clients only see a late greeting
+  stop    `postfix stop` / copy / `postfix start`: the seed's way, kept for comparison
+  none    copy while Postfix runs (the copy may be inconsistent; delivered-twice, never lost)
+A thaw always follows, also when rsync fails or hangs; a watchdog thread thaws after the
+deadline even if this thread is stuck.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
+FREEZE_MODES = ("freeze", "stop", "none")
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+
+
+class SyncError(Exception):
+    pass
+
+
+@dataclass
+class SyncConfig:
+    peer: str
+    ssh_key: Path
+    remote_user: str = "mailrelay-sync"
+    spool: Path = Path("/var/spool/postfix")
+    known_hosts: Path = Path("/var/lib/mailrelay-agent/sync_known_hosts")
+    timeout: float = 60.0
+    bwlimit_kbps: int = 0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> SyncConfig:
+        peer = env.get("SYNC_PEER", "").strip()
+        if not re.fullmatch(r"[0-9a-fA-F.:]+|[a-z0-9.-]+", peer or "-"):
+            raise SyncError(f"SYNC_PEER is not a host or address: {peer!r}")
+        if not peer:
+            raise SyncError("SYNC_PEER is not set: this node has no peer to copy its queue to")
+        return cls(
+            peer=peer,
+            ssh_key=Path(env.get("SYNC_SSH_KEY", "/etc/mailrelay/sync_ed25519")),
+            remote_user=env.get("SYNC_REMOTE_USER", "mailrelay-sync"),
+        )
+
+
+@dataclass
+class SyncReport:
+    mode: str
+    ok: bool = False
+    error: str = ""
+    duration: float = 0.0
+    freeze_seconds: float = 0.0
+    files: int = 0
+    bytes: int = 0
+    passes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return self.__dict__.copy()
+
+
+def postfix_cgroup() -> Path | None:
+    """The cgroup v2 directory of the Postfix master process, if this host has one."""
+    try:
+        pid = int(Path("/var/spool/postfix/pid/master.pid").read_text().split()[0])
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except (OSError, ValueError, IndexError):
+        return None
+    for line in lines:
+        if line.startswith("0::"):
+            relative = line[3:].lstrip("/")
+            for root in CGROUP_ROOTS:
+                candidate = root / relative
+                if (candidate / "cgroup.freeze").exists():
+                    return candidate
+    return None
+
+
+def _postfix_pids() -> list[int]:
+    """Postfix master and all its children (the SIGSTOP fallback)."""
+    try:
+        master = int(Path("/var/spool/postfix/pid/master.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    pids = [master]
+    children = subprocess.run(
+        ["pgrep", "-P", str(master)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return pids + [int(p) for p in children]
+
+
+class Freezer:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.cgroup = postfix_cgroup() if mode == "freeze" else None
+        self.stopped: list[int] = []
+        self.frozen_at: float | None = None
+        self.lock = threading.Lock()
+
+    def freeze(self) -> None:
+        with self.lock:
+            self.frozen_at = time.monotonic()
+            if self.mode == "stop":
+                subprocess.run(["postfix", "stop"], capture_output=True, check=True, timeout=60)
+            elif self.mode == "freeze" and self.cgroup is not None:
+                (self.cgroup / "cgroup.freeze").write_text("1")
+                deadline = time.monotonic() + 5
+                while "frozen 1" not in (self.cgroup / "cgroup.events").read_text():
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.005)
+            elif self.mode == "freeze":
+                self.stopped = _postfix_pids()
+                for pid in self.stopped:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> float:
+        """Undo the freeze (idempotent); the seconds Postfix was frozen."""
+        with self.lock:
+            if self.frozen_at is None:
+                return 0.0
+            if self.mode == "stop":
+                subprocess.run(["postfix", "start"], capture_output=True, check=False, timeout=60)
+            elif self.cgroup is not None:
+                (self.cgroup / "cgroup.freeze").write_text("0")
+            for pid in self.stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            frozen = time.monotonic() - self.frozen_at
+            self.frozen_at, self.stopped = None, []
+            return frozen
+
+
+_STATS = {
+    "files": re.compile(r"Number of regular files transferred: ([\d,]+)"),
+    "bytes": re.compile(r"Total transferred file size: ([\d,]+)"),
+}
+
+
+def _rsync(config: SyncConfig, timeout: float) -> tuple[int, int]:
+    ssh = (
+        f"ssh -i {config.ssh_key} -o BatchMode=yes -o ConnectTimeout=5 "
+        f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={config.known_hosts}"
+    )
+    sources = [str(config.spool / part) for part in QUEUE_PARTS if (config.spool / part).exists()]
+    command = [
+        "rsync",
+        "-rlptH",
+        "--delete",
+        "--stats",
+        f"--timeout={max(int(timeout), 5)}",
+        "-e",
+        ssh,
+        *sources,
+        f"{config.remote_user}@{config.peer}:/",
+    ]
+    if config.bwlimit_kbps:
+        command.insert(1, f"--bwlimit={config.bwlimit_kbps}")
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SyncError(f"rsync to {config.peer} took longer than {timeout:.0f} s") from None
+    # 24: files vanished during the copy (Postfix moved them): the next run copies them.
+    if result.returncode not in (0, 24):
+        raise SyncError(
+            f"rsync to {config.peer} failed ({result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-400:]}"
+        )
+    numbers = {
+        k: int(m.group(1).replace(",", "")) if (m := r.search(result.stdout)) else 0
+        for k, r in _STATS.items()
+    }
+    return numbers["files"], numbers["bytes"]
+
+
+def sync(config: SyncConfig, mode: str) -> SyncReport:
+    if mode not in FREEZE_MODES:
+        raise SyncError(f"freeze mode must be one of {', '.join(FREEZE_MODES)}")
+    report = SyncReport(mode)
+    started = time.monotonic()
+    freezer = Freezer(mode)
+    try:
+        # An unfrozen first pass moves the bulk; the frozen pass then only sees the deltas.
+        if mode != "none":
+            _rsync(config, config.timeout)
+            report.passes.append("bulk")
+        freezer.freeze()
+        watchdog = threading.Timer(config.timeout + 5, freezer.thaw)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            report.files, report.bytes = _rsync(config, config.timeout)
+            report.passes.append("frozen" if mode != "none" else "live")
+        finally:
+            report.freeze_seconds = freezer.thaw()
+            watchdog.cancel()
+        report.ok = True
+    except (SyncError, OSError, subprocess.CalledProcessError) as exc:
+        report.freeze_seconds = report.freeze_seconds or freezer.thaw()
+        report.error = str(exc)
+    report.duration = time.monotonic() - started
+    return report
