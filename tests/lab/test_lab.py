@@ -104,6 +104,7 @@ def test_each_node_lists_the_product_timers_and_its_units_verify(up):
     for node in ("a", "b"):
         timers = lab("exec", node, "systemctl", "list-timers", "--all", "--no-pager").stdout
         for timer in (
+            "mailrelay-queue-sync.timer",
             "mailrelay-config-pull.timer",
             "mailrelay-retention.timer",
             "mailrelay-ingest-logs.timer",
@@ -125,6 +126,37 @@ def test_the_vip_relays_by_route_and_refuses_the_rest(up):
     wait_for(lambda: int(lab("sink", "sink2", "count").stdout) == before2 + 1, 20, "sink2")
     assert "553 5.7.1" in swaks("client", "x@blocked.example")
     assert "554 5.7.1" in swaks("outside", "app@app.example")
+
+
+def test_the_passive_node_holds_a_copy_of_the_queue_soon(up):
+    assert vip_owner() == "a"
+    lab("sink", "sink1", "stop")
+    try:
+        out = swaks("client", "queued@app.example")
+        queue_id = re.search(r"queued as (\w+)", out).group(1)
+        took = wait_for(
+            lambda: (
+                queue_id
+                in lab(
+                    "exec",
+                    "b",
+                    "find",
+                    "/var/spool/mailrelay-replica",
+                    "-name",
+                    queue_id,
+                    check=False,
+                ).stdout
+            ),
+            10,
+            f"{queue_id} in b's replica",
+        )
+        print(f"\nqueued on a -> in b's replica after {took:.1f} s")
+        # Only into the replica: b's live queue never sees a's messages.
+        live = lab("exec", "b", "find", "/var/spool/postfix", "-name", queue_id, check=False)
+        assert queue_id not in live.stdout
+    finally:
+        lab("sink", "sink1", "start")
+        lab("exec", "a", "postqueue", "-f", check=False)
 
 
 def _gui_session(base: str):
