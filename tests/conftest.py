@@ -57,7 +57,7 @@ def pg_cluster() -> PostgresCluster:
 TABLES = (
     "user_sessions, address_throttle, relay_routes, sender_domains, trusted_networks, "
     "config_versions, applied_versions, audit_log, mail_logs, rejection_logs, cluster_locks, "
-    "api_tokens, app_users, log_cursors, log_messages, vrrp_events, sync_runs"
+    "api_tokens, app_users, log_cursors, log_messages, vrrp_events, sync_runs, queue_imports"
 )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -219,3 +220,59 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
         report.error = str(exc)
     report.duration = time.monotonic() - started
     return report
+
+
+REPLICA = Path("/var/spool/mailrelay-replica")
+IMPORT_PARTS = ("incoming", "active", "deferred", "hold")
+
+
+def _live_ids(spool: Path) -> set[str]:
+    ids: set[str] = set()
+    for part in IMPORT_PARTS:
+        for _dir, _subdirs, files in os.walk(spool / part):
+            ids.update(files)
+    return ids
+
+
+def import_replica(replica: Path = REPLICA, spool: Path = Path("/var/spool/postfix")) -> list[str]:
+    """Take the peer's copied queue into this node's live queue, safely: each complete file
+    goes to hold/ first (a name already in the live queue is skipped, never overwritten), then
+    `postsuper -r` requeues it through pickup, which gives it a new queue ID and drops the
+    recipients already delivered. Returns the original queue IDs taken over."""
+    import pwd
+
+    postfix = pwd.getpwnam("postfix")
+    live = _live_ids(spool)
+    imported: list[str] = []
+    for part in IMPORT_PARTS:
+        for directory, _subdirs, files in os.walk(replica / part):
+            for name in files:
+                source = Path(directory) / name
+                # cleanup makes a queue file 0700 only once it is complete: skip half-written ones.
+                if (source.stat().st_mode & 0o777) != 0o700 or not re.fullmatch(
+                    r"[0-9A-Za-z]+", name
+                ):
+                    continue
+                if name in live:
+                    source.unlink()
+                    continue
+                target = spool / "hold" / name
+                tmp = spool / "hold" / f".{name}.import"
+                shutil.copy2(source, tmp)
+                os.chown(tmp, postfix.pw_uid, postfix.pw_gid)
+                os.chmod(tmp, 0o700)
+                os.rename(tmp, target)
+                imported.append(name)
+                source.unlink()
+    if imported:
+        result = subprocess.run(
+            ["postsuper", "-r", "-"],
+            input="\n".join(imported) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SyncError(f"postsuper -r failed: {result.stderr.strip()}")
+    return imported

@@ -59,6 +59,7 @@ class Agent:
             "reload": lambda a: self.tools.reload(),
             "queue_list": self._queue_list,
             "queue_sync": self._queue_sync,
+            "import_replica": lambda a: self._import_replica(),
             "flush_all": lambda a: self.tools.flush_all(),
             **{
                 action: (lambda a, action=action: self.tools.queue_action(action, _queue_id(a)))
@@ -75,6 +76,15 @@ class Agent:
         except queuesync.SyncError as exc:
             raise AgentError(str(exc)) from None
         return queuesync.sync(config, mode).as_dict()
+
+    def _import_replica(self) -> list[str]:
+        try:
+            imported = queuesync.import_replica()
+        except queuesync.SyncError as exc:
+            raise AgentError(str(exc)) from None
+        if imported:
+            self.tools.flush_all()
+        return imported
 
     def _queue_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         limit = args.get("limit", 1000)

@@ -40,7 +40,7 @@ import socket
 import stat
 import subprocess
 import tempfile
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,6 +290,7 @@ async def run(
     *,
     on_ready: Callable[[], None] | None = None,
     flush_seconds: float = 5.0,
+    on_master: Callable[[Notification], Awaitable[object]] | None = None,
 ) -> None:
     """Read the FIFO forever; keep the state file; record each state change in vrrp_events.
 
@@ -302,6 +303,7 @@ async def run(
     queue: asyncio.Queue[_Pending] = asyncio.Queue()
     in_flight: list[_Pending] = []
     recorder = asyncio.create_task(_record(queue, node_id, in_flight), name="vrrp-record")
+    promotions: set[asyncio.Task[object]] = set()
     if on_ready is not None:
         on_ready()
     try:
@@ -331,6 +333,10 @@ async def run(
                 except OSError as exc:
                     log.error("cannot write the state file %s: %s", state_file, exc)
                 queue.put_nowait(_Pending(at, event))
+                if event.state == "MASTER" and on_master is not None:
+                    # Promotion runs beside the reader: later events must not wait for it.
+                    promotions.add(asyncio.create_task(on_master(event)))
+                    promotions = {t for t in promotions if not t.done()}
                 if recorder.done():  # it only ends on a bug: make that loud
                     recorder.result()
     finally:
@@ -393,11 +399,24 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
+        from app.agent.client import AgentClient
+        from app.cluster import promotion
+
+        agent = AgentClient(settings.agent_socket)
+
+        async def promote(event: Notification) -> object:
+            return await promotion.run_once(
+                settings.node_id,
+                agent,
+                f"{event.state} {event.priority} at {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
+            )
+
         with contextlib.suppress(asyncio.CancelledError):
             await run(
                 args.fifo,
                 settings.node_id,
                 args.state_file,
+                on_master=promote,
                 on_ready=lambda: _sd_notify("READY=1"),
             )
         _sd_notify("STOPPING=1")

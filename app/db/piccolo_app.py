@@ -25,6 +25,7 @@ APP_CONFIG = AppConfig(
         tables.LogMessage,
         tables.VrrpEvent,
         tables.SyncRun,
+        tables.QueueImport,
     ],
     migration_dependencies=[],
     commands=[],

@@ -223,3 +223,14 @@ class SyncRun(Table, tablename="sync_runs"):
     files = Integer(default=0)
     bytes = BigInt(default=0)
     fencing_token = BigInt(null=True, default=None)
+
+
+class QueueImport(Table, tablename="queue_imports"):
+    """A message this node took over from its peer's replica when it became MASTER: the peer's
+    original queue ID, so that the peer, when it returns, can drop exactly these."""
+
+    id = BigSerial(primary_key=True)
+    node_id = Varchar(length=32)
+    original_queue_id = Varchar(length=32, index=True)
+    imported_at = Timestamptz(index=True)
+    transition = Varchar(length=64, default="")  # e.g. "MASTER 100 at 2026-11-25T14:57:00Z"

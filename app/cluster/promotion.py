@@ -1,0 +1,43 @@
+"""Promotion: when this node becomes MASTER (from keepalived's ordered events), take over the
+peer's queue from the replica directory and record which of the peer's queue IDs it took, so
+the peer can drop exactly those when it returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.db.tables import QueueImport
+
+log = logging.getLogger("mailrelay.promotion")
+
+
+async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[str]:
+    started = time.monotonic()
+    try:
+        imported: list[str] = await agent.call("import_replica")
+    except (AgentUnavailable, AgentRefused) as exc:
+        log.error("promotion: importing the replica failed: %s", exc)
+        return []
+    now = dt.datetime.now(dt.UTC)
+    if imported:
+        await QueueImport.insert(
+            *[
+                QueueImport(
+                    node_id=node_id,
+                    original_queue_id=queue_id,
+                    imported_at=now,
+                    transition=transition[:64],
+                )
+                for queue_id in imported
+            ]
+        )
+    log.info(
+        "promotion (%s): took over %d messages from the replica and flushed, %.2f s",
+        transition,
+        len(imported),
+        time.monotonic() - started,
+    )
+    return imported
