@@ -226,9 +226,9 @@ REPLICA = Path("/var/spool/mailrelay-replica")
 IMPORT_PARTS = ("incoming", "active", "deferred", "hold")
 
 
-def _live_ids(spool: Path) -> set[str]:
+def _ids(spool: Path, parts: tuple[str, ...]) -> set[str]:
     ids: set[str] = set()
-    for part in IMPORT_PARTS:
+    for part in parts:
         for _dir, _subdirs, files in os.walk(spool / part):
             ids.update(files)
     return ids
@@ -238,12 +238,16 @@ def import_replica(replica: Path = REPLICA, spool: Path = Path("/var/spool/postf
     """Take the peer's copied queue into this node's live queue, safely: each complete file
     goes to hold/ first (a name already in the live queue is skipped, never overwritten), then
     `postsuper -r` requeues it through pickup, which gives it a new queue ID and drops the
-    recipients already delivered. Returns the original queue IDs taken over."""
+    recipients already delivered. A replica file is removed only after the requeue, so an
+    import that stopped half-way is finished by the next one. Returns the original queue IDs
+    taken over."""
     import pwd
 
     postfix = pwd.getpwnam("postfix")
-    live = _live_ids(spool)
+    live = _ids(spool, ("incoming", "active", "deferred"))
+    held = _ids(spool, ("hold",))
     imported: list[str] = []
+    sources: list[Path] = []
     for part in IMPORT_PARTS:
         for directory, _subdirs, files in os.walk(replica / part):
             for name in files:
@@ -253,17 +257,16 @@ def import_replica(replica: Path = REPLICA, spool: Path = Path("/var/spool/postf
                     r"[0-9A-Za-z]+", name
                 ):
                     continue
+                sources.append(source)
                 if name in live:
-                    source.unlink()
                     continue
-                target = spool / "hold" / name
-                tmp = spool / "hold" / f".{name}.import"
-                shutil.copy2(source, tmp)
-                os.chown(tmp, postfix.pw_uid, postfix.pw_gid)
-                os.chmod(tmp, 0o700)
-                os.rename(tmp, target)
+                if name not in held:
+                    tmp = spool / "hold" / f".{name}.import"
+                    shutil.copy2(source, tmp)
+                    os.chown(tmp, postfix.pw_uid, postfix.pw_gid)
+                    os.chmod(tmp, 0o700)
+                    os.rename(tmp, spool / "hold" / name)
                 imported.append(name)
-                source.unlink()
     if imported:
         result = subprocess.run(
             ["postsuper", "-r", "-"],
@@ -275,4 +278,6 @@ def import_replica(replica: Path = REPLICA, spool: Path = Path("/var/spool/postf
         )
         if result.returncode != 0:
             raise SyncError(f"postsuper -r failed: {result.stderr.strip()}")
+    for source in sources:
+        source.unlink(missing_ok=True)
     return imported

@@ -103,6 +103,10 @@ class Agent:
                 result = await asyncio.to_thread(self.verbs[verb], args)
             except AgentError as exc:
                 return {"ok": False, "error": str(exc)}
+            except OSError as exc:
+                # An answer, not a dropped connection: the caller shows and audits it.
+                log.exception("verb %s failed", verb)
+                return {"ok": False, "error": f"{verb} failed: {exc}"}
         return {"ok": True, "result": result}
 
     async def serve_connection(
