@@ -11,10 +11,15 @@ The master's version number is kept in the local version's comment ("pulled mast
 only a newer master version is applied, an equal or older one is nothing to do. Two runs at once
 (a manual run during the timer's) are serialised by an advisory lock and the second one re-reads
 the last pulled version inside it, so a version is never applied twice.
+
+Whenever the master answered, the slave then reports which master version its Postfix runs
+(POST /api/nodes/applied, same connection checks and token), so that the master's dashboard
+shows both nodes. A failed report is logged; it does not fail the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import hmac
@@ -24,7 +29,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +42,7 @@ from app.config import service
 from app.config import snapshot as snap
 from app.config.validation import FieldErrors
 from app.crypto import SecretBox, SecretKeyError
-from app.db.tables import AuditLog, ConfigVersion
+from app.db.tables import AppliedVersion, AuditLog, ConfigVersion
 from app.postfix import pipeline
 from app.settings import Settings, SettingsError, _Reader
 
@@ -50,6 +55,7 @@ _COMMENT_RE = re.compile(r"^pulled master version (\d+)$")
 # pg_advisory_xact_lock key for the pull's critical part ("pull"); the config service takes its
 # own lock (for the version number) inside it.
 _PULL_LOCK = 0x70756C6C
+REPORT_PATH = "/api/nodes/applied"
 # An export is a few kilobytes per domain; anything this large is not one.
 MAX_EXPORT_BYTES = 32 * 1024 * 1024
 TIMEOUT_SECONDS = 10.0
@@ -181,9 +187,14 @@ def _hex(digest: bytes) -> str:
     return ":".join(f"{b:02X}" for b in digest)
 
 
-async def fetch_export(url: str, token: str, pull: PullSettings) -> dict[str, Any]:
-    """GET {url}/api/config/export with the bearer token; the parsed JSON body."""
-    endpoint = url.rstrip("/") + "/api/config/export"
+@contextlib.asynccontextmanager
+async def _master(
+    url: str, token: str, pull: PullSettings, method: str, path: str, body: Any = None
+) -> AsyncIterator[httpx.Response]:
+    """One request to the master with the bearer token, over HTTPS checked against the pin or
+    the CA file before the token is sent: the streamed response (a refused token is a
+    PullError; any other status is the caller's to judge). Used by the export and the report."""
+    endpoint = url.rstrip("/") + path
     extensions: dict[str, Any] = {}
     if pull.master_cert_fingerprint is not None:
         extensions["trace"] = _PinCheck(pull.master_cert_fingerprint)
@@ -197,24 +208,31 @@ async def fetch_export(url: str, token: str, pull: PullSettings) -> dict[str, An
     ) as client:
         try:
             async with client.stream(
-                "GET",
+                method,
                 endpoint,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                json=body,
                 extensions=extensions,
             ) as response:
                 if response.status_code in (401, 403):
                     raise PullError(
                         f"the master refused MASTER_API_TOKEN (HTTP {response.status_code})"
                     )
-                if response.status_code != 200:
-                    raise PullError(f"the master answered HTTP {response.status_code}")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_EXPORT_BYTES:
-                        raise PullError(f"the export is larger than {MAX_EXPORT_BYTES} bytes")
+                yield response
         except httpx.HTTPError as exc:
             raise PullError(f"cannot reach the master at {endpoint}: {exc or type(exc)}") from None
+
+
+async def fetch_export(url: str, token: str, pull: PullSettings) -> dict[str, Any]:
+    """GET {url}/api/config/export with the bearer token; the parsed JSON body."""
+    async with _master(url, token, pull, "GET", "/api/config/export") as response:
+        if response.status_code != 200:
+            raise PullError(f"the master answered HTTP {response.status_code}")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_EXPORT_BYTES:
+                raise PullError(f"the export is larger than {MAX_EXPORT_BYTES} bytes")
     try:
         export = json.loads(body)
     except ValueError:
@@ -295,6 +313,63 @@ async def last_pulled_master_version() -> int:
     return int(match.group(1)) if match else 0
 
 
+async def applied_state(node_id: str) -> dict[str, Any] | None:
+    """What this node reports to the master: the master version its Postfix runs (from the
+    applied local version's comment), the local number and when it was applied. None when
+    nothing is applied here, or the applied version did not come from the master."""
+    row = await AppliedVersion.select().where(AppliedVersion.node_id == node_id).first()
+    if row is None:
+        return None
+    version = (
+        await ConfigVersion.select(ConfigVersion.author, ConfigVersion.comment)
+        .where(ConfigVersion.number == row["number"])
+        .first()
+    )
+    match = (
+        _COMMENT_RE.match(version["comment"])
+        if version and version["author"] == ACTOR.username
+        else None
+    )
+    if match is None:
+        return None
+    return {
+        "node_id": node_id,
+        "number": row["number"],
+        "master_number": int(match.group(1)),
+        "applied_at": row["applied_at"].isoformat(),
+    }
+
+
+async def report_applied(settings: Settings, pull: PullSettings) -> bool:
+    """Tell the master which of its versions this node runs. Never raises: a failure is
+    logged (the next run, 10 s later, reports again)."""
+    try:
+        state = await applied_state(settings.node_id)
+        if state is None:
+            log.debug("config-pull: no version from the master is applied here; nothing to report")
+            return False
+        assert settings.master_api_url and settings.master_api_token
+        async with _master(
+            settings.master_api_url, settings.master_api_token, pull, "POST", REPORT_PATH, state
+        ) as response:
+            if response.status_code not in (200, 204):
+                raise PullError(f"the master answered HTTP {response.status_code}")
+    except PullError as exc:
+        log.warning("config-pull: the applied version was not reported to the master: %s", exc)
+        return False
+    except Exception:
+        log.warning(
+            "config-pull: the applied version was not reported to the master", exc_info=True
+        )
+        return False
+    log.debug(
+        "config-pull: reported master version %s (local version %s) to the master",
+        state["master_number"],
+        state["number"],
+    )
+    return True
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -336,6 +411,17 @@ async def _run(
         export = await fetch_export(settings.master_api_url, settings.master_api_token, pull)
     except PullError as exc:
         return PullResult("failed", str(exc))
+    result = await _pull(settings, agent, box, export)
+    # The master answered: tell it what runs here now, whatever this run did (applied, nothing
+    # to do, or refused and kept the last good version), so its dashboard is current, also
+    # after the master's own restart.
+    await report_applied(settings, pull)
+    return result
+
+
+async def _pull(
+    settings: Settings, agent: AgentClient, box: SecretBox, export: dict[str, Any]
+) -> PullResult:
     # The master's version for the audit: its number and when the master made it (not the
     # checksum: it changes with every export, as sealed secrets are encrypted afresh each time).
     target = f"master version {export.get('version')} of {export.get('created_at')}"[:200]

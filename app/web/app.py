@@ -149,6 +149,7 @@ def create_app(settings: Settings) -> Litestar:
             queue.queue_action,
             queue.flush_queue,
             api.config_export,
+            api.node_applied,
             api.acquire_lock,
             api.release_lock,
             create_static_files_router(

@@ -183,6 +183,16 @@ GERMAN: dict[str, str] = {
     "Verifies against the system CA store": "Gültig gegenüber dem System-CA-Speicher",
     "not checked": "nicht geprüft",
     "The stored password does not decrypt with this node's key.": "Das gespeicherte Passwort lässt sich mit dem Schlüssel dieses Knotens nicht entschlüsseln.",
+    "Cluster": "Cluster",
+    "this node": "dieser Knoten",
+    "Master version": "Master-Version",
+    "Applied at": "Übernommen am",
+    "behind the latest version": "hinter der neuesten Version",
+    "ahead of the latest version": "neuer als die neueste Version",
+    "not reporting": "meldet sich nicht",
+    "Last report": "Letzte Meldung",
+    "up to date": "aktuell",
+    "No node has applied a version yet.": "Noch kein Knoten hat eine Version übernommen.",
 }
 
 

@@ -1,7 +1,9 @@
-"""The API: the config export the slave pulls and the queue-sync lock (token auth only)."""
+"""The API: the config export the slave pulls, the slave's report of what it applied, and the
+queue-sync lock (token auth only)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,11 +11,12 @@ from litestar import Request, get, post
 from litestar.exceptions import ClientException
 from litestar.params import JSONBody
 from litestar.response import Response
-from litestar.status_codes import HTTP_409_CONFLICT
+from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
 from app.auth.tokens import TokenPrincipal
 from app.cluster import locks
 from app.config import export, service
+from app.db.tables import AppliedVersion
 
 Req = Request[TokenPrincipal, Any, Any]
 
@@ -25,6 +28,76 @@ async def config_export(request: Req) -> dict[str, Any]:
     return export.build(
         await service.latest_version(), request.app.state.box, request.user.kind == "cluster"
     )
+
+
+@dataclass
+class NodeApplied:
+    """What a slave runs: `master_number` is the master's version it applied (as local version
+    `number`, which only means something on the slave), at `applied_at` (ISO 8601)."""
+
+    node_id: Any
+    number: Any
+    master_number: Any
+    applied_at: Any
+
+
+def _count(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**31 - 1:
+        raise ClientException(f"{what} must be a non-negative integer")
+    return value
+
+
+def _node_report(data: NodeApplied, own_node_id: str) -> tuple[str, int, dt.datetime]:
+    node_id = data.node_id
+    # Like NODE_ID in the settings: 1-32 letters or digits (ASCII: it is a table key and shown).
+    if (
+        not isinstance(node_id, str)
+        or not 1 <= len(node_id) <= 32
+        or not (node_id.isascii() and node_id.isalnum())
+    ):
+        raise ClientException("node_id must be 1-32 letters or digits")
+    if node_id == own_node_id:
+        raise ClientException(f"node_id {node_id!r} is this node (the master) itself")
+    _count(data.number, "number")
+    master_number = _count(data.master_number, "master_number")
+    try:
+        applied_at = dt.datetime.fromisoformat(data.applied_at)
+    except (TypeError, ValueError):
+        raise ClientException("applied_at must be an ISO 8601 date and time") from None
+    if applied_at.tzinfo is None:
+        raise ClientException("applied_at must carry a time zone")
+    # A slave's clock ahead of ours must not make its apply look like it is yet to come.
+    return node_id, master_number, min(applied_at, dt.datetime.now(dt.UTC))
+
+
+@post("/api/nodes/applied", opt={"api": "cluster"}, status_code=HTTP_204_NO_CONTENT)
+async def node_applied(request: Req, data: JSONBody[NodeApplied]) -> None:
+    """A slave reports which of the master's versions its Postfix runs: stored in this (the
+    master's) applied_versions under the master's numbering, so the dashboard shows both
+    nodes. When it reported is kept in memory (app.state.node_reports) for "not reporting"."""
+    settings = request.app.state.settings
+    if settings.cluster_mode != "master":
+        raise ClientException(
+            "this node is not the master; report to the master", status_code=HTTP_409_CONFLICT
+        )
+    node_id, master_number, applied_at = _node_report(data, settings.node_id)
+    await AppliedVersion.raw(
+        "INSERT INTO applied_versions (node_id, number, applied_at) VALUES ({}, {}, {}) "
+        "ON CONFLICT (node_id) DO UPDATE SET number = EXCLUDED.number, "
+        "applied_at = EXCLUDED.applied_at",
+        node_id,
+        master_number,
+        applied_at,
+    )
+    node_reports(request.app.state)[node_id] = dt.datetime.now(dt.UTC)
+
+
+def node_reports(state: Any) -> dict[str, dt.datetime]:
+    """When each peer last reported to this process (lost on restart; peers report every 10 s)."""
+    reports = state.get("node_reports")
+    if reports is None:
+        reports = state["node_reports"] = {}
+    return reports
 
 
 @dataclass
