@@ -207,7 +207,13 @@ def boot(node: str, state: dict) -> None:
         result = node_exec(node, "systemctl", "is-system-running", check=False)
         return result.stdout.strip() in ("running", "degraded")
 
-    wait(booted, f"node {node} to boot", 120)
+    try:
+        wait(booted, f"node {node} to boot", 240)
+    except SystemExit as exc:
+        # Say what the node is still waiting for.
+        jobs = node_exec(node, "systemctl", "list-jobs", "--no-pager", check=False).stdout
+        state = node_exec(node, "systemctl", "is-system-running", check=False).stdout
+        raise SystemExit(f"{exc}\nstate: {state.strip()}\npending jobs:\n{jobs}") from None
 
 
 def crash(node: str, state: dict) -> None:
