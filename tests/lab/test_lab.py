@@ -286,6 +286,15 @@ def test_failover_takes_over_the_queue_and_the_vip(up):
 def test_a_clean_keepalived_stop_moves_the_vip(up):
     owner = vip_owner()
     other = "a" if owner == "b" else "b"
+    # The peer must be ready to take over: keepalived running there, in BACKUP.
+    wait_for(
+        lambda: (
+            '"BACKUP"'
+            in lab("exec", other, "cat", "/run/mailrelay-vrrp/vrrp.state", check=False).stdout
+        ),
+        120,
+        f"{other} to be a ready BACKUP",
+    )
     started = time.monotonic()
     lab("exec", owner, "systemctl", "stop", "keepalived")
     try:
