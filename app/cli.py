@@ -304,6 +304,25 @@ def cmd_queue_sync(args: argparse.Namespace) -> None:
         raise UserFacingError(f"queue sync {result.outcome}: {result.detail}")
 
 
+def cmd_reconcile(args: argparse.Namespace) -> None:
+    from app.agent.client import AgentClient
+    from app.cluster import reconcile
+
+    settings = _settings()
+    agent = AgentClient(settings.agent_socket)
+
+    async def work() -> Any:
+        if args.release:
+            return await reconcile.release_held(settings, agent, "cli", "")
+        return await reconcile.run_once(settings, agent)
+
+    result = _run_db(work)
+    if args.release:
+        print(f"released {result} held messages")
+    elif result.outcome == "held":
+        raise UserFacingError(f"{result.held} messages stay on hold: {result.detail}")
+
+
 def cmd_keepalived_config(args: argparse.Namespace) -> None:
     from app.cluster.keepalived import KeepalivedConfigError, render_from_settings
 
@@ -355,6 +374,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "queue-sync", help="copy the queue to the peer's replica (only on the VIP owner)"
     ).set_defaults(func=cmd_queue_sync)
+    rec = sub.add_parser("reconcile", help="a returning node: drop what the peer took over")
+    rec.add_argument("--release", action="store_true", help="release mail held by a failed run")
+    rec.set_defaults(func=cmd_reconcile)
     sub.add_parser(
         "keepalived-config", help="print keepalived.conf rendered from this node's settings"
     ).set_defaults(func=cmd_keepalived_config)
@@ -368,6 +390,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("piccolo").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     try:
         args.func(args)

@@ -49,6 +49,9 @@ class Settings:
     vrrp_interface: str
     vrrp_advert_int: str
     sync_freeze: str
+    peer_api_url: str | None
+    peer_api_token: str | None
+    peer_cert_fingerprint: str | None
 
     @property
     def generated_cert_file(self) -> Path:
@@ -186,4 +189,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vrrp_interface=r.text("VRRP_INTERFACE", "eth0"),
         vrrp_advert_int=r.text("VRRP_ADVERT_INT", "1"),
         sync_freeze=r.choice("SYNC_FREEZE", "freeze", ("freeze", "stop", "none")),
+        # The peer's API, for a returning node to ask what the peer took over. On the slave the
+        # peer is the master: its MASTER_* settings serve when these are not set.
+        peer_api_url=r.optional("PEER_API_URL") or master_api_url,
+        peer_api_token=r.optional("PEER_API_TOKEN") or master_api_token,
+        peer_cert_fingerprint=r.optional("PEER_CERT_FINGERPRINT")
+        or r.optional("MASTER_CERT_FINGERPRINT"),
     )

@@ -341,6 +341,16 @@ def up() -> None:
     boot("b", state)
     install("b", {"MASTER_API_URL": f"https://{ip('a')}:8443", "MASTER_API_TOKEN": token,
                   "MASTER_CERT_FINGERPRINT": fingerprint})
+    # A returning a asks b what b took over: a needs b's API, token and fingerprint (b uses
+    # its MASTER_* settings for a).
+    wait(lambda: node_exec("b", "test", "-s", "/var/lib/mailrelay/tls/node.crt",
+                           check=False).returncode == 0, "node b's HTTPS certificate", 60)
+    peer_token = mailrelay("b", "create-token", f"lab-peer-{int(time.time())}", "--kind",
+                           "cluster").stdout.strip()
+    peer_fp = node_exec("b", "openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in",
+                        "/var/lib/mailrelay/tls/node.crt").stdout.strip().split("=", 1)[-1]
+    install("a", {"PEER_API_URL": f"https://{ip('b')}:8443", "PEER_API_TOKEN": peer_token,
+                  "PEER_CERT_FINGERPRINT": peer_fp})
     # Queue sync: each node accepts the other's key, for rrsync into its replica only.
     keys = {n: node_exec(n, "cat", "/etc/mailrelay/sync_ed25519.pub").stdout.strip()
             for n in NODES}

@@ -281,3 +281,29 @@ def import_replica(replica: Path = REPLICA, spool: Path = Path("/var/spool/postf
     for source in sources:
         source.unlink(missing_ok=True)
     return imported
+
+
+def hold_all(spool: Path = Path("/var/spool/postfix")) -> list[str]:
+    """Put every message of incoming, active and deferred on hold (a returning node, before it
+    delivers anything); the IDs that were held. Works whether Postfix runs or not."""
+    ids = sorted(_ids(spool, ("incoming", "active", "deferred")))
+    postsuper_ids("-h", ids)
+    return ids
+
+
+def postsuper_ids(flag: str, ids: list[str]) -> int:
+    """postsuper -h/-H/-d for exactly these queue IDs (read from stdin); how many were given."""
+    if flag not in ("-h", "-H", "-d"):
+        raise SyncError(f"postsuper {flag} is not one of ours")
+    if ids:
+        result = subprocess.run(
+            ["postsuper", flag, "-"],
+            input="\n".join(ids) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SyncError(f"postsuper {flag} failed: {result.stderr.strip()}")
+    return len(ids)

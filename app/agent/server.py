@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.agent import queuesync
-from app.agent.postfix import AgentError, PostfixTools
+from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
 
 log = logging.getLogger("mailrelay.agent")
 MAX_REQUEST = 256 * 1024 * 1024
@@ -38,6 +38,16 @@ def _files(args: dict[str, Any]) -> tuple[int, dict[str, bytes]]:
         return version, {str(k): base64.b64decode(v, validate=True) for k, v in files.items()}
     except ValueError as exc:
         raise AgentError(f"files: {exc}") from None
+
+
+def _queue_ids(args: dict[str, Any]) -> list[str]:
+    ids = args.get("queue_ids")
+    if not isinstance(ids, list) or len(ids) > 1_000_000:
+        raise AgentError("queue_ids must be a list of queue IDs")
+    for queue_id in ids:
+        if not isinstance(queue_id, str) or not QUEUE_ID_RE.match(queue_id):
+            raise AgentError(f"not a queue ID: {queue_id!r}")
+    return ids
 
 
 def _queue_id(args: dict[str, Any]) -> str:
@@ -60,6 +70,9 @@ class Agent:
             "queue_list": self._queue_list,
             "queue_sync": self._queue_sync,
             "import_replica": lambda a: self._import_replica(),
+            "hold_all": lambda a: queuesync.hold_all(),
+            "delete_ids": lambda a: queuesync.postsuper_ids("-d", _queue_ids(a)),
+            "release_ids": lambda a: queuesync.postsuper_ids("-H", _queue_ids(a)),
             "flush_all": lambda a: self.tools.flush_all(),
             **{
                 action: (lambda a, action=action: self.tools.queue_action(action, _queue_id(a)))
@@ -101,7 +114,7 @@ class Agent:
         async with self.lock:
             try:
                 result = await asyncio.to_thread(self.verbs[verb], args)
-            except AgentError as exc:
+            except (AgentError, queuesync.SyncError) as exc:
                 return {"ok": False, "error": str(exc)}
             except OSError as exc:
                 # An answer, not a dropped connection: the caller shows and audits it.

@@ -291,6 +291,7 @@ async def run(
     on_ready: Callable[[], None] | None = None,
     flush_seconds: float = 5.0,
     on_master: Callable[[Notification], Awaitable[object]] | None = None,
+    on_return: Callable[[Notification], Awaitable[object]] | None = None,
 ) -> None:
     """Read the FIFO forever; keep the state file; record each state change in vrrp_events.
 
@@ -304,6 +305,7 @@ async def run(
     in_flight: list[_Pending] = []
     recorder = asyncio.create_task(_record(queue, node_id, in_flight), name="vrrp-record")
     promotions: set[asyncio.Task[object]] = set()
+    last_state: str | None = None
     if on_ready is not None:
         on_ready()
     try:
@@ -333,9 +335,16 @@ async def run(
                 except OSError as exc:
                     log.error("cannot write the state file %s: %s", state_file, exc)
                 queue.put_nowait(_Pending(at, event))
-                if event.state == "MASTER" and on_master is not None:
-                    # Promotion runs beside the reader: later events must not wait for it.
-                    promotions.add(asyncio.create_task(on_master(event)))
+                hook = None
+                if event.state == "MASTER":
+                    hook = on_master
+                elif event.state == "BACKUP" and last_state == "MASTER":
+                    # MASTER -> BACKUP: this node's queue is stale now, like after a reboot.
+                    hook = on_return
+                last_state = event.state
+                if hook is not None:
+                    # Hooks run beside the reader: later events must not wait for them.
+                    promotions.add(asyncio.create_task(hook(event)))
                     promotions = {t for t in promotions if not t.done()}
                 if recorder.done():  # it only ends on a bug: make that loud
                     recorder.result()
@@ -411,12 +420,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{event.state} {event.priority} at {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
             )
 
+        from app.cluster import reconcile
+
+        async def come_back(event: Notification) -> object:
+            return await reconcile.run_once(settings, agent)
+
         with contextlib.suppress(asyncio.CancelledError):
             await run(
                 args.fifo,
                 settings.node_id,
                 args.state_file,
                 on_master=promote,
+                on_return=come_back,
                 on_ready=lambda: _sd_notify("READY=1"),
             )
         _sd_notify("STOPPING=1")

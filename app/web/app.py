@@ -148,10 +148,12 @@ def create_app(settings: Settings) -> Litestar:
             queue.queue_page,
             queue.queue_action,
             queue.flush_queue,
+            queue.release_held,
             api.config_export,
             api.node_applied,
             api.acquire_lock,
             api.release_lock,
+            api.queue_imported,
             create_static_files_router(
                 path="/static", directories=[ROOT / "static"], opt={"public": True}
             ),

@@ -122,6 +122,8 @@ GERMAN: dict[str, str] = {
     "Choose two versions to compare.": "Wählen Sie zwei Versionen zum Vergleichen.",
     "Queue": "Warteschlange",
     "Queue ID": "Queue-ID",
+    "%d messages are on hold: this node came back and could not ask its peer which of them the peer already delivered. Releasing them may deliver some twice.": "%d Nachrichten sind angehalten: Dieser Knoten ist zurückgekehrt und konnte seinen Partner nicht fragen, welche davon der Partner bereits zugestellt hat. Freigeben kann einige doppelt zustellen.",
+    "Release the held mail": "Angehaltene Mail freigeben",
     "Message tracking": "Nachrichtenverfolgung",
     "Message": "Nachricht",
     "Search": "Suchen",

@@ -37,6 +37,7 @@ GUI = [
     ("GET", "/queue", "readonly"),
     ("POST", "/queue/{queue_id}/{action}", "operator"),
     ("POST", "/queue/flush", "operator"),
+    ("POST", "/queue/release-held", "operator"),
     ("GET", "/versions", "readonly"),
     ("GET", "/versions/{number}", "readonly"),
     ("GET", "/versions/diff", "readonly"),
@@ -61,6 +62,7 @@ API = [
     ("POST", "/api/nodes/applied", "cluster"),
     ("POST", "/api/sync-lock/acquire", "cluster"),
     ("POST", "/api/sync-lock/release", "cluster"),
+    ("GET", "/api/queue/imported", "cluster"),
 ]
 # JSON bodies of API calls (others: the sync-lock body).
 BODIES = {

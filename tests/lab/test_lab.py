@@ -248,6 +248,12 @@ def test_failover_takes_over_the_queue_and_the_vip(up):
 
     took = wait_for(lambda: replica_count() >= 200, 10 + 5, "200 messages in b's replica")
     print(f"\n200 queued on a -> in b's replica after {took:.1f} s (after sending)")
+    # One more message that a accepts after its last sync: only a's disk has it.
+    lab("exec", "a", "systemctl", "stop", "mailrelay-queue-sync.timer")
+    late = swaks(
+        "client", "late@app.example", VIP, "--header", f"Message-Id: <{tag}-late@drill.test>"
+    )
+    assert "250 2.0.0 Ok: queued" in late
     crashed = time.monotonic()
     lab("crash", "a")
     try:
@@ -281,6 +287,25 @@ def test_failover_takes_over_the_queue_and_the_vip(up):
         lab("boot", "a", timeout=300)
     time.sleep(8)  # several advert intervals: a would have taken the VIP back by now
     assert vip_owner() == "b", "nopreempt: a returning node must stay BACKUP"
+    # Failback: a asked b what b took over, dropped exactly that, and delivers the late one.
+    lab("exec", "a", "postqueue", "-f", check=False)
+
+    def late_count() -> int:
+        return sum(
+            1
+            for m in lab("sink", "sink1", "list").stdout.split()
+            if m == f"<{tag}-late@drill.test>"
+        )
+
+    wait_for(lambda: late_count() >= 1, 60, "the message a accepted after its last sync")
+    time.sleep(10)  # time for anything a still had to go out twice
+    ids = [m for m in lab("sink", "sink1", "list").stdout.split() if f"<{tag}-" in m]
+    print(
+        f"after failback: {len(set(ids))} unique drill messages, {len(ids) - len(set(ids))} "
+        "duplicates"
+    )
+    assert late_count() == 1
+    assert len(ids) == len(set(ids)) == 201, "nothing lost, nothing delivered twice"
 
 
 def test_a_clean_keepalived_stop_moves_the_vip(up):

@@ -156,3 +156,13 @@ async def release_lock(data: JSONBody[ReleaseLock]) -> Response[dict[str, Any]]:
         {"error": "conflict", "detail": "not the current holder of this lease"},
         status_code=HTTP_409_CONFLICT,
     )
+
+
+@get("/api/queue/imported", opt={"api": "cluster"})
+async def queue_imported() -> dict[str, Any]:
+    """The peer's original queue IDs this node took over when it became MASTER: a returning
+    peer deletes exactly these from its stale queue."""
+    from app.db.tables import QueueImport
+
+    rows = await QueueImport.select(QueueImport.original_queue_id)
+    return {"queue_ids": sorted({row["original_queue_id"] for row in rows})}

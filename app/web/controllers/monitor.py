@@ -12,7 +12,7 @@ from litestar.response import Template
 from app import reports
 from app.agent.client import AgentRefused, AgentUnavailable
 from app.auth.sessions import SessionUser
-from app.cluster import pull
+from app.cluster import pull, reconcile
 from app.config import service
 from app.postfix import pipeline
 from app.web.controllers.api import node_reports
@@ -75,6 +75,7 @@ async def dashboard(request: Req) -> Template:
     return page(
         request,
         "dashboard/page.html",
+        held_for_reconcile=len(reconcile.pending(settings)),
         tiles=await reports.kpi_tiles(settings.retention_days),
         rejects=await reports.recent_rejects(),
         latest=latest,

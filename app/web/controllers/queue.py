@@ -92,3 +92,20 @@ async def queue_action(
 @post("/queue/flush", opt={"role": "operator"})
 async def flush_queue(request: Req) -> Response[Any]:
     return await _act(request, "flush", None)
+
+
+@post("/queue/release-held", opt={"role": "operator"})
+async def release_held(request: Req) -> Response[Any]:
+    """The alert's button: the peer could not be asked, the operator releases the held mail."""
+    from app.cluster import reconcile
+
+    try:
+        await reconcile.release_held(
+            request.app.state.settings,
+            request.app.state.agent,
+            request.user.username,
+            source_ip(request),
+        )
+    except (AgentUnavailable, AgentRefused) as exc:
+        return page(request, "error.html", 503, title="Queue", detail=str(exc))
+    return done(request, "/")
