@@ -125,7 +125,7 @@ def sink_stop(state: dict, name: str) -> None:
 
 
 def sink_messages(name: str) -> list[dict]:
-    files = sorted(sink_dir(name).glob("*.json"), key=lambda p: int(p.stem))
+    files = sorted(sink_dir(name).glob("[0-9]*.json"), key=lambda p: int(p.stem))
     return [json.loads(p.read_text()) for p in files]
 
 

@@ -24,7 +24,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 class Recorder:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.counter = itertools.count(len(list(directory.glob("*.json"))) + 1)
+        self.counter = itertools.count(len(list(directory.glob("[0-9]*.json"))) + 1)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         n = next(self.counter)
@@ -89,7 +89,7 @@ def main() -> None:
 
 def received(directory: Path) -> list[dict[str, Any]]:
     """What a target recorded, in arrival order."""
-    files = sorted(directory.glob("*.json"), key=lambda p: int(p.stem))
+    files = sorted(directory.glob("[0-9]*.json"), key=lambda p: int(p.stem))
     return [json.loads(p.read_text()) for p in files]
 
 
