@@ -291,13 +291,32 @@ def hold_all(spool: Path = Path("/var/spool/postfix")) -> list[str]:
     return ids
 
 
+SCRATCH_CONFIG = Path("/var/lib/mailrelay-agent/postsuper-config")
+
+
+def _postsuper_config() -> Path:
+    """A copy of Postfix's configuration that logs to stdout. A returning node holds its queue
+    before Postfix (and its log daemon) starts; postsuper would then write maillog_file itself,
+    as the postfix user, which may not. The agent logs every call anyway."""
+    SCRATCH_CONFIG.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in ("main.cf", "master.cf"):
+        shutil.copy2(Path("/etc/postfix") / name, SCRATCH_CONFIG / name)
+    subprocess.run(
+        ["postconf", "-c", str(SCRATCH_CONFIG), "-e", "maillog_file=/dev/stdout"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return SCRATCH_CONFIG
+
+
 def postsuper_ids(flag: str, ids: list[str]) -> int:
     """postsuper -h/-H/-d for exactly these queue IDs (read from stdin); how many were given."""
     if flag not in ("-h", "-H", "-d"):
         raise SyncError(f"postsuper {flag} is not one of ours")
     if ids:
         result = subprocess.run(
-            ["postsuper", flag, "-"],
+            ["postsuper", "-c", str(_postsuper_config()), flag, "-"],
             input="\n".join(ids) + "\n",
             capture_output=True,
             text=True,
