@@ -295,14 +295,22 @@ SCRATCH_CONFIG = Path("/var/lib/mailrelay-agent/postsuper-config")
 
 
 def _postsuper_config() -> Path:
-    """A copy of Postfix's configuration that logs to stdout. A returning node holds its queue
-    before Postfix (and its log daemon) starts; postsuper would then write maillog_file itself,
-    as the postfix user, which may not. The agent logs every call anyway."""
+    """A copy of Postfix's configuration that does not log to maillog_file. A returning node
+    holds its queue before Postfix (and its log daemon) starts; postsuper would then open
+    maillog_file itself after dropping to the postfix user, which may not write it (nor the
+    agent's stdout). The agent logs every call and its outcome instead."""
     SCRATCH_CONFIG.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name in ("main.cf", "master.cf"):
         shutil.copy2(Path("/etc/postfix") / name, SCRATCH_CONFIG / name)
     subprocess.run(
-        ["postconf", "-c", str(SCRATCH_CONFIG), "-e", "maillog_file=/dev/stdout"],
+        [
+            "postconf",
+            "-c",
+            str(SCRATCH_CONFIG),
+            "-e",
+            "maillog_file_prefixes=/dev/null",
+            "maillog_file=/dev/null",
+        ],
         capture_output=True,
         check=True,
         timeout=60,
