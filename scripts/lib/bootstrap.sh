@@ -29,6 +29,15 @@ BOOTSTRAP_APT_PACKAGES=(
     iproute2
     util-linux
     systemd
+    # The two-node lab: nodes boot on overlays of this machine's root, so everything
+    # scripts/install-node needs must be installed here (the nodes have no internet).
+    systemd-container
+    keepalived
+    rsync
+    openssh-server
+    openssh-client
+    python3
+    python3-venv
 )
 
 BOOTSTRAP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
