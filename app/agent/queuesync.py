@@ -267,17 +267,7 @@ def import_replica(replica: Path = REPLICA, spool: Path = Path("/var/spool/postf
                     os.chmod(tmp, 0o700)
                     os.rename(tmp, spool / "hold" / name)
                 imported.append(name)
-    if imported:
-        result = subprocess.run(
-            ["postsuper", "-r", "-"],
-            input="\n".join(imported) + "\n",
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise SyncError(f"postsuper -r failed: {result.stderr.strip()}")
+    postsuper_ids("-r", imported)
     for source in sources:
         source.unlink(missing_ok=True)
     return imported
@@ -319,8 +309,9 @@ def _postsuper_config() -> Path:
 
 
 def postsuper_ids(flag: str, ids: list[str]) -> int:
-    """postsuper -h/-H/-d for exactly these queue IDs (read from stdin); how many were given."""
-    if flag not in ("-h", "-H", "-d"):
+    """postsuper -h/-H/-d/-r for exactly these queue IDs (read from stdin); how many were
+    given."""
+    if flag not in ("-h", "-H", "-d", "-r"):
         raise SyncError(f"postsuper {flag} is not one of ours")
     if ids:
         result = subprocess.run(
