@@ -49,6 +49,8 @@ class Settings:
     vrrp_interface: str
     vrrp_advert_int: str
     sync_freeze: str
+    sync_flush: bool
+    config_pull_wait_seconds: float
     peer_api_url: str | None
     peer_api_token: str | None
     peer_cert_fingerprint: str | None
@@ -131,6 +133,10 @@ class _Reader:
             raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.choice(name, "yes" if default else "no", ("yes", "no", "true", "false"))
+        return value in ("yes", "true")
+
     def path(self, name: str, default: str | None = None) -> Path | None:
         value = self.raw(name) or default
         return Path(value) if value else None
@@ -189,6 +195,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vrrp_interface=r.text("VRRP_INTERFACE", "eth0"),
         vrrp_advert_int=r.text("VRRP_ADVERT_INT", "1"),
         sync_freeze=r.choice("SYNC_FREEZE", "freeze", ("freeze", "stop", "none")),
+        sync_flush=r.flag("SYNC_FLUSH", False),
+        # Below the pull timer's 10 s, so that one run ends before the timer's next start.
+        config_pull_wait_seconds=r.number("CONFIG_PULL_WAIT_SECONDS", 8.0, 0.0, 60.0),
         # The peer's API, for a returning node to ask what the peer took over. On the slave the
         # peer is the master: its MASTER_* settings serve when these are not set.
         peer_api_url=r.optional("PEER_API_URL") or master_api_url,

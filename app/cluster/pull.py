@@ -189,11 +189,19 @@ def _hex(digest: bytes) -> str:
 
 @contextlib.asynccontextmanager
 async def _master(
-    url: str, token: str, pull: PullSettings, method: str, path: str, body: Any = None
+    url: str,
+    token: str,
+    pull: PullSettings,
+    method: str,
+    path: str,
+    body: Any = None,
+    params: dict[str, Any] | None = None,
+    wait: float = 0.0,
 ) -> AsyncIterator[httpx.Response]:
     """One request to the master with the bearer token, over HTTPS checked against the pin or
     the CA file before the token is sent: the streamed response (a refused token is a
-    PullError; any other status is the caller's to judge). Used by the export and the report."""
+    PullError; any other status is the caller's to judge). Used by the export and the report.
+    `wait`: how long the master may hold the answer back (a long poll) on top of the timeout."""
     endpoint = url.rstrip("/") + path
     extensions: dict[str, Any] = {}
     if pull.master_cert_fingerprint is not None:
@@ -203,7 +211,7 @@ async def _master(
     async with httpx.AsyncClient(
         verify=pull.ssl_context(),
         trust_env=False,
-        timeout=httpx.Timeout(TIMEOUT_SECONDS),
+        timeout=httpx.Timeout(TIMEOUT_SECONDS, read=TIMEOUT_SECONDS + wait),
         follow_redirects=False,
     ) as client:
         try:
@@ -212,6 +220,7 @@ async def _master(
                 endpoint,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                 json=body,
+                params=params,
                 extensions=extensions,
             ) as response:
                 if response.status_code in (401, 403):
@@ -223,9 +232,15 @@ async def _master(
             raise PullError(f"cannot reach the master at {endpoint}: {exc or type(exc)}") from None
 
 
-async def fetch_export(url: str, token: str, pull: PullSettings) -> dict[str, Any]:
-    """GET {url}/api/config/export with the bearer token; the parsed JSON body."""
-    async with _master(url, token, pull, "GET", "/api/config/export") as response:
+async def fetch_export(
+    url: str, token: str, pull: PullSettings, newer_than: int | None = None, wait: float = 0.0
+) -> dict[str, Any]:
+    """GET {url}/api/config/export with the bearer token; the parsed JSON body. With
+    `newer_than`, the master answers as soon as a newer version exists, or after `wait` s."""
+    params = {"newer_than": newer_than, "wait": wait} if newer_than is not None and wait else None
+    async with _master(
+        url, token, pull, "GET", "/api/config/export", params=params, wait=wait
+    ) as response:
         if response.status_code != 200:
             raise PullError(f"the master answered HTTP {response.status_code}")
         body = bytearray()
@@ -408,7 +423,13 @@ async def _run(
     if not settings.master_api_url or not settings.master_api_token:
         raise SettingsError("MASTER_API_URL and MASTER_API_TOKEN are required on a slave")
     try:
-        export = await fetch_export(settings.master_api_url, settings.master_api_token, pull)
+        export = await fetch_export(
+            settings.master_api_url,
+            settings.master_api_token,
+            pull,
+            newer_than=await last_pulled_master_version(),
+            wait=settings.config_pull_wait_seconds,
+        )
     except PullError as exc:
         return PullResult("failed", str(exc))
     result = await _pull(settings, agent, box, export)

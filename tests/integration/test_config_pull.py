@@ -393,9 +393,16 @@ def box(app: Any) -> SecretBox:
     return SecretBox(app.state.settings.secret_key_file)
 
 
-def slave(settings: Any, url: str, token: str) -> Any:
+def slave(settings: Any, url: str, token: str, wait: float = 0.0) -> Any:
+    """The slave's settings; `wait` is CONFIG_PULL_WAIT_SECONDS (the long poll, off unless a
+    test is about it)."""
     return dataclasses.replace(
-        settings, cluster_mode="slave", master_api_url=url, master_api_token=token, node_id="b"
+        settings,
+        cluster_mode="slave",
+        master_api_url=url,
+        master_api_token=token,
+        node_id="b",
+        config_pull_wait_seconds=wait,
     )
 
 
@@ -498,6 +505,48 @@ async def test_the_same_version_again_is_nothing_to_do_and_a_newer_one_is_pulled
         {"cidr": "198.51.100.0/24", "comment": ""}
     ]
     assert agent.applied == [1, 2]
+
+
+async def test_a_pull_waits_at_the_master_for_a_newer_version(
+    settings, master, master_db, agent, box
+):
+    """The long poll: with nothing new the master holds the answer for the wait; a version made
+    during the wait is answered at once, so the slave needs no timer run to see it."""
+    master_config(master)
+    [token] = master_do(master, ["token", "slave-b", "cluster"])
+    assert (await run(slave(settings, master.url, token), agent, box, pinned(master.pin))).ok
+
+    started = time.monotonic()
+    idle = await run(slave(settings, master.url, token, wait=1.5), agent, box, pinned(master.pin))
+    assert idle.outcome == "unchanged", idle.detail
+    assert time.monotonic() - started >= 1.5, "the master answered before the wait ran out"
+
+    node = slave(settings, master.url, token, wait=40)
+    waiting = asyncio.create_task(run(node, agent, box, pinned(master.pin)))
+    await asyncio.sleep(1.0)
+    assert not waiting.done(), "the master answered although nothing new existed"
+    changed = time.monotonic()
+    await asyncio.to_thread(master_do, master, ["domain", "example.net"])
+    result = await asyncio.wait_for(waiting, 60)
+    assert result.outcome == "applied" and result.master_version == 5, result.detail
+    # Answered when the version was made, not when the 40 s ran out.
+    assert time.monotonic() - changed < 30
+    assert agent.applied == [1, 2]
+
+
+async def test_the_export_refuses_an_unbounded_wait(master, master_db):
+    [token] = master_do(master, ["token", "slave-b", "cluster"])
+    context = ssl.create_default_context(cafile=str(master.env["TLS_CERT_FILE"]))
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    async with httpx.AsyncClient(verify=context) as client:
+        response = await client.get(
+            master.url + "/api/config/export",
+            params={"newer_than": 0, "wait": 3600},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert response.status_code == 400
+    assert "wait at most 60 seconds" in response.text
 
 
 async def test_a_ca_file_instead_of_a_pin(settings, master, master_db, pki, agent, box):

@@ -9,7 +9,7 @@ from typing import Any
 
 from litestar import Request, get, post
 from litestar.exceptions import ClientException
-from litestar.params import JSONBody
+from litestar.params import FromQuery, JSONBody
 from litestar.response import Response
 from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
@@ -21,10 +21,24 @@ from app.db.tables import AppliedVersion
 Req = Request[TokenPrincipal, Any, Any]
 
 
+# A long poll longer than this would hold a connection past most proxies' idle timeouts.
+MAX_EXPORT_WAIT_SECONDS = 60.0
+
+
 @get("/api/config/export", opt={"api": "read"})
-async def config_export(request: Req) -> dict[str, Any]:
+async def config_export(
+    request: Req, newer_than: FromQuery[int | None] = None, wait: FromQuery[float] = 0.0
+) -> dict[str, Any]:
     """The latest config version. Secrets are sealed for the peer with a cluster token, else
-    omitted."""
+    omitted. With `newer_than` and `wait` (seconds) the answer waits until a version newer
+    than `newer_than` exists or `wait` runs out (a long poll: the slave's pull gets a change
+    the moment it is made), then returns the latest version either way."""
+    if newer_than is not None and wait > 0:
+        if newer_than < 0 or not wait <= MAX_EXPORT_WAIT_SECONDS:
+            raise ClientException(
+                f"newer_than must be >= 0 and wait at most {MAX_EXPORT_WAIT_SECONDS:g} seconds"
+            )
+        await service.wait_for_version_after(newer_than, wait)
     return export.build(
         await service.latest_version(), request.app.state.box, request.user.kind == "cluster"
     )
