@@ -57,6 +57,8 @@ async def run_once(settings: Settings, agent: AgentClient, freeze: str) -> SyncR
             settings, started_at, started, "failed", str(exc), freeze, token=lease.fencing_token
         )
     await locks.release(LOCK, holder, lease.fencing_token)
+    if report["ok"] and settings.sync_flush:
+        await _flush(agent)
     return await _record(
         settings,
         started_at,
@@ -69,6 +71,15 @@ async def run_once(settings: Settings, agent: AgentClient, freeze: str) -> SyncR
         files=report.get("files", 0),
         size=report.get("bytes", 0),
     )
+
+
+async def _flush(agent: AgentClient) -> None:
+    """SYNC_FLUSH: `postqueue -f` after the copy, as the seed did. A failed flush is logged;
+    the sync itself succeeded and is recorded so."""
+    try:
+        await agent.call("flush_all")
+    except (AgentUnavailable, AgentRefused) as exc:
+        log.warning("queue-sync: postqueue -f after the sync failed: %s", exc)
 
 
 async def _record(
