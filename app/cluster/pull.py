@@ -422,21 +422,38 @@ async def _run(
         pull = PullSettings.load()
     if not settings.master_api_url or not settings.master_api_token:
         raise SettingsError("MASTER_API_URL and MASTER_API_TOKEN are required on a slave")
-    try:
-        export = await fetch_export(
-            settings.master_api_url,
-            settings.master_api_token,
-            pull,
-            newer_than=await last_pulled_master_version(),
-            wait=settings.config_pull_wait_seconds,
-        )
-    except PullError as exc:
-        return PullResult("failed", str(exc))
-    result = await _pull(settings, agent, box, export)
-    # The master answered: tell it what runs here now, whatever this run did (applied, nothing
-    # to do, or refused and kept the last good version), so its dashboard is current, also
-    # after the master's own restart.
-    await report_applied(settings, pull)
+    # The run follows the master until CONFIG_PULL_WAIT_SECONDS are up: after applying a
+    # version it waits at the master again, so that the next change does not have to wait for
+    # the timer's next run either.
+    deadline = time.monotonic() + settings.config_pull_wait_seconds
+    applied: list[PullResult] = []
+    while True:
+        try:
+            export = await fetch_export(
+                settings.master_api_url,
+                settings.master_api_token,
+                pull,
+                newer_than=await last_pulled_master_version(),
+                wait=max(0.0, deadline - time.monotonic()),
+            )
+        except PullError as exc:
+            result = PullResult("failed", str(exc))
+            break
+        result = await _pull(settings, agent, box, export)
+        # The master answered: tell it what runs here now, whatever this run did (applied,
+        # nothing to do, or refused and kept the last good version), so its dashboard is
+        # current, also after the master's own restart.
+        await report_applied(settings, pull)
+        if result.outcome != "applied" or time.monotonic() >= deadline:
+            break
+        applied.append(result)
+    if applied and result.outcome == "unchanged":
+        # The versions applied are what an operator wants to read in the run's log line.
+        result = applied[-1]
+        if len(applied) > 1:
+            result.detail = f"{len(applied)} versions, the last: {result.detail}"
+    elif applied:
+        result.detail += f" (after {len(applied)} applied in this run)"
     return result
 
 
