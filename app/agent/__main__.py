@@ -2,6 +2,7 @@
 
   serve               run the agent on AGENT_SOCKET (or the systemd-activated socket)
   postfix-settings    apply postfix-conf/main.cf.fragment with postconf (--check: only show)
+  thaw                undo what a queue sync that died mid-copy left (the unit's ExecStopPost)
 
 Environment: AGENT_SOCKET (/run/mailrelay/agent.sock), POSTFIX_CONFIG_DIR (/etc/postfix),
 POSTFIX_MAPS_ROOT (/etc/postfix/mailrelay), AGENT_SOCKET_MODE (0660); for postfix-settings the
@@ -18,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from app.agent import queuesync
 from app.agent.postfix import AgentError, PostfixTools
 from app.agent.server import serve
 
@@ -42,12 +44,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="override a fragment value for this host (e.g. mailrelay_tls_dir=/etc/x)",
     )
     settings.set_defaults(func=cmd_postfix_settings)
+    thaw = sub.add_parser("thaw", help="thaw or restart Postfix after a sync that died mid-copy")
+    thaw.set_defaults(func=cmd_thaw)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    # Belt and braces for ExecStopPost: an agent started by hand has none.
+    cmd_thaw(args)
     socket_path = Path(os.environ.get("AGENT_SOCKET", "/run/mailrelay/agent.sock"))
     mode = int(os.environ.get("AGENT_SOCKET_MODE", "0660"), 8)
     asyncio.run(serve(socket_path, tools_from_env(), mode))
+
+
+def cmd_thaw(args: argparse.Namespace) -> None:
+    for action in queuesync.recover():
+        logging.getLogger("mailrelay.agent").warning("a queue sync died mid-copy: %s", action)
 
 
 def cmd_postfix_settings(args: argparse.Namespace) -> None:

@@ -9,10 +9,13 @@ the peer's live queue. See ../shared notes: postfix-ha.md.
 Freeze modes:
   freeze  the cgroup v2 freezer of the Postfix service (SIGSTOP of the process tree when no
           freezer is found): the listening socket stays open, clients only see a late greeting
-  stop    `postfix stop` / copy / `postfix start`: the seed's way, kept for comparison
+  stop    `postfix stop` / copy / `postfix start`: the seed's way, kept for comparison (as
+          `systemctl stop/start` of Postfix's unit when systemd runs it)
   none    copy while Postfix runs (the copy may be inconsistent; delivered-twice, never lost)
 A thaw always follows, also when rsync fails or hangs; a watchdog thread thaws after the
-deadline even if this thread is stuck.
+deadline even if this thread is stuck. When the agent itself dies mid-copy (killed, crashed,
+restarted), its unit's ExecStopPost runs `recover()` (`python -m app.agent thaw`), and so does
+the next agent at start-up.
 """
 
 from __future__ import annotations
@@ -27,10 +30,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
 FREEZE_MODES = ("freeze", "stop", "none")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+# Written before `postfix stop` in stop mode and removed after `postfix start`: if the agent dies
+# in between, recover() knows that Postfix is down because of a sync, not because an operator
+# stopped it. Under /run (the unit's RuntimeDirectory), so a reboot forgets it: at boot Postfix
+# must wait for the return reconcile, not be started by the agent.
+STOPPED_MARKER = Path("/run/mailrelay-agent/postfix-stopped-for-sync")
 
 
 class SyncError(Exception):
@@ -45,6 +54,10 @@ class SyncConfig:
     spool: Path = Path("/var/spool/postfix")
     known_hosts: Path = Path("/var/lib/mailrelay-agent/sync_known_hosts")
     timeout: float = 60.0
+    # The frozen pass carries only what changed since the bulk pass; one that takes longer
+    # than this has a stuck link or peer, and holding every SMTP client that long is worse
+    # than a failed run (the next run, 5 s later, starts with a bulk pass again).
+    frozen_timeout: float = 15.0
     bwlimit_kbps: int = 0
 
     @classmethod
@@ -77,20 +90,43 @@ class SyncReport:
 
 
 def postfix_cgroup() -> Path | None:
-    """The cgroup v2 directory of the Postfix master process, if this host has one."""
+    """The cgroup v2 directory of the Postfix master process, if this host has one of its own.
+    Never the agent's own cgroup (a Postfix started by hand from the agent would be in it):
+    freezing that would freeze the agent, and its thaw, too."""
     try:
         pid = int(Path("/var/spool/postfix/pid/master.pid").read_text().split()[0])
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except (OSError, ValueError, IndexError):
         return None
-    for line in lines:
-        if line.startswith("0::"):
-            relative = line[3:].lstrip("/")
-            for root in CGROUP_ROOTS:
-                candidate = root / relative
-                if (candidate / "cgroup.freeze").exists():
-                    return candidate
+    relative = _cgroup_of(lines)
+    if relative is None or relative == _cgroup_of(_own_cgroup_lines()):
+        return None
+    for root in CGROUP_ROOTS:
+        candidate = root / relative
+        if (candidate / "cgroup.freeze").exists():
+            return candidate
     return None
+
+
+def _cgroup_of(lines: list[str]) -> str | None:
+    return next((line[3:].lstrip("/") for line in lines if line.startswith("0::")), None)
+
+
+def _own_cgroup_lines() -> list[str]:
+    try:
+        return Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def postfix_unit() -> str | None:
+    """The systemd unit Postfix runs in (Debian: postfix@-.service), from its cgroup's name.
+    Stop mode stops and starts that unit: a bare `postfix start` from the agent would put the
+    new master into the agent's own cgroup, outside the unit that owns it."""
+    cgroup = postfix_cgroup()
+    if cgroup is None or not cgroup.name.endswith(".service"):
+        return None
+    return cgroup.name
 
 
 def _postfix_pids() -> list[int]:
@@ -106,10 +142,18 @@ def _postfix_pids() -> list[int]:
     return pids + [int(p) for p in children]
 
 
+_CONTROL: dict[str, Any] = {"capture_output": True, "check": True, "timeout": 60}
+
+
+def _postfix_control(action: str, unit: str | None) -> list[str]:
+    return ["systemctl", action, unit] if unit else ["postfix", action]
+
+
 class Freezer:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.cgroup = postfix_cgroup() if mode == "freeze" else None
+        self.unit = postfix_unit() if mode == "stop" else None
         self.stopped: list[int] = []
         self.frozen_at: float | None = None
         self.lock = threading.Lock()
@@ -118,7 +162,8 @@ class Freezer:
         with self.lock:
             self.frozen_at = time.monotonic()
             if self.mode == "stop":
-                subprocess.run(["postfix", "stop"], capture_output=True, check=True, timeout=60)
+                STOPPED_MARKER.write_text(f"{self.unit or ''}\n")
+                subprocess.run(_postfix_control("stop", self.unit), **_CONTROL)
             elif self.mode == "freeze" and self.cgroup is not None:
                 (self.cgroup / "cgroup.freeze").write_text("1")
                 deadline = time.monotonic() + 5
@@ -138,7 +183,8 @@ class Freezer:
             if self.frozen_at is None:
                 return 0.0
             if self.mode == "stop":
-                subprocess.run(["postfix", "start"], capture_output=True, check=False, timeout=60)
+                subprocess.run(_postfix_control("start", self.unit), **_CONTROL | {"check": False})
+                STOPPED_MARKER.unlink(missing_ok=True)
             elif self.cgroup is not None:
                 (self.cgroup / "cgroup.freeze").write_text("0")
             for pid in self.stopped:
@@ -147,6 +193,26 @@ class Freezer:
             frozen = time.monotonic() - self.frozen_at
             self.frozen_at, self.stopped = None, []
             return frozen
+
+
+def recover() -> list[str]:
+    """Undo whatever a sync that died mid-copy left behind: thaw Postfix's cgroup, continue its
+    processes (the SIGSTOP fallback) and start Postfix if a stop-mode sync stopped it. Safe to
+    run any time: nothing else in the product freezes Postfix. What it did, for the log."""
+    done = []
+    cgroup = postfix_cgroup()
+    if cgroup is not None and (cgroup / "cgroup.freeze").read_text().strip() == "1":
+        (cgroup / "cgroup.freeze").write_text("0")
+        done.append(f"thawed {cgroup}")
+    for pid in _postfix_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    if STOPPED_MARKER.exists():
+        command = _postfix_control("start", STOPPED_MARKER.read_text().strip() or None)
+        started = subprocess.run(command, text=True, **_CONTROL | {"check": False})
+        done.append(f"{' '.join(command)}: {(started.stderr or started.stdout).strip() or 'ok'}")
+        STOPPED_MARKER.unlink(missing_ok=True)
+    return done
 
 
 _STATS = {
@@ -204,12 +270,13 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
         if mode != "none":
             _rsync(config, config.timeout)
             report.passes.append("bulk")
+        frozen_timeout = config.frozen_timeout if mode != "none" else config.timeout
         freezer.freeze()
-        watchdog = threading.Timer(config.timeout + 5, freezer.thaw)
+        watchdog = threading.Timer(frozen_timeout + 5, freezer.thaw)
         watchdog.daemon = True
         watchdog.start()
         try:
-            report.files, report.bytes = _rsync(config, config.timeout)
+            report.files, report.bytes = _rsync(config, frozen_timeout)
             report.passes.append("frozen" if mode != "none" else "live")
         finally:
             report.freeze_seconds = freezer.thaw()
