@@ -408,10 +408,18 @@ def status() -> None:
 
 
 def partition(on: bool) -> None:
+    # A firewall in each node's namespace, not a route: keepalived sends its unicast adverts on
+    # a raw socket bound to the interface, which a blackhole route does not stop. Everything
+    # else (the VIP, the sinks, the clients) stays reachable from both nodes.
     for node, peer in (("a", "b"), ("b", "a")):
-        action = "add" if on else "del"
-        run("ip", "netns", "exec", ns(node), "ip", "route", action, "blackhole", f"{ip(peer)}/32",
-            check=on)
+        for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
+            rule = [chain, side, f"{ip(peer)}/32", "-j", "DROP"]
+            present = run("ip", "netns", "exec", ns(node), "iptables", "-C", *rule,
+                          check=False).returncode == 0
+            if on and not present:
+                run("ip", "netns", "exec", ns(node), "iptables", "-I", *rule)
+            elif not on and present:
+                run("ip", "netns", "exec", ns(node), "iptables", "-D", *rule)
 
 
 def down() -> None:

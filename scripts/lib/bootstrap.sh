@@ -27,6 +27,8 @@ BOOTSTRAP_APT_PACKAGES=(
     pflogsumm
     openssl
     iproute2
+    # scripts/lab partition: a firewall between the two nodes' namespaces.
+    iptables
     util-linux
     systemd
     # The two-node lab: nodes boot on overlays of this machine's root, so everything
