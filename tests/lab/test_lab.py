@@ -1,97 +1,19 @@
-"""The two-node lab, everything real: `scripts/lab up` once for this module, then the checks of
-the deployment issue, then `scripts/lab down`. Needs root (namespaces, nspawn, overlay mounts);
-elsewhere the module is skipped with the reason."""
+"""The two-node lab, everything real: the checks of the deployment issue (the lab is brought up
+once for all lab modules, see conftest.py). Needs root (namespaces, nspawn, overlay mounts);
+elsewhere the lab tests are skipped with the reason."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-LAB = str(ROOT / "scripts" / "lab")
-VIP = "198.18.0.100"
-A, B = "198.18.0.11", "198.18.0.12"
+from tests.lab.labtools import VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
 
 pytestmark = pytest.mark.lab
-
-
-def lab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [LAB, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"scripts/lab {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "the lab needs root (network namespaces, overlay mounts, systemd-nspawn)"
-    if shutil.which("systemd-nspawn") is None:
-        return "systemd-nspawn is missing (Debian package systemd-container)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def up():
-    reason = why_not()
-    if reason:
-        print(f"\nSKIP lab tests: {reason}")
-        pytest.skip(reason)
-    lab("down", check=False)
-    try:
-        result = lab("up", timeout=900)
-        yield result.stdout
-    finally:
-        lab("down", check=False, timeout=300)
-        assert (
-            "mrlab"
-            not in subprocess.run(
-                ["ip", "netns", "list"], capture_output=True, text=True, check=False
-            ).stdout
-        )
-
-
-def swaks(host: str, sender: str, server: str = VIP, *extra: str, timeout: int = 10) -> str:
-    # Straight into the client's namespace (what `scripts/lab exec` does, minus its start-up).
-    cmd = [
-        "ip",
-        "netns",
-        "exec",
-        f"mrlab-{host}",
-        "swaks",
-        "--server",
-        server,
-        "--from",
-        sender,
-        "--to",
-        "you@dest.example",
-        "--timeout",
-        str(timeout),
-        *extra,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 20, check=False)
-    return result.stdout + result.stderr
-
-
-def vip_owner() -> str:
-    match = re.search(r"VIP \S+: (\w+)", lab("status").stdout)
-    return match.group(1) if match else "?"
-
-
-def wait_for(condition, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_up_prints_what_to_try(up):
@@ -159,38 +81,8 @@ def test_the_passive_node_holds_a_copy_of_the_queue_soon(up):
         lab("exec", "a", "postqueue", "-f", check=False)
 
 
-def _gui_session(base: str):
-    """Log in to a node's GUI as admin over real HTTPS (the lab's self-signed certificate),
-    doing the forced password change of the first login when it is due."""
-    import httpx
-
-    client = httpx.Client(base_url=base, verify=False, timeout=20)  # noqa: S501 - lab cert
-    client.get("/login")
-    token = client.cookies["csrftoken"]
-    for password in ("lab-admin-password-1", "Admin123"):
-        response = client.post(
-            "/login",
-            data={"username": "admin", "password": password},
-            headers={"x-csrftoken": token},
-            follow_redirects=False,
-        )
-        if response.status_code == 303:
-            break
-    if response.headers["location"] == "/password":
-        client.post(
-            "/password",
-            headers={"x-csrftoken": token},
-            data={
-                "current_password": "Admin123",
-                "new_password": "lab-admin-password-1",
-                "new_password_again": "lab-admin-password-1",
-            },
-        )
-    return client, token
-
-
 def test_a_change_on_the_master_is_enforced_by_the_slave_soon(up):
-    client, token = _gui_session(f"https://{A}:8443")
+    client, token = gui_session(f"https://{A}:8443")
     domain = f"new{int(time.time())}.example"
     response = client.post(
         "/domains", data={"name": domain}, headers={"x-csrftoken": token}, follow_redirects=False

@@ -1,0 +1,36 @@
+"""One lab for every lab test module: `scripts/lab up` before the first lab test, `scripts/lab
+down` after the last (also when they fail)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.lab.labtools import lab, why_not
+
+
+@pytest.fixture(scope="session")
+def up():
+    reason = why_not()
+    if reason:
+        print(f"\nSKIP lab tests: {reason}")
+        pytest.skip(reason)
+    if os.environ.get("MAILRELAY_LAB_REUSE") == "1":
+        # While writing a lab test: run it against a lab that `scripts/lab up` brought up (and
+        # `scripts/lab install NODE` updated), and leave it up.
+        yield lab("status").stdout
+        return
+    lab("down", check=False)
+    try:
+        result = lab("up", timeout=900)
+        yield result.stdout
+    finally:
+        lab("down", check=False, timeout=300)
+        assert (
+            "mrlab"
+            not in subprocess.run(
+                ["ip", "netns", "list"], capture_output=True, text=True, check=False
+            ).stdout
+        )
