@@ -8,7 +8,10 @@ the peer's live queue. See ../shared notes: postfix-ha.md.
 
 Freeze modes:
   freeze  the cgroup v2 freezer of the Postfix service (SIGSTOP of the process tree when no
-          freezer is found): the listening socket stays open, clients only see a late greeting
+          freezer is found): the listening socket stays open, clients only see a late greeting.
+          Under the freeze the queue is copied to a local snapshot (SYNC_SNAPSHOT_DIR; a copy
+          taken while Postfix ran moved the bulk before), and the snapshot goes to the peer
+          after the thaw: no network, ssh or peer in the frozen window.
   stop    `postfix stop` / copy / `postfix start`: the seed's way, kept for comparison (as
           `systemctl stop/start` of Postfix's unit when systemd runs it)
   none    copy while Postfix runs (the copy may be inconsistent; delivered-twice, never lost)
@@ -28,12 +31,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
 FREEZE_MODES = ("freeze", "stop", "none")
+SNAPSHOT_DIR = Path("/var/lib/mailrelay-agent/queue-snapshot")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 # Written before `postfix stop` in stop mode and removed after `postfix start`: if the agent dies
 # in between, recover() knows that Postfix is down because of a sync, not because an operator
@@ -59,6 +64,8 @@ class SyncConfig:
     # than a failed run (the next run, 5 s later, starts with a bulk pass again).
     frozen_timeout: float = 15.0
     bwlimit_kbps: int = 0
+    # freeze mode's local snapshot of the queue (as large as the queue itself).
+    staging: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> SyncConfig:
@@ -71,7 +78,17 @@ class SyncConfig:
             peer=peer,
             ssh_key=Path(env.get("SYNC_SSH_KEY", "/etc/mailrelay/sync_ed25519")),
             remote_user=env.get("SYNC_REMOTE_USER", "mailrelay-sync"),
+            staging=_snapshot_dir(env.get("SYNC_SNAPSHOT_DIR")),
         )
+
+
+def _snapshot_dir(value: str | None) -> Path | None:
+    """SYNC_SNAPSHOT_DIR: unset is the default directory; set empty, no snapshot (for a host
+    without the disk for a second copy of its queue): the frozen pass then copies straight to
+    the peer, ssh and all, and the freeze lasts that long."""
+    if value is None:
+        return SNAPSHOT_DIR
+    return Path(value.strip()) if value.strip() else None
 
 
 @dataclass
@@ -221,35 +238,39 @@ _STATS = {
 }
 
 
-def _rsync(config: SyncConfig, timeout: float) -> tuple[int, int]:
-    ssh = (
+def _ssh(config: SyncConfig) -> str:
+    return (
         f"ssh -i {config.ssh_key} -o BatchMode=yes -o ConnectTimeout=5 "
         f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={config.known_hosts}"
     )
-    sources = [str(config.spool / part) for part in QUEUE_PARTS if (config.spool / part).exists()]
-    command = [
-        "rsync",
-        "-rlptH",
-        "--delete",
-        "--stats",
-        f"--timeout={max(int(timeout), 5)}",
-        "-e",
-        ssh,
-        *sources,
-        f"{config.remote_user}@{config.peer}:/",
-    ]
-    if config.bwlimit_kbps:
-        command.insert(1, f"--bwlimit={config.bwlimit_kbps}")
+
+
+def _rsync(config: SyncConfig, source: Path, timeout: float, local: Path | None = None) -> Stats:
+    """Copy the queue parts under `source` to the peer's replica, or to the local directory
+    `local`. To the peer, new files are put in place and old ones deleted only at the end
+    (--delay-updates --delete-after): a copy that fails half-way leaves the replica as it was,
+    not a mix in which a message that moved between queue directories is in neither."""
+    sources = [str(source / part) for part in QUEUE_PARTS if (source / part).exists()]
+    command = ["rsync", "-rlptH", "--stats", f"--timeout={max(int(timeout), 5)}"]
+    if local is not None:
+        command += ["--delete", *sources, f"{local}/"]
+        where = str(local)
+    else:
+        command += ["--delay-updates", "--delete-after", "-e", _ssh(config)]
+        command += [*sources, f"{config.remote_user}@{config.peer}:/"]
+        if config.bwlimit_kbps:
+            command.insert(1, f"--bwlimit={config.bwlimit_kbps}")
+        where = config.peer
     try:
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
-        raise SyncError(f"rsync to {config.peer} took longer than {timeout:.0f} s") from None
+        raise SyncError(f"rsync to {where} took longer than {timeout:.0f} s") from None
     # 24: files vanished during the copy (Postfix moved them): the next run copies them.
     if result.returncode not in (0, 24):
         raise SyncError(
-            f"rsync to {config.peer} failed ({result.returncode}): "
+            f"rsync to {where} failed ({result.returncode}): "
             f"{(result.stderr or result.stdout).strip()[-400:]}"
         )
     numbers = {
@@ -259,6 +280,9 @@ def _rsync(config: SyncConfig, timeout: float) -> tuple[int, int]:
     return numbers["files"], numbers["bytes"]
 
 
+Stats = tuple[int, int]  # files, bytes
+
+
 def sync(config: SyncConfig, mode: str) -> SyncReport:
     if mode not in FREEZE_MODES:
         raise SyncError(f"freeze mode must be one of {', '.join(FREEZE_MODES)}")
@@ -266,27 +290,64 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
     started = time.monotonic()
     freezer = Freezer(mode)
     try:
-        # An unfrozen first pass moves the bulk; the frozen pass then only sees the deltas.
-        if mode != "none":
-            _rsync(config, config.timeout)
-            report.passes.append("bulk")
-        frozen_timeout = config.frozen_timeout if mode != "none" else config.timeout
-        freezer.freeze()
-        watchdog = threading.Timer(frozen_timeout + 5, freezer.thaw)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            report.files, report.bytes = _rsync(config, frozen_timeout)
-            report.passes.append("frozen" if mode != "none" else "live")
-        finally:
-            report.freeze_seconds = freezer.thaw()
-            watchdog.cancel()
+        if mode == "freeze" and config.staging is not None:
+            report.files, report.bytes = _snapshot_and_ship(config, freezer, report)
+        else:
+            report.files, report.bytes = _copy_while_held(config, freezer, report)
         report.ok = True
     except (SyncError, OSError, subprocess.CalledProcessError) as exc:
         report.freeze_seconds = report.freeze_seconds or freezer.thaw()
         report.error = str(exc)
     report.duration = time.monotonic() - started
     return report
+
+
+def _held(freezer: Freezer, report: SyncReport, timeout: float, copy: Callable[[], Stats]) -> Stats:
+    """Run `copy` with Postfix frozen (or stopped); the thaw follows whatever happens, and a
+    watchdog thaws even if this thread hangs."""
+    freezer.freeze()
+    watchdog = threading.Timer(timeout + 5, freezer.thaw)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return copy()
+    finally:
+        report.freeze_seconds = freezer.thaw()
+        watchdog.cancel()
+
+
+def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport) -> Stats:
+    """freeze mode: a local copy while Postfix runs (the bulk), the same local copy again under
+    the freeze (only the changes: milliseconds, no network and no peer in the frozen window),
+    then that consistent snapshot is shipped to the peer after the thaw."""
+    staging = config.staging
+    assert staging is not None
+    staging.mkdir(mode=0o700, exist_ok=True)
+    _rsync(config, config.spool, config.timeout, local=staging)
+    report.passes.append("bulk-local")
+    _held(
+        freezer,
+        report,
+        config.frozen_timeout,
+        lambda: _rsync(config, config.spool, config.frozen_timeout, local=staging),
+    )
+    report.passes.append("frozen-local")
+    stats = _rsync(config, staging, config.timeout)
+    report.passes.append("ship")
+    return stats
+
+
+def _copy_while_held(config: SyncConfig, freezer: Freezer, report: SyncReport) -> Stats:
+    """stop mode (the seed's way) and none: copy to the peer directly; in stop mode an unfrozen
+    first pass moves the bulk, so Postfix is down only for the deltas."""
+    held = freezer.mode != "none"
+    if held:
+        _rsync(config, config.spool, config.timeout)
+        report.passes.append("bulk")
+    timeout = config.frozen_timeout if held else config.timeout
+    stats = _held(freezer, report, timeout, lambda: _rsync(config, config.spool, timeout))
+    report.passes.append("held" if held else "live")
+    return stats
 
 
 REPLICA = Path("/var/spool/mailrelay-replica")
@@ -316,7 +377,10 @@ def import_replica(replica: Path = REPLICA, spool: Path = Path("/var/spool/postf
     imported: list[str] = []
     sources: list[Path] = []
     for part in IMPORT_PARTS:
-        for directory, _subdirs, files in os.walk(replica / part):
+        for directory, subdirs, files in os.walk(replica / part):
+            # rsync's --delay-updates staging (.~tmp~) of a copy that failed half-way: its
+            # files belong to a state the replica never reached.
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
             for name in files:
                 source = Path(directory) / name
                 # cleanup makes a queue file 0700 only once it is complete: skip half-written ones.
