@@ -189,17 +189,18 @@ def cmd_retention(args: argparse.Namespace) -> None:
 def cmd_config_pull(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
     from app.cluster import pull
+    from app.cluster.peer import PeerTls
     from app.crypto import SecretBox, SecretKeyError
 
     settings = _settings()
-    pull_settings = pull.PullSettings.load(required=settings.cluster_mode == "slave")
+    master_tls = PeerTls.load(required=settings.cluster_mode == "slave")
     try:
         box = SecretBox(settings.secret_key_file)
     except SecretKeyError as exc:
         raise UserFacingError(str(exc)) from None
 
     async def work() -> pull.PullResult:
-        return await pull.run_once(settings, AgentClient(settings.agent_socket), box, pull_settings)
+        return await pull.run_once(settings, AgentClient(settings.agent_socket), box, master_tls)
 
     # One line per run: the job's own, not httpx's line per request as well.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -323,6 +324,25 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
         raise UserFacingError(f"{result.held} messages stay on hold: {result.detail}")
 
 
+def cmd_switchover(args: argparse.Namespace) -> None:
+    from app.agent.client import AgentClient
+    from app.cluster import switchover
+
+    settings = _settings()
+
+    async def work() -> list[switchover.Step]:
+        return await switchover.run(settings, AgentClient(settings.agent_socket), "cli")
+
+    steps = _run_db(work)
+    for step in steps:
+        print(f"{step.name:<11} {step.outcome:<7} {step.seconds:6.2f} s  {step.detail}", flush=True)
+    failed = next((step for step in steps if step.outcome == "failed"), None)
+    total = sum(step.seconds for step in steps)
+    if failed is not None:
+        raise UserFacingError(f"switchover failed at step {failed.name} after {total:.2f} s")
+    print(f"switchover done in {total:.2f} s")
+
+
 def cmd_keepalived_config(args: argparse.Namespace) -> None:
     from app.cluster.keepalived import KeepalivedConfigError, render_from_settings
 
@@ -377,6 +397,9 @@ def parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="a returning node: drop what the peer took over")
     rec.add_argument("--release", action="store_true", help="release mail held by a failed run")
     rec.set_defaults(func=cmd_reconcile)
+    sub.add_parser(
+        "switchover", help="the active node hands the VIP and its queue to the peer (planned)"
+    ).set_defaults(func=cmd_switchover)
     sub.add_parser(
         "keepalived-config", help="print keepalived.conf rendered from this node's settings"
     ).set_defaults(func=cmd_keepalived_config)

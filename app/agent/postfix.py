@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.agent import queuesync
 from app.postfix import render
 
 HASHED_MAPS = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd")
@@ -106,10 +107,26 @@ def anti_abuse(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     return params, master
 
 
+def count_files(root: Path) -> tuple[int, int]:
+    """The files under `root` and their total size in bytes (none when it does not exist)."""
+    files = size = 0
+    for directory, _subdirs, names in os.walk(root):
+        for name in names:
+            try:
+                size += os.lstat(os.path.join(directory, name)).st_size
+            except FileNotFoundError:  # Postfix moved it on meanwhile
+                continue
+            files += 1
+    return files, size
+
+
 class PostfixTools:
-    def __init__(self, config_dir: Path, maps_root: Path) -> None:
+    def __init__(
+        self, config_dir: Path, maps_root: Path, replica: Path = queuesync.REPLICA
+    ) -> None:
         self.config_dir = config_dir
         self.maps_root = maps_root
+        self.replica = replica
 
     # -- running tools ------------------------------------------------------------------------
 
@@ -271,13 +288,20 @@ class PostfixTools:
     def queue_size(self) -> dict[str, int]:
         """Files per queue directory: cheap even with 100k queued messages (no parsing)."""
         spool = Path(self.run("postconf", "-h", "queue_directory").stdout.strip())
-        sizes = {}
-        for name in ("incoming", "active", "deferred", "hold", "maildrop"):
-            count = 0
-            for _dir, _subdirs, files in os.walk(spool / name):
-                count += len(files)
-            sizes[name] = count
-        return sizes
+        return {
+            name: count_files(spool / name)[0]
+            for name in ("incoming", "active", "deferred", "hold", "maildrop")
+        }
+
+    def replica_size(self) -> dict[str, int]:
+        """The peer's queue copied here (its message files and their bytes): what this node
+        takes over if it becomes MASTER now. The web app cannot read the replica; the agent can.
+        """
+        files = size = 0
+        for part in queuesync.IMPORT_PARTS:
+            part_files, part_size = count_files(self.replica / part)
+            files, size = files + part_files, size + part_size
+        return {"files": files, "bytes": size}
 
     def status(self) -> dict[str, Any]:
         version = self.run("postconf", "-h", "mail_version", check=False).stdout.strip()
@@ -286,6 +310,7 @@ class PostfixTools:
             "postfix_version": version,
             "live_maps_version": self.live_version(),
             "queue": self.queue_size(),
+            "replica": self.replica_size(),
         }
 
     def queue_list(self, limit: int) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.agent import queuesync
+from app.agent import queuesync, vip
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
 
 log = logging.getLogger("mailrelay.agent")
@@ -50,6 +51,17 @@ def _queue_ids(args: dict[str, Any]) -> list[str]:
     return ids
 
 
+def _handover(args: dict[str, Any]) -> dict[str, float]:
+    try:
+        address = ipaddress.ip_address(str(args.get("vip")))
+    except ValueError:
+        raise AgentError("vip must be an IP address") from None
+    timeout = args.get("timeout", 10)
+    if not isinstance(timeout, int | float) or not 1 <= timeout <= 60:
+        raise AgentError("timeout must be 1-60 seconds")
+    return vip.handover(address, float(timeout))
+
+
 def _queue_id(args: dict[str, Any]) -> str:
     queue_id = args.get("queue_id")
     if not isinstance(queue_id, str):
@@ -74,6 +86,7 @@ class Agent:
             "delete_ids": lambda a: queuesync.postsuper_ids("-d", _queue_ids(a)),
             "release_ids": lambda a: queuesync.postsuper_ids("-H", _queue_ids(a)),
             "flush_all": lambda a: self.tools.flush_all(),
+            "vip_handover": _handover,
             **{
                 action: (lambda a, action=action: self.tools.queue_action(action, _queue_id(a)))
                 for action in ("hold", "release", "delete", "requeue", "flush")

@@ -19,32 +19,25 @@ shows both nodes. A failed report is logged; it does not fail the run.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import hmac
 import json
 import logging
-import os
 import re
-import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-import httpx
 
 from app import audit
 from app.agent.client import AgentClient
+from app.cluster.peer import PeerError, PeerTls, peer_request
 from app.config import service
 from app.config import snapshot as snap
 from app.config.validation import FieldErrors
 from app.crypto import SecretBox, SecretKeyError
 from app.db.tables import AppliedVersion, AuditLog, ConfigVersion
 from app.postfix import pipeline
-from app.settings import Settings, SettingsError, _Reader
+from app.settings import Settings, SettingsError
 
 log = logging.getLogger("mailrelay.config_pull")
 
@@ -58,63 +51,8 @@ _PULL_LOCK = 0x70756C6C
 REPORT_PATH = "/api/nodes/applied"
 # An export is a few kilobytes per domain; anything this large is not one.
 MAX_EXPORT_BYTES = 32 * 1024 * 1024
-TIMEOUT_SECONDS = 10.0
 
 Outcome = Literal["skipped", "unchanged", "applied", "refused", "failed"]
-
-
-# -- settings ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PullSettings:
-    """How the slave recognises its master. To move into app.settings.Settings."""
-
-    master_cert_fingerprint: bytes | None  # the SHA-256 digest of the master's certificate (DER)
-    master_ca_file: Path | None
-
-    @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, required: bool = True) -> PullSettings:
-        """Read MASTER_CERT_FINGERPRINT and MASTER_CA_FILE; on a slave (`required`) at least one
-        of them must be set. A bad value is a SettingsError naming the variable."""
-        r = _Reader(os.environ if env is None else env)
-        pin = r.optional("MASTER_CERT_FINGERPRINT")
-        digest = None
-        if pin is not None:
-            digits = pin.replace(":", "").lower()
-            if len(digits) != 64 or not all(c in "0123456789abcdef" for c in digits):
-                raise SettingsError(
-                    "MASTER_CERT_FINGERPRINT must be a SHA-256 fingerprint (64 hex digits, "
-                    f"colons allowed), got {pin!r}"
-                )
-            digest = bytes.fromhex(digits)
-        ca_file = r.path("MASTER_CA_FILE")
-        if ca_file is not None:
-            try:
-                ssl.create_default_context(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise SettingsError(f"MASTER_CA_FILE: cannot load {ca_file}: {exc}") from None
-        if required and digest is None and ca_file is None:
-            raise SettingsError(
-                "MASTER_CERT_FINGERPRINT or MASTER_CA_FILE is required when CLUSTER_MODE=slave "
-                "(the master's certificate fingerprint, as `mailrelay serve` prints it, or the "
-                "CA that signed it)"
-            )
-        return cls(master_cert_fingerprint=digest, master_ca_file=ca_file)
-
-    def ssl_context(self) -> ssl.SSLContext:
-        if self.master_ca_file is not None:
-            # The usual checks: chain to this CA, host name. A pin, if set too, is checked on top.
-            return ssl.create_default_context(cafile=str(self.master_ca_file))
-        if self.master_cert_fingerprint is None:
-            raise SettingsError("MASTER_CERT_FINGERPRINT or MASTER_CA_FILE is required")
-        # Pinned: the chain and host name are not checked by OpenSSL, because the certificate is
-        # typically self-signed; _PinCheck compares it with the pin before any request is sent.
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
 
 
 # -- the result of a run ----------------------------------------------------------------------
@@ -135,14 +73,6 @@ class PullResult:
         return self.outcome in ("skipped", "unchanged", "applied")
 
 
-class PullError(Exception):
-    """The master could not be asked (network, TLS, HTTP status, not JSON)."""
-
-
-class CertificateMismatch(PullError):
-    """The server's certificate is not the pinned one: nothing was sent to it."""
-
-
 class Refused(Exception):
     """The master answered, but with something this node will not apply."""
 
@@ -154,106 +84,28 @@ class Refused(Exception):
 # -- fetching ---------------------------------------------------------------------------------
 
 
-class _PinCheck:
-    """An httpcore trace hook: checks the peer certificate right after the TLS handshake, and
-    refuses to let request headers (the bearer token) go out on a connection it has not checked.
-    """
-
-    def __init__(self, pin: bytes) -> None:
-        self.pin = pin
-        self.checked = False
-
-    async def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if event == "connection.start_tls.complete":
-            stream = info["return_value"]
-            ssl_object = stream.get_extra_info("ssl_object")
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            seen = hashlib.sha256(der).digest() if der else b""
-            if not hmac.compare_digest(seen, self.pin):
-                await stream.aclose()
-                raise CertificateMismatch(
-                    f"the server's certificate (SHA-256 {_hex(seen) or 'none'}) is not the "
-                    f"pinned MASTER_CERT_FINGERPRINT {_hex(self.pin)}; the token was not sent"
-                )
-            self.checked = True
-        elif event.endswith("send_request_headers.started") and not self.checked:
-            # Fail closed should httpcore ever stop reporting the handshake to us.
-            raise CertificateMismatch(
-                "the master's certificate was not checked against the pin; the token was not sent"
-            )
-
-
-def _hex(digest: bytes) -> str:
-    return ":".join(f"{b:02X}" for b in digest)
-
-
-@contextlib.asynccontextmanager
-async def _master(
-    url: str,
-    token: str,
-    pull: PullSettings,
-    method: str,
-    path: str,
-    body: Any = None,
-    params: dict[str, Any] | None = None,
-    wait: float = 0.0,
-) -> AsyncIterator[httpx.Response]:
-    """One request to the master with the bearer token, over HTTPS checked against the pin or
-    the CA file before the token is sent: the streamed response (a refused token is a
-    PullError; any other status is the caller's to judge). Used by the export and the report.
-    `wait`: how long the master may hold the answer back (a long poll) on top of the timeout."""
-    endpoint = url.rstrip("/") + path
-    extensions: dict[str, Any] = {}
-    if pull.master_cert_fingerprint is not None:
-        extensions["trace"] = _PinCheck(pull.master_cert_fingerprint)
-    # trust_env=False: no proxy from the environment sits between the two nodes, and no
-    # SSL_CERT_FILE widens what is trusted.
-    async with httpx.AsyncClient(
-        verify=pull.ssl_context(),
-        trust_env=False,
-        timeout=httpx.Timeout(TIMEOUT_SECONDS, read=TIMEOUT_SECONDS + wait),
-        follow_redirects=False,
-    ) as client:
-        try:
-            async with client.stream(
-                method,
-                endpoint,
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                json=body,
-                params=params,
-                extensions=extensions,
-            ) as response:
-                if response.status_code in (401, 403):
-                    raise PullError(
-                        f"the master refused MASTER_API_TOKEN (HTTP {response.status_code})"
-                    )
-                yield response
-        except httpx.HTTPError as exc:
-            raise PullError(f"cannot reach the master at {endpoint}: {exc or type(exc)}") from None
-
-
 async def fetch_export(
-    url: str, token: str, pull: PullSettings, newer_than: int | None = None, wait: float = 0.0
+    url: str, token: str, tls: PeerTls, newer_than: int | None = None, wait: float = 0.0
 ) -> dict[str, Any]:
     """GET {url}/api/config/export with the bearer token; the parsed JSON body. With
     `newer_than`, the master answers as soon as a newer version exists, or after `wait` s."""
     params = {"newer_than": newer_than, "wait": wait} if newer_than is not None and wait else None
-    async with _master(
-        url, token, pull, "GET", "/api/config/export", params=params, wait=wait
+    async with peer_request(
+        url, token, tls, "GET", "/api/config/export", params=params, wait=wait
     ) as response:
         if response.status_code != 200:
-            raise PullError(f"the master answered HTTP {response.status_code}")
+            raise PeerError(f"the master answered HTTP {response.status_code}")
         body = bytearray()
         async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > MAX_EXPORT_BYTES:
-                raise PullError(f"the export is larger than {MAX_EXPORT_BYTES} bytes")
+                raise PeerError(f"the export is larger than {MAX_EXPORT_BYTES} bytes")
     try:
         export = json.loads(body)
     except ValueError:
-        raise PullError("the master's answer is not JSON") from None
+        raise PeerError("the master's answer is not JSON") from None
     if not isinstance(export, dict):
-        raise PullError("the master's answer is not a JSON object")
+        raise PeerError("the master's answer is not a JSON object")
     return export
 
 
@@ -355,7 +207,7 @@ async def applied_state(node_id: str) -> dict[str, Any] | None:
     }
 
 
-async def report_applied(settings: Settings, pull: PullSettings) -> bool:
+async def report_applied(settings: Settings, tls: PeerTls) -> bool:
     """Tell the master which of its versions this node runs. Never raises: a failure is
     logged (the next run, 10 s later, reports again)."""
     try:
@@ -364,12 +216,12 @@ async def report_applied(settings: Settings, pull: PullSettings) -> bool:
             log.debug("config-pull: no version from the master is applied here; nothing to report")
             return False
         assert settings.master_api_url and settings.master_api_token
-        async with _master(
-            settings.master_api_url, settings.master_api_token, pull, "POST", REPORT_PATH, state
+        async with peer_request(
+            settings.master_api_url, settings.master_api_token, tls, "POST", REPORT_PATH, state
         ) as response:
             if response.status_code not in (200, 204):
-                raise PullError(f"the master answered HTTP {response.status_code}")
-    except PullError as exc:
+                raise PeerError(f"the master answered HTTP {response.status_code}")
+    except PeerError as exc:
         log.warning("config-pull: the applied version was not reported to the master: %s", exc)
         return False
     except Exception:
@@ -395,12 +247,12 @@ class _ApplyFailed(Exception):
 
 
 async def run_once(
-    settings: Settings, agent: AgentClient, box: SecretBox, pull: PullSettings | None = None
+    settings: Settings, agent: AgentClient, box: SecretBox, tls: PeerTls | None = None
 ) -> PullResult:
     """One pull. A failed or refused run is a result, not an exception; only a configuration
     error (SettingsError) raises."""
     started = time.monotonic()
-    result = await _run(settings, agent, box, pull)
+    result = await _run(settings, agent, box, tls)
     result.seconds = time.monotonic() - started
     log.log(
         logging.INFO if result.ok and not result.warn else logging.WARNING,
@@ -414,12 +266,12 @@ async def run_once(
 
 
 async def _run(
-    settings: Settings, agent: AgentClient, box: SecretBox, pull: PullSettings | None
+    settings: Settings, agent: AgentClient, box: SecretBox, tls: PeerTls | None
 ) -> PullResult:
     if settings.cluster_mode != "slave":
         return PullResult("skipped", f"CLUSTER_MODE={settings.cluster_mode}: nothing to pull")
-    if pull is None:
-        pull = PullSettings.load()
+    if tls is None:
+        tls = PeerTls.load()
     if not settings.master_api_url or not settings.master_api_token:
         raise SettingsError("MASTER_API_URL and MASTER_API_TOKEN are required on a slave")
     # The run follows the master until CONFIG_PULL_WAIT_SECONDS are up: after applying a
@@ -432,18 +284,18 @@ async def _run(
             export = await fetch_export(
                 settings.master_api_url,
                 settings.master_api_token,
-                pull,
+                tls,
                 newer_than=await last_pulled_master_version(),
                 wait=max(0.0, deadline - time.monotonic()),
             )
-        except PullError as exc:
+        except PeerError as exc:
             result = PullResult("failed", str(exc))
             break
         result = await _pull(settings, agent, box, export)
         # The master answered: tell it what runs here now, whatever this run did (applied,
         # nothing to do, or refused and kept the last good version), so its dashboard is
         # current, also after the master's own restart.
-        await report_applied(settings, pull)
+        await report_applied(settings, tls)
         if result.outcome != "applied" or time.monotonic() >= deadline:
             break
         applied.append(result)

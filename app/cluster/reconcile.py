@@ -17,7 +17,7 @@ from typing import Any
 
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
-from app.cluster.pull import PullError, PullSettings, _master
+from app.cluster.peer import PeerApi, PeerError, peer_request
 from app.settings import Settings
 
 log = logging.getLogger("mailrelay.reconcile")
@@ -45,15 +45,12 @@ def pending(settings: Settings) -> list[str]:
 
 
 async def peer_imports(settings: Settings) -> set[str]:
-    if not (settings.peer_api_url and settings.peer_api_token and settings.peer_cert_fingerprint):
-        raise PullError("PEER_API_URL, PEER_API_TOKEN and PEER_CERT_FINGERPRINT are not all set")
-    pin = bytes.fromhex(settings.peer_cert_fingerprint.replace(":", "").lower())
-    peer = PullSettings(master_cert_fingerprint=pin, master_ca_file=None)
-    async with _master(
-        settings.peer_api_url, settings.peer_api_token, peer, "GET", "/api/queue/imported"
+    peer = PeerApi.from_settings(settings)
+    async with peer_request(
+        peer.url, peer.token, peer.tls, "GET", "/api/queue/imported"
     ) as response:
         if response.status_code != 200:
-            raise PullError(f"the peer answered HTTP {response.status_code}")
+            raise PeerError(f"the peer answered HTTP {response.status_code}")
         body: dict[str, Any] = json.loads(await response.aread())
     return {str(i) for i in body.get("queue_ids", [])}
 
@@ -70,7 +67,7 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
         return ReconcileResult("nothing")
     try:
         imported = await peer_imports(settings)
-    except (PullError, ValueError) as exc:
+    except (PeerError, ValueError) as exc:
         pending_file(settings).write_text(json.dumps(held))
         await audit.record(
             "reconcile",

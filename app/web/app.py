@@ -31,10 +31,11 @@ from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
 from app.piccolo_conf import DB
 from app.settings import Settings
-from app.web.auth import CallerMiddleware, PasswordChangeRequired, access_guard
+from app.web.auth import CallerMiddleware, PasswordChangeRequired, access_guard, token_path
 from app.web.controllers import (
     admin,
     api,
+    cluster,
     config,
     monitor,
     queue,
@@ -50,7 +51,7 @@ PUBLIC_PATHS = ["^/static/", "^/login", "^/healthz", "^/api/schema"]
 
 
 def _wants_json(request: Request[Any, Any, Any]) -> bool:
-    return request.url.path.startswith("/api/")
+    return token_path(request.url.path)
 
 
 def _go(request: Request[Any, Any, Any], location: str) -> Response[Any]:
@@ -154,6 +155,10 @@ def create_app(settings: Settings) -> Litestar:
             api.acquire_lock,
             api.release_lock,
             api.queue_imported,
+            cluster.cluster_page,
+            cluster.run_switchover,
+            cluster.api_status,
+            cluster.prometheus,
             create_static_files_router(
                 path="/static", directories=[ROOT / "static"], opt={"public": True}
             ),

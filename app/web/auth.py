@@ -27,6 +27,11 @@ from app.auth.sessions import COOKIE_NAME, SessionUser
 from app.auth.tokens import TokenPrincipal
 
 
+def token_path(path: str) -> bool:
+    """The API, and /metrics where Prometheus calls: bearer tokens, never a session."""
+    return path.startswith("/api/") or path == "/metrics"
+
+
 class PasswordChangeRequired(Exception):
     """The user logged in with a password that must be changed first."""
 
@@ -39,7 +44,7 @@ class CallerMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        if connection.scope["path"].startswith("/api/"):
+        if token_path(connection.scope["path"]):
             header = connection.headers.get("authorization", "")
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "bearer" or not value:

@@ -52,6 +52,8 @@ GUI = [
     ("GET", "/tokens", "admin"),
     ("POST", "/tokens", "admin"),
     ("POST", "/tokens/{name}/revoke", "admin"),
+    ("GET", "/cluster", "readonly"),
+    ("POST", "/cluster/switchover", "admin"),
     ("GET", "/password", None),
     ("POST", "/password", None),
     ("POST", "/language", None),
@@ -63,6 +65,8 @@ API = [
     ("POST", "/api/sync-lock/acquire", "cluster"),
     ("POST", "/api/sync-lock/release", "cluster"),
     ("GET", "/api/queue/imported", "cluster"),
+    ("GET", "/api/cluster/status", "cluster"),
+    ("GET", "/metrics", "read"),
 ]
 # JSON bodies of API calls (others: the sync-lock body).
 BODIES = {

@@ -1,0 +1,73 @@
+"""The privileged half of a planned switchover: give this node's VIP to the peer.
+
+`systemctl stop keepalived` makes keepalived send a priority-0 advertisement and remove the VIP;
+the peer takes over after its skew time (about 0.6 s, see ../shared notes: postfix-ha.md). Once
+the address has left this node, keepalived is started again: both nodes are `state BACKUP` with
+`nopreempt`, so it comes back as BACKUP and the peer keeps the VIP. keepalived is started again
+whatever happened before, so that this node is never left without it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import time
+
+from app.agent.postfix import AgentError
+
+UNIT = "keepalived.service"
+POLL_SECONDS = 0.05
+COMMAND_TIMEOUT = 30
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AgentError(f"{' '.join(command)}: {exc}") from None
+
+
+def present(vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether the address is configured on an interface of this node."""
+    result = _run("ip", "-o", "addr", "show", "to", f"{vip}/{vip.max_prefixlen}")
+    if result.returncode != 0:
+        raise AgentError(f"ip addr show: {result.stderr.strip() or f'exit {result.returncode}'}")
+    return bool(result.stdout.strip())
+
+
+def _systemctl(action: str) -> str | None:
+    """None when it worked, else what systemctl said."""
+    result = _run("systemctl", action, UNIT)
+    if result.returncode == 0:
+        return None
+    return f"systemctl {action} {UNIT}: {result.stderr.strip() or f'exit {result.returncode}'}"
+
+
+def handover(
+    vip: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float
+) -> dict[str, float]:
+    """Stop keepalived, wait until the VIP has left this node (at most `timeout` s), start
+    keepalived again. Returns after how many seconds the address was gone and the whole time."""
+    started = time.monotonic()
+    if not present(vip):
+        raise AgentError(f"{vip} is not on this node: there is nothing to hand over")
+    problem = _systemctl("stop")
+    released = None
+    if problem is None:
+        while present(vip):
+            if time.monotonic() - started > timeout:
+                problem = f"{vip} was still on this node {timeout:g} s after keepalived stopped"
+                break
+            time.sleep(POLL_SECONDS)
+        else:
+            released = time.monotonic() - started
+    not_started = _systemctl("start")
+    if not_started is not None:
+        problem = f"{problem}; {not_started}" if problem else not_started
+        raise AgentError(f"{problem} (keepalived is NOT running on this node)")
+    if problem is not None:
+        raise AgentError(f"{problem} (keepalived was started again)")
+    assert released is not None
+    return {"released_seconds": released, "seconds": time.monotonic() - started}

@@ -1,0 +1,213 @@
+"""Calls to the other node's API over HTTPS, its certificate checked before the token is sent.
+
+The nodes call each other: the slave pulls its master's config export and reports what it
+applied (MASTER_* settings); a returning node asks its peer which queue IDs the peer took over,
+and the dashboard and the switchover read the peer's status (PEER_* settings). Every such call
+goes through peer_request: the other node's certificate is checked against a pinned SHA-256
+fingerprint (it is typically self-signed) or a CA file, and only then does the bearer token go
+out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.settings import Settings, SettingsError, _Reader
+
+TIMEOUT_SECONDS = 10.0
+
+
+class PeerError(Exception):
+    """The other node could not be asked (network, TLS, refused token)."""
+
+
+class CertificateMismatch(PeerError):
+    """The server's certificate is not the pinned one: nothing was sent to it."""
+
+
+def parse_fingerprint(text: str, name: str) -> bytes:
+    """A SHA-256 fingerprint as `mailrelay serve` prints it (colons optional); a bad value is a
+    SettingsError naming the variable."""
+    digits = text.replace(":", "").lower()
+    if len(digits) != 64 or not all(c in "0123456789abcdef" for c in digits):
+        raise SettingsError(
+            f"{name} must be a SHA-256 fingerprint (64 hex digits, colons allowed), got {text!r}"
+        )
+    return bytes.fromhex(digits)
+
+
+@dataclass(frozen=True)
+class PeerTls:
+    """How this node recognises the other node's certificate. `who` names the other node in
+    messages, with the settings that describe it: "master" (MASTER_*) or "peer" (PEER_*)."""
+
+    cert_fingerprint: bytes | None  # the SHA-256 digest of the certificate (DER)
+    ca_file: Path | None
+    who: str = "master"
+
+    @property
+    def prefix(self) -> str:
+        return self.who.upper()
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, required: bool = True) -> PeerTls:
+        """The slave's master: MASTER_CERT_FINGERPRINT and MASTER_CA_FILE; on a slave
+        (`required`) at least one of them must be set. A bad value is a SettingsError naming the
+        variable. To move into app.settings.Settings."""
+        r = _Reader(os.environ if env is None else env)
+        pin = r.optional("MASTER_CERT_FINGERPRINT")
+        digest = None if pin is None else parse_fingerprint(pin, "MASTER_CERT_FINGERPRINT")
+        ca_file = r.path("MASTER_CA_FILE")
+        if ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise SettingsError(f"MASTER_CA_FILE: cannot load {ca_file}: {exc}") from None
+        if required and digest is None and ca_file is None:
+            raise SettingsError(
+                "MASTER_CERT_FINGERPRINT or MASTER_CA_FILE is required when CLUSTER_MODE=slave "
+                "(the master's certificate fingerprint, as `mailrelay serve` prints it, or the "
+                "CA that signed it)"
+            )
+        return cls(cert_fingerprint=digest, ca_file=ca_file)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self.ca_file is not None:
+            # The usual checks: chain to this CA, host name. A pin, if set too, is checked on top.
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        if self.cert_fingerprint is None:
+            raise SettingsError(
+                f"{self.prefix}_CERT_FINGERPRINT or {self.prefix}_CA_FILE is required"
+            )
+        # Pinned: the chain and host name are not checked by OpenSSL, because the certificate is
+        # typically self-signed; _PinCheck compares it with the pin before any request is sent.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+@dataclass(frozen=True)
+class PeerApi:
+    """The peer's API as PEER_API_URL, PEER_API_TOKEN and PEER_CERT_FINGERPRINT describe it (a
+    slave's MASTER_* settings stand in for unset ones, see app.settings)."""
+
+    url: str
+    token: str
+    tls: PeerTls
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PeerApi:
+        """Raises PeerError when the peer is not (or badly) configured: a caller reports that
+        like an unreachable peer."""
+        url, token, pin = (
+            settings.peer_api_url,
+            settings.peer_api_token,
+            settings.peer_cert_fingerprint,
+        )
+        if not (url and token and pin):
+            raise PeerError(
+                "PEER_API_URL, PEER_API_TOKEN and PEER_CERT_FINGERPRINT are not all set"
+            )
+        try:
+            digest = parse_fingerprint(pin, "PEER_CERT_FINGERPRINT")
+        except SettingsError as exc:
+            raise PeerError(str(exc)) from None
+        return cls(url, token, PeerTls(cert_fingerprint=digest, ca_file=None, who="peer"))
+
+
+class _PinCheck:
+    """An httpcore trace hook: checks the peer certificate right after the TLS handshake, and
+    refuses to let request headers (the bearer token) go out on a connection it has not checked.
+    """
+
+    def __init__(self, tls: PeerTls) -> None:
+        assert tls.cert_fingerprint is not None
+        self.pin = tls.cert_fingerprint
+        self.tls = tls
+        self.checked = False
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.start_tls.complete":
+            stream = info["return_value"]
+            ssl_object = stream.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            seen = hashlib.sha256(der).digest() if der else b""
+            if not hmac.compare_digest(seen, self.pin):
+                await stream.aclose()
+                raise CertificateMismatch(
+                    f"the server's certificate (SHA-256 {_hex(seen) or 'none'}) is not the "
+                    f"pinned {self.tls.prefix}_CERT_FINGERPRINT {_hex(self.pin)}; "
+                    "the token was not sent"
+                )
+            self.checked = True
+        elif event.endswith("send_request_headers.started") and not self.checked:
+            # Fail closed should httpcore ever stop reporting the handshake to us.
+            raise CertificateMismatch(
+                f"the {self.tls.who}'s certificate was not checked against the pin; "
+                "the token was not sent"
+            )
+
+
+def _hex(digest: bytes) -> str:
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+@contextlib.asynccontextmanager
+async def peer_request(
+    url: str,
+    token: str,
+    tls: PeerTls,
+    method: str,
+    path: str,
+    body: Any = None,
+    params: dict[str, Any] | None = None,
+    wait: float = 0.0,
+    timeout: float = TIMEOUT_SECONDS,
+) -> AsyncIterator[httpx.Response]:
+    """One request to the other node with the bearer token, over HTTPS checked against the pin
+    or the CA file before the token is sent: the streamed response (a refused token is a
+    PeerError; any other status is the caller's to judge). `wait`: how long the other node may
+    hold the answer back (a long poll) on top of the timeout."""
+    endpoint = url.rstrip("/") + path
+    extensions: dict[str, Any] = {}
+    if tls.cert_fingerprint is not None:
+        extensions["trace"] = _PinCheck(tls)
+    # trust_env=False: no proxy from the environment sits between the two nodes, and no
+    # SSL_CERT_FILE widens what is trusted.
+    async with httpx.AsyncClient(
+        verify=tls.ssl_context(),
+        trust_env=False,
+        timeout=httpx.Timeout(timeout, read=timeout + wait),
+        follow_redirects=False,
+    ) as client:
+        try:
+            async with client.stream(
+                method,
+                endpoint,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                json=body,
+                params=params,
+                extensions=extensions,
+            ) as response:
+                if response.status_code in (401, 403):
+                    raise PeerError(
+                        f"the {tls.who} refused {tls.prefix}_API_TOKEN "
+                        f"(HTTP {response.status_code})"
+                    )
+                yield response
+        except httpx.HTTPError as exc:
+            raise PeerError(
+                f"cannot reach the {tls.who} at {endpoint}: {exc or type(exc)}"
+            ) from None

@@ -1,0 +1,234 @@
+"""The figures of a node for the cluster panel, the peer and /metrics.
+
+A node's status: the VRRP state keepalived last reported here, whether this node holds the VIP
+right now, the live queue and the replica of the peer's queue (the agent reads both: the web app
+may read neither), the last queue-sync run and the last successful one, and the config version
+this node runs. Each part is found out on its own; one that cannot be says why in its `unknown`
+key instead of failing the whole status, and the dashboard shows everything else.
+
+The status is plain JSON data: the peer's arrives as JSON (GET /api/cluster/status), and both
+are shown and exported the same way. Ages are computed by the node that reports them, so the
+two nodes' clocks need not agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.cluster import pull
+from app.cluster.peer import PeerApi, PeerError, peer_request
+from app.cluster.vrrp import VipCheckError, vip_held
+from app.db.tables import AppliedVersion, ConfigVersion, SyncRun, VrrpEvent
+from app.settings import Settings
+
+Status = dict[str, Any]
+
+STATUS_PATH = "/api/cluster/status"
+# The dashboard waits for the peer's status: an unreachable peer must cost seconds, not the
+# 10 s of a config pull. The peer's own status waits at most AGENT_TIMEOUT for its agent.
+PEER_TIMEOUT = 3.0
+# The agent runs one verb at a time: during a queue sync or a switchover its status waits.
+AGENT_TIMEOUT = 2.0
+
+
+# -- this node --------------------------------------------------------------------------------
+
+
+async def node_status(settings: Settings, agent: AgentClient) -> Status:
+    now = dt.datetime.now(dt.UTC)
+    vip = await _vip(settings)
+    vrrp, queue, sync, config = await asyncio.gather(
+        _vrrp(settings.node_id),
+        _queue(agent),
+        _sync(settings.node_id, now, active=vip["held"] is not False),
+        _config(settings),
+    )
+    return {
+        "node_id": settings.node_id,
+        "hostname": settings.hostname,
+        "cluster_mode": settings.cluster_mode,
+        "at": now.isoformat(),
+        "vrrp": vrrp,
+        "vip": vip,
+        "queue": queue,
+        "sync": sync,
+        "config": config,
+    }
+
+
+async def _vrrp(node_id: str) -> Status:
+    row = (
+        await VrrpEvent.select(VrrpEvent.state, VrrpEvent.at, VrrpEvent.priority)
+        .where(VrrpEvent.node_id == node_id)
+        .order_by(VrrpEvent.id, ascending=False)
+        .first()
+    )
+    if row is None:
+        return {"state": None, "unknown": "keepalived has reported no VRRP state on this node yet"}
+    return {"state": row["state"], "since": row["at"].isoformat(), "priority": row["priority"]}
+
+
+async def _vip(settings: Settings) -> Status:
+    address = settings.vip_address
+    if not address:
+        return {"address": None, "held": None, "unknown": "VIP_ADDRESS is not set"}
+    try:
+        return {"address": address, "held": await asyncio.to_thread(vip_held, address)}
+    except VipCheckError as exc:
+        return {"address": address, "held": None, "unknown": str(exc)}
+
+
+async def _queue(agent: AgentClient) -> Status:
+    unknown = {"messages": None, "replica_files": None, "replica_bytes": None}
+    try:
+        state = await asyncio.wait_for(agent.call("status"), AGENT_TIMEOUT)
+    except (AgentUnavailable, AgentRefused) as exc:
+        return unknown | {"unknown": str(exc)}
+    except TimeoutError:
+        return unknown | {
+            "unknown": f"the agent did not answer within {AGENT_TIMEOUT:g} s "
+            "(busy with a queue sync, an import or a switchover)"
+        }
+    replica = state.get("replica") or {}
+    return {
+        "messages": sum(state["queue"].values()),
+        "postfix_running": state["postfix_running"],
+        "replica_files": replica.get("files"),
+        "replica_bytes": replica.get("bytes"),
+    }
+
+
+def _run(row: dict[str, Any] | None, now: dt.datetime) -> Status | None:
+    if row is None:
+        return None
+    ended = row["started_at"] + dt.timedelta(seconds=row["duration_seconds"])
+    return {
+        "started_at": row["started_at"].isoformat(),
+        "ended_at": ended.isoformat(),
+        "age_seconds": (now - row["started_at"]).total_seconds(),
+        "outcome": row["outcome"],
+        "detail": row["detail"],
+        "duration_seconds": row["duration_seconds"],
+        "freeze_seconds": row["freeze_seconds"],
+        "freeze_mode": row["freeze_mode"],
+        "files": row["files"],
+        "bytes": row["bytes"],
+    }
+
+
+async def _latest_run(where: Any) -> dict[str, Any] | None:
+    return await SyncRun.select().where(where).order_by(SyncRun.id, ascending=False).first()
+
+
+async def _sync(node_id: str, now: dt.datetime, active: bool) -> Status:
+    """The last run and the last successful one. The lag (now minus the end of the last
+    successful run) is the active node's: a passive node's runs are from when it was active,
+    and its queue is not the one being replicated."""
+    last = _run(await _latest_run(SyncRun.node_id == node_id), now)
+    last_ok = _run(await _latest_run((SyncRun.node_id == node_id) & (SyncRun.outcome == "ok")), now)
+    counts = await SyncRun.raw(
+        "SELECT outcome, count(*) AS runs FROM sync_runs WHERE node_id = {} GROUP BY outcome",
+        node_id,
+    )
+    part: Status = {
+        "last": last,
+        "last_ok": last_ok,
+        "runs": {row["outcome"]: row["runs"] for row in counts},
+        "lag_seconds": None,
+    }
+    if not active:
+        part["unknown"] = "this node does not hold the VIP: its queue is not replicated"
+    elif last_ok is None:
+        part["unknown"] = "no queue sync has succeeded on this node yet"
+    else:
+        ended = dt.datetime.fromisoformat(last_ok["ended_at"])
+        part["lag_seconds"] = max((now - ended).total_seconds(), 0.0)
+    return part
+
+
+async def _config(settings: Settings) -> Status:
+    """The local version this node's Postfix runs and the newest local one; `master_version`
+    is the same in the master's numbering, which both nodes share (on the master it is the
+    local number; a slave's comes from the version it pulled)."""
+    applied = (
+        await AppliedVersion.select(AppliedVersion.number, AppliedVersion.applied_at)
+        .where(AppliedVersion.node_id == settings.node_id)
+        .first()
+    )
+    latest = (
+        await ConfigVersion.select(ConfigVersion.number)
+        .order_by(ConfigVersion.number, ascending=False)
+        .first()
+    )
+    part: Status = {
+        "applied": applied["number"] if applied else None,
+        "applied_at": applied["applied_at"].isoformat() if applied else None,
+        "latest": latest["number"] if latest else None,
+        "master_version": None,
+    }
+    if applied is None:
+        part["unknown"] = "no config version is applied on this node yet"
+    elif settings.cluster_mode == "master":
+        part["master_version"] = applied["number"]
+    else:
+        state = await pull.applied_state(settings.node_id)
+        if state is None:
+            part["unknown"] = "the applied version did not come from the master"
+        else:
+            part["master_version"] = state["master_number"]
+    return part
+
+
+# -- the peer ---------------------------------------------------------------------------------
+
+
+async def peer_status(settings: Settings) -> Status:
+    """{"reachable": True, "status": <the peer's node status>}, or {"reachable": False,
+    "error": "unreachable: <why>"} within PEER_TIMEOUT; never raises."""
+    try:
+        api = PeerApi.from_settings(settings)
+    except PeerError as exc:
+        return {"reachable": False, "error": f"not configured: {exc}"}
+    try:
+        async with (
+            asyncio.timeout(PEER_TIMEOUT),
+            peer_request(
+                api.url, api.token, api.tls, "GET", STATUS_PATH, timeout=PEER_TIMEOUT
+            ) as response,
+        ):
+            if response.status_code != 200:
+                raise PeerError(f"the peer answered HTTP {response.status_code}")
+            body = json.loads(await response.aread())
+    except PeerError as exc:
+        return {"reachable": False, "error": f"unreachable: {exc}"}
+    except TimeoutError:
+        return {"reachable": False, "error": f"unreachable: no answer within {PEER_TIMEOUT:g} s"}
+    except ValueError:
+        return {"reachable": False, "error": "unreachable: the peer's answer is not JSON"}
+    if not isinstance(body, dict) or not isinstance(body.get("node_id"), str):
+        return {"reachable": False, "error": "unreachable: the peer's answer is not a status"}
+    return {"reachable": True, "status": body}
+
+
+# -- both -------------------------------------------------------------------------------------
+
+
+async def cluster_view(settings: Settings, agent: AgentClient) -> Status:
+    """This node's status and the peer's, asked at the same time, and who holds the VIP."""
+    own, peer = await asyncio.gather(node_status(settings, agent), peer_status(settings))
+    nodes = [own] + ([peer["status"]] if peer["reachable"] else [])
+    return {"this": own, "peer": peer, "vip_owners": vip_owners(nodes)}
+
+
+def vip_owners(nodes: list[Status]) -> list[str]:
+    """The nodes that say they hold the VIP: one normally; two under a partition; none while
+    it moves (or when no node can tell)."""
+    return [
+        str(node.get("node_id"))
+        for node in nodes
+        if isinstance(node.get("vip"), dict) and node["vip"].get("held") is True
+    ]

@@ -1,0 +1,253 @@
+"""Planned switchover: the active node hands the VIP and its mail to the peer, step by step.
+
+Run on the active node (`mailrelay switchover`, or the Admin's form on /cluster):
+
+  vip         this node holds the VIP (else: run it on the active node)
+  peer        the peer answers and its keepalived is BACKUP, so it can take the VIP; without
+              this, stopping keepalived here would leave the VIP nowhere until this node takes
+              it back after the master-down interval
+  final_sync  a last queue sync into the peer's replica; a failure stops the switchover before
+              the VIP moves
+  handover    the agent stops keepalived, waits until the VIP has left, starts it again: it
+              comes back as BACKUP and, with nopreempt, the peer keeps the VIP
+  peer_vip    the peer holds the VIP, is MASTER and has imported the replica
+  reconcile   this node's queue is stale now: hold it, delete what the peer took over, release
+              the rest (app.cluster.reconcile). keepalived's own events do not run this here,
+              because a stopped keepalived reports STOP between MASTER and BACKUP
+  smtp        the VIP answers SMTP: a 220 greeting, 250 to EHLO, QUIT
+
+Each step is timed. The first failure ends the run, except that the SMTP check still runs once
+the handover was tried: whether mail is accepted on the VIP is then what matters most. Only one
+switchover runs at a time (a lease in cluster_locks; a second one reports a failed `lock` step
+and nothing else). The whole report is audited as "cluster.switchover".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import smtplib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app import audit
+from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.cluster import locks, queuesync, reconcile, status
+from app.cluster.vrrp import VipCheckError, vip_held
+from app.db.tables import SyncRun
+from app.settings import Settings
+
+ACTION = "cluster.switchover"
+LOCK = "switchover"
+# Longer than a run can take: a final sync with its rsync timeouts, the waits below.
+LOCK_TTL_SECONDS = 300
+HANDOVER_TIMEOUT = 10
+PEER_VIP_WAIT = 10.0
+POLL_SECONDS = 0.5
+SMTP_PORT = 25
+SMTP_TIMEOUT = 10.0
+
+
+@dataclass
+class Step:
+    name: str
+    outcome: str  # ok | failed | skipped
+    detail: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+class StepFailed(Exception):
+    pass
+
+
+class _Switchover:
+    def __init__(self, settings: Settings, agent: AgentClient) -> None:
+        self.settings = settings
+        self.agent = agent
+        self.vip = settings.vip_address or ""
+        self.peer = "the peer"  # its node ID once it answered
+
+    def plan(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
+        return [
+            ("vip", self.check_vip),
+            ("peer", self.check_peer),
+            ("final_sync", self.final_sync),
+            ("handover", self.handover),
+            ("peer_vip", self.check_peer_vip),
+            ("reconcile", self.reconcile),
+            ("smtp", self.check_smtp),
+        ]
+
+    async def check_vip(self) -> str:
+        if not self.vip:
+            raise StepFailed("VIP_ADDRESS is not set on this node")
+        try:
+            held = await asyncio.to_thread(vip_held, self.vip)
+        except VipCheckError as exc:
+            raise StepFailed(f"cannot tell whether this node holds the VIP: {exc}") from None
+        if not held:
+            raise StepFailed(
+                f"this node ({self.settings.node_id}) does not hold the VIP {self.vip}: "
+                "run it on the active node"
+            )
+        return f"node {self.settings.node_id} holds the VIP {self.vip}"
+
+    async def check_peer(self) -> str:
+        answer = await status.peer_status(self.settings)
+        if not answer["reachable"]:
+            raise StepFailed(f"the peer cannot be asked: {answer['error']}")
+        peer = answer["status"]
+        self.peer = f"node {peer['node_id']}"
+        state = (peer.get("vrrp") or {}).get("state")
+        if state != "BACKUP":
+            raise StepFailed(
+                f"{self.peer}'s keepalived last reported {state or 'no state'}, not BACKUP: "
+                "it could not take the VIP"
+            )
+        if (peer.get("vip") or {}).get("held") is True:
+            raise StepFailed(f"{self.peer} holds the VIP too (a partition?)")
+        return f"{self.peer} answers and is BACKUP"
+
+    async def final_sync(self) -> str:
+        freeze = self.settings.sync_freeze
+        result = await queuesync.run_once(self.settings, self.agent, freeze)
+        if result.outcome != "ok":
+            raise StepFailed(
+                f"the final queue sync: {result.outcome}: {result.detail}; the VIP stays here"
+            )
+        run = (
+            await SyncRun.select(SyncRun.files, SyncRun.bytes, SyncRun.freeze_seconds)
+            .where((SyncRun.node_id == self.settings.node_id) & (SyncRun.outcome == "ok"))
+            .order_by(SyncRun.id, ascending=False)
+            .first()
+        )
+        assert run is not None  # run_once has just recorded it
+        return (
+            f"{run['files']} files, {run['bytes']} bytes copied to {self.peer}'s replica; "
+            f"Postfix frozen {run['freeze_seconds'] * 1000:.0f} ms ({freeze})"
+        )
+
+    async def handover(self) -> str:
+        try:
+            done: dict[str, Any] = await self.agent.call(
+                "vip_handover", vip=self.vip, timeout=HANDOVER_TIMEOUT
+            )
+        except (AgentUnavailable, AgentRefused) as exc:
+            raise StepFailed(str(exc)) from None
+        return (
+            f"keepalived stopped, the VIP left this node after {done['released_seconds']:.2f} s, "
+            "keepalived started again (BACKUP)"
+        )
+
+    async def check_peer_vip(self) -> str:
+        """Until the peer holds the VIP, is MASTER, and its agent answered its status: the peer
+        imports the replica through its agent as soon as it is MASTER, and its agent runs one
+        verb at a time, so a status it answered after that began is one after the import."""
+        deadline = time.monotonic() + PEER_VIP_WAIT
+        while True:
+            answer = await status.peer_status(self.settings)
+            peer = answer.get("status") or {}
+            held = (peer.get("vip") or {}).get("held")
+            state = (peer.get("vrrp") or {}).get("state")
+            agent_answered = (peer.get("queue") or {}).get("messages") is not None
+            if held is True and state == "MASTER" and agent_answered:
+                return f"{self.peer} holds the VIP {self.vip} and is MASTER"
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        seen = (
+            answer["error"]
+            if not answer["reachable"]
+            else f"VIP held: {held}, VRRP state: {state}, its agent answered: {agent_answered}"
+        )
+        try:
+            here = "yes" if await asyncio.to_thread(vip_held, self.vip) else "no"
+        except VipCheckError as exc:
+            here = f"unknown ({exc})"
+        raise StepFailed(
+            f"{self.peer} has not taken over after {PEER_VIP_WAIT:g} s ({seen}); the VIP is on "
+            f"this node: {here}. This node's queue was not reconciled: check the dashboard, "
+            "then run `mailrelay reconcile` here once the peer is active"
+        )
+
+    async def reconcile(self) -> str:
+        result = await reconcile.run_once(self.settings, self.agent)
+        if result.outcome == "held":
+            raise StepFailed(
+                f"{result.held} messages stay on hold here: {result.detail}; "
+                "the dashboard offers to release them"
+            )
+        if result.outcome == "nothing":
+            return "the queue here was empty"
+        return (
+            f"{result.held} messages held; {result.deleted} taken over by {self.peer} and deleted "
+            f"here, {result.released} released to be delivered from here"
+        )
+
+    async def check_smtp(self) -> str:
+        return await asyncio.to_thread(smtp_check, self.vip, SMTP_PORT, self.settings.hostname)
+
+
+def smtp_check(host: str, port: int, helo_name: str, timeout: float = SMTP_TIMEOUT) -> str:
+    """Connect, expect a 220 greeting and 250 to EHLO, QUIT. Raises StepFailed."""
+    try:
+        with smtplib.SMTP(timeout=timeout, local_hostname=helo_name) as smtp:
+            code, greeting = smtp.connect(host, port)
+            if code != 220:
+                raise StepFailed(f"{host}:{port} greeted with {code} {greeting.decode()!r}")
+            code, _features = smtp.ehlo()
+            if code != 250:
+                raise StepFailed(f"{host}:{port} answered EHLO with {code}")
+    except (OSError, smtplib.SMTPException) as exc:
+        raise StepFailed(f"SMTP on {host}:{port}: {exc or type(exc).__name__}") from None
+    return f"{host}:{port} greets ({greeting.decode(errors='replace')[:80]}) and accepts EHLO"
+
+
+async def run(
+    settings: Settings, agent: AgentClient, actor: str, source_ip: str = ""
+) -> list[Step]:
+    """The whole switchover; its report, one Step per step (those not run are "skipped")."""
+    holder = f"{settings.node_id}-{actor}-{secrets.token_hex(4)}"[:64]
+    try:
+        lease = await locks.acquire(LOCK, holder, LOCK_TTL_SECONDS)
+    except locks.LockConflict as exc:
+        steps = [Step("lock", "failed", f"another switchover is running: {exc}", 0.0)]
+    else:
+        try:
+            steps = await _steps(_Switchover(settings, agent))
+        finally:
+            await locks.release(LOCK, holder, lease.fencing_token)
+    failed = not all(step.ok for step in steps)
+    await audit.record(
+        actor,
+        ACTION,
+        f"VIP {settings.vip_address or '-'} from node {settings.node_id}",
+        source_ip,
+        "failed" if failed else "ok",
+        after={"steps": [dataclasses.asdict(step) for step in steps]},
+    )
+    return steps
+
+
+async def _steps(switchover: _Switchover) -> list[Step]:
+    steps: list[Step] = []
+    failed = handover_tried = False
+    for name, action in switchover.plan():
+        if failed and not (name == "smtp" and handover_tried):
+            steps.append(Step(name, "skipped", "not run: an earlier step failed", 0.0))
+            continue
+        handover_tried = handover_tried or name == "handover"
+        started = time.monotonic()
+        try:
+            detail, outcome = await action(), "ok"
+        except StepFailed as exc:
+            detail, outcome, failed = str(exc), "failed", True
+        steps.append(Step(name, outcome, detail, time.monotonic() - started))
+    return steps
