@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from app.db.tables import ClusterLock
 
 MAX_TTL_SECONDS = 600
+# The planned switchover's lock: while it is held, the switchover reconciles this node's queue
+# itself, and keepalived's events must not do it a second time.
+SWITCHOVER = "switchover"
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,12 @@ async def release(name: str, holder: str, fencing_token: int) -> bool:
         fencing_token,
     )
     return bool(rows)
+
+
+async def held(name: str) -> bool:
+    """Whether someone holds an unexpired lease on `name` right now."""
+    return bool(
+        await ClusterLock.raw(
+            "SELECT 1 FROM cluster_locks WHERE name = {} AND expires_at > now()", name
+        )
+    )

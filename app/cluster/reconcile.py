@@ -1,4 +1,4 @@
-"""Return: a node that boots (or drops from MASTER to BACKUP) holds a stale queue. Before its
+"""Return: a node that boots (or leaves MASTER) holds a stale queue. Before its
 Postfix delivers anything it puts its whole queue on hold, asks the peer which of its queue IDs
 the peer took over (queue_imports), deletes exactly those, and releases the rest: mail it
 accepted after its last sync is delivered late, not lost, and nothing is delivered twice. If
@@ -8,6 +8,8 @@ audited click (or `mailrelay reconcile --release`).
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 import logging
 import time
@@ -17,10 +19,18 @@ from typing import Any
 
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.cluster import locks, status
 from app.cluster.peer import PeerApi, PeerError, peer_request
 from app.settings import Settings
 
 log = logging.getLogger("mailrelay.reconcile")
+# How long a node that left MASTER waits for the peer to become MASTER and import its replica.
+LEAVE_WAIT_SECONDS = 60.0
+LEAVE_POLL_SECONDS = 1.0
+# A peer MASTER since this long before this node left MASTER was MASTER at the same time: a
+# partition. More than the clock skew of NTP-synced nodes, less than the 3 advert intervals
+# (plus skew) a split brain needs to begin.
+SPLIT_BRAIN_MARGIN = dt.timedelta(seconds=2)
 
 
 @dataclass
@@ -102,6 +112,51 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
         time.monotonic() - started,
     )
     return ReconcileResult("reconciled", len(held), len(delete), len(release))
+
+
+async def after_leaving_master(
+    settings: Settings, agent: AgentClient, left_at: dt.datetime
+) -> ReconcileResult:
+    """keepalived took the VIP from this node (MASTER -> BACKUP, FAULT or STOP). The peer
+    imports this node's replica when it becomes MASTER, so this node's queue is stale: once the
+    peer is MASTER and has imported (its agent answers again: it runs one verb at a time),
+    reconcile as a returning node does.
+
+    Unless the peer was MASTER already while this node still was: that is a partition that
+    healed, and then each node keeps and delivers what it accepted. Nothing is deleted from a
+    live queue after a heal: a message may go out twice, none is lost.
+    """
+    if await locks.held(locks.SWITCHOVER):
+        log.info("reconcile: a switchover is running; it reconciles this node's queue itself")
+        return ReconcileResult("nothing", detail="a switchover reconciles")
+    deadline = time.monotonic() + LEAVE_WAIT_SECONDS
+    while True:
+        peer = await status.peer_status(settings)
+        node = peer.get("status") or {}
+        state = (node.get("vrrp") or {}).get("state")
+        if state == "MASTER" and (node.get("queue") or {}).get("messages") is not None:
+            break
+        if time.monotonic() > deadline:
+            if peer["reachable"]:
+                # The peer did not take over, so it imported nothing: this queue is the only
+                # copy that may be delivered, and keepalived gives this node the VIP back.
+                log.info("reconcile: the peer is %s, not MASTER: this queue stays as it is", state)
+                return ReconcileResult("nothing", detail=f"the peer is {state}")
+            # Cannot tell what the peer did: hold everything and raise the alert.
+            return await run_once(settings, agent)
+        await asyncio.sleep(LEAVE_POLL_SECONDS)
+    since = dt.datetime.fromisoformat(node["vrrp"]["since"])
+    if since < left_at - SPLIT_BRAIN_MARGIN:
+        detail = (
+            f"the peer was MASTER since {since.isoformat()}, before this node left MASTER at "
+            f"{left_at.isoformat()}: a partition healed; every message stays and is delivered"
+        )
+        await audit.record(
+            "reconcile", "queue.reconcile", "partition", "", after={"detail": detail}
+        )
+        log.warning("reconcile: %s", detail)
+        return ReconcileResult("partition", detail=detail)
+    return await run_once(settings, agent)
 
 
 async def release_held(settings: Settings, agent: AgentClient, actor: str, source_ip: str) -> int:

@@ -12,8 +12,8 @@ Run on the active node (`mailrelay switchover`, or the Admin's form on /cluster)
               comes back as BACKUP and, with nopreempt, the peer keeps the VIP
   peer_vip    the peer holds the VIP, is MASTER and has imported the replica
   reconcile   this node's queue is stale now: hold it, delete what the peer took over, release
-              the rest (app.cluster.reconcile). keepalived's own events do not run this here,
-              because a stopped keepalived reports STOP between MASTER and BACKUP
+              the rest (app.cluster.reconcile). keepalived's events (MASTER -> STOP) leave
+              it to this step while the switchover's lock is held
   smtp        the VIP answers SMTP: a 220 greeting, 250 to EHLO, QUIT
 
 Each step is timed. The first failure ends the run, except that the SMTP check still runs once
@@ -41,7 +41,7 @@ from app.db.tables import SyncRun
 from app.settings import Settings
 
 ACTION = "cluster.switchover"
-LOCK = "switchover"
+LOCK = locks.SWITCHOVER
 # Longer than a run can take: a final sync with its rsync timeouts, the waits below.
 LOCK_TTL_SECONDS = 300
 HANDOVER_TIMEOUT = 10

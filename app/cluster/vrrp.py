@@ -338,8 +338,9 @@ async def run(
                 hook = None
                 if event.state == "MASTER":
                     hook = on_master
-                elif event.state == "BACKUP" and last_state == "MASTER":
-                    # MASTER -> BACKUP: this node's queue is stale now, like after a reboot.
+                elif last_state == "MASTER":
+                    # MASTER -> BACKUP, FAULT (Postfix stopped answering) or STOP (keepalived
+                    # stopped): the peer takes over this node's queue; this copy is stale.
                     hook = on_return
                 last_state = event.state
                 if hook is not None:
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         from app.cluster import reconcile
 
         async def come_back(event: Notification) -> object:
-            return await reconcile.run_once(settings, agent)
+            return await reconcile.after_leaving_master(settings, agent, dt.datetime.now(dt.UTC))
 
         with contextlib.suppress(asyncio.CancelledError):
             await run(

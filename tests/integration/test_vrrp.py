@@ -108,6 +108,44 @@ async def stop_task(task: asyncio.Task) -> None:
 # -- the reader alone (no root needed) ---------------------------------------------------------
 
 
+async def test_the_hooks_fire_on_becoming_master_and_on_every_way_of_leaving_it(
+    vrrp_events, tmp_path
+):
+    """Promotion on MASTER; the return reconcile whenever MASTER ends: BACKUP, FAULT (the SMTP
+    check failed) or STOP (keepalived stopped, as in a switchover), never on other changes."""
+    fifo, state_file = tmp_path / "vrrp.fifo", tmp_path / "vrrp.state"
+    calls: list[str] = []
+
+    async def on_master(event: vrrp.Notification) -> None:
+        calls.append(f"promote at {event.state}")
+
+    async def on_return(event: vrrp.Notification) -> None:
+        calls.append(f"reconcile at {event.state}")
+
+    reader = asyncio.create_task(
+        vrrp.run(fifo, "a", state_file, on_master=on_master, on_return=on_return)
+    )
+    try:
+        await wait_for(fifo.exists, 5, "the FIFO")
+        writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        states = ["BACKUP", "MASTER", "BACKUP", "FAULT", "BACKUP", "MASTER", "FAULT", "BACKUP"]
+        states += ["MASTER", "STOP", "BACKUP"]
+        lines = "".join(f'INSTANCE "VI_MAIL" {state} 150\n' for state in states)
+        os.write(writer, lines.encode())
+        await wait_for(lambda: _count_is(len(states)), 5, "every row")
+        os.close(writer)
+        assert calls == [
+            "promote at MASTER",
+            "reconcile at BACKUP",
+            "promote at MASTER",
+            "reconcile at FAULT",
+            "promote at MASTER",
+            "reconcile at STOP",
+        ]
+    finally:
+        await stop_task(reader)
+
+
 async def test_the_reader_records_changes_in_order_and_keeps_the_state_file(vrrp_events, tmp_path):
     fifo, state_file = tmp_path / "vrrp.fifo", tmp_path / "vrrp.state"
     reader = asyncio.create_task(vrrp.run(fifo, "a", state_file))

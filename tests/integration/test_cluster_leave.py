@@ -1,0 +1,139 @@
+"""A node that leaves MASTER (keepalived's BACKUP, FAULT or STOP) reconciles its queue once the
+peer is MASTER and has imported, and keeps everything after a partition.
+
+Against the real PostgreSQL; the peer is a stand-in for node b's API over real pinned HTTPS
+(its status and what it imported), the agent a fake on a unix socket: keepalived moving a VIP
+between two nodes needs the lab (tests/lab).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar, get
+
+from app.agent.client import AgentClient
+from app.auth import tokens
+from app.cluster import locks, reconcile
+from app.db.tables import AuditLog
+from tests.clusterpeer import FakeAgent, fake_agent, peer_settings, serve_https
+
+HELD = ["4dLq2G1xZ9z9vxA", "4dLq2G1xZ9z9vxB", "4dLq2G1xZ9z9vxC"]
+IMPORTED = ["4dLq2G1xZ9z9vxA", "4dLq2G1xZ9z9vxB"]
+AGENT = {
+    "hold_all": HELD,
+    "delete_ids": lambda args: len(args["queue_ids"]),
+    "release_ids": lambda args: len(args["queue_ids"]),
+    "flush_all": None,
+}
+
+
+class Peer:
+    """Node b as the leaving node sees it: its VRRP state since when, and its agent answering."""
+
+    def __init__(self, state: str, since: dt.datetime) -> None:
+        self.state, self.since = state, since
+        self.asked = 0
+
+    def app(self) -> Litestar:
+        @get("/api/cluster/status")
+        async def cluster_status() -> dict[str, Any]:
+            self.asked += 1
+            return {
+                "node_id": "b",
+                "vrrp": {"state": self.state, "since": self.since.isoformat()},
+                "queue": {"messages": 2},
+            }
+
+        @get("/api/queue/imported")
+        async def imported() -> dict[str, Any]:
+            return {"queue_ids": IMPORTED}
+
+        return Litestar([cluster_status, imported])
+
+
+@contextlib.asynccontextmanager
+async def node_a(settings: Any, tmp_path: Any, peer: Peer) -> AsyncIterator[tuple[Any, FakeAgent]]:
+    async with fake_agent(dict(AGENT)) as agent, serve_https(peer.app(), settings) as https:
+        token = await tokens.create("a-to-b", "cluster", "test")
+        yield (
+            peer_settings(
+                settings, https, token, node_id="a", agent_socket=agent.path, state_dir=tmp_path
+            ),
+            agent,
+        )
+
+
+async def leave(settings: Any, agent: FakeAgent, left_at: dt.datetime) -> Any:
+    return await reconcile.after_leaving_master(settings, AgentClient(agent.path), left_at)
+
+
+async def test_after_the_peer_took_over_the_imported_mail_is_deleted_the_rest_released(
+    settings, tmp_path
+):
+    left_at = dt.datetime.now(dt.UTC)
+    peer = Peer("MASTER", left_at + dt.timedelta(seconds=1))
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await leave(a, agent, left_at)
+    assert (result.outcome, result.held, result.deleted, result.released) == (
+        "reconciled",
+        3,
+        2,
+        1,
+    )
+    assert agent.args("delete_ids") == [{"queue_ids": IMPORTED}]
+    assert agent.args("release_ids") == [{"queue_ids": ["4dLq2G1xZ9z9vxC"]}]
+
+
+async def test_it_waits_until_the_peer_is_master(settings, tmp_path, monkeypatch):
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.1)
+    left_at = dt.datetime.now(dt.UTC)
+    peer = Peer("BACKUP", left_at - dt.timedelta(minutes=5))
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        original = reconcile.status.peer_status
+
+        async def peer_becomes_master(s: Any) -> Any:
+            if peer.asked >= 3:
+                peer.state, peer.since = "MASTER", left_at + dt.timedelta(seconds=1)
+            return await original(s)
+
+        monkeypatch.setattr(reconcile.status, "peer_status", peer_becomes_master)
+        result = await leave(a, agent, left_at)
+    assert peer.asked >= 4
+    assert result.outcome == "reconciled" and result.deleted == 2
+
+
+async def test_after_a_partition_nothing_is_held_or_deleted(settings, tmp_path):
+    left_at = dt.datetime.now(dt.UTC)
+    # The peer became MASTER long before this node left MASTER: both were MASTER at once.
+    peer = Peer("MASTER", left_at - dt.timedelta(minutes=3))
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await leave(a, agent, left_at)
+    assert result.outcome == "partition"
+    assert agent.verbs == []
+    [entry] = await AuditLog.select().where(AuditLog.action == "queue.reconcile")
+    assert entry["target"] == "partition"
+
+
+async def test_a_peer_that_does_not_take_over_leaves_the_queue_alone(
+    settings, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(reconcile, "LEAVE_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.1)
+    peer = Peer("BACKUP", dt.datetime.now(dt.UTC))
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await leave(a, agent, dt.datetime.now(dt.UTC))
+    assert result.outcome == "nothing" and "BACKUP" in result.detail
+    assert agent.verbs == []
+
+
+async def test_during_a_switchover_it_leaves_the_queue_to_the_switchover(settings, tmp_path):
+    await locks.acquire(locks.SWITCHOVER, "a-switchover", ttl_seconds=60)
+    peer = Peer("MASTER", dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await leave(a, agent, dt.datetime.now(dt.UTC))
+    assert result.outcome == "nothing"
+    assert agent.verbs == [] and peer.asked == 0
