@@ -51,11 +51,15 @@ def _queue_ids(args: dict[str, Any]) -> list[str]:
     return ids
 
 
-def _handover(args: dict[str, Any]) -> dict[str, float]:
+def _vip_address(args: dict[str, Any]) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        address = ipaddress.ip_address(str(args.get("vip")))
+        return ipaddress.ip_address(str(args.get("vip")))
     except ValueError:
         raise AgentError("vip must be an IP address") from None
+
+
+def _handover(args: dict[str, Any]) -> dict[str, float]:
+    address = _vip_address(args)
     timeout = args.get("timeout", 10)
     if not isinstance(timeout, int | float) or not 1 <= timeout <= 60:
         raise AgentError("timeout must be 1-60 seconds")
@@ -87,6 +91,9 @@ class Agent:
             "release_ids": lambda a: queuesync.postsuper_ids("-H", _queue_ids(a)),
             "flush_all": lambda a: self.tools.flush_all(),
             "vip_handover": _handover,
+            # For a web app in a container, which sees its own network namespace, not the
+            # host's interfaces.
+            "vip_held": lambda a: vip.present(_vip_address(a)),
             **{
                 action: (lambda a, action=action: self.tools.queue_action(action, _queue_id(a)))
                 for action in ("hold", "release", "delete", "requeue", "flush")

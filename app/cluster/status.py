@@ -40,7 +40,7 @@ AGENT_TIMEOUT = 2.0
 
 async def node_status(settings: Settings, agent: AgentClient) -> Status:
     now = dt.datetime.now(dt.UTC)
-    vip = await _vip(settings)
+    vip = await _vip(settings, agent)
     vrrp, queue, sync, config = await asyncio.gather(
         _vrrp(settings.node_id),
         _queue(agent),
@@ -72,14 +72,21 @@ async def _vrrp(node_id: str) -> Status:
     return {"state": row["state"], "since": row["at"].isoformat(), "priority": row["priority"]}
 
 
-async def _vip(settings: Settings) -> Status:
+async def _vip(settings: Settings, agent: AgentClient) -> Status:
     address = settings.vip_address
     if not address:
         return {"address": None, "held": None, "unknown": "VIP_ADDRESS is not set"}
     try:
         return {"address": address, "held": await asyncio.to_thread(vip_held, address)}
     except VipCheckError as exc:
-        return {"address": address, "held": None, "unknown": str(exc)}
+        local = str(exc)
+    # Under rootless Podman the app sees its container's interfaces, not the host's: the agent
+    # (root, on the host) can tell.
+    try:
+        held = await asyncio.wait_for(agent.call("vip_held", vip=address), AGENT_TIMEOUT)
+    except (AgentUnavailable, AgentRefused, TimeoutError) as exc:
+        return {"address": address, "held": None, "unknown": f"{local}; agent: {exc}"}
+    return {"address": address, "held": bool(held)}
 
 
 async def _queue(agent: AgentClient) -> Status:

@@ -112,6 +112,10 @@ class Namespace:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
 
     def handover(self, **args: object) -> dict:
+        return self.call("vip_handover", {"vip": VIP} | args)
+
+    def call(self, verb: str, args: dict[str, object]) -> dict:
+        """The agent's answer to one request, run inside this namespace."""
         env = os.environ | {
             "PATH": f"{self.folder / 'bin'}:{os.environ['PATH']}",
             "PYTHONPATH": str(ROOT),
@@ -120,7 +124,7 @@ class Namespace:
             "HANDOVER_KEEP_VIP": str(self.folder / "keep-vip"),
             "HANDOVER_START_FAILS": str(self.folder / "start-fails"),
         }
-        request = {"verb": "vip_handover", "args": {"vip": VIP} | args}
+        request = {"verb": verb, "args": args}
         result = subprocess.run(
             ["ip", "netns", "exec", self.name, sys.executable, "-c", CALL, json.dumps(request)],
             capture_output=True,
@@ -193,6 +197,14 @@ def test_a_node_without_the_vip_does_not_touch_keepalived(ns):
         "error": f"{VIP} is not on this node: there is nothing to hand over",
     }
     assert ns.calls() == []
+
+
+def test_the_agent_says_whether_the_vip_is_on_this_node(ns):
+    """For a web app under rootless Podman, which cannot see the host's interfaces."""
+    assert ns.call("vip_held", {"vip": VIP}) == {"ok": True, "result": True}
+    ns.ip("addr", "del", f"{VIP}/32", "dev", "lo")
+    assert ns.call("vip_held", {"vip": VIP}) == {"ok": True, "result": False}
+    assert ns.call("vip_held", {"vip": "nope"})["error"] == "vip must be an IP address"
 
 
 def test_the_arguments_are_checked(ns):

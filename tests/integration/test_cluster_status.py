@@ -144,6 +144,22 @@ async def test_the_figures_of_the_active_node(settings):
     }
 
 
+async def test_where_the_app_cannot_see_the_hosts_interfaces_the_agent_says(
+    settings, monkeypatch
+):
+    """As under rootless Podman: `ip` in the container fails (or sees the container's own
+    interfaces), the agent on the host answers."""
+
+    def no_ip(address: str) -> bool:
+        raise status.VipCheckError("ip: not found")
+
+    monkeypatch.setattr(status, "vip_held", no_ip)
+    async with fake_agent({"status": AGENT_STATUS, "vip_held": True}) as agent:
+        state = await status.node_status(node(settings, agent), AgentClient(agent.path))
+    assert state["vip"] == {"address": HELD_VIP, "held": True}
+    assert agent.args("vip_held") == [{"vip": HELD_VIP}]
+
+
 async def test_a_passive_node_reports_no_replication_lag(settings):
     """Its runs are from when it was active: a lag from them would be a false alarm."""
     await sync_run("a", 3600, "ok")

@@ -6,6 +6,7 @@ each test works with whichever node holds the VIP when it starts."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -87,6 +88,10 @@ def send(server: str, count: int, tag: str) -> None:
 
 def delivered(tag: str) -> list[str]:
     return [m for m in lab("sink", "sink1", "list").stdout.split() if f"<{tag}-" in m]
+
+
+def node_state(node: str) -> str:
+    return lab("exec", node, "cat", "/run/mailrelay-vrrp/vrrp.state", check=False).stdout
 
 
 def postfix_frozen(node: str) -> bool:
@@ -261,3 +266,37 @@ def test_a_partition_with_mail_on_both_sides_loses_nothing(up):
         f"VIP on {vip_owner()} after the heal"
     )
     assert len(set(ids)) == 20
+
+
+def test_a_planned_switchover_moves_the_vip_and_each_message_exactly_once(up):
+    node = vip_owner()
+    peer = other(node)
+    wait_for(lambda: "BACKUP" in node_state(peer), 120, f"{peer} to be a ready BACKUP")
+    tag = f"switch{int(time.time())}"
+    lab("sink", "sink1", "stop")
+    try:
+        send(VIP, 30, tag)
+        switched = lab(
+            "exec", node, "runuser", "-u", "mailrelay", "--", "bash", "-c",
+            "set -a; . /etc/mailrelay/mailrelay.env; set +a; "
+            "exec /opt/mailrelay/venv/bin/mailrelay switchover",
+            check=False, timeout=300,
+        )  # fmt: skip
+        print(f"\nswitchover {node} -> {peer}:\n{switched.stdout}{switched.stderr}")
+        assert switched.returncode == 0
+        for step in ("vip", "peer", "final_sync", "handover", "peer_vip", "reconcile", "smtp"):
+            assert re.search(rf"^{step}\s+ok\b", switched.stdout, re.MULTILINE), step
+        assert vip_owner() == peer
+    finally:
+        lab("sink", "sink1", "start")
+
+    def arrived() -> int:
+        for each in ("a", "b"):
+            lab("exec", each, "postqueue", "-f", check=False)
+        return len(set(delivered(tag)))
+
+    wait_for(lambda: arrived() == 30, 120, "the 30 messages at sink1")
+    time.sleep(10)  # time for anything to go out twice
+    ids = delivered(tag)
+    print(f"after the switchover: {len(set(ids))} of 30 delivered, {len(ids) - 30} duplicates")
+    assert len(ids) == 30, "each message exactly once"
