@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.labtools import VIP, A, B, lab, swaks, vip_owner, wait_for
+from tests.lab.labtools import VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
 
 pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[2]
+NODE_IP = {"a": A, "b": B}
 REPLICA = "/var/spool/mailrelay-replica"
 AUTHORIZED_KEYS = "/var/lib/mailrelay-sync/.ssh/authorized_keys"
 MAILRELAY_ENV = "/etc/mailrelay/mailrelay.env"
@@ -162,6 +163,10 @@ def test_a_sync_to_an_unreachable_peer_fails_cleanly_and_deletes_nothing(up):
         failed = [run for run in sync_runs(node, since) if run["outcome"] == "failed"]
         print(f"\nsync with the peer's ssh down: {failed[0]['detail'][:200]}")
         assert "rsync" in failed[0]["detail"]
+        # The dashboard's cluster panel shows the failed run with its reason.
+        client, _token = gui_session(f"https://{NODE_IP[node]}:8443")
+        panel = client.get("/cluster", headers={"HX-Request": "true"}).text
+        assert '<span class="error">failed</span>' in panel and "rsync" in panel, panel
         # Nothing deleted on either side, and Postfix is not left frozen.
         assert queue_files(peer, REPLICA) == replica
         assert live <= queue_files(node, "/var/spool/postfix")

@@ -1,0 +1,547 @@
+"""The parts of scripts/bench that need the two-node lab: failover, sync, lag and throughput.
+
+A lab that is down is brought up for the part and taken down after it; a lab that is up is used
+as it is and left up (every setting a part changes is put back). Everything is measured from
+the lab's client namespace through the VIP, the way a sending application sees the relay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from bench import ROOT, save, svg_bars, table
+
+LAB = str(ROOT / "scripts" / "lab")
+VIP = "198.18.0.100"
+SINK1 = "198.18.0.21"
+ENV = "/etc/mailrelay/mailrelay.env"
+MAILRELAY = "/opt/mailrelay/venv/bin/mailrelay"
+KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
+QUEUE_DIRS = "incoming active deferred"
+# The lab's routes: this sender's mail goes to sink1 (stopped when a part needs a queue), that
+# one's to sink2 (always up).
+SINK1_SENDER, SINK2_SENDER = "app@app.example", "pay@billing.example"
+
+
+def lab(*args: str, check: bool = True, timeout: float = 600) -> str:
+    result = subprocess.run(
+        [LAB, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise SystemExit(f"scripts/lab {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def in_client(*command: str, timeout: float = 900, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        ["ip", "netns", "exec", "mrlab-client", *command],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return result.stdout
+
+
+def vip_owner() -> str:
+    match = re.search(r"VIP \S+: (\w+)", lab("status"))
+    if not match or match.group(1) not in ("a", "b"):
+        raise SystemExit("bench: nobody holds the VIP")
+    return match.group(1)
+
+
+def other(node: str) -> str:
+    return "b" if node == "a" else "a"
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def set_env(node: str, name: str, value: str | None) -> None:
+    line = f" && echo {name}={value} >> {ENV}" if value is not None else ""
+    lab("exec", node, "sh", "-c", f"sed -i '/^{name}=/d' {ENV}{line}")
+
+
+def sql(node: str, query: str) -> list[str]:
+    out = lab(
+        "exec", node, "runuser", "-u", "postgres", "--", "psql", "-d", "mailrelay", "-Atc", query
+    )
+    return [line for line in out.splitlines() if line]
+
+
+def queue_count(node: str, root: str = "/var/spool/postfix") -> int:
+    out = lab(
+        "exec", node, "sh", "-c", f"cd {root} && find {QUEUE_DIRS} -type f 2>/dev/null | wc -l"
+    )
+    return int(out.strip() or 0)
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+    return {
+        "n": len(ordered),
+        "median": round(statistics.median(ordered), 3),
+        "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
+        "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
+def save_quantiles(
+    part: str,
+    title: str,
+    case: str,
+    upper: str,
+    results: dict[str, dict[str, Any]],
+    data: dict[str, Any],
+) -> None:
+    """The table and chart of a part whose figures are seconds: median and `upper` (p95 or
+    p99) per case."""
+    rows = [[name, r["n"], r["median"], r[upper], r["max"]] for name, r in results.items()]
+    text = table(title, [case, "n", "median s", f"{upper} s", "max s"], rows)
+    series = {q: [r[q] for r in results.values()] for q in ("median", upper)}
+    save(part, data | {"results": results}, svg_bars(title, list(results), series, "s"), text)
+
+
+@contextlib.contextmanager
+def the_lab() -> Iterator[None]:
+    was_down = "the lab is down" in lab("status", check=False)
+    if was_down:
+        print("bench: bringing the lab up (about 2 minutes)", file=sys.stderr)
+        lab("up", timeout=900)
+    try:
+        wait_for(lambda: "running" in lab("status"), 300, "the lab's nodes")
+        yield
+    finally:
+        if was_down:
+            lab("down", check=False, timeout=300)
+
+
+def ready_backup(node: str) -> bool:
+    state = lab("exec", node, "cat", "/run/mailrelay-vrrp/vrrp.state", check=False)
+    return '"BACKUP"' in state
+
+
+# -- failover ---------------------------------------------------------------------------------
+
+# Runs in the client namespace: the wall-clock time of the first 250 to a whole message
+# through the VIP, trying every 50 ms (a refused or timed-out try is retried at once).
+PROBE = """
+import smtplib, sys, time
+deadline = time.time() + float(sys.argv[2])
+while time.time() < deadline:
+    try:
+        with smtplib.SMTP(sys.argv[1], 25, timeout=1) as smtp:
+            smtp.sendmail("pay@billing.example", ["you@dest.example"], "Subject: probe")
+        print(time.time())
+        break
+    except (OSError, smtplib.SMTPException):
+        time.sleep(0.05)
+"""
+
+
+def set_advert_interval(interval: str) -> None:
+    for node in ("a", "b"):
+        set_env(node, "VRRP_ADVERT_INT", interval)
+        lab(
+            "exec", node, "sh", "-c",
+            f"set -a; . {ENV}; set +a; {MAILRELAY} keepalived-config > {KEEPALIVED_CONF}",
+        )  # fmt: skip
+    # The BACKUP first, so that the MASTER's restart hands the VIP to a ready peer.
+    owner = vip_owner()
+    for node in (other(owner), owner):
+        lab("exec", node, "systemctl", "restart", "keepalived")
+        wait_for(lambda n=node: ready_backup(n) or vip_owner() == n, 60, f"keepalived on {node}")
+
+
+def one_failover(kind: str) -> float:
+    owner = vip_owner()
+    wait_for(lambda: ready_backup(other(owner)), 300, f"{other(owner)} to be a ready BACKUP")
+    probe: dict[str, float] = {}
+
+    def run_probe() -> None:
+        out = in_client("python3", "-c", PROBE, VIP, "120", timeout=180)
+        probe["at"] = float(out.strip() or "nan")
+
+    thread = threading.Thread(target=run_probe)
+    started = time.time()
+    if kind == "crash":
+        lab("crash", owner)
+    else:
+        lab("exec", owner, "systemctl", "stop", "keepalived")
+    thread.start()
+    thread.join()
+    took = probe["at"] - started
+    if kind == "crash":
+        lab("boot", owner, timeout=600)
+    else:
+        lab("exec", owner, "systemctl", "start", "keepalived")
+    return took
+
+
+def bench_failover(quick: bool) -> None:
+    runs = 3 if quick else 20
+    results: dict[str, dict[str, Any]] = {}
+    with the_lab():
+        try:
+            for interval in ("1", "0.1"):
+                set_advert_interval(interval)
+                for kind in ("crash", "keepalived stop"):
+                    times = [one_failover(kind) for _ in range(runs)]
+                    results[f"{kind}, advert {interval} s"] = quantiles(times)
+                    print(f"{kind}, advert {interval} s: {results[f'{kind}, advert {interval} s']}")
+        finally:
+            set_advert_interval("1")
+    save_quantiles(
+        "failover",
+        f"failover: time from the failure to the first 250 through the VIP ({runs} runs each)",
+        "failure",
+        "p95",
+        results,
+        {"runs": runs},
+    )
+
+
+# -- sync -------------------------------------------------------------------------------------
+
+
+def fill_queue(node: str, size: int) -> None:
+    """Queue up to `size` messages on `node` (sink1 is down, so they stay)."""
+    missing = size - queue_count(node)
+    if missing > 0:
+        in_client(
+            "smtp-source", "-s", "20", "-m", str(missing), "-l", "2048",
+            "-f", SINK1_SENDER, "-t", "you@dest.example", f"{VIP}:25",
+        )  # fmt: skip
+    wait_for(lambda: queue_count(node) >= size, 600, f"{size} messages in {node}'s queue")
+
+
+def one_sync(node: str, mode: str) -> dict[str, Any]:
+    set_env(node, "SYNC_FREEZE", mode)
+    last = int(sql(node, "SELECT coalesce(max(id), 0) FROM sync_runs")[0])
+    lab("exec", node, "systemctl", "start", "mailrelay-queue-sync.service", check=False)
+    query = (
+        "SELECT json_build_object('outcome', outcome, 'duration', duration_seconds, "
+        "'frozen', freeze_seconds, 'files', files, 'bytes', bytes, 'detail', detail) "
+        "FROM sync_runs WHERE id > {} ORDER BY id DESC LIMIT 1"
+    )
+    row = sql(node, query.format(last))
+    if not row:
+        raise SystemExit(f"bench: no sync ran on {node} (does it still hold the VIP?)")
+    return json.loads(row[0])
+
+
+@contextlib.contextmanager
+def peer_keepalived_stopped(node: str, mode: str) -> Iterator[None]:
+    """In stop mode Postfix is down for seconds, long enough to fail the SMTP check: the VIP
+    would move to the peer mid-measurement (and the peer import the queue). With the peer's
+    keepalived stopped the VIP stays with `node` (it drops out while Postfix is down and comes
+    back), so the figures are those of one node. Other modes need no change."""
+    if mode != "stop":
+        yield
+        return
+    lab("exec", other(node), "systemctl", "stop", "keepalived")
+    try:
+        yield
+    finally:
+        wait_for(lambda: vip_owner() == node, 60, f"the VIP back on {node}")
+        lab("exec", other(node), "systemctl", "start", "keepalived")
+        wait_for(lambda: ready_backup(other(node)), 60, f"{other(node)} BACKUP again")
+
+
+def load(seconds: float, tag: str) -> dict[str, Any]:
+    script = ROOT / "scripts" / "lib" / "smtpload.py"
+    out = in_client(
+        "python3", str(script), VIP, str(seconds), "4", SINK2_SENDER, tag, "0.05",
+        timeout=seconds + 300,
+    )  # fmt: skip
+    return json.loads(out)
+
+
+def bench_sync(quick: bool) -> None:
+    sizes = [1000, 10000] if quick else [1000, 10000, 100000]
+    seconds = 20 if quick else 60
+    runs: list[dict[str, Any]] = []
+    loads: dict[str, dict[str, Any]] = {}
+    with the_lab():
+        node = vip_owner()
+        lab("exec", node, "systemctl", "stop", "mailrelay-queue-sync.timer")
+        lab("sink", "sink1", "stop")
+        try:
+            for size in sizes:
+                fill_queue(node, size)
+                for mode in ("freeze", "stop"):
+                    # The first run after the queue grew copies the new messages; the second is
+                    # the steady state (only what changed in between).
+                    with peer_keepalived_stopped(node, mode):
+                        for which in ("first", "next"):
+                            run = one_sync(node, mode) | {"size": size, "mode": mode, "run": which}
+                            runs.append(run)
+                            print(
+                                f"{size} queued, {mode}, {which} run: {run['outcome']} in "
+                                f"{run['duration']:.2f} s, frozen {run['frozen'] * 1000:.0f} ms"
+                            )
+                            wait_for(lambda: vip_owner() == node, 60, f"the VIP on {node}")
+            # Load while the timer syncs every 5 s (the 100k queue stays, so each sync has work).
+            for mode in ("no sync", "freeze", "stop"):
+                with peer_keepalived_stopped(node, mode):
+                    if mode != "no sync":
+                        set_env(node, "SYNC_FREEZE", mode)
+                        lab("exec", node, "systemctl", "start", "mailrelay-queue-sync.timer")
+                    tag = f"bench-{mode.replace(' ', '')}-{int(time.time())}"
+                    loads[mode] = load(seconds, tag)
+                    lab("exec", node, "systemctl", "stop", "mailrelay-queue-sync.timer")
+                print(f"load with {mode}: {loads[mode]}")
+        finally:
+            set_env(node, "SYNC_FREEZE", None)
+            for each in ("a", "b"):
+                lab("exec", each, "postsuper", "-d", "ALL", check=False)
+            lab("sink", "sink1", "start", check=False)
+            lab("exec", node, "systemctl", "start", "mailrelay-queue-sync.timer", check=False)
+    base = loads["no sync"]["greeting_ms"]
+    rows = [
+        [r["size"], r["mode"], r["run"], r["outcome"], f"{r['duration']:.2f}",
+         f"{r['frozen'] * 1000:.0f}", r["files"]]
+        for r in runs
+    ]  # fmt: skip
+    load_rows = [
+        [mode, run["sessions"], sum(run["errors"].values()), run["greeting_ms"].get("p50"),
+         run["greeting_ms"].get("p99"),
+         round(run["greeting_ms"].get("p99", 0) - base.get("p99", 0), 1)]
+        for mode, run in loads.items()
+    ]  # fmt: skip
+    text = "\n\n".join(
+        [
+            table(
+                "sync: one queue sync (Postfix frozen or stopped for the final pass)",
+                ["queued", "mode", "run", "outcome", "run s", "frozen ms", "files"],
+                rows,
+            ),
+            table(
+                f"sync: {seconds} s of SMTP sessions through the VIP (4 senders) while syncs "
+                "run every 5 s",
+                ["mode", "sessions", "errors", "greeting p50 ms", "p99 ms", "p99 added ms"],
+                load_rows,
+            ),
+        ]
+    )
+    first = [r for r in runs if r["run"] == "first"]
+    labels = sorted({f"{r['size']}" for r in first}, key=int)
+    chart = svg_bars(
+        "sync: Postfix held still per sync (first run after the queue grew)",
+        labels,
+        {
+            mode: [
+                next(r["frozen"] * 1000 for r in first if r["mode"] == mode and f"{r['size']}" == s)
+                for s in labels
+            ]
+            for mode in ("freeze", "stop")
+        },
+        "ms",
+    )
+    save("sync", {"runs": runs, "load": loads, "load_seconds": seconds}, chart, text)
+
+
+# -- lag --------------------------------------------------------------------------------------
+
+# Runs in the client namespace: one message every PAUSE seconds for SECONDS; prints
+# "queue-id accepted-at" per message.
+SENDER = """
+import re, smtplib, sys, time
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    with smtplib.SMTP(sys.argv[1], 25, timeout=20) as smtp:
+        smtp.mail("app@app.example")
+        smtp.rcpt("you@dest.example")
+        code, text = smtp.data("Subject: lag\\r\\n\\r\\nx")
+    print(re.search(rb"queued as (\\w+)", text).group(1).decode(), time.time(), flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def replica_ids(node: str) -> set[str]:
+    out = lab(
+        "exec", node, "sh", "-c",
+        f"cd /var/spool/mailrelay-replica && find {QUEUE_DIRS} -type f 2>/dev/null",
+        check=False,
+    )  # fmt: skip
+    return {line.rsplit("/", 1)[-1] for line in out.split()}
+
+
+def set_sync_interval(node: str, seconds: float | None) -> None:
+    dropin = "/etc/systemd/system/mailrelay-queue-sync.timer.d/zz-bench.conf"
+    if seconds is None:
+        lab("exec", node, "rm", "-f", dropin)
+    else:
+        lab(
+            "exec", node, "sh", "-c",
+            f"mkdir -p {dropin.rsplit('/', 1)[0]} && "
+            f"printf '[Timer]\\nOnUnitActiveSec=\\nOnUnitActiveSec={seconds}s\\n' > {dropin}",
+        )  # fmt: skip
+    lab("exec", node, "systemctl", "daemon-reload")
+    lab("exec", node, "systemctl", "restart", "mailrelay-queue-sync.timer")
+
+
+def measure_lag(node: str, seconds: float) -> list[float]:
+    peer = other(node)
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            now = time.time()
+            for queue_id in replica_ids(peer):
+                seen.setdefault(queue_id, now)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        out = in_client("python3", "-c", SENDER, VIP, str(seconds), "0.5", timeout=seconds + 120)
+        sent = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line}
+        deadline = time.time() + 30
+        while time.time() < deadline and not set(sent) <= set(seen):
+            time.sleep(0.5)
+    finally:
+        done.set()
+        watcher.join()
+    return [seen[i] - at for i, at in sent.items() if i in seen]
+
+
+def bench_lag(quick: bool) -> None:
+    seconds = 20 if quick else 60
+    results: dict[str, dict[str, Any]] = {}
+    with the_lab():
+        node = vip_owner()
+        lab("sink", "sink1", "stop")
+        try:
+            for interval in (5, 2):
+                set_sync_interval(node, interval)
+                lags = measure_lag(node, seconds)
+                results[f"every {interval} s"] = quantiles(lags)
+                print(f"sync every {interval} s: {results[f'every {interval} s']}")
+        finally:
+            set_sync_interval(node, None)
+            lab("exec", node, "postsuper", "-d", "ALL", check=False)
+            lab("sink", "sink1", "start", check=False)
+    save_quantiles(
+        "lag",
+        "lag: from the 250 to the message's first appearance in the peer's replica "
+        f"(one message every 0.5 s for {seconds} s)",
+        "sync",
+        "p99",
+        results,
+        {"seconds": seconds},
+    )
+
+
+# -- throughput -------------------------------------------------------------------------------
+
+# A relay with nothing of ours: the same Postfix, every message to the sink.
+BARE_MAIN_CF = """compatibility_level = 3.6
+queue_directory = /var/spool/postfix
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+data_directory = /var/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.lab.test
+inet_interfaces = all
+mydestination =
+mynetworks = 127.0.0.0/8 198.18.0.0/24
+relayhost = [198.18.0.21]:25
+smtpd_relay_restrictions = permit_mynetworks, reject
+maillog_file = /var/log/postfix.log
+"""
+
+
+def deliver(node: str, messages: int) -> dict[str, float]:
+    """Send `messages` through the VIP (20 sessions in parallel) and wait until the node's
+    queue is empty: accepted and delivered messages per second."""
+    started = time.monotonic()
+    in_client(
+        "smtp-source", "-s", "20", "-m", str(messages), "-l", "2048",
+        "-f", SINK1_SENDER,
+        "-t", "you@dest.example", f"{VIP}:25",
+    )  # fmt: skip
+    accepted = time.monotonic() - started
+    wait_for(lambda: queue_count(node) == 0, 900, f"{node}'s queue to drain")
+    delivered = time.monotonic() - started
+    return {
+        "messages": messages,
+        "accepted_per_s": round(messages / accepted, 1),
+        "delivered_per_s": round(messages / delivered, 1),
+    }
+
+
+def bench_throughput(quick: bool) -> None:
+    messages = 2000 if quick else 20000
+    results: dict[str, dict[str, float]] = {}
+    with the_lab():
+        node = vip_owner()
+        # Postfix's smtp-sink in place of the recording sink: the target must not be the limit.
+        lab("sink", "sink1", "stop")
+        sink = subprocess.Popen(
+            ["ip", "netns", "exec", "mrlab-sink1", "smtp-sink", f"{SINK1}:25", "256"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            results["mailrelay-ha config"] = deliver(node, messages)
+            lab("exec", node, "cp", "-p", "/etc/postfix/main.cf", "/etc/postfix/main.cf.bench")
+            try:
+                lab(
+                    "exec",
+                    node,
+                    "sh",
+                    "-c",
+                    f"cat > /etc/postfix/main.cf <<'EOF'\n{BARE_MAIN_CF}EOF",
+                )
+                lab("exec", node, "postfix", "reload")
+                results["bare relay config"] = deliver(node, messages)
+            finally:
+                lab("exec", node, "mv", "/etc/postfix/main.cf.bench", "/etc/postfix/main.cf")
+                lab("exec", node, "postfix", "reload")
+        finally:
+            sink.terminate()
+            sink.wait()
+            lab("sink", "sink1", "start", check=False)
+    ours, bare = results["mailrelay-ha config"], results["bare relay config"]
+    ratio = round(bare["delivered_per_s"] / ours["delivered_per_s"], 2)
+    rows = [
+        [name, r["messages"], r["accepted_per_s"], r["delivered_per_s"]]
+        for name, r in results.items()
+    ]
+    text = table(
+        f"throughput: {messages} messages through the VIP to smtp-sink (20 parallel sessions); "
+        f"bare / ours = {ratio}",
+        ["Postfix config", "messages", "accepted/s", "delivered/s"],
+        rows,
+    )
+    chart = svg_bars(
+        "throughput through the VIP",
+        list(results),
+        {
+            "accepted": [r["accepted_per_s"] for r in results.values()],
+            "delivered": [r["delivered_per_s"] for r in results.values()],
+        },
+        "msg/s",
+    )
+    save("throughput", {"results": results, "overhead_ratio": ratio}, chart, text)
