@@ -278,7 +278,33 @@ def bench_logs(quick: bool) -> None:
     save("logs", data, chart, text)
 
 
-PARTS = {"apply": bench_apply, "logs": bench_logs}
+# -- gui --------------------------------------------------------------------------------------
+
+
+def bench_gui(quick: bool) -> None:
+    """Dashboard, tracking and audit latency at 10M mail_logs rows (scripts/bench_gui.py)."""
+    import bench_gui
+
+    bench_gui.bench_gui(quick)
+
+
+def lab_part(name: str) -> Callable[[bool], None]:
+    """A part that needs the two-node lab (scripts/bench_lab.py)."""
+
+    def run(quick: bool) -> None:
+        import bench_lab
+
+        getattr(bench_lab, f"bench_{name}")(quick)
+
+    return run
+
+
+PARTS = {
+    "apply": bench_apply,
+    "logs": bench_logs,
+    "gui": bench_gui,
+    **{name: lab_part(name) for name in ("failover", "sync", "lag", "throughput")},
+}
 
 
 def main() -> None:
