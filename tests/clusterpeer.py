@@ -68,6 +68,17 @@ async def serve_https(app: Any, settings: Settings) -> AsyncIterator[Https]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def passive_slave(settings: Settings, agent_socket: Path) -> Settings:
+    """Node b's settings: the slave, without the VIP, with its own agent."""
+    return dataclasses.replace(
+        settings,
+        node_id="b",
+        cluster_mode="slave",
+        vip_address=NOT_HELD_VIP,
+        agent_socket=agent_socket,
+    )
+
+
 def peer_settings(settings: Settings, peer: Https, token: str, **changes: Any) -> Settings:
     """A node's settings that point at `peer` (pinned) with a token."""
     return dataclasses.replace(

@@ -31,6 +31,7 @@ from tests.clusterpeer import (
     HELD_VIP,
     NOT_HELD_VIP,
     fake_agent,
+    passive_slave,
     peer_settings,
     serve_https,
 )
@@ -144,9 +145,7 @@ async def test_the_figures_of_the_active_node(settings):
     }
 
 
-async def test_where_the_app_cannot_see_the_hosts_interfaces_the_agent_says(
-    settings, monkeypatch
-):
+async def test_where_the_app_cannot_see_the_hosts_interfaces_the_agent_says(settings, monkeypatch):
     """As under rootless Podman: `ip` in the container fails (or sees the container's own
     interfaces), the agent on the host answers."""
 
@@ -220,13 +219,7 @@ async def peer_b(settings):
     """Node b, the slave, over HTTPS: the real app with b's settings and b's own (fake) agent.
     It is passive: the VIP is not on it."""
     async with fake_agent({"status": PEER_AGENT_STATUS}) as agent:
-        b = dataclasses.replace(
-            settings,
-            node_id="b",
-            cluster_mode="slave",
-            vip_address=NOT_HELD_VIP,
-            agent_socket=agent.path,
-        )
+        b = passive_slave(settings, agent.path)
         async with serve_https(create_app(b), b) as https:
             https.agent = agent  # type: ignore[attr-defined]
             yield https

@@ -26,6 +26,7 @@ from tests.clusterpeer import (
     HELD_VIP,
     NOT_HELD_VIP,
     fake_agent,
+    passive_slave,
     peer_settings,
     serve_https,
 )
@@ -70,13 +71,7 @@ async def two_nodes(app, settings, monkeypatch):
         fake_agent({"status": AGENT_STATUS}) as agent_a,
         fake_agent({"status": peer_status}) as agent_b,
     ):
-        b = dataclasses.replace(
-            settings,
-            node_id="b",
-            cluster_mode="slave",
-            vip_address=NOT_HELD_VIP,
-            agent_socket=agent_b.path,
-        )
+        b = passive_slave(settings, agent_b.path)
         async with serve_https(create_app(b), b) as peer:
             token = await tokens.create("a-to-b", "cluster", "test")
             a = peer_settings(settings, peer, token, node_id="a", vip_address=HELD_VIP)

@@ -95,6 +95,20 @@ def node_state(node: str) -> str:
     return lab("exec", node, "cat", "/run/mailrelay-vrrp/vrrp.state", check=False).stdout
 
 
+def deliver_all(tag: str, count: int, timeout: float) -> list[str]:
+    """Flush both nodes until sink1 has `count` distinct messages of `tag`, give anything that
+    would go out twice time to do so, and return every delivery of them."""
+
+    def arrived() -> int:
+        for node in ("a", "b"):
+            lab("exec", node, "postqueue", "-f", check=False)
+        return len(set(delivered(tag)))
+
+    wait_for(lambda: arrived() == count, timeout, f"the {count} messages at sink1")
+    time.sleep(10)
+    return delivered(tag)
+
+
 def postfix_frozen(node: str) -> bool:
     cgroup = lab(
         "exec", node, "systemctl", "show", "-P", "ControlGroup", "postfix@-.service"
@@ -257,15 +271,7 @@ def test_a_partition_with_mail_on_both_sides_loses_nothing(up):
         "one VIP owner after the heal",
     )
     lab("sink", "sink1", "start")
-
-    def arrived() -> int:
-        for node in ("a", "b"):
-            lab("exec", node, "postqueue", "-f", check=False)
-        return len(set(delivered(tag)))
-
-    wait_for(lambda: arrived() == 20, 180, "all 20 messages at sink1")
-    time.sleep(10)  # time for anything to go out twice
-    ids = delivered(tag)
+    ids = deliver_all(tag, 20, 180)
     print(
         f"\npartition: {len(set(ids))} of 20 delivered, {len(ids) - len(set(ids))} duplicates; "
         f"VIP on {vip_owner()} after the heal"
@@ -294,14 +300,6 @@ def test_a_planned_switchover_moves_the_vip_and_each_message_exactly_once(up):
         assert vip_owner() == peer
     finally:
         lab("sink", "sink1", "start")
-
-    def arrived() -> int:
-        for each in ("a", "b"):
-            lab("exec", each, "postqueue", "-f", check=False)
-        return len(set(delivered(tag)))
-
-    wait_for(lambda: arrived() == 30, 120, "the 30 messages at sink1")
-    time.sleep(10)  # time for anything to go out twice
-    ids = delivered(tag)
+    ids = deliver_all(tag, 30, 120)
     print(f"after the switchover: {len(set(ids))} of 30 delivered, {len(ids) - 30} duplicates")
     assert len(ids) == 30, "each message exactly once"
