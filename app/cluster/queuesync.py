@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from app.settings import Settings
 
 log = logging.getLogger("mailrelay.queue_sync")
 LOCK = "queue-sync"
+LEASE_SECONDS = 120
 
 
 @dataclass
@@ -43,10 +45,11 @@ async def run_once(settings: Settings, agent: AgentClient, freeze: str) -> SyncR
             return SyncResult("skipped", "this node does not hold the VIP")
     except VipCheckError as exc:
         return await _record(settings, started_at, started, "failed", f"VIP check: {exc}", freeze)
-    holder = f"{settings.node_id}-queue-sync"
-    # The lease outlives a hung run by a margin, so a stuck copy cannot be overlapped forever.
+    # One holder per run (this process), so that a second run at the same time (a manual one,
+    # a switchover's final sync) conflicts instead of renewing the first one's lease.
+    holder = f"{settings.node_id}-queue-sync-{os.getpid()}"
     try:
-        lease = await locks.acquire(LOCK, holder, ttl_seconds=120)
+        lease = await _lease(settings.node_id, holder)
     except locks.LockConflict as exc:
         return await _record(settings, started_at, started, "conflict", str(exc), freeze)
     try:
@@ -71,6 +74,34 @@ async def run_once(settings: Settings, agent: AgentClient, freeze: str) -> SyncR
         files=report.get("files", 0),
         size=report.get("bytes", 0),
     )
+
+
+async def _lease(node_id: str, holder: str) -> locks.Lease:
+    """The queue-sync lease. It outlives a hung run by a margin, so a stuck copy cannot be
+    overlapped forever; but the lease of a run on this node whose process is gone (killed
+    mid-copy) is taken over at once rather than blocking replication until it expires."""
+    try:
+        return await locks.acquire(LOCK, holder, ttl_seconds=LEASE_SECONDS)
+    except locks.LockConflict as exc:
+        current = exc.current
+        if not _dead_run_here(current.holder, node_id):
+            raise
+        log.warning("queue-sync: taking over the lease of %s, which is gone", current.holder)
+        await locks.release(LOCK, current.holder, current.fencing_token)
+        return await locks.acquire(LOCK, holder, ttl_seconds=LEASE_SECONDS)
+
+
+def _dead_run_here(holder: str, node_id: str) -> bool:
+    prefix = f"{node_id}-queue-sync-"
+    if not holder.startswith(prefix) or not holder[len(prefix) :].isdigit():
+        return False
+    try:
+        os.kill(int(holder[len(prefix) :]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 async def _flush(agent: AgentClient) -> None:

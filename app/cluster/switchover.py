@@ -47,6 +47,7 @@ LOCK_TTL_SECONDS = 300
 HANDOVER_TIMEOUT = 10
 PEER_VIP_WAIT = 10.0
 POLL_SECONDS = 0.5
+SYNC_CONFLICT_WAIT = 30.0
 SMTP_PORT = 25
 SMTP_TIMEOUT = 10.0
 
@@ -117,7 +118,13 @@ class _Switchover:
 
     async def final_sync(self) -> str:
         freeze = self.settings.sync_freeze
-        result = await queuesync.run_once(self.settings, self.agent, freeze)
+        # The timer's own run may be copying right now (a second or two): wait for it.
+        deadline = time.monotonic() + SYNC_CONFLICT_WAIT
+        while True:
+            result = await queuesync.run_once(self.settings, self.agent, freeze)
+            if result.outcome != "conflict" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
         if result.outcome != "ok":
             raise StepFailed(
                 f"the final queue sync: {result.outcome}: {result.detail}; the VIP stays here"

@@ -243,6 +243,25 @@ async def test_a_failed_final_sync_keeps_the_vip_here(settings, tmp_path):
     assert c.agent.verbs == ["queue_sync"]
 
 
+async def test_the_final_sync_waits_for_the_timers_run_to_finish(settings, tmp_path, smtp):
+    timer_job = await asyncio.create_subprocess_exec("sleep", "60")  # the timer's job, alive
+    timer_run = await locks.acquire("queue-sync", f"a-queue-sync-{timer_job.pid}", ttl_seconds=60)
+
+    async def timer_run_ends() -> None:
+        await asyncio.sleep(1.5)
+        await locks.release("queue-sync", timer_run.holder, timer_run.fencing_token)
+
+    async with cluster(settings, tmp_path) as c:
+        ending = asyncio.create_task(timer_run_ends())
+        steps = await c.run()
+        await ending
+    timer_job.kill()
+    await timer_job.wait()
+    assert outcomes(steps)["final_sync"] == "ok", steps[2].detail
+    assert steps[2].seconds >= 1.0
+    assert c.agent.verbs.count("queue_sync") == 1
+
+
 async def test_a_peer_that_does_not_take_over_is_reported_and_the_queue_left_alone(
     settings, tmp_path, smtp, monkeypatch
 ):

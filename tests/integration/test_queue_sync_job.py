@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -107,6 +108,29 @@ async def test_sync_flush_runs_postqueue_f_after_a_successful_copy_only(settings
     agent.results["queue_sync"] = {"ok": False, "error": "rsync: connection refused"}
     result = await run(node(settings, flush=True), agent)
     assert result.outcome == "failed" and "connection refused" in result.detail
+    assert agent.verbs == ["queue_sync"]
+
+
+async def test_a_second_run_on_this_node_at_the_same_time_is_a_conflict(settings, agent):
+    """A manual run, or a switchover's final sync, while the timer's run copies."""
+    other_run = subprocess.Popen(["sleep", "60"])
+    try:
+        await locks.acquire(queuesync.LOCK, f"a-queue-sync-{other_run.pid}", ttl_seconds=60)
+        result = await run(node(settings), agent)
+    finally:
+        other_run.kill()
+        other_run.wait()
+    assert result.outcome == "conflict"
+    assert agent.verbs == []
+
+
+async def test_the_lease_of_a_run_that_was_killed_is_taken_over_at_once(settings, agent):
+    killed = subprocess.Popen(["sleep", "60"])
+    killed.kill()
+    killed.wait()
+    await locks.acquire(queuesync.LOCK, f"a-queue-sync-{killed.pid}", ttl_seconds=120)
+    result = await run(node(settings), agent)
+    assert result.outcome == "ok", result.detail
     assert agent.verbs == ["queue_sync"]
 
 
