@@ -297,7 +297,7 @@ def cmd_queue_sync(args: argparse.Namespace) -> None:
 
     async def work() -> Any:
         return await queuesync.run_once(
-            settings, AgentClient(settings.agent_socket), settings.sync_freeze
+            settings, AgentClient(settings.agent_socket, timeout=600), settings.sync_freeze
         )
 
     result = _run_db(work)

@@ -58,7 +58,10 @@ class SyncConfig:
     remote_user: str = "mailrelay-sync"
     spool: Path = Path("/var/spool/postfix")
     known_hosts: Path = Path("/var/lib/mailrelay-agent/sync_known_hosts")
-    timeout: float = 60.0
+    # A pass while Postfix runs may take minutes for a large queue (100,000 messages: over a
+    # minute to the peer); a stuck one is caught sooner by rsync's own I/O timeout.
+    timeout: float = 240.0
+    io_timeout: int = 60
     # The frozen pass carries only what changed since the bulk pass; one that takes longer
     # than this has a stuck link or peer, and holding every SMTP client that long is worse
     # than a failed run (the next run, 5 s later, starts with a bulk pass again).
@@ -251,7 +254,8 @@ def _rsync(config: SyncConfig, source: Path, timeout: float, local: Path | None 
     (--delay-updates --delete-after): a copy that fails half-way leaves the replica as it was,
     not a mix in which a message that moved between queue directories is in neither."""
     sources = [str(source / part) for part in QUEUE_PARTS if (source / part).exists()]
-    command = ["rsync", "-rlptH", "--stats", f"--timeout={max(int(timeout), 5)}"]
+    io_timeout = max(5, min(config.io_timeout, int(timeout)))
+    command = ["rsync", "-rlptH", "--stats", f"--timeout={io_timeout}"]
     if local is not None:
         command += ["--delete", *sources, f"{local}/"]
         where = str(local)

@@ -25,7 +25,9 @@ from app.settings import Settings
 
 log = logging.getLogger("mailrelay.queue_sync")
 LOCK = "queue-sync"
-LEASE_SECONDS = 120
+# Longer than a run can take: two passes of at most 240 s and a frozen one of at most 15 s
+# (app/agent/queuesync.py).
+LEASE_SECONDS = 600
 
 
 @dataclass
