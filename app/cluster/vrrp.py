@@ -283,6 +283,27 @@ async def _record(queue: asyncio.Queue[_Pending], node_id: str, in_flight: list[
         queue.task_done()
 
 
+def _last_reported_state(state_file: Path, node_id: str) -> str | None:
+    """What keepalived last said on this node before this reader started, if it said anything.
+
+    The reader is restarted while keepalived runs (install-node does so on new code, systemd after
+    a crash); keepalived does not repeat its state then. Without this, a node that is MASTER while
+    the reader restarts would not reconcile when it later leaves MASTER. The state file lives in
+    /run, so after a reboot there is none, and the boot-time reconcile covers that case.
+    """
+    try:
+        state = read_state(state_file)
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "cannot read the state file %s (%s); assuming no earlier state", state_file, exc
+        )
+        return None
+    if not isinstance(state, dict) or state.get("node_id") != node_id:
+        return None
+    reported = state.get("state")
+    return reported if reported in STATES else None
+
+
 async def run(
     fifo_path: Path | str = FIFO_PATH,
     node_id: str = "a",
@@ -304,8 +325,8 @@ async def run(
     queue: asyncio.Queue[_Pending] = asyncio.Queue()
     in_flight: list[_Pending] = []
     recorder = asyncio.create_task(_record(queue, node_id, in_flight), name="vrrp-record")
-    promotions: set[asyncio.Task[object]] = set()
-    last_state: str | None = None
+    hooks: set[asyncio.Task[object]] = set()
+    last_state = _last_reported_state(state_file, node_id)
     if on_ready is not None:
         on_ready()
     try:
@@ -345,8 +366,8 @@ async def run(
                 last_state = event.state
                 if hook is not None:
                     # Hooks run beside the reader: later events must not wait for them.
-                    promotions.add(asyncio.create_task(hook(event)))
-                    promotions = {t for t in promotions if not t.done()}
+                    hooks.add(asyncio.create_task(hook(event)))
+                    hooks = {t for t in hooks if not t.done()}
                 if recorder.done():  # it only ends on a bug: make that loud
                     recorder.result()
     finally:

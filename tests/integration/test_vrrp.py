@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import shutil
 import signal
@@ -142,6 +143,48 @@ async def test_the_hooks_fire_on_becoming_master_and_on_every_way_of_leaving_it(
             "promote at MASTER",
             "reconcile at STOP",
         ]
+    finally:
+        await stop_task(reader)
+
+
+@pytest.mark.parametrize(
+    ("before", "reconciles"),
+    [
+        ("MASTER", True),  # the reader restarted while this node was MASTER
+        ("BACKUP", False),
+        ("MASTER of node b", False),  # a state file that is not this node's says nothing
+        ("garbage", False),
+        (None, False),  # after a reboot /run is empty
+    ],
+)
+async def test_a_restarted_reader_remembers_that_this_node_was_master(
+    vrrp_events, tmp_path, before, reconciles
+):
+    """keepalived does not repeat its state to a new reader: the state file the last reader
+    wrote tells it, so leaving MASTER still starts the reconcile."""
+    fifo, state_file = tmp_path / "vrrp.fifo", tmp_path / "vrrp.state"
+    at = dt.datetime.now(dt.UTC)
+    if before == "garbage":
+        state_file.write_text("{not json\n")
+    elif before is not None:
+        state, _, node = before.partition(" of node ")
+        vrrp.write_state(
+            state_file, node or "a", vrrp.Notification("INSTANCE", "VI_MAIL", state, 150), at
+        )
+    calls: list[str] = []
+
+    async def on_return(event: vrrp.Notification) -> None:
+        calls.append(f"reconcile at {event.state}")
+
+    reader = asyncio.create_task(vrrp.run(fifo, "a", state_file, on_return=on_return))
+    try:
+        await wait_for(fifo.exists, 5, "the FIFO")
+        writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        os.write(writer, b'INSTANCE "VI_MAIL" BACKUP 150\n')
+        await wait_for(lambda: _count_is(1), 5, "the row")
+        os.close(writer)
+        await asyncio.sleep(0.1)  # a hook task that was started has run by now
+        assert calls == (["reconcile at BACKUP"] if reconciles else [])
     finally:
         await stop_task(reader)
 
