@@ -101,6 +101,8 @@ class AppliedVersion(Table, tablename="applied_versions"):
     node_id = Varchar(length=32, primary_key=True)
     number = Integer()
     applied_at = Timestamptz()
+    # On the master: when a slave last reported (every pull). None for the master's own row.
+    reported_at = Timestamptz(null=True, default=None)
 
 
 class AuditLog(Table, tablename="audit_log"):

@@ -88,7 +88,7 @@ def _node_report(data: NodeApplied, own_node_id: str) -> tuple[str, int, dt.date
 async def node_applied(request: Req, data: JSONBody[NodeApplied]) -> None:
     """A slave reports which of the master's versions its Postfix runs: stored in this (the
     master's) applied_versions under the master's numbering, so the dashboard shows both
-    nodes. When it reported is kept in memory (app.state.node_reports) for "not reporting"."""
+    nodes. When it reported is stored beside it (reported_at), for "not reporting"."""
     settings = request.app.state.settings
     if settings.cluster_mode != "master":
         raise ClientException(
@@ -96,22 +96,14 @@ async def node_applied(request: Req, data: JSONBody[NodeApplied]) -> None:
         )
     node_id, master_number, applied_at = _node_report(data, settings.node_id)
     await AppliedVersion.raw(
-        "INSERT INTO applied_versions (node_id, number, applied_at) VALUES ({}, {}, {}) "
+        "INSERT INTO applied_versions (node_id, number, applied_at, reported_at) "
+        "VALUES ({}, {}, {}, now()) "
         "ON CONFLICT (node_id) DO UPDATE SET number = EXCLUDED.number, "
-        "applied_at = EXCLUDED.applied_at",
+        "applied_at = EXCLUDED.applied_at, reported_at = EXCLUDED.reported_at",
         node_id,
         master_number,
         applied_at,
     )
-    node_reports(request.app.state)[node_id] = dt.datetime.now(dt.UTC)
-
-
-def node_reports(state: Any) -> dict[str, dt.datetime]:
-    """When each peer last reported to this process (lost on restart; peers report every 10 s)."""
-    reports = state.get("node_reports")
-    if reports is None:
-        reports = state["node_reports"] = {}
-    return reports
 
 
 @dataclass

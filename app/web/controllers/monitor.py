@@ -15,7 +15,6 @@ from app.auth.sessions import SessionUser
 from app.cluster import pull, reconcile
 from app.config import service
 from app.postfix import pipeline
-from app.web.controllers.api import node_reports
 from app.web.views import is_htmx, page
 
 Req = Request[SessionUser, Any, Any]
@@ -25,7 +24,7 @@ REPORT_MAX_AGE = dt.timedelta(seconds=60)
 
 
 async def _cluster(
-    settings: Any, applied: dict[str, dict], latest: dict | None, seen: dict[str, dt.datetime]
+    settings: Any, applied: dict[str, dict], latest: dict | None
 ) -> list[dict[str, Any]]:
     """One row per node in applied_versions, this node first. On the master every number is a
     master version (slaves report theirs), so a node behind the latest version and a slave whose
@@ -50,7 +49,7 @@ async def _cluster(
             "not_reporting": False,
         }
         if master and not own:
-            entry["reported_at"] = seen.get(node_id)
+            entry["reported_at"] = row["reported_at"]
             entry["not_reporting"] = (
                 entry["reported_at"] is None or now - entry["reported_at"] > REPORT_MAX_AGE
             )
@@ -80,7 +79,7 @@ async def dashboard(request: Req) -> Template:
         rejects=await reports.recent_rejects(),
         latest=latest,
         applied=applied,
-        cluster=await _cluster(settings, applied, latest, node_reports(request.app.state)),
+        cluster=await _cluster(settings, applied, latest),
         this_node=applied.get(settings.node_id),
         postfix=postfix,
         postfix_error=postfix_error,
