@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.agent import snapshot
+
 QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
 FREEZE_MODES = ("freeze", "stop", "none")
 SNAPSHOT_DIR = Path("/var/lib/mailrelay-agent/queue-snapshot")
@@ -321,19 +323,21 @@ def _held(freezer: Freezer, report: SyncReport, timeout: float, copy: Callable[[
 
 
 def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport) -> Stats:
-    """freeze mode: a local copy while Postfix runs (the bulk), the same local copy again under
-    the freeze (only the changes: milliseconds, no network and no peer in the frozen window),
-    then that consistent snapshot is shipped to the peer after the thaw."""
+    """freeze mode: a local copy while Postfix runs (the bulk), then under the freeze only the
+    files that changed since a record taken before the bulk (app.agent.snapshot: one walk of
+    the queue, no network and no peer in the frozen window), then that consistent snapshot is
+    shipped to the peer after the thaw."""
     staging = config.staging
     assert staging is not None
     staging.mkdir(mode=0o700, exist_ok=True)
+    before = snapshot.record(config.spool, QUEUE_PARTS)
     _rsync(config, config.spool, config.timeout, local=staging)
     report.passes.append("bulk-local")
     _held(
         freezer,
         report,
         config.frozen_timeout,
-        lambda: _rsync(config, config.spool, config.frozen_timeout, local=staging),
+        lambda: snapshot.update(config.spool, staging, before, QUEUE_PARTS),
     )
     report.passes.append("frozen-local")
     stats = _rsync(config, staging, config.timeout)

@@ -104,6 +104,13 @@ def _day(value: str | None) -> dt.datetime | None:
         return None
 
 
+def _days(since: str, until: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The search window of a since/until day filter: from the start of `since` up to the end
+    of `until` (both whole UTC days, either may be empty or unreadable: then open)."""
+    until_day = _day(until)
+    return _day(since), until_day + dt.timedelta(days=1) if until_day else None
+
+
 @get("/audit")
 async def audit_page(
     request: Req,
@@ -116,13 +123,13 @@ async def audit_page(
 ) -> Template:
     page_no = max(page_no, 1)
     filters = {"actor": actor, "action": action, "outcome": outcome, "since": since, "until": until}
-    until_day = _day(until)
+    since_at, until_at = _days(since, until)
     rows = await reports.audit_entries(
         actor=actor.strip(),
         action=action.strip(),
         outcome=outcome.strip(),
-        since=_day(since),
-        until=until_day + dt.timedelta(days=1) if until_day else None,
+        since=since_at,
+        until=until_at,
         limit=AUDIT_PAGE + 1,
         offset=(page_no - 1) * AUDIT_PAGE,
     )
@@ -156,15 +163,15 @@ async def tracking_page(
         "until": until,
     }
     searched = any(v.strip() for v in filters.values())
-    until_day = _day(until)
+    since_at, until_at = _days(since, until)
     rows = (
         await reports.search_messages(
             sender=sender,
             recipient=recipient,
             queue_id=queue_id,
             message_id=message_id,
-            since=_day(since),
-            until=until_day + dt.timedelta(days=1) if until_day else None,
+            since=since_at,
+            until=until_at,
         )
         if searched
         else []
