@@ -323,22 +323,24 @@ def _held(freezer: Freezer, report: SyncReport, timeout: float, copy: Callable[[
 
 
 def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport) -> Stats:
-    """freeze mode: a local copy while Postfix runs (the bulk), then under the freeze only the
-    files that changed since a record taken before the bulk (app.agent.snapshot: one walk of
-    the queue, no network and no peer in the frozen window), then that consistent snapshot is
-    shipped to the peer after the thaw."""
+    """freeze mode: a local copy while Postfix runs (the bulk, by rsync), a catch-up with what
+    Postfix moved meanwhile, then under the freeze only what moved during the catch-up
+    (app.agent.snapshot: one walk of the queue, no network and no peer in the frozen window),
+    then that consistent snapshot is shipped to the peer after the thaw."""
     staging = config.staging
     assert staging is not None
     staging.mkdir(mode=0o700, exist_ok=True)
     before = snapshot.record(config.spool, QUEUE_PARTS)
     _rsync(config, config.spool, config.timeout, local=staging)
     report.passes.append("bulk-local")
-    _held(
-        freezer,
-        report,
-        config.frozen_timeout,
-        lambda: snapshot.update(config.spool, staging, before, QUEUE_PARTS),
-    )
+    caught_up = snapshot.update(config.spool, staging, before, QUEUE_PARTS)
+    report.passes.append("catch-up-local")
+
+    def frozen_pass() -> Stats:
+        done = snapshot.update(config.spool, staging, caught_up.seen, QUEUE_PARTS)
+        return done.files, done.bytes
+
+    _held(freezer, report, config.frozen_timeout, frozen_pass)
     report.passes.append("frozen-local")
     stats = _rsync(config, staging, config.timeout)
     report.passes.append("ship")

@@ -1,17 +1,22 @@
-"""freeze mode's frozen pass: bring the local snapshot up to date with only what changed.
+"""freeze mode's local snapshot: bring it up to date copying only what changed.
 
 rsync, run again under the freeze, compares every queue file on both sides (a stat of each, and
-a file list through a pipe between two processes): Postfix stayed frozen 0.15 s at 10,000
-queued messages and 1.9 s at 100,000 (scripts/bench sync), only to find the few files that
-changed since the bulk pass.
+a file list through a pipe between two processes), and copies whatever changed since its bulk
+pass: Postfix stayed frozen 0.15 s at 10,000 queued messages and 1.9 s at 100,000
+(scripts/bench sync), most of it for files Postfix had moved while the bulk pass ran.
 
-Here a record of the queue (each file's inode, size, mtime, ctime and mode) is taken *before*
-the bulk pass. Under the freeze one walk of the queue finds what changed since: a file whose
-record is the same was not touched since before the bulk pass began, so the bulk pass copied it
-as it is now. Any write, chmod, rename or new link sets the file's ctime, which no program can
-set back, so nothing Postfix does to a file goes unseen. New and changed files are copied into
-the snapshot, and what is no longer in the queue is removed from it: the same result as
-`rsync -rlpt --delete` of the regular files, with half the system calls and no second process.
+Here a record of the queue (each file's inode, size, mtime, ctime and mode) is taken before
+each pass. A later walk of the queue finds what changed since: a file whose signature is the
+one recorded, with a ctime older than the record by a margin, was not touched since before
+the pass began, so that pass left it right in the snapshot. Any write, chmod, rename or new
+link sets the file's ctime, which no program can set back; the margin covers the kernel's
+coarse timestamps (a change in the same clock tick as the record's stat would keep the ctime).
+
+The agent runs three passes: rsync while Postfix runs (the bulk), `update` while Postfix runs
+(catches up with what moved during the bulk), then `update` under the freeze (only what moved
+during the catch-up). The result is that of `rsync -rlpt --delete` of the regular files.
+What is left to trust is the bulk pass: like any rsync, it takes a file whose size and mtime
+match the snapshot's copy as unchanged.
 """
 
 from __future__ import annotations
@@ -19,16 +24,38 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # What a file looked like: (inode, size, mtime_ns, ctime_ns, mode).
 Signature = tuple[int, int, int, int, int]
-Record = dict[str, Signature]
+
+# A file whose ctime is within this of the record may have changed right after its stat.
+_MARGIN_NS = 1_000_000_000
 
 # Files are written here first and renamed into place. It is inside the snapshot (one
 # filesystem, so the rename is atomic) but in none of the queue parts that are shipped.
 _SCRATCH = ".copying"
+
+
+@dataclass
+class Record:
+    """The queue's files as a walk that started at taken_ns (wall clock, as ctime) saw them."""
+
+    taken_ns: int
+    files: dict[str, Signature] = field(default_factory=dict)
+
+    def unchanged(self, name: str, signature: Signature) -> bool:
+        return self.files.get(name) == signature and signature[3] < self.taken_ns - _MARGIN_NS
+
+
+@dataclass
+class Pass:
+    files: int
+    bytes: int
+    seen: Record
 
 
 def _signature(st: os.stat_result) -> Signature:
@@ -59,10 +86,10 @@ def _walk(root: Path, parts: Iterable[str]) -> Iterator[tuple[str, os.DirEntry]]
 
 def record(spool: Path, parts: Iterable[str]) -> Record:
     """What every queue file looks like now; taken before the bulk pass."""
-    found: Record = {}
+    found = Record(time.time_ns())
     for name, entry in _walk(spool, parts):
         with contextlib.suppress(FileNotFoundError):
-            found[name] = _signature(entry.stat(follow_symlinks=False))
+            found.files[name] = _signature(entry.stat(follow_symlinks=False))
     return found
 
 
@@ -89,32 +116,34 @@ def _make_parents(spool: Path, snapshot: Path, directory: Path) -> None:
             os.chmod(target, os.stat(spool / relative).st_mode & 0o7777)
 
 
-def update(spool: Path, snapshot: Path, before: Record, parts: Iterable[str]) -> tuple[int, int]:
-    """Make snapshot/part match spool/part for every part, copying only the files that are not
-    as `before` recorded them (or missing from the snapshot). Run with Postfix frozen.
-    Returns the files and bytes copied."""
+def update(spool: Path, snapshot: Path, before: Record, parts: Iterable[str]) -> Pass:
+    """Make snapshot/part match spool/part for every part, copying only the files that
+    `before` cannot vouch for (or that the snapshot lacks). Exact under the freeze; while
+    Postfix runs, a file that changes during its copy is caught by the next pass, to which the
+    returned record (each file as it was just before it was looked at) is handed."""
     parts = tuple(parts)
     scratch = snapshot / _SCRATCH
     shutil.rmtree(scratch, ignore_errors=True)  # left by a run that died mid-copy
     scratch.mkdir(mode=0o700)
     try:
         stale = {name for name, _ in _walk(snapshot, parts)}
-        files = size = 0
+        done = Pass(0, 0, Record(time.time_ns()))
         for name, entry in _walk(spool, parts):
             try:
                 st = entry.stat(follow_symlinks=False)
+                signature = _signature(st)
+                in_snapshot = name in stale
+                stale.discard(name)
+                if not (in_snapshot and before.unchanged(name, signature)):
+                    _copy(spool, snapshot, name, st, scratch)
+                    done.files += 1
+                    done.bytes += st.st_size
             except FileNotFoundError:
-                continue
-            in_snapshot = name in stale
-            stale.discard(name)
-            if in_snapshot and before.get(name) == _signature(st):
-                continue
-            _copy(spool, snapshot, name, st, scratch)
-            files += 1
-            size += st.st_size
+                continue  # Postfix moved it (only while it runs): the next pass sees where
+            done.seen.files[name] = signature
         for name in stale:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(snapshot / name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return files, size
+    return done

@@ -63,7 +63,10 @@ def queue(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def bulk(spool: Path, snap: Path) -> snapshot.Record:
+    """The record, then the agent's bulk rsync; the record is dated back so that the queue
+    files written by the fixture just now are outside its safety margin."""
     before = snapshot.record(spool, QUEUE_PARTS)
+    before.taken_ns += 2 * snapshot._MARGIN_NS
     config = SyncConfig(peer="198.18.0.12", ssh_key=Path("/nonexistent"), spool=spool)
     queuesync._rsync(config, spool, 60, local=snap)
     return before
@@ -91,7 +94,7 @@ def test_the_frozen_pass_copies_only_what_changed_and_ends_equal_to_the_queue(qu
     (spool / "active" / "4Xa0000003").unlink()  # delivered
     write(spool / "incoming" / "4Xnew0000001", b"new")
 
-    files, size = snapshot.update(spool, snap, before, QUEUE_PARTS)
+    done = snapshot.update(spool, snap, before, QUEUE_PARTS)
 
     assert tree(snap) == tree(spool)
     # Exactly the six changed or new files, not the other 66.
@@ -103,7 +106,7 @@ def test_the_frozen_pass_copies_only_what_changed_and_ends_equal_to_the_queue(qu
         "deferred/F/4Xa0000002",
         "incoming/4Xnew0000001",
     ]
-    assert (files, size) == (6, sum((spool / name).stat().st_size for name in changed))
+    assert (done.files, done.bytes) == (6, sum((spool / name).stat().st_size for name in changed))
     assert (snap / "deferred" / "F" / "4Xa0000002").stat().st_mtime == retry
     assert (snap / "deferred" / "F").stat().st_mode & 0o7777 == 0o700
     assert not (snap / "deferred" / "9" / "4Xgone000001").exists()
@@ -114,7 +117,8 @@ def test_the_frozen_pass_copies_only_what_changed_and_ends_equal_to_the_queue(qu
 def test_a_quiet_queue_copies_nothing_under_the_freeze(queue):
     spool, snap = queue
     before = bulk(spool, snap)
-    assert snapshot.update(spool, snap, before, QUEUE_PARTS) == (0, 0)
+    done = snapshot.update(spool, snap, before, QUEUE_PARTS)
+    assert (done.files, done.bytes) == (0, 0)
     assert tree(snap) == tree(spool)
 
 
@@ -124,7 +128,8 @@ def test_a_file_the_bulk_pass_missed_is_copied(queue):
     spool, snap = queue
     before = bulk(spool, snap)
     (snap / "hold" / "4Xheld000001").unlink()
-    assert snapshot.update(spool, snap, before, QUEUE_PARTS) == (1, 100)
+    done = snapshot.update(spool, snap, before, QUEUE_PARTS)
+    assert (done.files, done.bytes) == (1, 100)
     assert tree(snap) == tree(spool)
 
 
@@ -134,4 +139,36 @@ def test_a_run_that_died_mid_copy_leaves_nothing_that_is_shipped(queue):
     write(snap / ".copying" / "4Xd0000001", b"torn")
     snapshot.update(spool, snap, before, QUEUE_PARTS)
     assert not (snap / ".copying").exists()
+    assert tree(snap) == tree(spool)
+
+
+def test_a_file_changed_in_the_records_own_clock_tick_is_copied_again(queue):
+    """Timestamps are coarse (a clock tick): a write just after the record's stat may leave
+    the ctime as recorded. Files that recent are never taken as unchanged."""
+    spool, snap = queue
+    before = snapshot.record(spool, QUEUE_PARTS)  # not dated back: every file is that recent
+    queuesync._rsync(
+        SyncConfig(peer="198.18.0.12", ssh_key=Path("/nonexistent"), spool=spool),
+        spool,
+        60,
+        local=snap,
+    )
+    done = snapshot.update(spool, snap, before, QUEUE_PARTS)
+    assert done.files == len(tree(spool))
+    assert tree(snap) == tree(spool)
+
+
+def test_the_catch_up_record_vouches_for_the_frozen_pass(queue):
+    """The agent's chain: record, bulk, catch-up while Postfix runs, frozen pass with the
+    catch-up's record. The frozen pass copies only what changed after the catch-up."""
+    spool, snap = queue
+    before = bulk(spool, snap)
+    write(spool / "incoming" / "4Xnew0000001", b"during the bulk")
+    caught_up = snapshot.update(spool, snap, before, QUEUE_PARTS)
+    assert caught_up.files == 1
+    caught_up.seen.taken_ns += 2 * snapshot._MARGIN_NS
+    with open(spool / "active" / "4Xa0000001", "ab") as queue_file:
+        queue_file.write(b"during the catch-up")
+    frozen = snapshot.update(spool, snap, caught_up.seen, QUEUE_PARTS)
+    assert (frozen.files, frozen.bytes) == (1, 300 + len(b"during the catch-up"))
     assert tree(snap) == tree(spool)
