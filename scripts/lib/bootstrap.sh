@@ -24,6 +24,8 @@ BOOTSTRAP_APT_PACKAGES=(
     postfix
     libsasl2-modules
     swaks
+    # swaks --tls needs it; apt-get here skips recommends, which is where swaks names it.
+    libnet-ssleay-perl
     pflogsumm
     openssl
     iproute2
