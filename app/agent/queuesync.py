@@ -172,8 +172,9 @@ def _postfix_control(action: str, unit: str | None) -> list[str]:
 
 
 class Freezer:
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, spool: Path = Path("/var/spool/postfix")) -> None:
         self.mode = mode
+        self.spool = spool
         self.cgroup = postfix_cgroup() if mode == "freeze" else None
         self.unit = postfix_unit() if mode == "stop" else None
         self.stopped: list[int] = []
@@ -186,6 +187,11 @@ class Freezer:
             if self.mode == "stop":
                 STOPPED_MARKER.write_text(f"{self.unit or ''}\n")
                 subprocess.run(_postfix_control("stop", self.unit), **_CONTROL)
+                # What `postfix quick-stop` does: the start skips postfix-script's integrity
+                # checks, which scan every queue file (over 90 s, systemd's start limit, with
+                # 100,000 queued); the queue was checked when Postfix last started, and the
+                # copy only reads it.
+                (self.spool / "quick-start").touch()
             elif self.mode == "freeze" and self.cgroup is not None:
                 (self.cgroup / "cgroup.freeze").write_text("1")
                 deadline = time.monotonic() + 5
@@ -204,10 +210,11 @@ class Freezer:
         with self.lock:
             if self.frozen_at is None:
                 return 0.0
-            if self.mode == "stop":
-                subprocess.run(_postfix_control("start", self.unit), **_CONTROL | {"check": False})
-                STOPPED_MARKER.unlink(missing_ok=True)
-            elif self.cgroup is not None:
+            if self.mode == "stop" and (problem := _start_postfix(self.unit)):
+                # A start that fails or hangs is an error of this sync, not of the agent.
+                self.frozen_at = None
+                raise SyncError(problem)
+            if self.cgroup is not None:
                 (self.cgroup / "cgroup.freeze").write_text("0")
             for pid in self.stopped:
                 with contextlib.suppress(ProcessLookupError):
@@ -215,6 +222,21 @@ class Freezer:
             frozen = time.monotonic() - self.frozen_at
             self.frozen_at, self.stopped = None, []
             return frozen
+
+
+def _start_postfix(unit: str | None) -> str | None:
+    """Start Postfix after a stop-mode copy; what went wrong, or None. The marker goes only
+    when Postfix is up again, so the agent's next start (or its ExecStopPost) tries again."""
+    command = _postfix_control("start", unit)
+    try:
+        started = subprocess.run(command, text=True, **_CONTROL | {"check": False})
+    except subprocess.TimeoutExpired:
+        return f"{' '.join(command)} did not finish in {_CONTROL['timeout']} s"
+    if started.returncode != 0:
+        output = (started.stderr or started.stdout).strip()[-400:]
+        return f"{' '.join(command)} failed ({started.returncode}): {output}"
+    STOPPED_MARKER.unlink(missing_ok=True)
+    return None
 
 
 def recover() -> list[str]:
@@ -230,10 +252,8 @@ def recover() -> list[str]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
     if STOPPED_MARKER.exists():
-        command = _postfix_control("start", STOPPED_MARKER.read_text().strip() or None)
-        started = subprocess.run(command, text=True, **_CONTROL | {"check": False})
-        done.append(f"{' '.join(command)}: {(started.stderr or started.stdout).strip() or 'ok'}")
-        STOPPED_MARKER.unlink(missing_ok=True)
+        unit = STOPPED_MARKER.read_text().strip() or None
+        done.append(_start_postfix(unit) or f"started Postfix ({unit or 'postfix start'})")
     return done
 
 
@@ -294,14 +314,14 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
         raise SyncError(f"freeze mode must be one of {', '.join(FREEZE_MODES)}")
     report = SyncReport(mode)
     started = time.monotonic()
-    freezer = Freezer(mode)
+    freezer = Freezer(mode, config.spool)
     try:
         if mode == "freeze" and config.staging is not None:
             report.files, report.bytes = _snapshot_and_ship(config, freezer, report)
         else:
             report.files, report.bytes = _copy_while_held(config, freezer, report)
         report.ok = True
-    except (SyncError, OSError, subprocess.CalledProcessError) as exc:
+    except (SyncError, OSError, subprocess.SubprocessError) as exc:
         report.freeze_seconds = report.freeze_seconds or freezer.thaw()
         report.error = str(exc)
     report.duration = time.monotonic() - started
@@ -318,8 +338,8 @@ def _held(freezer: Freezer, report: SyncReport, timeout: float, copy: Callable[[
     try:
         return copy()
     finally:
-        report.freeze_seconds = freezer.thaw()
         watchdog.cancel()
+        report.freeze_seconds = freezer.thaw()
 
 
 def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport) -> Stats:
