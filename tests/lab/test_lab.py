@@ -37,6 +37,17 @@ def test_each_node_lists_the_product_timers_and_its_units_verify(up):
         assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_the_long_running_services_run_with_the_final_settings(up):
+    """scripts/lab installs node a a second time, with the peer's API token: the services that
+    read their settings once, at start, must have been restarted with it (without it, a's VRRP
+    reader cannot ask the peer anything when a leaves MASTER)."""
+    for node, name in (("a", "PEER_API_URL"), ("b", "MASTER_API_URL")):
+        for unit in ("mailrelay-vrrp-events.service", "mailrelay-web.service"):
+            pid = lab("exec", node, "systemctl", "show", "-P", "MainPID", unit).stdout.strip()
+            environ = lab("exec", node, "cat", f"/proc/{pid}/environ").stdout.split("\0")
+            assert any(v.startswith(f"{name}=https://") for v in environ), f"{node} {unit}"
+
+
 def test_the_vip_relays_by_route_and_refuses_the_rest(up):
     wait_for(lambda: vip_owner() in ("a", "b"), 30, "a VIP owner")
     assert vip_owner() == "a"
