@@ -312,13 +312,15 @@ async def run(
     on_ready: Callable[[], None] | None = None,
     flush_seconds: float = 5.0,
     on_master: Callable[[Notification], Awaitable[object]] | None = None,
-    on_return: Callable[[Notification], Awaitable[object]] | None = None,
+    on_return: Callable[[Notification, dt.datetime], Awaitable[object]] | None = None,
 ) -> None:
     """Read the FIFO forever; keep the state file; record each state change in vrrp_events.
 
     on_ready is called once the FIFO exists (the service tells systemd, so that keepalived,
     ordered after us, finds our FIFO). When cancelled, events already read get flush_seconds to
-    reach the database.
+    reach the database. on_return gets the time this node left MASTER; a node whose Postfix
+    check flaps leaves MASTER again while the last reconcile still waits for the peer, and
+    those reconciles run one after another, never side by side on the same queue.
     """
     fifo_path, state_file = Path(fifo_path), Path(state_file)
     ensure_fifo(fifo_path)
@@ -326,6 +328,13 @@ async def run(
     in_flight: list[_Pending] = []
     recorder = asyncio.create_task(_record(queue, node_id, in_flight), name="vrrp-record")
     hooks: set[asyncio.Task[object]] = set()
+    returns = asyncio.Lock()
+
+    async def returned(event: Notification, left_at: dt.datetime) -> object:
+        assert on_return is not None
+        async with returns:
+            return await on_return(event, left_at)
+
     last_state = _last_reported_state(state_file, node_id)
     if on_ready is not None:
         on_ready()
@@ -356,17 +365,17 @@ async def run(
                 except OSError as exc:
                     log.error("cannot write the state file %s: %s", state_file, exc)
                 queue.put_nowait(_Pending(at, event))
-                hook = None
-                if event.state == "MASTER":
-                    hook = on_master
-                elif last_state == "MASTER":
+                hook: Awaitable[object] | None = None
+                if event.state == "MASTER" and on_master is not None:
+                    hook = on_master(event)
+                elif last_state == "MASTER" and on_return is not None:
                     # MASTER -> BACKUP, FAULT (Postfix stopped answering) or STOP (keepalived
                     # stopped): the peer takes over this node's queue; this copy is stale.
-                    hook = on_return
+                    hook = returned(event, at)
                 last_state = event.state
                 if hook is not None:
                     # Hooks run beside the reader: later events must not wait for them.
-                    hooks.add(asyncio.create_task(hook(event)))
+                    hooks.add(asyncio.ensure_future(hook))
                     hooks = {t for t in hooks if not t.done()}
                 if recorder.done():  # it only ends on a bug: make that loud
                     recorder.result()
@@ -444,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from app.cluster import reconcile
 
-        async def come_back(event: Notification) -> object:
-            return await reconcile.after_leaving_master(settings, agent, dt.datetime.now(dt.UTC))
+        async def come_back(event: Notification, left_at: dt.datetime) -> object:
+            return await reconcile.after_leaving_master(settings, agent, left_at)
 
         with contextlib.suppress(asyncio.CancelledError):
             await run(

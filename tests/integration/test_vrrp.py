@@ -120,7 +120,7 @@ async def test_the_hooks_fire_on_becoming_master_and_on_every_way_of_leaving_it(
     async def on_master(event: vrrp.Notification) -> None:
         calls.append(f"promote at {event.state}")
 
-    async def on_return(event: vrrp.Notification) -> None:
+    async def on_return(event: vrrp.Notification, left_at: dt.datetime) -> None:
         calls.append(f"reconcile at {event.state}")
 
     reader = asyncio.create_task(
@@ -143,6 +143,43 @@ async def test_the_hooks_fire_on_becoming_master_and_on_every_way_of_leaving_it(
             "promote at MASTER",
             "reconcile at STOP",
         ]
+    finally:
+        await stop_task(reader)
+
+
+async def test_reconciles_after_leaving_master_run_one_after_another(vrrp_events, tmp_path):
+    """A node whose SMTP check flaps leaves MASTER again while the last reconcile still waits
+    for the peer: the reconciles (hold, ask, delete, release the whole queue) must not run side
+    by side, and each is told when its own departure happened, not when its turn came."""
+    fifo, state_file = tmp_path / "vrrp.fifo", tmp_path / "vrrp.state"
+    running: list[str] = []
+    log: list[tuple[str, str, dt.datetime]] = []  # (start or end, state, left_at or now)
+
+    async def on_return(event: vrrp.Notification, left_at: dt.datetime) -> None:
+        log.append(("start", event.state, left_at))
+        running.append(event.state)
+        assert len(running) == 1, f"reconciles side by side: {running}"
+        await asyncio.sleep(1.0)
+        running.remove(event.state)
+        log.append(("end", event.state, dt.datetime.now(dt.UTC)))
+
+    reader = asyncio.create_task(vrrp.run(fifo, "a", state_file, on_return=on_return))
+    try:
+        await wait_for(fifo.exists, 5, "the FIFO")
+        writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        for state in ("MASTER", "FAULT", "BACKUP", "MASTER", "BACKUP"):
+            os.write(writer, f'INSTANCE "VI_MAIL" {state} 150\n'.encode())
+            await asyncio.sleep(0.1)
+        await wait_for(lambda: len(log) == 4, 5, "both reconciles")
+        os.close(writer)
+        assert [(step, state) for step, state, _ in log] == [
+            ("start", "FAULT"),
+            ("end", "FAULT"),
+            ("start", "BACKUP"),
+            ("end", "BACKUP"),
+        ]
+        second_left, first_ended = log[2][2], log[1][2]
+        assert second_left < first_ended - dt.timedelta(seconds=0.5)
     finally:
         await stop_task(reader)
 
@@ -173,7 +210,7 @@ async def test_a_restarted_reader_remembers_that_this_node_was_master(
         )
     calls: list[str] = []
 
-    async def on_return(event: vrrp.Notification) -> None:
+    async def on_return(event: vrrp.Notification, left_at: dt.datetime) -> None:
         calls.append(f"reconcile at {event.state}")
 
     reader = asyncio.create_task(vrrp.run(fifo, "a", state_file, on_return=on_return))
