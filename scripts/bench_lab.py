@@ -314,7 +314,11 @@ def bench_sync(quick: bool) -> None:
             for mode in ("no sync", "freeze", "stop"):
                 with peer_keepalived_stopped(node, mode):
                     if mode != "no sync":
-                        set_env(node, "SYNC_FREEZE", mode)
+                        # The steady state: the last mode's copies left this mode's snapshot
+                        # (or the replica) behind, and one whole-queue copy is not what a
+                        # sender meets every 5 s.
+                        one_sync(node, mode)
+                        wait_for(lambda: vip_owner() == node, 120, f"the VIP on {node}")
                         lab("exec", node, "systemctl", "start", "mailrelay-queue-sync.timer")
                     tag = f"bench-{mode.replace(' ', '')}-{int(time.time())}"
                     loads[mode] = load(seconds, tag)
