@@ -24,8 +24,11 @@ from app.cluster.peer import PeerApi, PeerError, peer_request
 from app.settings import Settings
 
 log = logging.getLogger("mailrelay.reconcile")
-# How long a node that left MASTER waits for the peer to become MASTER and import its replica.
+# How long a node that left MASTER waits for the peer to become MASTER, and then for a MASTER
+# peer to finish importing its replica (87 s for 100,000 messages in the lab: scripts/bench
+# sync). Until then the peer's list of what it took over is short.
 LEAVE_WAIT_SECONDS = 60.0
+IMPORT_WAIT_SECONDS = 900.0
 LEAVE_POLL_SECONDS = 1.0
 # A peer MASTER since this long before this node left MASTER was MASTER at the same time: a
 # partition. More than the clock skew of NTP-synced nodes, less than the 3 advert intervals
@@ -129,15 +132,17 @@ async def after_leaving_master(
     if await locks.held(locks.SWITCHOVER):
         log.info("reconcile: a switchover is running; it reconciles this node's queue itself")
         return ReconcileResult("nothing", detail="a switchover reconciles")
-    deadline = time.monotonic() + LEAVE_WAIT_SECONDS
+    started = time.monotonic()
     while True:
         peer = await status.peer_status(settings)
         node = peer.get("status") or {}
         state = (node.get("vrrp") or {}).get("state")
         if state == "MASTER" and (node.get("queue") or {}).get("messages") is not None:
             break
-        if time.monotonic() > deadline:
-            if peer["reachable"]:
+        # A MASTER peer whose agent does not answer yet is still importing.
+        limit = IMPORT_WAIT_SECONDS if state == "MASTER" else LEAVE_WAIT_SECONDS
+        if time.monotonic() - started > limit:
+            if peer["reachable"] and state != "MASTER":
                 # The peer did not take over, so it imported nothing: this queue is the only
                 # copy that may be delivered, and keepalived gives this node the VIP back.
                 log.info("reconcile: the peer is %s, not MASTER: this queue stays as it is", state)

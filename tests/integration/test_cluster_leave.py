@@ -34,9 +34,11 @@ AGENT = {
 class Peer:
     """Node b as the leaving node sees it: its VRRP state since when, and its agent answering."""
 
-    def __init__(self, state: str, since: dt.datetime) -> None:
+    def __init__(self, state: str, since: dt.datetime, importing_for: int = 0) -> None:
         self.state, self.since = state, since
         self.asked = 0
+        # The peer's agent runs one verb at a time: while it imports, the status has no count.
+        self.importing_for = importing_for
 
     def app(self) -> Litestar:
         @get("/api/cluster/status")
@@ -45,7 +47,7 @@ class Peer:
             return {
                 "node_id": "b",
                 "vrrp": {"state": self.state, "since": self.since.isoformat()},
-                "queue": {"messages": 2},
+                "queue": {"messages": None if self.asked <= self.importing_for else 2},
             }
 
         @get("/api/queue/imported")
@@ -104,6 +106,21 @@ async def test_it_waits_until_the_peer_is_master(settings, tmp_path, monkeypatch
         result = await leave(a, agent, left_at)
     assert peer.asked >= 4
     assert result.outcome == "reconciled" and result.deleted == 2
+
+
+async def test_a_master_peer_still_importing_a_big_replica_is_waited_for(
+    settings, tmp_path, monkeypatch
+):
+    """The lab's peer took 87 s to import 100,000 messages; a node that stopped waiting after
+    60 s kept its whole queue beside the peer's copy, and every message would go out twice."""
+    monkeypatch.setattr(reconcile, "LEAVE_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.1)
+    left_at = dt.datetime.now(dt.UTC)
+    peer = Peer("MASTER", left_at + dt.timedelta(seconds=1), importing_for=8)
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await leave(a, agent, left_at)
+    assert peer.asked == 9
+    assert (result.outcome, result.deleted, result.released) == ("reconciled", 2, 1)
 
 
 async def test_after_a_partition_nothing_is_held_or_deleted(settings, tmp_path):
