@@ -188,9 +188,9 @@ class Freezer:
                 STOPPED_MARKER.write_text(f"{self.unit or ''}\n")
                 subprocess.run(_postfix_control("stop", self.unit), **_CONTROL)
                 # What `postfix quick-stop` does: the start skips postfix-script's integrity
-                # checks, which scan every queue file (over 90 s, systemd's start limit, with
-                # 100,000 queued); the queue was checked when Postfix last started, and the
-                # copy only reads it.
+                # checks, which look at every queue file (with 100,000 queued they once ran
+                # past systemd's 90 s start limit in the lab); the queue was checked when
+                # Postfix last started, and the copy only reads it.
                 (self.spool / "quick-start").touch()
             elif self.mode == "freeze" and self.cgroup is not None:
                 (self.cgroup / "cgroup.freeze").write_text("1")
