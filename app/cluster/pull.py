@@ -235,7 +235,7 @@ async def record_master(export: dict[str, Any], own_node_id: str) -> None:
     except ValueError:
         return
     if applied_at.tzinfo is not None:
-        await applied.record_heard(node_id, version, applied_at)
+        await applied.record_heard(str(node_id), version, applied_at)
 
 
 async def report_applied(settings: Settings, tls: PeerTls) -> bool:
