@@ -79,20 +79,29 @@ def _positive(env: dict[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+# A replica full of junk must not make the answer (and the log) as large: the first ones are
+# listed, all are counted.
+MAX_REPORTED = 1000
+
+
 @dataclass
 class Report:
     imported: list[str] = field(default_factory=list)
     refused: list[dict[str, str]] = field(default_factory=list)
+    refused_total: int = 0
     incomplete: int = 0
 
     def refuse(self, where: str, reason: str) -> None:
-        log.warning("replica import refused %s: %s (left in the replica)", where, reason)
-        self.refused.append({"path": where, "reason": reason})
+        self.refused_total += 1
+        if self.refused_total <= MAX_REPORTED:
+            log.warning("replica import refused %s: %s (left in the replica)", where, reason)
+            self.refused.append({"path": where, "reason": reason})
 
     def as_dict(self) -> dict[str, object]:
         return {
             "imported": self.imported,
             "refused": self.refused,
+            "refused_total": self.refused_total,
             "incomplete": self.incomplete,
         }
 
@@ -333,7 +342,7 @@ def import_replica(
     log.info(
         "replica import: %d imported, %d refused (left in %s), %d incomplete",
         len(walk.report.imported),
-        len(walk.report.refused),
+        walk.report.refused_total,
         replica,
         walk.report.incomplete,
     )

@@ -48,7 +48,7 @@ async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[st
         "promotion (%s): took over %d messages from the replica and flushed, refused %d, %.2f s",
         transition,
         len(imported),
-        len(report["refused"]),
+        report["refused_total"],
         time.monotonic() - started,
     )
     return imported

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.agent import replica as replica_import
 from app.agent.client import AgentClient, AgentRefused
 from app.postfix import render
 from tests import postfixhost
@@ -256,3 +257,47 @@ async def test_a_replica_that_is_a_symlink_is_not_imported(relay, agent):
             await agent.call("import_replica")
     finally:
         relay.replica.unlink()
+
+
+async def test_a_flood_of_refusals_is_counted_and_listed_only_up_to_a_thousand(relay, agent):
+    deferred = relay.replica / "deferred" / "0"
+    deferred.mkdir(parents=True)
+    for index in range(1200):
+        (deferred / f"junk{index:08d}").symlink_to("/etc/passwd")
+
+    report = await agent.call("import_replica")
+
+    assert report["imported"] == []
+    assert report["refused_total"] == 1200
+    assert len(report["refused"]) == 1000
+    assert len(list(deferred.iterdir())) == 1200
+
+
+def test_files_beyond_the_count_cap_are_not_read(tmp_path):
+    """REPLICA_MAX_FILES bounds one import (the agent's walk, run here in-process)."""
+    replica, spool = tmp_path / "replica", tmp_path / "spool"
+    (spool / "hold").mkdir(parents=True)
+    (replica / "hold").mkdir(parents=True)
+    for index in range(8):
+        (replica / "hold" / f"junk{index:08d}").symlink_to("/etc/passwd")
+    requeued: list[list[str]] = []
+
+    report = replica_import.import_replica(
+        replica,
+        spool,
+        replica_import.Limits(max_file_bytes=1024, max_files=5),
+        frozenset({ALLOWED}),
+        requeued.append,
+    )
+
+    assert report.refused_total == 6
+    assert report.refused[-1] == {
+        "path": "hold",
+        "reason": "more than 5 files: the rest is not read",
+    }
+    assert requeued == [[]]
+    assert replica_import.Limits.from_env({"REPLICA_MAX_FILES": "7"}, 10_240_000) == (
+        replica_import.Limits(10_240_000 + replica_import.HEADROOM, 7)
+    )
+    with pytest.raises(replica_import.ReplicaError, match="REPLICA_MAX_FILES must be a positive"):
+        replica_import.Limits.from_env({"REPLICA_MAX_FILES": "0"}, 0)
