@@ -235,7 +235,10 @@ class PostfixTools:
         wanted = dict(parse_fragment(FRAGMENT.read_text()))
         problems = []
         for name in ("smtpd_relay_restrictions", "mynetworks"):
-            value = self.run("postconf", "-h", name, config_dir=config_dir).stdout.strip()
+            result = self.run("postconf", "-h", name, config_dir=config_dir, check=False)
+            if result.returncode != 0:
+                continue  # a main.cf postconf cannot read: `postfix check` said so already
+            value = result.stdout.strip()
             if value != wanted[name]:
                 problems.append(
                     f"main.cf {name} = {value!r}, not the product's {wanted[name]!r}: "
