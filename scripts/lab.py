@@ -351,11 +351,14 @@ def up() -> None:
                         "/var/lib/mailrelay/tls/node.crt").stdout.strip().split("=", 1)[-1]
     install("a", {"PEER_API_URL": f"https://{ip('b')}:8443", "PEER_API_TOKEN": peer_token,
                   "PEER_CERT_FINGERPRINT": peer_fp})
-    # Queue sync: each node accepts the other's key, for rrsync into its replica only.
+    # Queue sync: each node accepts the other's key, from the other's address, for rrsync into
+    # its replica only; each pins the other's ssh host key (no trust on first use).
     keys = {n: node_exec(n, "cat", "/etc/mailrelay/sync_ed25519.pub").stdout.strip()
             for n in NODES}
-    install("a", {"SYNC_PEER_PUBKEY": keys["b"]})
-    install("b", {"SYNC_PEER_PUBKEY": keys["a"]})
+    host_keys = {n: " ".join(node_exec(n, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+                             .stdout.split()[:2]) for n in NODES}
+    install("a", {"SYNC_PEER_PUBKEY": keys["b"], "SYNC_PEER_HOST_KEY": host_keys["b"]})
+    install("b", {"SYNC_PEER_PUBKEY": keys["a"], "SYNC_PEER_HOST_KEY": host_keys["a"]})
     print_summary()
 
 

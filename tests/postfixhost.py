@@ -55,6 +55,8 @@ class PostfixHost:
         self.sink1 = self.base / "sink1"
         self.sink2 = self.base / "sink2"
         self.tls_dir = self.base / "tls"
+        # The peer's queue copy, as the agent's promotion import reads it.
+        self.replica = self.base / "replica"
 
     # -- running things inside --------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class PostfixHost:
             "env",
             f"POSTFIX_MAPS_ROOT={self.maps_root}",
             f"AGENT_SOCKET={self.agent_socket}",
+            f"REPLICA_DIR={self.replica}",
             f"PYTHONPATH={ROOT}",
         ]
 

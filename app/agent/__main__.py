@@ -5,7 +5,10 @@
   thaw                undo what a queue sync that died mid-copy left (the unit's ExecStopPost)
 
 Environment: AGENT_SOCKET (/run/mailrelay/agent.sock), POSTFIX_CONFIG_DIR (/etc/postfix),
-POSTFIX_MAPS_ROOT (/etc/postfix/mailrelay), AGENT_SOCKET_MODE (0660); for postfix-settings the
+POSTFIX_MAPS_ROOT (/etc/postfix/mailrelay), AGENT_SOCKET_MODE (0660); the replica import's
+REPLICA_DIR (/var/spool/mailrelay-replica), REPLICA_MAX_FILE_BYTES (Postfix's
+message_size_limit plus 4 MiB), REPLICA_MAX_FILES (200000); for queue sync SYNC_PEER,
+SYNC_SSH_KEY, SYNC_KNOWN_HOSTS (app/agent/queuesync.py); for postfix-settings the
 optional protections POSTFIX_RBL_LIST, POSTFIX_CLIENT_RATE_LIMIT, POSTFIX_POSTSCREEN (see
 app/agent/postfix.py: anti_abuse).
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from app.agent import queuesync
 from app.agent.postfix import AgentError, PostfixTools
+from app.agent.replica import REPLICA
 from app.agent.server import serve
 
 
@@ -28,6 +32,7 @@ def tools_from_env() -> PostfixTools:
     return PostfixTools(
         Path(os.environ.get("POSTFIX_CONFIG_DIR", "/etc/postfix")),
         Path(os.environ.get("POSTFIX_MAPS_ROOT", "/etc/postfix/mailrelay")),
+        Path(os.environ.get("REPLICA_DIR", str(REPLICA))),
     )
 
 

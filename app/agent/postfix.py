@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.agent import queuesync
+from app.agent import policy
+from app.agent.replica import IMPORT_PARTS, REPLICA
 from app.postfix import render
 
 HASHED_MAPS = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd")
@@ -121,9 +122,7 @@ def count_files(root: Path) -> tuple[int, int]:
 
 
 class PostfixTools:
-    def __init__(
-        self, config_dir: Path, maps_root: Path, replica: Path = queuesync.REPLICA
-    ) -> None:
+    def __init__(self, config_dir: Path, maps_root: Path, replica: Path = REPLICA) -> None:
         self.config_dir = config_dir
         self.maps_root = maps_root
         self.replica = replica
@@ -218,11 +217,37 @@ class PostfixTools:
         text = (result.stderr + result.stdout).strip()
         if result.returncode != 0 or "fatal" in text or "warning" in text:
             problems.append(f"postfix check: {text or f'exit {result.returncode}'}")
+        problems += self._relay_problems(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
         return problems
 
-    def check_maps(self, version: int, files: dict[str, bytes]) -> MapsReport:
+    def _check_files(self, version: int, files: dict[str, bytes]) -> MapsReport:
+        """What the maps themselves hold: their shape, then the policy floors."""
         report = MapsReport(version, render.check_files(files))
+        if not report.problems:
+            report.problems = policy.network_problems(files["mynetworks"])
+        return report
+
+    def _relay_problems(self, config_dir: Path) -> list[str]:
+        """Who may relay is decided by main.cf, not by the maps: with these maps in place it
+        must still be only the trusted networks of the mynetworks map (the fragment's values),
+        so that no set of maps goes live on a relay that was opened by hand."""
+        wanted = dict(parse_fragment(FRAGMENT.read_text()))
+        problems = []
+        for name in ("smtpd_relay_restrictions", "mynetworks"):
+            result = self.run("postconf", "-h", name, config_dir=config_dir, check=False)
+            if result.returncode != 0:
+                continue  # a main.cf postconf cannot read: `postfix check` said so already
+            value = result.stdout.strip()
+            if value != wanted[name]:
+                problems.append(
+                    f"main.cf {name} = {value!r}, not the product's {wanted[name]!r}: "
+                    "run `mailrelay agent postfix-settings`"
+                )
+        return problems
+
+    def check_maps(self, version: int, files: dict[str, bytes]) -> MapsReport:
+        report = self._check_files(version, files)
         if report.problems:
             return report
         stage = self._stage(version, files)
@@ -242,7 +267,7 @@ class PostfixTools:
         return int(match.group(1)) if match else None
 
     def apply_maps(self, version: int, files: dict[str, bytes]) -> MapsReport:
-        report = MapsReport(version, render.check_files(files))
+        report = self._check_files(version, files)
         if report.problems:
             return report
         stage = self._stage(version, files)
@@ -287,18 +312,25 @@ class PostfixTools:
 
     def queue_size(self) -> dict[str, int]:
         """Files per queue directory: cheap even with 100k queued messages (no parsing)."""
-        spool = Path(self.run("postconf", "-h", "queue_directory").stdout.strip())
+        spool = self.queue_directory()
         return {
             name: count_files(spool / name)[0]
             for name in ("incoming", "active", "deferred", "hold", "maildrop")
         }
+
+    def queue_directory(self) -> Path:
+        return Path(self.run("postconf", "-h", "queue_directory").stdout.strip())
+
+    def message_size_limit(self) -> int:
+        value = self.run("postconf", "-h", "message_size_limit").stdout.strip()
+        return int(value) if value.isdigit() else 0
 
     def replica_size(self) -> dict[str, int]:
         """The peer's queue copied here (its message files and their bytes): what this node
         takes over if it becomes MASTER now. The web app cannot read the replica; the agent can.
         """
         files = size = 0
-        for part in queuesync.IMPORT_PARTS:
+        for part in IMPORT_PARTS:
             part_files, part_size = count_files(self.replica / part)
             files, size = files + part_files, size + part_size
         return {"files": files, "bytes": size}

@@ -59,7 +59,9 @@ class SyncConfig:
     ssh_key: Path
     remote_user: str = "mailrelay-sync"
     spool: Path = Path("/var/spool/postfix")
-    known_hosts: Path = Path("/var/lib/mailrelay-agent/sync_known_hosts")
+    # The peer's ssh host key, pinned by install-node from SYNC_PEER_HOST_KEY: never learnt
+    # from the first connection, which anyone between the nodes could answer.
+    known_hosts: Path = Path("/etc/mailrelay/sync_known_hosts")
     # A pass while Postfix runs may take minutes for a large queue (100,000 messages: over a
     # minute to the peer); a stuck one is caught sooner by rsync's own I/O timeout.
     timeout: float = 240.0
@@ -83,8 +85,26 @@ class SyncConfig:
             peer=peer,
             ssh_key=Path(env.get("SYNC_SSH_KEY", "/etc/mailrelay/sync_ed25519")),
             remote_user=env.get("SYNC_REMOTE_USER", "mailrelay-sync"),
+            known_hosts=Path(env.get("SYNC_KNOWN_HOSTS", "/etc/mailrelay/sync_known_hosts")),
             staging=_snapshot_dir(env.get("SYNC_SNAPSHOT_DIR")),
         )
+
+    def check_pinned(self) -> None:
+        """Refuse to talk to a peer whose host key is not pinned for its address."""
+        try:
+            lines = self.known_hosts.read_text().splitlines()
+        except OSError as exc:
+            raise SyncError(
+                f"the peer's ssh host key is not pinned ({self.known_hosts}: {exc.strerror}): "
+                "set SYNC_PEER_HOST_KEY in the node's .env (the peer's "
+                "/etc/ssh/ssh_host_ed25519_key.pub) and run scripts/install-node again"
+            ) from None
+        hosts = {part for line in lines if line.strip() for part in line.split()[0].split(",")}
+        if self.peer not in hosts:
+            raise SyncError(
+                f"{self.known_hosts} pins no host key for the peer {self.peer}: set "
+                "SYNC_PEER_HOST_KEY in the node's .env and run scripts/install-node again"
+            )
 
 
 def _snapshot_dir(value: str | None) -> Path | None:
@@ -264,9 +284,11 @@ _STATS = {
 
 
 def _ssh(config: SyncConfig) -> str:
+    # Only the pinned key counts: no learning on first use, no global known_hosts, no updates.
     return (
         f"ssh -i {config.ssh_key} -o BatchMode=yes -o ConnectTimeout=5 "
-        f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={config.known_hosts}"
+        f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={config.known_hosts} "
+        "-o GlobalKnownHostsFile=/dev/null -o UpdateHostKeys=no"
     )
 
 
@@ -316,6 +338,7 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
     started = time.monotonic()
     freezer = Freezer(mode, config.spool)
     try:
+        config.check_pinned()
         if mode == "freeze" and config.staging is not None:
             report.files, report.bytes = _snapshot_and_ship(config, freezer, report)
         else:
@@ -380,58 +403,12 @@ def _copy_while_held(config: SyncConfig, freezer: Freezer, report: SyncReport) -
     return stats
 
 
-REPLICA = Path("/var/spool/mailrelay-replica")
-IMPORT_PARTS = ("incoming", "active", "deferred", "hold")
-
-
 def _ids(spool: Path, parts: tuple[str, ...]) -> set[str]:
     ids: set[str] = set()
     for part in parts:
         for _dir, _subdirs, files in os.walk(spool / part):
             ids.update(files)
     return ids
-
-
-def import_replica(replica: Path = REPLICA, spool: Path = Path("/var/spool/postfix")) -> list[str]:
-    """Take the peer's copied queue into this node's live queue, safely: each complete file
-    goes to hold/ first (a name already in the live queue is skipped, never overwritten), then
-    `postsuper -r` requeues it through pickup, which gives it a new queue ID and drops the
-    recipients already delivered. A replica file is removed only after the requeue, so an
-    import that stopped half-way is finished by the next one. Returns the original queue IDs
-    taken over."""
-    import pwd
-
-    postfix = pwd.getpwnam("postfix")
-    live = _ids(spool, ("incoming", "active", "deferred"))
-    held = _ids(spool, ("hold",))
-    imported: list[str] = []
-    sources: list[Path] = []
-    for part in IMPORT_PARTS:
-        for directory, subdirs, files in os.walk(replica / part):
-            # rsync's --delay-updates staging (.~tmp~) of a copy that failed half-way: its
-            # files belong to a state the replica never reached.
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            for name in files:
-                source = Path(directory) / name
-                # cleanup makes a queue file 0700 only once it is complete: skip half-written ones.
-                if (source.stat().st_mode & 0o777) != 0o700 or not re.fullmatch(
-                    r"[0-9A-Za-z]+", name
-                ):
-                    continue
-                sources.append(source)
-                if name in live:
-                    continue
-                if name not in held:
-                    tmp = spool / "hold" / f".{name}.import"
-                    shutil.copy2(source, tmp)
-                    os.chown(tmp, postfix.pw_uid, postfix.pw_gid)
-                    os.chmod(tmp, 0o700)
-                    os.rename(tmp, spool / "hold" / name)
-                imported.append(name)
-    postsuper_ids("-r", imported)
-    for source in sources:
-        source.unlink(missing_ok=True)
-    return imported
 
 
 def hold_all(spool: Path = Path("/var/spool/postfix")) -> list[str]:

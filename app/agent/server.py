@@ -1,8 +1,9 @@
 """The agent: a small root service on a unix socket with a fixed set of verbs.
 
-One JSON object per line in each direction. Every call is logged with the caller's uid and pid
-(SO_PEERCRED) and its outcome. Under systemd the socket comes from socket activation
-(LISTEN_FDS); otherwise the agent binds the path itself.
+One JSON object per line in each direction. The caller is identified by the kernel
+(SO_PEERCRED and its systemd unit, app/agent/callers.py) and may use only its unit's verbs.
+Every call is logged with the caller and its outcome. Under systemd the socket comes from
+socket activation (LISTEN_FDS); otherwise the agent binds the path itself.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import json
 import logging
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.agent import queuesync, vip
+from app.agent import callers, queuesync, replica, vip
+from app.agent.callers import Caller
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
 
 log = logging.getLogger("mailrelay.agent")
@@ -110,14 +111,23 @@ class Agent:
             raise AgentError(str(exc)) from None
         return queuesync.sync(config, mode).as_dict()
 
-    def _import_replica(self) -> list[str]:
+    def _import_replica(self) -> dict[str, object]:
+        """The replica into the live queue (app/agent/replica.py); the mail it may take is
+        that of the sender domains in the maps this agent applied."""
         try:
-            imported = queuesync.import_replica()
-        except queuesync.SyncError as exc:
+            limits = replica.Limits.from_env(dict(os.environ), self.tools.message_size_limit())
+            report = replica.import_replica(
+                self.tools.replica,
+                self.tools.queue_directory(),
+                limits,
+                replica.allowed_domains(self.tools.maps_root / "live" / "sender_access"),
+                lambda ids: queuesync.postsuper_ids("-r", ids),
+            )
+        except (replica.ReplicaError, queuesync.SyncError) as exc:
             raise AgentError(str(exc)) from None
-        if imported:
+        if report.imported:
             self.tools.flush_all()
-        return imported
+        return report.as_dict()
 
     def _queue_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         limit = args.get("limit", 1000)
@@ -125,12 +135,14 @@ class Agent:
             raise AgentError(f"limit must be 1-{QUEUE_LIMIT_MAX}")
         return self.tools.queue_list(limit)
 
-    async def handle(self, request: Any) -> dict[str, Any]:
+    async def handle(self, request: Any, caller: Caller) -> dict[str, Any]:
         if not isinstance(request, dict) or not isinstance(request.get("verb"), str):
             return {"ok": False, "error": 'a request is {"verb": ..., "args": {...}}'}
         verb, args = request["verb"], request.get("args") or {}
         if verb not in self.verbs or not isinstance(args, dict):
             return {"ok": False, "error": f"unknown verb {verb!r}"}
+        if not caller.may(verb):
+            return {"ok": False, "error": callers.refusal(caller, verb)}
         async with self.lock:
             try:
                 result = await asyncio.to_thread(self.verbs[verb], args)
@@ -145,7 +157,12 @@ class Agent:
     async def serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        peer = _peer(writer)
+        try:
+            peer = callers.of_socket(writer.get_extra_info("socket"))
+        except (OSError, AttributeError) as exc:
+            log.warning("connection refused: the caller cannot be identified: %s", exc)
+            writer.close()
+            return
         try:
             while line := await reader.readline():
                 started = time.monotonic()
@@ -153,7 +170,7 @@ class Agent:
                     request = json.loads(line)
                 except ValueError:
                     request = None
-                response = await self.handle(request)
+                response = await self.handle(request, peer)
                 verb = request.get("verb") if isinstance(request, dict) else "?"
                 log.info(
                     "call verb=%s peer=%s ok=%s %.0fms%s",
@@ -169,16 +186,6 @@ class Agent:
             log.warning("connection from %s dropped: %s", peer, exc)
         finally:
             writer.close()
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    sock = writer.get_extra_info("socket")
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _gid = struct.unpack("3i", creds)
-        return f"uid={uid},pid={pid}"
-    except (OSError, AttributeError):
-        return "unknown"
 
 
 def _activated_socket() -> socket.socket | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from typing import Any
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.db.tables import QueueImport
@@ -17,10 +18,19 @@ log = logging.getLogger("mailrelay.promotion")
 async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[str]:
     started = time.monotonic()
     try:
-        imported: list[str] = await agent.call("import_replica")
+        report: dict[str, Any] = await agent.call("import_replica")
     except (AgentUnavailable, AgentRefused) as exc:
         log.error("promotion: importing the replica failed: %s", exc)
         return []
+    imported: list[str] = report["imported"]
+    # The peer's files are untrusted: what the agent refused (links, odd files, oversized ones,
+    # senders outside the allowed domains) stays in the replica for the operator to look at.
+    for refused in report["refused"]:
+        log.error(
+            "promotion: refused to take over %s from the replica: %s",
+            refused["path"],
+            refused["reason"],
+        )
     now = dt.datetime.now(dt.UTC)
     if imported:
         await QueueImport.insert(
@@ -35,9 +45,10 @@ async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[st
             ]
         )
     log.info(
-        "promotion (%s): took over %d messages from the replica and flushed, %.2f s",
+        "promotion (%s): took over %d messages from the replica and flushed, refused %d, %.2f s",
         transition,
         len(imported),
+        report["refused_total"],
         time.monotonic() - started,
     )
     return imported

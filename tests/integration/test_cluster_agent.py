@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from app.agent import callers
 from app.agent.postfix import PostfixTools
 from app.agent.server import Agent
 
@@ -50,7 +51,8 @@ async def test_status_counts_the_replica_of_the_peers_queue(tmp_path):
     write(replica / "defer" / "A" / "4dLq2G1xZ9z9vxA", 5000)
 
     agent = Agent(PostfixTools(config, tmp_path / "maps", replica=replica))
-    answer = await agent.handle({"verb": "status"})
+    me = callers.identify(os.getpid(), os.getuid(), os.getgid())  # root: every verb
+    answer = await agent.handle({"verb": "status"}, me)
 
     assert answer["ok"], answer
     result = answer["result"]
@@ -59,7 +61,8 @@ async def test_status_counts_the_replica_of_the_peers_queue(tmp_path):
     assert result["postfix_running"] is False
 
     shutil.rmtree(replica)  # a node that never received a copy
-    assert (await agent.handle({"verb": "status"}))["result"]["replica"] == {"files": 0, "bytes": 0}
+    answer = await agent.handle({"verb": "status"}, me)
+    assert answer["result"]["replica"] == {"files": 0, "bytes": 0}
 
 
 # -- vip_handover -------------------------------------------------------------------------------
@@ -81,10 +84,13 @@ exit 0
 CALL = """
 import asyncio, json, sys
 from pathlib import Path
+import os
+from app.agent import callers
 from app.agent.postfix import PostfixTools
 from app.agent.server import Agent
 agent = Agent(PostfixTools(Path("/nonexistent"), Path("/nonexistent")))
-print(json.dumps(asyncio.run(agent.handle(json.loads(sys.argv[1])))))
+me = callers.identify(os.getpid(), os.getuid(), os.getgid())
+print(json.dumps(asyncio.run(agent.handle(json.loads(sys.argv[1]), me))))
 """
 
 

@@ -172,3 +172,25 @@ def test_the_catch_up_record_vouches_for_the_frozen_pass(queue):
     frozen = snapshot.update(spool, snap, caught_up.seen, QUEUE_PARTS)
     assert (frozen.files, frozen.bytes) == (1, 300 + len(b"during the catch-up"))
     assert tree(snap) == tree(spool)
+
+
+def test_a_sync_to_a_peer_whose_host_key_is_not_pinned_is_refused(queue, tmp_path):
+    """No trust on first use: without the peer's host key in the pinned known_hosts file
+    (written by install-node from SYNC_PEER_HOST_KEY) the agent does not connect at all."""
+    spool, _snap = queue
+    pinned = tmp_path / "sync_known_hosts"
+    config = SyncConfig(
+        peer="198.18.0.12", ssh_key=Path("/nonexistent"), spool=spool, known_hosts=pinned
+    )
+    report = queuesync.sync(config, "none")
+    assert not report.ok and report.passes == []
+    assert report.error.startswith(f"the peer's ssh host key is not pinned ({pinned}: ")
+    assert "SYNC_PEER_HOST_KEY" in report.error
+
+    pinned.write_text("198.18.0.99 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherHostsKey\n")
+    report = queuesync.sync(config, "none")
+    assert report.error.startswith(f"{pinned} pins no host key for the peer 198.18.0.12")
+
+    ssh = queuesync._ssh(config)
+    assert "-o StrictHostKeyChecking=yes" in ssh and f"-o UserKnownHostsFile={pinned}" in ssh
+    assert "accept-new" not in ssh
