@@ -595,3 +595,100 @@ def bench_throughput(quick: bool) -> None:
         "msg/s",
     )
     save("throughput", {"results": results, "overhead_ratio": ratio}, chart, text)
+
+
+# -- pull -------------------------------------------------------------------------------------
+
+# Runs in the client namespace: a new SMTP session to the slave every 20 ms (a running smtpd
+# keeps the maps it opened until its session ends), MAIL and RCPT with a sender of a domain that
+# is not allowed yet; prints the wall-clock time of the first RCPT answered 250.
+PULL_PROBE = """
+import smtplib, sys, time
+host, sender, deadline = sys.argv[1], sys.argv[2], time.time() + float(sys.argv[3])
+print("ready", flush=True)
+while time.time() < deadline:
+    try:
+        with smtplib.SMTP(host, 25, timeout=2) as smtp:
+            smtp.ehlo("probe.lab.test")
+            smtp.mail(sender)
+            code, _ = smtp.rcpt("you@dest.example")
+        if code == 250:
+            print(time.time(), flush=True)
+            break
+    except (OSError, smtplib.SMTPException):
+        pass
+    time.sleep(0.02)
+"""
+LAB_CONFIG_FILE = "/var/lib/mailrelay/bench-pull-config.json"
+
+
+def import_and_apply(domains: list[str]) -> None:
+    """On a: the lab's configuration plus `domains` as a new version, then Apply."""
+    import lab as labconf  # scripts/lab.py: the lab's own configuration
+
+    config = json.loads(json.dumps(labconf.LAB_CONFIG))
+    config["sender_domains"] += [
+        {"name": d, "comment": "bench pull", "route": None} for d in domains
+    ]
+    target = labconf.node_dir("a") / "root" / LAB_CONFIG_FILE.lstrip("/")
+    target.write_text(json.dumps(config))
+    target.chmod(0o644)
+    for command in (f"config-import {LAB_CONFIG_FILE}", "config-apply"):
+        lab("exec", "a", "runuser", "-u", "mailrelay", "--", "sh", "-c",
+            f"set -a; . {ENV}; set +a; {MAILRELAY} {command}")  # fmt: skip
+
+
+def applied_epoch(node: str) -> float:
+    """When the node last applied a version (its own row: node ids are the lab's a and b)."""
+    query = "SELECT extract(epoch FROM applied_at) FROM applied_versions WHERE node_id = '{}'"
+    [row] = sql(node, query.format(node if node in ("a", "b") else ""))
+    return float(row)
+
+
+def one_pull(domain: str) -> dict[str, float]:
+    probe = subprocess.Popen(
+        ["ip", "netns", "exec", "mrlab-client", "python3", "-c", PULL_PROBE, "198.18.0.12",
+         f"x@{domain}", "60"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert probe.stdout is not None
+    assert probe.stdout.readline().strip() == "ready"
+    import_and_apply([domain])
+    out, _ = probe.communicate(timeout=90)
+    if not out.strip():
+        raise SystemExit(f"bench: b did not accept {domain} within 60 s of the Apply on a")
+    accepted, applied_a, applied_b = float(out.strip()), applied_epoch("a"), applied_epoch("b")
+    return {
+        "total": accepted - applied_a,
+        "pull_and_apply_on_b": applied_b - applied_a,
+        "to_first_accepting_session": accepted - applied_b,
+    }
+
+
+def bench_pull(quick: bool) -> None:
+    runs = 3 if quick else 20
+    parts: dict[str, list[float]] = {}
+    with the_lab():
+        try:
+            for i in range(runs):
+                result = one_pull(f"pull{int(time.time())}-{i}.example")
+                print(f"run {i + 1}: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.items()))
+                for key, value in result.items():
+                    parts.setdefault(key, []).append(value)
+                time.sleep(1)
+        finally:
+            import_and_apply([])  # the lab's own configuration again
+    names = {
+        "total": "end of Apply on a -> b's Postfix accepts",
+        "pull_and_apply_on_b": "... of which: b pulled and applied",
+        "to_first_accepting_session": "... of which: b's applied -> first accepting session",
+    }
+    results = {names[key]: quantiles(values) for key, values in parts.items()}
+    save_quantiles(
+        "pull",
+        f"pull: from the end of a successful Apply on a to b's Postfix enforcing it ({runs} runs)",
+        "span",
+        "p95",
+        results,
+        {"runs": runs},
+    )

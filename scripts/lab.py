@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,8 @@ PREFIX = "198.18.0"
 VIP = f"{PREFIX}.100"
 HOSTS = {"a": 11, "b": 12, "sink1": 21, "sink2": 22, "client": 30, "outside": 40}
 NODES = ("a", "b")
-ADMIN_PASSWORD = "Admin123"
+# Where install-node keeps the first admin's one-time password (root only) on each node.
+INITIAL_ADMIN_PASSWORD = "/etc/mailrelay/initial-admin-password"
 LAB_CONFIG = {
     "sender_domains": [
         {"name": "app.example", "comment": "lab: routed to sink1",
@@ -359,16 +361,45 @@ def up() -> None:
                              .stdout.split()[:2]) for n in NODES}
     install("a", {"SYNC_PEER_PUBKEY": keys["b"], "SYNC_PEER_HOST_KEY": host_keys["b"]})
     install("b", {"SYNC_PEER_PUBKEY": keys["a"], "SYNC_PEER_HOST_KEY": host_keys["a"]})
-    print_summary()
+    version = wait_until_ready()
+    print_summary(version)
 
 
-def print_summary() -> None:
+def config_versions() -> dict[str, int | None]:
+    """The master version each node's Postfix runs, as `mailrelay config-status` says."""
+    versions: dict[str, int | None] = {}
+    for node in NODES:
+        out = mailrelay(node, "config-status", check=False).stdout
+        match = re.search(r"runs master version (\d+)", out)
+        versions[node] = int(match.group(1)) if match else None
+    return versions
+
+
+def wait_until_ready(timeout: float = 120) -> int:
+    """Return only when both nodes run the same applied version: a slave that has not applied
+    it yet refuses every sender, and the lab's first failover would meet that."""
+    seen: dict[str, int | None] = {}
+
+    def same() -> bool:
+        seen.update(config_versions())
+        return seen["a"] is not None and seen["a"] == seen["b"]
+
+    try:
+        wait(same, "both nodes to run the same applied config version", timeout)
+    except SystemExit as exc:
+        raise SystemExit(f"{exc}: {seen}") from None
+    return int(seen["a"] or 0)
+
+
+def print_summary(version: int) -> None:
     print(f"""
-The lab is up.
+The lab is up: both nodes run config version {version} (a applied it, b pulled it).
   GUI via the VIP:  https://{VIP}:8443/
   GUI of node a:    https://{ip('a')}:8443/   (master: edit the configuration here)
   GUI of node b:    https://{ip('b')}:8443/   (slave: read-only configuration)
-  Login: admin / {ADMIN_PASSWORD} (you must change it at the first login, on each node)
+  Login: admin with each node's one-time password (change it at the first login):
+    node a: {admin_password("a")}
+    node b: {admin_password("b")}
 
 Try it (from the trusted client {ip('client')} and the untrusted {ip('outside')}):
   scripts/lab exec client swaks --server {VIP} --from app@app.example --to you@dest.example
@@ -381,6 +412,12 @@ Try it (from the trusted client {ip('client')} and the untrusted {ip('outside')}
       -> 554 relay access denied
 Failover: scripts/lab crash a; scripts/lab status; scripts/lab boot a
 """)
+
+
+def admin_password(node: str) -> str:
+    """The one-time password install-node gave the node's first admin."""
+    result = node_exec(node, "cat", INITIAL_ADMIN_PASSWORD, check=False)
+    return result.stdout.strip() or f"(none: {INITIAL_ADMIN_PASSWORD} is missing)"
 
 
 def vip_owner() -> str | None:
@@ -483,6 +520,8 @@ def main(argv: list[str]) -> None:
         down()
     elif command == "status":
         status()
+    elif command == "admin-password":
+        print(admin_password(args[0]))
     elif command == "crash":
         crash(args[0], state)
     elif command == "boot":

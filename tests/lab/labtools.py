@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAB = str(ROOT / "scripts" / "lab")
 VIP = "198.18.0.100"
 A, B = "198.18.0.11", "198.18.0.12"
+LAB_ADMIN_PASSWORD = "lab-admin-password-1"  # what the lab tests change the one-time one to
 
 
 def lab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -71,13 +72,15 @@ def wait_for(condition, timeout: float, what: str) -> float:
 
 def gui_session(base: str):
     """Log in to a node's GUI as admin over real HTTPS (the lab's self-signed certificate),
-    doing the forced password change of the first login when it is due."""
+    doing the forced change of the install's one-time password when it is due."""
     import httpx
 
+    node = "a" if A in base else "b"
+    one_time = lab("admin-password", node).stdout.strip()
     client = httpx.Client(base_url=base, verify=False, timeout=20)  # noqa: S501 - lab cert
     client.get("/login")
     token = client.cookies["csrftoken"]
-    for password in ("lab-admin-password-1", "Admin123"):
+    for password in (LAB_ADMIN_PASSWORD, one_time):
         response = client.post(
             "/login",
             data={"username": "admin", "password": password},
@@ -91,9 +94,9 @@ def gui_session(base: str):
             "/password",
             headers={"x-csrftoken": token},
             data={
-                "current_password": "Admin123",
-                "new_password": "lab-admin-password-1",
-                "new_password_again": "lab-admin-password-1",
+                "current_password": one_time,
+                "new_password": LAB_ADMIN_PASSWORD,
+                "new_password_again": LAB_ADMIN_PASSWORD,
             },
         )
     return client, token

@@ -1,0 +1,102 @@
+"""What reaches the slave, in the lab: only a version the master applied. Runs first of the lab
+modules (see conftest.py), so that its first test meets the lab right after `scripts/lab up`
+returned; it gives the VIP back to a for the modules after it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.lab.labtools import A, B, gui_session, lab, swaks, vip_owner, wait_for
+
+pytestmark = pytest.mark.lab
+
+MAILRELAY = "set -a; . /etc/mailrelay/mailrelay.env; set +a; exec /opt/mailrelay/venv/bin/mailrelay"
+# A pull waits at the master for up to CONFIG_PULL_WAIT_SECONDS (8 s) per round.
+LONG_POLL_ROUND = 8
+
+
+def node_state(node: str) -> str:
+    return lab("exec", node, "cat", "/run/mailrelay-vrrp/vrrp.state", check=False).stdout
+
+
+def refused_by(server: str, domain: str) -> bool:
+    out = swaks("client", f"x@{domain}", server, "--quit-after", "RCPT")
+    return "553 5.7.1" in out and "250 2.1.5" not in out
+
+
+def accepted_by(server: str, domain: str) -> bool:
+    return "250 2.1.5" in swaks("client", f"app@{domain}", server, "--quit-after", "RCPT")
+
+
+def add_domain(client, token: str, domain: str) -> None:
+    response = client.post(
+        "/domains", data={"name": domain}, headers={"x-csrftoken": token}, follow_redirects=False
+    )
+    assert response.status_code == 303, response.text
+
+
+def test_a_crash_of_a_right_after_up_leaves_b_relaying_what_a_applied_not_its_draft(up):
+    assert vip_owner() == "a"
+    client, token = gui_session(f"https://{A}:8443")
+    draft = f"draft{int(time.time())}.example"
+    add_domain(client, token, draft)  # saved on a, never applied
+    lab("crash", "a")
+    try:
+        took = wait_for(
+            lambda: "250 2.0.0 Ok: queued" in swaks("client", "app@app.example", timeout=3),
+            60,
+            "a 250 through the VIP from b",
+        )
+        print(f"\ncrash of a right after up: b relays through the VIP after {took:.1f} s")
+        assert vip_owner() == "b"
+        assert "250 2.0.0 Ok: queued" in swaks("client", "pay@billing.example")
+        assert refused_by("198.18.0.100", draft), "b runs a's draft"
+    finally:
+        lab("boot", "a", timeout=300)
+    # The modules after this one start from a as the active node: a planned switchover back.
+    wait_for(lambda: '"BACKUP"' in node_state("a"), 180, "a to be a ready BACKUP")
+    switched = lab(
+        "exec", "b", "runuser", "-u", "mailrelay", "--", "bash", "-c", f"{MAILRELAY} switchover",
+        check=False, timeout=300,
+    )  # fmt: skip
+    assert switched.returncode == 0, switched.stdout + switched.stderr
+    assert vip_owner() == "a"
+
+
+def test_a_draft_or_a_failed_apply_on_a_never_reaches_b_and_an_apply_does_soon(up):
+    client, token = gui_session(f"https://{A}:8443")
+    domain = f"unapplied{int(time.time())}.example"
+    add_domain(client, token, domain)
+    # Longer than two long-poll rounds: b never enforces a draft, nor does a.
+    until = time.monotonic() + 2 * LONG_POLL_ROUND + 2
+    while time.monotonic() < until:
+        assert refused_by(B, domain), "b enforces a draft of a"
+        time.sleep(1)
+    assert refused_by(A, domain)
+
+    # An Apply that fails on a (its agent is gone) does not release the version either.
+    # The socket first, one unit at a time: a job stopping both at once is cancelled when a
+    # connection (a queue sync every 5 s) starts the service again.
+    for unit in ("mailrelay-agent.socket", "mailrelay-agent.service"):
+        lab("exec", "a", "systemctl", "stop", unit)
+    try:
+        failed = client.post("/config/apply", headers={"x-csrftoken": token})
+        assert "not applied" in failed.text, failed.text
+        time.sleep(LONG_POLL_ROUND + 1)
+        assert refused_by(B, domain), "b enforces a version whose apply failed on a"
+    finally:
+        lab("exec", "a", "systemctl", "start", "mailrelay-agent.socket")
+
+    response = client.post("/config/apply", headers={"x-csrftoken": token})
+    assert response.status_code == 200 and "not applied" not in response.text, response.text
+    applied = time.monotonic()
+    assert accepted_by(A, domain)
+    elapsed = wait_for(lambda: accepted_by(B, domain), 20, f"node b to accept {domain}")
+    elapsed = time.monotonic() - applied
+    print(f"\nApply on a -> enforced by b's Postfix after {elapsed:.1f} s")
+    assert elapsed <= 10 + 2, "the pull interval is 10 s; within it and 2 s more"
+    status = lab("exec", "b", "runuser", "-u", "mailrelay", "--", "bash", "-c",
+                 f"{MAILRELAY} config-status")  # fmt: skip
+    assert "ready" in status.stdout.splitlines()[-1]
