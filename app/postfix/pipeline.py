@@ -1,7 +1,7 @@
 """ "Test configuration" and "Apply changes" for a config version.
 
 Both render the version here (pure, validated twice) and hand the map files to the privileged
-agent, which runs postmap and `postfix check` on a scratch copy (test) or also swaps the live
+agent, which builds and checks them against a scratch copy of main.cf (test) or also swaps the live
 maps and reloads Postfix (apply). The diff against the live maps is computed here from the
 applied version: rendering is deterministic, so that is exactly what Postfix runs with.
 """
