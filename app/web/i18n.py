@@ -48,6 +48,7 @@ GERMAN: dict[str, str] = {
     "SMTP AUTH password": "SMTP-AUTH-Passwort",
     "Leave empty to keep the stored password.": "Leer lassen, um das gespeicherte Passwort zu behalten.",
     "Remove the stored password": "Gespeichertes Passwort entfernen",
+    "It is dropped when the host, port or TLS mode change: type it again then.": "Es wird verworfen, wenn sich Host, Port oder TLS-Modus ändern: Geben Sie es dann erneut ein.",
     "set": "gesetzt",
     "none": "keine",
     "No route: mail goes out directly to the recipient's MX.": "Keine Route: Mail geht direkt an den MX des Empfängers.",
