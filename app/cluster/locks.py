@@ -12,10 +12,16 @@ from dataclasses import dataclass
 
 from app.db.tables import ClusterLock
 
-MAX_TTL_SECONDS = 600
+# The queue-sync job's lock: one copy of the queue into the peer's replica at a time.
+QUEUE_SYNC = "queue-sync"
 # The planned switchover's lock: while it is held, the switchover reconciles this node's queue
 # itself, and keepalived's events must not do it a second time.
 SWITCHOVER = "switchover"
+# What a cluster token may take over the API: the queue-sync lease, for a short while. The
+# switchover lock stays local (taken over the API it would stop this node's reconcile), and a
+# longer lease would let one token block replication for longer than a sync needs to renew.
+API_LOCKS = frozenset({QUEUE_SYNC})
+API_MAX_TTL_SECONDS = 60
 
 
 @dataclass(frozen=True)

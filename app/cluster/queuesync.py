@@ -24,7 +24,7 @@ from app.db.tables import SyncRun
 from app.settings import Settings
 
 log = logging.getLogger("mailrelay.queue_sync")
-LOCK = "queue-sync"
+LOCK = locks.QUEUE_SYNC
 # Longer than a run can take: two passes of at most 240 s and a frozen one of at most 15 s
 # (app/agent/queuesync.py).
 LEASE_SECONDS = 600

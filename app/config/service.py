@@ -133,7 +133,9 @@ async def set_route(
     auth_password: str = "",
     clear_password: bool = False,
 ) -> int:
-    """Create or replace a sender domain's route. An empty password keeps the stored one."""
+    """Create or replace a sender domain's route. An empty password keeps the stored one, as
+    long as the host, port and TLS mode stay: a password is stored for the relay it was typed
+    for, and a route moved elsewhere (or to weaker TLS) needs it typed again."""
     clean = validation.collect(
         {
             "host": (validation.relay_host, host),
@@ -145,12 +147,24 @@ async def set_route(
     )
     domain_id = await _domain_id(domain)
     existing = await RelayRoute.select().where(RelayRoute.sender_domain == domain_id).first()
-    password_enc = existing["auth_password_enc"] if existing and not clear_password else None
+    moved = existing is not None and (
+        (existing["host"], existing["port"], existing["tls_mode"])
+        != (clean["host"], clean["port"], clean["tls_mode"])
+    )
+    stored = existing["auth_password_enc"] if existing else None
+    password_enc = None if clear_password or moved else stored
     if clean["auth_password"]:
         password_enc = box.encrypt(str(clean["auth_password"]))
     user = str(clean["auth_user"]) or None
     if user and not password_enc:
-        raise FieldErrors({"auth_password": "SMTP AUTH needs a password."})
+        raise FieldErrors(
+            {
+                "auth_password": "The host, port or TLS mode changed, and the stored password "
+                "is only for the relay it was saved for: type the SMTP AUTH password again."
+                if moved and stored
+                else "SMTP AUTH needs a password."
+            }
+        )
     if not user:
         password_enc = None
     values = {

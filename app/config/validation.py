@@ -20,6 +20,21 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 MAX_COMMENT = 500
 # Wider trusted networks than these are almost certainly a mistake that opens the relay.
 _MIN_PREFIX = {4: 8, 6: 32}
+# IPv6 blocks whose last 32 bits carry an IPv4 address: a network inside one is as wide, in IPv4
+# terms, as its prefix beyond the block's /96, and must meet the IPv4 floor there (a /96 of one
+# of them is all of IPv4). Teredo keeps the client's IPv4 address (inverted) in the same bits.
+_IPV4_EMBEDDING = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped addresses"),
+    (ipaddress.IPv6Network("::/96"), "IPv4-compatible addresses"),
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), "IPv4-translated addresses"),
+    (ipaddress.IPv6Network("64:ff9b::/96"), "NAT64 addresses"),
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), "local-use NAT64 addresses"),
+    (ipaddress.IPv6Network("2001::/32"), "Teredo addresses"),
+)
+_EMBEDDED_AT = 96
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+# Names that resolve to this host by convention (RFC 6761 and the classic localhost.DOMAIN).
+_LOCALHOST = "localhost"
 
 
 class FieldErrors(ValueError):
@@ -59,8 +74,40 @@ def domain_name(value: str, what: str = "A domain") -> str:
     return ascii_name
 
 
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, compatible, NAT64, Teredo)."""
+    if address.teredo:
+        return address.teredo[1]
+    if any(address in block for block, _ in _IPV4_EMBEDDING):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _not_a_relay(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why no route may point at `address` (it is this host, no host, or many), or None."""
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_unspecified:
+        return "an unspecified address"
+    if address in _THIS_NETWORK:
+        return "in 0.0.0.0/8 (this network)"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.version == 4 and address.is_reserved:
+        return "a reserved or broadcast address"
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        why = _not_a_relay(embedded) if embedded else None
+        if why:
+            return f"{why} ({embedded}) in IPv6 form"
+    return None
+
+
 def relay_host(value: str) -> str:
-    """A relay target: a hostname (normalised like a domain) or an IP address."""
+    """A relay target: a hostname (normalised like a domain) or an IP address, never this host
+    itself, a link-local neighbour or a multicast group."""
     value = value.strip()
     if not value:
         raise ValueError("The relay host is required.")
@@ -68,12 +115,30 @@ def relay_host(value: str) -> str:
     if "%" in value:
         raise ValueError("The relay host must not carry an IPv6 zone (%...).")
     try:
-        return str(ipaddress.ip_address(value.strip("[]")))
+        address = ipaddress.ip_address(value.strip("[]"))
     except ValueError:
         pass
+    else:
+        why = _not_a_relay(address)
+        if why:
+            raise ValueError(
+                f"The relay host {address} is {why}: a route must point at a mail server "
+                "elsewhere on the network."
+            )
+        return str(address)
+    this_host = ValueError(
+        f"The relay host {value} names this host (localhost): a route must point at a mail "
+        "server elsewhere on the network."
+    )
+    if value.lower().rstrip(".") == _LOCALHOST:
+        raise this_host
     if value.count(".") == 0:
         raise ValueError("The relay host must be a fully qualified name or an IP address.")
-    return domain_name(value, "The relay host")
+    name = domain_name(value, "The relay host")
+    labels = name.split(".")
+    if _LOCALHOST in (labels[0], labels[-1]):
+        raise this_host
+    return name
 
 
 def port(value: str | int) -> int:
@@ -118,7 +183,22 @@ def cidr(value: str) -> str:
             f"{network} is too wide: trusting it would come close to an open relay "
             f"(at least /{_MIN_PREFIX[network.version]})."
         )
+    if isinstance(network, ipaddress.IPv6Network):
+        _check_embedded_ipv4_width(network)
     return str(network)
+
+
+def _check_embedded_ipv4_width(network: ipaddress.IPv6Network) -> None:
+    """Hold an IPv6 network that covers IPv4 addresses to the IPv4 floor in IPv4 terms."""
+    floor = _EMBEDDED_AT + _MIN_PREFIX[4]
+    for block, kind in _IPV4_EMBEDDING:
+        if network.overlaps(block) and network.prefixlen < floor:
+            ipv4_width = max(network.prefixlen - _EMBEDDED_AT, 0)
+            raise ValueError(
+                f"{network} is too wide: its {kind} ({block}) stand for an IPv4 "
+                f"/{ipv4_width}; trusting it would come close to an open relay (at least "
+                f"/{floor} there, an IPv4 /{_MIN_PREFIX[4]})."
+            )
 
 
 def auth_user(value: str) -> str:

@@ -1,9 +1,9 @@
 """The GUI in real headless Chromium against `mailrelay serve`: one operator's first session.
 
 Login with the default account, the forced password change, a sender domain (and an invalid one
-refused inline by HTMX), a route with SMTP AUTH whose password never comes back, Test
-configuration, the version diff, the German translation and log out, without a console error or
-a Content-Security-Policy violation on the way.
+refused inline by HTMX), a route with SMTP AUTH whose password never comes back (nor goes to other
+settings tested from the route form), Test configuration, the version diff, the German translation
+and log out, without a console error or a Content-Security-Policy violation on the way.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def test_first_session_of_an_admin(gui: Gui, server: Server) -> None:
     form.locator("#f-tls_mode").select_option("encrypt")
     form.locator("#f-auth_user").fill(AUTH_USER)
     form.locator("#f-auth_password").fill(AUTH_PASSWORD)
-    form.locator("button[type=submit]").click()
+    form.get_by_role("button", name="Save").click()
     expect_path(page, "/routes")
     row = page.locator("#routes tbody tr", has_text=DOMAIN)
     expect(row).to_contain_text(f"[{RELAY_HOST}]:587")
@@ -133,6 +133,13 @@ def test_first_session_of_an_admin(gui: Gui, server: Server) -> None:
     expect(page.locator("#route-form #f-auth_password")).to_have_value("")
     expect(page.locator("#route-form")).to_contain_text("Leave empty to keep the stored password")
     assert AUTH_PASSWORD not in page.content()
+    # Testing other settings from the form saves nothing and does not use the stored password.
+    page.locator("#route-form #f-host").fill("relay2.example.net")
+    page.get_by_role("button", name="Test these settings").click()
+    expect(page.locator("#test-result")).to_contain_text("type the SMTP AUTH password")
+    expect_path(page, f"/routes/{DOMAIN}")
+    page.goto(gui.url("/routes"))
+    expect(page.locator("#routes tbody tr", has_text=DOMAIN)).to_contain_text(f"[{RELAY_HOST}]:587")
 
     # 5. Config versions: Test configuration reports a valid config and the diff to the live maps.
     page.locator("header.top nav a[href='/versions']").click()

@@ -7,9 +7,11 @@ import hashlib
 import json
 
 from app.auth import tokens
+from app.cluster import locks
 from app.config import applied, service
 from app.crypto import SecretBox
-from app.db.tables import ApiToken
+from app.db.tables import ApiToken, AppliedVersion, ClusterLock
+from app.web.controllers import api
 
 SECRET = "relay-secret-456"
 
@@ -168,6 +170,59 @@ async def test_lock_arguments_are_checked(client):
     assert (await _acquire(client, headers, "bad holder")).status_code == 400
     assert (await _acquire(client, headers, "node-a", ttl=0)).status_code == 400
     assert (await _acquire(client, headers, "node-a", ttl=100000)).status_code == 400
+
+
+async def test_a_cluster_token_cannot_take_an_unknown_lock_name(client):
+    headers = await _bearer("cluster")
+    for name in ("switchover", "anything", "queue-sync2", ""):
+        body = {"holder": "node-a", "ttl_seconds": 30, "name": name}
+        response = await client.post("/api/sync-lock/acquire", json=body, headers=headers)
+        assert response.status_code == 400, name
+        assert "name must be queue-sync" in response.json()["detail"]
+    for ttl in (61, 600):
+        response = await _acquire(client, headers, "node-a", ttl=ttl)
+        assert response.status_code == 400, ttl
+        assert "ttl_seconds must be between 1 and 60" in response.json()["detail"]
+    assert await ClusterLock.count() == 0
+
+    # The switchover lock, held locally, cannot be released over the API either.
+    lease = await locks.acquire(locks.SWITCHOVER, "a-switchover", ttl_seconds=60)
+    response = await client.post(
+        "/api/sync-lock/release",
+        json={"holder": "a-switchover", "fencing_token": lease.fencing_token, "name": "switchover"},
+        headers=headers,
+    )
+    assert response.status_code == 400
+    assert await locks.held(locks.SWITCHOVER)
+    assert (await _acquire(client, headers, "node-a", ttl=60)).status_code == 200
+
+
+async def test_an_oversized_api_body_is_refused_with_413(client, app):
+    headers = await _bearer("cluster") | {"content-type": "application/json"}
+    bodies = {
+        "/api/sync-lock/acquire": {"holder": "node-a", "ttl_seconds": 30},
+        "/api/sync-lock/release": {"holder": "node-a", "fencing_token": 1},
+        "/api/nodes/applied": {
+            "node_id": "b",
+            "number": 3,
+            "master_number": 7,
+            "applied_at": "2024-05-01T10:00:00+00:00",
+        },
+    }
+    posts = {r.path for r in app.routes if r.path.startswith("/api/") and "POST" in r.methods}
+    assert posts == set(bodies)  # a new POST under /api/ gets a body here, and a cap
+    for path, body in bodies.items():
+        # Valid JSON, padded with whitespace past the cap: without one it would be accepted.
+        padded = json.dumps(body) + " " * api.MAX_BODY_BYTES
+        response = await client.post(path, content=padded, headers=headers)
+        assert response.status_code == 413, path
+    assert await ClusterLock.count() == 0
+    assert await AppliedVersion.count() == 0
+    # The same bodies, unpadded, are taken.
+    response = await client.post(
+        "/api/sync-lock/acquire", json=bodies["/api/sync-lock/acquire"], headers=headers
+    )
+    assert response.status_code == 200
 
 
 async def test_two_nodes_racing_for_the_lock_get_one_grant(client):

@@ -1,12 +1,15 @@
-"""Route tests against real SMTP servers (aiosmtpd on 127.0.0.1): plain, STARTTLS with AUTH PLAIN
-and LOGIN, a self-signed certificate under `verify`, a closed port; no mail is ever sent."""
+"""Route tests against real SMTP servers (aiosmtpd on 127.0.0.1, or on addresses a saved route may
+point at): plain, STARTTLS with AUTH PLAIN and LOGIN, a self-signed certificate under `verify`, a
+closed port; no mail is ever sent."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,10 +42,32 @@ class Handler:
         return "250 OK"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def relay_addresses() -> Iterator[tuple[str, str]]:
+    """Two addresses of this host that are not loopback, for relay targets a saved route may
+    point at (127.0.0.1 is refused): on one end of a veth pair of this test run's own, removed
+    afterwards. Needs root, like the Postfix tests' namespaces."""
+    pid = os.getpid()
+    high, low = (pid >> 8) & 127, pid & 255
+    addresses = (f"198.19.{high}.{low}", f"198.19.{128 + high}.{low}")
+    link = f"mrrt{pid}"
+    subprocess.run(
+        ["ip", "link", "add", link, "type", "veth", "peer", "name", f"{link}p"], check=True
+    )
+    try:
+        for address in addresses:
+            subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", link], check=True)
+        for end in (link, f"{link}p"):
+            subprocess.run(["ip", "link", "set", end, "up"], check=True)
+        yield addresses
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +104,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-def start(handler: Handler, **kwargs: Any) -> tuple[Controller, int]:
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
+def start(handler: Handler, host: str = "127.0.0.1", **kwargs: Any) -> tuple[Controller, int]:
+    port = free_port(host)
+    controller = Controller(handler, hostname=host, port=port, **kwargs)
     controller.start()
     return controller, port
 
@@ -110,7 +135,9 @@ def authenticator(calls: list[str], reply: str | None = None):
     return check
 
 
-def tls_server(tls_files, calls: list[str], **kwargs: Any) -> tuple[Controller, Handler, int]:
+def tls_server(
+    tls_files, calls: list[str], host: str = "127.0.0.1", **kwargs: Any
+) -> tuple[Controller, Handler, int]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*tls_files)
     handler = Handler()
@@ -121,7 +148,7 @@ def tls_server(tls_files, calls: list[str], **kwargs: Any) -> tuple[Controller, 
         "authenticator": authenticator(calls),
     }
     options.update(kwargs)
-    controller, port = start(handler, **options)
+    controller, port = start(handler, host, **options)
     return controller, handler, port
 
 

@@ -14,7 +14,12 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from app.config import service
 from app.db.tables import AppliedVersion, AuditLog
 from tests.conftest import csrf
-from tests.integration.test_routetest import Handler, free_port, tls_files  # noqa: F401
+from tests.integration.test_routetest import (  # noqa: F401
+    Handler,
+    free_port,
+    relay_addresses,
+    tls_files,
+)
 
 SECRET = "route-Pa55word-xyz"
 USER = "relay-user"
@@ -25,7 +30,7 @@ async def _post(client, path, data=None, htmx=False):
     return await client.post(path, data=data or {}, headers=headers, follow_redirects=False)
 
 
-async def _applied_config(app, settings, port: int = 2525) -> None:
+async def _applied_config(app, settings, port: int = 2525, host: str = "192.0.2.25") -> None:
     """example.com with an authenticated route, example.org without: version 3, applied here
     (no agent runs in the tests, so the applied row is written directly)."""
     actor = service.Actor("t")
@@ -35,7 +40,7 @@ async def _applied_config(app, settings, port: int = 2525) -> None:
         actor,
         app.state.box,
         "example.com",
-        host="127.0.0.1",
+        host=host,
         port=port,
         tls_mode="encrypt",
         auth_user=USER,
@@ -62,7 +67,7 @@ async def test_readonly_asks_which_route_and_sees_the_answer(login_as, app, sett
     assert "<html" not in response.text  # the fragment for the HTMX swap
     assert 'id="which-verdict"' in response.text
     assert "allowed" in response.text
-    assert "[127.0.0.1]:2525" in response.text
+    assert "[192.0.2.25]:2525" in response.text
     assert "encrypt" in response.text
     assert USER in response.text
     assert SECRET not in response.text
@@ -112,7 +117,7 @@ async def test_readonly_may_not_test_a_route(login_as, app, settings):
 
 
 @pytest.fixture
-def relay_target(tls_files):  # noqa: F811
+def relay_target(tls_files, relay_addresses):  # noqa: F811
     """A STARTTLS relay host that wants AUTH with USER / SECRET."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*tls_files)
@@ -128,10 +133,11 @@ def relay_target(tls_files):  # noqa: F811
         )
 
     handler = Handler()
-    port = free_port()
+    host = relay_addresses[0]
+    port = free_port(host)
     controller = Controller(
         handler,
-        hostname="127.0.0.1",
+        hostname=host,
         port=port,
         tls_context=context,
         require_starttls=True,
@@ -139,15 +145,15 @@ def relay_target(tls_files):  # noqa: F811
         authenticator=authenticator,
     )
     controller.start()
-    yield port, logins, handler
+    yield host, port, logins, handler
     controller.stop()
 
 
 async def test_operator_tests_a_route_and_never_sees_the_password(
     login_as, app, settings, relay_target
 ):
-    port, logins, handler = relay_target
-    await _applied_config(app, settings, port)
+    host, port, logins, handler = relay_target
+    await _applied_config(app, settings, port, host)
     client = await login_as("operator")
     page = await client.get("/routes/tools")
     assert 'hx-post="/routes/example.com/test"' in page.text
@@ -172,7 +178,7 @@ async def test_operator_tests_a_route_and_never_sees_the_password(
     assert entry["outcome"] == "ok"
     assert entry["source_ip"] == "198.18.0.30"
     assert SECRET not in json.dumps(entry, default=str)
-    assert f"[127.0.0.1]:{port}" in entry["after"]
+    assert f"[{host}]:{port}" in entry["after"]
 
     # Without JavaScript the page comes back whole, with the report in it.
     response = await _post(client, "/routes/example.com/test")
@@ -181,9 +187,9 @@ async def test_operator_tests_a_route_and_never_sees_the_password(
     assert SECRET not in response.text
 
 
-async def test_a_failed_test_is_audited_as_failed(login_as, app, settings):
-    port = free_port()  # nothing listens here
-    await _applied_config(app, settings, port)
+async def test_a_failed_test_is_audited_as_failed(login_as, app, settings, relay_addresses):  # noqa: F811
+    port = free_port(relay_addresses[0])  # nothing listens here
+    await _applied_config(app, settings, port, relay_addresses[0])
     client = await login_as("operator")
     response = await _post(client, "/routes/example.com/test", htmx=True)
     assert response.status_code == 200
@@ -202,3 +208,105 @@ async def test_a_domain_without_route_has_nothing_to_test(login_as, app, setting
     assert "No route: mail goes out directly to the recipient" in response.text
     response = await _post(client, "/routes/nothing.example/test", htmx=True)
     assert response.status_code == 404
+
+
+@pytest.fixture
+def other_relay(tls_files, relay_addresses):  # noqa: F811
+    """Another STARTTLS host that takes any AUTH and keeps every password it is sent."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*tls_files)
+    received: list[str] = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        received.append(auth_data.password.decode())
+        return AuthResult(success=True, auth_data=auth_data)
+
+    host = relay_addresses[1]
+    port = free_port(host)
+    controller = Controller(
+        Handler(),
+        hostname=host,
+        port=port,
+        tls_context=context,
+        require_starttls=True,
+        authenticator=authenticator,
+    )
+    controller.start()
+    yield host, port, received
+    controller.stop()
+
+
+async def test_test_route_never_sends_the_stored_password_to_another_host(
+    login_as, app, settings, relay_target, other_relay
+):
+    host, port, logins, _ = relay_target
+    other_host, other_port, received = other_relay
+    await _applied_config(app, settings, port, host)
+    client = await login_as("operator")
+    moved = {"host": other_host, "port": str(other_port), "tls_mode": "encrypt", "auth_user": USER}
+
+    # Moving the route keeps no password, so the stored route still points at its own relay.
+    await _post(client, "/routes/example.com", moved | {"auth_password": ""}, htmx=True)
+    stored = await _post(client, "/routes/example.com/test", htmx=True)
+    assert f"[{host}]:{port}" in stored.text and "All steps passed." in stored.text
+    assert logins == [USER]
+
+    # Testing the moved settings from the route form does not take the stored password along:
+    # not to another host, another port, nor to the same relay over weaker TLS.
+    for form in (
+        moved,
+        moved | {"host": host},
+        {"host": host, "port": str(port), "tls_mode": "may"},
+    ):
+        response = await _post(client, "/routes/example.com/test", form | {"auth_user": USER}, True)
+        assert "type the SMTP AUTH password to test them" in response.text
+        assert 'id="test-steps"' not in response.text
+    assert received == [] and logins == [USER]
+    assert SECRET not in json.dumps(await AuditLog.select(), default=str)
+
+
+async def test_test_route_sends_a_typed_password_and_the_stored_one_only_to_its_relay(
+    login_as, app, settings, relay_target, other_relay
+):
+    host, port, logins, _ = relay_target
+    other_host, other_port, received = other_relay
+    await _applied_config(app, settings, port, host)
+    client = await login_as("operator")
+    typed = {
+        "host": other_host,
+        "port": str(other_port),
+        "tls_mode": "encrypt",
+        "auth_user": USER,
+        "auth_password": "typed-Pa55word",
+    }
+    response = await _post(client, "/routes/example.com/test", typed, htmx=True)
+    assert f"[{other_host}]:{other_port}" in response.text
+    assert f"PLAIN as {USER}" in response.text and "typed-Pa55word" not in response.text
+    assert received == ["typed-Pa55word"]
+    entry = await AuditLog.select().where(AuditLog.action == "route.test").first()
+    assert f"[{other_host}]:{other_port}" in entry["after"]
+
+    # The route form's own settings, unchanged: the stored password goes to the stored relay.
+    same = {"host": host, "port": str(port), "tls_mode": "encrypt", "auth_user": USER}
+    response = await _post(client, "/routes/example.com/test", same, htmx=True)
+    assert "All steps passed." in response.text
+    assert logins == [USER] and received == ["typed-Pa55word"]
+
+    # A test goes nowhere a route may not point.
+    response = await _post(client, "/routes/example.com/test", same | {"host": "127.0.0.1"}, True)
+    assert "is a loopback address" in response.text
+    assert 'id="test-steps"' not in response.text
+
+
+async def test_the_route_form_offers_a_test_of_its_settings(login_as, app, settings):
+    await _applied_config(app, settings)
+    client = await login_as("operator")
+    page = (await client.get("/routes/example.com")).text
+    assert 'hx-post="/routes/example.com/test"' in page
+    assert 'formaction="/routes/example.com/test"' in page
+    assert 'id="test-result"' in page
+    readonly = await login_as("readonly")
+    assert (
+        'formaction="/routes/example.com/test"'
+        not in (await readonly.get("/routes/example.com")).text
+    )

@@ -333,3 +333,25 @@ async def test_replace_all_stores_only_canonical_routes(box: SecretBox) -> None:
 async def test_a_long_zone_id_is_a_field_error() -> None:
     with pytest.raises(FieldErrors):
         await service.add_network(ACTOR, "fe80::%" + "x" * 40 + "/64")
+
+
+@pytest.mark.parametrize(
+    ("host", "cidr"),
+    [("127.0.0.1", "192.0.2.0/24"), ("::ffff:169.254.0.1", "192.0.2.0/24"), (None, "::/96")],
+)
+async def test_a_pulled_version_with_a_loopback_route_or_a_wide_mapped_network_is_refused(
+    host: str | None, cidr: str
+) -> None:
+    route = {"host": host, "port": 25, "tls_mode": "may", "auth_user": None}
+    pulled = {
+        "sender_domains": [
+            {"name": "example.com", "comment": "", "route": route if host else None}
+        ],
+        "trusted_networks": [{"cidr": cidr, "comment": ""}],
+    }
+    problems = snapshot.validate(pulled)
+    assert problems and ("must point at a mail server" in problems[0] or "too wide" in problems[0])
+    with pytest.raises(FieldErrors):
+        await service.replace_all(ACTOR, pulled, "config.pull", "pulled from the master")
+    assert await SenderDomain.count() == 0
+    assert await TrustedNetwork.count() == 0

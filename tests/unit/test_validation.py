@@ -129,8 +129,12 @@ def test_relay_host_is_refused_or_canonical(raw: str) -> None:
         address = ipaddress.ip_address(host)
     except ValueError:
         assert validation.domain_name(host) == host
+        assert "localhost" not in host.split(".")
     else:
         assert str(address) == host
+        for form in (address, getattr(address, "ipv4_mapped", None)):
+            assert not (form and (form.is_loopback or form.is_link_local or form.is_multicast))
+            assert not (form and form.is_unspecified)
     assert validation.relay_host(host) == host
 
 
@@ -149,14 +153,33 @@ def test_cidr_is_refused_or_canonical_and_never_too_wide(raw: str) -> None:
     assert str(network) == value
     assert validation.cidr(value) == value
     assert network.prefixlen >= (8 if network.version == 4 else 32)
+    assert not covers_an_ipv4_wider_than_the_floor(network)
+
+
+# IPv6 blocks that stand for IPv4 addresses (mapped, compatible, translated, NAT64, Teredo).
+IPV4_IN_IPV6 = [
+    ipaddress.ip_network(n)
+    for n in ("::ffff:0:0/96", "::/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+] + [ipaddress.ip_network("2001::/32")]
+
+
+def covers_an_ipv4_wider_than_the_floor(network) -> bool:
+    """Whether the network holds more than an IPv4 /8's worth of one IPv4-embedding block."""
+    return network.version == 6 and any(
+        network.overlaps(block)
+        and min(network.num_addresses, 2 ** (128 - max(block.prefixlen, 96))) > 2**24
+        for block in IPV4_IN_IPV6
+    )
 
 
 @PROPERTY
 @given(st.ip_addresses(), st.integers(0, 128))
+@example(ipaddress.ip_address("::ffff:10.0.0.0"), 96)
+@example(ipaddress.ip_address("::ffff:10.0.0.0"), 104)
 def test_cidr_accepts_every_canonical_network_of_allowed_width(address, prefix: int) -> None:
     prefix = min(prefix, address.max_prefixlen)
     network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
-    if prefix < (8 if network.version == 4 else 32):
+    if prefix < (8 if network.version == 4 else 32) or covers_an_ipv4_wider_than_the_floor(network):
         with pytest.raises(ValueError, match="too wide"):
             validation.cidr(str(network))
     else:
@@ -295,6 +318,104 @@ def test_relay_host_normalises(raw: str, expected: str) -> None:
 def test_relay_host_refuses(raw: str) -> None:
     with pytest.raises(ValueError):
         validation.relay_host(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "127.0.0.1",
+        "[127.0.0.1]",
+        "127.255.0.9",
+        "0.0.0.0",  # noqa: S104
+        "[0.0.0.0]",
+        "0.1.2.3",
+        "::",
+        "[::]",
+        "::1",
+        "[::1]",
+        "169.254.169.254",
+        "[169.254.0.1]",
+        "fe80::1",
+        "[fe80::1]",
+        "febf::1",
+        "224.0.0.1",
+        "239.1.2.3",
+        "ff02::1",
+        "255.255.255.255",
+        "::ffff:127.0.0.1",
+        "[::ffff:127.0.0.1]",
+        "::ffff:7f00:1",
+        "::ffff:0.0.0.0",
+        "::ffff:169.254.1.1",
+        "::127.0.0.1",
+        "64:ff9b::127.0.0.1",
+        "localhost",
+        "LOCALHOST",
+        "localhost.",
+        "LocalHost.",
+        "localhost.localdomain",
+        "mail.localhost",
+    ],
+)
+def test_a_route_to_loopback_or_link_local_is_refused(raw: str) -> None:
+    with pytest.raises(ValueError, match="must point at a mail server elsewhere"):
+        validation.relay_host(raw)
+
+
+def test_the_refusal_says_what_the_address_is() -> None:
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1 is a loopback address"):
+        validation.relay_host("127.0.0.1")
+    with pytest.raises(ValueError, match=r"link-local"):
+        validation.relay_host("[fe80::1]")
+    with pytest.raises(ValueError, match=r"loopback address \(127\.0\.0\.1\) in IPv6 form"):
+        validation.relay_host("::ffff:127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("10.0.0.25", "10.0.0.25"),
+        ("192.168.1.1", "192.168.1.1"),
+        ("::ffff:192.0.2.10", "::ffff:c000:20a"),
+        ("localhostmail.example", "localhostmail.example"),
+    ],
+)
+def test_private_and_public_relays_stay_allowed(raw: str, expected: str) -> None:
+    assert validation.relay_host(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "::ffff:0:0/96",
+        "::ffff:0.0.0.0/97",
+        "::ffff:10.0.0.0/103",
+        "::/96",
+        "::/64",
+        "::/32",
+        "::ffff:0:0:0/96",
+        "64:ff9b::/96",
+        "64:ff9b::/32",
+        "64:ff9b:1::/48",
+        "2001::/32",
+    ],
+)
+def test_an_ipv4_mapped_prefix_wider_than_the_floor_is_refused(raw: str) -> None:
+    with pytest.raises(ValueError, match=r"too wide: its .* stand for an IPv4 /\d+"):
+        validation.cidr(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("::ffff:10.0.0.0/104", "::ffff:a00:0/104"),
+        ("::ffff:192.0.2.0/120", "::ffff:c000:200/120"),
+        ("64:ff9b::192.0.2.0/120", "64:ff9b::c000:200/120"),
+        ("2001:db8::/32", "2001:db8::/32"),
+    ],
+)
+def test_ipv6_networks_within_the_ipv4_floor_stay_allowed(raw: str, expected: str) -> None:
+    assert validation.cidr(raw) == expected
 
 
 def test_cidr_with_host_bits_suggests_the_network() -> None:

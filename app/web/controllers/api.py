@@ -22,6 +22,9 @@ Req = Request[TokenPrincipal, Any, Any]
 
 # A long poll longer than this would hold a connection past most proxies' idle timeouts.
 MAX_EXPORT_WAIT_SECONDS = 60.0
+# Every API request body is a small JSON object (well under 1 KiB); anything far larger is
+# refused with 413 before it is read into memory or parsed.
+MAX_BODY_BYTES = 16 * 1024
 
 
 @get("/api/config/export", opt={"api": "read"})
@@ -80,7 +83,12 @@ def _node_report(data: NodeApplied, own_node_id: str) -> tuple[str, int, dt.date
     return node_id, master_number, applied_at
 
 
-@post("/api/nodes/applied", opt={"api": "cluster"}, status_code=HTTP_204_NO_CONTENT)
+@post(
+    "/api/nodes/applied",
+    opt={"api": "cluster"},
+    status_code=HTTP_204_NO_CONTENT,
+    request_max_body_size=MAX_BODY_BYTES,
+)
 async def node_applied(request: Req, data: JSONBody[NodeApplied]) -> None:
     """A slave reports which of the master's versions its Postfix runs: stored in this (the
     master's) applied_versions under the master's numbering, so the dashboard shows both
@@ -98,27 +106,36 @@ async def node_applied(request: Req, data: JSONBody[NodeApplied]) -> None:
 class AcquireLock:
     holder: str
     ttl_seconds: float = 30.0
-    name: str = "queue-sync"
+    name: str = locks.QUEUE_SYNC
 
 
 @dataclass
 class ReleaseLock:
     holder: str
     fencing_token: int
-    name: str = "queue-sync"
+    name: str = locks.QUEUE_SYNC
 
 
 def _check_lock_args(name: str, holder: str) -> None:
-    for value, what in ((name, "name"), (holder, "holder")):
-        if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
-            raise ClientException(f"{what} must be 1-64 letters, digits, '-', '_' or '.'")
+    if name not in locks.API_LOCKS:
+        raise ClientException(
+            f"name must be {' or '.join(sorted(locks.API_LOCKS))}: no other lock is taken "
+            "over the API"
+        )
+    if not holder or len(holder) > 64 or not all(c.isalnum() or c in "-_." for c in holder):
+        raise ClientException("holder must be 1-64 letters, digits, '-', '_' or '.'")
 
 
-@post("/api/sync-lock/acquire", opt={"api": "cluster"}, status_code=200)
+@post(
+    "/api/sync-lock/acquire",
+    opt={"api": "cluster"},
+    status_code=200,
+    request_max_body_size=MAX_BODY_BYTES,
+)
 async def acquire_lock(data: JSONBody[AcquireLock]) -> Response[dict[str, Any]]:
     _check_lock_args(data.name, data.holder)
-    if not 1 <= data.ttl_seconds <= locks.MAX_TTL_SECONDS:
-        raise ClientException(f"ttl_seconds must be between 1 and {locks.MAX_TTL_SECONDS}")
+    if not 1 <= data.ttl_seconds <= locks.API_MAX_TTL_SECONDS:
+        raise ClientException(f"ttl_seconds must be between 1 and {locks.API_MAX_TTL_SECONDS}")
     try:
         lease = await locks.acquire(data.name, data.holder, data.ttl_seconds)
     except locks.LockConflict as exc:
@@ -141,7 +158,12 @@ async def acquire_lock(data: JSONBody[AcquireLock]) -> Response[dict[str, Any]]:
     )
 
 
-@post("/api/sync-lock/release", opt={"api": "cluster"}, status_code=200)
+@post(
+    "/api/sync-lock/release",
+    opt={"api": "cluster"},
+    status_code=200,
+    request_max_body_size=MAX_BODY_BYTES,
+)
 async def release_lock(data: JSONBody[ReleaseLock]) -> Response[dict[str, Any]]:
     _check_lock_args(data.name, data.holder)
     if await locks.release(data.name, data.holder, data.fencing_token):

@@ -1,4 +1,4 @@
-"""Route tools: "Which route?" for a sender and recipient, and a live test of a stored route."""
+"""Route tools: "Which route?" for a sender and recipient, and a live test of a route."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from litestar.response import Template
 
 from app import audit
 from app.auth.sessions import SessionUser
-from app.config import applied, service
+from app.config import applied, service, validation
+from app.config.validation import FieldErrors
 from app.crypto import SecretKeyError
 from app.db.tables import RelayRoute, SenderDomain
 from app.postfix import render, routecheck, routetest
@@ -91,7 +92,9 @@ async def ask_which_route(request: Req, data: Form) -> Template:
 
 
 @post("/routes/{domain:str}/test", opt=OPERATE)
-async def run_route_test(request: Req, domain: FromPath[str]) -> Template:
+async def run_route_test(request: Req, domain: FromPath[str], data: Form) -> Template:
+    """Test the stored route, or the settings the route form holds (its host, port, TLS mode,
+    user and a typed password) before they are saved."""
     row = await SenderDomain.select(SenderDomain.id).where(SenderDomain.name == domain).first()
     if row is None:
         raise service.NotFound(f"There is no sender domain {domain}.")
@@ -100,40 +103,78 @@ async def run_route_test(request: Req, domain: FromPath[str]) -> Template:
     if route is None:
         error = "No route: mail goes out directly to the recipient's MX."
     else:
-        report, error = await _test(request, domain, route)
+        try:
+            tested = _tested(route, data)
+        except FieldErrors as exc:
+            error = " ".join(exc.errors.values())
+        else:
+            report, error = await _test(request, domain, route, tested)
     template = "routetools/_test.html" if is_htmx(request) else "routetools/page.html"
     ctx = await _page_context(request, report=report, test_domain=domain, test_error=error)
     return page(request, template, **ctx)
 
 
+def _tested(route: dict[str, Any], data: dict[str, str]) -> dict[str, Any]:
+    """The settings to test: the stored route's, replaced by any the form sends, held to the
+    rules a saved route meets (no test to this host's own loopback, say)."""
+    return validation.collect(
+        {
+            "host": (validation.relay_host, data.get("host", route["host"])),
+            "port": (validation.port, data.get("port", route["port"])),
+            "tls_mode": (validation.tls_mode, data.get("tls_mode", route["tls_mode"])),
+            "auth_user": (validation.auth_user, data.get("auth_user", route["auth_user"] or "")),
+            "auth_password": (validation.auth_password, data.get("auth_password", "")),
+        }
+    )
+
+
+def _stored_password_applies(route: dict[str, Any], tested: dict[str, Any]) -> bool:
+    """A stored password goes only where Postfix sends it: the relay it was saved for, with the
+    route's own TLS mode. Settings that differ (another host, or weaker TLS to the same one)
+    never get it, so that editing a form cannot make the test hand it to someone else."""
+    return (route["host"], route["port"], route["tls_mode"]) == (
+        tested["host"],
+        tested["port"],
+        tested["tls_mode"],
+    )
+
+
 async def _test(
-    request: Req, domain: str, route: dict[str, Any]
+    request: Req, domain: str, route: dict[str, Any], tested: dict[str, Any]
 ) -> tuple[routetest.RouteTestReport | None, str | None]:
-    """Run the test with the stored password, decrypted in memory for this call only; audit it
-    without any secret."""
-    password = None
-    if route["auth_user"] and route["auth_password_enc"]:
+    """Run the test with the typed password or, for the stored relay only, the stored one,
+    decrypted in memory for this call only; audit it without any secret."""
+    user = tested["auth_user"] or None
+    password = tested["auth_password"] or None
+    if user and not password:
+        if not (route["auth_password_enc"] and _stored_password_applies(route, tested)):
+            return None, (
+                "These settings differ from the stored route, and its password is only sent "
+                "to the relay it was saved for: type the SMTP AUTH password to test them."
+                if route["auth_password_enc"]
+                else "SMTP AUTH needs a password."
+            )
         try:
             password = request.app.state.box.decrypt(route["auth_password_enc"])
         except SecretKeyError:
-            await _audit(request, domain, route, "failed", ["the password does not decrypt"])
+            await _audit(request, domain, tested, "failed", ["the password does not decrypt"])
             return None, "The stored password does not decrypt with this node's key."
     report = await routetest.test_route(
-        route["host"],
-        route["port"],
-        route["tls_mode"],
-        auth_user=route["auth_user"],
+        tested["host"],
+        tested["port"],
+        tested["tls_mode"],
+        auth_user=user,
         auth_password=password,
         helo_name=request.app.state.settings.hostname,
     )
     del password
     failed = [f"{s.name}: {s.error}" for s in report.steps if not s.ok]
-    await _audit(request, domain, route, "ok" if report.ok else "failed", failed)
+    await _audit(request, domain, tested, "ok" if report.ok else "failed", failed)
     return report, None
 
 
 async def _audit(
-    request: Req, domain: str, route: dict[str, Any], outcome: str, failed: list[str]
+    request: Req, domain: str, tested: dict[str, Any], outcome: str, failed: list[str]
 ) -> None:
     await audit.record(
         request.user.username,
@@ -142,9 +183,9 @@ async def _audit(
         source_ip(request),
         outcome=outcome,
         after={
-            "target": f"[{route['host']}]:{route['port']}",
-            "tls_mode": route["tls_mode"],
-            "auth_user": route["auth_user"],
+            "target": f"[{tested['host']}]:{tested['port']}",
+            "tls_mode": tested["tls_mode"],
+            "auth_user": tested["auth_user"] or None,
             "failed": failed,
         },
     )
