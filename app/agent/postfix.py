@@ -366,7 +366,7 @@ class PostfixTools:
 
     def queue_list(self, limit: int) -> list[dict[str, Any]]:
         result = self.run("postqueue", "-j")
-        entries = []
+        entries: list[dict[str, Any]] = []
         for line in result.stdout.splitlines():
             if len(entries) >= limit:
                 break

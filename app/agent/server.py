@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app.agent import callers, queuesync, replica, vip
-from app.agent.callers import Caller
+from app.agent.callers import QUEUE_ACTIONS, Caller
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
 
 log = logging.getLogger("mailrelay.agent")
@@ -95,11 +95,11 @@ class Agent:
             # For a web app in a container, which sees its own network namespace, not the
             # host's interfaces.
             "vip_held": lambda a: vip.present(_vip_address(a)),
-            **{
-                action: (lambda a, action=action: self.tools.queue_action(action, _queue_id(a)))
-                for action in ("hold", "release", "delete", "requeue", "flush")
-            },
+            **{action: self._queue_action(action) for action in QUEUE_ACTIONS},
         }
+
+    def _queue_action(self, action: str) -> Callable[[dict[str, Any]], None]:
+        return lambda args: self.tools.queue_action(action, _queue_id(args))
 
     def _queue_sync(self, args: dict[str, Any]) -> dict[str, Any]:
         mode = args.get("freeze", "freeze")

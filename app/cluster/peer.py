@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -158,6 +159,23 @@ class _PinCheck:
                 f"the {self.tls.who}'s certificate was not checked against the pin; "
                 "the token was not sent"
             )
+
+
+async def json_object(response: httpx.Response, limit: int, what: str) -> dict[str, Any]:
+    """The response's body as a JSON object, read no further than `limit` bytes: the other
+    node's answers are untrusted input, and one without end must not fill this one's memory."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise PeerError(f"{what} is larger than {limit} bytes")
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise PeerError(f"{what} is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise PeerError(f"{what} is not a JSON object")
+    return parsed
 
 
 def _hex(digest: bytes) -> str:

@@ -26,7 +26,6 @@ import asyncio
 import copy
 import datetime as dt
 import hmac
-import json
 import logging
 import re
 import time
@@ -35,7 +34,7 @@ from typing import Any, Literal
 
 from app import audit
 from app.agent.client import AgentClient
-from app.cluster.peer import PeerError, PeerTls, peer_request
+from app.cluster.peer import PeerError, PeerTls, json_object, peer_request
 from app.config import applied, service
 from app.config import snapshot as snap
 from app.config.validation import FieldErrors
@@ -104,18 +103,7 @@ async def fetch_export(
     ) as response:
         if response.status_code != 200:
             raise PeerError(f"the master answered HTTP {response.status_code}")
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_EXPORT_BYTES:
-                raise PeerError(f"the export is larger than {MAX_EXPORT_BYTES} bytes")
-    try:
-        export = json.loads(body)
-    except ValueError:
-        raise PeerError("the master's answer is not JSON") from None
-    if not isinstance(export, dict):
-        raise PeerError("the master's answer is not a JSON object")
-    return export
+        return await json_object(response, MAX_EXPORT_BYTES, "the master's export")
 
 
 # -- checking ---------------------------------------------------------------------------------

@@ -15,12 +15,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import locks, status
-from app.cluster.peer import PeerApi, PeerError, peer_request
+from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
 from app.settings import Settings
 
 log = logging.getLogger("mailrelay.reconcile")
@@ -57,6 +56,10 @@ def pending(settings: Settings) -> list[str]:
         return []
 
 
+# A queue ID and its quotes take about 20 bytes: room for a queue of several hundred thousand.
+MAX_IMPORTED_BYTES = 16 * 1024 * 1024
+
+
 async def peer_imports(settings: Settings) -> set[str]:
     peer = PeerApi.from_settings(settings)
     async with peer_request(
@@ -64,8 +67,11 @@ async def peer_imports(settings: Settings) -> set[str]:
     ) as response:
         if response.status_code != 200:
             raise PeerError(f"the peer answered HTTP {response.status_code}")
-        body: dict[str, Any] = json.loads(await response.aread())
-    return {str(i) for i in body.get("queue_ids", [])}
+        body = await json_object(response, MAX_IMPORTED_BYTES, "the peer's list of imports")
+    ids = body.get("queue_ids", [])
+    if not isinstance(ids, list):
+        raise PeerError("the peer's list of imports has no queue_ids list")
+    return {str(i) for i in ids}
 
 
 async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:

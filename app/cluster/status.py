@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 from typing import Any
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import configstate
-from app.cluster.peer import PeerApi, PeerError, peer_request
+from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
 from app.cluster.vrrp import VipCheckError, vip_held
 from app.db.tables import ConfigVersion, SyncRun, VrrpEvent
 from app.settings import Settings
@@ -31,6 +30,8 @@ STATUS_PATH = "/api/cluster/status"
 # The dashboard waits for the peer's status: an unreachable peer must cost seconds, not the
 # 10 s of a config pull. The peer's own status waits at most AGENT_TIMEOUT for its agent.
 PEER_TIMEOUT = 3.0
+# A status is a few kilobytes.
+MAX_STATUS_BYTES = 1024 * 1024
 # The agent runs one verb at a time: during a queue sync or a switchover its status waits.
 AGENT_TIMEOUT = 2.0
 
@@ -206,14 +207,12 @@ async def peer_status(settings: Settings) -> Status:
         ):
             if response.status_code != 200:
                 raise PeerError(f"the peer answered HTTP {response.status_code}")
-            body = json.loads(await response.aread())
+            body = await json_object(response, MAX_STATUS_BYTES, "the peer's answer")
     except PeerError as exc:
         return {"reachable": False, "error": f"unreachable: {exc}"}
     except TimeoutError:
         return {"reachable": False, "error": f"unreachable: no answer within {PEER_TIMEOUT:g} s"}
-    except ValueError:
-        return {"reachable": False, "error": "unreachable: the peer's answer is not JSON"}
-    if not isinstance(body, dict) or not isinstance(body.get("node_id"), str):
+    if not isinstance(body.get("node_id"), str):
         return {"reachable": False, "error": "unreachable: the peer's answer is not a status"}
     return {"reachable": True, "status": body}
 

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from piccolo.columns import Column
+
 from app import audit
 from app.config import snapshot as snap
 from app.config import validation
@@ -167,7 +169,7 @@ async def set_route(
         )
     if not user:
         password_enc = None
-    values = {
+    values: dict[Column | str, Any] = {
         RelayRoute.host: clean["host"],
         RelayRoute.port: clean["port"],
         RelayRoute.tls_mode: clean["tls_mode"],
@@ -199,7 +201,10 @@ async def set_route(
             await RelayRoute.update(values).where(RelayRoute.id == existing["id"])
         else:
             await RelayRoute.insert(
-                RelayRoute(sender_domain=domain_id, **{c._meta.name: v for c, v in values.items()})
+                RelayRoute(
+                    sender_domain=domain_id,
+                    **{c._meta.name: v for c, v in values.items() if isinstance(c, Column)},
+                )
             )
 
     return await _change(actor, "route.set", domain, mutate)
