@@ -1,4 +1,4 @@
-"""Admin screens: users and API tokens."""
+"""Admin screens: users (with their second factors and the per-role policy) and API tokens."""
 
 from __future__ import annotations
 
@@ -9,21 +9,25 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 from litestar.response import Response, Template
 
-from app.auth import tokens, users
+from app.auth import mfa, tokens, users
 from app.auth.passwords import PasswordRuleError
 from app.auth.roles import Role
 from app.auth.sessions import SessionUser
 from app.db.tables import AppUser
 from app.web.auth import source_ip
-from app.web.views import done, form_answer, page
+from app.web.i18n import translator
+from app.web.views import done, form_answer, language_of, page
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 Req = Request[SessionUser, Any, Any]
 ADMIN = {"role": "admin"}
 
 
-async def _users() -> list[dict[str, Any]]:
-    return await AppUser.select(
+async def _listing() -> dict[str, Any]:
+    """What the users page shows besides its form: the users with their factors, the roles and
+    which roles must have a second factor."""
+    rows = await AppUser.select(
+        AppUser.id,
         AppUser.username,
         AppUser.role,
         AppUser.must_change_password,
@@ -31,6 +35,10 @@ async def _users() -> list[dict[str, Any]]:
         AppUser.last_login_at,
         AppUser.language,
     ).order_by(AppUser.username)
+    factors = await mfa.factor_summary()
+    for row in rows:
+        row["factors"] = factors.get(row["id"], {})
+    return {"users": rows, "roles": list(Role), "second_factor_policy": await mfa.policy()}
 
 
 def _role(value: str) -> Role:
@@ -42,9 +50,7 @@ def _role(value: str) -> Role:
 
 @get("/users", opt=ADMIN)
 async def users_page(request: Req) -> Template:
-    return page(
-        request, "users/page.html", users=await _users(), roles=list(Role), errors={}, form={}
-    )
+    return page(request, "users/page.html", **await _listing(), errors={}, form={})
 
 
 @post("/users", opt=ADMIN)
@@ -63,8 +69,7 @@ async def create_user(request: Req, data: Form) -> Response[Any]:
             "users/page.html",
             "users/_form.html",
             {"form": str(exc)},
-            users=await _users(),
-            roles=list(Role),
+            **await _listing(),
             form={"username": data.get("username", "")},
         )
     return done(request, "/users")
@@ -85,8 +90,7 @@ async def _user_action(request: Req, data: Form, username: str, action: str) -> 
             "users/page.html",
             "users/page.html",
             {"form": f"{username}: {exc}"},
-            users=await _users(),
-            roles=list(Role),
+            **await _listing(),
             form={},
         )
     return done(request, "/users")
@@ -105,6 +109,30 @@ async def reset_password(request: Req, username: FromPath[str], data: Form) -> R
 @post("/users/{username:str}/delete", opt=ADMIN)
 async def delete_user(request: Req, username: FromPath[str], data: Form) -> Response[Any]:
     return await _user_action(request, data, username, "delete")
+
+
+@post("/users/{username:str}/second-factor/reset", opt=ADMIN)
+async def reset_second_factor(request: Req, username: FromPath[str]) -> Response[Any]:
+    try:
+        await mfa.reset(username, request.user.username, source_ip(request))
+    except mfa.MfaError as exc:
+        _ = translator(language_of(request))
+        return form_answer(
+            request,
+            "users/page.html",
+            "users/page.html",
+            {"form": f"{username}: {_(exc.message, *exc.params)}"},
+            **await _listing(),
+            form={},
+        )
+    return done(request, "/users")
+
+
+@post("/users/second-factor-policy", opt=ADMIN)
+async def set_second_factor_policy(request: Req, data: Form) -> Response[Any]:
+    required = {role for role in Role if data.get(f"require_{role.name}") == "on"}
+    await mfa.set_policy(required, request.user.username, source_ip(request))
+    return done(request, "/users")
 
 
 @get("/tokens", opt=ADMIN)
