@@ -514,13 +514,11 @@ async def verify_recovery_code(user: SessionUser, code: str, source_ip: str) -> 
         ),
         None,
     )
-    # Spent in one conditional statement: two requests with the same code, one wins.
-    spent = (
+    # Spent in one conditional statement: of two requests with the same code, one wins.
+    spent = match is not None and bool(
         await RecoveryCode.update({RecoveryCode.used_at: _now()})
         .where((RecoveryCode.id == match) & RecoveryCode.used_at.is_null())
         .returning(RecoveryCode.id)
-        if match is not None
-        else []
     )
     if not spent:
         await _failed(user, "recovery", source_ip, "wrong or used code")

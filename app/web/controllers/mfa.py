@@ -75,11 +75,11 @@ async def _manage_page(request: Req, error: str = "", status_code: int = 200) ->
     )
 
 
-def _codes_page(request: Req, codes: list[str], status_code: int = 200) -> Template:
-    return page(request, "mfa/codes.html", status_code, codes=codes)
+def _codes_page(request: Req, codes: list[str]) -> Template:
+    return page(request, "mfa/codes.html", codes=codes)
 
 
-async def _after_enrolment(request: Req, codes: list[str] | None) -> Response[Any]:
+def _after_enrolment(request: Req, codes: list[str] | None) -> Response[Any]:
     if codes is not None:
         return _codes_page(request, codes)
     return Redirect(path="/mfa", status_code=HTTP_303_SEE_OTHER)
@@ -124,7 +124,7 @@ async def confirm_totp(request: Req, data: Form) -> Response[Any]:
         if secret is None:
             return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
         return _totp_page(request, secret, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return await _after_enrolment(request, codes)
+    return _after_enrolment(request, codes)
 
 
 @post("/mfa/keys/options", opt=MANAGE)
@@ -148,7 +148,7 @@ async def register_key(request: Req, data: Form) -> Response[Any]:
         )
     except Refusal as exc:
         return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return await _after_enrolment(request, codes)
+    return _after_enrolment(request, codes)
 
 
 @post("/mfa/recovery", opt=MANAGE)
