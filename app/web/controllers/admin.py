@@ -11,6 +11,7 @@ from litestar.response import Response, Template
 
 from app.auth import mfa, tokens, users
 from app.auth.passwords import PasswordRuleError
+from app.auth.refusal import Refusal
 from app.auth.roles import Role
 from app.auth.sessions import SessionUser
 from app.db.tables import AppUser
@@ -82,14 +83,18 @@ async def _user_action(request: Req, data: Form, username: str, action: str) -> 
             await users.set_role(username, _role(data.get("role", "")), actor, ip)
         elif action == "reset":
             await users.reset_password(username, data.get("password", ""), actor, ip)
+        elif action == "second-factor":
+            await mfa.reset(username, actor, ip)
         else:
             await users.delete_user(username, actor, ip)
-    except (users.UserError, PasswordRuleError) as exc:
+    except (users.UserError, PasswordRuleError, Refusal) as exc:
+        _ = translator(language_of(request))
+        message = _(exc.message, *exc.params) if isinstance(exc, Refusal) else str(exc)
         return form_answer(
             request,
             "users/page.html",
             "users/page.html",
-            {"form": f"{username}: {exc}"},
+            {"form": f"{username}: {message}"},
             **await _listing(),
             form={},
         )
@@ -112,20 +117,8 @@ async def delete_user(request: Req, username: FromPath[str], data: Form) -> Resp
 
 
 @post("/users/{username:str}/second-factor/reset", opt=ADMIN)
-async def reset_second_factor(request: Req, username: FromPath[str]) -> Response[Any]:
-    try:
-        await mfa.reset(username, request.user.username, source_ip(request))
-    except mfa.MfaError as exc:
-        _ = translator(language_of(request))
-        return form_answer(
-            request,
-            "users/page.html",
-            "users/page.html",
-            {"form": f"{username}: {_(exc.message, *exc.params)}"},
-            **await _listing(),
-            form={},
-        )
-    return done(request, "/users")
+async def reset_second_factor(request: Req, username: FromPath[str], data: Form) -> Response[Any]:
+    return await _user_action(request, data, username, "second-factor")
 
 
 @post("/users/second-factor-policy", opt=ADMIN)
