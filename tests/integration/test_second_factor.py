@@ -274,3 +274,25 @@ async def test_the_second_factor_pages_speak_german(login_as):
     page = await client.get("/mfa", headers={"accept-language": "de"})
     assert "Authenticator-App hinzufügen" in page.text
     assert "Sicherheitsschlüssel hinzufügen" in page.text
+
+
+async def test_the_second_factor_comes_before_a_forced_password_change(login_as, app):
+    await _post(await login_as("admin"), "/users/second-factor-policy", {"require_admin": "on"})
+    async with http_client(app) as client:
+        # The default admin must change the password, and the policy requires a factor: enrol
+        # first, then the password change, with no page in between.
+        assert (await login(client, "admin", "Admin123")).headers["location"] == "/mfa"
+        assert (await client.get("/password", follow_redirects=False)).headers["location"] == (
+            "/mfa"
+        )
+        secret, _ = await _enrol_totp(client)
+        assert (await client.get("/", follow_redirects=False)).headers["location"] == "/password"
+        await _post(client, "/logout")
+
+        assert (await login(client, "admin", "Admin123")).headers["location"] == "/mfa/verify"
+        assert (await client.get("/password", follow_redirects=False)).headers["location"] == (
+            "/mfa/verify"
+        )
+        await _post(client, "/mfa/verify/totp", {"code": _next_code(secret)})
+        assert (await client.get("/", follow_redirects=False)).headers["location"] == "/password"
+        assert (await client.get("/password")).status_code == 200
