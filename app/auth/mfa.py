@@ -52,6 +52,14 @@ class Throttled(MfaError):
     pass
 
 
+class SecondFactorPending(Exception):
+    """The session passed the password; the second factor (or its enrolment) comes first."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
 @dataclass(frozen=True)
 class Factor:
     id: int
@@ -194,14 +202,15 @@ async def factors(user_id: int) -> list[Factor]:
     return [Factor(**row) for row in rows]
 
 
-async def factor_summary() -> dict[int, dict[str, int]]:
-    """Per user ID: how many factors of each kind (for the Admin's user list)."""
+async def factor_summary() -> dict[str, dict[str, int]]:
+    """Per username: how many factors of each kind (for the Admin's user list)."""
     rows = await SecondFactor.raw(
-        'SELECT "user" AS user_id, kind, count(*) AS n FROM second_factors GROUP BY 1, 2'
+        "SELECT u.username, f.kind, count(*) AS n FROM second_factors AS f "
+        'JOIN app_users AS u ON u.id = f."user" GROUP BY 1, 2'
     )
-    summary: dict[int, dict[str, int]] = {}
+    summary: dict[str, dict[str, int]] = {}
     for row in rows:
-        summary.setdefault(row["user_id"], {})[row["kind"]] = row["n"]
+        summary.setdefault(row["username"], {})[row["kind"]] = row["n"]
     return summary
 
 

@@ -27,18 +27,12 @@ from litestar.template.config import TemplateConfig
 
 from app.agent.client import AgentClient
 from app.auth import users
+from app.auth.mfa import SecondFactorPending
 from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
 from app.piccolo_conf import DB
 from app.settings import Settings
-from app.web.auth import (
-    SECOND_FACTOR_PAGES,
-    CallerMiddleware,
-    PasswordChangeRequired,
-    SecondFactorRequired,
-    access_guard,
-    token_path,
-)
+from app.web.auth import CallerMiddleware, PasswordChangeRequired, access_guard, token_path
 from app.web.controllers import (
     admin,
     api,
@@ -208,7 +202,7 @@ def create_app(settings: Settings) -> Litestar:
             NotAuthorizedException: _not_logged_in,
             PermissionDeniedException: _forbidden,
             PasswordChangeRequired: lambda r, e: _go(r, "/password"),
-            SecondFactorRequired: lambda r, e: _go(r, SECOND_FACTOR_PAGES[e.stage]),
+            SecondFactorPending: lambda r, e: _go(r, mfa.STAGE_PAGES[e.stage]),
             NotFoundException: _not_found,
             NotFound: _not_found,
             HTTPException: _http_error,

@@ -39,17 +39,6 @@ class PasswordChangeRequired(Exception):
     """The user logged in with a password that must be changed first."""
 
 
-class SecondFactorRequired(Exception):
-    """The session passed the password; the second factor (or its enrolment) comes first."""
-
-    def __init__(self, stage: str) -> None:
-        super().__init__(stage)
-        self.stage = stage
-
-
-SECOND_FACTOR_PAGES = {mfa.VERIFY: "/mfa/verify", mfa.ENROL: "/mfa"}
-
-
 @dataclass(frozen=True)
 class SessionAuth:
     """What the session cookie proved: its row, and the second-factor step it still lacks."""
@@ -105,7 +94,7 @@ async def access_guard(
     auth = connection.scope.get("auth")
     stage = auth.second_factor if isinstance(auth, SessionAuth) else None
     if stage is not None and opt.get("second_factor") not in (stage, "any"):
-        raise SecondFactorRequired(stage)
+        raise mfa.SecondFactorPending(stage)
     if caller.must_change_password and not opt.get("before_password_change"):
         raise PasswordChangeRequired
     if caller.role < Role.parse(opt.get("role", "readonly")):

@@ -24,11 +24,8 @@ Req = Request[SessionUser, Any, Any]
 ADMIN = {"role": "admin"}
 
 
-async def _listing() -> dict[str, Any]:
-    """What the users page shows besides its form: the users with their factors, the roles and
-    which roles must have a second factor."""
-    rows = await AppUser.select(
-        AppUser.id,
+async def _users() -> list[dict[str, Any]]:
+    return await AppUser.select(
         AppUser.username,
         AppUser.role,
         AppUser.must_change_password,
@@ -36,10 +33,14 @@ async def _listing() -> dict[str, Any]:
         AppUser.last_login_at,
         AppUser.language,
     ).order_by(AppUser.username)
-    factors = await mfa.factor_summary()
-    for row in rows:
-        row["factors"] = factors.get(row["id"], {})
-    return {"users": rows, "roles": list(Role), "second_factor_policy": await mfa.policy()}
+
+
+async def _second_factors() -> dict[str, Any]:
+    """Each user's second factors by kind, and which roles must have one."""
+    return {
+        "second_factors": await mfa.factor_summary(),
+        "second_factor_policy": await mfa.policy(),
+    }
 
 
 def _role(value: str) -> Role:
@@ -51,7 +52,15 @@ def _role(value: str) -> Role:
 
 @get("/users", opt=ADMIN)
 async def users_page(request: Req) -> Template:
-    return page(request, "users/page.html", **await _listing(), errors={}, form={})
+    return page(
+        request,
+        "users/page.html",
+        users=await _users(),
+        roles=list(Role),
+        errors={},
+        form={},
+        **await _second_factors(),
+    )
 
 
 @post("/users", opt=ADMIN)
@@ -70,7 +79,9 @@ async def create_user(request: Req, data: Form) -> Response[Any]:
             "users/page.html",
             "users/_form.html",
             {"form": str(exc)},
-            **await _listing(),
+            users=await _users(),
+            roles=list(Role),
+            **await _second_factors(),
             form={"username": data.get("username", "")},
         )
     return done(request, "/users")
@@ -95,7 +106,9 @@ async def _user_action(request: Req, data: Form, username: str, action: str) -> 
             "users/page.html",
             "users/page.html",
             {"form": f"{username}: {message}"},
-            **await _listing(),
+            users=await _users(),
+            roles=list(Role),
+            **await _second_factors(),
             form={},
         )
     return done(request, "/users")

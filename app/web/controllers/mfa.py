@@ -24,6 +24,14 @@ Req = Request[SessionUser, Any, Any]
 # Reachable before a pending password change: the second factor comes first after the password.
 MANAGE = {"second_factor": mfa.ENROL, "before_password_change": True}
 VERIFY = {"second_factor": mfa.VERIFY, "before_password_change": True}
+# Where a session that lacks a second-factor step is sent.
+STAGE_PAGES = {mfa.VERIFY: "/mfa/verify", mfa.ENROL: "/mfa"}
+
+
+async def after_password(token: str) -> str | None:
+    """The page a just logged-in session must see first when it lacks a second factor."""
+    stage = await mfa.start_login(token)
+    return STAGE_PAGES[stage] if stage else None
 
 
 def _stage(request: Req) -> str | None:

@@ -10,11 +10,12 @@ from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Response, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
-from app.auth import mfa, sessions, users
+from app.auth import sessions, users
 from app.auth.passwords import PasswordRuleError
 from app.auth.sessions import COOKIE_NAME, SessionUser
 from app.auth.users import LoginOutcome
-from app.web.auth import SECOND_FACTOR_PAGES, source_ip
+from app.web.auth import source_ip
+from app.web.controllers.mfa import after_password
 from app.web.i18n import LANGUAGES, translator
 from app.web.views import form_answer, language_of, page
 
@@ -60,12 +61,11 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
             username=data.get("username", ""),
         )
     # The second factor (or its enrolment, where the role requires one) comes before anything.
-    second_factor = await mfa.start_login(result.token)
-    if second_factor is not None:
-        target = SECOND_FACTOR_PAGES[second_factor]
-    elif result.must_change_password:
-        target = "/password"
-    response = Redirect(path=target, status_code=HTTP_303_SEE_OTHER)
+    second_factor_page = await after_password(result.token)
+    response = Redirect(
+        path=second_factor_page or ("/password" if result.must_change_password else target),
+        status_code=HTTP_303_SEE_OTHER,
+    )
     response.set_cookie(
         COOKIE_NAME, result.token, secure=True, httponly=True, samesite="strict", path="/"
     )
