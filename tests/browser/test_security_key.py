@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Gui
+from tests.browser.conftest import Gui, Server
 
 pytestmark = pytest.mark.browser
 
@@ -31,7 +31,7 @@ def log_in(page: Page, base: str, password: str) -> None:
     page.locator("#login-form button[type=submit]").click()
 
 
-def test_a_security_key_is_registered_and_then_logs_the_user_in(gui: Gui) -> None:
+def test_a_security_key_is_registered_and_then_logs_the_user_in(gui: Gui, server: Server) -> None:
     page = gui.page
     base = gui.base_url.replace("://127.0.0.1:", "://localhost:")
     cdp = page.context.new_cdp_session(page)
@@ -50,9 +50,9 @@ def test_a_security_key_is_registered_and_then_logs_the_user_in(gui: Gui) -> Non
     )["authenticatorId"]
 
     # 1. The first login's forced password change, then the second-factor page.
-    log_in(page, base, "Admin123")
+    log_in(page, base, server.admin_password)
     expect_path(page, "/password")
-    page.locator("#f-current_password").fill("Admin123")
+    page.locator("#f-current_password").fill(server.admin_password)
     page.locator("#f-new_password").fill(NEW_PASSWORD)
     page.locator("#f-new_password_again").fill(NEW_PASSWORD)
     page.locator("form[action='/password'] button[type=submit]").click()

@@ -11,7 +11,7 @@ from typing import Any
 import pyotp
 
 from app.db.tables import AuditLog, RecoveryCode, SecondFactor, UserSession
-from tests.conftest import csrf, http_client, login, make_user
+from tests.conftest import FIRST_ADMIN_PASSWORD, csrf, http_client, login, make_user
 
 USER = "operator-user"
 
@@ -279,9 +279,9 @@ async def test_the_second_factor_pages_speak_german(login_as):
 async def test_the_second_factor_comes_before_a_forced_password_change(login_as, app):
     await _post(await login_as("admin"), "/users/second-factor-policy", {"require_admin": "on"})
     async with http_client(app) as client:
-        # The default admin must change the password, and the policy requires a factor: enrol
+        # The first admin must change the one-time password, and the policy requires a factor: enrol
         # first, then the password change, with no page in between.
-        assert (await login(client, "admin", "Admin123")).headers["location"] == "/mfa"
+        assert (await login(client, "admin", FIRST_ADMIN_PASSWORD)).headers["location"] == "/mfa"
         assert (await client.get("/password", follow_redirects=False)).headers["location"] == (
             "/mfa"
         )
@@ -289,7 +289,9 @@ async def test_the_second_factor_comes_before_a_forced_password_change(login_as,
         assert (await client.get("/", follow_redirects=False)).headers["location"] == "/password"
         await _post(client, "/logout")
 
-        assert (await login(client, "admin", "Admin123")).headers["location"] == "/mfa/verify"
+        assert (await login(client, "admin", FIRST_ADMIN_PASSWORD)).headers[
+            "location"
+        ] == "/mfa/verify"
         assert (await client.get("/password", follow_redirects=False)).headers["location"] == (
             "/mfa/verify"
         )
