@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class Settings:
     peer_api_url: str | None
     peer_api_token: str | None
     peer_cert_fingerprint: str | None
+    webauthn_rp_id: str | None
 
     @property
     def generated_cert_file(self) -> Path:
@@ -208,4 +210,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         peer_api_token=r.optional("PEER_API_TOKEN") or master_api_token,
         peer_cert_fingerprint=r.optional("PEER_CERT_FINGERPRINT")
         or r.optional("MASTER_CERT_FINGERPRINT"),
+        webauthn_rp_id=_rp_id(r.optional("WEBAUTHN_RP_ID")),
+    )
+
+
+def _rp_id(value: str | None) -> str | None:
+    # Security keys are bound to this name; unset, the host name the browser used is taken.
+    if value is None:
+        return None
+    name = value.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        if re.fullmatch(
+            r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]"
+            r"([a-z0-9-]{0,61}[a-z0-9])?",
+            name,
+        ):
+            return name
+    raise SettingsError(
+        f"WEBAUTHN_RP_ID must be a host or domain name (not an IP address), got {value!r}"
     )

@@ -236,3 +236,66 @@ class QueueImport(Table, tablename="queue_imports"):
     original_queue_id = Varchar(length=32, index=True)
     imported_at = Timestamptz(index=True)
     transition = Varchar(length=64, default="")  # e.g. "MASTER 100 at 2026-11-25T14:57:00Z"
+
+
+class SecondFactor(Table, tablename="second_factors"):
+    """A user's enrolled second factor: an authenticator app (TOTP) or a WebAuthn security key."""
+
+    id = Serial(primary_key=True)
+    user = ForeignKey(references=AppUser, on_delete=OnDelete.cascade, index=True)
+    kind = Varchar(length=16)  # totp | webauthn
+    name = Varchar(length=64)
+    created_at = Timestamptz()
+    last_used_at = Timestamptz(null=True, default=None)
+    # TOTP: the secret as Fernet ciphertext under the node's key, and the last time step a code
+    # was accepted for (a code is refused for that step and every earlier one: no replay).
+    totp_secret_enc = Text(null=True, default=None)
+    totp_last_step = BigInt(null=True, default=None)
+    # WebAuthn: the credential ID and COSE public key (base64url), and the authenticator's counter.
+    credential_id = Text(null=True, default=None, unique=True)
+    public_key = Text(null=True, default=None)
+    sign_count = BigInt(default=0)
+
+
+class RecoveryCode(Table, tablename="recovery_codes"):
+    """A single-use recovery code: SHA-256 of a per-code salt and the code, never the clear code."""
+
+    id = Serial(primary_key=True)
+    user = ForeignKey(references=AppUser, on_delete=OnDelete.cascade, index=True)
+    salt = Varchar(length=32)
+    code_hash = Varchar(length=64)
+    created_at = Timestamptz()
+    used_at = Timestamptz(null=True, default=None)
+
+
+class SecondFactorPolicy(Table, tablename="second_factor_policy"):
+    """Whether users of a role must have a second factor (no row: not required)."""
+
+    role = Varchar(length=16, primary_key=True)  # admin | operator | readonly
+    required = Boolean(default=False)
+    changed_by = Varchar(length=64)
+    changed_at = Timestamptz()
+
+
+class SessionSecondFactor(Table, tablename="session_second_factor"):
+    """Second-factor state of one login session: the step still missing after the password
+    (verify or enrol; none when fully logged in) and the ceremony in progress, if any."""
+
+    id = Serial(primary_key=True)
+    session = ForeignKey(references=UserSession, on_delete=OnDelete.cascade, unique=True)
+    stage = Varchar(length=8, null=True, default=None)  # verify | enrol | None
+    # The open WebAuthn challenge (base64url), what it is for and when it was issued.
+    challenge = Text(null=True, default=None)
+    challenge_for = Varchar(length=16, null=True, default=None)  # register | authenticate
+    challenge_at = Timestamptz(null=True, default=None)
+    # A TOTP secret shown as a QR code but not yet confirmed with a code (Fernet ciphertext).
+    totp_pending_enc = Text(null=True, default=None)
+
+
+class SecondFactorThrottle(Table, tablename="second_factor_throttle"):
+    """Per user, when the next guessable second-factor attempt (TOTP or recovery code) is free:
+    a generic cell rate algorithm, so a burst is allowed and the budget refills with time."""
+
+    id = Serial(primary_key=True)
+    user = ForeignKey(references=AppUser, on_delete=OnDelete.cascade, unique=True)
+    next_free_at = Timestamptz()

@@ -26,6 +26,7 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.template.config import TemplateConfig
 
 from app.agent.client import AgentClient
+from app.auth.mfa import SecondFactorPending
 from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
 from app.piccolo_conf import DB
@@ -36,6 +37,7 @@ from app.web.controllers import (
     api,
     cluster,
     config,
+    mfa,
     monitor,
     queue,
     routetools,
@@ -141,9 +143,23 @@ def create_app(settings: Settings) -> Litestar:
             admin.set_role,
             admin.reset_password,
             admin.delete_user,
+            admin.reset_second_factor,
+            admin.set_second_factor_policy,
             admin.tokens_page,
             admin.create_token,
             admin.revoke_token,
+            mfa.mfa_page,
+            mfa.new_totp,
+            mfa.confirm_totp,
+            mfa.key_registration_options,
+            mfa.register_key,
+            mfa.new_recovery_codes,
+            mfa.remove_factor,
+            mfa.verify_page,
+            mfa.verify_totp,
+            mfa.verify_recovery_code,
+            mfa.key_authentication_options,
+            mfa.verify_key,
             queue.queue_page,
             queue.queue_action,
             queue.flush_queue,
@@ -184,6 +200,7 @@ def create_app(settings: Settings) -> Litestar:
             NotAuthorizedException: _not_logged_in,
             PermissionDeniedException: _forbidden,
             PasswordChangeRequired: lambda r, e: _go(r, "/password"),
+            SecondFactorPending: lambda r, e: _go(r, mfa.STAGE_PAGES[e.stage]),
             NotFoundException: _not_found,
             NotFound: _not_found,
             HTTPException: _http_error,

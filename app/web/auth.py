@@ -6,10 +6,13 @@ One middleware identifies the caller; one guard, on every route, enforces the ro
   opt={"api": "read"|"cluster"}  an API route: only tokens, of at least that kind
   opt={"before_password_change": True}  reachable while a password change is pending
   opt={"master_only": True}      changes the configuration: refused on the slave
+  opt={"second_factor": "verify"|"enrol"|"any"}  reachable by a session that passed the password
+                                 but still lacks that second-factor step; others are not
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -21,7 +24,7 @@ from litestar.middleware.authentication import (
 )
 
 from app import audit
-from app.auth import sessions, tokens
+from app.auth import mfa, sessions, tokens
 from app.auth.roles import Role
 from app.auth.sessions import COOKIE_NAME, SessionUser
 from app.auth.tokens import TokenPrincipal
@@ -34,6 +37,14 @@ def token_path(path: str) -> bool:
 
 class PasswordChangeRequired(Exception):
     """The user logged in with a password that must be changed first."""
+
+
+@dataclass(frozen=True)
+class SessionAuth:
+    """What the session cookie proved: its row, and the second-factor step it still lacks."""
+
+    session_id: int
+    second_factor: str | None
 
 
 def source_ip(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -61,7 +72,8 @@ class CallerMiddleware(AbstractAuthenticationMiddleware):
         user = await sessions.load_session(token, settings.session_idle_minutes) if token else None
         if user is None:
             raise NotAuthorizedException("Please log in.")
-        return AuthenticationResult(user=user, auth=user.session_id)
+        stage = await mfa.session_stage(user.session_id)
+        return AuthenticationResult(user=user, auth=SessionAuth(user.session_id, stage))
 
 
 async def access_guard(
@@ -79,6 +91,10 @@ async def access_guard(
     if not isinstance(caller, SessionUser) or api_kind is not None:
         await _deny(connection, getattr(caller, "username", "-"))
         return
+    auth = connection.scope.get("auth")
+    stage = auth.second_factor if isinstance(auth, SessionAuth) else None
+    if stage is not None and opt.get("second_factor") not in (stage, "any"):
+        raise mfa.SecondFactorPending(stage)
     if caller.must_change_password and not opt.get("before_password_change"):
         raise PasswordChangeRequired
     if caller.role < Role.parse(opt.get("role", "readonly")):

@@ -1,4 +1,4 @@
-"""Admin screens: users and API tokens."""
+"""Admin screens: users (with their second factors and the per-role policy) and API tokens."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 from litestar.response import Response, Template
 
-from app.auth import tokens, users
+from app.auth import mfa, tokens, users
 from app.auth.passwords import PasswordRuleError
+from app.auth.refusal import Refusal
 from app.auth.roles import Role
 from app.auth.sessions import SessionUser
 from app.db.tables import AppUser
 from app.web.auth import source_ip
-from app.web.views import done, form_answer, page
+from app.web.i18n import translator
+from app.web.views import done, form_answer, language_of, page
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 Req = Request[SessionUser, Any, Any]
@@ -33,6 +35,14 @@ async def _users() -> list[dict[str, Any]]:
     ).order_by(AppUser.username)
 
 
+async def _second_factors() -> dict[str, Any]:
+    """Each user's second factors by kind, and which roles must have one."""
+    return {
+        "second_factors": await mfa.factor_summary(),
+        "second_factor_policy": await mfa.policy(),
+    }
+
+
 def _role(value: str) -> Role:
     try:
         return Role.parse(value)
@@ -43,7 +53,13 @@ def _role(value: str) -> Role:
 @get("/users", opt=ADMIN)
 async def users_page(request: Req) -> Template:
     return page(
-        request, "users/page.html", users=await _users(), roles=list(Role), errors={}, form={}
+        request,
+        "users/page.html",
+        users=await _users(),
+        roles=list(Role),
+        errors={},
+        form={},
+        **await _second_factors(),
     )
 
 
@@ -65,6 +81,7 @@ async def create_user(request: Req, data: Form) -> Response[Any]:
             {"form": str(exc)},
             users=await _users(),
             roles=list(Role),
+            **await _second_factors(),
             form={"username": data.get("username", "")},
         )
     return done(request, "/users")
@@ -77,16 +94,21 @@ async def _user_action(request: Req, data: Form, username: str, action: str) -> 
             await users.set_role(username, _role(data.get("role", "")), actor, ip)
         elif action == "reset":
             await users.reset_password(username, data.get("password", ""), actor, ip)
+        elif action == "second-factor":
+            await mfa.reset(username, actor, ip)
         else:
             await users.delete_user(username, actor, ip)
-    except (users.UserError, PasswordRuleError) as exc:
+    except (users.UserError, PasswordRuleError, Refusal) as exc:
+        _ = translator(language_of(request))
+        message = _(exc.message, *exc.params) if isinstance(exc, Refusal) else str(exc)
         return form_answer(
             request,
             "users/page.html",
             "users/page.html",
-            {"form": f"{username}: {exc}"},
+            {"form": f"{username}: {message}"},
             users=await _users(),
             roles=list(Role),
+            **await _second_factors(),
             form={},
         )
     return done(request, "/users")
@@ -105,6 +127,18 @@ async def reset_password(request: Req, username: FromPath[str], data: Form) -> R
 @post("/users/{username:str}/delete", opt=ADMIN)
 async def delete_user(request: Req, username: FromPath[str], data: Form) -> Response[Any]:
     return await _user_action(request, data, username, "delete")
+
+
+@post("/users/{username:str}/second-factor/reset", opt=ADMIN)
+async def reset_second_factor(request: Req, username: FromPath[str], data: Form) -> Response[Any]:
+    return await _user_action(request, data, username, "second-factor")
+
+
+@post("/users/second-factor-policy", opt=ADMIN)
+async def set_second_factor_policy(request: Req, data: Form) -> Response[Any]:
+    required = {role for role in Role if data.get(f"require_{role.name}") == "on"}
+    await mfa.set_policy(required, request.user.username, source_ip(request))
+    return done(request, "/users")
 
 
 @get("/tokens", opt=ADMIN)

@@ -15,6 +15,7 @@ from app.auth.passwords import PasswordRuleError
 from app.auth.sessions import COOKIE_NAME, SessionUser
 from app.auth.users import LoginOutcome
 from app.web.auth import source_ip
+from app.web.controllers.mfa import after_password
 from app.web.i18n import LANGUAGES, translator
 from app.web.views import form_answer, language_of, page
 
@@ -59,8 +60,10 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
             next=target,
             username=data.get("username", ""),
         )
+    # The second factor (or its enrolment, where the role requires one) comes before anything.
+    second_factor_page = await after_password(result.token)
     response = Redirect(
-        path="/password" if result.must_change_password else target,
+        path=second_factor_page or ("/password" if result.must_change_password else target),
         status_code=HTTP_303_SEE_OTHER,
     )
     response.set_cookie(
@@ -69,7 +72,7 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
     return response
 
 
-@post("/logout", opt={"before_password_change": True})
+@post("/logout", opt={"before_password_change": True, "second_factor": "any"})
 async def logout(request: Request[SessionUser, Any, Any]) -> Response[Any]:
     await sessions.end_session(request.user.session_id)
     response = Redirect(path="/login", status_code=HTTP_303_SEE_OTHER)
