@@ -145,6 +145,23 @@ def cmd_create_first_admin(args: argparse.Namespace) -> None:
     print(password)
 
 
+def cmd_reset_second_factor(args: argparse.Namespace) -> None:
+    """The way back in for an Admin who lost every factor and every recovery code (the GUI's
+    reset needs another Admin): remove the user's factors, end their sessions, audited."""
+    from app.auth import mfa
+
+    _settings()
+
+    async def work() -> None:
+        try:
+            await mfa.reset(args.username, actor="cli", source_ip="")
+        except mfa.MfaError as exc:
+            raise UserFacingError(str(exc)) from None
+
+    _run_db(work)
+    print(f"removed the second factors of {args.username}; the next login enrols anew")
+
+
 def cmd_reset_password(args: argparse.Namespace) -> None:
     from app.auth import users
     from app.auth.passwords import PasswordRuleError
@@ -417,6 +434,11 @@ def parser() -> argparse.ArgumentParser:
     reset.add_argument("username")
     reset.add_argument("--password-stdin", action="store_true")
     reset.set_defaults(func=cmd_reset_password)
+    factors = sub.add_parser(
+        "reset-second-factor", help="remove a user's second factors (lost phone or key)"
+    )
+    factors.add_argument("username")
+    factors.set_defaults(func=cmd_reset_second_factor)
     ingest = sub.add_parser("ingest-logs", help="read new Postfix log lines into the database")
     ingest.add_argument(
         "--follow", action="store_true", help="keep reading every 2 s until SIGTERM"

@@ -170,3 +170,27 @@ async def test_the_first_admin_gets_a_random_one_time_password_printed_once(sett
     async with http_client(create_app(settings)) as client:
         response = await login(client, "admin", "Admin123")
         assert response.status_code != 303
+
+
+async def test_reset_second_factor_is_the_way_back_for_an_admin_without_factors():
+    import datetime as dt
+
+    from app.db.tables import SecondFactor
+
+    admin = await AppUser.objects().where(AppUser.username == "admin").first()
+    await SecondFactor.insert(
+        SecondFactor(
+            user=admin.id,
+            kind="totp",
+            name="phone",
+            totp_secret_enc="x",
+            created_at=dt.datetime.now(dt.UTC),
+        )
+    )
+    result = run("reset-second-factor", "admin")
+    assert result.returncode == 0, result.stderr
+    assert not await SecondFactor.exists().where(SecondFactor.user == admin.id)
+    assert await AuditLog.exists().where(
+        (AuditLog.action == "mfa.reset") & (AuditLog.actor == "cli") & (AuditLog.target == "admin")
+    )
+    assert_one_line_error(run("reset-second-factor", "nobody"), "There is no user nobody.")
