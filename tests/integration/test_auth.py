@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from app import audit
 from app.auth import throttle
 from app.db.tables import AddressThrottle, AppUser, AuditLog, UserSession
 from tests.conftest import PASSWORD, csrf, http_client, login, make_user
@@ -235,3 +236,22 @@ async def test_login_does_not_redirect_to_another_site(client):
         follow_redirects=False,
     )
     assert response.headers["location"] == "/"
+
+
+async def test_a_65_character_username_attempt_is_audited_not_a_500(client):
+    name = "a" * 65
+    response = await login(client, name, "wrong-password-123")
+    assert response.status_code == 422
+    rows = await AuditLog.select().where(AuditLog.action == "login")
+    assert len(rows) == 1
+    assert rows[0]["outcome"] == "failed"
+    assert rows[0]["actor"] == "a" * 63 + "…"  # cut to the column, marked as cut
+
+
+async def test_an_audit_row_takes_any_actor_and_target():
+    long = "x" * 5000
+    await audit.record(long, "test.long", long, "f" * 60)
+    row = await AuditLog.select().where(AuditLog.action == "test.long").first()
+    assert len(row["actor"]) == 64 and row["actor"].endswith("…")
+    assert len(row["target"]) == audit.TARGET_LENGTH and row["target"].endswith("…")
+    assert len(row["source_ip"]) == 45
