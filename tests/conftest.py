@@ -132,7 +132,9 @@ async def make_user(username: str, role: str, password: str = PASSWORD) -> None:
 
 def csrf(client: Any) -> dict[str, str]:
     """The header HTMX sends: the CSRF token from the cookie the server set."""
-    token = client.cookies.get("csrftoken")
+    from app.web.app import CSRF_COOKIE
+
+    token = client.cookies.get(CSRF_COOKIE)
     if token is None:
         raise AssertionError("no CSRF cookie yet: GET a page first")
     return {"x-csrftoken": token}

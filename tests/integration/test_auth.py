@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from app import audit
 from app.auth import throttle
+from app.auth.sessions import COOKIE_NAME
 from app.db.tables import AddressThrottle, AppUser, AuditLog, UserSession
 from tests.conftest import PASSWORD, csrf, http_client, login, make_user
 
@@ -77,11 +79,11 @@ async def test_it_refuses_the_username_and_the_old_password_as_new_password(clie
 async def test_logout_ends_the_session_on_the_server(client):
     await make_user("op", "operator")
     await login(client, "op")
-    cookie = client.cookies.get("mailrelay_session")
+    cookie = client.cookies.get(COOKIE_NAME)
     assert (await client.get("/")).status_code == 200
     await client.post("/logout", headers=csrf(client), follow_redirects=False)
     assert await UserSession.count() == 0
-    client.cookies.set("mailrelay_session", cookie)
+    client.cookies.set(COOKIE_NAME, cookie)
     response = await client.get("/", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"].startswith("/login")
@@ -236,6 +238,106 @@ async def test_login_does_not_redirect_to_another_site(client):
         follow_redirects=False,
     )
     assert response.headers["location"] == "/"
+
+
+async def test_a_session_ends_after_its_absolute_lifetime(client, settings):
+    await make_user("op", "operator")
+    await login(client, "op")
+    # Busy all along (seen a moment ago), but logged in longer ago than the lifetime allows.
+    born = dt.datetime.now(dt.UTC) - dt.timedelta(hours=settings.session_max_hours, minutes=1)
+    await UserSession.update({UserSession.created_at: born}, force=True)
+    response = await client.get("/", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login")
+    assert await UserSession.count() == 0
+
+
+async def test_a_session_younger_than_its_lifetime_goes_on(client, settings):
+    await make_user("op", "operator")
+    await login(client, "op")
+    born = dt.datetime.now(dt.UTC) - dt.timedelta(hours=settings.session_max_hours, minutes=-1)
+    await UserSession.update({UserSession.created_at: born}, force=True)
+    assert (await client.get("/", follow_redirects=False)).status_code == 200
+
+
+def _set_cookie(response, name):
+    headers = [h for h in response.headers.get_list("set-cookie") if h.startswith(f"{name}=")]
+    assert len(headers) == 1, response.headers.get_list("set-cookie")
+    return [part.strip().lower() for part in headers[0].split(";")]
+
+
+async def test_the_session_cookie_has_the_host_prefix(client):
+    await make_user("op", "operator")
+    response = await login(client, "op")
+    attributes = _set_cookie(response, "__Host-mailrelay_session")
+    # What a browser requires of a __Host- cookie, or it drops it.
+    assert "secure" in attributes
+    assert "path=/" in attributes
+    assert not any(a.startswith("domain=") for a in attributes)
+    assert "httponly" in attributes and "samesite=strict" in attributes
+    logout = await client.post("/logout", headers=csrf(client), follow_redirects=False)
+    # The deletion must meet the same rules, or the browser ignores it and keeps the cookie.
+    deletion = _set_cookie(logout, "__Host-mailrelay_session")
+    assert "secure" in deletion and "path=/" in deletion and "max-age=0" in deletion
+
+
+async def test_the_csrf_cookie_has_the_host_prefix(client):
+    attributes = _set_cookie(await client.get("/login"), "__Host-csrftoken")
+    assert "secure" in attributes
+    assert "path=/" in attributes
+    assert not any(a.startswith("domain=") for a in attributes)
+
+
+async def test_post_to_a_path_containing_api_needs_a_csrf_token(login_as):
+    admin = await login_as("admin")
+    await make_user("api", "readonly")
+    before = (await AppUser.objects().where(AppUser.username == "api").first()).password_hash
+    response = await admin.post(
+        "/users/api/reset", data={"password": NEW_PASSWORD}, follow_redirects=False
+    )
+    assert response.status_code == 403
+    after = (await AppUser.objects().where(AppUser.username == "api").first()).password_hash
+    assert after == before
+    # With the token the same request goes through: the refusal was the CSRF check's.
+    response = await admin.post(
+        "/users/api/reset",
+        data={"password": NEW_PASSWORD},
+        headers=csrf(admin),
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+
+
+async def test_a_csrf_refusal_is_audited(login_as):
+    operator = await login_as("operator")
+    response = await operator.post("/domains", data={"name": "example.com"})
+    assert response.status_code == 403
+    rows = await AuditLog.select().where(AuditLog.action == "csrf.refused")
+    assert [(r["actor"], r["target"], r["source_ip"], r["outcome"]) for r in rows] == [
+        ("operator-user", "POST /domains", "198.18.0.30", "denied")
+    ]
+
+
+async def test_a_csrf_refusal_of_the_login_form_is_audited(client):
+    await client.get("/login")
+    response = await client.post("/login", data={"username": "admin", "password": "x"})
+    assert response.status_code == 403
+    rows = await AuditLog.select().where(AuditLog.action == "csrf.refused")
+    assert [(r["actor"], r["target"]) for r in rows] == [("-", "POST /login")]
+
+
+async def test_a_configuration_change_refused_on_the_slave_is_audited(login_as, app, monkeypatch):
+    operator = await login_as("operator")
+    slave = dataclasses.replace(
+        app.state.settings, cluster_mode="slave", master_api_url="https://198.18.0.11:8443"
+    )
+    monkeypatch.setattr(app.state, "settings", slave)
+    response = await operator.post("/domains", data={"name": "example.com"}, headers=csrf(operator))
+    assert response.status_code == 403
+    rows = await AuditLog.select().where(AuditLog.action == "config.refused-on-slave")
+    assert [(r["actor"], r["target"], r["outcome"]) for r in rows] == [
+        ("operator-user", "POST /domains", "denied")
+    ]
 
 
 async def test_a_65_character_username_attempt_is_audited_not_a_500(client):

@@ -76,7 +76,7 @@ def gui_session(base: str):
 
     client = httpx.Client(base_url=base, verify=False, timeout=20)  # noqa: S501 - lab cert
     client.get("/login")
-    token = client.cookies["csrftoken"]
+    token = client.cookies["__Host-csrftoken"]
     for password in ("lab-admin-password-1", "Admin123"):
         response = client.post(
             "/login",

@@ -63,9 +63,7 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
         path="/password" if result.must_change_password else target,
         status_code=HTTP_303_SEE_OTHER,
     )
-    response.set_cookie(
-        COOKIE_NAME, result.token, secure=True, httponly=True, samesite="strict", path="/"
-    )
+    _set_session_cookie(response, result.token)
     return response
 
 
@@ -73,8 +71,21 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
 async def logout(request: Request[SessionUser, Any, Any]) -> Response[Any]:
     await sessions.end_session(request.user.session_id)
     response = Redirect(path="/login", status_code=HTTP_303_SEE_OTHER)
-    response.delete_cookie(COOKIE_NAME, path="/")
+    _set_session_cookie(response, "", max_age=0)
     return response
+
+
+def _set_session_cookie(response: Response[Any], value: str, max_age: int | None = None) -> None:
+    # The __Host- prefix needs Secure, Path=/ and no Domain on every Set-Cookie, the deletion too.
+    response.set_cookie(
+        COOKIE_NAME,
+        value,
+        max_age=max_age,
+        secure=True,
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
 
 
 @get("/password", opt={"before_password_change": True})
