@@ -1,4 +1,6 @@
-"""Login, the forced password change, sessions, throttling, CSRF and headers (real PostgreSQL)."""
+"""Login, the forced password change, sessions, CSRF and headers (real PostgreSQL).
+
+Throttling is in test_login_throttle.py."""
 
 from __future__ import annotations
 
@@ -6,9 +8,8 @@ import dataclasses
 import datetime as dt
 
 from app import audit
-from app.auth import throttle
 from app.auth.sessions import COOKIE_NAME
-from app.db.tables import AddressThrottle, AppUser, AuditLog, UserSession
+from app.db.tables import AppUser, AuditLog, UserSession
 from tests.conftest import PASSWORD, csrf, http_client, login, make_user
 
 NEW_PASSWORD = "a-much-better-secret"
@@ -128,64 +129,6 @@ async def test_the_session_cookie_is_secure_httponly_and_strict(client):
     assert "secure" in cookie
     assert "httponly" in cookie
     assert "samesite=strict" in cookie
-
-
-async def test_repeated_failures_lock_the_account_with_a_clear_message(client):
-    await make_user("op", "operator")
-    for _ in range(throttle.LOCK_AFTER):
-        response = await login(client, "op", "wrong-password-123")
-        assert response.status_code == 422
-        assert "Wrong username or password." in response.text
-    user = await AppUser.objects().where(AppUser.username == "op").first()
-    assert user.failed_logins == throttle.LOCK_AFTER
-    assert user.locked_until is not None
-    # Even the right password is refused while locked (the address is locked too here).
-    response = await login(client, "op")
-    assert response.status_code == 422
-    assert "Too many failed logins" in response.text
-    failed = await AuditLog.count().where(
-        (AuditLog.action == "login") & (AuditLog.outcome == "failed")
-    )
-    denied = await AuditLog.count().where(
-        (AuditLog.action == "login") & (AuditLog.outcome == "denied")
-    )
-    assert failed == throttle.LOCK_AFTER
-    assert denied == 1
-
-
-async def test_a_locked_account_stays_locked_from_another_address(client):
-    await make_user("op", "operator")
-    for _ in range(throttle.LOCK_AFTER):
-        await login(client, "op", "wrong-password-123")
-    await AddressThrottle.delete(force=True)  # as if the next try came from elsewhere
-    response = await login(client, "op")
-    assert response.status_code == 422
-    assert "this account is locked" in response.text
-
-
-async def test_guessing_across_accounts_locks_the_source_address(client):
-    for i in range(throttle.LOCK_AFTER):
-        await login(client, f"nobody{i}", "wrong-password-123")
-    await make_user("op", "operator")
-    response = await login(client, "op")
-    assert response.status_code == 422
-    assert "from your address" in response.text
-
-
-async def test_failures_slow_down_the_answer():
-    assert throttle.delay_for(0) == 0
-    assert throttle.delay_for(throttle.SLOWDOWN_AFTER - 1) == 0
-    assert 0 < throttle.delay_for(throttle.SLOWDOWN_AFTER) < throttle.delay_for(4)
-    assert throttle.delay_for(100) == throttle.MAX_DELAY_SECONDS
-
-
-async def test_a_success_resets_the_counters(client):
-    await make_user("op", "operator")
-    await login(client, "op", "wrong-password-123")
-    await login(client, "op")
-    user = await AppUser.objects().where(AppUser.username == "op").first()
-    assert user.failed_logins == 0
-    assert await AddressThrottle.count() == 0
 
 
 async def test_a_post_without_csrf_token_is_refused(client):
@@ -348,6 +291,13 @@ async def test_a_65_character_username_attempt_is_audited_not_a_500(client):
     assert len(rows) == 1
     assert rows[0]["outcome"] == "failed"
     assert rows[0]["actor"] == "a" * 63 + "…"  # cut to the column, marked as cut
+
+
+async def test_a_username_with_a_nul_byte_is_audited_not_a_500(client):
+    response = await login(client, "ad\x00min", "Admin123")
+    assert response.status_code == 422
+    rows = await AuditLog.select().where(AuditLog.action == "login")
+    assert [(r["actor"], r["outcome"]) for r in rows] == [("ad\ufffdmin", "failed")]
 
 
 async def test_an_audit_row_takes_any_actor_and_target():

@@ -13,20 +13,14 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 from app.auth import sessions, users
 from app.auth.passwords import PasswordRuleError
 from app.auth.sessions import COOKIE_NAME, SessionUser
-from app.auth.users import LoginOutcome
 from app.web.auth import source_ip
 from app.web.i18n import LANGUAGES, translator
 from app.web.views import form_answer, language_of, page
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
-_MESSAGES = {
-    LoginOutcome.bad_credentials: "Wrong username or password.",
-    LoginOutcome.account_locked: (
-        "Too many failed logins: this account is locked for a while. Try again later."
-    ),
-    LoginOutcome.address_locked: "Too many failed logins from your address: try again later.",
-}
+# The one answer to every failed login: unknown user, wrong password and throttled alike.
+LOGIN_FAILED = "Wrong username or password, or too many attempts: wait a few minutes and try again."
 
 
 def _safe_next(value: str | None) -> str:
@@ -55,7 +49,7 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
             request,
             "login/page.html",
             "login/page.html",
-            {"form": _(_MESSAGES[result.outcome])},
+            {"form": _(LOGIN_FAILED)},
             next=target,
             username=data.get("username", ""),
         )
