@@ -132,6 +132,19 @@ def cmd_create_user(args: argparse.Namespace) -> None:
     print(f"created {args.username} ({role.label}); the password must be changed at first login")
 
 
+def cmd_create_first_admin(args: argparse.Namespace) -> None:
+    """Only when there is no account at all: create `admin` with a random one-time password
+    and print it (only it) on stdout, once; else print nothing and say so on stderr."""
+    from app.auth import users
+
+    _settings()
+    password = _run_db(users.create_first_admin)
+    if password is None:
+        print("accounts exist already: no first admin created", file=sys.stderr)
+        return
+    print(password)
+
+
 def cmd_reset_password(args: argparse.Namespace) -> None:
     from app.auth import users
     from app.auth.passwords import PasswordRuleError
@@ -209,6 +222,36 @@ def cmd_config_pull(args: argparse.Namespace) -> None:
     if not result.ok:
         # The run's log line says why; a non-zero exit marks the unit failed for the operator.
         raise UserFacingError(f"config pull {result.outcome}")
+
+
+def cmd_config_status(args: argparse.Namespace) -> None:
+    """Which master version this node runs and whether that is what the master applied. Exit 0
+    when ready; with --wait, poll until ready or the time is up."""
+    import time
+
+    from app.cluster import configstate
+
+    settings = _settings()
+
+    async def work() -> configstate.ConfigState:
+        deadline = time.monotonic() + args.wait
+        while True:
+            state = await configstate.current(settings)
+            if state.ready or time.monotonic() >= deadline:
+                return state
+            await asyncio.sleep(0.5)
+
+    state = _run_db(work)
+    own = state.node(settings.node_id)
+    runs = own.master_number if own else None
+    print(
+        f"node {settings.node_id} ({settings.cluster_mode}) runs master version "
+        f"{runs if runs is not None else 'none'}; the master runs "
+        f"{state.master_applied if state.master_applied is not None else 'unknown'}"
+    )
+    if not state.ready:
+        raise UserFacingError(f"not ready: {state.why_not_ready}")
+    print("ready")
 
 
 def _box(settings: Settings) -> Any:
@@ -366,6 +409,10 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--role", default="readonly", help="admin, operator or readonly")
     create.add_argument("--password-stdin", action="store_true")
     create.set_defaults(func=cmd_create_user)
+    sub.add_parser(
+        "create-first-admin",
+        help="no account yet: create admin with a random one-time password (printed once)",
+    ).set_defaults(func=cmd_create_first_admin)
     reset = sub.add_parser("reset-password", help="set a new password, to be changed at login")
     reset.add_argument("username")
     reset.add_argument("--password-stdin", action="store_true")
@@ -381,6 +428,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "config-pull", help="slave: fetch the master's config version and apply it if newer"
     ).set_defaults(func=cmd_config_pull)
+    status = sub.add_parser(
+        "config-status", help="is this node ready: does it run the version the master applied?"
+    )
+    status.add_argument("--wait", type=float, default=0.0, help="seconds to wait for ready")
+    status.set_defaults(func=cmd_config_status)
     token = sub.add_parser("create-token", help="create an API token (printed once)")
     token.add_argument("name")
     token.add_argument("--kind", default="read", help="read or cluster")

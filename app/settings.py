@@ -52,6 +52,7 @@ class Settings:
     sync_freeze: str
     sync_flush: bool
     config_pull_wait_seconds: float
+    config_drift_alert_seconds: float
     peer_api_url: str | None
     peer_api_token: str | None
     peer_cert_fingerprint: str | None
@@ -207,6 +208,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sync_flush=r.flag("SYNC_FLUSH", False),
         # Below the pull timer's 10 s, so that one run ends before the timer's next start.
         config_pull_wait_seconds=r.number("CONFIG_PULL_WAIT_SECONDS", 8.0, 0.0, 60.0),
+        # A pull applies within seconds of the master's Apply; nodes that still run different
+        # versions after this long are a problem an operator must see.
+        config_drift_alert_seconds=r.number("CONFIG_DRIFT_ALERT_SECONDS", 30.0, 1.0, 86400.0),
         # The peer's API, for a returning node to ask what the peer took over. On the slave the
         # peer is the master: its MASTER_* settings serve when these are not set.
         peer_api_url=r.optional("PEER_API_URL") or master_api_url,

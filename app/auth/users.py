@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import functools
 import re
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -19,8 +20,7 @@ from app.auth.passwords import (
 from app.auth.roles import Role
 from app.db.tables import AppUser
 
-DEFAULT_ADMIN = "admin"
-DEFAULT_PASSWORD = "Admin123"  # noqa: S105 - documented; must be changed at first login
+FIRST_ADMIN = "admin"
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 
 
@@ -36,24 +36,25 @@ class LoginResult:
     must_change_password: bool = False
 
 
-@functools.cache
-def _default_admin_hash() -> str:
-    # The default password is public; hashing it once per process saves an argon2 run per start.
-    return hash_password(DEFAULT_PASSWORD)
-
-
-async def ensure_default_admin() -> bool:
-    """Create admin/Admin123 (must change at first login) when there is no user at all."""
+async def create_first_admin() -> str | None:
+    """When there is no account at all, create `admin` with a random one-time password (to be
+    changed at the first login) and return that password; None when any account exists. No
+    account ever has a password anyone else knows: the caller shows it once (install-node keeps
+    it in a root-only file). Two callers at once create one admin; the other gets None."""
     if await AppUser.count() > 0:
-        return False
-    await AppUser.raw(
+        return None
+    password = secrets.token_urlsafe(18)  # 24 characters, 144 random bits
+    created = await AppUser.raw(
         "INSERT INTO app_users (username, password_hash, role, must_change_password, "
         "failed_logins, created_at) VALUES ({}, {}, 'admin', true, 0, now()) "
-        "ON CONFLICT (username) DO NOTHING",
-        DEFAULT_ADMIN,
-        _default_admin_hash(),
+        "ON CONFLICT (username) DO NOTHING RETURNING id",
+        FIRST_ADMIN,
+        await asyncio.to_thread(hash_password, password),
     )
-    return True
+    if not created:
+        return None
+    await audit.record("install", "user.create", FIRST_ADMIN, after={"role": "admin"})
+    return password
 
 
 async def authenticate(username: str, password: str, source_ip: str) -> LoginResult:

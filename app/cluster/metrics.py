@@ -126,6 +126,19 @@ FAMILIES = (
         "The config version the node's Postfix runs, in the master's numbering.",
         _one("config", "master_version"),
     ),
+    Family(
+        "mailrelay_config_ready",
+        "gauge",
+        "1 if the node runs the config version the master applied (as far as the node knows).",
+        _one("config", "ready"),
+    ),
+    Family(
+        "mailrelay_config_differ_seconds",
+        "gauge",
+        "How long the nodes have run different config versions, as the node sees it; no sample "
+        "while they run the same.",
+        _one("config", "differ_seconds"),
+    ),
 )
 PEER_UP = Family(
     "mailrelay_peer_up",

@@ -1,6 +1,7 @@
-"""Config pull (slave): fetch the master's latest config version and make it live here.
+"""Config pull (slave): fetch the config version the master's Postfix runs and make it live here.
 
-One run: GET the master's export over HTTPS (the master's certificate checked against a pinned
+The master exports only what it applied successfully (never a draft). One run: GET the master's
+export over HTTPS (the master's certificate checked against a pinned
 SHA-256 fingerprint or a CA file before the token is sent), check its checksum, turn the sealed
 secrets into this node's at-rest ciphertext, validate it like a form, then, under a lock, store
 it as a new local version and apply it through the agent. Storing and applying are one
@@ -12,14 +13,18 @@ only a newer master version is applied, an equal or older one is nothing to do. 
 (a manual run during the timer's) are serialised by an advisory lock and the second one re-reads
 the last pulled version inside it, so a version is never applied twice.
 
-Whenever the master answered, the slave then reports which master version its Postfix runs
-(POST /api/nodes/applied, same connection checks and token), so that the master's dashboard
-shows both nodes. A failed report is logged; it does not fail the run.
+Whenever the master answered, the slave records which version the master runs (so that it can
+tell whether it is ready: running the same), and reports which master version its own Postfix
+runs (POST /api/nodes/applied, same connection checks and token), so that the master's
+dashboard shows both nodes. A failed report is logged; it does not fail the run. An apply that
+failed because the agent was not there (an install restarts it) is tried again at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import datetime as dt
 import hmac
 import json
 import logging
@@ -31,11 +36,11 @@ from typing import Any, Literal
 from app import audit
 from app.agent.client import AgentClient
 from app.cluster.peer import PeerError, PeerTls, peer_request
-from app.config import service
+from app.config import applied, service
 from app.config import snapshot as snap
 from app.config.validation import FieldErrors
 from app.crypto import SecretBox, SecretKeyError
-from app.db.tables import AppliedVersion, AuditLog, ConfigVersion
+from app.db.tables import AuditLog, ConfigVersion
 from app.postfix import pipeline
 from app.settings import Settings, SettingsError
 
@@ -49,6 +54,9 @@ _COMMENT_RE = re.compile(r"^pulled master version (\d+)$")
 # own lock (for the version number) inside it.
 _PULL_LOCK = 0x70756C6C
 REPORT_PATH = "/api/nodes/applied"
+# Pauses before the next tries of an apply the agent did not answer: long enough for a
+# restarted agent's socket to accept again, short beside the timer's 10 s.
+APPLY_RETRY_PAUSES = (0.5, 1.0, 2.0)
 # An export is a few kilobytes per domain; anything this large is not one.
 MAX_EXPORT_BYTES = 32 * 1024 * 1024
 
@@ -67,6 +75,7 @@ class PullResult:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     warn: bool = False  # fine for this run, but worth an operator's look (logged as a warning)
+    retry: bool = False  # failed for a passing reason: worth another try in this run
 
     @property
     def ok(self) -> bool:
@@ -184,7 +193,7 @@ async def applied_state(node_id: str) -> dict[str, Any] | None:
     """What this node reports to the master: the master version its Postfix runs (from the
     applied local version's comment), the local number and when it was applied. None when
     nothing is applied here, or the applied version did not come from the master."""
-    row = await AppliedVersion.select().where(AppliedVersion.node_id == node_id).first()
+    row = await applied.of(node_id)
     if row is None:
         return None
     version = (
@@ -205,6 +214,28 @@ async def applied_state(node_id: str) -> dict[str, Any] | None:
         "master_number": int(match.group(1)),
         "applied_at": row["applied_at"].isoformat(),
     }
+
+
+async def record_master(export: dict[str, Any], own_node_id: str) -> None:
+    """Keep what the master says it runs (its node id, version and when it applied it), for
+    this node's readiness and the dashboard. An export without them (a master before this
+    field existed, or nothing applied there yet) records nothing."""
+    node_id, version, at = export.get("node_id"), export.get("version"), export.get("applied_at")
+    if not (
+        applied.is_node_id(node_id)
+        and node_id != own_node_id
+        and isinstance(version, int)
+        and not isinstance(version, bool)
+        and 0 < version <= 2**31 - 1
+        and isinstance(at, str)
+    ):
+        return
+    try:
+        applied_at = dt.datetime.fromisoformat(at)
+    except ValueError:
+        return
+    if applied_at.tzinfo is not None:
+        await applied.record_heard(str(node_id), version, applied_at)
 
 
 async def report_applied(settings: Settings, tls: PeerTls) -> bool:
@@ -241,9 +272,10 @@ async def report_applied(settings: Settings, tls: PeerTls) -> bool:
 
 
 class _ApplyFailed(Exception):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+    def __init__(self, report: pipeline.TestReport) -> None:
+        super().__init__("; ".join(report.problems))
+        self.problems = report.problems
+        self.agent_unavailable = report.agent_unavailable
 
 
 async def run_once(
@@ -278,7 +310,8 @@ async def _run(
     # version it waits at the master again, so that the next change does not have to wait for
     # the timer's next run either.
     deadline = time.monotonic() + settings.config_pull_wait_seconds
-    applied: list[PullResult] = []
+    done: list[PullResult] = []
+    retries = iter(APPLY_RETRY_PAUSES)
     while True:
         try:
             export = await fetch_export(
@@ -296,16 +329,25 @@ async def _run(
         # nothing to do, or refused and kept the last good version), so its dashboard is
         # current, also after the master's own restart.
         await report_applied(settings, tls)
+        if result.retry and (pause := next(retries, None)) is not None:
+            log.info(
+                "config-pull: %s%s; trying again in %g s",
+                result.detail,
+                _problems(result.problems),
+                pause,
+            )
+            await asyncio.sleep(pause)
+            continue
         if result.outcome != "applied" or time.monotonic() >= deadline:
             break
-        applied.append(result)
-    if applied and result.outcome == "unchanged":
+        done.append(result)
+    if done and result.outcome == "unchanged":
         # The versions applied are what an operator wants to read in the run's log line.
-        result = applied[-1]
-        if len(applied) > 1:
-            result.detail = f"{len(applied)} versions, the last: {result.detail}"
-    elif applied:
-        result.detail += f" (after {len(applied)} applied in this run)"
+        result = done[-1]
+        if len(done) > 1:
+            result.detail = f"{len(done)} versions, the last: {result.detail}"
+    elif done:
+        result.detail += f" (after {len(done)} applied in this run)"
     return result
 
 
@@ -320,6 +362,7 @@ async def _pull(
     except Refused as exc:
         await _audit_failure(target, str(exc), exc.problems)
         return PullResult("refused", str(exc), problems=exc.problems)
+    await record_master(export, settings.node_id)
     try:
         last = await last_pulled_master_version()
         if master_version <= last:
@@ -341,7 +384,7 @@ async def _pull(
             number = await service.replace_all(ACTOR, local, ACTION, COMMENT.format(master_version))
             report = await pipeline.apply_version(number, box, agent, settings.node_id, ACTOR)
             if not report.ok:
-                raise _ApplyFailed(report.problems)  # rolls the stored version back
+                raise _ApplyFailed(report)  # rolls the stored version back
     except FieldErrors as exc:  # validated above already; kept so that it stays a result
         problems = list(exc.errors.values())
         await _audit_failure(target, "refused by the config service", problems)
@@ -358,6 +401,7 @@ async def _pull(
             f"master version {master_version} was not applied",
             master_version,
             problems=exc.problems,
+            retry=exc.agent_unavailable,
         )
     return PullResult(
         "applied",

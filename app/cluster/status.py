@@ -19,10 +19,10 @@ import json
 from typing import Any
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
-from app.cluster import pull
+from app.cluster import configstate
 from app.cluster.peer import PeerApi, PeerError, peer_request
 from app.cluster.vrrp import VipCheckError, vip_held
-from app.db.tables import AppliedVersion, ConfigVersion, SyncRun, VrrpEvent
+from app.db.tables import ConfigVersion, SyncRun, VrrpEvent
 from app.settings import Settings
 
 Status = dict[str, Any]
@@ -160,33 +160,30 @@ async def _sync(node_id: str, now: dt.datetime, active: bool) -> Status:
 async def _config(settings: Settings) -> Status:
     """The local version this node's Postfix runs and the newest local one; `master_version`
     is the same in the master's numbering, which both nodes share (on the master it is the
-    local number; a slave's comes from the version it pulled)."""
-    applied = (
-        await AppliedVersion.select(AppliedVersion.number, AppliedVersion.applied_at)
-        .where(AppliedVersion.node_id == settings.node_id)
-        .first()
-    )
+    local number; a slave's comes from the version it pulled). `master_applied` is what the
+    master runs as far as this node knows, `ready` whether this node runs it, and
+    `differ_seconds` how long the nodes have run different versions (None: they do not)."""
+    state = await configstate.current(settings)
+    own = state.node(settings.node_id)
     latest = (
         await ConfigVersion.select(ConfigVersion.number)
         .order_by(ConfigVersion.number, ascending=False)
         .first()
     )
     part: Status = {
-        "applied": applied["number"] if applied else None,
-        "applied_at": applied["applied_at"].isoformat() if applied else None,
+        "applied": own.number if own else None,
+        "applied_at": own.since.isoformat() if own else None,
         "latest": latest["number"] if latest else None,
-        "master_version": None,
+        "master_version": own.master_number if own else None,
+        "master_applied": state.master_applied,
+        "ready": state.ready,
+        "differ_seconds": state.differ_seconds,
+        "drift": state.drift,
     }
-    if applied is None:
+    if own is None:
         part["unknown"] = "no config version is applied on this node yet"
-    elif settings.cluster_mode == "master":
-        part["master_version"] = applied["number"]
-    else:
-        state = await pull.applied_state(settings.node_id)
-        if state is None:
-            part["unknown"] = "the applied version did not come from the master"
-        else:
-            part["master_version"] = state["master_number"]
+    elif own.master_number is None:
+        part["unknown"] = "the applied version did not come from the master"
     return part
 
 

@@ -1,19 +1,29 @@
-"""The export the slave pulls: the latest version, its number and a checksum.
+"""The export the slave pulls: the version the master's Postfix runs, its number and a checksum.
 
-A `read` token gets the configuration without secrets (only whether a password is set). A
-`cluster` token gets each password sealed for the peer (see app.crypto): never clear text.
+Only a version this node applied successfully is ever exported: a draft (saved, not applied), or
+a version whose apply failed here, never reaches the slave. Before the first apply the export is
+version 0, an empty configuration, which a slave never applies. A `read` token gets the
+configuration without secrets (only whether a password is set). A `cluster` token
+gets each password sealed for the peer (see app.crypto): never clear text.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import Any
 
 from app.config import snapshot as snap
 from app.crypto import SecretBox
 
 
-def build(version: dict[str, Any] | None, box: SecretBox, cluster: bool) -> dict[str, Any]:
+def build(
+    node_id: str,
+    version: dict[str, Any] | None,
+    applied_at: dt.datetime | None,
+    box: SecretBox,
+    cluster: bool,
+) -> dict[str, Any]:
     if version is None:
         config, number, author, created = snap.empty(), 0, "", None
     else:
@@ -29,7 +39,9 @@ def build(version: dict[str, Any] | None, box: SecretBox, cluster: bool) -> dict
         else:
             route["auth_password_set"] = bool(secret)
     return {
+        "node_id": node_id,
         "version": number,
+        "applied_at": applied_at.isoformat() if applied_at else None,
         "author": author,
         "created_at": created.isoformat() if created else None,
         "checksum": snap.checksum(config),

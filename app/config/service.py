@@ -8,9 +8,7 @@ monotonic even when two operators save at the same moment.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -290,26 +288,10 @@ async def latest_version() -> dict[str, Any] | None:
     )
 
 
-async def latest_number() -> int:
-    row = (
-        await ConfigVersion.select(ConfigVersion.number)
-        .order_by(ConfigVersion.number, ascending=False)
-        .first()
-    )
-    return row["number"] if row else 0
-
-
-async def wait_for_version_after(number: int, seconds: float, poll: float = 0.25) -> None:
-    """Return once a version newer than `number` exists, or after `seconds`. The slave's pull
-    waits here (a long poll), so a new version reaches it the moment it is made rather than at
-    its next timer run. Polling a primary-key maximum four times a second is cheap, and unlike
-    LISTEN it needs no connection held for the wait."""
-    deadline = time.monotonic() + seconds
-    while await latest_number() <= number:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        await asyncio.sleep(min(poll, left))
+async def newest_listed() -> dict[str, Any] | None:
+    """The newest version as list_versions shows it (without its snapshot); None when none."""
+    versions = await list_versions(1)
+    return versions[0] if versions else None
 
 
 async def list_versions(limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:

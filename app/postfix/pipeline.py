@@ -8,14 +8,13 @@ applied version: rendering is deterministic, so that is exactly what Postfix run
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
-from app.config import service
+from app.config import applied, service
 from app.crypto import SecretBox
-from app.db.tables import AppliedVersion
+from app.db.tables import AuditLog
 from app.postfix import render
 
 
@@ -25,6 +24,9 @@ class TestReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     diff: str = ""
+    # The agent could not be reached or hung up (e.g. restarted by an install): worth another
+    # try in a moment, unlike a version that Postfix's checks refused.
+    agent_unavailable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -38,11 +40,11 @@ async def render_version(number: int, box: SecretBox) -> render.RenderedMaps:
 
 async def applied_maps(node_id: str, box: SecretBox) -> render.RenderedMaps | None:
     """The maps this node's Postfix runs with, or None when nothing was applied yet."""
-    row = await AppliedVersion.select().where(AppliedVersion.node_id == node_id).first()
-    if row is None:
+    number = await applied.number_of(node_id)
+    if not number:
         return None
     try:
-        return await render_version(row["number"], box)
+        return await render_version(number, box)
     except (service.NotFound, render.RenderError):
         return None
 
@@ -85,7 +87,10 @@ async def apply_version(
         try:
             answer = await agent.call("apply", version=number, files=agent.encode_files(maps.files))
             report.problems.extend(answer["problems"])
-        except (AgentUnavailable, AgentRefused) as exc:
+        except AgentUnavailable as exc:
+            report.problems.append(f"not applied: {exc}")
+            report.agent_unavailable = True
+        except AgentRefused as exc:
             report.problems.append(f"not applied: {exc}")
     if not report.ok:
         await audit.record(
@@ -97,15 +102,8 @@ async def apply_version(
             after={"node": node_id, "problems": report.problems},
         )
         return report
-    async with AppliedVersion._meta.db.transaction():
-        await AppliedVersion.raw(
-            "INSERT INTO applied_versions (node_id, number, applied_at) VALUES ({}, {}, {}) "
-            "ON CONFLICT (node_id) DO UPDATE SET number = EXCLUDED.number, "
-            "applied_at = EXCLUDED.applied_at",
-            node_id,
-            number,
-            dt.datetime.now(dt.UTC),
-        )
+    async with AuditLog._meta.db.transaction():
+        await applied.record_own(node_id, number)
         await audit.record(
             actor.username,
             "config.apply",
@@ -114,7 +112,3 @@ async def apply_version(
             after={"node": node_id, "version": number},
         )
     return report
-
-
-async def applied_versions() -> dict[str, dict]:
-    return {row["node_id"]: row for row in await AppliedVersion.select()}

@@ -27,7 +27,6 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 from litestar.template.config import TemplateConfig
 
 from app.agent.client import AgentClient
-from app.auth import users
 from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
 from app.piccolo_conf import DB
@@ -118,7 +117,6 @@ def create_app(settings: Settings) -> Litestar:
 
     async def on_startup(app: Litestar) -> None:
         await DB.start_connection_pool(min_size=1, max_size=10)
-        await users.ensure_default_admin()
 
     async def on_shutdown(app: Litestar) -> None:
         await DB.close_connection_pool()

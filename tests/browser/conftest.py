@@ -56,6 +56,7 @@ class Server:
     state_dir: Path
     log_file: Path
     process: subprocess.Popen[bytes]
+    admin_password: str  # the first admin's one-time password, as the install prints it
 
     def output(self) -> str:
         try:
@@ -115,6 +116,16 @@ def server(pg_cluster: PostgresCluster) -> Iterator[Server]:
             f"mailrelay migrate failed (exit {migrated.returncode}):\n"
             f"{migrated.stdout}{migrated.stderr}"
         )
+    first_admin = subprocess.run(
+        [*command, "create-first-admin"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     port = _free_port()
     log_file = tmp / "server.log"
     with log_file.open("wb") as log:
@@ -126,7 +137,9 @@ def server(pg_cluster: PostgresCluster) -> Iterator[Server]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    running = Server(f"https://127.0.0.1:{port}", state_dir, log_file, process)
+    running = Server(
+        f"https://127.0.0.1:{port}", state_dir, log_file, process, first_admin.stdout.strip()
+    )
     try:
         _wait_healthy(running)
         yield running

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from app.web.assets import HTMX_LOCAL_PATH, HTMX_SRI
-from tests.browser.conftest import Gui
+from tests.browser.conftest import Gui, Server
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +45,7 @@ def assert_htmx_loaded(page: Page) -> None:
     )
 
 
-def test_first_session_of_an_admin(gui: Gui) -> None:
+def test_first_session_of_an_admin(gui: Gui, server: Server) -> None:
     page = gui.page
 
     # 1. Not logged in: / sends us to the login page.
@@ -54,14 +54,14 @@ def test_first_session_of_an_admin(gui: Gui) -> None:
     expect(page.locator("h1")).to_have_text("Log in")
     assert_htmx_loaded(page)
     page.locator("#f-username").fill("admin")
-    page.locator("#f-password").fill("Admin123")
+    page.locator("#f-password").fill(server.admin_password)
     page.locator("#login-form button[type=submit]").click()
 
-    # 2. The default account must change its password before anything else.
+    # 2. The first admin must change the one-time password before anything else.
     expect_path(page, "/password")
     expect(page.locator(".banner")).to_contain_text("You must change your password")
     expect(page.locator("header.top")).to_have_count(0)
-    page.locator("#f-current_password").fill("Admin123")
+    page.locator("#f-current_password").fill(server.admin_password)
     page.locator("#f-new_password").fill(NEW_PASSWORD)
     page.locator("#f-new_password_again").fill(NEW_PASSWORD)
     page.locator("form[action='/password'] button[type=submit]").click()

@@ -7,7 +7,7 @@ import hashlib
 import json
 
 from app.auth import tokens
-from app.config import service
+from app.config import applied, service
 from app.crypto import SecretBox
 from app.db.tables import ApiToken
 
@@ -19,11 +19,15 @@ async def _bearer(kind: str) -> dict[str, str]:
 
 
 async def _config(app) -> None:
+    """Version 2 (a domain, its route with SMTP AUTH), applied on this node: recorded as a
+    successful Apply records it (the agent is not part of these tests; test_config_pull.py runs
+    the whole apply)."""
     actor = service.Actor("t")
     await service.add_domain(actor, "example.com")
     await service.set_route(
         actor, app.state.box, "example.com", "smtp.example.net", 587, "encrypt", "relayuser", SECRET
     )
+    await applied.record_own(app.state.settings.node_id, 2)
 
 
 async def test_the_export_without_a_version_is_empty(client):
@@ -34,7 +38,36 @@ async def test_the_export_without_a_version_is_empty(client):
     assert body["config"] == {"sender_domains": [], "trusted_networks": []}
 
 
-async def test_a_read_token_gets_the_latest_version_without_secrets(client, app):
+async def test_a_draft_is_not_exported_until_it_is_applied(client, app):
+    await _config(app)
+    await service.add_domain(service.Actor("t"), "draft.example")  # version 3, not applied
+    headers = await _bearer("read")
+    body = (await client.get("/api/config/export", headers=headers)).json()
+    assert body["version"] == 2
+    assert [d["name"] for d in body["config"]["sender_domains"]] == ["example.com"]
+    assert body["node_id"] == app.state.settings.node_id and body["applied_at"]
+
+    await applied.record_own(app.state.settings.node_id, 3)
+    body = (await client.get("/api/config/export", headers=headers)).json()
+    assert body["version"] == 3
+    assert "draft.example" in [d["name"] for d in body["config"]["sender_domains"]]
+
+
+async def test_the_long_poll_waits_for_an_apply_not_for_a_draft(client, app):
+    await _config(app)
+    headers = await _bearer("cluster")
+    waiting = asyncio.create_task(
+        client.get("/api/config/export", params={"newer_than": 2, "wait": 20}, headers=headers)
+    )
+    await service.add_domain(service.Actor("t"), "draft.example")  # version 3, a draft
+    await asyncio.sleep(1.0)
+    assert not waiting.done(), "the export answered for a version nobody applied"
+    await applied.record_own(app.state.settings.node_id, 3)
+    response = await asyncio.wait_for(waiting, 5)
+    assert response.json()["version"] == 3
+
+
+async def test_a_read_token_gets_the_applied_version_without_secrets(client, app):
     await _config(app)
     response = await client.get("/api/config/export", headers=await _bearer("read"))
     assert response.status_code == 200

@@ -10,13 +10,13 @@ import datetime as dt
 from app import audit
 from app.auth.sessions import COOKIE_NAME
 from app.db.tables import AppUser, AuditLog, UserSession
-from tests.conftest import PASSWORD, csrf, http_client, login, make_user
+from tests.conftest import FIRST_ADMIN_PASSWORD, PASSWORD, csrf, http_client, login, make_user
 
 NEW_PASSWORD = "a-much-better-secret"
 
 
-async def test_it_creates_the_default_admin_who_must_change_the_password_first(client):
-    response = await login(client, "admin", "Admin123")
+async def test_the_first_admin_must_change_the_one_time_password_first(client):
+    response = await login(client, "admin", FIRST_ADMIN_PASSWORD)
     assert response.status_code == 303
     assert response.headers["location"] == "/password"
     for path in ("/", "/domains", "/users", "/versions"):
@@ -26,11 +26,11 @@ async def test_it_creates_the_default_admin_who_must_change_the_password_first(c
 
 
 async def test_it_changes_the_password_and_then_lets_the_admin_in(client):
-    await login(client, "admin", "Admin123")
+    await login(client, "admin", FIRST_ADMIN_PASSWORD)
     response = await client.post(
         "/password",
         data={
-            "current_password": "Admin123",
+            "current_password": FIRST_ADMIN_PASSWORD,
             "new_password": NEW_PASSWORD,
             "new_password_again": NEW_PASSWORD,
         },
@@ -45,16 +45,20 @@ async def test_it_changes_the_password_and_then_lets_the_admin_in(client):
 
 
 async def test_it_enforces_the_password_rules(client):
-    await login(client, "admin", "Admin123")
+    await login(client, "admin", FIRST_ADMIN_PASSWORD)
     for new, message in (
         ("short", "at least 12"),
         ("admin", "at least 12"),
         ("ADMIN", "at least 12"),
-        ("Admin123", "at least 12"),
+        ("Short123", "at least 12"),
     ):
         response = await client.post(
             "/password",
-            data={"current_password": "Admin123", "new_password": new, "new_password_again": new},
+            data={
+                "current_password": FIRST_ADMIN_PASSWORD,
+                "new_password": new,
+                "new_password_again": new,
+            },
             headers=csrf(client),
         )
         assert response.status_code == 422
@@ -146,7 +150,9 @@ async def test_a_post_without_csrf_token_is_refused(client):
 
 async def test_the_login_form_needs_the_csrf_token_too(client):
     await client.get("/login")
-    response = await client.post("/login", data={"username": "admin", "password": "Admin123"})
+    response = await client.post(
+        "/login", data={"username": "admin", "password": FIRST_ADMIN_PASSWORD}
+    )
     assert response.status_code == 403
 
 

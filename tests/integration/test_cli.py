@@ -137,3 +137,36 @@ async def test_create_token_prints_it_once():
     assert result.stdout.strip().startswith("mrt_")
     row = await ApiToken.select().where(ApiToken.name == "peer-b").first()
     assert row["kind"] == "cluster"
+
+
+async def test_the_first_admin_gets_a_random_one_time_password_printed_once(settings):
+    from app.auth.passwords import verify_password
+    from app.web.app import create_app
+    from tests.conftest import http_client, login
+
+    await AppUser.raw("TRUNCATE app_users CASCADE")
+    # A fresh install: the web app's start creates no account, so nothing has a known password.
+    async with http_client(create_app(settings)):
+        assert await AppUser.count() == 0
+
+    first = run("create-first-admin")
+    assert first.returncode == 0, first.stderr
+    password = first.stdout.strip()
+    assert len(password) >= 20 and "\n" not in password
+    admin = await AppUser.objects().where(AppUser.username == "admin").first()
+    assert admin.role == "admin" and admin.must_change_password
+    assert verify_password(admin.password_hash, password)
+    for known in ("Admin123", "admin", "password", "changeme"):
+        assert not verify_password(admin.password_hash, known)
+
+    again = run("create-first-admin")
+    assert again.returncode == 0 and again.stdout == ""
+    assert "accounts exist already" in again.stderr
+    assert await AppUser.count() == 1
+    # Each install draws its own.
+    await AppUser.raw("TRUNCATE app_users CASCADE")
+    assert run("create-first-admin").stdout.strip() != password
+
+    async with http_client(create_app(settings)) as client:
+        response = await login(client, "admin", "Admin123")
+        assert response.status_code != 303

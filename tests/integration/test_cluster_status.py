@@ -142,6 +142,10 @@ async def test_the_figures_of_the_active_node(settings):
         "applied_at": applied_at.isoformat(),
         "latest": 2,
         "master_version": 1,
+        "master_applied": 1,
+        "ready": True,
+        "differ_seconds": None,
+        "drift": False,
     }
 
 

@@ -110,7 +110,7 @@ async def test_the_panel_shows_both_nodes_side_by_side(login_as, two_nodes):
         r'class="last-ok-sync">2\d s ago: <span class="ok">ok</span>,\s*0\.25 s, frozen 30 ms', a
     )
     assert re.search(r'<dd class="lag"><strong>(19|2\d)\.\d s</strong>', a)
-    assert '<dd class="config">2 (latest –)</dd>' in a
+    assert re.search(r'<dd class="config">Master version <strong>2</strong>, since 20\d\d-', a)
     b = _card(fragment, "b")
     assert "<strong>BACKUP</strong>" in b and "does not hold the VIP" in b
     assert '<dd class="queue">0 messages</dd>' in b
@@ -285,6 +285,9 @@ async def test_metrics_give_both_nodes_in_prometheus_text_format(client, two_nod
         ("mailrelay_sync_last_duration_seconds", "a"): 1.5,
         ("mailrelay_sync_last_freeze_seconds", "a"): 0.0,
         ("mailrelay_config_version", "a"): 2,
+        # a is the master and runs what it applied; b is another master with nothing applied.
+        ("mailrelay_config_ready", "a"): 1,
+        ("mailrelay_config_ready", "b"): 0,
     }
     for (name, node), value in expected.items():
         assert sample(samples, name, node=node) == value, (name, node)
@@ -301,6 +304,7 @@ async def test_metrics_give_both_nodes_in_prometheus_text_format(client, two_nod
         "mailrelay_replication_lag_seconds",
         "mailrelay_sync_last_duration_seconds",
         "mailrelay_config_version",
+        "mailrelay_config_differ_seconds",
     ):
         assert sample(samples, name, node="b") is None, name
 
@@ -309,7 +313,11 @@ async def test_metrics_with_the_peer_and_the_agent_down(client):
     headers = {"authorization": "Bearer " + await tokens.create("prometheus", "read", "test")}
     types, samples = parse((await client.get("/metrics", headers=headers)).text)
     assert len(types) == len(metrics.FAMILIES) + 1  # every family is described all the same
-    assert samples == {("mailrelay_peer_up", ()): 0.0}
+    # Known even so: nothing is applied here, so this node is not ready.
+    assert samples == {
+        ("mailrelay_peer_up", ()): 0.0,
+        ("mailrelay_config_ready", (("node", "a"),)): 0.0,
+    }
 
 
 async def test_metrics_want_a_token_not_a_session(client, login_as):

@@ -8,6 +8,9 @@ written straight into its database, as a buggy or compromised master could.
 
 The agent is a stub: a unix-socket server that answers `apply` with no problems (or with the
 problems a test sets). There is no Postfix here; the real agent is tested in test_postfix.py.
+The master's "Apply changes" (op `apply`) is its real pipeline.apply_version (render, audit,
+record what runs) with a stub agent of its own in the master's process, which answers with the
+problems the op names: the export serves only what that apply recorded.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app.agent.client import AgentClient
-from app.cluster import pull
+from app.cluster import configstate, pull
 from app.cluster.peer import PeerTls
 from app.config import snapshot as snap
 from app.crypto import SecretBox, ensure_secret_key
@@ -53,12 +56,31 @@ MASTER_DB = "mailrelay_pull_master"
 
 # Runs in the master's environment: the same service functions the master's GUI calls.
 MASTER_SCRIPT = """
-import asyncio, json, sys
+import asyncio, json, sys, tempfile
 from pathlib import Path
 
+from app.agent.client import AgentClient
 from app.auth import tokens
 from app.config import service
 from app.crypto import SecretBox
+from app.postfix import pipeline
+
+
+async def apply(box, actor, problems):
+    async def answer(reader, writer):
+        request = json.loads(await reader.readline())
+        result = {"version": request["args"]["version"], "problems": problems}
+        writer.write(json.dumps({"ok": True, "result": result}).encode() + b"\\n")
+        await writer.drain()
+        writer.close()
+
+    folder = tempfile.mkdtemp(prefix="mr-master-agent-")
+    server = await asyncio.start_unix_server(answer, f"{folder}/agent.sock")
+    async with server:
+        latest = await service.latest_version()
+        agent = AgentClient(Path(folder) / "agent.sock")
+        report = await pipeline.apply_version(latest["number"], box, agent, "a", actor)
+    return report.ok
 
 
 async def main():
@@ -76,6 +98,8 @@ async def main():
             out.append(await service.add_network(actor, *args))
         elif op == "delete_network":
             out.append(await service.delete_network(actor, *args))
+        elif op == "apply":
+            out.append(await apply(box, actor, *args))
         else:
             raise SystemExit(f"unknown op {op}")
     print(json.dumps(out))
@@ -299,13 +323,14 @@ async def token_last_used(master_db: asyncpg.Connection, name: str) -> Any:
 
 def master_config(master: Master) -> None:
     """Version 1-4 on the master: a domain, its route with SMTP AUTH, a second domain, a
-    trusted network."""
+    trusted network; version 4 applied there."""
     master_do(
         master,
         ["domain", "example.com"],
         ["route", "example.com", "smtp.example.net", 587, "encrypt", "relayuser", SECRET],
         ["domain", "example.org"],
         ["network", "192.0.2.0/24"],
+        ["apply", []],
     )
 
 
@@ -498,7 +523,12 @@ async def test_the_same_version_again_is_nothing_to_do_and_a_newer_one_is_pulled
     assert "master version 4 is applied already" in again.detail
     assert len(await local_versions()) == 1 and agent.applied == [1]
 
-    master_do(master, ["delete_network", "192.0.2.0/24"], ["network", "198.51.100.0/24"])
+    master_do(
+        master,
+        ["delete_network", "192.0.2.0/24"],
+        ["network", "198.51.100.0/24"],
+        ["apply", []],
+    )
     newer = await run(node, agent, box, pinned(master.pin))
     assert newer.outcome == "applied", newer.detail
     assert (newer.master_version, newer.local_version) == (6, 2)
@@ -524,20 +554,22 @@ async def test_a_pull_waits_at_the_master_for_a_newer_version(
 
     node = slave(settings, master.url, token, wait=15)
     waiting = asyncio.create_task(run(node, agent, box, pinned(master.pin)))
+    await asyncio.to_thread(master_do, master, ["domain", "draft.example"])  # not applied
     await asyncio.sleep(1.0)
-    assert not waiting.done(), "the master answered although nothing new existed"
+    assert not waiting.done(), "the master answered although it applied nothing new"
+    assert agent.applied == [1]
     # Each version made during the run is applied when it is made, not when the run ends; the
     # run goes on waiting at the master after an apply.
     for domain, applied in (("example.net", [1, 2]), ("example.info", [1, 2, 3])):
         changed = time.monotonic()
-        await asyncio.to_thread(master_do, master, ["domain", domain])
+        await asyncio.to_thread(master_do, master, ["domain", domain], ["apply", []])
         while agent.applied != applied:
             assert time.monotonic() - changed < 10, f"{domain} was not applied during the wait"
             assert not waiting.done(), (await waiting).detail
             await asyncio.sleep(0.1)
     result = await asyncio.wait_for(waiting, 60)
-    assert result.outcome == "applied" and result.master_version == 6, result.detail
-    assert result.detail.startswith("2 versions, the last: master version 6 applied")
+    assert result.outcome == "applied" and result.master_version == 7, result.detail
+    assert result.detail.startswith("2 versions, the last: master version 7 applied")
 
 
 async def test_the_export_refuses_an_unbounded_wait(master, master_db):
@@ -644,7 +676,8 @@ async def test_an_invalid_version_is_refused_and_the_last_good_one_stays(
     assert (await run(node, agent, box, pinned(master.pin))).outcome == "applied"
     good = await snap.current()
 
-    # A version the master's service would never write: a relay host with a line break.
+    # A version the master's service would never write: a relay host with a line break, and
+    # marked as what the master runs.
     latest = await master_latest(master_db)
     bad = latest["snapshot"]
     bad["sender_domains"][1]["route"] = {
@@ -660,6 +693,9 @@ async def test_an_invalid_version_is_refused_and_the_last_good_one_stays(
         latest["number"] + 1,
         json.dumps(bad),
         snap.checksum(bad),
+    )
+    await master_db.execute(
+        "UPDATE applied_versions SET number = $1 WHERE node_id = 'a'", latest["number"] + 1
     )
 
     for _ in range(2):
@@ -696,6 +732,92 @@ async def test_a_failed_apply_keeps_the_last_good_config(settings, master, maste
     agent.problems = []
     result = await run(node, agent, box, pinned(master.pin))
     assert result.outcome == "applied", result.detail
+
+
+async def test_a_draft_on_the_master_never_reaches_the_slave(
+    settings, master, master_db, agent, box
+):
+    master_config(master)  # version 4, applied there
+    [token] = master_do(master, ["token", "slave-b", "cluster"])
+    node = slave(settings, master.url, token)
+    assert (await run(node, agent, box, pinned(master.pin))).outcome == "applied"
+
+    master_do(master, ["domain", "unapplied.example"])  # version 5: saved, not applied
+    result = await run(node, agent, box, pinned(master.pin))
+    assert result.outcome == "unchanged" and "master version 4" in result.detail
+    assert "unapplied.example" not in [d["name"] for d in (await snap.current())["sender_domains"]]
+    assert agent.applied == [1]
+
+    master_do(master, ["apply", []])  # Apply changes on the master: now it is released
+    result = await run(node, agent, box, pinned(master.pin))
+    assert (result.outcome, result.master_version) == ("applied", 5), result.detail
+    assert "unapplied.example" in [d["name"] for d in (await snap.current())["sender_domains"]]
+
+
+async def test_a_version_whose_apply_failed_on_the_master_does_not_reach_the_slave(
+    settings, master, master_db, agent, box
+):
+    master_config(master)
+    [token] = master_do(master, ["token", "slave-b", "cluster"])
+    node = slave(settings, master.url, token)
+    assert (await run(node, agent, box, pinned(master.pin))).outcome == "applied"
+
+    [ok] = master_do(
+        master, ["network", "198.51.100.0/24"], ["apply", ["postfix check: broken map"]]
+    )[-1:]
+    assert ok is False
+    result = await run(node, agent, box, pinned(master.pin))
+    assert result.outcome == "unchanged", result.detail
+    assert (await snap.current())["trusted_networks"] == [{"cidr": "192.0.2.0/24", "comment": ""}]
+    assert agent.applied == [1]
+
+
+async def test_the_slave_records_what_the_master_runs_and_is_then_ready(
+    settings, master, master_db, agent, box
+):
+    master_config(master)
+    [token] = master_do(master, ["token", "slave-b", "cluster"])
+    node = slave(settings, master.url, token)
+    assert not (await configstate.current(node)).ready
+    assert (await run(node, agent, box, pinned(master.pin))).outcome == "applied"
+
+    heard = await AppliedVersion.select().where(AppliedVersion.node_id == "a").first()
+    assert heard["number"] == 4 and heard["reported_at"] is not None
+    state = await configstate.current(node)
+    assert state.ready and state.master_applied == 4 and state.differ_seconds is None
+
+    master_do(master, ["network", "198.51.100.0/24"], ["apply", []])  # master now runs 5
+    agent.problems = ["postfix check: something is wrong"]
+    assert (await run(node, agent, box, pinned(master.pin))).outcome == "failed"
+    state = await configstate.current(node)
+    assert not state.ready and state.master_applied == 5
+    assert state.why_not_ready == "this node runs master version 4, the master runs 5"
+
+
+async def test_an_apply_the_agent_did_not_answer_is_tried_again_in_the_same_run(
+    settings, master, master_db, box, caplog
+):
+    """An install restarts the agent: the socket is gone for a moment. The run tries again at
+    once instead of leaving the slave on its old version until the timer's next run."""
+    master_config(master)
+    [token] = master_do(master, ["token", "slave-b", "cluster"])
+    caplog.set_level("INFO", logger="mailrelay.config_pull")
+    stub = AgentStub()  # its socket appears only after the run's first try
+
+    async def agent_comes_back() -> asyncio.Server:
+        await asyncio.sleep(0.3)
+        return await asyncio.start_unix_server(stub.handle, path=str(stub.path))
+
+    back = asyncio.create_task(agent_comes_back())
+    try:
+        result = await run(slave(settings, master.url, token), stub, box, pinned(master.pin))
+    finally:
+        (await back).close()
+        shutil.rmtree(stub.folder, ignore_errors=True)
+    assert result.outcome == "applied", result.detail
+    assert stub.applied == [1]
+    tries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert tries and "not reachable" in tries[0]
 
 
 async def test_an_unreachable_master_is_a_clean_failure(settings, agent, box, caplog):

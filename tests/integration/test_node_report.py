@@ -18,7 +18,7 @@ import pytest
 
 from app.auth import tokens
 from app.cluster import pull
-from app.config import service
+from app.config import applied, service
 from app.db.tables import AppliedVersion, ConfigVersion
 from app.web.app import create_app
 from tests.conftest import PASSWORD, _hash, csrf, http_client, login, make_user
@@ -202,27 +202,30 @@ async def test_the_masters_dashboard_shows_both_nodes(client, login_as, app):
 
     page = (await (await login_as("readonly")).get("/")).text
     assert 'id="cluster"' in page
-    assert '<strong id="cluster-latest">3</strong>' in page
+    assert '<strong id="cluster-latest"><a href="/versions/3">3</a></strong>' in page
+    assert 'id="config-draft"' not in page
     own = _row(page, "a")
-    assert "(this node)" in own and "<td>3</td>" in own and "up to date" in own
+    assert "(this node)" in own and '"master-number">3<' in own and "node-ok" in own
     peer = _row(page, "b")
-    assert "<td>2</td>" in peer and NOW.strftime("%Y-%m-%d %H:%M:%S") in peer
-    assert "behind the latest version" in peer and "not reporting" not in peer
+    assert '"master-number">2<' in peer and NOW.strftime("%Y-%m-%d %H:%M:%S") in peer
+    assert "runs another version than the master (3)" in peer and "not heard from" not in peer
     silent = _row(page, "c")
-    assert "not reporting" in silent and "behind" not in silent and "Last report" in silent
+    assert "not heard from" in silent and "another version" not in silent
+    assert "last heard" in silent
     # This node first.
     assert page.index('id="node-a"') < page.index('id="node-b"') < page.index('id="node-c"')
 
     body = report(master_number=3)
     assert (await client.post("/api/nodes/applied", json=body, headers=headers)).status_code == 204
     peer = _row((await (await login_as("operator")).get("/")).text, "b")
-    assert "up to date" in peer and "behind" not in peer
+    assert "node-ok" in peer and "another version" not in peer
 
 
 async def test_a_restarted_master_still_knows_when_a_slave_reported(client, settings):
     """The report time is stored, not kept by the process: a master restarted just after a
     report does not call the slave "not reporting" until the slave's next report."""
     await _versions(1)
+    await AppliedVersion.insert(AppliedVersion(node_id="a", number=1, applied_at=NOW))
     body = report(master_number=1, applied_at=NOW.isoformat())
     assert (
         await client.post("/api/nodes/applied", json=body, headers=await _bearer("cluster"))
@@ -231,7 +234,7 @@ async def test_a_restarted_master_still_knows_when_a_slave_reported(client, sett
     async with http_client(create_app(settings)) as restarted:
         await login(restarted, "viewer", PASSWORD)
         row = _row((await restarted.get("/")).text, "b")
-    assert "up to date" in row and "not reporting" not in row
+    assert "node-ok" in row and "not heard from" not in row
 
 
 async def test_a_node_that_never_reported_to_this_master_is_not_reporting(login_as, app):
@@ -239,17 +242,18 @@ async def test_a_node_that_never_reported_to_this_master_is_not_reporting(login_
     await AppliedVersion.insert(AppliedVersion(node_id="d", number=1, applied_at=NOW))
     page = (await (await login_as("readonly")).get("/")).text
     row = _row(page, "d")
-    assert "not reporting" in row and "Last report" not in row
+    assert "not heard from" in row and "last heard" not in row
 
 
 async def test_the_cluster_section_in_german(client, login_as):
     await _versions(2)
+    await AppliedVersion.insert(AppliedVersion(node_id="a", number=2, applied_at=NOW))
     body = report(master_number=1, applied_at=NOW.isoformat())
     headers = await _bearer("cluster")
     assert (await client.post("/api/nodes/applied", json=body, headers=headers)).status_code == 204
     user = await login_as("readonly")
     page = (await user.get("/", headers={"accept-language": "de"})).text
-    assert "<h2>Cluster</h2>" in page and "hinter der neuesten Version" in page
+    assert "<h2>Cluster</h2>" in page and "eine andere Version als der Master (2)" in page
 
 
 async def test_the_dashboard_without_any_applied_version(login_as):
@@ -261,7 +265,10 @@ async def test_the_dashboard_without_any_applied_version(login_as):
 
 
 async def master_rows(master_db: asyncpg.Connection) -> dict[str, int]:
-    rows = await master_db.fetch("SELECT node_id, number FROM applied_versions")
+    """What slaves reported to the master (not its own row: what its own Postfix runs)."""
+    rows = await master_db.fetch(
+        "SELECT node_id, number FROM applied_versions WHERE node_id <> 'a'"
+    )
     return {row["node_id"]: row["number"] for row in rows}
 
 
@@ -293,7 +300,12 @@ async def test_after_a_pull_the_master_knows_the_slaves_version(
     assert await master_rows(master_db) == {"b": 4}
 
     # A newer master version: applied here as local version 2, reported as master version 6.
-    master_do(master, ["delete_network", "192.0.2.0/24"], ["network", "198.51.100.0/24"])
+    master_do(
+        master,
+        ["delete_network", "192.0.2.0/24"],
+        ["network", "198.51.100.0/24"],
+        ["apply", []],
+    )
     newer = await run(node, agent, box, pinned(master.pin))
     assert (newer.outcome, newer.master_version, newer.local_version) == ("applied", 6, 2)
     assert await master_rows(master_db) == {"b": 6}
@@ -307,7 +319,7 @@ async def test_a_refused_version_is_reported_as_the_one_still_running(
     node = slave(settings, master.url, token)
     assert (await run(node, agent, box, pinned(master.pin))).outcome == "applied"
     agent.problems = ["postfix check: something is wrong"]
-    master_do(master, ["network", "198.51.100.0/24"])  # master version 5
+    master_do(master, ["network", "198.51.100.0/24"], ["apply", []])  # master version 5
     result = await run(node, agent, box, pinned(master.pin))
     assert result.outcome == "failed"
     # Still on 4: the master's dashboard shows this node behind, not silent.
@@ -368,24 +380,21 @@ async def _log_in(client: httpx.AsyncClient, master_db: asyncpg.Connection) -> N
 async def test_the_masters_dashboard_shows_the_version_on_both_nodes(
     settings, master, master_db, pki, agent, box
 ):
-    master_config(master)
+    master_config(master)  # version 4, applied on the master
     [token] = master_do(master, ["token", "slave-b", "cluster"])
-    # The master's own Postfix runs its version 4 (its agent is not part of this test).
-    await master_db.execute(
-        "INSERT INTO applied_versions (node_id, number, applied_at) VALUES ('a', 4, now())"
-    )
     node = slave(settings, master.url, token)
     assert (await run(node, agent, box, pinned(master.pin))).outcome == "applied"
-    master_do(master, ["network", "198.51.100.0/24"])  # master version 5: both nodes behind
+    master_do(master, ["network", "198.51.100.0/24"])  # master version 5: a draft
 
     async with _master_client(master, pki) as client:
         await _log_in(client, master_db)
         page = (await client.get("/")).text
-    assert '<strong id="cluster-latest">5</strong>' in page
+    assert '<strong id="cluster-latest"><a href="/versions/5">5</a></strong>' in page
+    assert 'id="config-draft"' in page and "Version 5 is saved but not applied" in page
     own, peer = _row(page, "a"), _row(page, "b")
-    assert "(this node)" in own and "<td>4</td>" in own and "behind the latest version" in own
-    assert "<td>4</td>" in peer and "behind the latest version" in peer
-    assert "not reporting" not in peer
+    assert "(this node)" in own and '"master-number">4<' in own and "node-ok" in own
+    assert '"master-number">4<' in peer and "node-ok" in peer
+    assert "not heard from" not in peer and 'id="config-drift"' not in page
 
 
 async def test_a_slaves_dashboard_shows_the_master_version_it_runs(settings):
@@ -406,6 +415,53 @@ async def test_a_slaves_dashboard_shows_the_master_version_it_runs(settings):
         assert (await login(client, "viewer")).status_code == 303
         page = (await client.get("/")).text
     row = _row(page, "b")
-    assert "(this node)" in row and "<td>1 <span" in row and "(Master version 9)" in row
-    # No marks on a slave: it knows neither the other node nor the master's latest version.
-    assert "behind" not in row and "not reporting" not in row and "up to date" not in row
+    assert "(this node)" in row and 'Master version <strong class="master-number">9<' in row
+    assert "(local version 1)" in row
+    # It has not heard from the master yet: it cannot tell whether 9 is what the master runs.
+    assert "node-ok" not in row and "another version" not in row
+    assert 'id="config-not-ready"' in page
+    assert "the master has not told this node what it runs yet" in page
+
+    # The master's export said it runs 9 (as a pull records it): ready, and both rows agree.
+    await applied.record_heard("a", 9, NOW)
+    async with http_client(on_slave) as client:
+        assert (await login(client, "viewer")).status_code == 303
+        page = (await client.get("/")).text
+    assert 'id="config-not-ready"' not in page
+    assert "node-ok" in _row(page, "b") and "node-ok" in _row(page, "a")
+    assert "last heard" in _row(page, "a")
+
+
+async def test_a_slave_behind_the_master_for_longer_than_the_setting_is_an_alert(settings):
+    """The slave runs master version 8 while the master has applied 9 since two minutes ago
+    (say, the slave's applies keep failing): past CONFIG_DRIFT_ALERT_SECONDS the dashboard says
+    so, and so does /metrics."""
+    await ConfigVersion.insert(
+        ConfigVersion(
+            number=1,
+            snapshot={"sender_domains": [], "trusted_networks": []},
+            checksum="0" * 64,
+            author="config-pull",
+            comment="pulled master version 8",
+            created_at=NOW,
+        )
+    )
+    two_minutes_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)
+    await AppliedVersion.insert(
+        AppliedVersion(node_id="b", number=1, applied_at=two_minutes_ago - dt.timedelta(hours=1))
+    )
+    await applied.record_heard("a", 9, two_minutes_ago)
+    await make_user("viewer", "readonly")
+    slow = dataclasses.replace(settings, cluster_mode="slave", node_id="b")
+    async with http_client(create_app(slow)) as client:
+        assert (await login(client, "viewer")).status_code == 303
+        page = (await client.get("/")).text
+    assert 'id="config-drift"' in page and 'id="config-not-ready"' in page
+    assert "this node runs master version 8, the master runs 9" in page
+    assert "runs another version than the master (9)" in _row(page, "b")
+
+    patient = dataclasses.replace(slow, config_drift_alert_seconds=600)
+    async with http_client(create_app(patient)) as client:
+        assert (await login(client, "viewer")).status_code == 303
+        page = (await client.get("/")).text
+    assert 'id="config-drift"' not in page and 'id="config-not-ready"' in page

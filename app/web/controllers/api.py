@@ -15,8 +15,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
 from app.auth.tokens import TokenPrincipal
 from app.cluster import locks
-from app.config import export, service
-from app.db.tables import AppliedVersion
+from app.config import applied, export
 
 Req = Request[TokenPrincipal, Any, Any]
 
@@ -29,18 +28,21 @@ MAX_EXPORT_WAIT_SECONDS = 60.0
 async def config_export(
     request: Req, newer_than: FromQuery[int | None] = None, wait: FromQuery[float] = 0.0
 ) -> dict[str, Any]:
-    """The latest config version. Secrets are sealed for the peer with a cluster token, else
-    omitted. With `newer_than` and `wait` (seconds) the answer waits until a version newer
-    than `newer_than` exists or `wait` runs out (a long poll: the slave's pull gets a change
-    the moment it is made), then returns the latest version either way."""
+    """The config version this node's Postfix runs (the last one applied successfully here:
+    never a draft), with when it was applied. Secrets are sealed for the peer with a cluster
+    token, else omitted. With `newer_than` and `wait` (seconds) the answer waits until this
+    node runs a version newer than `newer_than` or `wait` runs out (a long poll: the slave's
+    pull gets an Apply the moment it succeeded), then returns the applied version either way."""
+    node_id = request.app.state.settings.node_id
     if newer_than is not None and wait > 0:
         if newer_than < 0 or not wait <= MAX_EXPORT_WAIT_SECONDS:
             raise ClientException(
                 f"newer_than must be >= 0 and wait at most {MAX_EXPORT_WAIT_SECONDS:g} seconds"
             )
-        await service.wait_for_version_after(newer_than, wait)
+        await applied.wait_for_newer(node_id, newer_than, wait)
+    version, applied_at = await applied.version_run_by(node_id)
     return export.build(
-        await service.latest_version(), request.app.state.box, request.user.kind == "cluster"
+        node_id, version, applied_at, request.app.state.box, request.user.kind == "cluster"
     )
 
 
@@ -63,12 +65,7 @@ def _count(value: Any, what: str) -> int:
 
 def _node_report(data: NodeApplied, own_node_id: str) -> tuple[str, int, dt.datetime]:
     node_id = data.node_id
-    # Like NODE_ID in the settings: 1-32 letters or digits (ASCII: it is a table key and shown).
-    if (
-        not isinstance(node_id, str)
-        or not 1 <= len(node_id) <= 32
-        or not (node_id.isascii() and node_id.isalnum())
-    ):
+    if not applied.is_node_id(node_id):
         raise ClientException("node_id must be 1-32 letters or digits")
     if node_id == own_node_id:
         raise ClientException(f"node_id {node_id!r} is this node (the master) itself")
@@ -80,8 +77,7 @@ def _node_report(data: NodeApplied, own_node_id: str) -> tuple[str, int, dt.date
         raise ClientException("applied_at must be an ISO 8601 date and time") from None
     if applied_at.tzinfo is None:
         raise ClientException("applied_at must carry a time zone")
-    # A slave's clock ahead of ours must not make its apply look like it is yet to come.
-    return node_id, master_number, min(applied_at, dt.datetime.now(dt.UTC))
+    return node_id, master_number, applied_at
 
 
 @post("/api/nodes/applied", opt={"api": "cluster"}, status_code=HTTP_204_NO_CONTENT)
@@ -95,15 +91,7 @@ async def node_applied(request: Req, data: JSONBody[NodeApplied]) -> None:
             "this node is not the master; report to the master", status_code=HTTP_409_CONFLICT
         )
     node_id, master_number, applied_at = _node_report(data, settings.node_id)
-    await AppliedVersion.raw(
-        "INSERT INTO applied_versions (node_id, number, applied_at, reported_at) "
-        "VALUES ({}, {}, {}, now()) "
-        "ON CONFLICT (node_id) DO UPDATE SET number = EXCLUDED.number, "
-        "applied_at = EXCLUDED.applied_at, reported_at = EXCLUDED.reported_at",
-        node_id,
-        master_number,
-        applied_at,
-    )
+    await applied.record_heard(node_id, master_number, applied_at)
 
 
 @dataclass

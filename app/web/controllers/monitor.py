@@ -12,75 +12,31 @@ from litestar.response import Template
 from app import reports
 from app.agent.client import AgentRefused, AgentUnavailable
 from app.auth.sessions import SessionUser
-from app.cluster import pull, reconcile
+from app.cluster import configstate, reconcile
 from app.config import service
-from app.postfix import pipeline
 from app.web.views import is_htmx, page
 
 Req = Request[SessionUser, Any, Any]
 AUDIT_PAGE = 50
-# A slave reports after every pull (every 10 s): a minute without one is a node not reporting.
-REPORT_MAX_AGE = dt.timedelta(seconds=60)
-
-
-async def _cluster(
-    settings: Any, applied: dict[str, dict], latest: dict | None
-) -> list[dict[str, Any]]:
-    """One row per node in applied_versions, this node first. On the master every number is a
-    master version (slaves report theirs), so a node behind the latest version and a slave whose
-    last report is over a minute old are marked. On a slave, its own row is its local version
-    and the master version that came from."""
-    now = dt.datetime.now(dt.UTC)
-    latest_number = latest["number"] if latest else 0
-    master = settings.cluster_mode == "master"
-    rows = []
-    for node_id in sorted(applied, key=lambda n: (n != settings.node_id, n)):
-        row = applied[node_id]
-        own = node_id == settings.node_id
-        entry: dict[str, Any] = {
-            "node_id": node_id,
-            "number": row["number"],
-            "applied_at": row["applied_at"],
-            "own": own,
-            "master_number": None,
-            "behind": master and row["number"] < latest_number,
-            "ahead": master and row["number"] > latest_number,
-            "reported_at": None,
-            "not_reporting": False,
-        }
-        if master and not own:
-            entry["reported_at"] = row["reported_at"]
-            entry["not_reporting"] = (
-                entry["reported_at"] is None or now - entry["reported_at"] > REPORT_MAX_AGE
-            )
-        if not master and own:
-            state = await pull.applied_state(node_id)
-            entry["master_number"] = state["master_number"] if state else None
-        rows.append(entry)
-    return rows
 
 
 @get("/")
 async def dashboard(request: Req) -> Template:
     settings = request.app.state.settings
-    applied = await pipeline.applied_versions()
     try:
         postfix = await request.app.state.agent.call("status")
         postfix_error = None
     except (AgentUnavailable, AgentRefused) as exc:
         postfix, postfix_error = None, str(exc)
     traffic = await reports.hourly_traffic()
-    latest = await service.latest_version()
     return page(
         request,
         "dashboard/page.html",
         held_for_reconcile=len(reconcile.pending(settings)),
         tiles=await reports.kpi_tiles(settings.retention_days),
         rejects=await reports.recent_rejects(),
-        latest=latest,
-        applied=applied,
-        cluster=await _cluster(settings, applied, latest),
-        this_node=applied.get(settings.node_id),
+        latest=await service.newest_listed(),
+        config=await configstate.current(settings),
         postfix=postfix,
         postfix_error=postfix_error,
         bars=reports.chart_bars(traffic),

@@ -11,9 +11,9 @@ from litestar.response import Template
 
 from app import audit
 from app.auth.sessions import SessionUser
-from app.config import service
+from app.config import applied, service
 from app.crypto import SecretKeyError
-from app.db.tables import AppliedVersion, RelayRoute, SenderDomain
+from app.db.tables import RelayRoute, SenderDomain
 from app.postfix import render, routecheck, routetest
 from app.web.auth import source_ip
 from app.web.views import form_answer, is_htmx, page
@@ -35,9 +35,8 @@ async def _routes() -> list[dict[str, Any]]:
 
 async def _versions(node_id: str) -> tuple[int | None, int | None]:
     """(the version applied on this node, the latest version)."""
-    applied = await AppliedVersion.select().where(AppliedVersion.node_id == node_id).first()
-    latest = await service.latest_version()
-    return (applied["number"] if applied else None, latest["number"] if latest else None)
+    latest = await service.newest_listed()
+    return (await applied.number_of(node_id) or None, latest["number"] if latest else None)
 
 
 async def _applied_files(number: int | None) -> dict[str, bytes] | None:

@@ -9,6 +9,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 
 from app.auth.sessions import SessionUser
+from app.cluster import configstate
 from app.config import service
 from app.config import snapshot as snap
 from app.postfix import pipeline
@@ -23,15 +24,14 @@ PAGE_SIZE = 50
 async def versions_page(request: Req, page_no: FromQuery[int] = 1) -> Template:
     offset = (max(page_no, 1) - 1) * PAGE_SIZE
     versions = await service.list_versions(PAGE_SIZE + 1, offset)
-    applied = await pipeline.applied_versions()
     return page(
         request,
         "versions/page.html",
         versions=versions[:PAGE_SIZE],
         page_no=max(page_no, 1),
         has_more=len(versions) > PAGE_SIZE,
-        applied=applied,
-        this_node=applied.get(request.app.state.settings.node_id),
+        latest=await service.newest_listed(),
+        config=await configstate.current(request.app.state.settings),
     )
 
 
