@@ -8,6 +8,9 @@ from typing import Any
 
 from app.db.tables import AuditLog
 
+TARGET_LENGTH = 1000  # a target is Text; a longer one is cut too, to keep the trail readable
+CUT = "…"  # marks a value that was cut to fit
+
 
 async def record(
     actor: str,
@@ -21,15 +24,22 @@ async def record(
     await AuditLog.insert(
         AuditLog(
             at=dt.datetime.now(dt.UTC),
-            actor=actor,
-            action=action,
-            target=target,
-            source_ip=source_ip,
-            outcome=outcome,
+            actor=_fit(actor, AuditLog.actor.length),
+            action=_fit(action, AuditLog.action.length),
+            target=_fit(target, TARGET_LENGTH),
+            source_ip=_fit(source_ip, AuditLog.source_ip.length),
+            outcome=_fit(outcome, AuditLog.outcome.length),
             before=_json(before),
             after=_json(after),
         )
     )
+
+
+def _fit(text: str, length: int | None) -> str:
+    # Whatever a caller typed must never make the row fail: a row that is not written is a
+    # refusal or an attack that leaves no trace (and a 500 for the caller).
+    text = text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+    return text if length is None or len(text) <= length else text[: length - len(CUT)] + CUT
 
 
 def _json(value: Any) -> str | None:

@@ -43,6 +43,7 @@ class Settings:
     https_host: str
     https_port: int
     session_idle_minutes: int
+    session_max_hours: int
     htmx_source: Literal["cdn", "local"]
     hostname: str
     agent_socket: Path
@@ -171,6 +172,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     node_id = r.text("NODE_ID", "a")
     if not node_id.isalnum() or len(node_id) > 32:
         raise SettingsError(f"NODE_ID must be 1-32 letters or digits, got {node_id!r}")
+    session_idle_minutes = r.integer("SESSION_IDLE_MINUTES", 30, 1, 24 * 60)
+    session_max_hours = r.integer("SESSION_MAX_HOURS", 12, 1, 24 * 30)
+    if session_max_hours * 60 < session_idle_minutes:
+        raise SettingsError(
+            f"SESSION_MAX_HOURS ({session_max_hours} h) must not be shorter than "
+            f"SESSION_IDLE_MINUTES ({session_idle_minutes} min)"
+        )
     return Settings(
         node_id=node_id,
         node_ip=r.ip("NODE_IP", "127.0.0.1") or "127.0.0.1",
@@ -189,7 +197,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         state_dir=state_dir,
         https_host=r.text("HTTPS_HOST", "127.0.0.1"),
         https_port=r.integer("HTTPS_PORT", 8443, 1, 65535),
-        session_idle_minutes=r.integer("SESSION_IDLE_MINUTES", 30, 1, 24 * 60),
+        session_idle_minutes=session_idle_minutes,
+        session_max_hours=session_max_hours,
         htmx_source=r.choice("HTMX_SOURCE", "cdn", ("cdn", "local")),  # type: ignore[arg-type]
         hostname=r.text("NODE_HOSTNAME", socket.gethostname()),
         agent_socket=r.path("AGENT_SOCKET", "/run/mailrelay/agent.sock") or Path(),

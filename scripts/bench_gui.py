@@ -396,9 +396,11 @@ def serving(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, ssl.SSLCo
 
 
 async def _form(client: httpx.AsyncClient, path: str, data: dict[str, str]) -> httpx.Response:
-    if "csrftoken" not in client.cookies:
+    if "__Host-csrftoken" not in client.cookies:
         await client.get("/login")
-    return await client.post(path, data=data, headers={"x-csrftoken": client.cookies["csrftoken"]})
+    return await client.post(
+        path, data=data, headers={"x-csrftoken": client.cookies["__Host-csrftoken"]}
+    )
 
 
 async def first_login(url: str, context: ssl.SSLContext) -> None:

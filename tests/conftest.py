@@ -56,7 +56,7 @@ def pg_cluster() -> PostgresCluster:
 
 
 TABLES = (
-    "user_sessions, address_throttle, relay_routes, sender_domains, trusted_networks, "
+    "user_sessions, login_throttle, relay_routes, sender_domains, trusted_networks, "
     "config_versions, applied_versions, audit_log, mail_logs, rejection_logs, cluster_locks, "
     "api_tokens, app_users, log_cursors, log_messages, vrrp_events, sync_runs, queue_imports, "
     "second_factors, recovery_codes, second_factor_policy, session_second_factor, "
@@ -110,13 +110,13 @@ async def app(settings: Any) -> AsyncIterator[Any]:
     await DB.close_connection_pool()
 
 
-def http_client(app: Any) -> Any:
-    """An HTTP client that talks ASGI to the app in-process; https scope, so Secure cookies
-    flow as they would in a browser."""
+def http_client(app: Any, address: str = "198.18.0.30") -> Any:
+    """An HTTP client that talks ASGI to the app in-process from `address`; https scope, so
+    Secure cookies flow as they would in a browser."""
     import httpx
 
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=("198.18.0.30", 50000)), base_url=BASE_URL
+        transport=httpx.ASGITransport(app=app, client=(address, 50000)), base_url=BASE_URL
     )
 
 
@@ -151,7 +151,9 @@ async def make_user(username: str, role: str, password: str = PASSWORD) -> None:
 
 def csrf(client: Any) -> dict[str, str]:
     """The header HTMX sends: the CSRF token from the cookie the server set."""
-    token = client.cookies.get("csrftoken")
+    from app.web.app import CSRF_COOKIE
+
+    token = client.cookies.get(CSRF_COOKIE)
     if token is None:
         raise AssertionError("no CSRF cookie yet: GET a page first")
     return {"x-csrftoken": token}

@@ -1,6 +1,7 @@
 """Server-side sessions: the cookie carries a random token, PostgreSQL keeps its hash.
 
-Deleting rows ends sessions at once (logout, password change, user removal).
+Deleting rows ends sessions at once (logout, password change, user removal). A session also ends
+after an idle time and, however busy, after an absolute lifetime.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from app.auth.roles import Role
 from app.db.tables import AppUser, UserSession
 
-COOKIE_NAME = "mailrelay_session"
+# __Host-: the browser keeps it only if Secure, Path=/ and without Domain, so no other host
+# (a sibling subdomain) can set or overwrite it.
+COOKIE_NAME = "__Host-mailrelay_session"
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,13 @@ async def create_session(user_id: int, source_ip: str) -> str:
     return token
 
 
-async def load_session(token: str, idle_minutes: int) -> SessionUser | None:
-    """The session's user, or None when the token is unknown or idle too long (then deleted)."""
+async def load_session(token: str, idle_minutes: int, max_hours: int) -> SessionUser | None:
+    """The session's user, or None when the token is unknown, idle too long or older than
+    `max_hours` (then deleted)."""
     row = (
         await UserSession.select(
             UserSession.id,
+            UserSession.created_at,
             UserSession.last_seen_at,
             UserSession.user.id,
             UserSession.user.username,
@@ -65,7 +70,9 @@ async def load_session(token: str, idle_minutes: int) -> SessionUser | None:
     if row is None:
         return None
     now = dt.datetime.now(dt.UTC)
-    if now - row["last_seen_at"] > dt.timedelta(minutes=idle_minutes):
+    if now - row["last_seen_at"] > dt.timedelta(minutes=idle_minutes) or now - row[
+        "created_at"
+    ] > dt.timedelta(hours=max_hours):
         await UserSession.delete().where(UserSession.id == row["id"])
         return None
     # Touch at most once a minute: every request writing a row would be needless churn.

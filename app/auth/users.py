@@ -6,12 +6,17 @@ import asyncio
 import datetime as dt
 import re
 import secrets
+import time
 from dataclasses import dataclass
-from enum import Enum
 
 from app import audit
 from app.auth import sessions, throttle
-from app.auth.passwords import check_new_password, hash_password, verify_password
+from app.auth.passwords import (
+    check_new_password,
+    hash_password,
+    verify_password,
+    verify_password_bounded,
+)
 from app.auth.roles import Role
 from app.db.tables import AppUser
 
@@ -23,16 +28,10 @@ class UserError(ValueError):
     pass
 
 
-class LoginOutcome(Enum):
-    ok = "ok"
-    bad_credentials = "bad_credentials"
-    account_locked = "account_locked"
-    address_locked = "address_locked"
-
-
 @dataclass(frozen=True)
 class LoginResult:
-    outcome: LoginOutcome
+    """A session token, or None: every failure looks the same to the caller."""
+
     token: str | None = None
     must_change_password: bool = False
 
@@ -59,27 +58,40 @@ async def create_first_admin() -> str | None:
 
 
 async def authenticate(username: str, password: str, source_ip: str) -> LoginResult:
-    username = username.strip().lower()
-    failures, address_lock = await throttle.address_state(source_ip)
-    if throttle.is_locked(address_lock):
-        await audit.record(
-            username or "-", "login", "", source_ip, "denied", after="address locked"
-        )
-        return LoginResult(LoginOutcome.address_locked)
-    user = await AppUser.objects().where(AppUser.username == username).first()
-    if user is not None and throttle.is_locked(user.locked_until):
-        await audit.record(username, "login", "", source_ip, "denied", after="account locked")
-        return LoginResult(LoginOutcome.account_locked)
-    # Slow down guessing: the answer to a repeated failure comes late.
-    await asyncio.sleep(throttle.delay_for(max(failures, user.failed_logins if user else 0)))
-    if user is None or not verify_password(user.password_hash, password):
-        await throttle.record_failure(source_ip, user.id if user else None)
-        await audit.record(username or "-", "login", "", source_ip, "failed")
-        return LoginResult(LoginOutcome.bad_credentials)
-    await throttle.record_success(source_ip, user.id)
+    """Log in, or fail with one answer at one time whatever went wrong (the audit says what).
+
+    The attempt is counted against the username and the source network before the password is
+    checked; while either score is full, the password is not checked at all.
+    """
+    started = time.monotonic()
+    # Bounded and without NUL (PostgreSQL text cannot hold it): the name is also the score's key.
+    name = username.strip().lower().replace("\x00", "\ufffd")[:100]
+    if not await throttle.count_attempt(name, source_ip):
+        reason = "throttled"
+    else:
+        user = None
+        if USERNAME_RE.match(name):
+            user = await AppUser.objects().where(AppUser.username == name).first()
+        # An unknown user is checked against a dummy hash: same work, same time.
+        right = await verify_password_bounded(user.password_hash if user else None, password)
+        if right and user is not None:
+            return await _logged_in(user, source_ip)
+        if right is None:
+            await throttle.uncount_attempt(name, source_ip)  # the password was never checked
+        reason = "busy" if right is None else "wrong password" if user else "unknown user"
+    await audit.record(name or "-", "login", "", source_ip, "failed", after={"reason": reason})
+    await throttle.answer_late(started)
+    return LoginResult()
+
+
+async def _logged_in(user: AppUser, source_ip: str) -> LoginResult:
+    await throttle.uncount_attempt(user.username, source_ip)
+    await AppUser.update({AppUser.last_login_at: dt.datetime.now(dt.UTC)}).where(
+        AppUser.id == user.id
+    )
     token = await sessions.create_session(user.id, source_ip)
-    await audit.record(username, "login", "", source_ip, "ok")
-    return LoginResult(LoginOutcome.ok, token, user.must_change_password)
+    await audit.record(user.username, "login", "", source_ip, "ok")
+    return LoginResult(token, user.must_change_password)
 
 
 async def change_password(user: sessions.SessionUser, old: str, new: str, source_ip: str) -> None:
@@ -136,10 +148,9 @@ async def reset_password(username: str, password: str, actor: str, source_ip: st
             {
                 AppUser.password_hash: hash_password(password),
                 AppUser.must_change_password: True,
-                AppUser.failed_logins: 0,
-                AppUser.locked_until: None,
             }
         ).where(AppUser.id == row.id)
+        await throttle.forget_username(username)
         await sessions.end_other_sessions(row.id, keep_session_id=None)
         await audit.record(actor, "user.reset_password", username, source_ip)
 

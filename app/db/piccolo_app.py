@@ -10,7 +10,7 @@ APP_CONFIG = AppConfig(
     table_classes=[
         tables.AppUser,
         tables.UserSession,
-        tables.AddressThrottle,
+        tables.LoginThrottle,
         tables.SenderDomain,
         tables.RelayRoute,
         tables.TrustedNetwork,

@@ -44,13 +44,13 @@ class UserSession(Table, tablename="user_sessions"):
     source_ip = Varchar(length=45)
 
 
-class AddressThrottle(Table, tablename="address_throttle"):
-    """Failed logins per source address, so a password-guessing client is slowed and locked out."""
+class LoginThrottle(Table, tablename="login_throttle"):
+    """Recent failed logins per username and per source network, as a score that drains with time
+    (app/auth/throttle.py); a row whose score has drained is worth nothing and may be deleted."""
 
-    address = Varchar(length=45, primary_key=True)
-    failures = Integer(default=0)
-    last_failure_at = Timestamptz()
-    locked_until = Timestamptz(null=True, default=None)
+    key = Varchar(length=200, primary_key=True)  # "user:NAME" or "net:ADDRESS/PREFIX"
+    score = DoublePrecision(default=0.0)
+    updated_at = Timestamptz()
 
 
 class SenderDomain(Table, tablename="sender_domains"):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Request, Router
+from litestar.background_tasks import BackgroundTask
 from litestar.config.csrf import CSRFConfig
 from litestar.exceptions import (
     HTTPException,
@@ -31,7 +32,13 @@ from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
 from app.piccolo_conf import DB
 from app.settings import Settings
-from app.web.auth import CallerMiddleware, PasswordChangeRequired, access_guard, token_path
+from app.web.auth import (
+    CallerMiddleware,
+    PasswordChangeRequired,
+    access_guard,
+    audit_csrf_refusal,
+    token_path,
+)
 from app.web.controllers import (
     admin,
     api,
@@ -49,6 +56,11 @@ from app.web.views import is_htmx, page
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_PATHS = ["^/static/", "^/login", "^/healthz", "^/api/schema"]
+# __Host-: only this host can set it (Secure, Path=/, no Domain), so a sibling subdomain cannot
+# plant a token pair of its own choosing.
+CSRF_COOKIE = "__Host-csrftoken"
+# The detail of the PermissionDeniedException that Litestar's CSRF middleware raises.
+CSRF_REFUSED = "CSRF token verification failed"
 
 
 def _wants_json(request: Request[Any, Any, Any]) -> bool:
@@ -70,9 +82,15 @@ def _not_logged_in(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 def _forbidden(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     detail = getattr(exc, "detail", "") or "Forbidden"
+    response: Response[Any]
     if _wants_json(request):
-        return Response({"status_code": 403, "detail": detail}, status_code=403)
-    return page(request, "error.html", 403, title="Forbidden", detail=detail)
+        response = Response({"status_code": 403, "detail": detail}, status_code=403)
+    else:
+        response = page(request, "error.html", 403, title="Forbidden", detail=detail)
+    if detail == CSRF_REFUSED:
+        # Exception handlers are synchronous: the audit row is written once the answer is sent.
+        response.background = BackgroundTask(audit_csrf_refusal, request)
+    return response
 
 
 def _not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -185,7 +203,9 @@ def create_app(settings: Settings) -> Litestar:
             cookie_secure=True,
             cookie_httponly=True,
             cookie_samesite="strict",
-            exclude=["/api/"],
+            cookie_name=CSRF_COOKIE,
+            # A regex searched anywhere in the path: anchored, or /users/api/reset would pass.
+            exclude=["^/api/"],
         ),
         template_config=TemplateConfig(directory=ROOT / "templates", engine=JinjaTemplateEngine),
         plugins=[HTMXPlugin()],

@@ -69,7 +69,13 @@ class CallerMiddleware(AbstractAuthenticationMiddleware):
             return AuthenticationResult(user=principal, auth=principal)
         token = connection.cookies.get(COOKIE_NAME)
         settings = connection.app.state.settings
-        user = await sessions.load_session(token, settings.session_idle_minutes) if token else None
+        user = (
+            await sessions.load_session(
+                token, settings.session_idle_minutes, settings.session_max_hours
+            )
+            if token
+            else None
+        )
         if user is None:
             raise NotAuthorizedException("Please log in.")
         stage = await mfa.session_stage(user.session_id)
@@ -100,17 +106,31 @@ async def access_guard(
     if caller.role < Role.parse(opt.get("role", "readonly")):
         await _deny(connection, caller.username)
     if opt.get("master_only") and connection.app.state.settings.cluster_mode != "master":
+        await _audit_refusal(connection, caller.username, "config.refused-on-slave")
         raise PermissionDeniedException(
             "This node is a slave: change the configuration on the master."
         )
 
 
+async def audit_csrf_refusal(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Audit a request the CSRF check refused (run after the answer is sent)."""
+    caller = connection.scope.get("user")
+    who = caller.username if isinstance(caller, SessionUser) else "-"
+    await _audit_refusal(connection, who, "csrf.refused")
+
+
 async def _deny(connection: ASGIConnection[Any, Any, Any, Any], who: str) -> None:
+    await _audit_refusal(connection, who, "access.denied")
+    raise PermissionDeniedException("Your role does not allow this.")
+
+
+async def _audit_refusal(
+    connection: ASGIConnection[Any, Any, Any, Any], who: str, action: str
+) -> None:
     await audit.record(
         who,
-        "access.denied",
+        action,
         f"{connection.scope.get('method', '')} {connection.scope['path']}",
         source_ip(connection),
         "denied",
     )
-    raise PermissionDeniedException("Your role does not allow this.")

@@ -17,10 +17,8 @@ GERMAN: dict[str, str] = {
     "Change password": "Passwort ändern",
     "You must change your password before you continue.": "Sie müssen Ihr Passwort ändern, bevor Sie fortfahren.",
     "The two new passwords differ.": "Die beiden neuen Passwörter stimmen nicht überein.",
-    "Wrong username or password.": "Benutzername oder Passwort falsch.",
-    "Too many failed logins: this account is locked for a while. Try again later.": "Zu viele Fehlversuche: Dieses Konto ist vorübergehend gesperrt. "
-    "Versuchen Sie es später erneut.",
-    "Too many failed logins from your address: try again later.": "Zu viele Fehlversuche von Ihrer Adresse: Versuchen Sie es später erneut.",
+    "Wrong username or password, or too many attempts: wait a few minutes and try again.": "Benutzername oder Passwort falsch, oder zu viele Versuche: Warten Sie einige Minuten "
+    "und versuchen Sie es erneut.",
     "Dashboard": "Übersicht",
     "Sender domains": "Absenderdomains",
     "Sender domain": "Absenderdomain",

@@ -1,11 +1,15 @@
-"""Login, the forced password change, sessions, throttling, CSRF and headers (real PostgreSQL)."""
+"""Login, the forced password change, sessions, CSRF and headers (real PostgreSQL).
+
+Throttling is in test_login_throttle.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
-from app.auth import throttle
-from app.db.tables import AddressThrottle, AppUser, AuditLog, UserSession
+from app import audit
+from app.auth.sessions import COOKIE_NAME
+from app.db.tables import AppUser, AuditLog, UserSession
 from tests.conftest import FIRST_ADMIN_PASSWORD, PASSWORD, csrf, http_client, login, make_user
 
 NEW_PASSWORD = "a-much-better-secret"
@@ -80,11 +84,11 @@ async def test_it_refuses_the_username_and_the_old_password_as_new_password(clie
 async def test_logout_ends_the_session_on_the_server(client):
     await make_user("op", "operator")
     await login(client, "op")
-    cookie = client.cookies.get("mailrelay_session")
+    cookie = client.cookies.get(COOKIE_NAME)
     assert (await client.get("/")).status_code == 200
     await client.post("/logout", headers=csrf(client), follow_redirects=False)
     assert await UserSession.count() == 0
-    client.cookies.set("mailrelay_session", cookie)
+    client.cookies.set(COOKIE_NAME, cookie)
     response = await client.get("/", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"].startswith("/login")
@@ -129,64 +133,6 @@ async def test_the_session_cookie_is_secure_httponly_and_strict(client):
     assert "secure" in cookie
     assert "httponly" in cookie
     assert "samesite=strict" in cookie
-
-
-async def test_repeated_failures_lock_the_account_with_a_clear_message(client):
-    await make_user("op", "operator")
-    for _ in range(throttle.LOCK_AFTER):
-        response = await login(client, "op", "wrong-password-123")
-        assert response.status_code == 422
-        assert "Wrong username or password." in response.text
-    user = await AppUser.objects().where(AppUser.username == "op").first()
-    assert user.failed_logins == throttle.LOCK_AFTER
-    assert user.locked_until is not None
-    # Even the right password is refused while locked (the address is locked too here).
-    response = await login(client, "op")
-    assert response.status_code == 422
-    assert "Too many failed logins" in response.text
-    failed = await AuditLog.count().where(
-        (AuditLog.action == "login") & (AuditLog.outcome == "failed")
-    )
-    denied = await AuditLog.count().where(
-        (AuditLog.action == "login") & (AuditLog.outcome == "denied")
-    )
-    assert failed == throttle.LOCK_AFTER
-    assert denied == 1
-
-
-async def test_a_locked_account_stays_locked_from_another_address(client):
-    await make_user("op", "operator")
-    for _ in range(throttle.LOCK_AFTER):
-        await login(client, "op", "wrong-password-123")
-    await AddressThrottle.delete(force=True)  # as if the next try came from elsewhere
-    response = await login(client, "op")
-    assert response.status_code == 422
-    assert "this account is locked" in response.text
-
-
-async def test_guessing_across_accounts_locks_the_source_address(client):
-    for i in range(throttle.LOCK_AFTER):
-        await login(client, f"nobody{i}", "wrong-password-123")
-    await make_user("op", "operator")
-    response = await login(client, "op")
-    assert response.status_code == 422
-    assert "from your address" in response.text
-
-
-async def test_failures_slow_down_the_answer():
-    assert throttle.delay_for(0) == 0
-    assert throttle.delay_for(throttle.SLOWDOWN_AFTER - 1) == 0
-    assert 0 < throttle.delay_for(throttle.SLOWDOWN_AFTER) < throttle.delay_for(4)
-    assert throttle.delay_for(100) == throttle.MAX_DELAY_SECONDS
-
-
-async def test_a_success_resets_the_counters(client):
-    await make_user("op", "operator")
-    await login(client, "op", "wrong-password-123")
-    await login(client, "op")
-    user = await AppUser.objects().where(AppUser.username == "op").first()
-    assert user.failed_logins == 0
-    assert await AddressThrottle.count() == 0
 
 
 async def test_a_post_without_csrf_token_is_refused(client):
@@ -241,3 +187,129 @@ async def test_login_does_not_redirect_to_another_site(client):
         follow_redirects=False,
     )
     assert response.headers["location"] == "/"
+
+
+async def test_a_session_ends_after_its_absolute_lifetime(client, settings):
+    await make_user("op", "operator")
+    await login(client, "op")
+    # Busy all along (seen a moment ago), but logged in longer ago than the lifetime allows.
+    born = dt.datetime.now(dt.UTC) - dt.timedelta(hours=settings.session_max_hours, minutes=1)
+    await UserSession.update({UserSession.created_at: born}, force=True)
+    response = await client.get("/", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login")
+    assert await UserSession.count() == 0
+
+
+async def test_a_session_younger_than_its_lifetime_goes_on(client, settings):
+    await make_user("op", "operator")
+    await login(client, "op")
+    born = dt.datetime.now(dt.UTC) - dt.timedelta(hours=settings.session_max_hours, minutes=-1)
+    await UserSession.update({UserSession.created_at: born}, force=True)
+    assert (await client.get("/", follow_redirects=False)).status_code == 200
+
+
+def _set_cookie(response, name):
+    headers = [h for h in response.headers.get_list("set-cookie") if h.startswith(f"{name}=")]
+    assert len(headers) == 1, response.headers.get_list("set-cookie")
+    return [part.strip().lower() for part in headers[0].split(";")]
+
+
+async def test_the_session_cookie_has_the_host_prefix(client):
+    await make_user("op", "operator")
+    response = await login(client, "op")
+    attributes = _set_cookie(response, "__Host-mailrelay_session")
+    # What a browser requires of a __Host- cookie, or it drops it.
+    assert "secure" in attributes
+    assert "path=/" in attributes
+    assert not any(a.startswith("domain=") for a in attributes)
+    assert "httponly" in attributes and "samesite=strict" in attributes
+    logout = await client.post("/logout", headers=csrf(client), follow_redirects=False)
+    # The deletion must meet the same rules, or the browser ignores it and keeps the cookie.
+    deletion = _set_cookie(logout, "__Host-mailrelay_session")
+    assert "secure" in deletion and "path=/" in deletion and "max-age=0" in deletion
+
+
+async def test_the_csrf_cookie_has_the_host_prefix(client):
+    attributes = _set_cookie(await client.get("/login"), "__Host-csrftoken")
+    assert "secure" in attributes
+    assert "path=/" in attributes
+    assert not any(a.startswith("domain=") for a in attributes)
+
+
+async def test_post_to_a_path_containing_api_needs_a_csrf_token(login_as):
+    admin = await login_as("admin")
+    await make_user("api", "readonly")
+    before = (await AppUser.objects().where(AppUser.username == "api").first()).password_hash
+    response = await admin.post(
+        "/users/api/reset", data={"password": NEW_PASSWORD}, follow_redirects=False
+    )
+    assert response.status_code == 403
+    after = (await AppUser.objects().where(AppUser.username == "api").first()).password_hash
+    assert after == before
+    # With the token the same request goes through: the refusal was the CSRF check's.
+    response = await admin.post(
+        "/users/api/reset",
+        data={"password": NEW_PASSWORD},
+        headers=csrf(admin),
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+
+
+async def test_a_csrf_refusal_is_audited(login_as):
+    operator = await login_as("operator")
+    response = await operator.post("/domains", data={"name": "example.com"})
+    assert response.status_code == 403
+    rows = await AuditLog.select().where(AuditLog.action == "csrf.refused")
+    assert [(r["actor"], r["target"], r["source_ip"], r["outcome"]) for r in rows] == [
+        ("operator-user", "POST /domains", "198.18.0.30", "denied")
+    ]
+
+
+async def test_a_csrf_refusal_of_the_login_form_is_audited(client):
+    await client.get("/login")
+    response = await client.post("/login", data={"username": "admin", "password": "x"})
+    assert response.status_code == 403
+    rows = await AuditLog.select().where(AuditLog.action == "csrf.refused")
+    assert [(r["actor"], r["target"]) for r in rows] == [("-", "POST /login")]
+
+
+async def test_a_configuration_change_refused_on_the_slave_is_audited(login_as, app, monkeypatch):
+    operator = await login_as("operator")
+    slave = dataclasses.replace(
+        app.state.settings, cluster_mode="slave", master_api_url="https://198.18.0.11:8443"
+    )
+    monkeypatch.setattr(app.state, "settings", slave)
+    response = await operator.post("/domains", data={"name": "example.com"}, headers=csrf(operator))
+    assert response.status_code == 403
+    rows = await AuditLog.select().where(AuditLog.action == "config.refused-on-slave")
+    assert [(r["actor"], r["target"], r["outcome"]) for r in rows] == [
+        ("operator-user", "POST /domains", "denied")
+    ]
+
+
+async def test_a_65_character_username_attempt_is_audited_not_a_500(client):
+    name = "a" * 65
+    response = await login(client, name, "wrong-password-123")
+    assert response.status_code == 422
+    rows = await AuditLog.select().where(AuditLog.action == "login")
+    assert len(rows) == 1
+    assert rows[0]["outcome"] == "failed"
+    assert rows[0]["actor"] == "a" * 63 + "…"  # cut to the column, marked as cut
+
+
+async def test_a_username_with_a_nul_byte_is_audited_not_a_500(client):
+    response = await login(client, "ad\x00min", "Admin123")
+    assert response.status_code == 422
+    rows = await AuditLog.select().where(AuditLog.action == "login")
+    assert [(r["actor"], r["outcome"]) for r in rows] == [("ad\ufffdmin", "failed")]
+
+
+async def test_an_audit_row_takes_any_actor_and_target():
+    long = "x" * 5000
+    await audit.record(long, "test.long", long, "f" * 60)
+    row = await AuditLog.select().where(AuditLog.action == "test.long").first()
+    assert len(row["actor"]) == 64 and row["actor"].endswith("…")
+    assert len(row["target"]) == audit.TARGET_LENGTH and row["target"].endswith("…")
+    assert len(row["source_ip"]) == 45

@@ -79,7 +79,7 @@ def gui_session(base: str):
     one_time = lab("admin-password", node).stdout.strip()
     client = httpx.Client(base_url=base, verify=False, timeout=20)  # noqa: S501 - lab cert
     client.get("/login")
-    token = client.cookies["csrftoken"]
+    token = client.cookies["__Host-csrftoken"]
     for password in (LAB_ADMIN_PASSWORD, one_time):
         response = client.post(
             "/login",

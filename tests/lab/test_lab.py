@@ -39,7 +39,7 @@ def test_no_node_has_an_account_with_a_known_password(up):
             response = client.post(
                 "/login",
                 data={"username": "admin", "password": "Admin123"},
-                headers={"x-csrftoken": client.cookies["csrftoken"]},
+                headers={"x-csrftoken": client.cookies["__Host-csrftoken"]},
                 follow_redirects=False,
             )
             assert response.status_code != 303, f"node {node} let admin / Admin123 in"

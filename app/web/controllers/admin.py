@@ -9,7 +9,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 from litestar.response import Response, Template
 
-from app.auth import mfa, tokens, users
+from app.auth import mfa, throttle, tokens, users
 from app.auth.passwords import PasswordRuleError
 from app.auth.refusal import Refusal
 from app.auth.roles import Role
@@ -25,14 +25,15 @@ ADMIN = {"role": "admin"}
 
 
 async def _users() -> list[dict[str, Any]]:
-    return await AppUser.select(
+    rows = await AppUser.select(
         AppUser.username,
         AppUser.role,
         AppUser.must_change_password,
-        AppUser.locked_until,
         AppUser.last_login_at,
         AppUser.language,
     ).order_by(AppUser.username)
+    refused = await throttle.refused_until()  # until then login attempts are refused
+    return [{**row, "locked_until": refused.get(row["username"])} for row in rows]
 
 
 async def _second_factors() -> dict[str, Any]:

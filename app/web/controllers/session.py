@@ -13,7 +13,6 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 from app.auth import sessions, users
 from app.auth.passwords import PasswordRuleError
 from app.auth.sessions import COOKIE_NAME, SessionUser
-from app.auth.users import LoginOutcome
 from app.web.auth import source_ip
 from app.web.controllers.mfa import after_password
 from app.web.i18n import LANGUAGES, translator
@@ -21,13 +20,8 @@ from app.web.views import form_answer, language_of, page
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
-_MESSAGES = {
-    LoginOutcome.bad_credentials: "Wrong username or password.",
-    LoginOutcome.account_locked: (
-        "Too many failed logins: this account is locked for a while. Try again later."
-    ),
-    LoginOutcome.address_locked: "Too many failed logins from your address: try again later.",
-}
+# The one answer to every failed login: unknown user, wrong password and throttled alike.
+LOGIN_FAILED = "Wrong username or password, or too many attempts: wait a few minutes and try again."
 
 
 def _safe_next(value: str | None) -> str:
@@ -56,7 +50,7 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
             request,
             "login/page.html",
             "login/page.html",
-            {"form": _(_MESSAGES[result.outcome])},
+            {"form": _(LOGIN_FAILED)},
             next=target,
             username=data.get("username", ""),
         )
@@ -66,9 +60,7 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
         path=second_factor_page or ("/password" if result.must_change_password else target),
         status_code=HTTP_303_SEE_OTHER,
     )
-    response.set_cookie(
-        COOKIE_NAME, result.token, secure=True, httponly=True, samesite="strict", path="/"
-    )
+    _set_session_cookie(response, result.token)
     return response
 
 
@@ -76,8 +68,21 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
 async def logout(request: Request[SessionUser, Any, Any]) -> Response[Any]:
     await sessions.end_session(request.user.session_id)
     response = Redirect(path="/login", status_code=HTTP_303_SEE_OTHER)
-    response.delete_cookie(COOKIE_NAME, path="/")
+    _set_session_cookie(response, "", max_age=0)
     return response
+
+
+def _set_session_cookie(response: Response[Any], value: str, max_age: int | None = None) -> None:
+    # The __Host- prefix needs Secure, Path=/ and no Domain on every Set-Cookie, the deletion too.
+    response.set_cookie(
+        COOKIE_NAME,
+        value,
+        max_age=max_age,
+        secure=True,
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
 
 
 @get("/password", opt={"before_password_change": True})
