@@ -208,8 +208,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vrrp_advert_int=r.text("VRRP_ADVERT_INT", "1"),
         sync_freeze=r.choice("SYNC_FREEZE", "freeze", ("freeze", "stop", "none")),
         sync_flush=r.flag("SYNC_FLUSH", False),
-        # Below the pull timer's 10 s, so that one run ends before the timer's next start.
-        config_pull_wait_seconds=r.number("CONFIG_PULL_WAIT_SECONDS", 8.0, 0.0, 60.0),
+        # How long one pull run follows the master; the timer starts the next one a second
+        # after it ended. At most the master's longest long poll (60 s).
+        config_pull_wait_seconds=r.number("CONFIG_PULL_WAIT_SECONDS", 50.0, 0.0, 60.0),
         # A pull applies within seconds of the master's Apply; nodes that still run different
         # versions after this long are a problem an operator must see.
         config_drift_alert_seconds=r.number("CONFIG_DRIFT_ALERT_SECONDS", 30.0, 1.0, 86400.0),

@@ -56,6 +56,8 @@ REPORT_PATH = "/api/nodes/applied"
 # Pauses before the next tries of an apply the agent did not answer: long enough for a
 # restarted agent's socket to accept again, short beside the timer's 10 s.
 APPLY_RETRY_PAUSES = (0.5, 1.0, 2.0)
+# How often a run asks again while the master cannot be reached.
+FETCH_RETRY_PAUSE = 2.0
 # An export is a few kilobytes per domain; anything this large is not one.
 MAX_EXPORT_BYTES = 32 * 1024 * 1024
 
@@ -294,12 +296,14 @@ async def _run(
         tls = PeerTls.load()
     if not settings.master_api_url or not settings.master_api_token:
         raise SettingsError("MASTER_API_URL and MASTER_API_TOKEN are required on a slave")
-    # The run follows the master until CONFIG_PULL_WAIT_SECONDS are up: after applying a
-    # version it waits at the master again, so that the next change does not have to wait for
-    # the timer's next run either.
+    # The run follows the master until CONFIG_PULL_WAIT_SECONDS are up: it waits at the
+    # master again after every answer (an apply, nothing new, the master unreachable for a
+    # moment), so that an Apply on the master meets a waiting request nearly always, not the
+    # gap between two runs.
     deadline = time.monotonic() + settings.config_pull_wait_seconds
     done: list[PullResult] = []
     retries = iter(APPLY_RETRY_PAUSES)
+    unreachable = 0
     while True:
         try:
             export = await fetch_export(
@@ -311,6 +315,12 @@ async def _run(
             )
         except PeerError as exc:
             result = PullResult("failed", str(exc))
+            unreachable += 1
+            if unreachable == 1:
+                log.warning("config-pull: %s; trying again every %g s", exc, FETCH_RETRY_PAUSE)
+            if deadline - time.monotonic() > FETCH_RETRY_PAUSE:
+                await asyncio.sleep(FETCH_RETRY_PAUSE)
+                continue
             break
         result = await _pull(settings, agent, box, export)
         # The master answered: tell it what runs here now, whatever this run did (applied,
@@ -326,16 +336,21 @@ async def _run(
             )
             await asyncio.sleep(pause)
             continue
-        if result.outcome != "applied" or time.monotonic() >= deadline:
+        if result.outcome == "applied":
+            done.append(result)
+        if result.outcome not in ("applied", "unchanged") or time.monotonic() >= deadline:
             break
-        done.append(result)
-    if done and result.outcome == "unchanged":
+    if done and result.outcome in ("applied", "unchanged"):
         # The versions applied are what an operator wants to read in the run's log line.
-        result = done[-1]
+        last = done[-1]
         if len(done) > 1:
-            result.detail = f"{len(done)} versions, the last: {result.detail}"
+            last.detail = f"{len(done)} versions, the last: {last.detail}"
+        result = last
     elif done:
         result.detail += f" (after {len(done)} applied in this run)"
+    if unreachable:
+        result.detail += f" ({unreachable} tries in this run could not reach the master)"
+        result.warn = True
     return result
 
 

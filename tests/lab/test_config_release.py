@@ -13,7 +13,8 @@ from tests.lab.labtools import A, B, gui_session, lab, swaks, vip_owner, wait_fo
 pytestmark = pytest.mark.lab
 
 MAILRELAY = "set -a; . /etc/mailrelay/mailrelay.env; set +a; exec /opt/mailrelay/venv/bin/mailrelay"
-# A pull waits at the master for up to CONFIG_PULL_WAIT_SECONDS (8 s) per round.
+# A pull run follows the master for CONFIG_PULL_WAIT_SECONDS (50 s); a request waits at the master
+# for at most the rest of that. Two of the old 8 s rounds are checked, and a whole run.
 LONG_POLL_ROUND = 8
 
 
