@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 
 class SettingsError(Exception):
@@ -21,6 +21,7 @@ class SettingsError(Exception):
 
 
 ClusterMode = Literal["master", "slave"]
+ShadowMode = Literal["off", "prefer", "require"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,17 @@ class Settings:
     peer_api_token: str | None
     peer_cert_fingerprint: str | None
     webauthn_rp_id: str | None
+    shadow_mode: ShadowMode = "prefer"
+    shadow_timeout_ms: int = 2000
+    shadow_port: int = 2526
+    shadow_token: str | None = None
+    shadow_store: Path = Path("/var/spool/mailrelay-shadow")
+    shadow_store_max_bytes: int = 1 << 30
+    shadow_milter_socket: Path = Path("/run/mailrelay-shadow-milter/milter.sock")
+    shadow_counter_file: Path = Path("/var/lib/mailrelay-shadow-milter/counters.json")
+    shadow_cert_file: Path | None = None
+    shadow_key_file: Path | None = None
+    replica_dir: Path = Path("/var/spool/mailrelay-replica")
 
     @property
     def generated_cert_file(self) -> Path:
@@ -221,7 +233,38 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         peer_cert_fingerprint=r.optional("PEER_CERT_FINGERPRINT")
         or r.optional("MASTER_CERT_FINGERPRINT"),
         webauthn_rp_id=_rp_id(r.optional("WEBAUTHN_RP_ID")),
+        **_shadow(r),
     )
+
+
+def _shadow(r: _Reader) -> dict[str, Any]:
+    """Shadow copies (app/replication): a 250 only once the peer holds a copy."""
+    token = r.optional("SHADOW_TOKEN")
+    if token is not None and len(token) < 32:
+        raise SettingsError("SHADOW_TOKEN must be at least 32 characters (the same on both nodes)")
+    cert, key = r.path("SHADOW_CERT_FILE"), r.path("SHADOW_KEY_FILE")
+    if (cert is None) != (key is None):
+        raise SettingsError("SHADOW_CERT_FILE and SHADOW_KEY_FILE must be set together")
+    return {
+        "shadow_mode": r.choice("SHADOW_MODE", "prefer", ("off", "prefer", "require")),
+        # The peer is on the same LAN: a copy takes a millisecond or two plus the peer's fsync;
+        # 2 s leaves room for a 50 MB message and a slow disk, and is far below what an SMTP
+        # client waits for the final reply (RFC 5321: 10 minutes).
+        "shadow_timeout_ms": r.integer("SHADOW_TIMEOUT_MS", 2000, 50, 60000),
+        "shadow_port": r.integer("SHADOW_PORT", 2526, 1, 65535),
+        "shadow_token": token,
+        "shadow_store": r.path("SHADOW_STORE", "/var/spool/mailrelay-shadow"),
+        "shadow_store_max_bytes": r.integer("SHADOW_STORE_MAX_BYTES", 1 << 30, 1 << 20, 1 << 44),
+        "shadow_milter_socket": r.path(
+            "SHADOW_MILTER_SOCKET", "/run/mailrelay-shadow-milter/milter.sock"
+        ),
+        "shadow_counter_file": r.path(
+            "SHADOW_COUNTER_FILE", "/var/lib/mailrelay-shadow-milter/counters.json"
+        ),
+        "shadow_cert_file": cert,
+        "shadow_key_file": key,
+        "replica_dir": r.path("REPLICA_DIR", "/var/spool/mailrelay-replica"),
+    }
 
 
 def _rp_id(value: str | None) -> str | None:

@@ -25,6 +25,10 @@ SINK1 = "198.18.5.21"
 SINK2 = "198.18.5.22"
 CLIENT = "198.18.5.30"
 OUTSIDE = "198.18.5.40"
+# The peer's shadow receiver (app/replication), played inside the same namespace.
+SHADOW_PEER = "198.18.5.50"
+SHADOW_PORT = 2526
+SHADOW_TOKEN = "shadow-token-for-tests-0123456789abcdef"
 SINK2_USER = "relayuser"
 SINK2_PASSWORD = "sink-secret-42"
 
@@ -44,7 +48,8 @@ def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 class PostfixHost:
-    def __init__(self) -> None:
+    def __init__(self, shadow_mode: str = "off") -> None:
+        self.shadow_mode = shadow_mode
         self.ns = f"mr-pf-{os.getpid()}"
         self.base = Path(tempfile.mkdtemp(prefix="mailrelay-postfix-"))
         self.holder: subprocess.Popen[bytes] | None = None
@@ -57,6 +62,10 @@ class PostfixHost:
         self.tls_dir = self.base / "tls"
         # The peer's queue copy, as the agent's promotion import reads it.
         self.replica = self.base / "replica"
+        self.shadow_store = self.base / "shadow"
+        self.milter_socket = self.base / "run" / "milter.sock"
+        self.shadow_counters = self.base / "shadow-counters.json"
+        self.shadow_processes: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- running things inside --------------------------------------------------------------
 
@@ -117,7 +126,7 @@ class PostfixHost:
             self.net("ip", "link", "set", "lo", "up"),
             *[
                 self.net("ip", "addr", "add", f"{a}/32", "dev", "lo")
-                for a in (RELAY, SINK1, SINK2, CLIENT, OUTSIDE)
+                for a in (RELAY, SINK1, SINK2, CLIENT, OUTSIDE, SHADOW_PEER)
             ],
         ):
             result = _run(cmd)
@@ -192,6 +201,10 @@ class PostfixHost:
             f"POSTFIX_MAPS_ROOT={self.maps_root}",
             f"AGENT_SOCKET={self.agent_socket}",
             f"REPLICA_DIR={self.replica}",
+            f"SHADOW_MODE={self.shadow_mode}",
+            f"SHADOW_MILTER_SOCKET={self.milter_socket}",
+            f"SHADOW_STORE={self.shadow_store}",
+            f"SHADOW_COUNTER_FILE={self.shadow_counters}",
             f"PYTHONPATH={ROOT}",
         ]
 
@@ -254,6 +267,70 @@ class PostfixHost:
             f"sink{number}",
         )
 
+    # -- shadow copies (app/replication) ---------------------------------------------------
+
+    def _shadow_env(self, mode: str, timeout_ms: int) -> list[str]:
+        fingerprint = _fingerprint(self.base / "shadow.crt")
+        return [
+            "env",
+            f"PYTHONPATH={ROOT}",
+            "DATABASE_URL=postgresql://unused/no-database-needed",
+            f"SHADOW_MODE={mode}",
+            f"SHADOW_TIMEOUT_MS={timeout_ms}",
+            f"SHADOW_TOKEN={SHADOW_TOKEN}",
+            f"SHADOW_PORT={SHADOW_PORT}",
+            f"SHADOW_STORE={self.shadow_store}",
+            f"SHADOW_STORE_MAX_BYTES={64 * 1024 * 1024}",
+            f"SHADOW_MILTER_SOCKET={self.milter_socket}",
+            f"SHADOW_COUNTER_FILE={self.shadow_counters}",
+            f"SHADOW_CERT_FILE={self.base / 'shadow.crt'}",
+            f"SHADOW_KEY_FILE={self.base / 'shadow.key'}",
+            f"REPLICA_DIR={self.replica}",
+            f"NODE_IP={SHADOW_PEER}",
+            f"PEER_NODE_IP={SHADOW_PEER}",
+            f"PEER_CERT_FINGERPRINT={fingerprint}",
+        ]
+
+    def start_shadow(self, which: str, mode: str = "prefer", timeout_ms: int = 2000) -> None:
+        """Start the shadow `receiver` (the peer's, at SHADOW_PEER) or the `milter`; Postfix
+        gets the milter settings for `mode` from the agent's postfix-settings."""
+        if not (self.base / "shadow.crt").exists():
+            _self_signed(self.base / "shadow.crt", self.base / "shadow.key", "peer.test")
+        self.stop_shadow(which)
+        log = open(self.base / f"shadow-{which}.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            self.net(
+                *self._shadow_env(mode, timeout_ms), sys.executable, "-m", "app.replication", which
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.shadow_processes[which] = process
+        if which == "milter":
+            self._wait(self.milter_socket.exists, "the shadow milter socket")
+            if mode != self.shadow_mode:
+                self.shadow_mode = mode
+                self._configure()
+                self.exec("postfix", "reload")
+        else:
+            self._wait(
+                lambda: (
+                    _run(
+                        self.net("bash", "-c", f"echo > /dev/tcp/{SHADOW_PEER}/{SHADOW_PORT}")
+                    ).returncode
+                    == 0
+                ),
+                "the shadow receiver",
+            )
+
+    def stop_shadow(self, which: str) -> None:
+        process = self.shadow_processes.pop(which, None)
+        if process is not None:
+            _terminate(process)
+        if which == "milter":
+            self.milter_socket.unlink(missing_ok=True)
+
     def stop_sink(self, number: int) -> None:
         for process in list(self.daemons):
             if getattr(process, "sink_number", None) == number:
@@ -263,9 +340,10 @@ class PostfixHost:
     def stop(self) -> None:
         if self.holder is not None:
             self.exec("postfix", "stop", check=False)
-        for process in self.daemons:
+        for process in [*self.daemons, *self.shadow_processes.values()]:
             _terminate(process)
         self.daemons.clear()
+        self.shadow_processes.clear()
         if self.holder is not None:
             _terminate(self.holder)
             self.holder = None
@@ -297,6 +375,14 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
+
+
+def _fingerprint(cert: Path) -> str:
+    import hashlib
+    import ssl
+
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    return hashlib.sha256(der).hexdigest()
 
 
 def _self_signed(cert: Path, key: Path, name: str) -> None:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from app.agent import queuesync
-from app.agent.postfix import AgentError, PostfixTools
+from app.agent.postfix import SHADOW_COUNTERS, SHADOW_STORE, AgentError, PostfixTools
 from app.agent.replica import REPLICA
 from app.agent.server import serve
 
@@ -33,6 +33,8 @@ def tools_from_env() -> PostfixTools:
         Path(os.environ.get("POSTFIX_CONFIG_DIR", "/etc/postfix")),
         Path(os.environ.get("POSTFIX_MAPS_ROOT", "/etc/postfix/mailrelay")),
         Path(os.environ.get("REPLICA_DIR", str(REPLICA))),
+        Path(os.environ.get("SHADOW_STORE", str(SHADOW_STORE))),
+        Path(os.environ.get("SHADOW_COUNTER_FILE", str(SHADOW_COUNTERS))),
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from app.agent import policy
 from app.agent.replica import IMPORT_PARTS, REPLICA
 from app.postfix import render
+from app.replication.shadow_counters import read_counters
 
 HASHED_MAPS = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd")
 # A key no map holds: looking it up opens the map the way Postfix's daemons will.
@@ -112,6 +113,28 @@ def anti_abuse(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     return params, master
 
 
+def shadow_settings(env: dict[str, str]) -> dict[str, str]:
+    """The milter of shadow copies (app/replication/shadow_milter.py), per SHADOW_MODE:
+    `off` configures none; `prefer` lets Postfix accept when the milter itself is down (the
+    milter counts what it cannot copy), `require` answers 4xx then. The timeouts stay short:
+    a client that gives up while Postfix waits retries, and that copy is delivered twice."""
+    mode = env.get("SHADOW_MODE", "prefer").strip().lower() or "prefer"
+    if mode not in ("off", "prefer", "require"):
+        raise AgentError(f"SHADOW_MODE must be off, prefer or require, got {mode!r}")
+    if mode == "off":
+        return {"smtpd_milters": ""}
+    timeout_ms = env.get("SHADOW_TIMEOUT_MS", "2000").strip() or "2000"
+    if not timeout_ms.isdigit():
+        raise AgentError(f"SHADOW_TIMEOUT_MS must be a whole number, got {timeout_ms!r}")
+    socket = env.get("SHADOW_MILTER_SOCKET", "/run/mailrelay-shadow-milter/milter.sock")
+    return {
+        "smtpd_milters": f"unix:{socket.strip()}",
+        "milter_default_action": "accept" if mode == "prefer" else "tempfail",
+        # The milter answers within SHADOW_TIMEOUT_MS; Postfix waits a little longer.
+        "milter_content_timeout": f"{int(timeout_ms) // 1000 + 5}s",
+    }
+
+
 def count_files(root: Path) -> tuple[int, int]:
     """The files under `root` and their total size in bytes (none when it does not exist)."""
     files = size = 0
@@ -125,11 +148,24 @@ def count_files(root: Path) -> tuple[int, int]:
     return files, size
 
 
+SHADOW_STORE = Path("/var/spool/mailrelay-shadow")
+SHADOW_COUNTERS = Path("/var/lib/mailrelay-shadow-milter/counters.json")
+
+
 class PostfixTools:
-    def __init__(self, config_dir: Path, maps_root: Path, replica: Path = REPLICA) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        maps_root: Path,
+        replica: Path = REPLICA,
+        shadow_store: Path = SHADOW_STORE,
+        shadow_counters: Path = SHADOW_COUNTERS,
+    ) -> None:
         self.config_dir = config_dir
         self.maps_root = maps_root
         self.replica = replica
+        self.shadow_store = shadow_store
+        self.shadow_counters = shadow_counters
 
     # -- running tools ------------------------------------------------------------------------
 
@@ -166,6 +202,7 @@ class PostfixTools:
         wanted = dict(parse_fragment(FRAGMENT.read_text()))
         protections, master_entries = anti_abuse(env or {})
         wanted.update(protections)
+        wanted.update(shadow_settings(env or {}))
         wanted.update(overrides or {})
         current = {}
         for name in wanted:
@@ -362,6 +399,19 @@ class PostfixTools:
             "live_maps_version": self.live_version(),
             "queue": self.queue_size(),
             "replica": self.replica_size(),
+            "shadow": self.shadow_status(),
+        }
+
+    def shadow_status(self) -> dict[str, Any]:
+        """The peer's shadows held here, and the mail this node accepted without a copy (the
+        milter's counter file): for the dashboard, the cluster panel and /metrics."""
+        stored, size = count_files(self.shadow_store)
+        counters = read_counters(self.shadow_counters)
+        return {
+            "stored": stored,
+            "bytes": size,
+            "unprotected_total": int(counters.get("unprotected_total", 0)),
+            "last_unprotected_at": counters.get("last_unprotected_at"),
         }
 
     def queue_list(self, limit: int) -> list[dict[str, Any]]:

@@ -41,6 +41,11 @@ from app.agent import snapshot
 QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
 FREEZE_MODES = ("freeze", "stop", "none")
 SNAPSHOT_DIR = Path("/var/lib/mailrelay-agent/queue-snapshot")
+# The time (this node's clock) just before the last held pass began, shipped with every copy
+# to the peer's replica: the peer's shadow receiver drops the shadows older than that, which
+# the replica now holds (or which left the queue). Shipped in the same rsync as the queue, it
+# is put in place with the rest (--delay-updates) and only by a copy that completed.
+SHADOW_MARKER = Path("/var/lib/mailrelay-agent/shadow-prune-before")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 # Written before `postfix stop` in stop mode and removed after `postfix start`: if the agent dies
 # in between, recover() knows that Postfix is down because of a sync, not because an operator
@@ -73,6 +78,7 @@ class SyncConfig:
     bwlimit_kbps: int = 0
     # freeze mode's local snapshot of the queue (as large as the queue itself).
     staging: Path | None = None
+    marker: Path = SHADOW_MARKER
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> SyncConfig:
@@ -304,6 +310,8 @@ def _rsync(config: SyncConfig, source: Path, timeout: float, local: Path | None 
         command += ["--delete", *sources, f"{local}/"]
         where = str(local)
     else:
+        if config.marker.exists():
+            sources.append(str(config.marker))
         command += ["--delay-updates", "--delete-after", "-e", _ssh(config)]
         command += [*sources, f"{config.remote_user}@{config.peer}:/"]
         if config.bwlimit_kbps:
@@ -351,9 +359,24 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
     return report
 
 
-def _held(freezer: Freezer, report: SyncReport, timeout: float, copy: Callable[[], Stats]) -> Stats:
+def _write_marker(marker: Path, when: float) -> None:
+    """The held pass's start, for the peer's shadow pruning (see SHADOW_MARKER)."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(f"{when:.3f}\n")
+    os.replace(tmp, marker)
+
+
+def _held(
+    config: SyncConfig,
+    freezer: Freezer,
+    report: SyncReport,
+    timeout: float,
+    copy: Callable[[], Stats],
+) -> Stats:
     """Run `copy` with Postfix frozen (or stopped); the thaw follows whatever happens, and a
     watchdog thaws even if this thread hangs."""
+    _write_marker(config.marker, time.time())
     freezer.freeze()
     watchdog = threading.Timer(timeout + 5, freezer.thaw)
     watchdog.daemon = True
@@ -383,7 +406,7 @@ def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport)
         done = snapshot.update(config.spool, staging, caught_up.seen, QUEUE_PARTS)
         return done.files, done.bytes
 
-    _held(freezer, report, config.frozen_timeout, frozen_pass)
+    _held(config, freezer, report, config.frozen_timeout, frozen_pass)
     report.passes.append("frozen-local")
     stats = _rsync(config, staging, config.timeout)
     report.passes.append("ship")
@@ -398,7 +421,7 @@ def _copy_while_held(config: SyncConfig, freezer: Freezer, report: SyncReport) -
         _rsync(config, config.spool, config.timeout)
         report.passes.append("bulk")
     timeout = config.frozen_timeout if held else config.timeout
-    stats = _held(freezer, report, timeout, lambda: _rsync(config, config.spool, timeout))
+    stats = _held(config, freezer, report, timeout, lambda: _rsync(config, config.spool, timeout))
     report.passes.append("held" if held else "live")
     return stats
 

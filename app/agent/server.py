@@ -23,6 +23,7 @@ from typing import Any
 from app.agent import callers, queuesync, replica, vip
 from app.agent.callers import QUEUE_ACTIONS, Caller
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
+from app.replication import shadow_import
 
 log = logging.getLogger("mailrelay.agent")
 MAX_REQUEST = 256 * 1024 * 1024
@@ -112,22 +113,29 @@ class Agent:
         return queuesync.sync(config, mode).as_dict()
 
     def _import_replica(self) -> dict[str, object]:
-        """The replica into the live queue (app/agent/replica.py); the mail it may take is
-        that of the sender domains in the maps this agent applied."""
+        """The replica into the live queue (app/agent/replica.py), then the shadows it does
+        not cover (app/replication/shadow_import.py); the mail either may take is that of the
+        sender domains in the maps this agent applied."""
+        allowed = replica.allowed_domains(self.tools.maps_root / "live" / "sender_access")
+        # What the replica covers is what it holds before its import removes it.
+        covered = shadow_import.replica_names(self.tools.replica, replica.IMPORT_PARTS)
         try:
             limits = replica.Limits.from_env(dict(os.environ), self.tools.message_size_limit())
             report = replica.import_replica(
                 self.tools.replica,
                 self.tools.queue_directory(),
                 limits,
-                replica.allowed_domains(self.tools.maps_root / "live" / "sender_access"),
+                allowed,
                 lambda ids: queuesync.postsuper_ids("-r", ids),
             )
         except (replica.ReplicaError, queuesync.SyncError) as exc:
             raise AgentError(str(exc)) from None
+        shadows = shadow_import.import_shadows(
+            self.tools.shadow_store, covered, allowed, limits.max_file_bytes
+        )
         if report.imported:
             self.tools.flush_all()
-        return report.as_dict()
+        return report.as_dict() | {"shadows": shadows.as_dict()}
 
     def _queue_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         limit = args.get("limit", 1000)

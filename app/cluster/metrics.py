@@ -91,6 +91,18 @@ FAMILIES = (
         _one("queue", "replica_bytes"),
     ),
     Family(
+        "mailrelay_shadow_stored",
+        "gauge",
+        "The peer's shadow copies held on the node (mail the peer accepted since its last sync).",
+        _one("queue", "shadow_stored"),
+    ),
+    Family(
+        "mailrelay_shadow_unprotected_total",
+        "counter",
+        "Messages the node accepted without a shadow copy on the peer (SHADOW_MODE=prefer).",
+        _one("queue", "shadow_unprotected_total"),
+    ),
+    Family(
         "mailrelay_sync_last_success_timestamp_seconds",
         "gauge",
         "When the node's last successful queue sync ended (Unix time).",

@@ -22,10 +22,14 @@ async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[st
     except (AgentUnavailable, AgentRefused) as exc:
         log.error("promotion: importing the replica failed: %s", exc)
         return []
-    imported: list[str] = report["imported"]
+    # Then the agent injected the peer's shadow copies that the replica does not cover
+    # (mail the peer accepted after its last sync): their original queue IDs are recorded the
+    # same way, so the returning peer deletes exactly those.
+    shadows: dict[str, Any] = report.get("shadows") or {"imported": [], "refused": []}
+    imported: list[str] = report["imported"] + shadows["imported"]
     # The peer's files are untrusted: what the agent refused (links, odd files, oversized ones,
     # senders outside the allowed domains) stays in the replica for the operator to look at.
-    for refused in report["refused"]:
+    for refused in report["refused"] + shadows["refused"]:
         log.error(
             "promotion: refused to take over %s from the replica: %s",
             refused["path"],
@@ -45,10 +49,12 @@ async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[st
             ]
         )
     log.info(
-        "promotion (%s): took over %d messages from the replica and flushed, refused %d, %.2f s",
+        "promotion (%s): took over %d messages (%d of them shadows) and flushed, refused %d, "
+        "%.2f s",
         transition,
         len(imported),
-        report["refused_total"],
+        len(shadows["imported"]),
+        report["refused_total"] + shadows.get("refused_total", 0),
         time.monotonic() - started,
     )
     return imported

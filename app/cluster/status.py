@@ -91,7 +91,13 @@ async def _vip(settings: Settings, agent: AgentClient) -> Status:
 
 
 async def _queue(agent: AgentClient) -> Status:
-    unknown = {"messages": None, "replica_files": None, "replica_bytes": None}
+    unknown = {
+        "messages": None,
+        "replica_files": None,
+        "replica_bytes": None,
+        "shadow_stored": None,
+        "shadow_unprotected_total": None,
+    }
     try:
         state = await asyncio.wait_for(agent.call("status"), AGENT_TIMEOUT)
     except (AgentUnavailable, AgentRefused) as exc:
@@ -102,11 +108,15 @@ async def _queue(agent: AgentClient) -> Status:
             "(busy with a queue sync, an import or a switchover)"
         }
     replica = state.get("replica") or {}
+    # The peer's shadow copies held here, and this node's mail accepted without one.
+    shadow = state.get("shadow") or {}
     return {
         "messages": sum(state["queue"].values()),
         "postfix_running": state["postfix_running"],
         "replica_files": replica.get("files"),
         "replica_bytes": replica.get("bytes"),
+        "shadow_stored": shadow.get("stored"),
+        "shadow_unprotected_total": shadow.get("unprotected_total"),
     }
 
 

@@ -42,6 +42,8 @@ BOOTSTRAP_APT_PACKAGES=(
     openssh-client
     python3
     python3-venv
+    # pymilter (the shadow milter) builds against libmilter.
+    libmilter-dev
 )
 
 BOOTSTRAP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

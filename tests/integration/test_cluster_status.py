@@ -126,6 +126,8 @@ async def test_the_figures_of_the_active_node(settings):
         "postfix_running": True,
         "replica_files": 5,
         "replica_bytes": 12345,
+        "shadow_stored": 2,
+        "shadow_unprotected_total": 3,
     }
     sync = state["sync"]
     assert sync["last"]["outcome"] == "failed"

@@ -1,0 +1,198 @@
+"""Shadow copies with the real Postfix (tests/postfixhost.py), the real milter and the real
+shadow receiver over TLS: the 250 waits for the peer's durable copy, SHADOW_MODE decides what
+happens without one, and promotion injects the uncovered shadows as untrusted input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+
+from app.agent.client import AgentClient
+from app.postfix import render
+from app.replication.shadow_store import Envelope, encode
+from tests import postfixhost
+from tests.postfixhost import CLIENT, SINK1
+from tests.smtptarget import received
+
+pytestmark = pytest.mark.postfix
+
+ALLOWED = "allowed.example"
+SNAPSHOT = {
+    "sender_domains": [
+        {
+            "name": ALLOWED,
+            "comment": "",
+            "route": {
+                "host": SINK1,
+                "port": 25,
+                "tls_mode": "none",
+                "auth_user": "",
+                "auth_password_enc": "",
+            },
+        }
+    ],
+    "trusted_networks": [{"cidr": f"{CLIENT}/32", "comment": ""}],
+}
+
+
+@pytest.fixture(scope="module")
+def relay():
+    reason = postfixhost.available()
+    if reason:
+        pytest.skip(f"real Postfix tests need: {reason}")
+    host = postfixhost.PostfixHost().start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture
+async def agent(relay):
+    client = AgentClient(relay.agent_socket)
+    report = await client.call(
+        "apply", version=1, files=client.encode_files(render.render(1, SNAPSHOT, str).files)
+    )
+    assert report["applied"], report
+    shutil.rmtree(relay.shadow_store, ignore_errors=True)
+    relay.shadow_counters.unlink(missing_ok=True)
+    for item in relay.sink1.iterdir():
+        item.unlink()
+    return client
+
+
+def send(relay, message_id: str, to: str = "someone@dest.example") -> str:
+    return relay.swaks(
+        f"app@{ALLOWED}",
+        to,
+        CLIENT,
+        "--header",
+        f"Message-Id: <{message_id}>",
+    )
+
+
+def queue_id_of(output: str) -> str:
+    line = next(li for li in output.splitlines() if "250 2.0.0 Ok: queued as" in li)
+    return line.rsplit(" ", 1)[1]
+
+
+def wait_for_sink(relay, message_id: str, timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = [m for m in received(relay.sink1) if message_id in m["message_id"]]
+        if got:
+            return got
+        time.sleep(0.2)
+    return []
+
+
+async def test_the_250_comes_only_after_the_peer_stored_the_shadow(relay, agent):
+    relay.start_shadow("receiver")
+    relay.start_shadow("milter", "prefer", timeout_ms=8000)
+    receiver = relay.shadow_processes["receiver"]
+    os.killpg(receiver.pid, signal.SIGSTOP)  # the peer holds the copy back
+    result: dict[str, str] = {}
+    client = threading.Thread(target=lambda: result.update(out=send(relay, "held@test")))
+    client.start()
+    time.sleep(2)
+    assert client.is_alive(), "the client got its answer while the peer held the copy"
+    assert not any(relay.shadow_store.iterdir())
+    released_at = time.time()
+    os.killpg(receiver.pid, signal.SIGCONT)
+    client.join(30)
+    queue_id = queue_id_of(result["out"])
+    shadow = relay.shadow_store / queue_id
+    assert shadow.is_file()
+    assert os.stat(shadow).st_ctime >= released_at - 0.01
+    envelope = json.loads(shadow.read_bytes().split(b"\n")[1])
+    assert envelope["sender"] == f"app@{ALLOWED}"
+    assert envelope["recipients"] == ["someone@dest.example"]
+    assert envelope["client_address"] == CLIENT
+    assert b"Message-Id: <held@test>" in shadow.read_bytes()
+
+
+async def test_prefer_accepts_without_a_peer_and_counts_the_mail_unprotected(relay, agent):
+    relay.start_shadow("milter", "prefer", timeout_ms=1000)
+    relay.stop_shadow("receiver")
+    out = send(relay, "unprotected@test")
+    assert "250 2.0.0 Ok: queued as" in out, out
+    counters = json.loads(relay.shadow_counters.read_text())
+    assert counters["unprotected_total"] == 1
+    status = await agent.call("status")
+    assert status["shadow"]["unprotected_total"] == 1
+
+
+async def test_require_answers_451_when_no_copy_can_be_made(relay, agent):
+    relay.stop_shadow("receiver")
+    relay.start_shadow("milter", "require", timeout_ms=1000)
+    try:
+        out = send(relay, "refused@test")
+        assert "451 4.4.0" in out, out
+        assert "queued as" not in out
+    finally:
+        relay.start_shadow("milter", "prefer")
+
+
+async def test_promotion_injects_an_uncovered_shadow_with_its_envelope(relay, agent):
+    relay.start_shadow("receiver")
+    relay.start_shadow("milter", "prefer")
+    queue_id = queue_id_of(send(relay, "promoted@test", "someone@dest.example,other@dest.example"))
+    assert wait_for_sink(relay, "promoted@test")  # this node delivered it as usual
+    for item in relay.sink1.iterdir():
+        item.unlink()
+    relay.stop_shadow("receiver")  # the peer's store, as this node finds it on promotion
+    report = await agent.call("import_replica")
+    assert report["shadows"]["imported"] == [queue_id]
+    [again] = wait_for_sink(relay, "promoted@test")
+    assert again["mail_from"] == f"app@{ALLOWED}"
+    assert sorted(again["rcpt_tos"]) == ["other@dest.example", "someone@dest.example"]
+    assert not (relay.shadow_store / queue_id).exists()
+
+
+async def test_a_shadow_the_replica_covers_is_dropped_not_injected(relay, agent):
+    relay.shadow_store.mkdir(exist_ok=True)
+    queue_id = "4ZcoveredABC123"
+    envelope = Envelope(queue_id, f"app@{ALLOWED}", ["x@dest.example"], CLIENT, time.time())
+    (relay.shadow_store / queue_id).write_bytes(encode(envelope, b"Subject: c\r\n\r\nhi\r\n"))
+    (relay.replica / "deferred" / "4").mkdir(parents=True, exist_ok=True)
+    (relay.replica / "deferred" / "4" / queue_id).write_bytes(b"not a queue file")
+    try:
+        report = await agent.call("import_replica")
+    finally:
+        shutil.rmtree(relay.replica, ignore_errors=True)
+    assert report["shadows"]["imported"] == []
+    assert not (relay.shadow_store / queue_id).exists()
+
+
+async def test_hostile_shadows_are_refused_and_left(relay, agent, tmp_path):
+    store = relay.shadow_store
+    store.mkdir(exist_ok=True)
+    outside = relay.base / "outside-secret"
+    outside.write_bytes(
+        encode(
+            Envelope("4ZsecretABC", f"app@{ALLOWED}", ["x@dest.example"], CLIENT, 1.0),
+            b"Message-Id: <secret@test>\r\n\r\nsecret\r\n",
+        )
+    )
+    (store / "4ZlinkABC123").symlink_to(outside)
+    forbidden = Envelope("4ZforbidABC", "evil@forbidden.example", ["x@dest.example"], CLIENT, 1.0)
+    (store / "4ZforbidABC").write_bytes(encode(forbidden, b"Message-Id: <evil@test>\r\n\r\nx\r\n"))
+    big = Envelope("4ZbigABC1234", f"app@{ALLOWED}", ["x@dest.example"], CLIENT, 1.0)
+    (store / "4ZbigABC1234").write_bytes(
+        encode(big, b"Message-Id: <big@test>\r\n\r\n" + b"x" * (15 << 20))
+    )
+    report = (await agent.call("import_replica"))["shadows"]
+    reasons = {r["path"]: r["reason"] for r in report["refused"]}
+    assert report["imported"] == []
+    assert "following links" in reasons["shadow/4ZlinkABC123"]
+    assert "forbidden.example" in reasons["shadow/4ZforbidABC"]
+    assert "larger than" in reasons["shadow/4ZbigABC1234"]
+    for name in ("4ZlinkABC123", "4ZforbidABC", "4ZbigABC1234"):
+        assert os.path.lexists(store / name)
+    assert outside.exists()
+    time.sleep(2)
+    assert not [m for m in received(relay.sink1) if "@test" in m["message_id"]]
