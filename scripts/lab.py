@@ -277,6 +277,8 @@ def node_env(node: str, extra: dict[str, str]) -> str:
         "HTTPS_HOST": "0.0.0.0",
         "HTMX_SOURCE": "local",
         "SECRET_KEY_SOURCE": str(STATE / "secret.key"),
+        # Shadow copies: both nodes share one token (made in `up`).
+        "SHADOW_TOKEN": (STATE / "shadow.token").read_text().strip(),
         **extra,
     }
     return "".join(f"{k}={v}\n" for k, v in values.items())
@@ -322,6 +324,10 @@ def up() -> None:
 
         key.write_text(urlsafe_b64encode(os.urandom(32)).decode() + "\n")
         key.chmod(0o600)
+    shadow_token = STATE / "shadow.token"
+    if not shadow_token.exists():
+        shadow_token.write_text(os.urandom(24).hex() + "\n")
+        shadow_token.chmod(0o600)
     network_up(state)
     for sink in ("sink1", "sink2"):
         sink_start(state, sink)
