@@ -1,0 +1,133 @@
+"""Zero accepted-mail loss, in the lab: a 250 from the VIP means the message is on both nodes
+(shadow copies), and queue sync goes on while the active node's PostgreSQL is down. Runs last of
+the lab modules and works with whichever node holds the VIP."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab.labtools import VIP, lab, swaks, vip_owner, wait_for
+
+pytestmark = pytest.mark.lab
+
+REPLICA = "/var/spool/mailrelay-replica"
+COUNTERS = "/var/lib/mailrelay-shadow-milter/counters.json"
+
+
+def other(node: str) -> str:
+    return "b" if node == "a" else "a"
+
+
+def ready_backup(node: str) -> bool:
+    state = lab("exec", node, "cat", "/run/mailrelay-vrrp/vrrp.state", check=False).stdout
+    return '"BACKUP"' in state
+
+
+def sync_running(node: str) -> bool:
+    unit = "mailrelay-queue-sync.service"
+    return lab("exec", node, "systemctl", "is-active", unit, check=False).stdout.strip() == "active"
+
+
+def delivered(tag: str) -> list[str]:
+    return [m for m in lab("sink", "sink1", "list").stdout.split() if f"<{tag}-" in m]
+
+
+def ok_runs_since(node: str, since: str) -> int:
+    # `since` is what the node's own `date` printed, not outside input.
+    query = "SELECT count(*) FROM sync_runs WHERE outcome = 'ok' AND started_at > '{}'"
+    query = query.format(since)
+    out = lab("exec", node, "runuser", "-u", "postgres", "--", "psql", "-d", "mailrelay",
+              "-Atc", query, check=False)  # fmt: skip
+    return int(out.stdout.strip() or 0)
+
+
+def unprotected(node: str) -> int:
+    out = lab("exec", node, "cat", COUNTERS, check=False).stdout
+    try:
+        return int(json.loads(out).get("unprotected", 0))
+    except ValueError:
+        return 0
+
+
+def test_every_250_survives_a_crash_when_only_the_shadow_copies_cover_it(up):
+    """sink1 down, the active node's queue sync stopped (its replica on the peer never gets these
+    messages), 30 messages through the VIP, each with its 250, then a power cut of the active
+    node within half a second of the last 250: the peer delivers every one from its shadows."""
+    active = vip_owner()
+    passive = other(active)
+    wait_for(lambda: ready_backup(passive), 180, f"{passive} to be a ready BACKUP")
+    tag = f"zero{int(time.time())}"
+    lab("exec", active, "systemctl", "stop", "mailrelay-queue-sync.timer")
+    wait_for(lambda: not sync_running(active), 60, f"the sync under way on {active} to end")
+    lab("sink", "sink1", "stop")
+    before = unprotected(active)
+    sent = subprocess.run(
+        ["ip", "netns", "exec", "mrlab-client", "python3",
+         str(Path(__file__).with_name("sender.py")), VIP, "30", tag],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    # The power cut follows the sender's last 250 at once (the sender exits right after it).
+    lab("crash", active)
+    assert sent.returncode == 0, sent.stderr  # every message got its 250
+    try:
+        wait_for(
+            lambda: "250 2.0.0 Ok: queued" in swaks("client", "pay@billing.example", timeout=3),
+            60,
+            f"a 250 through the VIP from {passive}",
+        )
+        lab("sink", "sink1", "start")
+
+        def arrived() -> int:
+            lab("exec", passive, "postqueue", "-f", check=False)
+            return len(set(delivered(tag)))
+
+        wait_for(lambda: arrived() >= 30, 120, "sink1 to receive the 30 messages")
+    finally:
+        lab("sink", "sink1", "start")
+        lab("boot", active, timeout=300)
+    ids = delivered(tag)
+    print(f"delivered by {passive} from shadows: {len(set(ids))} of 30")
+    assert len(set(ids)) == 30, "a message that got a 250 was lost"
+    # The returning node reconciles: what the peer injected from shadows is deleted there.
+    wait_for(lambda: ready_backup(active), 300, f"{active} back as BACKUP")
+    lab("exec", active, "postqueue", "-f", check=False)
+    time.sleep(10)
+    ids = delivered(tag)
+    print(f"after {active} returned: {len(ids) - len(set(ids))} duplicates")
+    assert len(set(ids)) == 30
+    assert unprotected(active) == before, "a message was accepted without a shadow copy"
+
+
+def test_queue_sync_goes_on_while_the_active_nodes_database_is_down(up):
+    active = vip_owner()
+    passive = other(active)
+    outage = lab("exec", active, "date", "-u", "+%F %T+00").stdout.strip()
+    lab("exec", active, "systemctl", "stop", "postgresql@15-main")
+    lab("sink", "sink1", "stop")
+    try:
+        out = swaks("client", "dbdown@app.example")
+        assert "250 2.0.0 Ok: queued" in out, out
+        queue_id = re.search(r"queued as (\w+)", out).group(1)
+        accepted = time.monotonic()
+        took = wait_for(
+            lambda: (
+                queue_id
+                in lab("exec", passive, "find", REPLICA, "-name", queue_id, check=False).stdout
+            ),
+            5 + 1 + 5,
+            f"{queue_id} in {passive}'s replica",
+        )
+        print(f"\nactive node's PostgreSQL down: in {passive}'s replica after {took:.1f} s")
+        assert time.monotonic() - accepted <= 5 + 1 + 1, "not within the sync interval + 1 s"
+    finally:
+        lab("exec", active, "systemctl", "start", "postgresql@15-main")
+        lab("sink", "sink1", "start")
+        lab("exec", active, "postqueue", "-f", check=False)
+    # The runs made meanwhile reach sync_runs once the database is back.
+    wait_for(lambda: ok_runs_since(active, outage) >= 2, 30, "the outage's runs recorded")
