@@ -19,7 +19,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
 from app.db.tables import ClusterLock
+
+# What an unreachable or failing database raises: connection refused or reset, a server that
+# is starting or shutting down, a connection that closed mid-query, a timeout.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 # The queue-sync job's lock: one copy of the queue into the peer's replica at a time.
 QUEUE_SYNC = "queue-sync"

@@ -25,8 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import locks
 from app.cluster.vrrp import VipCheckError, vip_held
@@ -38,14 +36,6 @@ LOCK = locks.QUEUE_SYNC
 # Longer than a run can take: two passes of at most 240 s and a frozen one of at most 15 s
 # (app/agent/queuesync.py).
 LEASE_SECONDS = 600
-# What an unreachable or failing database raises: connection refused or reset, a server that
-# is starting or shutting down, a connection that closed mid-query, a timeout.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
 
 
 @dataclass
@@ -80,7 +70,7 @@ async def _open(connect: Callable[[], Awaitable[None]] | None) -> _Database:
         return _Database(True)
     try:
         await connect()
-    except DATABASE_ERRORS as exc:
+    except locks.DATABASE_ERRORS as exc:
         return _Database(False, str(exc) or type(exc).__name__)
     return _Database(True)
 
@@ -132,7 +122,7 @@ async def _sync(settings: Settings, agent: AgentClient, freeze: str, run: _Run) 
             lease = await _lease(settings.node_id, holder)
         except locks.LockConflict as exc:
             return await run.record("conflict", str(exc))
-        except DATABASE_ERRORS as exc:
+        except locks.DATABASE_ERRORS as exc:
             run.database.lost(exc)
     try:
         report: dict[str, Any] = await agent.call("queue_sync", freeze=freeze)
@@ -142,7 +132,7 @@ async def _sync(settings: Settings, agent: AgentClient, freeze: str, run: _Run) 
         if lease is not None and run.database.up:
             try:
                 await locks.release(LOCK, holder, lease.fencing_token)
-            except DATABASE_ERRORS as exc:
+            except locks.DATABASE_ERRORS as exc:
                 run.database.lost(exc)  # the lease expires by itself
     if report["ok"] and settings.sync_flush:
         await _flush(agent)
@@ -250,7 +240,7 @@ class _Run:
         if self.database.up:
             try:
                 await SyncRun.insert(SyncRun(**row.fields()))
-            except DATABASE_ERRORS as exc:
+            except locks.DATABASE_ERRORS as exc:
                 self.database.lost(exc)
         if not self.database.up:
             try:
@@ -345,7 +335,7 @@ async def _flush_spool(settings: Settings, database: _Database) -> None:
                 await SyncRun.raw(
                     _INSERT_SPOOLED, *fields.values(), fields["node_id"], fields["started_at"]
                 )
-    except DATABASE_ERRORS as exc:
+    except locks.DATABASE_ERRORS as exc:
         database.lost(exc)
         return
     _unspool(settings, rows)
