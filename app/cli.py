@@ -349,18 +349,55 @@ def cmd_config_apply(args: argparse.Namespace) -> None:
     print(f"config version {report.version} applied on node {settings.node_id}")
 
 
+# Syslog priorities for systemd's SyslogLevelPrefix= (on by default): "<4>" starts a warning.
+_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+class _JournalPriority(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITIES.get(record.levelno, 2)}>{super().format(record)}"
+
+
+def _journal_priorities() -> None:
+    """When stderr is the journal's stream (JOURNAL_STREAM names it), give each line its
+    priority, so that a warning is one in `journalctl -p warning` too."""
+    try:
+        stderr = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return
+    if os.environ.get("JOURNAL_STREAM") != f"{stderr.st_dev}:{stderr.st_ino}":
+        return
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_JournalPriority("%(name)s %(message)s"))
+
+
 def cmd_queue_sync(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
     from app.cluster import queuesync
 
+    _journal_priorities()
     settings = _settings()
+    from app.piccolo_conf import DB
 
-    async def work() -> Any:
-        return await queuesync.run_once(
-            settings, AgentClient(settings.agent_socket, timeout=600), settings.sync_freeze
-        )
+    async def connect() -> None:
+        # Short: a run waits for this before it copies, and a database that cannot answer
+        # in seconds is treated as down (the run copies and spools its record).
+        await DB.start_connection_pool(min_size=1, max_size=2, timeout=5)
 
-    result = _run_db(work)
+    async def work() -> queuesync.SyncResult:
+        # Not _run_db: the VIP check comes first, and a run goes on when the database is down.
+        try:
+            return await queuesync.run_once(
+                settings,
+                AgentClient(settings.agent_socket, timeout=600),
+                settings.sync_freeze,
+                connect,
+            )
+        finally:
+            if DB.pool is not None:
+                await DB.close_connection_pool()
+
+    result = asyncio.run(work())
     if result.outcome in ("failed", "conflict"):
         raise UserFacingError(f"queue sync {result.outcome}: {result.detail}")
 

@@ -1,16 +1,36 @@
-"""Cluster locks: leases in PostgreSQL with a fencing token.
+"""Cluster locks: leases in PostgreSQL with a fencing token, and this node's own file locks.
 
 A lease is granted when the lock is free, expired, or already held by the same holder (renewal).
 Every grant increments the fencing token, so a holder that lost its lease while paused can be told
 apart from the current one by anyone who checks the token.
+
+A file lock (flock) excludes processes of this node only, but needs no database: a job that must
+go on while PostgreSQL is down takes it first. The kernel drops it when its holder exits, however
+that happens, so a killed run never blocks the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
 
 from app.db.tables import ClusterLock
+
+# What an unreachable or failing database raises: connection refused or reset, a server that
+# is starting or shutting down, a connection that closed mid-query, a timeout.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 # The queue-sync job's lock: one copy of the queue into the peer's replica at a time.
 QUEUE_SYNC = "queue-sync"
@@ -85,3 +105,26 @@ async def held(name: str) -> bool:
             "SELECT 1 FROM cluster_locks WHERE name = {} AND expires_at > now()", name
         )
     )
+
+
+class LocalLockBusy(Exception):
+    """Another process of this node holds the file lock."""
+
+
+@contextlib.contextmanager
+def local(path: Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created mode 0600) for the block. Without `wait`, a
+    lock held elsewhere raises LocalLockBusy naming the holder's pid; with it, the caller waits,
+    which suits only short blocks that never await (asyncio tasks would block each other)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise LocalLockBusy(f"{path} is locked by process {holder} on this node") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

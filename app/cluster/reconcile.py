@@ -4,6 +4,10 @@ the peer took over (queue_imports), deletes exactly those, and releases the rest
 accepted after its last sync is delivered late, not lost, and nothing is delivered twice. If
 the peer cannot be asked, everything stays held and the dashboard says so; releasing it is one
 audited click (or `mailrelay reconcile --release`).
+
+A node that leaves MASTER with Postfix running holds its queue the moment keepalived says so
+(hold_on_leaving), before the peer is asked or has imported anything: what the peer is about to
+import is then not delivered here meanwhile. The reconcile that follows releases it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +54,37 @@ def pending_file(settings: Settings) -> Path:
     return settings.state_dir / "held-for-reconcile.json"
 
 
-def pending(settings: Settings) -> list[str]:
+def leaving_file(settings: Settings) -> Path:
+    """The IDs held when this node left MASTER, until the reconcile that follows settles them.
+    On disk, so that a reader restarted meanwhile (or a reboot) does not leave them held."""
+    return settings.state_dir / "held-on-leaving.json"
+
+
+def _ids(path: Path) -> list[str]:
     try:
-        return list(json.loads(pending_file(settings).read_text()))
+        return list(json.loads(path.read_text()))
     except (OSError, ValueError):
         return []
+
+
+def pending(settings: Settings) -> list[str]:
+    return _ids(pending_file(settings))
+
+
+def _remember(path: Path, ids: Iterable[str]) -> None:
+    """Add IDs to a list file, keeping what another step added (no await in between)."""
+    wanted = set(_ids(path)) | set(ids)
+    if wanted:
+        path.write_text(json.dumps(sorted(wanted)))
+
+
+def _forget(path: Path, ids: Iterable[str]) -> None:
+    """Drop IDs from a list file, keeping any another step added since they were read."""
+    rest = set(_ids(path)) - set(ids)
+    if rest:
+        path.write_text(json.dumps(sorted(rest)))
+    else:
+        path.unlink(missing_ok=True)
 
 
 # A queue ID and its quotes take about 20 bytes: room for a queue of several hundred thousand.
@@ -77,17 +108,19 @@ async def peer_imports(settings: Settings) -> set[str]:
 async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
     started = time.monotonic()
     try:
-        held: list[str] = sorted(set(await agent.call("hold_all")) | set(pending(settings)))
+        # hold_all names only what it held now: add what earlier steps held and left to us.
+        fresh = await agent.call("hold_all")
     except (AgentUnavailable, AgentRefused) as exc:
         return ReconcileResult("held", detail=f"cannot hold the queue: {exc}")
+    held = sorted(set(fresh) | set(pending(settings)) | set(_ids(leaving_file(settings))))
     if not held:
-        pending_file(settings).unlink(missing_ok=True)
         log.info("reconcile: the queue is empty, nothing to reconcile")
         return ReconcileResult("nothing")
     try:
         imported = await peer_imports(settings)
     except (PeerError, ValueError) as exc:
-        pending_file(settings).write_text(json.dumps(held))
+        _remember(pending_file(settings), held)
+        _forget(leaving_file(settings), held)
         await audit.record(
             "reconcile",
             "queue.reconcile",
@@ -103,9 +136,9 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
     delete = [i for i in held if i in imported]
     release = [i for i in held if i not in imported]
     await agent.call("delete_ids", queue_ids=delete)
-    await agent.call("release_ids", queue_ids=release)
-    await agent.call("flush_all")
-    pending_file(settings).unlink(missing_ok=True)
+    await _release(agent, release)
+    _forget(pending_file(settings), held)
+    _forget(leaving_file(settings), held)
     await audit.record(
         "reconcile",
         "queue.reconcile",
@@ -123,8 +156,42 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
     return ReconcileResult("reconciled", len(held), len(delete), len(release))
 
 
+async def _release(agent: AgentClient, ids: list[str]) -> None:
+    await agent.call("release_ids", queue_ids=ids)
+    await agent.call("flush_all")
+
+
+async def _release_held_on_leaving(settings: Settings, agent: AgentClient, held: list[str]) -> None:
+    """The peer took nothing over: what hold_on_leaving held is this node's to deliver."""
+    if held:
+        await _release(agent, held)
+        _forget(leaving_file(settings), held)
+
+
+async def hold_on_leaving(settings: Settings, agent: AgentClient) -> list[str]:
+    """keepalived took the VIP from this node: hold the whole queue now, before the peer
+    imports this node's replica, so that Postfix here does not deliver what the peer will
+    deliver too. The reconcile that follows (after_leaving_master) settles what was held."""
+    try:
+        if await locks.held(locks.SWITCHOVER):
+            return []  # the switchover holds and reconciles this node's queue itself
+    except locks.DATABASE_ERRORS as exc:  # no switchover runs without the database
+        log.warning("reconcile: cannot ask the database whether a switchover runs: %s", exc)
+    try:
+        held: list[str] = await agent.call("hold_all")
+    except (AgentUnavailable, AgentRefused) as exc:
+        log.warning("reconcile: cannot hold the queue on leaving MASTER: %s", exc)
+        return []
+    _remember(leaving_file(settings), held)
+    log.info("reconcile: left MASTER, %d messages held until the peer is asked", len(held))
+    return held
+
+
 async def after_leaving_master(
-    settings: Settings, agent: AgentClient, left_at: dt.datetime
+    settings: Settings,
+    agent: AgentClient,
+    left_at: dt.datetime,
+    held_on_leaving: list[str] | None = None,
 ) -> ReconcileResult:
     """keepalived took the VIP from this node (MASTER -> BACKUP, FAULT or STOP). The peer
     imports this node's replica when it becomes MASTER, so this node's queue is stale: once the
@@ -133,8 +200,10 @@ async def after_leaving_master(
 
     Unless the peer was MASTER already while this node still was: that is a partition that
     healed, and then each node keeps and delivers what it accepted. Nothing is deleted from a
-    live queue after a heal: a message may go out twice, none is lost.
+    live queue after a heal: a message may go out twice, none is lost. What hold_on_leaving
+    held (held_on_leaving) is released then, and when the peer does not take over.
     """
+    held = held_on_leaving or []
     if await locks.held(locks.SWITCHOVER):
         log.info("reconcile: a switchover is running; it reconciles this node's queue itself")
         return ReconcileResult("nothing", detail="a switchover reconciles")
@@ -152,6 +221,7 @@ async def after_leaving_master(
                 # The peer did not take over, so it imported nothing: this queue is the only
                 # copy that may be delivered, and keepalived gives this node the VIP back.
                 log.info("reconcile: the peer is %s, not MASTER: this queue stays as it is", state)
+                await _release_held_on_leaving(settings, agent, held)
                 return ReconcileResult("nothing", detail=f"the peer is {state}")
             # Cannot tell what the peer did: hold everything and raise the alert.
             return await run_once(settings, agent)
@@ -166,6 +236,7 @@ async def after_leaving_master(
             "reconcile", "queue.reconcile", "partition", "", after={"detail": detail}
         )
         log.warning("reconcile: %s", detail)
+        await _release_held_on_leaving(settings, agent, held)
         return ReconcileResult("partition", detail=detail)
     return await run_once(settings, agent)
 
@@ -173,8 +244,7 @@ async def after_leaving_master(
 async def release_held(settings: Settings, agent: AgentClient, actor: str, source_ip: str) -> int:
     """The operator's decision when the peer cannot be asked: deliver what was held."""
     held = pending(settings)
-    await agent.call("release_ids", queue_ids=held)
-    await agent.call("flush_all")
-    pending_file(settings).unlink(missing_ok=True)
+    await _release(agent, held)
+    _forget(pending_file(settings), held)
     await audit.record(actor, "queue.release_held", f"{len(held)} messages", source_ip)
     return len(held)

@@ -45,6 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.agent.client import AgentClient
+from app.settings import Settings
+
 log = logging.getLogger("mailrelay.vrrp")
 
 FIFO_PATH = Path("/run/mailrelay-vrrp/vrrp.fifo")
@@ -312,15 +315,17 @@ async def run(
     on_ready: Callable[[], None] | None = None,
     flush_seconds: float = 5.0,
     on_master: Callable[[Notification], Awaitable[object]] | None = None,
-    on_return: Callable[[Notification, dt.datetime], Awaitable[object]] | None = None,
+    on_leave: Callable[[Notification], Awaitable[Any]] | None = None,
+    on_return: Callable[[Notification, dt.datetime, Any], Awaitable[object]] | None = None,
 ) -> None:
     """Read the FIFO forever; keep the state file; record each state change in vrrp_events.
 
     on_ready is called once the FIFO exists (the service tells systemd, so that keepalived,
     ordered after us, finds our FIFO). When cancelled, events already read get flush_seconds to
-    reach the database. on_return gets the time this node left MASTER; a node whose Postfix
-    check flaps leaves MASTER again while the last reconcile still waits for the peer, and
-    those reconciles run one after another, never side by side on the same queue.
+    reach the database. When this node leaves MASTER, on_leave runs at once (it holds the
+    queue), then on_return with the time this node left MASTER and what on_leave returned; a
+    node whose Postfix check flaps leaves MASTER again while the last reconcile still waits for
+    the peer, and those reconciles run one after another, never side by side on the same queue.
     """
     fifo_path, state_file = Path(fifo_path), Path(state_file)
     ensure_fifo(fifo_path)
@@ -331,9 +336,12 @@ async def run(
     returns = asyncio.Lock()
 
     async def returned(event: Notification, left_at: dt.datetime) -> object:
-        assert on_return is not None
+        # Not behind an earlier reconcile that still waits for the peer.
+        left = None if on_leave is None else await on_leave(event)
+        if on_return is None:
+            return left
         async with returns:
-            return await on_return(event, left_at)
+            return await on_return(event, left_at, left)
 
     last_state = _last_reported_state(state_file, node_id)
     if on_ready is not None:
@@ -368,7 +376,7 @@ async def run(
                 hook: Awaitable[object] | None = None
                 if event.state == "MASTER" and on_master is not None:
                     hook = on_master(event)
-                elif last_state == "MASTER" and on_return is not None:
+                elif last_state == "MASTER" and (on_leave or on_return) is not None:
                     # MASTER -> BACKUP, FAULT (Postfix stopped answering) or STOP (keepalived
                     # stopped): the peer takes over this node's queue; this copy is stale.
                     hook = returned(event, at)
@@ -413,6 +421,28 @@ def _sd_notify(message: str) -> None:
         sock.sendall(message.encode())
 
 
+def service_hooks(settings: Settings, agent: AgentClient) -> dict[str, Any]:
+    """What the service does on the events (run()'s on_master, on_leave, on_return): import
+    the peer's replica on becoming MASTER; hold this node's queue on leaving MASTER, then
+    reconcile it once the peer has taken over."""
+    from app.cluster import promotion, reconcile
+
+    async def promote(event: Notification) -> object:
+        return await promotion.run_once(
+            settings.node_id,
+            agent,
+            f"{event.state} {event.priority} at {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
+        )
+
+    async def hold(event: Notification) -> list[str]:
+        return await reconcile.hold_on_leaving(settings, agent)
+
+    async def come_back(event: Notification, left_at: dt.datetime, held: list[str]) -> object:
+        return await reconcile.after_leaving_master(settings, agent, left_at, held)
+
+    return {"on_master": promote, "on_leave": hold, "on_return": come_back}
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m app.cluster.vrrp`: the body of mailrelay-vrrp-events.service."""
     top = argparse.ArgumentParser(description="record keepalived's VRRP state changes")
@@ -439,31 +469,14 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
-        from app.agent.client import AgentClient
-        from app.cluster import promotion
-
-        agent = AgentClient(settings.agent_socket)
-
-        async def promote(event: Notification) -> object:
-            return await promotion.run_once(
-                settings.node_id,
-                agent,
-                f"{event.state} {event.priority} at {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
-            )
-
-        from app.cluster import reconcile
-
-        async def come_back(event: Notification, left_at: dt.datetime) -> object:
-            return await reconcile.after_leaving_master(settings, agent, left_at)
-
+        hooks = service_hooks(settings, AgentClient(settings.agent_socket))
         with contextlib.suppress(asyncio.CancelledError):
             await run(
                 args.fifo,
                 settings.node_id,
                 args.state_file,
-                on_master=promote,
-                on_return=come_back,
                 on_ready=lambda: _sd_notify("READY=1"),
+                **hooks,
             )
         _sd_notify("STOPPING=1")
 

@@ -1,23 +1,28 @@
-"""A node that leaves MASTER (keepalived's BACKUP, FAULT or STOP) reconciles its queue once the
-peer is MASTER and has imported, and keeps everything after a partition.
+"""A node that leaves MASTER (keepalived's BACKUP, FAULT or STOP) holds its queue at once,
+reconciles it once the peer is MASTER and has imported, and keeps everything after a partition.
 
 Against the real PostgreSQL; the peer is a stand-in for node b's API over real pinned HTTPS
 (its status and what it imported), the agent a fake on a unix socket: keepalived moving a VIP
-between two nodes needs the lab (tests/lab).
+between two nodes needs the lab (tests/lab). The events come through the FIFO reader with the
+service's own hooks, as keepalived's notify_fifo delivers them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+import os
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 from litestar import Litestar, get
 
 from app.agent.client import AgentClient
 from app.auth import tokens
-from app.cluster import locks, reconcile
+from app.cluster import locks, reconcile, vrrp
 from app.db.tables import AuditLog
 from tests.clusterpeer import FakeAgent, fake_agent, peer_settings, serve_https
 
@@ -154,3 +159,132 @@ async def test_during_a_switchover_it_leaves_the_queue_to_the_switchover(setting
         result = await leave(a, agent, dt.datetime.now(dt.UTC))
     assert result.outcome == "nothing"
     assert agent.verbs == [] and peer.asked == 0
+
+
+# -- through the event reader ------------------------------------------------------------------
+
+
+class Queue:
+    """This node's queue as the agent's hold_all sees it: it names what it puts on hold, so a
+    second hold_all names only what arrived since (nothing, here). Notes how often the peer had
+    been asked when the queue was held."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer, self.waiting = peer, list(HELD)
+        self.peer_asked_at_hold: list[int] = []
+
+    def hold_all(self, args: Any) -> list[str]:
+        self.peer_asked_at_hold.append(self.peer.asked)
+        held, self.waiting = self.waiting, []
+        return held
+
+
+@contextlib.asynccontextmanager
+async def events(a: Any, agent: Any, tmp_path: Any) -> AsyncIterator[Callable[[str], None]]:
+    """The service's reader on a FIFO; yields a function that writes keepalived's line."""
+    fifo, state_file = tmp_path / "vrrp.fifo", tmp_path / "vrrp.state"
+    hooks = vrrp.service_hooks(a, AgentClient(agent.path))
+    reader = asyncio.create_task(vrrp.run(fifo, "a", state_file, **hooks))
+    await until(fifo.exists)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+
+    def notify(state: str) -> None:
+        os.write(writer, f'INSTANCE "VI_MAIL" {state} 150\n'.encode())
+
+    try:
+        yield notify
+    finally:
+        os.close(writer)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+async def until(condition: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def reading_node_a(
+    settings: Any, tmp_path: Any, peer: Peer
+) -> AsyncIterator[tuple[Any, Any, Queue, Callable[[str], None]]]:
+    queue = Queue(peer)
+    script = {
+        **AGENT,
+        "hold_all": queue.hold_all,
+        "import_replica": {"imported": [], "refused": [], "refused_total": 0},
+    }
+    async with fake_agent(script) as agent, serve_https(peer.app(), settings) as https:
+        token = await tokens.create("a-to-b", "cluster", "test")
+        a = peer_settings(
+            settings, https, token, node_id="a", agent_socket=agent.path, state_dir=tmp_path
+        )
+        async with events(a, agent, tmp_path) as notify:
+            yield a, agent, queue, notify
+
+
+@pytest.mark.parametrize("leaving", ["BACKUP", "FAULT", "STOP"])
+async def test_leaving_master_holds_the_queue_at_once_and_the_reconcile_releases_the_rest(
+    settings, tmp_path, monkeypatch, leaving
+):
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.1)
+    peer = Peer("BACKUP", dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    async with reading_node_a(settings, tmp_path, peer) as (a, agent, queue, notify):
+        # After a crash the node boots BACKUP: no event says it left MASTER, and the reader
+        # holds nothing (mailrelay-reconcile.service did, before Postfix started).
+        notify("BACKUP")
+        notify("MASTER")
+        await until(lambda: agent.verbs == ["import_replica"])
+        notify(leaving)
+        await until(lambda: "hold_all" in agent.verbs)
+        # Held before the peer was asked or had taken over anything.
+        assert queue.peer_asked_at_hold == [0]
+        assert reconcile._ids(reconcile.leaving_file(a)) == HELD
+
+        peer.state, peer.since = "MASTER", dt.datetime.now(dt.UTC)
+        await until(lambda: "flush_all" in agent.verbs)
+    assert agent.args("delete_ids") == [{"queue_ids": IMPORTED}]
+    assert agent.args("release_ids") == [{"queue_ids": ["4dLq2G1xZ9z9vxC"]}]
+    assert not reconcile.leaving_file(a).exists()
+    assert reconcile.pending(a) == []
+
+
+@pytest.mark.parametrize(
+    ("peer_state", "since"),
+    [("MASTER", dt.timedelta(minutes=-3)), ("BACKUP", dt.timedelta(0))],
+    ids=["after-a-partition", "the-peer-does-not-take-over"],
+)
+async def test_what_leaving_held_is_released_when_the_peer_took_nothing_over(
+    settings, tmp_path, monkeypatch, peer_state, since
+):
+    monkeypatch.setattr(reconcile, "LEAVE_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.1)
+    peer = Peer(peer_state, dt.datetime.now(dt.UTC) + since)
+    async with reading_node_a(settings, tmp_path, peer) as (a, agent, _queue, notify):
+        notify("MASTER")
+        await until(lambda: agent.verbs == ["import_replica"])
+        notify("BACKUP")
+        await until(lambda: "flush_all" in agent.verbs)
+    assert agent.verbs == ["import_replica", "hold_all", "release_ids", "flush_all"]
+    assert agent.args("release_ids") == [{"queue_ids": HELD}]
+    assert not reconcile.leaving_file(a).exists()
+
+
+async def test_what_leaving_held_is_settled_by_the_next_reconcile_when_the_reader_stopped(
+    settings, tmp_path
+):
+    """The reader restarted (new code, a crash of it) between holding and reconciling: the
+    held IDs are on disk, and the next reconcile (the boot one, `mailrelay reconcile`) takes
+    them, though hold_all names them no more."""
+    peer = Peer("MASTER", dt.datetime.now(dt.UTC))
+    queue = Queue(peer)
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        agent.results["hold_all"] = queue.hold_all
+        assert await reconcile.hold_on_leaving(a, AgentClient(agent.path)) == HELD
+        result = await reconcile.run_once(a, AgentClient(agent.path))
+    assert (result.outcome, result.deleted, result.released) == ("reconciled", 2, 1)
+    assert agent.args("release_ids") == [{"queue_ids": ["4dLq2G1xZ9z9vxC"]}]
+    assert not reconcile.leaving_file(a).exists()

@@ -1,5 +1,6 @@
 """The queue-sync job's own logic against the real PostgreSQL: the VIP check, the lease, the
-sync_runs record and SYNC_FLUSH.
+sync_runs record and SYNC_FLUSH, and the job run as `mailrelay queue-sync` while this node's
+database is down (DATABASE_URL on a closed port).
 
 The agent here is a stand-in on a unix socket that answers `queue_sync` with a report, because
 freezing Postfix and rsync over ssh into a peer need the two-node lab: tests/lab runs the real
@@ -12,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,10 +40,13 @@ class ScriptedAgent:
         self.path = self.folder / "agent.sock"
         self.results = results
         self.verbs: list[str] = []
+        self.copy_seconds = 0.0  # how long a queue_sync takes to answer
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = json.loads(await reader.readline())
         self.verbs.append(request["verb"])
+        if request["verb"] == "queue_sync":
+            await asyncio.sleep(self.copy_seconds)
         result = self.results.get(request["verb"])
         answer = (
             {"ok": True, "result": result}
@@ -150,3 +156,110 @@ async def test_an_unreachable_agent_is_a_failed_run_and_frees_the_lease(settings
     [row] = await SyncRun.select()
     assert row["outcome"] == "failed"
     await locks.acquire(queuesync.LOCK, "next-run", ttl_seconds=5)
+
+
+# -- PostgreSQL down on this node ----------------------------------------------------------------
+
+DATABASE_DOWN = "postgresql://nobody@127.0.0.1:1/none"
+
+
+@dataclasses.dataclass
+class Job:
+    returncode: int
+    stderr: str
+
+
+async def job(agent: ScriptedAgent, state_dir: Path, database: str, vip: str = HELD_VIP) -> Job:
+    """`mailrelay queue-sync` as its timer runs it, its stderr being the journal's stream."""
+    log = state_dir / f"stderr-{os.urandom(4).hex()}"
+    with log.open("w") as stderr:
+        status = os.fstat(stderr.fileno())
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app.cli",
+            "queue-sync",
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={
+                **os.environ,
+                "DATABASE_URL": database,
+                "VIP_ADDRESS": vip,
+                "PEER_NODE_IP": "198.18.0.12",
+                "NODE_ID": "a",
+                "AGENT_SOCKET": str(agent.path),
+                "STATE_DIR": str(state_dir),
+                "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}",
+            },
+        )
+        returncode = await asyncio.wait_for(process.wait(), timeout=60)
+    return Job(returncode, log.read_text())
+
+
+async def test_with_the_database_down_the_job_still_copies_and_warns_in_the_journal(
+    agent, tmp_path
+):
+    result = await job(agent, tmp_path, DATABASE_DOWN)
+    assert result.returncode == 0, result.stderr
+    assert agent.verbs == ["queue_sync"]
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("<4>")]
+    assert "the database is down" in warning and "the sync went on" in warning
+    assert await SyncRun.count() == 0
+
+
+async def test_runs_made_without_the_database_are_recorded_when_it_is_back(
+    settings, agent, tmp_path
+):
+    for _ in range(2):
+        assert (await job(agent, tmp_path, DATABASE_DOWN)).returncode == 0
+    # The node lost the VIP meanwhile: it copies nothing, but records what it owes.
+    result = await job(agent, tmp_path, os.environ["DATABASE_URL"], vip=NOT_HELD_VIP)
+    assert result.returncode == 0, result.stderr
+    assert agent.verbs == ["queue_sync", "queue_sync"]
+    rows = await SyncRun.select().order_by(SyncRun.started_at)
+    assert [(r["outcome"], r["files"], r["fencing_token"]) for r in rows] == [
+        ("ok", 12, None),
+        ("ok", 12, None),
+    ]
+    assert rows[0]["started_at"] < rows[1]["started_at"]
+    assert not queuesync.spool_file(dataclasses.replace(settings, state_dir=tmp_path)).exists()
+
+    # The database's lease is used again as soon as the database is there.
+    assert (await job(agent, tmp_path, os.environ["DATABASE_URL"])).returncode == 0
+    assert await SyncRun.count() == 3
+    last = await SyncRun.select().order_by(SyncRun.started_at, ascending=False).first()
+    assert last is not None and last["fencing_token"] is not None
+
+
+async def test_two_runs_at_once_without_the_database_one_copies_the_other_conflicts(
+    agent, tmp_path
+):
+    agent.copy_seconds = 1.5
+    first = asyncio.create_task(job(agent, tmp_path, DATABASE_DOWN))
+    while agent.verbs != ["queue_sync"]:  # the first run holds the lock and copies
+        await asyncio.sleep(0.05)
+    second = await job(agent, tmp_path, DATABASE_DOWN)
+    assert second.returncode == 1 and "queue sync conflict" in second.stderr, second.stderr
+    assert "locked by process" in second.stderr
+    assert (await first).returncode == 0
+    assert agent.verbs == ["queue_sync"]
+
+    agent.copy_seconds = 0
+    assert (await job(agent, tmp_path, os.environ["DATABASE_URL"])).returncode == 0
+    outcomes = [r["outcome"] for r in await SyncRun.select().order_by(SyncRun.started_at)]
+    assert outcomes == ["ok", "conflict", "ok"]
+
+
+async def test_two_runs_flushing_the_spool_at_once_record_each_run_exactly_once(
+    settings, agent, tmp_path
+):
+    for _ in range(3):
+        assert (await job(agent, tmp_path, DATABASE_DOWN)).returncode == 0
+    # Two timer runs on a node that has lost the VIP: each finds the spooled runs and
+    # records them while the other does the same.
+    here = dataclasses.replace(node(settings, NOT_HELD_VIP), state_dir=tmp_path)
+    results = await asyncio.gather(run(here, agent), run(here, agent))
+    assert [r.outcome for r in results] == ["skipped", "skipped"]
+    rows = await SyncRun.select(SyncRun.started_at, SyncRun.outcome)
+    assert len({r["started_at"] for r in rows}) == len(rows) == 3
+    assert not queuesync.spool_file(here).exists()

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,7 +121,7 @@ async def test_the_hooks_fire_on_becoming_master_and_on_every_way_of_leaving_it(
     async def on_master(event: vrrp.Notification) -> None:
         calls.append(f"promote at {event.state}")
 
-    async def on_return(event: vrrp.Notification, left_at: dt.datetime) -> None:
+    async def on_return(event: vrrp.Notification, left_at: dt.datetime, held: Any) -> None:
         calls.append(f"reconcile at {event.state}")
 
     reader = asyncio.create_task(
@@ -155,7 +156,7 @@ async def test_reconciles_after_leaving_master_run_one_after_another(vrrp_events
     running: list[str] = []
     log: list[tuple[str, str, dt.datetime]] = []  # (start or end, state, left_at or now)
 
-    async def on_return(event: vrrp.Notification, left_at: dt.datetime) -> None:
+    async def on_return(event: vrrp.Notification, left_at: dt.datetime, held: Any) -> None:
         log.append(("start", event.state, left_at))
         running.append(event.state)
         assert len(running) == 1, f"reconciles side by side: {running}"
@@ -180,6 +181,46 @@ async def test_reconciles_after_leaving_master_run_one_after_another(vrrp_events
         ]
         second_left, first_ended = log[2][2], log[1][2]
         assert second_left < first_ended - dt.timedelta(seconds=0.5)
+    finally:
+        await stop_task(reader)
+
+
+async def test_leaving_master_runs_on_leave_at_once_even_while_a_reconcile_waits(
+    vrrp_events, tmp_path
+):
+    """The queue is held the moment this node leaves MASTER, not when the reconcile of an
+    earlier departure (waiting for the peer) is done; on_return gets what on_leave returned."""
+    fifo, state_file = tmp_path / "vrrp.fifo", tmp_path / "vrrp.state"
+    log: list[tuple[str, str, Any]] = []
+
+    async def on_leave(event: vrrp.Notification) -> str:
+        log.append(("leave", event.state, None))
+        return f"held at {event.state}"
+
+    async def on_return(event: vrrp.Notification, left_at: dt.datetime, held: Any) -> None:
+        log.append(("start", event.state, held))
+        await asyncio.sleep(1.0)
+        log.append(("end", event.state, None))
+
+    reader = asyncio.create_task(
+        vrrp.run(fifo, "a", state_file, on_leave=on_leave, on_return=on_return)
+    )
+    try:
+        await wait_for(fifo.exists, 5, "the FIFO")
+        writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        for state in ("MASTER", "FAULT", "BACKUP", "MASTER", "BACKUP"):
+            os.write(writer, f'INSTANCE "VI_MAIL" {state} 150\n'.encode())
+            await asyncio.sleep(0.1)
+        await wait_for(lambda: len(log) == 6, 5, "both departures")
+        os.close(writer)
+        assert log == [
+            ("leave", "FAULT", None),
+            ("start", "FAULT", "held at FAULT"),
+            ("leave", "BACKUP", None),
+            ("end", "FAULT", None),
+            ("start", "BACKUP", "held at BACKUP"),
+            ("end", "BACKUP", None),
+        ]
     finally:
         await stop_task(reader)
 
@@ -210,7 +251,7 @@ async def test_a_restarted_reader_remembers_that_this_node_was_master(
         )
     calls: list[str] = []
 
-    async def on_return(event: vrrp.Notification, left_at: dt.datetime) -> None:
+    async def on_return(event: vrrp.Notification, left_at: dt.datetime, held: Any) -> None:
         calls.append(f"reconcile at {event.state}")
 
     reader = asyncio.create_task(vrrp.run(fifo, "a", state_file, on_return=on_return))
