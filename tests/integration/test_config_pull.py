@@ -829,6 +829,23 @@ async def test_an_unreachable_master_is_a_clean_failure(settings, agent, box, ca
     assert not await AuditLog.exists().where(AuditLog.action == "config.pull")
 
 
+async def test_a_run_keeps_asking_an_unreachable_master_until_its_time_is_up(
+    settings, agent, box, caplog
+):
+    """A master that restarts must not leave the slave deaf until the next run: within its
+    CONFIG_PULL_WAIT_SECONDS a run asks again every FETCH_RETRY_PAUSE, and says so once."""
+    caplog.set_level("INFO", logger="mailrelay.config_pull")
+    url = f"https://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    node = slave(settings, url, "mrt_x", wait=2 * pull.FETCH_RETRY_PAUSE + 1)
+    result = await run(node, agent, box, pinned("AB" * 32))
+    assert time.monotonic() - started >= 2 * pull.FETCH_RETRY_PAUSE
+    assert result.outcome == "failed" and result.warn
+    assert "(3 tries in this run could not reach the master)" in result.detail
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len([w for w in warnings if "trying again every" in w]) == 1
+
+
 async def test_a_wrong_or_read_only_token_is_refused(settings, master, master_db, agent, box):
     master_config(master)
     [read_token] = master_do(master, ["token", "reader", "read"])
@@ -892,6 +909,8 @@ async def test_the_command(settings, master, master_db, agent, box):
         "MASTER_API_URL": master.url,
         "MASTER_API_TOKEN": token,
         "AGENT_SOCKET": str(agent.path),
+        # One request per run: the job's following of the master is tested above.
+        "CONFIG_PULL_WAIT_SECONDS": "0",
     }
     code, out = await _cli_async("config-pull", env=env)
     assert code == 1 and "MASTER_CERT_FINGERPRINT or MASTER_CA_FILE" in out
