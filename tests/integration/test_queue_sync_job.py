@@ -236,8 +236,11 @@ async def test_two_runs_at_once_without_the_database_one_copies_the_other_confli
 ):
     agent.copy_seconds = 1.5
     first = asyncio.create_task(job(agent, tmp_path, DATABASE_DOWN))
-    while agent.verbs != ["queue_sync"]:  # the first run holds the lock and copies
+    for _ in range(200):  # until the first run holds the lock and copies
+        if agent.verbs == ["queue_sync"] or first.done():
+            break
         await asyncio.sleep(0.05)
+    assert agent.verbs == ["queue_sync"], (await first).stderr if first.done() else "no copy"
     second = await job(agent, tmp_path, DATABASE_DOWN)
     assert second.returncode == 1 and "queue sync conflict" in second.stderr, second.stderr
     assert "locked by process" in second.stderr
