@@ -17,7 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from app.agent.client import AgentClient
+from app.postfix import render
 
 ROOT = Path(__file__).resolve().parents[1]
 RELAY = "198.18.5.1"
@@ -31,6 +35,50 @@ SHADOW_PORT = 2526
 SHADOW_TOKEN = "shadow-token-for-tests-0123456789abcdef"
 SINK2_USER = "relayuser"
 SINK2_PASSWORD = "sink-secret-42"
+
+
+# One allowed sender domain routed to sink1, trusted only from CLIENT: the configuration the
+# takeover tests (replica, shadows) apply before they plant the peer's files.
+ALLOWED = "allowed.example"
+ONE_ROUTE = {
+    "sender_domains": [
+        {
+            "name": ALLOWED,
+            "comment": "",
+            "route": {
+                "host": SINK1,
+                "port": 25,
+                "tls_mode": "none",
+                "auth_user": "",
+                "auth_password_enc": "",
+            },
+        }
+    ],
+    "trusted_networks": [{"cidr": f"{CLIENT}/32", "comment": ""}],
+}
+
+
+def started() -> Iterator[PostfixHost]:
+    """A module fixture's body: a running relay, or the test skipped with the reason."""
+    import pytest
+
+    reason = available()
+    if reason:
+        pytest.skip(f"real Postfix tests need: {reason}")
+    host = PostfixHost().start()
+    yield host
+    host.stop()
+
+
+async def apply_one_route(host: PostfixHost) -> AgentClient:
+    """ONE_ROUTE applied through the host's agent, and sink1 emptied."""
+    client = AgentClient(host.agent_socket)
+    files = client.encode_files(render.render(1, ONE_ROUTE, str).files)
+    report = await client.call("apply", version=1, files=files)
+    assert report["applied"], report
+    for item in host.sink1.iterdir():
+        item.unlink()
+    return client
 
 
 def available() -> str | None:

@@ -14,56 +14,26 @@ from pathlib import Path
 import pytest
 
 from app.agent import replica as replica_import
-from app.agent.client import AgentClient, AgentRefused
+from app.agent.client import AgentRefused
 from app.postfix import render
 from tests import postfixhost
-from tests.postfixhost import CLIENT, SINK1
+from tests.postfixhost import ALLOWED, CLIENT
 from tests.smtptarget import received
 
 pytestmark = pytest.mark.postfix
 
-ALLOWED = "allowed.example"
-SNAPSHOT = {
-    "sender_domains": [
-        {
-            "name": ALLOWED,
-            "comment": "",
-            "route": {
-                "host": SINK1,
-                "port": 25,
-                "tls_mode": "none",
-                "auth_user": "",
-                "auth_password_enc": "",
-            },
-        }
-    ],
-    "trusted_networks": [{"cidr": f"{CLIENT}/32", "comment": ""}],
-}
-
 
 @pytest.fixture(scope="module")
 def relay():
-    reason = postfixhost.available()
-    if reason:
-        pytest.skip(f"real Postfix tests need: {reason}")
-    host = postfixhost.PostfixHost().start()
-    yield host
-    host.stop()
+    yield from postfixhost.started()
 
 
 @pytest.fixture
 async def agent(relay):
-    client = AgentClient(relay.agent_socket)
-    report = await client.call(
-        "apply", version=1, files=client.encode_files(render.render(1, SNAPSHOT, str).files)
-    )
-    assert report["applied"], report
     relay.exec("postsuper", "-d", "ALL", check=False)
     shutil.rmtree(relay.replica, ignore_errors=True)
     relay.replica.mkdir(mode=0o700)
-    for item in relay.sink1.iterdir():
-        item.unlink()
-    return client
+    return await postfixhost.apply_one_route(relay)
 
 
 def queue(relay) -> list[dict]:
@@ -220,7 +190,7 @@ async def test_odd_files_in_the_replica_are_refused_and_a_good_one_still_comes_i
 async def test_the_agent_refuses_maps_that_trust_a_network_wider_than_the_floor(
     relay, agent, network
 ):
-    files = render.render(2, SNAPSHOT, str).files
+    files = render.render(2, postfixhost.ONE_ROUTE, str).files
     files["mynetworks"] = f"# hand-made\n{CLIENT}/32\n{network}\n".encode()
     live = (relay.maps_root / "live" / "mynetworks").read_bytes()
     for verb in ("check", "apply"):
@@ -237,7 +207,7 @@ async def test_the_agent_refuses_maps_that_trust_a_network_wider_than_the_floor(
 async def test_a_relay_opened_by_hand_gets_no_new_maps(relay, agent):
     relay.exec("postconf", "-e", "smtpd_relay_restrictions=permit")
     try:
-        files = render.render(3, SNAPSHOT, str).files
+        files = render.render(3, postfixhost.ONE_ROUTE, str).files
         report = await agent.call("apply", version=3, files=agent.encode_files(files))
     finally:
         ours = "permit_mynetworks, reject_unauth_destination"

@@ -13,56 +13,24 @@ import time
 
 import pytest
 
-from app.agent.client import AgentClient
-from app.postfix import render
 from app.replication.shadow_store import Envelope, encode
 from tests import postfixhost
-from tests.postfixhost import CLIENT, SINK1
+from tests.postfixhost import ALLOWED, CLIENT
 from tests.smtptarget import received
 
 pytestmark = pytest.mark.postfix
 
-ALLOWED = "allowed.example"
-SNAPSHOT = {
-    "sender_domains": [
-        {
-            "name": ALLOWED,
-            "comment": "",
-            "route": {
-                "host": SINK1,
-                "port": 25,
-                "tls_mode": "none",
-                "auth_user": "",
-                "auth_password_enc": "",
-            },
-        }
-    ],
-    "trusted_networks": [{"cidr": f"{CLIENT}/32", "comment": ""}],
-}
-
 
 @pytest.fixture(scope="module")
 def relay():
-    reason = postfixhost.available()
-    if reason:
-        pytest.skip(f"real Postfix tests need: {reason}")
-    host = postfixhost.PostfixHost().start()
-    yield host
-    host.stop()
+    yield from postfixhost.started()
 
 
 @pytest.fixture
 async def agent(relay):
-    client = AgentClient(relay.agent_socket)
-    report = await client.call(
-        "apply", version=1, files=client.encode_files(render.render(1, SNAPSHOT, str).files)
-    )
-    assert report["applied"], report
     shutil.rmtree(relay.shadow_store, ignore_errors=True)
     relay.shadow_counters.unlink(missing_ok=True)
-    for item in relay.sink1.iterdir():
-        item.unlink()
-    return client
+    return await postfixhost.apply_one_route(relay)
 
 
 def send(relay, message_id: str, to: str = "someone@dest.example") -> str:
