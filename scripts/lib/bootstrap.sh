@@ -171,7 +171,7 @@ _bootstrap_uv() {
 }
 
 _bootstrap_uv_sync() {
-    (cd "$BOOTSTRAP_ROOT" && _bootstrap_quiet uv sync --frozen) ||
+    (cd "$BOOTSTRAP_ROOT" && _bootstrap_quiet uv sync --frozen --all-extras) ||
         _bootstrap_die "uv sync --frozen failed"
 }
 
