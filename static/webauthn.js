@@ -15,24 +15,27 @@
   };
   const withIds = (list) => (list || []).map((c) => ({ ...c, id: fromB64url(c.id) }));
 
+  // What both ceremonies send back about the credential, besides its response.
+  const described = (credential, response) => ({
+    id: credential.id,
+    rawId: toB64url(credential.rawId),
+    type: credential.type,
+    authenticatorAttachment: credential.authenticatorAttachment,
+    clientExtensionResults: credential.getClientExtensionResults(),
+    response,
+  });
+
   const create = async (options) => {
     options.challenge = fromB64url(options.challenge);
     options.user.id = fromB64url(options.user.id);
     options.excludeCredentials = withIds(options.excludeCredentials);
     const credential = await navigator.credentials.create({ publicKey: options });
     const response = credential.response;
-    return {
-      id: credential.id,
-      rawId: toB64url(credential.rawId),
-      type: credential.type,
-      authenticatorAttachment: credential.authenticatorAttachment,
-      clientExtensionResults: credential.getClientExtensionResults(),
-      response: {
-        clientDataJSON: toB64url(response.clientDataJSON),
-        attestationObject: toB64url(response.attestationObject),
-        transports: response.getTransports ? response.getTransports() : [],
-      },
-    };
+    return described(credential, {
+      clientDataJSON: toB64url(response.clientDataJSON),
+      attestationObject: toB64url(response.attestationObject),
+      transports: response.getTransports ? response.getTransports() : [],
+    });
   };
 
   const get = async (options) => {
@@ -40,19 +43,12 @@
     options.allowCredentials = withIds(options.allowCredentials);
     const credential = await navigator.credentials.get({ publicKey: options });
     const response = credential.response;
-    return {
-      id: credential.id,
-      rawId: toB64url(credential.rawId),
-      type: credential.type,
-      authenticatorAttachment: credential.authenticatorAttachment,
-      clientExtensionResults: credential.getClientExtensionResults(),
-      response: {
-        clientDataJSON: toB64url(response.clientDataJSON),
-        authenticatorData: toB64url(response.authenticatorData),
-        signature: toB64url(response.signature),
-        userHandle: response.userHandle ? toB64url(response.userHandle) : null,
-      },
-    };
+    return described(credential, {
+      clientDataJSON: toB64url(response.clientDataJSON),
+      authenticatorData: toB64url(response.authenticatorData),
+      signature: toB64url(response.signature),
+      userHandle: response.userHandle ? toB64url(response.userHandle) : null,
+    });
   };
 
   const ceremony = async (form) => {
