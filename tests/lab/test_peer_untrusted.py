@@ -25,7 +25,9 @@ def other(node: str) -> str:
 
 def sync_running(node: str) -> bool:
     unit = "mailrelay-queue-sync.service"
-    return lab("exec", node, "systemctl", "is-active", unit, check=False).stdout.strip() == "active"
+    # A oneshot run under way is "activating", not "active".
+    state = lab("exec", node, "systemctl", "is-active", unit, check=False).stdout.strip()
+    return state in ("active", "activating", "deactivating")
 
 
 def vrrp_journal(node: str, since: str) -> str:

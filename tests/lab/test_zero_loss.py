@@ -31,7 +31,9 @@ def ready_backup(node: str) -> bool:
 
 def sync_running(node: str) -> bool:
     unit = "mailrelay-queue-sync.service"
-    return lab("exec", node, "systemctl", "is-active", unit, check=False).stdout.strip() == "active"
+    # A oneshot run under way is "activating", not "active".
+    state = lab("exec", node, "systemctl", "is-active", unit, check=False).stdout.strip()
+    return state in ("active", "activating", "deactivating")
 
 
 def delivered(tag: str) -> list[str]:
