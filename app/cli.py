@@ -293,9 +293,60 @@ def cmd_create_token(args: argparse.Namespace) -> None:
     print(_run_db(work))
 
 
+def cmd_config_export(args: argparse.Namespace) -> None:
+    """Write the configuration this node's Postfix runs as a file `config-import` takes: how a
+    replacement master gets its configuration back from the surviving slave. The file holds the
+    route passwords in clear (config-import encrypts them with its own key), so it is made
+    0600 and never overwrites a file."""
+    import json
+
+    from app.cluster import pull
+    from app.config import applied
+
+    settings = _settings()
+    box = _box(settings)
+
+    async def work() -> tuple[dict[str, Any], int]:
+        version, _ = await applied.version_run_by(settings.node_id)
+        if version is None:
+            raise UserFacingError(f"node {settings.node_id} runs no applied version: no export")
+        if settings.cluster_mode == "master":
+            return version["snapshot"], version["number"]
+        state = await pull.applied_state(settings.node_id)
+        return version["snapshot"], state["master_number"] if state else 0
+
+    config, master_version = _run_db(work)
+    for entry in config["sender_domains"]:
+        route = entry.get("route") or {}
+        sealed = route.pop("auth_password_enc", None)
+        if sealed:
+            route["auth_password"] = box.decrypt(sealed)
+    document = {"master_version": master_version, **config}
+    try:
+        descriptor = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise UserFacingError(f"{args.file}: {exc}") from None
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+    print(
+        f"{args.file}: the configuration of master version {master_version} "
+        "(route passwords in clear: keep the file secret)"
+    )
+
+
+def _number_after(document: dict[str, Any], file: str) -> int:
+    """The import's `master_version` (from config-export): its version is numbered past it."""
+    value = document.pop("master_version", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**31 - 2:
+        raise UserFacingError(f"{file}: master_version must be a whole number, not {value!r}")
+    return value
+
+
 def cmd_config_import(args: argparse.Namespace) -> None:
     """Replace the configuration with a snapshot file (a new version; the same checks as the
-    GUI). The file holds sender_domains (with optional routes) and trusted_networks."""
+    GUI). The file holds sender_domains (with optional routes) and trusted_networks, and from
+    config-export the master version it came from (the new version is numbered past it)."""
     import json
 
     from app.config import service
@@ -306,6 +357,9 @@ def cmd_config_import(args: argparse.Namespace) -> None:
         document = json.loads(Path(args.file).read_text())
     except (OSError, ValueError) as exc:
         raise UserFacingError(f"{args.file}: {exc}") from None
+    if not isinstance(document, dict):
+        raise UserFacingError(f"{args.file}: not a JSON object")
+    number_after = _number_after(document, args.file)
     box = _box(settings)
     # Clear-text passwords in the file are encrypted here; they are never stored as given.
     for entry in document.get("sender_domains", []):
@@ -316,7 +370,11 @@ def cmd_config_import(args: argparse.Namespace) -> None:
     async def work() -> int:
         try:
             return await service.replace_all(
-                service.Actor("cli"), document, "config.import", f"imported from {args.file}"
+                service.Actor("cli"),
+                document,
+                "config.import",
+                f"imported from {args.file}",
+                number_after,
             )
         except FieldErrors as exc:
             raise UserFacingError(f"{args.file} refused: {exc}") from None
@@ -499,6 +557,13 @@ def parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("config-import", help="replace the configuration with a JSON snapshot")
     imp.add_argument("file")
     imp.set_defaults(func=cmd_config_import)
+    exp = sub.add_parser(
+        "config-export",
+        help="write the configuration this node runs to a new file, for config-import on a "
+        "replacement master",
+    )
+    exp.add_argument("file")
+    exp.set_defaults(func=cmd_config_export)
     sub.add_parser(
         "config-apply", help="apply the newest config version on this node"
     ).set_defaults(func=cmd_config_apply)

@@ -41,6 +41,7 @@ async def _change(
     target: str,
     mutate: Callable[[], Awaitable[Any]],
     comment: str = "",
+    number_after: int = 0,
 ) -> int:
     """Apply `mutate` and record the resulting version and audit entry atomically."""
     async with ConfigVersion._meta.db.transaction():
@@ -53,7 +54,9 @@ async def _change(
         problems = snap.validate(after)
         if problems:
             raise FieldErrors({"form": "; ".join(problems)})
-        number = await _store_version(after, actor.username, comment or f"{action} {target}")
+        number = await _store_version(
+            after, actor.username, comment or f"{action} {target}", number_after
+        )
         await audit.record(
             actor.username,
             action,
@@ -71,13 +74,15 @@ def _focus(snapshot: snap.Snapshot, target: str) -> dict[str, Any]:
     return {"lines": lines}
 
 
-async def _store_version(snapshot: snap.Snapshot, author: str, comment: str) -> int:
+async def _store_version(
+    snapshot: snap.Snapshot, author: str, comment: str, number_after: int
+) -> int:
     latest = (
         await ConfigVersion.select(ConfigVersion.number)
         .order_by(ConfigVersion.number, ascending=False)
         .first()
     )
-    number = (latest["number"] if latest else 0) + 1
+    number = max(latest["number"] if latest else 0, number_after) + 1
     await ConfigVersion.insert(
         ConfigVersion(
             number=number,
@@ -245,8 +250,13 @@ async def delete_network(actor: Actor, cidr: str) -> int:
     return await _change(actor, "network.delete", cidr, mutate)
 
 
-async def replace_all(actor: Actor, snapshot: snap.Snapshot, action: str, comment: str) -> int:
-    """Make the live tables equal to `snapshot` (rollback, or a version pulled from the master)."""
+async def replace_all(
+    actor: Actor, snapshot: snap.Snapshot, action: str, comment: str, number_after: int = 0
+) -> int:
+    """Make the live tables equal to `snapshot` (rollback, a version pulled from the master, an
+    import). `number_after`: the new version's number is above it, so that a replacement master
+    that imports the surviving slave's configuration numbers past what that slave runs (a slave
+    applies only newer master versions)."""
     problems = snap.validate(snapshot)
     if problems:
         raise FieldErrors({"snapshot": "; ".join(problems)})
@@ -276,7 +286,7 @@ async def replace_all(actor: Actor, snapshot: snap.Snapshot, action: str, commen
                 TrustedNetwork(cidr=entry["cidr"], comment=entry.get("comment", ""))
             )
 
-    return await _change(actor, action, "*", mutate, comment)
+    return await _change(actor, action, "*", mutate, comment, number_after)
 
 
 async def rollback(actor: Actor, number: int) -> int:

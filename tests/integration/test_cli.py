@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from app.crypto import SecretBox
 from app.db.tables import AppUser, AuditLog
 
 
@@ -117,6 +118,63 @@ async def test_config_import_checks_encrypts_and_versions(tmp_path, settings):
     bad.write_text(json.dumps({"sender_domains": [{"name": "bad domain"}], "trusted_networks": []}))
     assert_one_line_error(run("config-import", str(bad)), "refused")
     assert (await service.latest_version())["number"] == latest["number"]
+
+
+async def test_a_slaves_export_imported_on_a_replacement_master_is_numbered_past_it(
+    tmp_path, settings
+):
+    """A wiped master comes back empty: the surviving slave's config-export, imported there,
+    must make a version the slave takes (a slave applies only newer master versions)."""
+    import json
+    import stat
+
+    from app.cluster import pull
+    from app.config import applied, service
+    from app.config.snapshot import Snapshot
+
+    box = SecretBox(settings.secret_key_file)
+    config: Snapshot = {
+        "sender_domains": [
+            {
+                "name": "example.com",
+                "comment": "",
+                "route": {
+                    "host": "198.18.0.21",
+                    "port": 587,
+                    "tls_mode": "encrypt",
+                    "auth_user": "u",
+                    "auth_password_enc": box.encrypt("clear-secret-2"),
+                },
+            }
+        ],
+        "trusted_networks": [{"cidr": "198.18.0.30/32", "comment": ""}],
+    }
+    local = await service.replace_all(pull.ACTOR, config, "config.pull", "pulled master version 7")
+    await applied.record_own(settings.node_id, local)
+    slave = {
+        "CLUSTER_MODE": "slave",
+        "MASTER_API_URL": "https://198.18.0.11:8443",
+        "MASTER_API_TOKEN": "not-used-by-an-export",
+    }
+    exported = tmp_path / "from-slave.json"
+    result = run("config-export", str(exported), env=slave)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o600
+    document = json.loads(exported.read_text())
+    assert document["master_version"] == 7
+    assert document["sender_domains"][0]["route"]["auth_password"] == "clear-secret-2"
+    assert_one_line_error(run("config-export", str(exported), env=slave), "File exists")
+
+    document["master_version"] = 40  # what the slave runs, past this database's own numbers
+    exported.write_text(json.dumps(document))
+    assert run("config-import", str(exported)).returncode == 0
+    latest = await service.latest_version()
+    assert latest["number"] == 41
+    route = latest["snapshot"]["sender_domains"][0]["route"]
+    assert box.decrypt(route["auth_password_enc"]) == "clear-secret-2"
+    document["master_version"] = "40"
+    exported.write_text(json.dumps(document))
+    assert_one_line_error(run("config-import", str(exported)), "master_version")
 
 
 async def test_config_apply_without_an_agent_is_one_clear_line():
