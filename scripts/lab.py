@@ -7,6 +7,7 @@ are in 198.18.0.0/24 only. Runs with the system python3 (no dependencies).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,13 +26,19 @@ VIP = f"{PREFIX}.100"
 HOSTS = {"a": 11, "b": 12, "sink1": 21, "sink2": 22, "client": 30, "outside": 40}
 NODES = ("a", "b")
 # Where install-node keeps the first admin's one-time password (root only) on each node.
-INITIAL_ADMIN_PASSWORD = "/etc/mailrelay/initial-admin-password"
+INITIAL_ADMIN_PASSWORD = "/etc/mailrelay/initial-admin-password"  # noqa: S105 - a path
 LAB_CONFIG = {
     "sender_domains": [
-        {"name": "app.example", "comment": "lab: routed to sink1",
-         "route": {"host": f"{PREFIX}.21", "port": 25, "tls_mode": "none"}},
-        {"name": "billing.example", "comment": "lab: routed to sink2",
-         "route": {"host": f"{PREFIX}.22", "port": 25, "tls_mode": "none"}},
+        {
+            "name": "app.example",
+            "comment": "lab: routed to sink1",
+            "route": {"host": f"{PREFIX}.21", "port": 25, "tls_mode": "none"},
+        },
+        {
+            "name": "billing.example",
+            "comment": "lab: routed to sink2",
+            "route": {"host": f"{PREFIX}.22", "port": 25, "tls_mode": "none"},
+        },
     ],
     "trusted_networks": [{"cidr": f"{PREFIX}.30/32", "comment": "lab client"}],
 }
@@ -77,8 +84,7 @@ def network_up(state: dict) -> None:
             run("ip", "netns", "add", name)
             state.setdefault("netns", []).append(name)
             outer = f"mrl-{host}"
-            run("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0",
-                "netns", name)
+            run("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", name)
             state.setdefault("links", []).append(outer)
             run("ip", "link", "set", outer, "master", BRIDGE)
             run("ip", "link", "set", outer, "up")
@@ -102,16 +108,43 @@ def sink_start(state: dict, name: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     log = open(STATE / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
     process = subprocess.Popen(
-        ["ip", "netns", "exec", ns(name), "env", f"PYTHONPATH={ROOT}",
-         str(ROOT / ".venv" / "bin" / "python"), "-m", "tests.smtptarget", ip(name), "25",
-         str(directory)],
-        stdout=log, stderr=log, start_new_session=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns(name),
+            "env",
+            f"PYTHONPATH={ROOT}",
+            str(ROOT / ".venv" / "bin" / "python"),
+            "-m",
+            "tests.smtptarget",
+            ip(name),
+            "25",
+            str(directory),
+        ],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
     )
     state.setdefault("sinks", {})[name] = process.pid
     save(state)
-    wait(lambda: run("ip", "netns", "exec", ns(name), "bash", "-c",
-                     f"echo > /dev/tcp/{ip(name)}/25", check=False).returncode == 0,
-         f"{name} to listen", 20)
+    wait(
+        lambda: (
+            run(
+                "ip",
+                "netns",
+                "exec",
+                ns(name),
+                "bash",
+                "-c",
+                f"echo > /dev/tcp/{ip(name)}/25",
+                check=False,
+            ).returncode
+            == 0
+        ),
+        f"{name} to listen",
+        20,
+    )
 
 
 def sink_running(state: dict, name: str) -> bool:
@@ -139,7 +172,10 @@ def node_dir(node: str) -> Path:
 
 
 def cgroup_dirs(node: str) -> list[Path]:
-    return [Path(f"/sys/fs/cgroup/unified/mrlab-{node}"), Path(f"/sys/fs/cgroup/systemd/mrlab-{node}")]
+    return [
+        Path(f"/sys/fs/cgroup/unified/mrlab-{node}"),
+        Path(f"/sys/fs/cgroup/systemd/mrlab-{node}"),
+    ]
 
 
 def node_pid(node: str) -> int | None:
@@ -155,13 +191,15 @@ def node_pid(node: str) -> int | None:
     return None
 
 
-def node_exec(node: str, *cmd: str, check: bool = True, capture: bool = True,
-              **kw) -> subprocess.CompletedProcess:
+def node_exec(
+    node: str, *cmd: str, check: bool = True, capture: bool = True, **kw
+) -> subprocess.CompletedProcess:
     pid = node_pid(node)
     if pid is None:
         raise SystemExit(f"lab: node {node} is not running")
-    return run("nsenter", "-t", str(pid), "-a", "-r", "-w", *cmd, check=check,
-               capture=capture, **kw)
+    return run(
+        "nsenter", "-t", str(pid), "-a", "-r", "-w", *cmd, check=check, capture=capture, **kw
+    )
 
 
 def mount_root(node: str, state: dict) -> Path:
@@ -170,8 +208,15 @@ def mount_root(node: str, state: dict) -> Path:
     for sub in ("upper", "work", "root"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     if run("mountpoint", "-q", str(root), check=False).returncode != 0:
-        run("mount", "-t", "overlay", "overlay", "-o",
-            f"lowerdir=/,upperdir={base / 'upper'},workdir={base / 'work'}", str(root))
+        run(
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir=/,upperdir={base / 'upper'},workdir={base / 'work'}",
+            str(root),
+        )
         if str(root) not in state.setdefault("mounts", []):
             state["mounts"].append(str(root))
         save(state)
@@ -183,6 +228,12 @@ def boot(node: str, state: dict) -> None:
         print(f"node {node} is running already")
         return
     root = mount_root(node, state)
+    if node in state.get("wiped", []):
+        # A replacement host has ssh host keys of its own, not the lost node's (nor the lab
+        # machine's, which the overlay shows through).
+        for key in (root / "etc" / "ssh").glob("ssh_host_*"):
+            key.unlink()
+        run("ssh-keygen", "-A", "-f", str(root))
     run("ip", "netns", "exec", ns(node), "ip", "link", "set", "eth0", "up", check=False)
     # The node's hostname and its settings live on its own disk (the overlay's upper dir).
     (root / "etc" / "hostname").write_text(f"relay-{node}\n")
@@ -190,16 +241,21 @@ def boot(node: str, state: dict) -> None:
         cg.mkdir(exist_ok=True)
     log = open(node_dir(node) / "console.log", "ab")  # noqa: SIM115 - kept by the child
     launcher = (
-        "echo $$ > /sys/fs/cgroup/unified/mrlab-{n}/cgroup.procs && "
-        "echo $$ > /sys/fs/cgroup/systemd/mrlab-{n}/cgroup.procs && "
-        "exec systemd-nspawn --register=no --keep-unit -q -b -D {root} -M mrlab-{n} "
-        "--network-namespace-path=/run/netns/{ns} --bind-ro={repo} "
+        f"echo $$ > /sys/fs/cgroup/unified/mrlab-{node}/cgroup.procs && "
+        f"echo $$ > /sys/fs/cgroup/systemd/mrlab-{node}/cgroup.procs && "
+        f"exec systemd-nspawn --register=no --keep-unit -q -b -D {root} -M mrlab-{node} "
+        f"--network-namespace-path=/run/netns/{ns(node)} --bind-ro={ROOT} "
         # keepalived must add and remove the VIP: the node's own network namespace is its to
         # change.
         "--capability=CAP_NET_ADMIN,CAP_NET_RAW"
-    ).format(n=node, root=root, ns=ns(node), repo=ROOT)
-    process = subprocess.Popen(["bash", "-c", launcher], stdin=subprocess.DEVNULL, stdout=log,
-                               stderr=log, start_new_session=True)
+    )
+    process = subprocess.Popen(
+        ["bash", "-c", launcher],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     (node_dir(node) / "nspawn.pid").write_text(str(process.pid))
     state.setdefault("nodes", {})[node] = process.pid
     save(state)
@@ -230,19 +286,51 @@ def crash(node: str, state: dict) -> None:
     wait(lambda: node_pid(node) is None, f"node {node} to die", 20)
     pid_file = node_dir(node) / "nspawn.pid"
     if pid_file.exists():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         pid_file.unlink()
     # A machine without power has no link and no addresses: the namespace outlives the node's
     # processes, so take its interface down and drop the VIP, as the power cut would.
     run("ip", "netns", "exec", ns(node), "ip", "link", "set", "eth0", "down", check=False)
-    run("ip", "netns", "exec", ns(node), "ip", "addr", "del", f"{VIP}/24", "dev", "eth0",
-        check=False)
-    run("ip", "netns", "exec", ns(node), "ip", "addr", "del", f"{VIP}/32", "dev", "eth0",
-        check=False)
+    run(
+        "ip",
+        "netns",
+        "exec",
+        ns(node),
+        "ip",
+        "addr",
+        "del",
+        f"{VIP}/24",
+        "dev",
+        "eth0",
+        check=False,
+    )
+    run(
+        "ip",
+        "netns",
+        "exec",
+        ns(node),
+        "ip",
+        "addr",
+        "del",
+        f"{VIP}/32",
+        "dev",
+        "eth0",
+        check=False,
+    )
     state.get("nodes", {}).pop(node, None)
+    save(state)
+
+
+def wipe(node: str, state: dict) -> None:
+    """The crashed node's disk is lost: its overlay (queue, replica, shadow store, database,
+    keys, settings) goes. The next `boot` brings up a freshly installed replacement."""
+    root = node_dir(node) / "root"
+    run("umount", "-l", str(root), check=False)
+    for sub in ("upper", "work"):
+        shutil.rmtree(node_dir(node) / sub, ignore_errors=True)
+    if node not in state.setdefault("wiped", []):
+        state["wiped"].append(node)
     save(state)
 
 
@@ -250,21 +338,17 @@ def remove_cgroup(path: Path) -> None:
     if not path.exists():
         return
     for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        try:
+        with contextlib.suppress(OSError):
             sub.rmdir()
-        except OSError:
-            pass
-    try:
+    with contextlib.suppress(OSError):
         path.rmdir()
-    except OSError:
-        pass
 
 
 # -- install ----------------------------------------------------------------------------------
 
 
 def node_env(node: str, extra: dict[str, str]) -> str:
-    peer = "b" if node == "a" else "a"
+    peer = peer_of(node)
     values = {
         "NODE_ID": node,
         "NODE_IP": ip(node),
@@ -274,7 +358,7 @@ def node_env(node: str, extra: dict[str, str]) -> str:
         "VRRP_INTERFACE": "eth0",
         "CLUSTER_MODE": "master" if node == "a" else "slave",
         "NODE_HOSTNAME": f"relay-{node}.lab.example",
-        "HTTPS_HOST": "0.0.0.0",
+        "HTTPS_HOST": "0.0.0.0",  # noqa: S104 - inside the node's own lab namespace
         "HTMX_SOURCE": "local",
         "SECRET_KEY_SOURCE": str(STATE / "secret.key"),
         # Shadow copies: both nodes share one token (made in `up`).
@@ -292,23 +376,43 @@ def install(node: str, extra: dict[str, str]) -> None:
     settings.update(extra)
     save(state)
     (root / env_path.relative_to("/")).write_text(node_env(node, settings))
-    uv_bin = run("bash", "-c", "readlink -f \"$(command -v uv)\" 2>/dev/null; "
-                 "ls /root/.pyenv/versions/*/bin/uv 2>/dev/null | head -1", check=False)
+    uv_bin = run(
+        "bash",
+        "-c",
+        'readlink -f "$(command -v uv)" 2>/dev/null; '
+        "ls /root/.pyenv/versions/*/bin/uv 2>/dev/null | head -1",
+        check=False,
+    )
     candidates = [line for line in uv_bin.stdout.split() if line and "shims" not in line]
-    env = ["env", f"UV={candidates[-1] if candidates else ''}", "UV_OFFLINE=1",
-           "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
-    result = node_exec(node, *env, str(ROOT / "scripts" / "install-node"), str(env_path),
-                       check=False)
+    env = [
+        "env",
+        f"UV={candidates[-1] if candidates else ''}",
+        "UV_OFFLINE=1",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+    ]
+    result = node_exec(
+        node, *env, str(ROOT / "scripts" / "install-node"), str(env_path), check=False
+    )
     (node_dir(node) / "install.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise SystemExit(f"lab: install-node on {node} failed:\n{result.stdout}{result.stderr}")
 
 
 def mailrelay(node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return node_exec(node, "runuser", "-u", "mailrelay", "--", "bash", "-c",
-                     "set -a; . /etc/mailrelay/mailrelay.env; set +a; "
-                     "exec /opt/mailrelay/venv/bin/mailrelay \"$@\"", "mailrelay", *args,
-                     check=check)
+    return node_exec(
+        node,
+        "runuser",
+        "-u",
+        "mailrelay",
+        "--",
+        "bash",
+        "-c",
+        "set -a; . /etc/mailrelay/mailrelay.env; set +a; "
+        'exec /opt/mailrelay/venv/bin/mailrelay "$@"',
+        "mailrelay",
+        *args,
+        check=check,
+    )
 
 
 def up() -> None:
@@ -333,42 +437,129 @@ def up() -> None:
         sink_start(state, sink)
     boot("a", state)
     install("a", {})
-    token = mailrelay("a", "create-token", f"lab-peer-{int(time.time())}", "--kind",
-                      "cluster").stdout.strip()
+    token = cluster_token("a")
     config = STATE / "lab-config.json"
     config.write_text(json.dumps(LAB_CONFIG, indent=2))
     node_exec("a", "cp", str(config), "/var/lib/mailrelay/lab-config.json")
     mailrelay("a", "config-import", "/var/lib/mailrelay/lab-config.json")
     applied = mailrelay("a", "config-apply", check=False)
     print(applied.stdout.strip() or applied.stderr.strip())
-    wait(lambda: node_exec("a", "test", "-s", "/var/lib/mailrelay/tls/node.crt",
-                           check=False).returncode == 0, "node a's HTTPS certificate", 60)
-    fingerprint = node_exec("a", "openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in",
-                            "/var/lib/mailrelay/tls/node.crt", check=False).stdout
-    fingerprint = fingerprint.strip().split("=", 1)[-1]
     boot("b", state)
-    install("b", {"MASTER_API_URL": f"https://{ip('a')}:8443", "MASTER_API_TOKEN": token,
-                  "MASTER_CERT_FINGERPRINT": fingerprint})
+    install(
+        "b",
+        {
+            "MASTER_API_URL": f"https://{ip('a')}:8443",
+            "MASTER_API_TOKEN": token,
+            "MASTER_CERT_FINGERPRINT": certificate_fingerprint("a"),
+        },
+    )
     # A returning a asks b what b took over: a needs b's API, token and fingerprint (b uses
     # its MASTER_* settings for a).
-    wait(lambda: node_exec("b", "test", "-s", "/var/lib/mailrelay/tls/node.crt",
-                           check=False).returncode == 0, "node b's HTTPS certificate", 60)
-    peer_token = mailrelay("b", "create-token", f"lab-peer-{int(time.time())}", "--kind",
-                           "cluster").stdout.strip()
-    peer_fp = node_exec("b", "openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in",
-                        "/var/lib/mailrelay/tls/node.crt").stdout.strip().split("=", 1)[-1]
-    install("a", {"PEER_API_URL": f"https://{ip('b')}:8443", "PEER_API_TOKEN": peer_token,
-                  "PEER_CERT_FINGERPRINT": peer_fp})
+    install(
+        "a",
+        {
+            "PEER_API_URL": f"https://{ip('b')}:8443",
+            "PEER_API_TOKEN": cluster_token("b"),
+            "PEER_CERT_FINGERPRINT": certificate_fingerprint("b"),
+        },
+    )
     # Queue sync: each node accepts the other's key, from the other's address, for rrsync into
     # its replica only; each pins the other's ssh host key (no trust on first use).
-    keys = {n: node_exec(n, "cat", "/etc/mailrelay/sync_ed25519.pub").stdout.strip()
-            for n in NODES}
-    host_keys = {n: " ".join(node_exec(n, "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
-                             .stdout.split()[:2]) for n in NODES}
-    install("a", {"SYNC_PEER_PUBKEY": keys["b"], "SYNC_PEER_HOST_KEY": host_keys["b"]})
-    install("b", {"SYNC_PEER_PUBKEY": keys["a"], "SYNC_PEER_HOST_KEY": host_keys["a"]})
+    keys = {n: sync_keys(n) for n in NODES}
+    install("a", keys["b"])
+    install("b", keys["a"])
     version = wait_until_ready()
     print_summary(version)
+
+
+def peer_of(node: str) -> str:
+    return "b" if node == "a" else "a"
+
+
+def cluster_token(node: str) -> str:
+    """A new cluster token on `node`, for its peer's calls."""
+    return mailrelay(
+        node, "create-token", f"lab-peer-{int(time.time())}", "--kind", "cluster"
+    ).stdout.strip()
+
+
+def certificate_fingerprint(node: str) -> str:
+    wait(
+        lambda: (
+            node_exec(node, "test", "-s", "/var/lib/mailrelay/tls/node.crt", check=False).returncode
+            == 0
+        ),
+        f"node {node}'s HTTPS certificate",
+        60,
+    )
+    out = node_exec(
+        node,
+        "openssl",
+        "x509",
+        "-noout",
+        "-fingerprint",
+        "-sha256",
+        "-in",
+        "/var/lib/mailrelay/tls/node.crt",
+    ).stdout
+    return out.strip().split("=", 1)[-1]
+
+
+def sync_keys(node: str) -> dict[str, str]:
+    """What the peer needs to accept this node's queue sync and to pin its ssh host key."""
+    pubkey = node_exec(node, "cat", "/etc/mailrelay/sync_ed25519.pub").stdout.strip()
+    host_key = node_exec(node, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
+    return {"SYNC_PEER_PUBKEY": pubkey, "SYNC_PEER_HOST_KEY": " ".join(host_key)}
+
+
+def join_replacement(node: str, state: dict) -> None:
+    """A freshly installed host takes the lost node's place, as an operator would do it: install
+    it with the node's settings, hand the survivor its new token, certificate and keys, and, for
+    a master, import the configuration the survivor runs. keepalived starts it as BACKUP (with
+    nopreempt the survivor keeps the VIP)."""
+    survivor = peer_of(node)
+    if node_pid(survivor) is None:
+        raise SystemExit(f"lab: the replacement of {node} joins through {survivor}: boot it first")
+    install(node, {})
+    master = state["settings"][node].get("MASTER_API_URL") is None
+    prefix = "MASTER" if master else "PEER"
+    install(
+        survivor,
+        {
+            f"{prefix}_API_TOKEN": cluster_token(node),
+            f"{prefix}_CERT_FINGERPRINT": certificate_fingerprint(node),
+            **sync_keys(node),
+        },
+    )
+    if master:
+        node_exec(survivor, "rm", "-f", "/var/lib/mailrelay/replacement.json")
+        mailrelay(survivor, "config-export", "/var/lib/mailrelay/replacement.json")
+        exported = node_exec(survivor, "cat", "/var/lib/mailrelay/replacement.json").stdout
+        node_exec(survivor, "rm", "-f", "/var/lib/mailrelay/replacement.json")
+        node_exec(
+            node,
+            "runuser",
+            "-u",
+            "mailrelay",
+            "--",
+            "sh",
+            "-c",
+            "umask 077 && cat > /var/lib/mailrelay/replacement.json",
+            input=exported,
+        )
+        print(
+            mailrelay(node, "config-import", "/var/lib/mailrelay/replacement.json").stdout.strip()
+        )
+        node_exec(node, "rm", "-f", "/var/lib/mailrelay/replacement.json")
+        print(mailrelay(node, "config-apply").stdout.strip())
+    state["wiped"].remove(node)
+    save(state)
+    version = wait_until_ready()
+    print(
+        f"node {node} joined as a replacement: both nodes run config version {version}; "
+        f"the VIP stays on {vip_owner()}"
+    )
+    print(f"  login on {node}: admin with the one-time password {admin_password(node)}")
 
 
 def config_versions() -> dict[str, int | None]:
@@ -401,17 +592,17 @@ def print_summary(version: int) -> None:
     print(f"""
 The lab is up: both nodes run config version {version} (a applied it, b pulled it).
   GUI via the VIP:  https://{VIP}:8443/
-  GUI of node a:    https://{ip('a')}:8443/   (master: edit the configuration here)
-  GUI of node b:    https://{ip('b')}:8443/   (slave: read-only configuration)
+  GUI of node a:    https://{ip("a")}:8443/   (master: edit the configuration here)
+  GUI of node b:    https://{ip("b")}:8443/   (slave: read-only configuration)
   Login: admin with each node's one-time password (change it at the first login):
     node a: {admin_password("a")}
     node b: {admin_password("b")}
 
-Try it (from the trusted client {ip('client')} and the untrusted {ip('outside')}):
+Try it (from the trusted client {ip("client")} and the untrusted {ip("outside")}):
   scripts/lab exec client swaks --server {VIP} --from app@app.example --to you@dest.example
-      -> relayed to sink1 ({ip('sink1')}); see: scripts/lab sink sink1 list
+      -> relayed to sink1 ({ip("sink1")}); see: scripts/lab sink sink1 list
   scripts/lab exec client swaks --server {VIP} --from pay@billing.example --to you@dest.example
-      -> relayed to sink2 ({ip('sink2')}); see: scripts/lab sink sink2 count
+      -> relayed to sink2 ({ip("sink2")}); see: scripts/lab sink sink2 count
   scripts/lab exec client swaks --server {VIP} --from x@blocked.example --to you@dest.example
       -> 553 sender domain not allowed
   scripts/lab exec outside swaks --server {VIP} --from app@app.example --to you@dest.example
@@ -443,14 +634,24 @@ def status() -> None:
         pid = node_pid(node)
         line = f"node {node} ({ip(node)}): {'running' if pid else 'stopped'}"
         if pid:
-            units = node_exec(node, "systemctl", "is-active", "postfix@-", "keepalived",
-                              "mailrelay-web", "postgresql", check=False).stdout.split()
+            units = node_exec(
+                node,
+                "systemctl",
+                "is-active",
+                "postfix@-",
+                "keepalived",
+                "mailrelay-web",
+                "postgresql",
+                check=False,
+            ).stdout.split()
             line += "  postfix/keepalived/web/postgresql: " + "/".join(units)
         print(line)
     print(f"VIP {VIP}: {vip_owner() or 'nobody'}")
     for sink in ("sink1", "sink2"):
-        print(f"{sink} ({ip(sink)}): {'up' if sink_running(state, sink) else 'down'}, "
-              f"{len(sink_messages(sink))} messages")
+        print(
+            f"{sink} ({ip(sink)}): {'up' if sink_running(state, sink) else 'down'}, "
+            f"{len(sink_messages(sink))} messages"
+        )
 
 
 def partition(on: bool) -> None:
@@ -460,8 +661,12 @@ def partition(on: bool) -> None:
     for node, peer in (("a", "b"), ("b", "a")):
         for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
             rule = [chain, side, f"{ip(peer)}/32", "-j", "DROP"]
-            present = run("ip", "netns", "exec", ns(node), "iptables", "-C", *rule,
-                          check=False).returncode == 0
+            present = (
+                run(
+                    "ip", "netns", "exec", ns(node), "iptables", "-C", *rule, check=False
+                ).returncode
+                == 0
+            )
             if on and not present:
                 run("ip", "netns", "exec", ns(node), "iptables", "-I", *rule)
             elif not on and present:
@@ -497,10 +702,8 @@ def kill_group(pid: int) -> None:
         if not Path(f"/proc/{pid}").exists():
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def wait(condition, what: str, timeout: float) -> None:
@@ -530,11 +733,18 @@ def main(argv: list[str]) -> None:
         print(admin_password(args[0]))
     elif command == "crash":
         crash(args[0], state)
+        if "--wipe" in args[1:]:
+            wipe(args[0], state)
     elif command == "boot":
+        replacement = args[0] in state.get("wiped", [])
         boot(args[0], state)
+        if replacement:
+            join_replacement(args[0], state)
     elif command == "install":
-        # Re-run install-node on a running node with its lab settings (after a code change).
-        install(args[0], {})
+        # Re-run install-node on a running node with its lab settings (after a code change),
+        # changed by any NAME=VALUE given (kept for later installs).
+        changes = dict(arg.split("=", 1) for arg in args[1:] if "=" in arg)
+        install(args[0], changes)
         print(f"node {args[0]}: installed")
     elif command == "partition":
         partition(True)
