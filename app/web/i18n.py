@@ -217,6 +217,8 @@ GERMAN: dict[str, str] = {
     "Shadow copies": "Schattenkopien",
     "%d of the peer's held here": "%d des Partners hier gehalten",
     "unprotected mail: %d": "ungeschützte Mails: %d",
+    "the last %s ago": "die letzte vor %s",
+    "accepted without a copy on the peer: lost if this node and its disk are lost before the next queue sync": "ohne Kopie auf dem Partner angenommen: verloren, wenn dieser Knoten samt Platte vor dem nächsten Queue-Sync ausfällt",
     "%d messages": "%d Nachrichten",
     "VRRP state": "VRRP-Zustand",
     "holds the VIP": "hält die VIP",

@@ -122,3 +122,32 @@ async def test_tracking_finds_messages_and_shows_a_lifecycle(login_as):
     assert "QOLDAAAAA" not in recent and "QDEFAAAAA" in recent
     page = (await client.get("/tracking/Q1AAAAAA")).text
     assert "198.18.5.30" in page and "r1@dest.example" in page and "&lt;m1@test&gt;" in page
+
+
+async def test_the_dashboard_says_how_much_mail_was_accepted_without_a_shadow_copy(
+    app, login_as, monkeypatch
+):
+    """The agent here answers over its real socket protocol from a stand-in (no Postfix in this
+    test); what the milter's counter really holds is proven in the lab (test_zero_loss)."""
+    import time
+
+    from app.agent.client import AgentClient
+    from tests.clusterpeer import AGENT_STATUS, fake_agent
+
+    client = await login_as("readonly")
+    calm = AGENT_STATUS | {"shadow": AGENT_STATUS["shadow"] | {"unprotected_total": 0}}
+    async with fake_agent({"status": calm}) as agent:
+        monkeypatch.setattr(app.state, "agent", AgentClient(agent.path))
+        page = (await client.get("/")).text
+    line = page[page.index('id="shadow-status"') :].split("</p>")[0]
+    assert "unprotected mail: 0" in line and "2 of the peer&#39;s held here" in line
+    assert 'class="error"' not in line
+
+    shadow = AGENT_STATUS["shadow"] | {"unprotected_total": 3, "last_unprotected_at": time.time()}
+    async with fake_agent({"status": AGENT_STATUS | {"shadow": shadow}}) as agent:
+        monkeypatch.setattr(app.state, "agent", AgentClient(agent.path))
+        page = (await client.get("/")).text
+    line = page[page.index('id="shadow-status"') :].split("</p>")[0]
+    assert '<strong class="error">unprotected mail: 3</strong>' in line
+    assert "the last 0 s ago" in line or "the last 1 s ago" in line
+    assert "lost if this node and its disk are lost" in line

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.labtools import VIP, lab, swaks, vip_owner, wait_for
+from tests.lab.labtools import VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -116,6 +116,10 @@ def test_with_the_peer_unreachable_prefer_counts_unprotected_mail_and_require_de
         out = swaks("client", "app@app.example")
         assert "250 2.0.0 Ok: queued" in out, out
         assert unprotected(active) == before + 1
+        client, _ = gui_session(f"https://{A if active == 'a' else B}:8443")
+        with client:
+            page = client.get("/").text
+        assert f'<strong class="error">unprotected mail: {before + 1}</strong>' in page
         lab("install", active, "SHADOW_MODE=require", timeout=600)
         out = swaks("client", "app@app.example")
         assert "451 4.4.0" in out, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from litestar import Request, get
@@ -29,6 +30,7 @@ async def dashboard(request: Req) -> Template:
     except (AgentUnavailable, AgentRefused) as exc:
         postfix, postfix_error = None, str(exc)
     traffic = await reports.hourly_traffic()
+    last = (postfix or {}).get("shadow", {}).get("last_unprotected_at")
     return page(
         request,
         "dashboard/page.html",
@@ -39,6 +41,7 @@ async def dashboard(request: Req) -> Template:
         config=await configstate.current(settings),
         postfix=postfix,
         postfix_error=postfix_error,
+        unprotected_age=max(0.0, time.time() - last) if isinstance(last, int | float) else None,
         bars=reports.chart_bars(traffic),
         traffic_total=sum(
             h["delivered"] + h["deferred"] + h["bounced"] + h["rejected"] for h in traffic
