@@ -303,7 +303,9 @@ PARTS = {
     "apply": bench_apply,
     "logs": bench_logs,
     "gui": bench_gui,
-    **{name: lab_part(name) for name in ("failover", "sync", "lag", "throughput", "pull")},
+    **{
+        name: lab_part(name) for name in ("failover", "sync", "lag", "throughput", "pull", "shadow")
+    },
 }
 
 

@@ -692,3 +692,150 @@ def bench_pull(quick: bool) -> None:
         results,
         {"runs": runs},
     )
+
+
+# -- shadow -----------------------------------------------------------------------------------
+
+# Runs in the client namespace: COUNT messages over one session; for each, the seconds from the
+# end of its data (the final ".") to the relay's answer. Prints them as JSON.
+DATA_TO_250 = """
+import json, smtplib, sys, time
+host, count = sys.argv[1], int(sys.argv[2])
+body = ("From: app@app.example\\r\\nTo: you@dest.example\\r\\nSubject: bench\\r\\n\\r\\n"
+        + "x" * 2000 + "\\r\\n")
+seconds = []
+with smtplib.SMTP(host, 25, timeout=30) as smtp:
+    smtp.ehlo("bench.lab.test")
+    for _ in range(count):
+        smtp.mail("app@app.example")
+        smtp.rcpt("you@dest.example")
+        code, _ = smtp.docmd("DATA")
+        assert code == 354, code
+        smtp.send(body.encode() + b".\\r\\n")
+        started = time.perf_counter()
+        code, answer = smtp.getreply()
+        seconds.append(time.perf_counter() - started)
+        assert code == 250, (code, answer)
+print(json.dumps(seconds))
+"""
+
+
+def set_shadow_mode(node: str, mode: str) -> None:
+    """The operator's way: install-node with SHADOW_MODE (off configures no milter at all)."""
+    lab("install", node, f"SHADOW_MODE={mode}", timeout=900)
+
+
+def data_to_250(messages: int) -> list[float]:
+    out = in_client("python3", "-", VIP, str(messages), stdin=DATA_TO_250)
+    return [float(s) for s in json.loads(out)]
+
+
+def drill() -> dict[str, int]:
+    """The zero-loss drill once (as tests/lab/test_zero_loss.py): sink1 down, the active node's
+    sync timer stopped, 30 messages with their 250, a power cut of the active node that also
+    loses its disk at once; then count what its peer delivers, and bring a replacement in."""
+    node = active()
+    peer = other(node)
+    wait_for(lambda: ready_backup(peer), 300, f"{peer} to be a ready BACKUP")
+    lab("exec", node, "systemctl", "stop", "mailrelay-queue-sync.timer")
+    wait_for(
+        lambda: lab("exec", node, "systemctl", "is-active", "mailrelay-queue-sync.service",
+                    check=False).strip() not in ("active", "activating", "deactivating"),
+        60, "the sync under way to end",
+    )  # fmt: skip
+    lab("sink", "sink1", "stop")
+    tag = f"benchdrill{int(time.time())}"
+    sender = str(ROOT / "scripts" / "lib" / "sender.py")
+    in_client("python3", sender, VIP, "30", tag, timeout=120)
+    lab("crash", node, "--wipe")
+    try:
+        wait_for(lambda: vip_owner() == peer, 60, f"{peer} to take the VIP")
+        lab("sink", "sink1", "start")
+
+        def delivered() -> list[str]:
+            lab("exec", peer, "postqueue", "-f", check=False)
+            return [m for m in lab("sink", "sink1", "list").split() if f"<{tag}-" in m]
+
+        with contextlib.suppress(SystemExit):
+            wait_for(lambda: len(set(delivered())) >= 30, 180, "sink1 to receive all 30")
+        ids = delivered()
+    finally:
+        lab("sink", "sink1", "start", check=False)
+        lab("boot", node, timeout=1200)
+    return {"sent": 30, "lost": 30 - len(set(ids)), "duplicates": len(ids) - len(set(ids))}
+
+
+def bench_shadow(quick: bool) -> None:
+    """Throughput and end-of-data -> 250 with SHADOW_MODE off and prefer, alternating (off,
+    prefer, prefer, off, ...) so that drift on this noisy machine falls on both; medians of the
+    rounds. Then the zero-loss drill's lost count."""
+    rounds = 2 if quick else 4
+    messages = 1000 if quick else 5000
+    probes = 100 if quick else 400
+    runs: dict[str, list[dict[str, float]]] = {"off": [], "prefer": []}
+    latencies: dict[str, list[float]] = {"off": [], "prefer": []}
+    with the_lab():
+        node = active()
+        try:
+            with smtp_sink():
+                for round_ in range(rounds):
+                    order = ("off", "prefer") if round_ % 2 == 0 else ("prefer", "off")
+                    for mode in order:
+                        set_shadow_mode(node, mode)
+                        latencies[mode] += data_to_250(probes)
+                        runs[mode].append(deliver(node, messages))
+                        print(
+                            f"bench: round {round_ + 1} {mode}: {runs[mode][-1]}", file=sys.stderr
+                        )
+        finally:
+            set_shadow_mode(node, "prefer")
+        drilled = drill()
+    results: dict[str, dict[str, Any]] = {}
+    for mode in ("off", "prefer"):
+        timing = quantiles(latencies[mode])
+        results[mode] = {
+            "accepted_per_s": statistics.median(r["accepted_per_s"] for r in runs[mode]),
+            "delivered_per_s": statistics.median(r["delivered_per_s"] for r in runs[mode]),
+            "data_to_250_p50_ms": round(timing["median"] * 1000, 2),
+            "data_to_250_p99_ms": round(timing["p99"] * 1000, 2),
+        }
+    off, prefer = results["off"], results["prefer"]
+    ratio = round(prefer["accepted_per_s"] / off["accepted_per_s"], 2)
+    added_p50 = round(prefer["data_to_250_p50_ms"] - off["data_to_250_p50_ms"], 2)
+    added_p99 = round(prefer["data_to_250_p99_ms"] - off["data_to_250_p99_ms"], 2)
+    rows = [
+        [mode, r["accepted_per_s"], r["delivered_per_s"], r["data_to_250_p50_ms"],
+         r["data_to_250_p99_ms"]]
+        for mode, r in results.items()
+    ]  # fmt: skip
+    text = table(
+        f"shadow copies: {rounds} rounds of {messages} messages (20 sessions) and {probes} "
+        f"end-of-data -> 250 probes per mode, medians; prefer/off accepted = {ratio} (goal >= "
+        f"0.85), added p50 {added_p50} ms (goal <= 5), p99 {added_p99} ms (goal <= 25); drill: "
+        f"{drilled['lost']} of {drilled['sent']} lost (goal 0), {drilled['duplicates']} "
+        "duplicates",
+        ["SHADOW_MODE", "accepted/s", "delivered/s", "p50 ms", "p99 ms"],
+        rows,
+    )
+    chart = svg_bars(
+        "shadow copies: throughput through the VIP",
+        list(results),
+        {
+            "accepted": [r["accepted_per_s"] for r in results.values()],
+            "delivered": [r["delivered_per_s"] for r in results.values()],
+        },
+        "msg/s",
+    )
+    save(
+        "shadow",
+        {
+            "results": results,
+            "runs": runs,
+            "throughput_ratio": ratio,
+            "added_p50_ms": added_p50,
+            "added_p99_ms": added_p99,
+            "drill": drilled,
+        },
+        chart,
+        text,
+    )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = str(ROOT / "scripts" / "lab")
+# Sends COUNT numbered messages over one session (the drills and the bench use it).
+SENDER = ROOT / "scripts" / "lib" / "sender.py"
 VIP = "198.18.0.100"
 A, B = "198.18.0.11", "198.18.0.12"
 LAB_ADMIN_PASSWORD = "lab-admin-password-1"  # what the lab tests change the one-time one to

@@ -7,11 +7,10 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.lab.labtools import VIP, A, B, lab, swaks, vip_owner, wait_for
+from tests.lab.labtools import SENDER, VIP, A, B, lab, swaks, vip_owner, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -135,7 +134,7 @@ def test_failover_takes_over_the_queue_and_the_vip(up):
             "exec",
             "mrlab-client",
             "python3",
-            str(Path(__file__).with_name("sender.py")),
+            str(SENDER),
             VIP,
             "200",
             tag,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.labtools import VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
+from tests.lab.labtools import SENDER, VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -85,7 +85,7 @@ def queue_ids(files: set[str]) -> set[str]:
 def send(server: str, count: int, tag: str) -> None:
     sent = subprocess.run(
         ["ip", "netns", "exec", "mrlab-client", "python3",
-         str(Path(__file__).with_name("sender.py")), server, str(count), tag],
+         str(SENDER), server, str(count), tag],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert sent.returncode == 0, sent.stderr

@@ -8,11 +8,10 @@ import json
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.lab.labtools import VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
+from tests.lab.labtools import SENDER, VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -72,7 +71,7 @@ def test_every_250_survives_the_loss_of_the_active_node_and_its_disk(up):
     lab("sink", "sink1", "stop")
     sent = subprocess.run(
         ["ip", "netns", "exec", "mrlab-client", "python3",
-         str(Path(__file__).with_name("sender.py")), VIP, "30", tag],
+         str(SENDER), VIP, "30", tag],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     # The power cut follows the sender's last 250 at once (the sender exits right after it).
