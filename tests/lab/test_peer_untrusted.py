@@ -1,7 +1,8 @@
-"""The peer's files are untrusted input, in the lab: a replica that a compromised peer (or a
-stolen sync key) filled with links to other directories is taken over on promotion without
-anything outside the replica being read or deleted. Runs after test_lab.py on the same lab and
-works with whichever node holds the VIP."""
+"""The peer's files are untrusted input, in the lab: a replica and a shadow store that a
+compromised peer (or a stolen sync key or shadow token) filled with links to other directories
+and a forbidden sender's message are taken over on promotion without anything outside them
+being read or deleted, and without the forbidden message being delivered. Runs after
+test_lab.py on the same lab and works with whichever node holds the VIP."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ from tests.lab.labtools import lab, swaks, vip_owner, wait_for
 pytestmark = pytest.mark.lab
 
 REPLICA = "/var/spool/mailrelay-replica"
+SHADOWS = "/var/spool/mailrelay-shadow"
+# A shadow copy in the store's own format (made with the node's code), of a sender domain the
+# relay does not allow, accepted "now" so that no prune drops it before the promotion.
+FORBIDDEN_SHADOW = (
+    "import sys, time; from app.replication.shadow_store import Envelope, encode; "
+    "sys.stdout.buffer.write(encode(Envelope('4ZforbidABC', 'evil@forbidden.example', "
+    "['you@dest.example'], '198.18.0.30', time.time()), "
+    "b'Message-Id: <evil-lab@drill.test>\\r\\n\\r\\nx\\r\\n'))"
+)
 # Under /var/lib: the agent's unit sandbox hides /root and /home, and an attacker aims where
 # the agent can reach.
 VICTIM = "/var/lib/mailrelay-victim"
@@ -36,7 +46,7 @@ def vrrp_journal(node: str, since: str) -> str:
     ).stdout
 
 
-def test_a_replica_with_links_to_another_directory_is_imported_with_it_untouched(up):
+def test_a_hostile_replica_and_shadow_store_are_imported_with_nothing_outside_touched(up):
     active = vip_owner()
     passive = other(active)
     wait_for(
@@ -54,6 +64,10 @@ def test_a_replica_with_links_to_another_directory_is_imported_with_it_untouched
         f"&& ln -sfn {VICTIM} {REPLICA}/deferred/A "
         f"&& ln -sfn {VICTIM}/keep {REPLICA}/incoming/4XyZaBcDeFgH "
         f"&& chown -h mailrelay-sync: {REPLICA}/deferred/A {REPLICA}/incoming/4XyZaBcDeFgH"
+        f"&& ln -sfn {VICTIM}/keep {SHADOWS}/4ZlinkABC123 "
+        f'&& PYTHONPATH=/opt/mailrelay /opt/mailrelay/venv/bin/python -c "{FORBIDDEN_SHADOW}" '
+        f"> {SHADOWS}/4ZforbidABC "
+        f"&& chown -h mailrelay-sync: {SHADOWS}/4ZlinkABC123 {SHADOWS}/4ZforbidABC"
     )
     lab("exec", passive, "sh", "-c", plant)
     since = "@" + lab("exec", passive, "date", "+%s").stdout.strip()
@@ -74,10 +88,17 @@ def test_a_replica_with_links_to_another_directory_is_imported_with_it_untouched
         assert lab("exec", passive, "cat", f"{VICTIM}/keep").stdout == "precious\n"
         journal = vrrp_journal(passive, since)
         assert "refused to take over" in journal and "4XyZaBcDeFgH" in journal, journal[-2000:]
+        assert "4ZlinkABC123" in journal and "4ZforbidABC" in journal, journal[-2000:]
+        assert "forbidden.example" in journal, journal[-2000:]
         # The relay goes on working on the new active node.
         assert "250 2.0.0 Ok: queued" in swaks("client", "pay@billing.example")
+        lab("exec", passive, "postqueue", "-f", check=False)
+        time.sleep(5)
+        for sink in ("sink1", "sink2"):
+            assert "<evil-lab@drill.test>" not in lab("sink", sink, "list").stdout
     finally:
         lab("exec", active, "systemctl", "start", "keepalived")
         lab("exec", active, "systemctl", "start", "mailrelay-queue-sync.timer")
         lab("exec", passive, "sh", "-c", f"rm -rf {VICTIM} {REPLICA}/deferred/A "
-            f"{REPLICA}/incoming/4XyZaBcDeFgH")  # fmt: skip
+            f"{REPLICA}/incoming/4XyZaBcDeFgH {SHADOWS}/4ZlinkABC123 "
+            f"{SHADOWS}/4ZforbidABC")  # fmt: skip
