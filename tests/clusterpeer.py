@@ -150,5 +150,11 @@ AGENT_STATUS = {
     "live_maps_version": 3,
     "queue": {"incoming": 1, "active": 2, "deferred": 4, "hold": 0, "maildrop": 0},
     "replica": {"files": 5, "bytes": 12345},
-    "shadow": {"stored": 2, "bytes": 900, "unprotected_total": 3, "last_unprotected_at": None},
+    "shadow": {
+        "stored": 2,
+        "bytes": 900,
+        "unprotected_total": 3,
+        "last_unprotected_at": None,
+        "milter": "answering",
+    },
 }

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -133,6 +134,23 @@ def shadow_settings(env: dict[str, str]) -> dict[str, str]:
         # The milter answers within SHADOW_TIMEOUT_MS; Postfix waits a little longer.
         "milter_content_timeout": f"{int(timeout_ms) // 1000 + 5}s",
     }
+
+
+def milter_state(milters: str) -> str:
+    """Whether the shadow milter Postfix is configured with answers: "off" (none configured),
+    "answering" or "not answering". The milter counts the mail it cannot copy, but a milter
+    that is down counts nothing: in `prefer` Postfix then accepts without a copy, unseen, so
+    this is asked of the socket itself."""
+    if not milters:
+        return "off"
+    path = milters.split()[0].removeprefix("unix:")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(path)
+        except OSError:
+            return "not answering"
+    return "answering"
 
 
 def count_files(root: Path) -> tuple[int, int]:
@@ -407,11 +425,13 @@ class PostfixTools:
         milter's counter file): for the dashboard, the cluster panel and /metrics."""
         stored, size = count_files(self.shadow_store)
         counters = read_counters(self.shadow_counters)
+        milters = self.run("postconf", "-h", "smtpd_milters", check=False).stdout.strip()
         return {
             "stored": stored,
             "bytes": size,
             "unprotected_total": int(counters.get("unprotected_total", 0)),
             "last_unprotected_at": counters.get("last_unprotected_at"),
+            "milter": milter_state(milters),
         }
 
     def queue_list(self, limit: int) -> list[dict[str, Any]]:

@@ -44,6 +44,13 @@ def _vrrp_master(status: Status) -> list[tuple[dict[str, str], Any]]:
     return [({}, None if state is None else state == "MASTER")]
 
 
+def _milter_up(status: Status) -> list[tuple[dict[str, str], Any]]:
+    state = _get(status, "queue", "shadow_milter")
+    if state not in ("answering", "not answering"):
+        return []  # off, or the agent did not say
+    return [({}, state == "answering")]
+
+
 def _last_success(status: Status) -> list[tuple[dict[str, str], Any]]:
     ended = _get(status, "sync", "last_ok", "ended_at")
     try:
@@ -101,6 +108,13 @@ FAMILIES = (
         "counter",
         "Messages the node accepted without a shadow copy on the peer (SHADOW_MODE=prefer).",
         _one("queue", "shadow_unprotected_total"),
+    ),
+    Family(
+        "mailrelay_shadow_milter_up",
+        "gauge",
+        "1 if the shadow milter Postfix uses answers on its socket, 0 if not (Postfix then "
+        "accepts mail without a copy, uncounted, in SHADOW_MODE=prefer); absent when off.",
+        _milter_up,
     ),
     Family(
         "mailrelay_sync_last_success_timestamp_seconds",

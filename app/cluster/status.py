@@ -97,6 +97,7 @@ async def _queue(agent: AgentClient) -> Status:
         "replica_bytes": None,
         "shadow_stored": None,
         "shadow_unprotected_total": None,
+        "shadow_milter": None,
     }
     try:
         state = await asyncio.wait_for(agent.call("status"), AGENT_TIMEOUT)
@@ -117,6 +118,7 @@ async def _queue(agent: AgentClient) -> Status:
         "replica_bytes": replica.get("bytes"),
         "shadow_stored": shadow.get("stored"),
         "shadow_unprotected_total": shadow.get("unprotected_total"),
+        "shadow_milter": shadow.get("milter"),
     }
 
 

@@ -128,6 +128,7 @@ async def test_the_figures_of_the_active_node(settings):
         "replica_bytes": 12345,
         "shadow_stored": 2,
         "shadow_unprotected_total": 3,
+        "shadow_milter": "answering",
     }
     sync = state["sync"]
     assert sync["last"]["outcome"] == "failed"

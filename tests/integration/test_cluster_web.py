@@ -288,6 +288,7 @@ async def test_metrics_give_both_nodes_in_prometheus_text_format(client, two_nod
         # a is the master and runs what it applied; b is another master with nothing applied.
         ("mailrelay_config_ready", "a"): 1,
         ("mailrelay_config_ready", "b"): 0,
+        ("mailrelay_shadow_milter_up", "a"): 1,
     }
     for (name, node), value in expected.items():
         assert sample(samples, name, node=node) == value, (name, node)

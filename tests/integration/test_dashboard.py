@@ -151,3 +151,21 @@ async def test_the_dashboard_says_how_much_mail_was_accepted_without_a_shadow_co
     assert '<strong class="error">unprotected mail: 3</strong>' in line
     assert "the last 0 s ago" in line or "the last 1 s ago" in line
     assert "lost if this node and its disk are lost" in line
+
+
+async def test_a_shadow_milter_that_does_not_answer_is_an_alert_on_the_dashboard(
+    app, login_as, monkeypatch
+):
+    from app.agent.client import AgentClient
+    from tests.clusterpeer import AGENT_STATUS, fake_agent
+
+    client = await login_as("readonly")
+    down = AGENT_STATUS | {"shadow": AGENT_STATUS["shadow"] | {"milter": "not answering"}}
+    async with fake_agent({"status": down}) as agent:
+        monkeypatch.setattr(app.state, "agent", AgentClient(agent.path))
+        page = (await client.get("/")).text
+        assert 'id="shadow-milter-down"' in page
+        assert "Postfix accepts mail without a copy on the peer" in page
+        up = AGENT_STATUS | {"shadow": AGENT_STATUS["shadow"] | {"milter": "answering"}}
+        agent.results["status"] = up
+        assert 'id="shadow-milter-down"' not in (await client.get("/")).text

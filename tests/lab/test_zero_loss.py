@@ -161,7 +161,13 @@ def test_with_the_peer_unreachable_prefer_counts_unprotected_mail_and_require_de
         client, _ = gui_session(f"https://{A if active == 'a' else B}:8443")
         with client:
             page = client.get("/").text
-        assert f'<strong class="error">unprotected mail: {before + 1}</strong>' in page
+            assert f'<strong class="error">unprotected mail: {before + 1}</strong>' in page
+            # A milter that is down counts nothing itself: the dashboard says so instead.
+            lab("exec", active, "systemctl", "stop", "mailrelay-shadow-milter.service")
+            try:
+                assert 'id="shadow-milter-down"' in client.get("/").text
+            finally:
+                lab("exec", active, "systemctl", "start", "mailrelay-shadow-milter.service")
         lab("install", active, "SHADOW_MODE=require", timeout=600)
         out = swaks("client", "app@app.example")
         assert "451 4.4.0" in out, out

@@ -139,3 +139,18 @@ def test_shadow_mode_off_configures_no_milter():
     assert shadow_settings({"SHADOW_MODE": "off"}) == {"smtpd_milters": ""}
     assert shadow_settings({"SHADOW_MODE": "require"})["milter_default_action"] == "tempfail"
     assert shadow_settings({})["milter_default_action"] == "accept"
+
+
+def test_a_milter_that_is_down_is_seen_not_just_uncounted(tmp_path):
+    import socket
+
+    from app.agent.postfix import milter_state
+
+    path = tmp_path / "milter.sock"
+    assert milter_state("") == "off"
+    assert milter_state(f"unix:{path}") == "not answering"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        assert milter_state(f"unix:{path}") == "answering"
+    assert milter_state(f"unix:{path}") == "not answering"  # the socket file is left behind
