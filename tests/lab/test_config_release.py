@@ -78,10 +78,16 @@ def test_a_draft_or_a_failed_apply_on_a_never_reaches_b_and_an_apply_does_soon(u
     assert refused_by(A, domain)
 
     # An Apply that fails on a (its agent is gone) does not release the version either.
-    # The socket first, one unit at a time: a job stopping both at once is cancelled when a
-    # connection (a queue sync every 5 s) starts the service again.
-    for unit in ("mailrelay-agent.socket", "mailrelay-agent.service"):
-        lab("exec", "a", "systemctl", "stop", unit)
+    # A stop job is cancelled when a connection (a queue sync every 5 s, the web's status)
+    # starts the service again meanwhile: stop until both units stay down.
+    agent = ("mailrelay-agent.socket", "mailrelay-agent.service")
+
+    def agent_stopped() -> bool:
+        lab("exec", "a", "systemctl", "stop", *agent, check=False)
+        states = lab("exec", "a", "systemctl", "is-active", *agent, check=False).stdout.split()
+        return all(state in ("inactive", "failed") for state in states)
+
+    wait_for(agent_stopped, 60, "a's agent to stay stopped")
     try:
         failed = client.post("/config/apply", headers={"x-csrftoken": token})
         assert "not applied" in failed.text, failed.text
