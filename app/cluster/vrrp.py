@@ -425,7 +425,7 @@ def service_hooks(settings: Settings, agent: AgentClient) -> dict[str, Any]:
     """What the service does on the events (run()'s on_master, on_leave, on_return): import
     the peer's replica on becoming MASTER; hold this node's queue on leaving MASTER, then
     reconcile it once the peer has taken over."""
-    from app.cluster import promotion, reconcile
+    from app.replication import promotion, reconcile
 
     async def promote(event: Notification) -> object:
         return await promotion.run_once(

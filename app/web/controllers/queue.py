@@ -97,7 +97,7 @@ async def flush_queue(request: Req) -> Response[Any]:
 @post("/queue/release-held", opt={"role": "operator"})
 async def release_held(request: Req) -> Response[Any]:
     """The alert's button: the peer could not be asked, the operator releases the held mail."""
-    from app.cluster import reconcile
+    from app.replication import reconcile
 
     try:
         await reconcile.release_held(
