@@ -36,7 +36,7 @@ from typing import Any
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import locks, status
-from app.cluster.vrrp import VipCheckError, vip_held
+from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import SyncRun
 from app.replication import queuesync, reconcile
 from app.settings import Settings

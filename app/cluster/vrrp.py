@@ -21,7 +21,7 @@ node is up:
 
 The state file says what keepalived reported, not what is true now (keepalived may have been
 killed without a word). Jobs that act only on the active node must check the address itself:
-``vip_held()``.
+``app.cluster.vip.vip_held()``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import logging
 import os
@@ -38,7 +37,6 @@ import re
 import signal
 import socket
 import stat
-import subprocess
 import tempfile
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -130,48 +128,6 @@ def read_state(path: Path = STATE_FILE) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
-
-
-# -- does this node hold the VIP? -----------------------------------------------------------------
-
-
-class VipCheckError(RuntimeError):
-    """`ip addr` could not be run or read: whether we hold the VIP is unknown."""
-
-
-def addresses(ip_output: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The usable addresses in `ip -o addr show` output.
-
-    IPv6 addresses still in (or failed) duplicate address detection cannot be used yet.
-    """
-    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
-    for line in ip_output.splitlines():
-        words = line.split()
-        for index, word in enumerate(words[:-1]):
-            if word not in ("inet", "inet6"):
-                continue
-            if {"tentative", "dadfailed"} & set(words):
-                break
-            with contextlib.suppress(ValueError):
-                found.add(ipaddress.ip_interface(words[index + 1]).ip)
-            break
-    return found
-
-
-def vip_held(vip: str, *, netns: str | None = None) -> bool:
-    """Whether the VIP is configured on an interface of this node (or of network namespace
-    `netns`) right now. Raises VipCheckError when that cannot be found out."""
-    wanted = ipaddress.ip_address(vip)
-    command = ["ip", "-o", "addr", "show"]
-    if netns is not None:
-        command[1:1] = ["-n", netns]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise VipCheckError(f"cannot run {' '.join(command)}: {exc}") from exc
-    if result.returncode != 0:
-        raise VipCheckError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-    return wanted in addresses(result.stdout)
 
 
 # -- reading the FIFO ----------------------------------------------------------------------------
