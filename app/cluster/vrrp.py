@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from app.agent.client import AgentClient
-from app.settings import Settings
+from app.cluster.vrrp_table import VrrpEvent
+from app.replication import promotion, reconcile
+from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("mailrelay.vrrp")
 
@@ -207,8 +209,6 @@ async def _record(queue: asyncio.Queue[_Pending], node_id: str, in_flight: list[
 
     The event being inserted is kept in in_flight, so that one lost at shutdown can be named.
     """
-    from app.cluster.vrrp_table import VrrpEvent
-
     while True:
         item = await queue.get()
         in_flight[:] = [item]
@@ -381,7 +381,6 @@ def service_hooks(settings: Settings, agent: AgentClient) -> dict[str, Any]:
     """What the service does on the events (run()'s on_master, on_leave, on_return): import
     the peer's replica on becoming MASTER; hold this node's queue on leaving MASTER, then
     reconcile it once the peer has taken over."""
-    from app.replication import promotion, reconcile
 
     async def promote(event: Notification) -> object:
         return await promotion.run_once(
@@ -407,9 +406,6 @@ def main(argv: list[str] | None = None) -> int:
     args = top.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
     logging.getLogger("piccolo").setLevel(logging.WARNING)
-
-    from app.settings import SettingsError, load_settings
-
     try:
         settings = load_settings()
     except SettingsError as exc:
