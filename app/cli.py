@@ -431,7 +431,7 @@ def _journal_priorities() -> None:
 
 def cmd_queue_sync(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
-    from app.cluster import queuesync
+    from app.replication import queuesync
 
     _journal_priorities()
     settings = _settings()
@@ -462,7 +462,7 @@ def cmd_queue_sync(args: argparse.Namespace) -> None:
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
-    from app.cluster import reconcile
+    from app.replication import reconcile
 
     settings = _settings()
     agent = AgentClient(settings.agent_socket)
