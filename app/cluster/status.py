@@ -196,13 +196,19 @@ async def _alerts(node_id: str) -> Status:
     """The alerts whose condition holds on this node (app/alerts keeps them), and when the
     alerts job last checked (None: never)."""
     rows = await SyncRun.raw(
-        "SELECT key, active, since, summary, checked_at FROM alert_state WHERE node_id = {} "
-        "ORDER BY since, key",
+        "SELECT key, active, since, text, text_values, checked_at FROM alert_state "
+        "WHERE node_id = {} ORDER BY since, key",
         node_id,
     )
+    # `text` with %s places and its `values`: the dashboard shows it translated.
     return {
         "active": [
-            {"key": r["key"], "since": r["since"].isoformat(), "summary": r["summary"]}
+            {
+                "key": r["key"],
+                "since": r["since"].isoformat(),
+                "text": r["text"],
+                "values": list(r["text_values"]),
+            }
             for r in rows
             if r["active"]
         ],

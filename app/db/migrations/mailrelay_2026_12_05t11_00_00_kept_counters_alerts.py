@@ -115,7 +115,9 @@ FORWARDS = [
         active boolean NOT NULL,
         -- when the condition began to hold (active) or stopped holding (not active)
         since timestamptz NOT NULL,
-        summary text NOT NULL DEFAULT '',
+        -- what a person reads: English with %s places (translated where it is shown), values
+        text text NOT NULL DEFAULT '',
+        text_values text[] NOT NULL DEFAULT ARRAY[]::text[],
         -- the figure the condition was judged on, for the next run (e.g. a counter)
         figure double precision,
         checked_at timestamptz NOT NULL,
