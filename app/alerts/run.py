@@ -135,10 +135,9 @@ async def _notify(
 
 
 def _log_run(result: RunResult) -> None:
-    # Every 30 s on every node: a run with nothing active and nothing sent logs at DEBUG.
-    level = logging.INFO if result.sent or result.active else logging.DEBUG
-    if result.failed:
-        level = logging.WARNING
+    # One line per run, also a calm one (systemd logs each run's start and end anyway): the
+    # journal shows that the job runs and how long it takes. A failed notice is an error above.
+    level = logging.WARNING if result.failed else logging.INFO
     log.log(
         level,
         "alerts: checked %d conditions, %d active%s; sent %d%s, failed %d, waiting %d in %.2f s",
