@@ -16,8 +16,11 @@ import email
 import http.server
 import json
 import logging
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -467,3 +470,34 @@ async def test_the_dashboard_and_metrics_list_the_active_alerts(world, login_as,
     assert 'mailrelay_alert_active{node="a",alert="mail_held"} 1' in text
     assert 'mailrelay_alert_active{node="a",alert="queue_size"} 1' in text
     assert 'mailrelay_alerts_last_check_timestamp_seconds{node="a"}' in text
+
+
+async def test_mailrelay_alerts_runs_once_and_says_what_it_did(world, tmp_path):
+    """The command the timer runs, as a real process: this node with its agent down (no queue
+    figures: nothing judged about them), a held message, the test's sink and webhook."""
+    await CASES["mail_held"][0](world)
+    env = {
+        **os.environ,
+        "NODE_ID": "a",
+        "STATE_DIR": str(world.settings.state_dir),
+        "AGENT_SOCKET": str(tmp_path / "no-agent.sock"),
+        "ALERT_EMAIL": "ops@example.org",
+        "ALERT_FROM": "relay@example.com",
+        "ALERT_SMTP_PORT": str(world.sink.port),  # type: ignore[attr-defined]
+        "ALERT_WEBHOOK_URL": world.hook.url,
+        "ALERT_WEBHOOK_CA_FILE": str(world.hook.ca),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "alerts"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "alerts: checked" in line]
+    assert len(lines) == 1, done.stderr
+    assert "1 active (mail_held)" in lines[0] and "sent 2" in lines[0]
+    assert world.told("mail_held") == [("email", "ALERT"), ("webhook", "started")]
