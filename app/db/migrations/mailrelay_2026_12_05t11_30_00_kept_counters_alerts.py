@@ -17,7 +17,7 @@ a failed delivery is tried again by the next run without repeating the other cha
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.table import Table
 
-ID = "2026-12-05T11:00:00:000000"
+ID = "2026-12-05T11:30:00:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "kept counters for /metrics; alert state"
 
