@@ -216,6 +216,20 @@ def cmd_retention(args: argparse.Namespace) -> None:
     _run_db(work)
 
 
+def cmd_alerts(args: argparse.Namespace) -> None:
+    from app.agent.client import AgentClient
+    from app.alerts import run
+
+    _journal_priorities()
+    settings = _settings()
+
+    async def work() -> None:
+        # Listing a large queue for its oldest message may take the agent a while.
+        await run.run_once(settings, AgentClient(settings.agent_socket, timeout=60))
+
+    _run_db(work)
+
+
 def cmd_config_pull(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
     from app.cluster import pull
@@ -542,6 +556,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("retention", help="delete log rows older than RETENTION_DAYS").set_defaults(
         func=cmd_retention
     )
+    sub.add_parser(
+        "alerts", help="check the alert conditions once; e-mail or POST what started or cleared"
+    ).set_defaults(func=cmd_alerts)
     sub.add_parser(
         "config-pull", help="slave: fetch the master's config version and apply it if newer"
     ).set_defaults(func=cmd_config_pull)

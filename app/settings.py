@@ -25,6 +25,26 @@ ShadowMode = Literal["off", "prefer", "require"]
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """Alerts (app/alerts): where they go and when a condition counts as one."""
+
+    email: tuple[str, ...] = ()
+    sender: str | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    webhook_url: str | None = None
+    webhook_ca_file: Path | None = None
+    min_interval_seconds: float = 600.0
+    sync_failures: int = 3
+    replication_lag_seconds: float = 120.0
+    queue_messages: int = 1000
+    queue_age_seconds: float = 3600.0
+    cert_days: float = 14.0
+    spool_dir: Path = Path("/var/spool/postfix")
+    spool_percent: float = 90.0
+
+
+@dataclass(frozen=True)
 class Settings:
     node_id: str
     node_ip: str
@@ -70,6 +90,7 @@ class Settings:
     shadow_cert_file: Path | None = None
     shadow_key_file: Path | None = None
     replica_dir: Path = Path("/var/spool/mailrelay-replica")
+    alerts: AlertSettings = AlertSettings()
 
     @property
     def generated_cert_file(self) -> Path:
@@ -234,6 +255,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         or r.optional("MASTER_CERT_FINGERPRINT"),
         webauthn_rp_id=_rp_id(r.optional("WEBAUTHN_RP_ID")),
         **_shadow(r),
+        alerts=_alerts(r),
     )
 
 
@@ -265,6 +287,47 @@ def _shadow(r: _Reader) -> dict[str, Any]:
         "shadow_key_file": key,
         "replica_dir": r.path("REPLICA_DIR", "/var/spool/mailrelay-replica"),
     }
+
+
+_ADDRESS = re.compile(r"[^@\s<>,;]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _alerts(r: _Reader) -> AlertSettings:
+    emails = tuple(a.strip() for a in (r.optional("ALERT_EMAIL") or "").split(",") if a.strip())
+    for address in emails:
+        if not _ADDRESS.fullmatch(address):
+            raise SettingsError(
+                f"ALERT_EMAIL must be e-mail addresses, comma-separated: {address!r}"
+            )
+    sender = r.optional("ALERT_FROM")
+    if sender is not None and not _ADDRESS.fullmatch(sender):
+        raise SettingsError(f"ALERT_FROM must be an e-mail address, got {sender!r}")
+    if emails and sender is None:
+        # The relay takes mail only from whitelisted sender domains: nothing to guess here.
+        raise SettingsError(
+            "ALERT_FROM is required with ALERT_EMAIL (a sender of an allowed domain)"
+        )
+    url = r.optional("ALERT_WEBHOOK_URL")
+    if url is not None and not re.fullmatch(r"https://[^\s/]+(/\S*)?", url):
+        raise SettingsError(f"ALERT_WEBHOOK_URL must be an https:// URL, got {url!r}")
+    return AlertSettings(
+        email=emails,
+        sender=sender,
+        smtp_host=r.text("ALERT_SMTP_HOST", "127.0.0.1"),
+        smtp_port=r.integer("ALERT_SMTP_PORT", 25, 1, 65535),
+        webhook_url=url,
+        webhook_ca_file=r.path("ALERT_WEBHOOK_CA_FILE"),
+        # A condition that comes and goes (a flapping link) says so at most this often.
+        min_interval_seconds=r.number("ALERT_MIN_INTERVAL_SECONDS", 600.0, 0.0, 7 * 86400.0),
+        # Runs every SYNC_INTERVAL_SECONDS: one failure is a blip, three are a pattern.
+        sync_failures=r.integer("ALERT_SYNC_FAILURES", 3, 1, 10000),
+        replication_lag_seconds=r.number("ALERT_REPLICATION_LAG_SECONDS", 120.0, 1.0, 7 * 86400.0),
+        queue_messages=r.integer("ALERT_QUEUE_MESSAGES", 1000, 0, 10**9),
+        queue_age_seconds=r.number("ALERT_QUEUE_AGE_SECONDS", 3600.0, 1.0, 30 * 86400.0),
+        cert_days=r.number("ALERT_CERT_DAYS", 14.0, 0.0, 3650.0),
+        spool_dir=r.path("ALERT_SPOOL_DIR", "/var/spool/postfix") or Path(),
+        spool_percent=r.number("ALERT_SPOOL_PERCENT", 90.0, 1.0, 100.0),
+    )
 
 
 def _rp_id(value: str | None) -> str | None:

@@ -60,7 +60,7 @@ TABLES = (
     "config_versions, applied_versions, audit_log, mail_logs, rejection_logs, cluster_locks, "
     "api_tokens, app_users, log_cursors, log_messages, vrrp_events, sync_runs, queue_imports, "
     "second_factors, recovery_codes, second_factor_policy, session_second_factor, "
-    "second_factor_throttle"
+    "second_factor_throttle, sync_run_totals, traffic_totals, alert_state, alert_notices"
 )
 
 

@@ -42,6 +42,8 @@ UNIT_VERBS: dict[str, frozenset[str]] = {
     # app/replication/promotion.py on MASTER, app/replication/reconcile.py after leaving it.
     "mailrelay-vrrp-events.service": RECONCILE | {"import_replica"},
     "mailrelay-reconcile.service": RECONCILE,
+    # app/alerts/run.py: the node's status (app/cluster/status.py) and its oldest message.
+    "mailrelay-alerts.service": frozenset({"status", "vip_held", "queue_list"}),
 }
 _SYSTEM_UNIT = re.compile(r"/system\.slice/([a-z0-9-]+\.service)")
 _USER_UNIT = re.compile(

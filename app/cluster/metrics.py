@@ -51,14 +51,6 @@ def _milter_up(status: Status) -> list[tuple[dict[str, str], Any]]:
     return [({}, state == "answering")]
 
 
-def _last_success(status: Status) -> list[tuple[dict[str, str], Any]]:
-    ended = _get(status, "sync", "last_ok", "ended_at")
-    try:
-        return [({}, dt.datetime.fromisoformat(ended).timestamp())]
-    except (TypeError, ValueError):
-        return []
-
-
 def _runs(status: Status) -> list[tuple[dict[str, str], Any]]:
     runs = _get(status, "sync", "runs")
     if not isinstance(runs, dict):
@@ -66,7 +58,56 @@ def _runs(status: Status) -> list[tuple[dict[str, str], Any]]:
     return [({"outcome": str(outcome)}, count) for outcome, count in sorted(runs.items())]
 
 
+def _timestamp(*path: str) -> Callable[[Status], list[tuple[dict[str, str], Any]]]:
+    def samples(status: Status) -> list[tuple[dict[str, str], Any]]:
+        try:
+            return [({}, dt.datetime.fromisoformat(_get(status, *path)).timestamp())]
+        except (TypeError, ValueError):
+            return []
+
+    return samples
+
+
+def _build_info(status: Status) -> list[tuple[dict[str, str], Any]]:
+    version = _get(status, "version")
+    return [({"version": version}, 1)] if isinstance(version, str) else []
+
+
+# mail_logs statuses and how the counter calls them.
+_DELIVERY_STATUSES = {
+    "sent": "delivered",
+    "deferred": "deferred",
+    "bounced": "bounced",
+    "expired": "expired",
+}
+
+
+def _deliveries(status: Status) -> list[tuple[dict[str, str], Any]]:
+    return [
+        ({"status": label}, _get(status, "traffic", kind))
+        for kind, label in _DELIVERY_STATUSES.items()
+    ]
+
+
+def _spool_used(status: Status) -> list[tuple[dict[str, str], Any]]:
+    percent = _get(status, "host", "spool_used_percent")
+    return [({}, percent / 100.0 if isinstance(percent, int | float) else None)]
+
+
+def _alerts_active(status: Status) -> list[tuple[dict[str, str], Any]]:
+    active = _get(status, "alerts", "active")
+    if not isinstance(active, list):
+        return []
+    return [({"alert": str(a.get("key"))}, 1) for a in active if isinstance(a, dict)]
+
+
 FAMILIES = (
+    Family(
+        "mailrelay_build_info",
+        "gauge",
+        "Always 1; the version label says which mailrelay-ha the node runs.",
+        _build_info,
+    ),
     Family(
         "mailrelay_vrrp_master",
         "gauge",
@@ -120,7 +161,7 @@ FAMILIES = (
         "mailrelay_sync_last_success_timestamp_seconds",
         "gauge",
         "When the node's last successful queue sync ended (Unix time).",
-        _last_success,
+        _timestamp("sync", "last_ok", "ended_at"),
     ),
     Family(
         "mailrelay_sync_last_duration_seconds",
@@ -164,6 +205,50 @@ FAMILIES = (
         "How long the nodes have run different config versions, as the node sees it; no sample "
         "while they run the same.",
         _one("config", "differ_seconds"),
+    ),
+    Family(
+        "mailrelay_messages_accepted_total",
+        "counter",
+        "Messages the node's Postfix took in (each queue ID once, as its log shows them).",
+        _one("traffic", "accepted"),
+    ),
+    Family(
+        "mailrelay_deliveries_total",
+        "counter",
+        "Delivery outcomes in the node's log, one per recipient and attempt, by status "
+        "(delivered, deferred, bounced, expired).",
+        _deliveries,
+    ),
+    Family(
+        "mailrelay_rejections_total",
+        "counter",
+        "SMTP transactions the node's Postfix refused.",
+        _one("traffic", "rejected"),
+    ),
+    Family(
+        "mailrelay_tls_cert_expiry_timestamp_seconds",
+        "gauge",
+        "When the certificate of the node's HTTPS API expires (Unix time).",
+        _timestamp("host", "tls_cert_not_after"),
+    ),
+    Family(
+        "mailrelay_spool_used_ratio",
+        "gauge",
+        "How full the file system of the node's Postfix spool is (0-1, as df shows it).",
+        _spool_used,
+    ),
+    Family(
+        "mailrelay_alert_active",
+        "gauge",
+        "1 for each alert whose condition holds on the node (the mailrelay-alerts job's last "
+        "check); no sample for the others.",
+        _alerts_active,
+    ),
+    Family(
+        "mailrelay_alerts_last_check_timestamp_seconds",
+        "gauge",
+        "When the node's alerts job last checked its conditions (Unix time).",
+        _timestamp("alerts", "checked_at"),
     ),
 )
 PEER_UP = Family(

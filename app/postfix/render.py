@@ -73,7 +73,9 @@ def render(version: int, snapshot: snap.Snapshot, decrypt: Callable[[str], str])
                     raise RenderError([f"route for {name}: {exc}"]) from exc
                 sasl.append(_line(f"@{name}", f"{route['auth_user']}:{password}"))
         tls.extend(sorted(tls_lines))
-        networks = [header]
+        # The node itself relays too: the alerts job sends through 127.0.0.1 (any local user
+        # could hand Postfix mail through sendmail anyway).
+        networks = [header, "127.0.0.1/32\n", "[::1]/128\n"]
         for entry in sorted(snapshot["trusted_networks"], key=lambda e: e["cidr"]):
             cidr = validation.cidr(entry["cidr"])
             if ":" in cidr:  # Postfix wants IPv6 networks in brackets in mynetworks files

@@ -44,6 +44,9 @@ BOOTSTRAP_APT_PACKAGES=(
     python3-venv
     # pymilter (the shadow milter) builds against libmilter.
     libmilter-dev
+    # promtool: the tests check and unit-test scripts/prometheus/mailrelay-rules.yml.
+    # (The package's own Prometheus server is not started: no systemd here.)
+    prometheus
 )
 
 BOOTSTRAP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

@@ -88,7 +88,14 @@ def test_renders_the_expected_lines(box: SecretBox) -> None:
         "[smtp.example.net]:587\tencrypt",
     ]
     assert lines(maps, "sasl_passwd")[1:] == ["@example.com\tuser:secret"]
-    assert lines(maps, "mynetworks")[1:] == ["10.0.0.0/8", "192.168.1.0/24", "[2001:db8::]/32"]
+    # The node's own loopback first: the alerts job sends through it.
+    assert lines(maps, "mynetworks")[1:] == [
+        "127.0.0.1/32",
+        "[::1]/128",
+        "10.0.0.0/8",
+        "192.168.1.0/24",
+        "[2001:db8::]/32",
+    ]
 
 
 def test_rendering_is_deterministic(box: SecretBox) -> None:

@@ -12,6 +12,7 @@ from litestar.response import Template
 
 from app import reports
 from app.agent.client import AgentRefused, AgentUnavailable
+from app.alerts import state as alert_state
 from app.auth.sessions import SessionUser
 from app.cluster import configstate
 from app.config import service
@@ -36,6 +37,8 @@ async def dashboard(request: Req) -> Template:
         request,
         "dashboard/page.html",
         held_for_reconcile=len(reconcile.pending(settings)),
+        alerts=await alert_state.active(settings.node_id),
+        utc=dt.UTC,
         tiles=await reports.kpi_tiles(settings.retention_days),
         rejects=await reports.recent_rejects(),
         latest=await service.newest_listed(),
