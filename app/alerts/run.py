@@ -19,8 +19,9 @@ from typing import Any
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.alerts import conditions, notify, state
-from app.cluster import reconcile, status
+from app.cluster import status
 from app.db.tables import SyncRun
+from app.replication import reconcile
 from app.settings import Settings
 
 log = logging.getLogger("mailrelay.alerts")

@@ -36,8 +36,8 @@ from cryptography.x509.oid import NameOID
 from app.agent.client import AgentClient
 from app.alerts import conditions, run
 from app.auth import tokens
-from app.cluster import reconcile
 from app.db.tables import AppliedVersion, SyncRun, VrrpEvent
+from app.replication import reconcile
 from app.web.app import create_app
 from tests.clusterpeer import AGENT_STATUS, fake_agent, passive_slave, peer_settings, serve_https
 
