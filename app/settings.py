@@ -70,6 +70,10 @@ class Settings:
     shadow_cert_file: Path | None = None
     shadow_key_file: Path | None = None
     replica_dir: Path = Path("/var/spool/mailrelay-replica")
+    sync_runs_retention_days: int = 30
+    vrrp_events_retention_days: int = 30
+    queue_imports_retention_days: int = 90
+    audit_retention_days: int = 400
 
     @property
     def generated_cert_file(self) -> Path:
@@ -234,6 +238,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         or r.optional("MASTER_CERT_FINGERPRINT"),
         webauthn_rp_id=_rp_id(r.optional("WEBAUTHN_RP_ID")),
         **_shadow(r),
+        **_retention(r),
     )
 
 
@@ -264,6 +269,22 @@ def _shadow(r: _Reader) -> dict[str, Any]:
         "shadow_cert_file": cert,
         "shadow_key_file": key,
         "replica_dir": r.path("REPLICA_DIR", "/var/spool/mailrelay-replica"),
+    }
+
+
+def _retention(r: _Reader) -> dict[str, Any]:
+    """How long the tables that grow by themselves keep their rows (app/jobs/retention.py).
+    RETENTION_DAYS (mail logs) is read with the rest above; config versions and users are kept."""
+    return {
+        # About 17,000 rows a day per node: history for the dashboard and a post-mortem.
+        "sync_runs_retention_days": r.integer("SYNC_RUNS_RETENTION_DAYS", 30, 1, 3650),
+        "vrrp_events_retention_days": r.integer("VRRP_EVENTS_RETENTION_DAYS", 30, 1, 3650),
+        # A returning node asks its peer for these to delete exactly the messages the peer took
+        # over: keep them longer than a node may plausibly be away (a repair, a lost disk
+        # replaced). Past that, its stale copies would go out a second time.
+        "queue_imports_retention_days": r.integer("QUEUE_IMPORTS_RETENTION_DAYS", 90, 7, 3650),
+        # Who changed what: over a year, for the yearly review.
+        "audit_retention_days": r.integer("AUDIT_RETENTION_DAYS", 400, 30, 36500),
     }
 
 
