@@ -197,7 +197,7 @@ async def _drop_partitions(table: str, before: dt.datetime) -> tuple[list[str], 
     return old, counts[0]["n"]
 
 
-async def _delete_in_batches(
+async def delete_in_batches(
     rule: Rule, cutoff: dt.datetime, batch_size: int, result: RetentionResult
 ) -> None:
     # Table and column names come from RULES, never from input. The outer condition on the
@@ -270,7 +270,7 @@ async def run_once(settings: Settings, batch_size: int = 5000) -> RetentionResul
             if rule.whole_days
             else now - dt.timedelta(days=rule.days(settings))
         )
-        await _delete_in_batches(rule, cutoff, batch_size, result)
+        await delete_in_batches(rule, cutoff, batch_size, result)
     result.totals_forgotten = await _forget_totals(kept_from)
     # Sessions end after an idle time or a lifetime; one never presented again stays a row.
     result.deleted["user_sessions"] = await end_expired_sessions(
