@@ -539,9 +539,9 @@ def parser() -> argparse.ArgumentParser:
         "--follow", action="store_true", help="keep reading every 2 s until SIGTERM"
     )
     ingest.set_defaults(func=cmd_ingest_logs)
-    sub.add_parser("retention", help="delete log rows older than RETENTION_DAYS").set_defaults(
-        func=cmd_retention
-    )
+    sub.add_parser(
+        "retention", help="drop old log days, delete old rows, make partitions ahead"
+    ).set_defaults(func=cmd_retention)
     sub.add_parser(
         "config-pull", help="slave: fetch the master's config version and apply it if newer"
     ).set_defaults(func=cmd_config_pull)

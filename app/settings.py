@@ -281,7 +281,7 @@ def _retention(r: _Reader) -> dict[str, Any]:
         "vrrp_events_retention_days": r.integer("VRRP_EVENTS_RETENTION_DAYS", 30, 1, 3650),
         # A returning node asks its peer for these to delete exactly the messages the peer took
         # over: keep them longer than a node may plausibly be away (a repair, a lost disk
-        # replaced). Past that, its stale copies would go out a second time.
+        # replaced). Past that, it releases its stale copies: delivered twice, or bounced.
         "queue_imports_retention_days": r.integer("QUEUE_IMPORTS_RETENTION_DAYS", 90, 7, 3650),
         # Who changed what: over a year, for the yearly review.
         "audit_retention_days": r.integer("AUDIT_RETENTION_DAYS", 400, 30, 36500),
