@@ -154,11 +154,12 @@ def _bounds(day: dt.datetime) -> str:
 async def _make_partitions(table: str, days: list[dt.datetime]) -> list[str]:
     existing = await _partitions(table)
     missing = [day for day in days if partition_name(table, day) not in existing]
-    if not missing:
+    default = f"{table}_default"
+    found = await _raw("SELECT to_regclass({}) IS NOT NULL AS found", default)
+    if not missing and found[0]["found"]:
         return []
     await _raw(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-    await _raw(f"CREATE TABLE IF NOT EXISTS {table}_default PARTITION OF {table} DEFAULT")
-    default = f"{table}_default"
+    await _raw(f"CREATE TABLE IF NOT EXISTS {default} PARTITION OF {table} DEFAULT")
     for day in missing:
         name = partition_name(table, day)
         strays = await _raw(
