@@ -27,8 +27,6 @@ from app.db.tables import (
 from app.jobs import retention
 from tests.integration.test_log_totals import KEPT, RECOUNT, table
 
-NOW = dt.datetime.now(dt.UTC)
-TODAY = retention.utc_day(NOW)
 DAY = dt.timedelta(days=1)
 
 
@@ -82,16 +80,17 @@ async def where(model, tag: str) -> set[str]:
 
 
 async def test_whole_old_days_go_as_partitions_and_kept_days_stay(settings):
+    now = dt.datetime.now(dt.UTC)
     # A run with 30 days makes a partition for each of them (and drops what is older).
     await retention.run_once(dataclasses.replace(settings, retention_days=30))
     settings = dataclasses.replace(settings, retention_days=14)
-    kept_from = retention.first_kept_day(NOW, 14)
+    kept_from = retention.first_kept_day(now, 14)
     await seed(kept_from - 6 * DAY, 5, "old")
     await seed(kept_from - dt.timedelta(minutes=1), 4, "edge")
     await seed(kept_from + dt.timedelta(minutes=1), 3, "kept")
-    await seed(NOW - dt.timedelta(minutes=5), 7, "new")
+    await seed(now - dt.timedelta(minutes=5), 7, "new")
     # Older than any partition the 30-day run made: these are in the default partition.
-    await seed(NOW - 45 * DAY, 6, "ancient")
+    await seed(now - 45 * DAY, 6, "ancient")
     assert await where(MailLog, "old") == {
         retention.partition_name("mail_logs", kept_from - 6 * DAY)
     }
@@ -131,16 +130,18 @@ async def test_whole_old_days_go_as_partitions_and_kept_days_stay(settings):
 
 
 async def test_a_run_makes_the_partitions_of_the_days_ahead(settings):
-    await MailLog.raw(f"DROP TABLE IF EXISTS {retention.partition_name('mail_logs', TODAY)}")
+    now = dt.datetime.now(dt.UTC)
+    today = retention.utc_day(now)
+    await MailLog.raw(f"DROP TABLE IF EXISTS {retention.partition_name('mail_logs', today)}")
     await MailLog.raw(
-        f"DROP TABLE IF EXISTS {retention.partition_name('rejection_logs', TODAY + 3 * DAY)}"
+        f"DROP TABLE IF EXISTS {retention.partition_name('rejection_logs', today + 3 * DAY)}"
     )
     result = await retention.run_once(settings)
-    assert retention.partition_name("mail_logs", TODAY) in result.created
+    assert retention.partition_name("mail_logs", today) in result.created
     for name in ("mail_logs", "rejection_logs"):
         names = await partitions(name)
         for ahead in range(retention.AHEAD_DAYS + 1):
-            day = TODAY + ahead * DAY
+            day = today + ahead * DAY
             assert names[retention.partition_name(name, day)] == (
                 f"FOR VALUES FROM ('{day:%Y-%m-%d} 00:00:00+00') "
                 f"TO ('{day + DAY:%Y-%m-%d} 00:00:00+00')"
@@ -150,11 +151,13 @@ async def test_a_run_makes_the_partitions_of_the_days_ahead(settings):
 
 
 async def test_rows_that_went_to_the_default_partition_move_into_their_day(settings):
-    day = TODAY - 2 * DAY
+    now = dt.datetime.now(dt.UTC)
+    today = retention.utc_day(now)
+    day = today - 2 * DAY
     for name in ("mail_logs", "rejection_logs"):
         await MailLog.raw(f"DROP TABLE IF EXISTS {retention.partition_name(name, day)}")
     await seed(day + dt.timedelta(hours=5), 9, "strays")
-    await seed(NOW, 2, "today")
+    await seed(now, 2, "today")
     assert await where(MailLog, "strays") == {"mail_logs_default"}
     before = await MailLog.select().order_by(MailLog.id)
 
@@ -168,6 +171,7 @@ async def test_rows_that_went_to_the_default_partition_move_into_their_day(setti
 
 
 async def test_every_growing_table_loses_its_old_rows_and_keeps_new_ones(settings):
+    now = dt.datetime.now(dt.UTC)
     settings = dataclasses.replace(
         settings,
         sync_runs_retention_days=30,
@@ -180,7 +184,7 @@ async def test_every_growing_table_loses_its_old_rows_and_keeps_new_ones(setting
     ages = {"old": 1.01, "new": 0.99}  # times each table's retention
 
     def at(days: int, tag: str) -> dt.datetime:
-        return NOW - dt.timedelta(days=days * ages[tag])
+        return now - dt.timedelta(days=days * ages[tag])
 
     for tag in ages:
         await SyncRun.insert(
@@ -198,9 +202,9 @@ async def test_every_growing_table_loses_its_old_rows_and_keeps_new_ones(setting
         await AuditLog.insert(AuditLog(at=at(400, tag), actor=tag, action="login"))
     user_id = (await AppUser.select(AppUser.id).first())["id"]
     sessions = {
-        "idle": (NOW - dt.timedelta(hours=1), NOW - dt.timedelta(minutes=31)),
-        "too long": (NOW - dt.timedelta(hours=13), NOW - dt.timedelta(minutes=1)),
-        "live": (NOW - dt.timedelta(hours=11), NOW - dt.timedelta(minutes=29)),
+        "idle": (now - dt.timedelta(hours=1), now - dt.timedelta(minutes=31)),
+        "too long": (now - dt.timedelta(hours=13), now - dt.timedelta(minutes=1)),
+        "live": (now - dt.timedelta(hours=11), now - dt.timedelta(minutes=29)),
     }
     for name, (created, seen) in sessions.items():
         await UserSession.insert(
@@ -211,10 +215,10 @@ async def test_every_growing_table_loses_its_old_rows_and_keeps_new_ones(setting
     # Never pruned, however old.
     await ConfigVersion.insert(
         ConfigVersion(
-            number=1, snapshot="{}", checksum="x", author="admin", created_at=NOW - 3000 * DAY
+            number=1, snapshot="{}", checksum="x", author="admin", created_at=now - 3000 * DAY
         )
     )
-    await AppUser.update({AppUser.created_at: NOW - 3000 * DAY}).where(AppUser.id == user_id)
+    await AppUser.update({AppUser.created_at: now - 3000 * DAY}).where(AppUser.id == user_id)
 
     result = await retention.run_once(settings, batch_size=2)
 
@@ -235,9 +239,10 @@ async def test_every_growing_table_loses_its_old_rows_and_keeps_new_ones(setting
 
 
 async def test_two_runs_at_once_delete_everything_once(settings):
+    now = dt.datetime.now(dt.UTC)
     settings = dataclasses.replace(settings, retention_days=7)
-    await seed(NOW - 400 * DAY, 40, "old")  # no partition that old: the default partition
-    await seed(NOW - DAY, 3, "new")
+    await seed(now - 400 * DAY, 40, "old")  # no partition that old: the default partition
+    await seed(now - DAY, 3, "new")
     first, second = await asyncio.gather(
         retention.run_once(settings, batch_size=3), retention.run_once(settings, batch_size=3)
     )
@@ -249,9 +254,10 @@ async def test_two_runs_at_once_delete_everything_once(settings):
 
 
 async def test_the_cli_runs_retention_and_says_what_went_in_one_line():
-    await seed(NOW - 60 * DAY, 3, "old")
+    now = dt.datetime.now(dt.UTC)
+    await seed(now - 60 * DAY, 3, "old")
     old_cursor = LogCursor(
-        source="/var/log/postfix.log", inode=1, position=9, updated_at=NOW - 99 * DAY
+        source="/var/log/postfix.log", inode=1, position=9, updated_at=now - 99 * DAY
     )
     await LogCursor.insert(old_cursor)
     result = subprocess.run(
@@ -276,7 +282,8 @@ async def test_the_cli_runs_retention_and_says_what_went_in_one_line():
 
 
 async def test_a_bad_retention_setting_stops_the_job_with_one_line_naming_it():
-    await seed(NOW - 60 * DAY, 3, "old")
+    now = dt.datetime.now(dt.UTC)
+    await seed(now - 60 * DAY, 3, "old")
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "retention"],
         capture_output=True,
