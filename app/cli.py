@@ -553,9 +553,9 @@ def parser() -> argparse.ArgumentParser:
         "--follow", action="store_true", help="keep reading every 2 s until SIGTERM"
     )
     ingest.set_defaults(func=cmd_ingest_logs)
-    sub.add_parser("retention", help="delete log rows older than RETENTION_DAYS").set_defaults(
-        func=cmd_retention
-    )
+    sub.add_parser(
+        "retention", help="drop old log days, delete old rows, make partitions ahead"
+    ).set_defaults(func=cmd_retention)
     sub.add_parser(
         "alerts", help="check the alert conditions once; e-mail or POST what started or cleared"
     ).set_defaults(func=cmd_alerts)

@@ -91,6 +91,10 @@ class Settings:
     shadow_key_file: Path | None = None
     replica_dir: Path = Path("/var/spool/mailrelay-replica")
     alerts: AlertSettings = AlertSettings()
+    sync_runs_retention_days: int = 30
+    vrrp_events_retention_days: int = 30
+    queue_imports_retention_days: int = 90
+    audit_retention_days: int = 400
 
     @property
     def generated_cert_file(self) -> Path:
@@ -256,6 +260,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webauthn_rp_id=_rp_id(r.optional("WEBAUTHN_RP_ID")),
         **_shadow(r),
         alerts=_alerts(r),
+        **_retention(r),
     )
 
 
@@ -328,6 +333,22 @@ def _alerts(r: _Reader) -> AlertSettings:
         spool_dir=r.path("ALERT_SPOOL_DIR", "/var/spool/postfix") or Path(),
         spool_percent=r.number("ALERT_SPOOL_PERCENT", 90.0, 1.0, 100.0),
     )
+
+
+def _retention(r: _Reader) -> dict[str, Any]:
+    """How long the tables that grow by themselves keep their rows (app/jobs/retention.py).
+    RETENTION_DAYS (mail logs) is read with the rest above; config versions and users are kept."""
+    return {
+        # About 17,000 rows a day per node: history for the dashboard and a post-mortem.
+        "sync_runs_retention_days": r.integer("SYNC_RUNS_RETENTION_DAYS", 30, 1, 3650),
+        "vrrp_events_retention_days": r.integer("VRRP_EVENTS_RETENTION_DAYS", 30, 1, 3650),
+        # A returning node asks its peer for these to delete exactly the messages the peer took
+        # over: keep them longer than a node may plausibly be away (a repair, a lost disk
+        # replaced). Past that, it releases its stale copies: delivered twice, or bounced.
+        "queue_imports_retention_days": r.integer("QUEUE_IMPORTS_RETENTION_DAYS", 90, 7, 3650),
+        # Who changed what: over a year, for the yearly review.
+        "audit_retention_days": r.integer("AUDIT_RETENTION_DAYS", 400, 30, 36500),
+    }
 
 
 def _rp_id(value: str | None) -> str | None:

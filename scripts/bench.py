@@ -288,6 +288,14 @@ def bench_gui(quick: bool) -> None:
     bench_gui.bench_gui(quick)
 
 
+def bench_retention(quick: bool) -> None:
+    """Retention of the oldest 7 of 30 days by partition DROP against batched DELETE, at 10M
+    mail_logs rows (scripts/bench_retention.py)."""
+    import bench_retention
+
+    bench_retention.bench_retention(quick)
+
+
 def lab_part(name: str) -> Callable[[bool], None]:
     """A part that needs the two-node lab (scripts/bench_lab.py)."""
 
@@ -303,6 +311,7 @@ PARTS = {
     "apply": bench_apply,
     "logs": bench_logs,
     "gui": bench_gui,
+    "retention": bench_retention,
     **{
         name: lab_part(name) for name in ("failover", "sync", "lag", "throughput", "pull", "shadow")
     },

@@ -101,3 +101,17 @@ async def end_other_sessions(user_id: int, keep_session_id: int | None) -> None:
 
 async def user_exists(user_id: int) -> bool:
     return await AppUser.exists().where(AppUser.id == user_id)
+
+
+async def end_expired_sessions(idle_minutes: int, max_hours: int) -> int:
+    """Delete the sessions that ended by time but were never presented again (a browser
+    closed without logging out): nobody can use them, and they would pile up. Returns how many."""
+    rows = await UserSession.raw(
+        "WITH gone AS (DELETE FROM user_sessions "
+        "WHERE last_seen_at < now() - make_interval(mins => {}) "
+        "OR created_at < now() - make_interval(hours => {}) RETURNING 1) "
+        "SELECT count(*) AS n FROM gone",
+        idle_minutes,
+        max_hours,
+    )
+    return int(rows[0]["n"])

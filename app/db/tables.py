@@ -120,7 +120,8 @@ class AuditLog(Table, tablename="audit_log"):
 
 
 class MailLog(Table, tablename="mail_logs"):
-    """One recipient outcome of one message, from the Postfix log."""
+    """One recipient outcome of one message, from the Postfix log. Partitioned by UTC day on
+    `at` (app/jobs/retention.py drops whole days); the primary key is (id, at)."""
 
     id = BigSerial(primary_key=True)
     at = Timestamptz(index=True)
@@ -138,7 +139,8 @@ class MailLog(Table, tablename="mail_logs"):
 
 
 class RejectionLog(Table, tablename="rejection_logs"):
-    """An SMTP transaction Postfix refused before queueing (NOQUEUE reject)."""
+    """An SMTP transaction Postfix refused before queueing (NOQUEUE reject). Partitioned by UTC
+    day on `at`, as mail_logs."""
 
     id = BigSerial(primary_key=True)
     at = Timestamptz(index=True)
