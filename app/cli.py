@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from app import logsetup
 from app.agent.postfix import AgentError
 from app.crypto import SecretKeyError
 from app.settings import Settings, SettingsError, load_settings
@@ -93,6 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port or settings.https_port,
         ssl_certfile=str(cert),
         ssl_keyfile=str(key),
+        # uvicorn's loggers go through app.logsetup's handler, not uvicorn's own.
+        log_config=None,
         log_level="info",
         proxy_headers=False,
         server_header=False,
@@ -231,9 +234,6 @@ def cmd_config_pull(args: argparse.Namespace) -> None:
 
     async def work() -> pull.PullResult:
         return await pull.run_once(settings, AgentClient(settings.agent_socket), box, master_tls)
-
-    # One line per run: the job's own, not httpx's line per request as well.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     result = _run_db(work)
     if not result.ok:
@@ -407,33 +407,10 @@ def cmd_config_apply(args: argparse.Namespace) -> None:
     print(f"config version {report.version} applied on node {settings.node_id}")
 
 
-# Syslog priorities for systemd's SyslogLevelPrefix= (on by default): "<4>" starts a warning.
-_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
-
-
-class _JournalPriority(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITIES.get(record.levelno, 2)}>{super().format(record)}"
-
-
-def _journal_priorities() -> None:
-    """When stderr is the journal's stream (JOURNAL_STREAM names it), give each line its
-    priority, so that a warning is one in `journalctl -p warning` too."""
-    try:
-        stderr = os.fstat(sys.stderr.fileno())
-    except (OSError, ValueError):
-        return
-    if os.environ.get("JOURNAL_STREAM") != f"{stderr.st_dev}:{stderr.st_ino}":
-        return
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(_JournalPriority("%(name)s %(message)s"))
-
-
 def cmd_queue_sync(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
     from app.cluster import queuesync
 
-    _journal_priorities()
     settings = _settings()
     from app.piccolo_conf import DB
 
@@ -587,14 +564,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("piccolo").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logsetup.configure()
     args = parser().parse_args(argv)
     try:
         args.func(args)
     except (SettingsError, UserFacingError, AgentError, SecretKeyError) as exc:
-        print(f"mailrelay: {exc}", file=sys.stderr)
+        logsetup.error_line(f"mailrelay: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
