@@ -57,7 +57,6 @@ def configure(level: int = logging.INFO) -> None:
     root.setLevel(level)
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
 
 
