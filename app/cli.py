@@ -298,40 +298,63 @@ def cmd_config_export(args: argparse.Namespace) -> None:
     replacement master gets its configuration back from the surviving slave. The file holds the
     route passwords in clear (config-import encrypts them with its own key), so it is made
     0600 and never overwrites a file."""
-    import json
-
-    from app.cluster import pull
-    from app.config import applied
+    from app import backup
 
     settings = _settings()
     box = _box(settings)
 
-    async def work() -> tuple[dict[str, Any], int]:
-        version, _ = await applied.version_run_by(settings.node_id)
-        if version is None:
-            raise UserFacingError(f"node {settings.node_id} runs no applied version: no export")
-        if settings.cluster_mode == "master":
-            return version["snapshot"], version["number"]
-        state = await pull.applied_state(settings.node_id)
-        return version["snapshot"], state["master_number"] if state else 0
+    async def work() -> dict[str, Any]:
+        try:
+            return await backup.config_export(settings, box)
+        except backup.BackupError as exc:
+            raise UserFacingError(str(exc)) from None
 
-    config, master_version = _run_db(work)
-    for entry in config["sender_domains"]:
-        route = entry.get("route") or {}
-        sealed = route.pop("auth_password_enc", None)
-        if sealed:
-            route["auth_password"] = box.decrypt(sealed)
-    document = {"master_version": master_version, **config}
+    document = _run_db(work)
     try:
         descriptor = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise UserFacingError(f"{args.file}: {exc}") from None
-    with os.fdopen(descriptor, "w") as out:
-        json.dump(document, out, indent=2)
-        out.write("\n")
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(backup.export_bytes(document))
     print(
-        f"{args.file}: the configuration of master version {master_version} "
+        f"{args.file}: the configuration of master version {document['master_version']} "
         "(route passwords in clear: keep the file secret)"
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    """A dump of this node's database and its config export into BACKUP_DIR (the daily timer's
+    job); the oldest beyond BACKUP_KEEP go."""
+    from app import backup
+
+    settings = _settings()
+
+    async def work() -> backup.BackupResult:
+        try:
+            return await backup.run_once(settings)
+        except backup.BackupError as exc:
+            raise UserFacingError(f"backup failed: {exc}") from None
+
+    _run_db(work)
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    """A dump of `mailrelay backup` into DATABASE_URL, only when that database is empty."""
+    from app import backup
+
+    settings = _settings()
+
+    async def work() -> float:
+        await check_database(settings.database_url)
+        try:
+            return await backup.restore(settings, Path(args.file))
+        except backup.BackupError as exc:
+            raise UserFacingError(str(exc)) from None
+
+    asyncio.run(work())
+    print(
+        f"restored {args.file}; next: `mailrelay migrate` (a dump of an older release is "
+        "brought up to date), then start the services"
     )
 
 
@@ -541,6 +564,12 @@ def parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("file")
     exp.set_defaults(func=cmd_config_export)
+    sub.add_parser(
+        "backup", help="dump the database and the config export into BACKUP_DIR, rotated"
+    ).set_defaults(func=cmd_backup)
+    res = sub.add_parser("restore", help="restore a dump of `backup` into an empty database")
+    res.add_argument("file")
+    res.set_defaults(func=cmd_restore)
     sub.add_parser(
         "config-apply", help="apply the newest config version on this node"
     ).set_defaults(func=cmd_config_apply)

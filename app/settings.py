@@ -70,6 +70,8 @@ class Settings:
     shadow_cert_file: Path | None = None
     shadow_key_file: Path | None = None
     replica_dir: Path = Path("/var/spool/mailrelay-replica")
+    backup_dir: Path = Path("/var/backups/mailrelay")
+    backup_keep: int = 14
 
     @property
     def generated_cert_file(self) -> Path:
@@ -234,6 +236,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         or r.optional("MASTER_CERT_FINGERPRINT"),
         webauthn_rp_id=_rp_id(r.optional("WEBAUTHN_RP_ID")),
         **_shadow(r),
+        **_backup(r),
     )
 
 
@@ -264,6 +267,14 @@ def _shadow(r: _Reader) -> dict[str, Any]:
         "shadow_cert_file": cert,
         "shadow_key_file": key,
         "replica_dir": r.path("REPLICA_DIR", "/var/spool/mailrelay-replica"),
+    }
+
+
+def _backup(r: _Reader) -> dict[str, Any]:
+    """`mailrelay backup` (app/backup.py): where the daily dumps go and how many stay."""
+    return {
+        "backup_dir": r.path("BACKUP_DIR", "/var/backups/mailrelay"),
+        "backup_keep": r.integer("BACKUP_KEEP", 14, 1, 3650),
     }
 
 
