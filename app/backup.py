@@ -110,21 +110,25 @@ def _run_tool(args: list[str], url: str, **kwargs: Any) -> None:
 
 @contextlib.contextmanager
 def _atomic(final: Path) -> Iterator[int]:
-    """A new 0600 file that appears under its name only once it is complete and on disk."""
+    """A new 0600 file that appears under its name only once it is complete and on disk; on any
+    failure nothing is left."""
     temp = _temp_name(final)
     try:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise BackupError(f"cannot write in {final.parent}: {exc}") from None
     try:
-        yield descriptor
-        os.fsync(descriptor)
-    except BaseException:
-        os.close(descriptor)
+        try:
+            yield descriptor
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.rename(temp, final)
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BackupError(f"{final}: {exc}") from None
         raise
-    os.close(descriptor)
-    os.rename(temp, final)
     directory = os.open(final.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
