@@ -432,7 +432,7 @@ def cmd_config_apply(args: argparse.Namespace) -> None:
 
 def cmd_queue_sync(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
-    from app.cluster import queuesync
+    from app.replication import queuesync
 
     settings = _settings()
     from app.piccolo_conf import DB
@@ -462,7 +462,7 @@ def cmd_queue_sync(args: argparse.Namespace) -> None:
 
 def cmd_reconcile(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
-    from app.cluster import reconcile
+    from app.replication import reconcile
 
     settings = _settings()
     agent = AgentClient(settings.agent_socket)

@@ -37,9 +37,9 @@ UNIT_VERBS: dict[str, frozenset[str]] = {
     "mailrelay-web.service": WEB,
     # app/cluster/pull.py applies the pulled version through app/postfix/pipeline.py.
     "mailrelay-config-pull.service": APPLY,
-    # app/cluster/queuesync.py: the sync, then a flush when the peer took nothing.
+    # app/replication/queuesync.py: the sync, then a flush when the peer took nothing.
     "mailrelay-queue-sync.service": frozenset({"queue_sync", "flush_all"}),
-    # app/cluster/promotion.py on MASTER, app/cluster/reconcile.py after leaving it.
+    # app/replication/promotion.py on MASTER, app/replication/reconcile.py after leaving it.
     "mailrelay-vrrp-events.service": RECONCILE | {"import_replica"},
     "mailrelay-reconcile.service": RECONCILE,
 }

@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from app.agent.postfix import AgentError
+from app.cluster.vip import VipCheckError, vip_held
 
 UNIT = "keepalived.service"
 POLL_SECONDS = 0.05
@@ -30,11 +31,12 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
 
 
 def present(vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether the address is configured on an interface of this node."""
-    result = _run("ip", "-o", "addr", "show", "to", f"{vip}/{vip.max_prefixlen}")
-    if result.returncode != 0:
-        raise AgentError(f"ip addr show: {result.stderr.strip() or f'exit {result.returncode}'}")
-    return bool(result.stdout.strip())
+    """Whether the address is configured on an interface of this node (the same check as the
+    unprivileged side's, as an agent error when it cannot be made)."""
+    try:
+        return vip_held(str(vip))
+    except VipCheckError as exc:
+        raise AgentError(str(exc)) from None
 
 
 def _systemctl(action: str) -> str | None:

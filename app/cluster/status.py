@@ -20,7 +20,7 @@ from typing import Any
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import configstate
 from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
-from app.cluster.vrrp import VipCheckError, vip_held
+from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import ConfigVersion, SyncRun, VrrpEvent
 from app.settings import Settings
 

@@ -12,7 +12,7 @@ Run on the active node (`mailrelay switchover`, or the Admin's form on /cluster)
               comes back as BACKUP and, with nopreempt, the peer keeps the VIP
   peer_vip    the peer holds the VIP, is MASTER and has imported the replica
   reconcile   this node's queue is stale now: hold it, delete what the peer took over, release
-              the rest (app.cluster.reconcile). keepalived's events (MASTER -> STOP) leave
+              the rest (app.replication.reconcile). keepalived's events (MASTER -> STOP) leave
               it to this step while the switchover's lock is held
   smtp        the VIP answers SMTP: a 220 greeting, 250 to EHLO, QUIT
 
@@ -35,9 +35,10 @@ from typing import Any
 
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
-from app.cluster import locks, queuesync, reconcile, status
-from app.cluster.vrrp import VipCheckError, vip_held
+from app.cluster import locks, status
+from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import SyncRun
+from app.replication import queuesync, reconcile
 from app.settings import Settings
 
 ACTION = "cluster.switchover"

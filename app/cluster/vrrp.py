@@ -21,7 +21,7 @@ node is up:
 
 The state file says what keepalived reported, not what is true now (keepalived may have been
 killed without a word). Jobs that act only on the active node must check the address itself:
-``vip_held()``.
+``app.cluster.vip.vip_held()``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import logging
 import os
@@ -38,7 +37,6 @@ import re
 import signal
 import socket
 import stat
-import subprocess
 import tempfile
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -47,7 +45,9 @@ from typing import Any
 
 from app import logsetup
 from app.agent.client import AgentClient
-from app.settings import Settings
+from app.cluster.vrrp_table import VrrpEvent
+from app.replication import promotion, reconcile
+from app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("mailrelay.vrrp")
 
@@ -133,48 +133,6 @@ def read_state(path: Path = STATE_FILE) -> dict[str, Any] | None:
         return None
 
 
-# -- does this node hold the VIP? -----------------------------------------------------------------
-
-
-class VipCheckError(RuntimeError):
-    """`ip addr` could not be run or read: whether we hold the VIP is unknown."""
-
-
-def addresses(ip_output: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The usable addresses in `ip -o addr show` output.
-
-    IPv6 addresses still in (or failed) duplicate address detection cannot be used yet.
-    """
-    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
-    for line in ip_output.splitlines():
-        words = line.split()
-        for index, word in enumerate(words[:-1]):
-            if word not in ("inet", "inet6"):
-                continue
-            if {"tentative", "dadfailed"} & set(words):
-                break
-            with contextlib.suppress(ValueError):
-                found.add(ipaddress.ip_interface(words[index + 1]).ip)
-            break
-    return found
-
-
-def vip_held(vip: str, *, netns: str | None = None) -> bool:
-    """Whether the VIP is configured on an interface of this node (or of network namespace
-    `netns`) right now. Raises VipCheckError when that cannot be found out."""
-    wanted = ipaddress.ip_address(vip)
-    command = ["ip", "-o", "addr", "show"]
-    if netns is not None:
-        command[1:1] = ["-n", netns]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise VipCheckError(f"cannot run {' '.join(command)}: {exc}") from exc
-    if result.returncode != 0:
-        raise VipCheckError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-    return wanted in addresses(result.stdout)
-
-
 # -- reading the FIFO ----------------------------------------------------------------------------
 
 
@@ -252,8 +210,6 @@ async def _record(queue: asyncio.Queue[_Pending], node_id: str, in_flight: list[
 
     The event being inserted is kept in in_flight, so that one lost at shutdown can be named.
     """
-    from app.cluster.vrrp_table import VrrpEvent
-
     while True:
         item = await queue.get()
         in_flight[:] = [item]
@@ -426,7 +382,6 @@ def service_hooks(settings: Settings, agent: AgentClient) -> dict[str, Any]:
     """What the service does on the events (run()'s on_master, on_leave, on_return): import
     the peer's replica on becoming MASTER; hold this node's queue on leaving MASTER, then
     reconcile it once the peer has taken over."""
-    from app.cluster import promotion, reconcile
 
     async def promote(event: Notification) -> object:
         return await promotion.run_once(
@@ -451,9 +406,6 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--state-file", type=Path, default=STATE_FILE, help=f"default {STATE_FILE}")
     args = top.parse_args(argv)
     logsetup.configure()
-
-    from app.settings import SettingsError, load_settings
-
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -22,8 +22,9 @@ from litestar import Litestar, get
 
 from app.agent.client import AgentClient
 from app.auth import tokens
-from app.cluster import locks, reconcile, vrrp
+from app.cluster import locks, vrrp
 from app.db.tables import AuditLog
+from app.replication import reconcile
 from tests.clusterpeer import FakeAgent, fake_agent, peer_settings, serve_https
 
 HELD = ["4dLq2G1xZ9z9vxA", "4dLq2G1xZ9z9vxB", "4dLq2G1xZ9z9vxC"]

@@ -21,7 +21,7 @@ import pytest
 
 from app.agent.client import AgentClient
 from app.auth import tokens
-from app.cluster import pull, status
+from app.cluster import pull, status, vip
 from app.config import service
 from app.config import snapshot as snap
 from app.db.tables import AppliedVersion, SyncRun, VrrpEvent
@@ -157,7 +157,7 @@ async def test_where_the_app_cannot_see_the_hosts_interfaces_the_agent_says(sett
     interfaces), the agent on the host answers."""
 
     def no_ip(address: str) -> bool:
-        raise status.VipCheckError("ip: not found")
+        raise vip.VipCheckError("ip: not found")
 
     monkeypatch.setattr(status, "vip_held", no_ip)
     async with fake_agent({"status": AGENT_STATUS, "vip_held": True}) as agent:

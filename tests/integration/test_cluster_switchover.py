@@ -25,8 +25,9 @@ from litestar.exceptions import HTTPException
 
 from app.agent.client import AgentClient
 from app.auth import tokens
-from app.cluster import locks, reconcile, switchover
+from app.cluster import locks, switchover
 from app.db.tables import ApiToken, AuditLog, SyncRun
+from app.replication import reconcile
 from tests.clusterpeer import (
     HELD_VIP,
     NOT_HELD_VIP,

@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from app.agent.client import AgentClient
-from app.cluster import locks, queuesync
+from app.cluster import locks
 from app.db.tables import SyncRun
+from app.replication import queuesync
 
 HELD_VIP = "127.0.0.1"
 NOT_HELD_VIP = "198.18.255.254"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from app.cluster import keepalived, vrrp
+from app.cluster import keepalived, vip, vrrp
 from app.cluster.vrrp_table import VrrpEvent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -361,7 +361,7 @@ class Pair:
         return self.base / f"{node}.state"
 
     def holds_vip(self, node: str) -> bool:
-        return vrrp.vip_held(VIP, netns=self.ns[node])
+        return vip.vip_held(VIP, netns=self.ns[node])
 
     def holders(self) -> list[str]:
         return [node for node in NODES if self.holds_vip(node)]

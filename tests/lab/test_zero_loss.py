@@ -159,7 +159,7 @@ def test_with_the_peer_unreachable_prefer_counts_unprotected_mail_and_require_de
         assert "250 2.0.0 Ok: queued" in out, out
         assert unprotected(active) == before + 1
         client, _ = gui_session(f"https://{A if active == 'a' else B}:8443")
-        with client:
+        try:
             page = client.get("/").text
             assert f'<strong class="error">unprotected mail: {before + 1}</strong>' in page
             # A milter that is down counts nothing itself: the dashboard says so instead.
@@ -168,6 +168,8 @@ def test_with_the_peer_unreachable_prefer_counts_unprotected_mail_and_require_de
                 assert 'id="shadow-milter-down"' in client.get("/").text
             finally:
                 lab("exec", active, "systemctl", "start", "mailrelay-shadow-milter.service")
+        finally:
+            client.close()
         lab("install", active, "SHADOW_MODE=require", timeout=600)
         out = swaks("client", "app@app.example")
         assert "451 4.4.0" in out, out

@@ -13,8 +13,9 @@ from litestar.response import Template
 from app import reports
 from app.agent.client import AgentRefused, AgentUnavailable
 from app.auth.sessions import SessionUser
-from app.cluster import configstate, reconcile
+from app.cluster import configstate
 from app.config import service
+from app.replication import reconcile
 from app.web.views import is_htmx, page
 
 Req = Request[SessionUser, Any, Any]

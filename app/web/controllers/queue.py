@@ -13,6 +13,7 @@ from app import audit
 from app.agent.client import AgentRefused, AgentUnavailable
 from app.auth.sessions import SessionUser
 from app.postfix import queue
+from app.replication import reconcile
 from app.web.auth import source_ip
 from app.web.views import done, is_htmx, page
 
@@ -97,8 +98,6 @@ async def flush_queue(request: Req) -> Response[Any]:
 @post("/queue/release-held", opt={"role": "operator"})
 async def release_held(request: Req) -> Response[Any]:
     """The alert's button: the peer could not be asked, the operator releases the held mail."""
-    from app.cluster import reconcile
-
     try:
         await reconcile.release_held(
             request.app.state.settings,

@@ -27,7 +27,7 @@ from typing import Any
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import locks
-from app.cluster.vrrp import VipCheckError, vip_held
+from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import SyncRun
 from app.settings import Settings
 
