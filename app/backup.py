@@ -201,18 +201,18 @@ class BackupResult:
 
 
 def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
-async def run_once(settings: Settings, now: dt.datetime | None = None) -> BackupResult:
+async def run_once(settings: Settings) -> BackupResult:
     """Dump the database, write the config export beside it, rotate; one log line."""
     started = time.monotonic()
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
+    stamp = dt.datetime.now(dt.UTC).strftime(STAMP_FORMAT)
     directory = settings.backup_dir
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -236,8 +236,11 @@ async def run_once(settings: Settings, now: dt.datetime | None = None) -> Backup
     else:
         result.export = directory / f"{base}{EXPORT_SUFFIX}"
         result.master_version = document["master_version"]
-        with _atomic(result.export) as descriptor:
-            os.write(descriptor, export_bytes(document))
+        with (
+            _atomic(result.export) as descriptor,
+            open(descriptor, "wb", closefd=False) as out,
+        ):
+            out.write(export_bytes(document))
     result.removed = rotate(directory, settings.node_id, settings.backup_keep)
     result.seconds = time.monotonic() - started
     if failure:
