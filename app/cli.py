@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from app import logsetup
 from app.agent.postfix import AgentError
 from app.crypto import SecretKeyError
 from app.settings import Settings, SettingsError, load_settings
@@ -93,6 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port or settings.https_port,
         ssl_certfile=str(cert),
         ssl_keyfile=str(key),
+        # uvicorn's loggers go through app.logsetup's handler, not uvicorn's own.
+        log_config=None,
         log_level="info",
         proxy_headers=False,
         server_header=False,
@@ -220,7 +223,6 @@ def cmd_alerts(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
     from app.alerts import run
 
-    _journal_priorities()
     settings = _settings()
 
     async def work() -> None:
@@ -245,9 +247,6 @@ def cmd_config_pull(args: argparse.Namespace) -> None:
 
     async def work() -> pull.PullResult:
         return await pull.run_once(settings, AgentClient(settings.agent_socket), box, master_tls)
-
-    # One line per run: the job's own, not httpx's line per request as well.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     result = _run_db(work)
     if not result.ok:
@@ -312,40 +311,63 @@ def cmd_config_export(args: argparse.Namespace) -> None:
     replacement master gets its configuration back from the surviving slave. The file holds the
     route passwords in clear (config-import encrypts them with its own key), so it is made
     0600 and never overwrites a file."""
-    import json
-
-    from app.cluster import pull
-    from app.config import applied
+    from app import backup
 
     settings = _settings()
     box = _box(settings)
 
-    async def work() -> tuple[dict[str, Any], int]:
-        version, _ = await applied.version_run_by(settings.node_id)
-        if version is None:
-            raise UserFacingError(f"node {settings.node_id} runs no applied version: no export")
-        if settings.cluster_mode == "master":
-            return version["snapshot"], version["number"]
-        state = await pull.applied_state(settings.node_id)
-        return version["snapshot"], state["master_number"] if state else 0
+    async def work() -> dict[str, Any]:
+        try:
+            return await backup.config_export(settings, box)
+        except backup.BackupError as exc:
+            raise UserFacingError(str(exc)) from None
 
-    config, master_version = _run_db(work)
-    for entry in config["sender_domains"]:
-        route = entry.get("route") or {}
-        sealed = route.pop("auth_password_enc", None)
-        if sealed:
-            route["auth_password"] = box.decrypt(sealed)
-    document = {"master_version": master_version, **config}
+    document = _run_db(work)
     try:
         descriptor = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise UserFacingError(f"{args.file}: {exc}") from None
-    with os.fdopen(descriptor, "w") as out:
-        json.dump(document, out, indent=2)
-        out.write("\n")
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(backup.export_bytes(document))
     print(
-        f"{args.file}: the configuration of master version {master_version} "
+        f"{args.file}: the configuration of master version {document['master_version']} "
         "(route passwords in clear: keep the file secret)"
+    )
+
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    """A dump of this node's database and its config export into BACKUP_DIR (the daily timer's
+    job); the oldest beyond BACKUP_KEEP go."""
+    from app import backup
+
+    settings = _settings()
+
+    async def work() -> backup.BackupResult:
+        try:
+            return await backup.run_once(settings)
+        except backup.BackupError as exc:
+            raise UserFacingError(f"backup failed: {exc}") from None
+
+    _run_db(work)
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    """A dump of `mailrelay backup` into DATABASE_URL, only when that database is empty."""
+    from app import backup
+
+    settings = _settings()
+
+    async def work() -> float:
+        await check_database(settings.database_url)
+        try:
+            return await backup.restore(settings, Path(args.file))
+        except backup.BackupError as exc:
+            raise UserFacingError(str(exc)) from None
+
+    asyncio.run(work())
+    print(
+        f"restored {args.file}; next: `mailrelay migrate` (a dump of an older release is "
+        "brought up to date), then start the services"
     )
 
 
@@ -421,33 +443,10 @@ def cmd_config_apply(args: argparse.Namespace) -> None:
     print(f"config version {report.version} applied on node {settings.node_id}")
 
 
-# Syslog priorities for systemd's SyslogLevelPrefix= (on by default): "<4>" starts a warning.
-_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
-
-
-class _JournalPriority(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITIES.get(record.levelno, 2)}>{super().format(record)}"
-
-
-def _journal_priorities() -> None:
-    """When stderr is the journal's stream (JOURNAL_STREAM names it), give each line its
-    priority, so that a warning is one in `journalctl -p warning` too."""
-    try:
-        stderr = os.fstat(sys.stderr.fileno())
-    except (OSError, ValueError):
-        return
-    if os.environ.get("JOURNAL_STREAM") != f"{stderr.st_dev}:{stderr.st_ino}":
-        return
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(_JournalPriority("%(name)s %(message)s"))
-
-
 def cmd_queue_sync(args: argparse.Namespace) -> None:
     from app.agent.client import AgentClient
     from app.replication import queuesync
 
-    _journal_priorities()
     settings = _settings()
     from app.piccolo_conf import DB
 
@@ -582,6 +581,12 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("file")
     exp.set_defaults(func=cmd_config_export)
     sub.add_parser(
+        "backup", help="dump the database and the config export into BACKUP_DIR, rotated"
+    ).set_defaults(func=cmd_backup)
+    res = sub.add_parser("restore", help="restore a dump of `backup` into an empty database")
+    res.add_argument("file")
+    res.set_defaults(func=cmd_restore)
+    sub.add_parser(
         "config-apply", help="apply the newest config version on this node"
     ).set_defaults(func=cmd_config_apply)
     sub.add_parser(
@@ -604,14 +609,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("piccolo").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logsetup.configure()
     args = parser().parse_args(argv)
     try:
         args.func(args)
     except (SettingsError, UserFacingError, AgentError, SecretKeyError) as exc:
-        print(f"mailrelay: {exc}", file=sys.stderr)
+        logsetup.error_line(f"mailrelay: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -95,6 +95,8 @@ class Settings:
     vrrp_events_retention_days: int = 30
     queue_imports_retention_days: int = 90
     audit_retention_days: int = 400
+    backup_dir: Path = Path("/var/backups/mailrelay")
+    backup_keep: int = 14
 
     @property
     def generated_cert_file(self) -> Path:
@@ -261,6 +263,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         **_shadow(r),
         alerts=_alerts(r),
         **_retention(r),
+        **_backup(r),
     )
 
 
@@ -348,6 +351,14 @@ def _retention(r: _Reader) -> dict[str, Any]:
         "queue_imports_retention_days": r.integer("QUEUE_IMPORTS_RETENTION_DAYS", 90, 7, 3650),
         # Who changed what: over a year, for the yearly review.
         "audit_retention_days": r.integer("AUDIT_RETENTION_DAYS", 400, 30, 36500),
+    }
+
+
+def _backup(r: _Reader) -> dict[str, Any]:
+    """`mailrelay backup` (app/backup.py): where the daily dumps go and how many stay."""
+    return {
+        "backup_dir": r.path("BACKUP_DIR", "/var/backups/mailrelay"),
+        "backup_keep": r.integer("BACKUP_KEEP", 14, 1, 3650),
     }
 
 

@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from app import logsetup
 from app.agent import queuesync
 from app.agent.postfix import SHADOW_COUNTERS, SHADOW_STORE, AgentError, PostfixTools
 from app.agent.replica import REPLICA
@@ -84,14 +85,14 @@ def cmd_postfix_settings(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logsetup.configure()
     parser = argparse.ArgumentParser(prog="mailrelay agent")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except AgentError as exc:
-        print(f"mailrelay agent: {exc}", file=sys.stderr)
+        logsetup.error_line(f"mailrelay agent: {exc}")
         return 1
     except KeyboardInterrupt:
         return 0

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import logsetup
 from app.agent.client import AgentClient
 from app.cluster.vrrp_table import VrrpEvent
 from app.replication import promotion, reconcile
@@ -404,8 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--fifo", type=Path, default=FIFO_PATH, help=f"default {FIFO_PATH}")
     top.add_argument("--state-file", type=Path, default=STATE_FILE, help=f"default {STATE_FILE}")
     args = top.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
-    logging.getLogger("piccolo").setLevel(logging.WARNING)
+    logsetup.configure()
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
+from app import logsetup
 from app.cluster.peer import parse_fingerprint
-from app.replication import shadow_milter, shadow_receiver
+from app.replication import shadow_receiver
 from app.replication.shadow_client import ShadowClient
 from app.replication.shadow_store import ShadowStore
 from app.settings import Settings, SettingsError, load_settings
@@ -41,6 +41,9 @@ def receiver(settings: Settings) -> None:
 
 
 def milter(settings: Settings) -> None:
+    # pymilter is the optional extra `milter`: the receiver runs without it.
+    from app.replication import shadow_milter
+
     client = None
     if settings.peer_node_ip and settings.shadow_token and settings.peer_cert_fingerprint:
         client = ShadowClient(
@@ -60,7 +63,7 @@ def milter(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logsetup.configure()
     parser = argparse.ArgumentParser(prog="python -m app.replication")
     parser.add_argument("service", choices=("receiver", "milter"))
     args = parser.parse_args(argv)
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         (receiver if args.service == "receiver" else milter)(settings)
     except SettingsError as exc:
-        print(f"mailrelay {args.service}: {exc}", file=sys.stderr)
+        logsetup.error_line(f"mailrelay {args.service}: {exc}")
         return 2
     except KeyboardInterrupt:
         return 0

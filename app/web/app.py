@@ -225,8 +225,13 @@ def create_app(settings: Settings) -> Litestar:
             NotFound: _not_found,
             HTTPException: _http_error,
         },
-        # Log every unexpected exception with its traceback; an operator needs it.
-        logging_config=LoggingConfig(log_exceptions="always"),
+        # Log every unexpected exception with its traceback; an operator needs it. Through the
+        # process's own handler (app.logsetup: priorities in the journal), not a second one.
+        logging_config=LoggingConfig(
+            log_exceptions="always",
+            configure_root_logger=False,
+            loggers={"litestar": {"level": "INFO", "propagate": True}},
+        ),
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
     )

@@ -1,0 +1,243 @@
+"""`mailrelay backup` and `mailrelay restore` as an operator runs them: real pg_dump and
+pg_restore against the test cluster's databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from app.auth import users
+from app.auth.roles import Role
+from app.cluster import pull
+from app.config import applied, service
+from app.crypto import SecretBox, ensure_secret_key
+from tests.conftest import make_user
+from tests.integration.test_cli import assert_one_line_error, run
+
+COMPARED = ("app_users", "config_versions", "audit_log", "applied_versions", "migration")
+
+
+@pytest.fixture
+def scratch_databases(pg_cluster):
+    """scratch("name") -> the URL of a new empty database, dropped after the test."""
+    made: list[str] = []
+
+    def scratch(name: str) -> str:
+        made.append(name)
+        pg_cluster.drop_database(name)
+        return pg_cluster.create_database(name)
+
+    yield scratch
+    for name in made:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def box(settings) -> SecretBox:
+    ensure_secret_key(settings.secret_key_file)
+    return SecretBox(settings.secret_key_file)
+
+
+async def rows(url: str, table: str) -> list[dict]:
+    connection = await asyncpg.connect(url)
+    try:
+        return [dict(row) for row in await connection.fetch(f"SELECT * FROM {table} ORDER BY 1")]  # noqa: S608
+    finally:
+        await connection.close()
+
+
+async def a_node_with_data(box: SecretBox, settings) -> None:
+    """Users, two config versions (one applied here, with a route password), their audit."""
+    await make_user("olga", "operator")
+    await users.create_user("rita", "rita-long-password", Role.parse("readonly"), actor="cli")
+    config = {
+        "sender_domains": [
+            {
+                "name": "example.com",
+                "comment": "",
+                "route": {
+                    "host": "198.18.0.21",
+                    "port": 587,
+                    "tls_mode": "encrypt",
+                    "auth_user": "u",
+                    "auth_password_enc": box.encrypt("route-secret-3"),
+                },
+            }
+        ],
+        "trusted_networks": [{"cidr": "198.18.0.30/32", "comment": ""}],
+    }
+    await service.add_domain(service.Actor("t"), "first.example")
+    number = await service.replace_all(pull.ACTOR, config, "config.import", "from a test")
+    await applied.record_own(settings.node_id, number)
+
+
+def our_files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+async def test_a_backup_restored_into_a_fresh_database_has_the_same_users_versions_and_audit(
+    tmp_path, settings, box, scratch_databases
+):
+    await a_node_with_data(box, settings)
+    backups = tmp_path / "backups"
+    result = run("backup", env={"BACKUP_DIR": str(backups)})
+    assert result.returncode == 0, result.stderr
+    [dump] = backups.glob(f"mailrelay-{settings.node_id}-*Z.dump")
+    [export] = backups.glob(f"mailrelay-{settings.node_id}-*Z.config.json")
+    assert dump.name.removesuffix(".dump") == export.name.removesuffix(".config.json")
+    assert our_files(backups) == sorted([dump.name, export.name])
+    for path in (dump, export):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # One line for the run: which file, how big, how long.
+    [line] = [line for line in result.stderr.splitlines() if "mailrelay.backup" in line]
+    assert str(dump) in line and "KiB" in line and " s;" in line, line
+    document = json.loads(export.read_text())
+    assert document["sender_domains"][0]["route"]["auth_password"] == "route-secret-3"
+    assert document["master_version"] == (await applied.of(settings.node_id))["number"]
+
+    fresh = scratch_databases("restored_node")
+    result = run("restore", str(dump), env={"DATABASE_URL": fresh})
+    assert result.returncode == 0, result.stderr
+    for table in COMPARED:
+        assert await rows(fresh, table) == await rows(os.environ["DATABASE_URL"], table), table
+    assert "up to date" in run("migrate", env={"DATABASE_URL": fresh}).stdout
+    # The sequences came along: a new account on the restored database gets a fresh id.
+    result = run(
+        "create-user",
+        "newcomer",
+        "--password-stdin",
+        stdin="newcomer-password-1\n",
+        env={"DATABASE_URL": fresh},
+    )
+    assert result.returncode == 0, result.stderr
+    ids = [row["id"] for row in await rows(fresh, "app_users")]
+    assert len(set(ids)) == len(ids) == 4
+
+
+async def test_a_restore_into_a_database_that_is_not_empty_is_refused_and_changes_nothing(
+    tmp_path, settings, box
+):
+    await a_node_with_data(box, settings)
+    backups = tmp_path / "backups"
+    assert run("backup", env={"BACKUP_DIR": str(backups)}).returncode == 0
+    [dump] = backups.glob("*.dump")
+    await make_user("after-the-backup", "readonly")
+    url = os.environ["DATABASE_URL"]
+    before = {table: await rows(url, table) for table in COMPARED}
+    result = run("restore", str(dump))
+    assert_one_line_error(result, "restore refused: database mailrelay_test is not empty")
+    assert "migrations applied" in result.stderr and "dropdb" in result.stderr
+    assert {table: await rows(url, table) for table in COMPARED} == before
+
+    not_a_dump = tmp_path / "notes.json"
+    not_a_dump.write_text("{}")
+    assert_one_line_error(run("restore", str(not_a_dump)), "is not a dump of `mailrelay backup`")
+
+
+async def test_an_older_dump_restores_and_migrates_forward(tmp_path, scratch_databases):
+    """A dump made before the newest migration, restored on a host that runs this release."""
+    url = os.environ["DATABASE_URL"]
+    names = [row["name"] for row in await rows(url, "migration")]
+    old = scratch_databases("older_release")
+    forwards = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio; from piccolo.apps.migrations.commands.forwards import run_forwards;"
+            f"r = asyncio.run(run_forwards(app_name='mailrelay', migration_id={names[-2]!r}));"
+            "assert r.success, r.message",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": old},
+        timeout=60,
+        check=False,
+    )
+    assert forwards.returncode == 0, forwards.stderr
+    assert [row["name"] for row in await rows(old, "migration")] == names[:-1]
+    backups = tmp_path / "backups"
+    # Nothing applied on that node yet: the dump alone, and the run says so.
+    result = run("backup", env={"DATABASE_URL": old, "BACKUP_DIR": str(backups)})
+    assert result.returncode == 0, result.stderr
+    assert "runs no applied version: no export" in result.stderr
+    [dump] = backups.iterdir()
+    fresh = scratch_databases("restored_older")
+    assert run("restore", str(dump), env={"DATABASE_URL": fresh}).returncode == 0
+    result = run("migrate", env={"DATABASE_URL": fresh})
+    assert result.returncode == 0, result.stderr
+    assert [row["name"] for row in await rows(fresh, "migration")] == names
+
+
+async def test_rotation_keeps_the_newest_backups_and_leaves_other_files_alone(
+    tmp_path, settings, box
+):
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    node = settings.node_id
+    old_stamps = ["20261101T020000Z", "20261102T020000Z", "20261103T020000Z"]
+    for stamp in old_stamps:
+        (backups / f"mailrelay-{node}-{stamp}.dump").write_bytes(b"PGDMP old")
+        (backups / f"mailrelay-{node}-{stamp}.config.json").write_text("{}")
+    foreign = [
+        "notes.txt",
+        "mailrelay-other-20261101T020000Z.dump",  # the peer's, in a shared directory
+        f"mailrelay-{node}-20261101T020000Z.dump.keep",
+        f"mailrelay-{node}-manual.dump",
+    ]
+    for name in foreign:
+        (backups / name).write_text("not ours to delete")
+    # A run killed two days ago left its temporary file; one running now has a fresh one.
+    stale = backups / f".mailrelay-{node}-20261102T020000Z.dump.4242.tmp"
+    running = backups / f".mailrelay-{node}-20261203T020000Z.dump.4343.tmp"
+    for temp in (stale, running):
+        temp.write_bytes(b"PGDMP partial")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(stale, (two_days_ago, two_days_ago))
+
+    result = run("backup", env={"BACKUP_DIR": str(backups), "BACKUP_KEEP": "2"})
+    assert result.returncode == 0, result.stderr
+    [new_dump] = [p for p in backups.glob(f"mailrelay-{node}-*Z.dump") if "202611" not in p.name]
+    new_stamp = new_dump.name.removeprefix(f"mailrelay-{node}-").removesuffix(".dump")
+    # This node runs no applied version here: the new backup is a dump alone.
+    kept = [
+        f"mailrelay-{node}-{new_stamp}.dump",
+        f"mailrelay-{node}-{old_stamps[-1]}.dump",
+        f"mailrelay-{node}-{old_stamps[-1]}.config.json",
+    ]
+    assert our_files(backups) == sorted([*kept, *foreign, running.name])
+    assert "removed 5 files" in result.stderr
+
+
+async def test_a_failed_pg_dump_leaves_no_file_and_is_one_clear_line(
+    tmp_path, pg_cluster, scratch_databases
+):
+    """pg_dump refused mid-way (a table the backup's role may not read): no partial dump."""
+    denied = scratch_databases("backup_denied")
+    admin = await asyncpg.connect(denied)
+    try:
+        await admin.execute("DROP ROLE IF EXISTS backup_reader")
+        await admin.execute("CREATE ROLE backup_reader LOGIN")
+        await admin.execute("CREATE TABLE readable (x int); GRANT SELECT ON readable TO PUBLIC")
+        await admin.execute("CREATE TABLE secret (x int); REVOKE ALL ON secret FROM PUBLIC")
+    finally:
+        await admin.close()
+    backups = tmp_path / "backups"
+    url = denied.replace(f"{pg_cluster.user}@", "backup_reader@")
+    try:
+        result = run("backup", env={"DATABASE_URL": url, "BACKUP_DIR": str(backups)})
+    finally:
+        pg_cluster.drop_database("backup_denied")
+        admin = await asyncpg.connect(pg_cluster.dsn())
+        await admin.execute("DROP ROLE backup_reader")
+        await admin.close()
+    assert_one_line_error(result, "backup failed: pg_dump failed (exit 1)")
+    assert "permission denied for table secret" in result.stderr
+    assert list(backups.iterdir()) == []
