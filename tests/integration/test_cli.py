@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from app.crypto import SecretBox
+from app.crypto import SecretBox, ensure_secret_key
 from app.db.tables import AppUser, AuditLog
 
 
@@ -132,6 +132,7 @@ async def test_a_slaves_export_imported_on_a_replacement_master_is_numbered_past
     from app.config import applied, service
     from app.config.snapshot import Snapshot
 
+    ensure_secret_key(settings.secret_key_file)  # as `serve` or any command makes it first
     box = SecretBox(settings.secret_key_file)
     config: Snapshot = {
         "sender_domains": [

@@ -41,13 +41,15 @@ class ScriptedAgent:
         self.path = self.folder / "agent.sock"
         self.results = results
         self.verbs: list[str] = []
-        self.copy_seconds = 0.0  # how long a queue_sync takes to answer
+        # When set, a queue_sync answers only once this is set: a copy that lasts until the
+        # test says, however slowly a second job starts on a busy machine.
+        self.hold: asyncio.Event | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = json.loads(await reader.readline())
         self.verbs.append(request["verb"])
-        if request["verb"] == "queue_sync":
-            await asyncio.sleep(self.copy_seconds)
+        if request["verb"] == "queue_sync" and self.hold is not None:
+            await self.hold.wait()
         result = self.results.get(request["verb"])
         answer = (
             {"ok": True, "result": result}
@@ -235,7 +237,7 @@ async def test_runs_made_without_the_database_are_recorded_when_it_is_back(
 async def test_two_runs_at_once_without_the_database_one_copies_the_other_conflicts(
     agent, tmp_path
 ):
-    agent.copy_seconds = 1.5
+    agent.hold = asyncio.Event()
     first = asyncio.create_task(job(agent, tmp_path, DATABASE_DOWN))
     for _ in range(200):  # until the first run holds the lock and copies
         if agent.verbs == ["queue_sync"] or first.done():
@@ -245,10 +247,11 @@ async def test_two_runs_at_once_without_the_database_one_copies_the_other_confli
     second = await job(agent, tmp_path, DATABASE_DOWN)
     assert second.returncode == 1 and "queue sync conflict" in second.stderr, second.stderr
     assert "locked by process" in second.stderr
+    agent.hold.set()
     assert (await first).returncode == 0
     assert agent.verbs == ["queue_sync"]
 
-    agent.copy_seconds = 0
+    agent.hold = None
     assert (await job(agent, tmp_path, os.environ["DATABASE_URL"])).returncode == 0
     outcomes = [r["outcome"] for r in await SyncRun.select().order_by(SyncRun.started_at)]
     assert outcomes == ["ok", "conflict", "ok"]
