@@ -15,6 +15,7 @@ from app.postfix.logparse import (
     Delivery,
     Expired,
     MessageId,
+    Parser,
     QueueActive,
     Reject,
     Removed,
@@ -389,3 +390,25 @@ def test_other_lines_are_none(line: str):
 def test_split_client():
     assert split_client("mail.example.org[203.0.113.25]") == ("mail.example.org", "203.0.113.25")
     assert split_client("unknown") == ("", "")
+
+
+def test_a_parser_gives_each_line_what_parse_line_gives_it():
+    # One Parser works each time stamp out once: repeated, bad and both shapes of stamp must
+    # come out as they do line by line.
+    lines = [
+        CLASSIC.format(service="smtpd", pid=1, text="connect from a[198.18.0.1]"),
+        CLASSIC.format(service="smtpd", pid=2, text="connect from b[198.18.0.2]"),
+        "Feb 29 14:00:01 relay-a postfix/smtpd[3]: connect from c[198.18.0.3]",
+        "Feb 29 14:00:01 relay-a postfix/smtpd[4]: connect from d[198.18.0.4]",
+        ISO.format(service="smtpd", pid=5, text="connect from e[198.18.0.5]"),
+        ISO.format(service="smtpd", pid=6, text=f"{SHORT}: removed"),
+        "Dec 31 23:59:59 relay-a postfix/smtpd[7]: connect from f[198.18.0.6]",
+    ]
+    parser = Parser(NOW, UTC)
+    parsed = [parser.parse(line) for line in lines]
+    assert parsed == [parse_line(line, NOW, UTC) for line in lines]
+    assert parsed[2] is None and parsed[3] is None  # 2026 and 2025 have no Feb 29
+    assert parsed[0] is not None and parsed[1] is not None and parsed[0].at == parsed[1].at
+    assert parsed[6] is not None and parsed[6].at.year == 2025
+    berlin = Parser(NOW, dt.timezone(dt.timedelta(hours=1))).parse(lines[0])
+    assert berlin is not None and berlin.at == dt.datetime(2026, 11, 25, 13, 0, 1, tzinfo=UTC)
