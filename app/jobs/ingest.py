@@ -16,6 +16,7 @@ is kept per (node, queue id) in log_messages, so that each delivery becomes one 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -63,7 +64,8 @@ class IngestResult:
 
 @dataclass
 class _Read:
-    """What one batch reads: complete lines of the file `inode`, and the offset after them."""
+    """What one batch reads: complete lines of the file `inode`, the offset after them, and
+    (filled in by _read_batch) the events they hold."""
 
     inode: int
     end: int
@@ -71,6 +73,7 @@ class _Read:
     rotated: bool = False
     truncated: bool = False
     missing: bool = False
+    events: list[logparse.Event] = field(default_factory=list)
 
 
 @dataclass
@@ -87,21 +90,48 @@ async def run_once(settings: Settings, max_lines: int = 5000) -> IngestResult:
     started = time.monotonic()
     path = Path(settings.postfix_log_file)
     result = IngestResult()
-    while True:
-        async with LogCursor._meta.db.transaction():
-            inode, position = await _lock_cursor(str(path))
-            read = _read_next(path, inode, position, max_lines)
-            result.rotated |= read.rotated
-            result.truncated |= read.truncated
-            result.missing = read.missing
-            if read.lines:
-                await _write_batch(settings.node_id, read.lines, result)
-                result.batches += 1
-            moved = (read.inode, read.end) != (inode, position)
-            if moved:
-                await _move_cursor(str(path), read.inode, read.end)
-        if not read.lines and not moved:
-            break
+    # While a full batch is written, the next one is read and parsed in a thread: the database
+    # works in its own process, so on two cores parsing and writing overlap. That read is used
+    # only if the locked cursor is where it started (no other runner moved it meanwhile); log
+    # files only grow, so lines read a moment early are the same lines.
+    ahead: asyncio.Future[_Read] | None = None
+    ahead_from = (0, 0)
+    try:
+        while True:
+            async with LogCursor._meta.db.transaction():
+                # The log totals trigger's function runs with enable_seqscan off, which prices
+                # its small statements in the billions, and PostgreSQL then JIT-compiles them:
+                # 40 to 60 ms per batch on mail_logs, against 1 to 8 ms without (EXPLAIN
+                # ANALYZE). Better fixed on the function (SET jit = off) for every writer.
+                await LogCursor.raw("SET LOCAL jit = off")
+                inode, position = await _lock_cursor(str(path))
+                if ahead is not None and ahead_from == (inode, position):
+                    read = await ahead
+                else:
+                    if ahead is not None:
+                        ahead.cancel()
+                    read = await asyncio.to_thread(_read_batch, path, inode, position, max_lines)
+                ahead = None
+                if len(read.lines) == max_lines:
+                    ahead_from = (read.inode, read.end)
+                    ahead = asyncio.ensure_future(
+                        asyncio.to_thread(_read_batch, path, read.inode, read.end, max_lines)
+                    )
+                result.rotated |= read.rotated
+                result.truncated |= read.truncated
+                result.missing = read.missing
+                if read.lines:
+                    result.lines += len(read.lines)
+                    await _write_batch(settings.node_id, read.events, result)
+                    result.batches += 1
+                moved = (read.inode, read.end) != (inode, position)
+                if moved:
+                    await _move_cursor(str(path), read.inode, read.end)
+            if not read.lines and not moved:
+                break
+    finally:
+        if ahead is not None:
+            ahead.cancel()
     result.seconds = time.monotonic() - started
     _log_run(path, result)
     return result
@@ -162,6 +192,17 @@ async def _move_cursor(source: str, inode: int, position: int) -> None:
 
 
 # --- the file -------------------------------------------------------------------------------
+
+
+def _read_batch(path: Path, inode: int, position: int, max_lines: int) -> _Read:
+    """_read_next, and the events of the lines it read."""
+    read = _read_next(path, inode, position, max_lines)
+    parser = logparse.Parser(dt.datetime.now().astimezone())
+    # Addresses and texts may hold bytes that are not UTF-8 (old clients, SMTPUTF8 gone
+    # wrong): keep the line, mark those bytes.
+    events = (parser.parse(raw.decode("utf-8", "replace")) for raw in read.lines)
+    read.events = [event for event in events if event is not None]
+    return read
 
 
 def _read_next(path: Path, inode: int, position: int, max_lines: int) -> _Read:
@@ -257,17 +298,8 @@ def _read_lines(handle: BinaryIO, position: int, max_lines: int) -> tuple[list[b
 # --- the database ---------------------------------------------------------------------------
 
 
-async def _write_batch(node_id: str, raw_lines: list[bytes], result: IngestResult) -> None:
-    """Parse the lines and write what they say; runs inside the caller's transaction."""
-    now = dt.datetime.now().astimezone()
-    events: list[logparse.Event] = []
-    for raw in raw_lines:
-        # Addresses and texts may hold bytes that are not UTF-8 (old clients, SMTPUTF8 gone
-        # wrong): keep the line, mark those bytes.
-        event = logparse.parse_line(raw.decode("utf-8", "replace"), now)
-        if event is not None:
-            events.append(event)
-    result.lines += len(raw_lines)
+async def _write_batch(node_id: str, events: list[logparse.Event], result: IngestResult) -> None:
+    """Write what the events of one batch say; runs inside the caller's transaction."""
     result.events += len(events)
 
     contexts = await _load_contexts(node_id, _queue_ids(events))
@@ -358,22 +390,65 @@ async def _load_contexts(node_id: str, queue_ids: list[str]) -> dict[str, _Conte
 async def _save_contexts(node_id: str, contexts: dict[str, _Context]) -> None:
     if not contexts:
         return
-    items = sorted(contexts.items())
-    await LogCursor.raw(
-        "INSERT INTO log_messages (node_id, queue_id, message_id, sender, size, client, "
-        "first_seen_at) "
-        "SELECT {}, * FROM unnest({}::varchar[], {}::text[], {}::text[], {}::bigint[], "
-        "{}::text[], {}::timestamptz[]) "
-        "ON CONFLICT (node_id, queue_id) DO UPDATE SET message_id = EXCLUDED.message_id, "
+    await _copy_insert(
+        "log_messages",
+        _CONTEXT_COLUMNS,
+        [
+            (node_id, qid, c.message_id, c.sender, c.size, c.client, c.first_seen_at)
+            for qid, c in sorted(contexts.items())
+        ],
+        " ON CONFLICT (node_id, queue_id) DO UPDATE SET message_id = EXCLUDED.message_id, "
         "sender = EXCLUDED.sender, size = EXCLUDED.size, client = EXCLUDED.client, "
         "first_seen_at = EXCLUDED.first_seen_at",
-        node_id,
-        [qid for qid, _ in items],
-        [c.message_id for _, c in items],
-        [c.sender for _, c in items],
-        [c.size for _, c in items],
-        [c.client for _, c in items],
-        [c.first_seen_at for _, c in items],
+    )
+
+
+_CONTEXT_COLUMNS = (
+    "node_id",
+    "queue_id",
+    "message_id",
+    "sender",
+    "size",
+    "client",
+    "first_seen_at",
+)
+_MAIL_COLUMNS = (
+    "at",
+    "node_id",
+    "queue_id",
+    "message_id",
+    "sender",
+    "recipient",
+    "relay",
+    "status",
+    "delay_seconds",
+    "dsn",
+    "size",
+    "client",
+)
+_REJECTION_COLUMNS = ("at", "node_id", "client", "sender", "recipient", "reason", "code")
+
+
+async def _copy_insert(
+    table: str, columns: tuple[str, ...], rows: list[tuple], on_conflict: str = ""
+) -> None:
+    """Rows into `table`: a binary COPY into this session's staging table, then one INSERT ...
+    SELECT. The COPY costs a quarter less than sending the columns as arrays for unnest() (both
+    measured in one run), and the INSERT stays one statement per batch, so the statement
+    triggers (log totals) run once per batch. Staging rows go at commit (or with a rollback)."""
+    transaction = LogCursor._meta.db.current_transaction.get()
+    assert transaction is not None, "runs inside run_once's transaction"
+    connection = transaction.connection
+    # Table, columns and conflict clause are this module's constants, never input.
+    names = ", ".join(columns)
+    stage = f"ingest_{table}"
+    await connection.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "  # noqa: S608
+        f"SELECT {names} FROM {table} WITH NO DATA"
+    )
+    await connection.copy_records_to_table(stage, records=rows, columns=columns)
+    await connection.execute(
+        f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage}{on_conflict}"  # noqa: S608
     )
 
 
@@ -394,15 +469,6 @@ def _mail_row(node_id: str, event: logparse.Delivery, context: _Context | None) 
         context.client,
     )
 
-
-# One statement per batch: the columns travel as arrays and unnest() turns them into rows.
-_INSERT_MAIL = (
-    "INSERT INTO mail_logs (at, node_id, queue_id, message_id, sender, recipient, relay, status, "
-    "delay_seconds, dsn, size, client) "
-    "SELECT * FROM unnest({}::timestamptz[], {}::varchar[], {}::varchar[], {}::text[], "
-    "{}::text[], {}::text[], {}::text[], {}::varchar[], {}::float8[], {}::varchar[], "
-    "{}::bigint[], {}::text[])"
-)
 
 # Per expiry, one `expired` row for each recipient whose last outcome was a deferral, with that
 # deferral's relay and dsn (why the message never went out); one row without a recipient when
@@ -430,7 +496,7 @@ _INSERT_EXPIRED = (
 
 async def _insert_mail_rows(rows: list[tuple]) -> None:
     if rows:
-        await LogCursor.raw(_INSERT_MAIL, *(list(column) for column in zip(*rows, strict=True)))
+        await _copy_insert("mail_logs", _MAIL_COLUMNS, rows)
 
 
 async def _insert_expired(
@@ -471,11 +537,5 @@ def _rejection_row(node_id: str, event: logparse.Reject) -> tuple:
 
 
 async def _insert_rejections(rows: list[tuple]) -> None:
-    if not rows:
-        return
-    await LogCursor.raw(
-        "INSERT INTO rejection_logs (at, node_id, client, sender, recipient, reason, code) "
-        "SELECT * FROM unnest({}::timestamptz[], {}::varchar[], {}::text[], {}::text[], "
-        "{}::text[], {}::text[], {}::smallint[])",
-        *(list(column) for column in zip(*rows, strict=True)),
-    )
+    if rows:
+        await _copy_insert("rejection_logs", _REJECTION_COLUMNS, rows)

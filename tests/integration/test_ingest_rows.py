@@ -154,7 +154,7 @@ async def table_rows() -> dict[str, list[list[Any]]]:
     return found
 
 
-@pytest.mark.parametrize("max_lines", [5000, 7])
+@pytest.mark.parametrize("max_lines", [5000, 40])
 async def test_every_line_ends_in_the_same_rows_as_before(settings, tmp_path, max_lines):
     path = tmp_path / "postfix.log"
     path.write_bytes(log_bytes())
