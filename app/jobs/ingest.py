@@ -17,6 +17,7 @@ is kept per (node, queue id) in log_messages, so that each delivery becomes one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -61,6 +62,15 @@ class IngestResult:
     def rows(self) -> int:
         return self.mail_rows + self.rejection_rows
 
+    def add(self, other: IngestResult) -> None:
+        """Count another run in (the follower reports its runs of a minute as one)."""
+        for name in ("lines", "events", "mail_rows", "rejection_rows", "contexts", "batches"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.rotated |= other.rotated
+        self.truncated |= other.truncated
+        self.missing = other.missing
+        self.seconds += other.seconds
+
 
 @dataclass
 class _Read:
@@ -85,7 +95,31 @@ class _Context:
     client: str = ""
 
 
-async def run_once(settings: Settings, max_lines: int = 5000) -> IngestResult:
+# How often the follower looks for new lines: a delivered message is in message tracking about
+# this long plus one batch after Postfix logged it (scripts/bench freshness).
+FOLLOW_INTERVAL = 0.25
+# The follower logs what it read once a minute, not once per run.
+FOLLOW_REPORT_SECONDS = 60.0
+
+
+async def follow(settings: Settings, stop: asyncio.Event) -> None:
+    """run_once every FOLLOW_INTERVAL until `stop` is set. Each run is what a single run is
+    (every batch commits its rows with its cursor), so stopping between two runs loses nothing
+    and a second reader at the same time reads nothing twice."""
+    path = Path(settings.postfix_log_file)
+    done = IngestResult()
+    reported = time.monotonic()
+    while not stop.is_set():
+        done.add(await run_once(settings, log_run=False))
+        if time.monotonic() - reported >= FOLLOW_REPORT_SECONDS:
+            _log_run(path, done)
+            done, reported = IngestResult(), time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=FOLLOW_INTERVAL)
+    _log_run(path, done)
+
+
+async def run_once(settings: Settings, max_lines: int = 5000, log_run: bool = True) -> IngestResult:
     """Read the log from the cursor to its last complete line, in batches of `max_lines`."""
     started = time.monotonic()
     path = Path(settings.postfix_log_file)
@@ -133,7 +167,8 @@ async def run_once(settings: Settings, max_lines: int = 5000) -> IngestResult:
         if ahead is not None:
             ahead.cancel()
     result.seconds = time.monotonic() - started
-    _log_run(path, result)
+    if log_run:
+        _log_run(path, result)
     return result
 
 
