@@ -205,6 +205,13 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
     bench_ingest.bench_logs(quick, before)
 
 
+def bench_freshness(quick: bool) -> None:
+    """Postfix log line -> message tracking at 300 messages/s (scripts/bench_ingest.py)."""
+    import bench_ingest
+
+    bench_ingest.bench_freshness(quick)
+
+
 # -- gui --------------------------------------------------------------------------------------
 
 
@@ -229,6 +236,7 @@ def lab_part(name: str) -> Callable[[bool], None]:
 PARTS = {
     "apply": bench_apply,
     "logs": bench_logs,
+    "freshness": bench_freshness,
     "gui": bench_gui,
     **{
         name: lab_part(name) for name in ("failover", "sync", "lag", "throughput", "pull", "shadow")

@@ -13,12 +13,14 @@ and after from one run.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,194 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
         "lines/s",
     )
     save("logs", data, chart, text)
+
+
+# -- freshness ---------------------------------------------------------------------------------
+
+SENDER = "fresh@bench.example"
+
+
+def _message_lines(number: int, at: float) -> tuple[str, str]:
+    """A message's lines as Postfix logs them (smtpd, cleanup, qmgr, smtp, qmgr) and its id."""
+    from tests.loggen import line
+
+    when = dt.datetime.fromtimestamp(at, dt.UTC)
+    qid = f"4dLq2G{number:06d}z1bc"
+    client = f"app{number % 3}.example.com[198.18.0.{30 + number % 3}]"
+    texts = [
+        ("smtpd", f"connect from {client}"),
+        ("smtpd", f"{qid}: client={client}"),
+        ("cleanup", f"{qid}: message-id=<{number}.{qid}@app.example.com>"),
+        ("smtpd", f"disconnect from {client} ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"),
+        ("qmgr", f"{qid}: from=<{SENDER}>, size={1000 + number}, nrcpt=1 (queue active)"),
+        (
+            "smtp",
+            f"{qid}: to=<r{number}@dest.example>, relay=mx.dest.example[203.0.113.5]:25, "
+            "delay=0.2, delays=0.05/0.01/0.04/0.1, dsn=2.0.0, status=sent (250 2.0.0 Ok)",
+        ),
+        ("qmgr", f"{qid}: removed"),
+    ]
+    return "".join(line(when, service, text) for service, text in texts), qid
+
+
+def _percentile(ordered: list[float], share: float) -> float:
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def bench_freshness(quick: bool) -> None:
+    """From a message's status=sent line written to the log to its row in message tracking,
+    with `mailrelay ingest-logs --follow` (as its unit runs it) reading the log while lines of
+    300 messages a second are appended to it."""
+    from tests.pgcluster import PostgresCluster
+
+    rate, seconds = 300, (20 if quick else 60)
+    total = rate * seconds
+    cluster = PostgresCluster().start()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
+    log, state = workdir / "postfix.log", workdir / "state"
+    log.touch()
+    dsn = cluster.create_database("bench_freshness")
+    _migrate(ROOT, dsn, log, state)
+    env = _env(ROOT, dsn, log, state)
+    os.environ.update({key: env[key] for key in ("DATABASE_URL", "STATE_DIR", "PICCOLO_CONF")})
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "ingest-logs", "--follow"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    written: dict[str, float] = {}  # queue id -> when its lines were in the file
+    order: list[str] = []  # queue ids in the order they were written
+    seen: dict[str, float] = {}  # queue id -> when message tracking first showed it
+
+    def writer(first: int, count: int) -> None:
+        # One write per 10 ms tick with the messages due by then, each stamped when it is
+        # handed to the file (the "sent" line's moment as Postfix would log it).
+        handle = os.open(log, os.O_WRONLY | os.O_APPEND)
+        try:
+            started = time.time()
+            number = first
+            while number < first + count:
+                due = min(first + count, first + int((time.time() - started) * rate) + 1)
+                chunk, qids = [], []
+                for n in range(number, due):
+                    text, qid = _message_lines(n, time.time())
+                    chunk.append(text)
+                    qids.append(qid)
+                os.write(handle, "".join(chunk).encode())
+                now = time.time()
+                written.update((qid, now) for qid in qids)
+                order.extend(qids)
+                number = due
+                time.sleep(0.01)
+        finally:
+            os.close(handle)
+
+    async def observe(first: int, count: int) -> None:
+        """Run the writer and poll message tracking until every message showed (or 30 s
+        after the last was written). Each poll asks for the sender's rows since the oldest
+        message not seen yet (less a second: log stamps have whole seconds), newest first,
+        as the tracking page does."""
+        from app import reports
+
+        thread = threading.Thread(target=writer, args=(first, count))
+        thread.start()
+        oldest = len(order)
+        deadline = None
+        while oldest < len(order) or thread.is_alive():
+            if not thread.is_alive():
+                deadline = deadline or time.time() + 30
+                if time.time() > deadline:
+                    break
+            if oldest < len(order):
+                since = dt.datetime.fromtimestamp(written[order[oldest]] - 1.5, dt.UTC)
+                rows = await reports.search_messages(sender=SENDER, since=since, limit=10_000)
+                now = time.time()
+                for row in rows:
+                    seen.setdefault(row["queue_id"], now)
+                while oldest < len(order) and order[oldest] in seen:
+                    oldest += 1
+            await asyncio.sleep(0.02)
+        thread.join()
+
+    async def run() -> float:
+        from app.piccolo_conf import DB
+
+        await _wait_for_cursor(dsn)  # the follower is up once it has made its cursor row
+        await DB.start_connection_pool(min_size=1, max_size=2)
+        try:
+            # A second of traffic first, not counted: the follower runs for days, its first
+            # batch (new session, cold caches) is no sample of that.
+            await observe(0, rate)
+            warm = set(order)
+            for qid in warm:
+                written.pop(qid), seen.pop(qid, None)
+            order.clear()
+            cpu_before = _cpu(follower.pid)
+            await observe(rate, total)
+            return _cpu(follower.pid) - cpu_before
+        finally:
+            await DB.close_connection_pool()
+
+    try:
+        cpu_used = asyncio.run(run())
+    finally:
+        follower.terminate()
+        follower.communicate(timeout=60)
+        cluster.stop()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    delays = sorted(seen[qid] - written[qid] for qid in seen if qid in written)
+    first = min(written.values())
+    # When were the slowest ones written: in one stall, or spread over the run?
+    worst = sorted(
+        ((seen[qid] - written[qid], written[qid] - first) for qid in seen if qid in written),
+        reverse=True,
+    )[:20]
+    missing = total - len(delays)
+    p50, p99 = _percentile(delays, 0.50), _percentile(delays, 0.99)
+    data = {
+        "messages": total,
+        "rate_per_s": rate,
+        "seconds": seconds,
+        "p50_s": p50,
+        "p99_s": p99,
+        "max_s": delays[-1],
+        "not_seen": missing,
+        "worst_delay_s_and_written_at_s": [[round(d, 3), round(w, 2)] for d, w in worst],
+        "follower_cpu_s": cpu_used,
+        "load_average_after": _load(),
+    }
+    text = table(
+        f"Tracking freshness: status=sent line written -> row found by message tracking, "
+        f"{rate} messages/s for {seconds} s, ingest-logs --follow",
+        ["messages", "p50 s", "p99 s", "max s", "not seen", "follower CPU s"],
+        [[total, f"{p50:.2f}", f"{p99:.2f}", f"{delays[-1]:.2f}", missing, f"{cpu_used:.1f}"]],
+    )
+    text += f"\nload average (1/5/15 min) after the run: {data['load_average_after']}"
+    chart = svg_bars(
+        "Tracking freshness", ["p50", "p99", "max"], {"s": [p50, p99, delays[-1]]}, "s"
+    )
+    save("freshness", data, chart, text)
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _wait_for_cursor(dsn: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        for _ in range(600):
+            if await connection.fetchval("SELECT count(*) FROM log_cursors"):
+                return
+            await asyncio.sleep(0.1)
+        sys.exit("the follower made no cursor row in 60 s")
+    finally:
+        await connection.close()
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["once"]:
