@@ -48,7 +48,7 @@ class IngestError(Exception):
 @dataclass
 class IngestResult:
     lines: int = 0  # complete lines consumed
-    events: int = 0  # of which lines that meant something to us
+    events: int = 0  # of which lines that said something about a message (rows, context)
     mail_rows: int = 0
     rejection_rows: int = 0
     contexts: int = 0  # log_messages rows written
@@ -235,7 +235,11 @@ def _read_batch(path: Path, inode: int, position: int, max_lines: int) -> _Read:
     parser = logparse.Parser(dt.datetime.now().astimezone())
     # Addresses and texts may hold bytes that are not UTF-8 (old clients, SMTPUTF8 gone
     # wrong): keep the line, mark those bytes.
-    events = (parser.parse(raw.decode("utf-8", "replace")) for raw in read.lines)
+    events = (
+        parser.parse(raw.decode("utf-8", "replace"))
+        for raw in read.lines
+        if logparse.may_hold_message_event(raw)
+    )
     read.events = [event for event in events if event is not None]
     return read
 

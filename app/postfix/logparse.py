@@ -204,6 +204,19 @@ def _classic_time(match: re.Match[str], now: dt.datetime, tz: dt.tzinfo | None) 
     raise ValueError("no year fits this time stamp")
 
 
+def may_hold_message_event(raw: bytes) -> bool:
+    """False for a raw line that cannot be a ClientContext, MessageId, QueueActive, Delivery,
+    Expired or Reject (each holds one of these texts), without parsing it: connects,
+    disconnects, TLS, anvil and warning lines are most of a busy log."""
+    return (
+        b"client=" in raw
+        or b"from=<" in raw  # qmgr, pickup, expired
+        or b"to=<" in raw
+        or b"message-id=" in raw
+        or b"reject: " in raw  # reject: and milter-reject:
+    )
+
+
 class Parser:
     """Parses the lines of one stretch of log read at `now` (see parse_line).
 

@@ -19,9 +19,11 @@ from app.postfix.logparse import (
     QueueActive,
     Reject,
     Removed,
+    may_hold_message_event,
     parse_line,
     split_client,
 )
+from tests.loggen import traffic
 
 UTC = dt.UTC
 NOW = dt.datetime(2026, 11, 25, 15, 0, 0, tzinfo=UTC)
@@ -412,3 +414,32 @@ def test_a_parser_gives_each_line_what_parse_line_gives_it():
     assert parsed[6] is not None and parsed[6].at.year == 2025
     berlin = Parser(NOW, dt.timezone(dt.timedelta(hours=1))).parse(lines[0])
     assert berlin is not None and berlin.at == dt.datetime(2026, 11, 25, 13, 0, 1, tzinfo=UTC)
+
+
+def test_every_line_the_ingestion_uses_passes_the_quick_check():
+    wanted = (ClientContext, MessageId, QueueActive, Delivery, Expired, Reject)
+    shapes = [
+        *traffic(0, 60).lines,
+        CLASSIC.format(service="pickup", pid=1, text=f"{LONG}: uid=0 from=<root>"),
+        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: client=x[198.18.0.1]"),
+        CLASSIC.format(
+            service="smtpd",
+            pid=1,
+            text=f"{LONG}: milter-reject: END-OF-MESSAGE from x[198.18.0.1]: 5.7.1 no; "
+            "proto=ESMTP helo=<x>",
+        ),
+        CLASSIC.format(
+            service="smtpd",
+            pid=1,
+            text="NOQUEUE: reject: CONNECT from x[198.18.0.1]: 554 5.7.1 no; proto=SMTP",
+        ),
+    ]
+    used = skipped = 0
+    for line in shapes:
+        event = parse_line(line, NOW, UTC)
+        if isinstance(event, wanted):
+            assert may_hold_message_event(line.encode()), line
+            used += 1
+        elif not may_hold_message_event(line.encode()):
+            skipped += 1
+    assert used > 400 and skipped > 200  # it does skip connects, disconnects, anvil, removed
