@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def _migrate(checkout: Path, dsn: str, log: Path, state: Path) -> None:
 
 
 def once() -> None:
-    """Child process: one ingestion of POSTFIX_LOG_FILE from its start; prints the seconds."""
+    """Child process: one ingestion of POSTFIX_LOG_FILE from its start; prints the seconds, and
+    the CPU seconds of this process and of its PostgreSQL backends."""
     from app.jobs import ingest
     from app.piccolo_conf import DB
     from app.settings import load_settings
@@ -66,14 +68,30 @@ def once() -> None:
     settings = load_settings()
 
     async def run() -> dict[str, Any]:
-        await DB.start_connection_pool(min_size=1, max_size=2)
+        # Both connections up front, so that the backends counted are all the run uses.
+        await DB.start_connection_pool(min_size=2, max_size=2)
         try:
+            rows = await ingest.LogCursor.raw(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            )
+            backends = [row["pid"] for row in rows]
+            database_cpu = sum(_cpu(pid) for pid in backends)
+            own_cpu = time.process_time()
             started = time.perf_counter()
             result = await ingest.run_once(settings)
             seconds = time.perf_counter() - started
+            own_cpu = time.process_time() - own_cpu
+            database_cpu = sum(_cpu(pid) for pid in backends) - database_cpu
         finally:
             await DB.close_connection_pool()
-        return {"seconds": seconds, "lines": result.lines, "rows": result.rows}
+        return {
+            "seconds": seconds,
+            "cpu": own_cpu + database_cpu,
+            "python_cpu": own_cpu,
+            "database_cpu": database_cpu,
+            "lines": result.lines,
+            "rows": result.rows,
+        }
 
     print(json.dumps(asyncio.run(run())))
 
@@ -91,6 +109,11 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
     cluster = PostgresCluster().start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     times: dict[str, list[float]] = {name: [] for name in [*readers, "pflogsumm"]}
+    # CPU seconds: on a shared machine the wall clock also counts the neighbours' work, and
+    # the ingestion needs two processes (itself and its database backend) where pflogsumm
+    # needs one.
+    cpus: dict[str, list[float]] = {name: [] for name in times}
+    split: dict[str, list[tuple[float, float]]] = {name: [] for name in readers}
     loads: list[str] = []
     try:
         log = workdir / "postfix.log"
@@ -105,9 +128,14 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
             for name in order if number % 2 == 0 else order[::-1]:
                 loads.append(_load())
                 if name == "pflogsumm":
+                    children = resource.getrusage(resource.RUSAGE_CHILDREN)
                     started = time.perf_counter()
                     subprocess.run(["pflogsumm", str(log)], check=True, capture_output=True)
                     times[name].append(time.perf_counter() - started)
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpus[name].append(
+                        after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+                    )
                     continue
                 database = f"round{number}_{name}"
                 dsn = cluster.create_database(database, template=f"tpl_{name}")
@@ -124,6 +152,8 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
                 if answer["lines"] != lines:
                     sys.exit(f"{name} read {answer['lines']} of {lines} lines")
                 times[name].append(answer["seconds"])
+                cpus[name].append(answer["cpu"])
+                split[name].append((answer["python_cpu"], answer["database_cpu"]))
                 cluster.drop_database(database)
     finally:
         cluster.stop()
@@ -134,6 +164,7 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
         "pflogsumm": "pflogsumm (parse + report, no database)",
     }
     medians = {name: statistics.median(values) for name, values in times.items()}
+    cpu = {name: statistics.median(values) for name, values in cpus.items()}
     rows = [
         [
             labels[name],
@@ -142,6 +173,8 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
             f"{min(values):.2f}-{max(values):.2f}",
             f"{lines / medians[name]:,.0f}",
             f"{medians['pflogsumm'] / medians[name]:.2f}x",
+            f"{cpu[name]:.2f}",
+            f"{cpu['pflogsumm'] / cpu[name]:.2f}x",
         ]
         for name, values in times.items()
     ]
@@ -150,19 +183,29 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
         "messages": messages,
         "rounds": rounds,
         "seconds": times,
+        "cpu_seconds": cpus,
+        "python_and_database_cpu_seconds": split,
         "median_s": medians,
+        "median_cpu_s": cpu,
         "lines_per_s": {name: lines / median for name, median in medians.items()},
         "ratio_to_pflogsumm": {
             name: medians["pflogsumm"] / median for name, median in medians.items()
         },
+        "cpu_ratio_to_pflogsumm": {name: cpu["pflogsumm"] / value for name, value in cpu.items()},
         "load_average_before_each_run": loads,
     }
     text = table(
         f"Log ingestion vs pflogsumm on the same generated log ({lines} lines), "
         f"{rounds} alternated rounds each, medians",
-        ["reader", "runs", "median s", "range s", "lines/s", "vs pflogsumm"],
+        ["reader", "runs", "median s", "range s", "lines/s", "vs pflogsumm", "CPU s", "CPU vs"],
         rows,
     )
+    for name, parts in split.items():
+        python_cpu = statistics.median(part[0] for part in parts)
+        database_cpu = statistics.median(part[1] for part in parts)
+        text += (
+            f"\n{name}: CPU s median {python_cpu:.2f} in Python, {database_cpu:.2f} in PostgreSQL"
+        )
     text += f"\nload average (1/5/15 min) before the runs: {loads[0]} ... {loads[-1]}"
     chart = svg_bars(
         "Lines per second (median)",
