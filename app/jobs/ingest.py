@@ -94,6 +94,9 @@ class _Context:
     size: int | None = None
     client: str = ""
 
+    def values(self) -> tuple:
+        return (self.first_seen_at, self.message_id, self.sender, self.size, self.client)
+
 
 # How often the follower looks for new lines: a delivered message is in message tracking about
 # this long plus one batch after Postfix logged it (scripts/bench freshness).
@@ -342,6 +345,9 @@ async def _write_batch(node_id: str, events: list[logparse.Event], result: Inges
     result.events += len(events)
 
     contexts = await _load_contexts(node_id, _queue_ids(events))
+    # What log_messages holds now: a context a batch only repeats (qmgr's line of each retry)
+    # is not written again.
+    stored = {qid: context.values() for qid, context in contexts.items()}
     changed: set[str] = set()
     mail_rows: list[tuple] = []
     rejections: list[tuple] = []
@@ -368,13 +374,14 @@ async def _write_batch(node_id: str, events: list[logparse.Event], result: Inges
         elif isinstance(event, logparse.Reject):
             rejections.append(_rejection_row(node_id, event))
 
-    await _save_contexts(node_id, {qid: contexts[qid] for qid in changed})
+    writes = {qid: contexts[qid] for qid in changed if stored.get(qid) != contexts[qid].values()}
+    await _save_contexts(node_id, writes)
     await _insert_mail_rows(mail_rows)
     # After this batch's deliveries: an expiry names no recipients, it ends those still
     # deferred, and their last deferral may be in this very batch.
     expired_rows = await _insert_expired(node_id, expired)
     await _insert_rejections(rejections)
-    result.contexts += len(changed)
+    result.contexts += len(writes)
     result.mail_rows += len(mail_rows) + expired_rows
     result.rejection_rows += len(rejections)
 

@@ -19,6 +19,7 @@ import pytest
 
 from app.db.tables import LogCursor, LogMessage, MailLog, RejectionLog
 from app.jobs import ingest
+from app.postfix.logparse import parse_line
 from tests.loggen import START, line, qid, traffic
 
 
@@ -405,3 +406,21 @@ async def test_the_cli_follower_stops_on_sigterm_and_says_what_it_read(tmp_path)
         follower.kill()
     assert follower.returncode == 0, stderr
     assert f"read {len(log.lines)} lines" in stderr
+
+
+async def test_a_retry_that_repeats_a_known_context_does_not_write_it_again(log_settings):
+    log = traffic(0, 10)
+    half_hour = START + dt.timedelta(minutes=30)
+    now = dt.datetime.now().astimezone()
+    stamps = [parse_line(text, now) for text in log.lines]
+    split = next(i for i, event in enumerate(stamps) if event and event.at >= half_hour)
+    write(log_settings.postfix_log_file, "".join(log.lines[:split]))
+    first = await ingest.run_once(log_settings)
+    assert first.contexts == 10
+    before = await LogMessage.select().order_by(LogMessage.queue_id)
+    # An hour later qmgr logs each deferred message again (same sender and size).
+    write(log_settings.postfix_log_file, "".join(log.lines[split:]))
+    retries = await ingest.run_once(log_settings)
+    assert retries.mail_rows > 0 and retries.contexts == 0
+    assert await LogMessage.select().order_by(LogMessage.queue_id) == before
+    assert await counts() == log.expect
