@@ -205,11 +205,11 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
     bench_ingest.bench_logs(quick, before)
 
 
-def bench_freshness(quick: bool) -> None:
+def bench_freshness(quick: bool, before: Path | None = None) -> None:
     """Postfix log line -> message tracking at 300 messages/s (scripts/bench_ingest.py)."""
     import bench_ingest
 
-    bench_ingest.bench_freshness(quick)
+    bench_ingest.bench_freshness(quick, before)
 
 
 # -- gui --------------------------------------------------------------------------------------
@@ -252,13 +252,13 @@ def main() -> None:
         "--before",
         type=Path,
         metavar="CHECKOUT",
-        help="logs: also time the ingestion of this checkout (e.g. /work/main), alternated",
+        help="logs, freshness: also measure the ingestion of this checkout (e.g. /work/main)",
     )
     args = parser.parse_args()
     if args.before is not None:
-        if args.part != "logs":
-            parser.error("--before applies to the logs part only")
-        bench_logs(args.quick, args.before)
+        if args.part not in ("logs", "freshness"):
+            parser.error("--before applies to the logs and freshness parts only")
+        {"logs": bench_logs, "freshness": bench_freshness}[args.part](args.quick, args.before)
     else:
         PARTS[args.part](args.quick)
 

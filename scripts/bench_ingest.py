@@ -248,29 +248,74 @@ def _percentile(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def bench_freshness(quick: bool) -> None:
+def bench_freshness(quick: bool, before: Path | None = None) -> None:
     """From a message's status=sent line written to the log to its row in message tracking,
-    with `mailrelay ingest-logs --follow` (as its unit runs it) reading the log while lines of
-    300 messages a second are appended to it."""
+    while lines of 300 messages a second are appended to the log and `mailrelay ingest-logs
+    --follow` reads it as its unit runs it. `--before CHECKOUT`: first the same with that
+    checkout's ingest-logs started as its old timer did (every 10 s from the last start)."""
+    rate, seconds = 300, (20 if quick else 60)
+    runs = {"follower": _freshness(ROOT, rate, seconds, timer=False)}
+    if before is not None:
+        runs = {"timer every 10 s": _freshness(before.resolve(), rate, seconds, timer=True), **runs}
+    text = table(
+        f"Tracking freshness: status=sent line written -> row found by message tracking, "
+        f"{rate} messages/s for {seconds} s",
+        ["ingestion", "messages", "p50 s", "p99 s", "max s", "not seen", "ingestion CPU s"],
+        [
+            [
+                name,
+                run["messages"],
+                f"{run['p50_s']:.2f}",
+                f"{run['p99_s']:.2f}",
+                f"{run['max_s']:.2f}",
+                run["not_seen"],
+                f"{run['ingestion_cpu_s']:.1f}",
+            ]
+            for name, run in runs.items()
+        ],
+    )
+    for name, run in runs.items():
+        text += f"\n{name}: load average (1/5/15 min) after its run: {run['load_average_after']}"
+    chart = svg_bars(
+        "Tracking freshness",
+        ["p50", "p99", "max"],
+        {name: [run["p50_s"], run["p99_s"], run["max_s"]] for name, run in runs.items()},
+        "s",
+    )
+    save("freshness", {"rate_per_s": rate, "seconds": seconds, "runs": runs}, chart, text)
+
+
+def _freshness(checkout: Path, rate: int, seconds: int, timer: bool) -> dict[str, Any]:
     from tests.pgcluster import PostgresCluster
 
-    rate, seconds = 300, (20 if quick else 60)
     total = rate * seconds
     cluster = PostgresCluster().start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
     log, state = workdir / "postfix.log", workdir / "state"
     log.touch()
     dsn = cluster.create_database("bench_freshness")
-    _migrate(ROOT, dsn, log, state)
-    env = _env(ROOT, dsn, log, state)
+    _migrate(checkout, dsn, log, state)
+    env = _env(checkout, dsn, log, state)
     os.environ.update({key: env[key] for key in ("DATABASE_URL", "STATE_DIR", "PICCOLO_CONF")})
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "ingest-logs", "--follow"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = [sys.executable, "-m", "app.cli", "ingest-logs"]
+    stop = threading.Event()
+
+    def old_timer() -> None:
+        # The old unit: a run every 10 s counted from the last start, never two at once.
+        while not stop.is_set():
+            started = time.monotonic()
+            subprocess.run(command, cwd=checkout, env=env, capture_output=True, check=False)
+            stop.wait(max(0.0, 10 - (time.monotonic() - started)))
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if timer:
+        follower = None
+        driver = threading.Thread(target=old_timer)
+        driver.start()
+    else:
+        follower = subprocess.Popen(
+            [*command, "--follow"], cwd=checkout, env=env, stderr=subprocess.PIPE, text=True
+        )
     written: dict[str, float] = {}  # queue id -> when its lines were in the file
     order: list[str] = []  # queue ids in the order they were written
     seen: dict[str, float] = {}  # queue id -> when message tracking first showed it
@@ -325,30 +370,33 @@ def bench_freshness(quick: bool) -> None:
             await asyncio.sleep(0.02)
         thread.join()
 
-    async def run() -> float:
+    async def run() -> None:
         from app.piccolo_conf import DB
 
-        await _wait_for_cursor(dsn)  # the follower is up once it has made its cursor row
+        await _wait_for_cursor(dsn)  # the ingestion is up once it has made its cursor row
+        DB.config["dsn"] = dsn  # read at import, and each run has its own cluster
         await DB.start_connection_pool(min_size=1, max_size=2)
         try:
-            # A second of traffic first, not counted: the follower runs for days, its first
+            # A second of traffic first, not counted: the ingestion runs for days, its first
             # batch (new session, cold caches) is no sample of that.
             await observe(0, rate)
-            warm = set(order)
-            for qid in warm:
+            for qid in order:
                 written.pop(qid), seen.pop(qid, None)
             order.clear()
-            cpu_before = _cpu(follower.pid)
             await observe(rate, total)
-            return _cpu(follower.pid) - cpu_before
         finally:
             await DB.close_connection_pool()
 
     try:
-        cpu_used = asyncio.run(run())
+        asyncio.run(run())
     finally:
-        follower.terminate()
-        follower.communicate(timeout=60)
+        stop.set()
+        if follower is not None:
+            follower.terminate()
+            follower.communicate(timeout=60)
+        else:
+            driver.join()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cluster.stop()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     delays = sorted(seen[qid] - written[qid] for qid in seen if qid in written)
@@ -358,31 +406,18 @@ def bench_freshness(quick: bool) -> None:
         ((seen[qid] - written[qid], written[qid] - first) for qid in seen if qid in written),
         reverse=True,
     )[:20]
-    missing = total - len(delays)
-    p50, p99 = _percentile(delays, 0.50), _percentile(delays, 0.99)
-    data = {
+    return {
+        "checkout": str(checkout),
         "messages": total,
-        "rate_per_s": rate,
-        "seconds": seconds,
-        "p50_s": p50,
-        "p99_s": p99,
+        "p50_s": _percentile(delays, 0.50),
+        "p99_s": _percentile(delays, 0.99),
         "max_s": delays[-1],
-        "not_seen": missing,
+        "not_seen": total - len(delays),
         "worst_delay_s_and_written_at_s": [[round(d, 3), round(w, 2)] for d, w in worst],
-        "follower_cpu_s": cpu_used,
+        # The ingestion's processes over the whole run, their starts included.
+        "ingestion_cpu_s": after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime,
         "load_average_after": _load(),
     }
-    text = table(
-        f"Tracking freshness: status=sent line written -> row found by message tracking, "
-        f"{rate} messages/s for {seconds} s, ingest-logs --follow",
-        ["messages", "p50 s", "p99 s", "max s", "not seen", "follower CPU s"],
-        [[total, f"{p50:.2f}", f"{p99:.2f}", f"{delays[-1]:.2f}", missing, f"{cpu_used:.1f}"]],
-    )
-    text += f"\nload average (1/5/15 min) after the run: {data['load_average_after']}"
-    chart = svg_bars(
-        "Tracking freshness", ["p50", "p99", "max"], {"s": [p50, p99, delays[-1]]}, "s"
-    )
-    save("freshness", data, chart, text)
 
 
 def _cpu(pid: int) -> float:
