@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import logging
 import os
@@ -192,16 +191,13 @@ def cmd_ingest_logs(args: argparse.Namespace) -> None:
             if not args.follow:
                 await ingest.run_once(settings)
                 return
-            # --follow: a long-running reader (e.g. under a plain service instead of the timer);
-            # SIGTERM or SIGINT ends it between two runs, never inside a batch's transaction.
+            # --follow: the long-running reader of mailrelay-ingest-logs.service; SIGTERM or
+            # SIGINT ends it between two runs, never inside a batch's transaction.
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
-            while not stop.is_set():
-                await ingest.run_once(settings)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=2)
+            await ingest.follow(settings, stop)
         except ingest.IngestError as exc:
             raise UserFacingError(str(exc)) from None
 
@@ -549,7 +545,9 @@ def parser() -> argparse.ArgumentParser:
     factors.set_defaults(func=cmd_reset_second_factor)
     ingest = sub.add_parser("ingest-logs", help="read new Postfix log lines into the database")
     ingest.add_argument(
-        "--follow", action="store_true", help="keep reading every 2 s until SIGTERM"
+        "--follow",
+        action="store_true",
+        help="keep reading the log (every 0.25 s) until SIGTERM",
     )
     ingest.set_defaults(func=cmd_ingest_logs)
     sub.add_parser(

@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -199,83 +198,18 @@ def bench_apply(quick: bool) -> None:
 # -- logs -------------------------------------------------------------------------------------
 
 
-def bench_logs(quick: bool) -> None:
-    """Ingestion into PostgreSQL beside pflogsumm reading the same generated log."""
-    import dataclasses
+def bench_logs(quick: bool, before: Path | None = None) -> None:
+    """Ingestion into PostgreSQL beside pflogsumm on the same log (scripts/bench_ingest.py)."""
+    import bench_ingest
 
-    from tests.loggen import traffic
-    from tests.pgcluster import PostgresCluster
+    bench_ingest.bench_logs(quick, before)
 
-    messages = 2_000 if quick else 20_000
-    cluster = PostgresCluster().start()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    try:
-        log = workdir / "postfix.log"
-        log.write_text(traffic(0, messages).text())
-        lines = sum(1 for _ in log.open())
-        os.environ["DATABASE_URL"] = cluster.create_database("bench_logs")
-        os.environ.setdefault("STATE_DIR", str(workdir / "state"))
-        os.environ["PICCOLO_CONF"] = "app.piccolo_conf"
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate"], check=True, capture_output=True
-        )
-        from app.settings import load_settings
 
-        settings = dataclasses.replace(load_settings(), postfix_log_file=log)
+def bench_freshness(quick: bool, before: Path | None = None) -> None:
+    """Postfix log line -> message tracking at 300 messages/s (scripts/bench_ingest.py)."""
+    import bench_ingest
 
-        async def ingest_all() -> float:
-            from app.jobs import ingest
-            from app.piccolo_conf import DB
-
-            await DB.start_connection_pool(min_size=1, max_size=2)
-            try:
-                started = time.perf_counter()
-                await ingest.run_once(settings)
-                return time.perf_counter() - started
-            finally:
-                await DB.close_connection_pool()
-
-        ours = asyncio.run(ingest_all())
-        started = time.perf_counter()
-        subprocess.run(["pflogsumm", str(log)], check=True, capture_output=True)
-        theirs = time.perf_counter() - started
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    rows = [
-        [
-            "mailrelay ingest-logs (parse + PostgreSQL)",
-            lines,
-            f"{ours:.2f}",
-            f"{lines / ours:,.0f}",
-        ],
-        [
-            "pflogsumm (parse + report, no database)",
-            lines,
-            f"{theirs:.2f}",
-            f"{lines / theirs:,.0f}",
-        ],
-    ]
-    data = {
-        "lines": lines,
-        "messages": messages,
-        "ingest_s": ours,
-        "pflogsumm_s": theirs,
-        "ingest_lines_per_s": lines / ours,
-        "pflogsumm_lines_per_s": lines / theirs,
-    }
-    text = table(
-        "Log ingestion vs pflogsumm on the same generated log",
-        ["reader", "lines", "seconds", "lines/s"],
-        rows,
-    )
-    chart = svg_bars(
-        "Lines per second",
-        [f"{lines} lines"],
-        {"ingest-logs": [lines / ours], "pflogsumm": [lines / theirs]},
-        "lines/s",
-    )
-    save("logs", data, chart, text)
+    bench_ingest.bench_freshness(quick, before)
 
 
 # -- gui --------------------------------------------------------------------------------------
@@ -310,6 +244,7 @@ def lab_part(name: str) -> Callable[[bool], None]:
 PARTS = {
     "apply": bench_apply,
     "logs": bench_logs,
+    "freshness": bench_freshness,
     "gui": bench_gui,
     "retention": bench_retention,
     **{
@@ -322,8 +257,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench")
     parser.add_argument("part", choices=sorted(PARTS))
     parser.add_argument("--quick", action="store_true", help="small sizes, a short run")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="CHECKOUT",
+        help="logs, freshness: also measure the ingestion of this checkout (e.g. /work/main)",
+    )
     args = parser.parse_args()
-    PARTS[args.part](args.quick)
+    if args.before is not None:
+        if args.part not in ("logs", "freshness"):
+            parser.error("--before applies to the logs and freshness parts only")
+        {"logs": bench_logs, "freshness": bench_freshness}[args.part](args.quick, args.before)
+    else:
+        PARTS[args.part](args.quick)
 
 
 if __name__ == "__main__":

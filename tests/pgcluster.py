@@ -218,10 +218,11 @@ class PostgresCluster:
             raise RuntimeError("PostgresCluster is not started")
         return f"postgresql://{self.user}@{self.host}:{self.port}/{name}"
 
-    def create_database(self, name: str) -> str:
-        """Create database ``name`` and return its DSN."""
+    def create_database(self, name: str, template: str = "template0") -> str:
+        """Create database ``name`` (a copy of ``template``) and return its DSN."""
         _check_name(name)
-        self._run(self._client_cmd("createdb", "-E", "UTF8", "-T", "template0", name))
+        _check_name(template)
+        self._run(self._client_cmd("createdb", "-E", "UTF8", "-T", template, name))
         return self.dsn(name)
 
     def drop_database(self, name: str) -> None:

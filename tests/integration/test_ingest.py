@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -18,6 +19,7 @@ import pytest
 
 from app.db.tables import LogCursor, LogMessage, MailLog, RejectionLog
 from app.jobs import ingest
+from app.postfix.logparse import parse_line
 from tests.loggen import START, line, qid, traffic
 
 
@@ -361,3 +363,64 @@ async def test_an_unreadable_log_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert f"cannot read {tmp_path}" in result.stderr
+
+
+async def wait_for_counts(expect: Counter, seconds: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while await counts() != expect:
+        assert asyncio.get_running_loop().time() < deadline, (await counts(), expect)
+        await asyncio.sleep(0.05)
+
+
+async def test_the_follower_reads_lines_as_they_are_appended_until_stopped(log_settings):
+    path = log_settings.postfix_log_file
+    first, more = traffic(0, 5), traffic(5, 5)
+    write(path, first.text())
+    stop = asyncio.Event()
+    follower = asyncio.create_task(ingest.follow(log_settings, stop))
+    await wait_for_counts(first.expect)
+    write(path, more.text())
+    await wait_for_counts(first.expect + more.expect)
+    stop.set()
+    await asyncio.wait_for(follower, timeout=10)
+    await assert_no_duplicates()
+    cursor = await LogCursor.select().first()
+    assert cursor["position"] == path.stat().st_size
+
+
+async def test_the_cli_follower_stops_on_sigterm_and_says_what_it_read(tmp_path):
+    path = tmp_path / "postfix.log"
+    log = traffic(0, 5)
+    write(path, log.text())
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "ingest-logs", "--follow"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "POSTFIX_LOG_FILE": str(path)},
+    )
+    try:
+        await wait_for_counts(log.expect, seconds=60)
+        follower.send_signal(signal.SIGTERM)
+        _, stderr = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, stderr
+    assert f"read {len(log.lines)} lines" in stderr
+
+
+async def test_a_retry_that_repeats_a_known_context_does_not_write_it_again(log_settings):
+    log = traffic(0, 10)
+    half_hour = START + dt.timedelta(minutes=30)
+    now = dt.datetime.now().astimezone()
+    stamps = [parse_line(text, now) for text in log.lines]
+    split = next(i for i, event in enumerate(stamps) if event and event.at >= half_hour)
+    write(log_settings.postfix_log_file, "".join(log.lines[:split]))
+    first = await ingest.run_once(log_settings)
+    assert first.contexts == 10
+    before = await LogMessage.select().order_by(LogMessage.queue_id)
+    # An hour later qmgr logs each deferred message again (same sender and size).
+    write(log_settings.postfix_log_file, "".join(log.lines[split:]))
+    retries = await ingest.run_once(log_settings)
+    assert retries.mail_rows > 0 and retries.contexts == 0
+    assert await LogMessage.select().order_by(LogMessage.queue_id) == before
+    assert await counts() == log.expect

@@ -15,12 +15,15 @@ from app.postfix.logparse import (
     Delivery,
     Expired,
     MessageId,
+    Parser,
     QueueActive,
     Reject,
     Removed,
+    may_hold_message_event,
     parse_line,
     split_client,
 )
+from tests.loggen import traffic
 
 UTC = dt.UTC
 NOW = dt.datetime(2026, 11, 25, 15, 0, 0, tzinfo=UTC)
@@ -389,3 +392,54 @@ def test_other_lines_are_none(line: str):
 def test_split_client():
     assert split_client("mail.example.org[203.0.113.25]") == ("mail.example.org", "203.0.113.25")
     assert split_client("unknown") == ("", "")
+
+
+def test_a_parser_gives_each_line_what_parse_line_gives_it():
+    # One Parser works each time stamp out once: repeated, bad and both shapes of stamp must
+    # come out as they do line by line.
+    lines = [
+        CLASSIC.format(service="smtpd", pid=1, text="connect from a[198.18.0.1]"),
+        CLASSIC.format(service="smtpd", pid=2, text="connect from b[198.18.0.2]"),
+        "Feb 29 14:00:01 relay-a postfix/smtpd[3]: connect from c[198.18.0.3]",
+        "Feb 29 14:00:01 relay-a postfix/smtpd[4]: connect from d[198.18.0.4]",
+        ISO.format(service="smtpd", pid=5, text="connect from e[198.18.0.5]"),
+        ISO.format(service="smtpd", pid=6, text=f"{SHORT}: removed"),
+        "Dec 31 23:59:59 relay-a postfix/smtpd[7]: connect from f[198.18.0.6]",
+    ]
+    parser = Parser(NOW, UTC)
+    parsed = [parser.parse(line) for line in lines]
+    assert parsed == [parse_line(line, NOW, UTC) for line in lines]
+    assert parsed[2] is None and parsed[3] is None  # 2026 and 2025 have no Feb 29
+    assert parsed[0] is not None and parsed[1] is not None and parsed[0].at == parsed[1].at
+    assert parsed[6] is not None and parsed[6].at.year == 2025
+    berlin = Parser(NOW, dt.timezone(dt.timedelta(hours=1))).parse(lines[0])
+    assert berlin is not None and berlin.at == dt.datetime(2026, 11, 25, 13, 0, 1, tzinfo=UTC)
+
+
+def test_every_line_the_ingestion_uses_passes_the_quick_check():
+    wanted = (ClientContext, MessageId, QueueActive, Delivery, Expired, Reject)
+    shapes = [
+        *traffic(0, 60).lines,
+        CLASSIC.format(service="pickup", pid=1, text=f"{LONG}: uid=0 from=<root>"),
+        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: client=x[198.18.0.1]"),
+        CLASSIC.format(
+            service="smtpd",
+            pid=1,
+            text=f"{LONG}: milter-reject: END-OF-MESSAGE from x[198.18.0.1]: 5.7.1 no; "
+            "proto=ESMTP helo=<x>",
+        ),
+        CLASSIC.format(
+            service="smtpd",
+            pid=1,
+            text="NOQUEUE: reject: CONNECT from x[198.18.0.1]: 554 5.7.1 no; proto=SMTP",
+        ),
+    ]
+    used = skipped = 0
+    for line in shapes:
+        event = parse_line(line, NOW, UTC)
+        if isinstance(event, wanted):
+            assert may_hold_message_event(line.encode()), line
+            used += 1
+        elif not may_hold_message_event(line.encode()):
+            skipped += 1
+    assert used > 400 and skipped > 200  # it does skip connects, disconnects, anvil, removed
