@@ -119,3 +119,12 @@ async def test_the_kept_totals_equal_a_recount_after_every_kind_of_write(seed):
     # The migration's rebuild gives the same table too.
     await MailLog.raw("SELECT log_totals_rebuild()")
     assert await table(KEPT) == await table(RECOUNT)
+
+
+async def test_the_totals_trigger_function_runs_without_jit():
+    """Priced at about 1e10 (enable_seqscan = off inside), its statements were JIT-compiled
+    for 40 to 65 ms per mail_logs statement."""
+    rows = await MailLog.raw(
+        "SELECT proconfig FROM pg_proc WHERE proname = 'mail_log_totals_apply'"
+    )
+    assert rows and "jit=off" in rows[0]["proconfig"], rows
