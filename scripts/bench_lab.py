@@ -559,30 +559,56 @@ def smtp_sink() -> Iterator[None]:
         lab("sink", "sink1", "start", check=False)
 
 
+@contextlib.contextmanager
+def bare_relay(node: str) -> Iterator[None]:
+    """The node's Postfix with the bare relay main.cf for a while, its own put back after."""
+    lab("exec", node, "cp", "-p", "/etc/postfix/main.cf", "/etc/postfix/main.cf.bench")
+    try:
+        lab("exec", node, "sh", "-c", f"cat > /etc/postfix/main.cf <<'EOF'\n{BARE_MAIN_CF}EOF")
+        lab("exec", node, "postfix", "reload")
+        yield
+    finally:
+        lab("exec", node, "mv", "/etc/postfix/main.cf.bench", "/etc/postfix/main.cf")
+        lab("exec", node, "postfix", "reload")
+
+
 def bench_throughput(quick: bool) -> None:
+    """Ours against the bare relay configuration, alternating (ours, bare, bare, ours, ...),
+    three rounds of each, medians: one run of each in a fixed order cannot tell cost from noise.
+    The product's timers run as in production meanwhile."""
     messages = 2000 if quick else 20000
-    results: dict[str, dict[str, float]] = {}
+    rounds = 3
+    runs: dict[str, list[dict[str, float]]] = {"mailrelay-ha config": [], "bare relay config": []}
     with the_lab(), smtp_sink():
         node = active()
-        results["mailrelay-ha config"] = deliver(node, messages)
-        lab("exec", node, "cp", "-p", "/etc/postfix/main.cf", "/etc/postfix/main.cf.bench")
-        try:
-            lab("exec", node, "sh", "-c", f"cat > /etc/postfix/main.cf <<'EOF'\n{BARE_MAIN_CF}EOF")
-            lab("exec", node, "postfix", "reload")
-            results["bare relay config"] = deliver(node, messages)
-        finally:
-            lab("exec", node, "mv", "/etc/postfix/main.cf.bench", "/etc/postfix/main.cf")
-            lab("exec", node, "postfix", "reload")
+        for round_ in range(rounds * 2):
+            bare = round_ % 4 in (1, 2)
+            if bare:
+                with bare_relay(node):
+                    runs["bare relay config"].append(deliver(node, messages))
+            else:
+                runs["mailrelay-ha config"].append(deliver(node, messages))
+    results = {
+        name: {
+            "messages": messages,
+            "rounds": len(each),
+            "accepted_per_s": statistics.median(r["accepted_per_s"] for r in each),
+            "delivered_per_s": statistics.median(r["delivered_per_s"] for r in each),
+        }
+        for name, each in runs.items()
+    }
     ours, bare = results["mailrelay-ha config"], results["bare relay config"]
-    ratio = round(bare["delivered_per_s"] / ours["delivered_per_s"], 2)
+    accepted = round(ours["accepted_per_s"] / bare["accepted_per_s"], 2)
+    delivered = round(ours["delivered_per_s"] / bare["delivered_per_s"], 2)
     rows = [
-        [name, r["messages"], r["accepted_per_s"], r["delivered_per_s"]]
+        [name, r["messages"], r["rounds"], r["accepted_per_s"], r["delivered_per_s"]]
         for name, r in results.items()
     ]
     text = table(
-        f"throughput: {messages} messages through the VIP to smtp-sink (20 parallel sessions); "
-        f"bare / ours = {ratio}",
-        ["Postfix config", "messages", "accepted/s", "delivered/s"],
+        f"throughput: {messages} messages through the VIP to smtp-sink (20 parallel sessions), "
+        f"{rounds} alternated rounds each, medians; ours / bare: accepted {accepted} (goal >= "
+        f"0.9), delivered {delivered} (goal >= 0.95)",
+        ["Postfix config", "messages", "rounds", "accepted/s", "delivered/s"],
         rows,
     )
     chart = svg_bars(
@@ -594,7 +620,17 @@ def bench_throughput(quick: bool) -> None:
         },
         "msg/s",
     )
-    save("throughput", {"results": results, "overhead_ratio": ratio}, chart, text)
+    save(
+        "throughput",
+        {
+            "results": results,
+            "runs": runs,
+            "accepted_ratio": accepted,
+            "delivered_ratio": delivered,
+        },
+        chart,
+        text,
+    )
 
 
 # -- pull -------------------------------------------------------------------------------------
