@@ -10,7 +10,6 @@ Both read app/settings.py's SHADOW_* settings and need no database.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from app import logsetup
@@ -37,7 +36,8 @@ def receiver(settings: Settings) -> None:
         settings.replica_dir / shadow_receiver.MARKER_NAME,
     )
     context = shadow_receiver.server_context(cert, key)
-    asyncio.run(shadow_receiver.serve(service, settings.node_ip, settings.shadow_port, context))
+    listener = shadow_receiver.listen(settings.node_ip, settings.shadow_port)
+    shadow_receiver.serve(service, listener, context)
 
 
 def milter(settings: Settings) -> None:

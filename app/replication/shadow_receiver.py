@@ -14,19 +14,26 @@ config pull does); this server checks the shared SHADOW_TOKEN before it reads a 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
+import io
 import json
 import logging
+import socket
 import ssl
 import struct
+import threading
+import time
 from pathlib import Path
 
 from app.replication.shadow_store import Envelope, ShadowFormatError, ShadowStore, StoreFull
 
 log = logging.getLogger("mailrelay.shadow.receiver")
 HELLO_TIMEOUT = 5.0
+# An authenticated connection that carries nothing for this long is closed; the sender's
+# pool opens a fresh one (it retries once on a closed connection).
+IDLE_TIMEOUT = 300.0
+# Each connection has its own thread: this many at once, more are closed at once.
+MAX_CONNECTIONS = 256
 MAX_HEADER = 1024 * 1024
 # A sync's marker in the replica: the snapshot's time (the peer's clock), see
 # app/agent/queuesync.py.
@@ -37,12 +44,20 @@ MARKER_NAME = "shadow-prune-before"
 PRUNE_MARGIN_SECONDS = 10.0
 
 
+class _Refused(Exception):
+    """The peer sent something malformed: answered NO, the connection closes."""
+
+
 def frame(envelope: Envelope, message: bytes) -> bytes:
     header = json.dumps(envelope.as_dict() | {"size": len(message)}).encode()
     return struct.pack(">I", len(header)) + header + message
 
 
 class Receiver:
+    """Blocking sockets, a thread per connection: per message this costs about half the CPU
+    of an asyncio server with its TLS in Python (measured in the lab, README), and the
+    store's fsyncs need a thread anyway."""
+
     def __init__(
         self, store: ShadowStore, token: str, max_message_bytes: int, marker: Path | None
     ) -> None:
@@ -52,59 +67,63 @@ class Receiver:
         self.marker = marker
         self.pruned_before = 0.0
 
-    async def serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername")
+    def serve_connection(self, raw: socket.socket, context: ssl.SSLContext) -> None:
+        """One peer connection, from the TLS handshake to its close."""
+        peer = raw.getpeername()
         try:
-            line = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT)
-            word, _, token = line.rstrip(b"\n").partition(b" ")
-            if word != b"HELLO" or not hmac.compare_digest(token, self.token):
-                log.warning("shadow connection from %s refused: wrong token", peer)
-                writer.write(b"NO wrong token\n")
-                return
-            writer.write(b"OK\n")
-            await writer.drain()
-            while await self._one(reader, writer):
-                pass
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass
+            raw.settimeout(HELLO_TIMEOUT)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with context.wrap_socket(raw, server_side=True) as sock:
+                reader = sock.makefile("rb")
+                word, _, token = reader.readline(1024).rstrip(b"\n").partition(b" ")
+                if word != b"HELLO" or not hmac.compare_digest(token, self.token):
+                    log.warning("shadow connection from %s refused: wrong token", peer)
+                    sock.sendall(b"NO wrong token\n")
+                    return
+                sock.sendall(b"OK\n")
+                sock.settimeout(IDLE_TIMEOUT)
+                while True:
+                    try:
+                        answer = self._one(reader)
+                    except _Refused as exc:
+                        sock.sendall(f"NO {exc}\n".encode())
+                        return
+                    if answer is None:
+                        return
+                    sock.sendall(answer)
+        except (OSError, ssl.SSLError):
+            pass  # the peer went away or timed out: nothing was acknowledged
         finally:
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                writer.close()
+            raw.close()
 
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        try:
-            raw_length = await reader.readexactly(4)
-        except asyncio.IncompleteReadError:
-            return False  # the client closed between messages
+    def _one(self, reader: io.BufferedReader) -> bytes | None:
+        """Read and store one message; its answer, or None when the peer closed."""
+        raw_length = reader.read(4)
+        if not raw_length:
+            return None  # the client closed between messages
+        if len(raw_length) < 4:
+            raise OSError("the peer closed the connection mid-message")
         (length,) = struct.unpack(">I", raw_length)
         if length > MAX_HEADER:
-            writer.write(b"NO envelope too large\n")
-            return False
+            raise _Refused("envelope too large")
         try:
-            header = json.loads(await reader.readexactly(length))
+            header = json.loads(_exactly(reader, length))
             envelope = Envelope.from_dict(header)
             size = header.get("size")
         except (ValueError, ShadowFormatError) as exc:
-            writer.write(f"NO {exc}\n".encode())
-            return False
+            raise _Refused(str(exc)) from None
         if not isinstance(size, int) or not 0 <= size <= self.max_message_bytes:
-            writer.write(f"NO size must be 0-{self.max_message_bytes}\n".encode())
-            return False
-        message = await reader.readexactly(size)
+            raise _Refused(f"size must be 0-{self.max_message_bytes}")
+        message = _exactly(reader, size)
         try:
-            await asyncio.to_thread(self.store.put, envelope, message)
+            self.store.put(envelope, message)
         except StoreFull as exc:
             log.warning("shadow of %s refused: %s", envelope.queue_id, exc)
-            writer.write(f"FULL {exc}\n".encode())
+            return f"FULL {exc}\n".encode()
         except OSError as exc:
             log.error("shadow of %s not stored: %s", envelope.queue_id, exc)
-            writer.write(f"FULL cannot store: {exc.strerror}\n".encode())
-        else:
-            writer.write(b"OK\n")
-        await writer.drain()
-        return True
+            return f"FULL cannot store: {exc.strerror}\n".encode()
+        return b"OK\n"
 
     def prune_once(self) -> int:
         """Drop the shadows the last successful sync covers (its marker in the replica)."""
@@ -122,13 +141,20 @@ class Receiver:
             log.info("pruned %d shadows older than the peer's snapshot at %.3f", dropped, before)
         return dropped
 
-    async def prune_forever(self, interval: float = 1.0) -> None:
+    def prune_forever(self, interval: float = 1.0) -> None:
         while True:
             try:
-                await asyncio.to_thread(self.prune_once)
+                self.prune_once()
             except OSError as exc:
                 log.error("pruning the shadow store failed: %s", exc)
-            await asyncio.sleep(interval)
+            time.sleep(interval)
+
+
+def _exactly(reader: io.BufferedReader, size: int) -> bytes:
+    data = reader.read(size)
+    if len(data) != size:
+        raise OSError("the peer closed the connection mid-message")
+    return data
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -138,14 +164,35 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-async def serve(receiver: Receiver, host: str, port: int, context: ssl.SSLContext) -> None:
-    server = await asyncio.start_server(
-        receiver.serve_connection, host, port, ssl=context, limit=MAX_HEADER
-    )
+def listen(host: str, port: int) -> socket.socket:
+    return socket.create_server((host, port), backlog=128, reuse_port=False)
+
+
+def serve(
+    receiver: Receiver, listener: socket.socket, context: ssl.SSLContext, prune: bool = True
+) -> None:
+    """Accept connections until the listener is closed, each in its own thread."""
+    host, port = listener.getsockname()[:2]
     log.info("shadow receiver listening on %s:%d, store %s", host, port, receiver.store.root)
-    pruning = asyncio.create_task(receiver.prune_forever())
-    try:
-        async with server:
-            await server.serve_forever()
-    finally:
-        pruning.cancel()
+    if prune:
+        threading.Thread(target=receiver.prune_forever, daemon=True).start()
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    while True:
+        try:
+            raw, address = listener.accept()
+        except OSError:
+            return  # closed: the service stops
+        if not slots.acquire(blocking=False):
+            log.warning(
+                "shadow connection from %s closed: %d open already", address, MAX_CONNECTIONS
+            )
+            raw.close()
+            continue
+
+        def run(raw: socket.socket = raw) -> None:
+            try:
+                receiver.serve_connection(raw, context)
+            finally:
+                slots.release()
+
+        threading.Thread(target=run, daemon=True).start()

@@ -103,6 +103,11 @@ class ShadowStore:
         self.root = root
         self.max_bytes = max_bytes
         self.lock = threading.Lock()
+        # Group commit of the directory: one fsync covers every rename done before it began,
+        # so messages stored at the same time share it (see put).
+        self.sync_lock = threading.Lock()
+        self.renamed = 0
+        self.synced = 0
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Dot names are writes a crash interrupted: never acknowledged, so never needed.
         for leftover in root.glob(".*"):
@@ -141,7 +146,10 @@ class ShadowStore:
             finally:
                 os.close(fd)
             os.rename(tmp, target)
-            fsync_directory(self.root)
+            with self.lock:
+                self.renamed += 1
+                mine = self.renamed
+            self._sync_directory(mine)
         except BaseException:
             with self.lock:
                 self.used -= len(data) - replaced
@@ -149,6 +157,17 @@ class ShadowStore:
                 tmp.unlink()
             raise
         return target
+
+    def _sync_directory(self, rename: int) -> None:
+        """Return once an fsync of the directory that began after rename number `rename`
+        has finished: either the one this thread runs, or one another thread ran meanwhile."""
+        with self.sync_lock:
+            if self.synced >= rename:
+                return
+            with self.lock:
+                covered = self.renamed
+            fsync_directory(self.root)
+            self.synced = covered
 
     def prune(self, before: float) -> int:
         """Drop every shadow whose time is before `before`; how many went."""

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import os
+import socket
 import ssl
+import struct
 import threading
 import time
 
 import pytest
 
+from app.replication import shadow_store
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
-from app.replication.shadow_receiver import Receiver, server_context
+from app.replication.shadow_receiver import Receiver, listen, serve, server_context
 from app.replication.shadow_store import Envelope, ShadowStore, StoreFull, decode
 from tests.postfixhost import _self_signed
 
@@ -65,25 +66,12 @@ def peer(tmp_path):
     pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).digest()
     store = ShadowStore(tmp_path / "store", 8192)
     receiver = Receiver(store, TOKEN, 8192, None)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, object] = {}
-
-    async def run() -> None:
-        server = await asyncio.start_server(
-            receiver.serve_connection, "127.0.0.1", 0, ssl=server_context(cert, key)
-        )
-        holder["port"] = server.sockets[0].getsockname()[1]
-        holder["server"] = server
-        ready.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await server.serve_forever()
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(run()), daemon=True)
-    thread.start()
-    ready.wait(10)
-    yield holder["port"], pin, store
-    loop.call_soon_threadsafe(holder["server"].close)  # type: ignore[attr-defined]
+    listener = listen("127.0.0.1", 0)
+    context = server_context(cert, key)
+    threading.Thread(target=serve, args=(receiver, listener, context, False), daemon=True).start()
+    yield listener.getsockname()[1], pin, store
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
 
 
 def test_many_messages_in_flight_are_all_stored_over_persistent_connections(peer):
@@ -154,3 +142,78 @@ def test_a_milter_that_is_down_is_seen_not_just_uncounted(tmp_path):
         listener.listen()
         assert milter_state(f"unix:{path}") == "answering"
     assert milter_state(f"unix:{path}") == "not answering"  # the socket file is left behind
+
+
+def test_every_put_returns_only_after_a_directory_fsync_that_began_after_its_rename(
+    tmp_path, monkeypatch
+):
+    """Concurrent puts share directory fsyncs (group commit), but none returns before an
+    fsync that started after its own rename has finished: that is what makes it durable."""
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    real_rename, real_fsync_directory = os.rename, shadow_store.fsync_directory
+
+    def rename(src, dst):
+        real_rename(src, dst)
+        with lock:
+            events.append(("renamed", os.path.basename(dst)))
+
+    def fsync_directory(path):
+        with lock:
+            events.append(("sync-start", ""))
+        time.sleep(0.005)  # a disk's flush: lets renames of other threads pile up meanwhile
+        real_fsync_directory(path)
+        with lock:
+            events.append(("sync-end", ""))
+
+    monkeypatch.setattr(shadow_store.os, "rename", rename)
+    monkeypatch.setattr(shadow_store, "fsync_directory", fsync_directory)
+
+    def put(queue_id: str) -> None:
+        store.put(envelope(queue_id), b"m")
+        with lock:
+            events.append(("returned", queue_id))
+
+    ids = [f"4Zgroup{n:04d}" for n in range(40)]
+    threads = [threading.Thread(target=put, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for queue_id in ids:
+        renamed = events.index(("renamed", queue_id))
+        returned = events.index(("returned", queue_id))
+        starts = [i for i, e in enumerate(events) if e[0] == "sync-start" and i > renamed]
+        assert starts, f"{queue_id} returned without an fsync after its rename"
+        end = next(i for i, e in enumerate(events) if e[0] == "sync-end" and i > starts[0])
+        assert end < returned, f"{queue_id} returned before its directory fsync ended"
+    syncs = sum(1 for e in events if e[0] == "sync-start")
+    assert syncs < len(ids)  # they were shared
+    assert sorted(p.name for p in store.root.iterdir()) == ids
+
+
+def test_malformed_frames_are_answered_no_and_store_nothing(peer):
+    port, _pin, store = peer
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def exchange(payload: bytes) -> bytes:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with context.wrap_socket(raw) as sock:
+            sock.sendall(f"HELLO {TOKEN}\n".encode())
+            reader = sock.makefile("rb")
+            assert reader.readline() == b"OK\n"
+            sock.sendall(payload)
+            return reader.readline()
+
+    assert exchange(struct.pack(">I", 2 << 20)) == b"NO envelope too large\n"
+    assert exchange(struct.pack(">I", 5) + b"{nope").startswith(b"NO ")
+    bad_id = b'{"queue_id": "../../etc", "sender": "", "recipients": ["b@x"], "time": 1, "size": 1}'
+    assert exchange(struct.pack(">I", len(bad_id)) + bad_id + b"m").startswith(b"NO not a queue ID")
+    big = (
+        b'{"queue_id": "4ZbigAAAAA", "sender": "", "recipients": ["b@x"], "time": 1, "size": 9999}'
+    )
+    assert exchange(struct.pack(">I", len(big)) + big) == b"NO size must be 0-8192\n"
+    assert not any(store.root.iterdir())
