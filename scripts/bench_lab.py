@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from bench import ROOT, save, svg_bars, table
@@ -801,62 +803,102 @@ def drill() -> dict[str, int]:
     return {"sent": 30, "lost": 30 - len(set(ids)), "duplicates": len(ids) - len(set(ids))}
 
 
+@contextlib.contextmanager
+def one_core_per_node(first: str) -> Iterator[None]:
+    """Every thread of node `first` on CPU 0 and of the other node on CPU 1, as if each were a
+    host of its own (what they fork later inherits it); the client and the sinks keep both.
+    All threads get every CPU back after."""
+    cpus = {first: {0}, other(first): {1}}
+
+    def pin(node: str, allowed: set[int]) -> None:
+        for threads in Path(f"/sys/fs/cgroup/unified/mrlab-{node}").rglob("cgroup.threads"):
+            for tid in threads.read_text().split():
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    os.sched_setaffinity(int(tid), allowed)
+
+    for node, allowed in cpus.items():
+        pin(node, allowed)
+    try:
+        yield
+    finally:
+        for node in cpus:
+            pin(node, set(range(os.cpu_count() or 1)))
+
+
+LAYOUTS = ("shared cores", "one core per node")
+
+
 def bench_shadow(quick: bool) -> None:
     """Throughput and end-of-data -> 250 with SHADOW_MODE off and prefer, alternating (off,
     prefer, prefer, off, ...) so that drift on this noisy machine falls on both; medians of the
-    rounds. Then the zero-loss drill's lost count."""
+    rounds. Twice: with both nodes on the same two cores (the lab as it is: the peer's
+    receiver competes with the relay) and with one core per node (as two hosts). Then the
+    zero-loss drill's lost count."""
     rounds = 2 if quick else 4
     messages = 1000 if quick else 5000
     probes = 100 if quick else 400
-    runs: dict[str, list[dict[str, float]]] = {"off": [], "prefer": []}
-    latencies: dict[str, list[float]] = {"off": [], "prefer": []}
+    modes = ("off", "prefer")
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    latencies: dict[tuple[str, str], list[float]] = {}
     with the_lab():
         node = active()
         try:
             with smtp_sink():
-                for round_ in range(rounds):
-                    order = ("off", "prefer") if round_ % 2 == 0 else ("prefer", "off")
-                    for mode in order:
-                        set_shadow_mode(node, mode)
-                        latencies[mode] += data_to_250(probes)
-                        runs[mode].append(deliver(node, messages))
-                        print(
-                            f"bench: round {round_ + 1} {mode}: {runs[mode][-1]}", file=sys.stderr
-                        )
+                for layout in LAYOUTS:
+                    pinned = one_core_per_node(node) if layout != LAYOUTS[0] else None
+                    with pinned or contextlib.nullcontext():
+                        for round_ in range(rounds):
+                            for mode in modes if round_ % 2 == 0 else modes[::-1]:
+                                set_shadow_mode(node, mode)
+                                key = (layout, mode)
+                                latencies.setdefault(key, []).extend(data_to_250(probes))
+                                runs.setdefault(key, []).append(deliver(node, messages))
+                                print(
+                                    f"bench: {layout}, round {round_ + 1} {mode}: {runs[key][-1]}",
+                                    file=sys.stderr,
+                                )
         finally:
             set_shadow_mode(node, "prefer")
         drilled = drill()
-    results: dict[str, dict[str, Any]] = {}
-    for mode in ("off", "prefer"):
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for key in runs:
         # In milliseconds before the quantiles round: these are a few ms each.
-        timing = quantiles([seconds * 1000 for seconds in latencies[mode]])
-        results[mode] = {
-            "accepted_per_s": statistics.median(r["accepted_per_s"] for r in runs[mode]),
-            "delivered_per_s": statistics.median(r["delivered_per_s"] for r in runs[mode]),
+        timing = quantiles([seconds * 1000 for seconds in latencies[key]])
+        results[key] = {
+            "accepted_per_s": statistics.median(r["accepted_per_s"] for r in runs[key]),
+            "delivered_per_s": statistics.median(r["delivered_per_s"] for r in runs[key]),
             "data_to_250_p50_ms": round(timing["median"], 2),
             "data_to_250_p99_ms": round(timing["p99"], 2),
         }
-    off, prefer = results["off"], results["prefer"]
-    ratio = round(prefer["accepted_per_s"] / off["accepted_per_s"], 2)
-    added_p50 = round(prefer["data_to_250_p50_ms"] - off["data_to_250_p50_ms"], 2)
-    added_p99 = round(prefer["data_to_250_p99_ms"] - off["data_to_250_p99_ms"], 2)
+    summary = {}
+    for layout in LAYOUTS:
+        off, prefer = results[(layout, "off")], results[(layout, "prefer")]
+        summary[layout] = {
+            "throughput_ratio": round(prefer["accepted_per_s"] / off["accepted_per_s"], 2),
+            "added_p50_ms": round(prefer["data_to_250_p50_ms"] - off["data_to_250_p50_ms"], 2),
+            "added_p99_ms": round(prefer["data_to_250_p99_ms"] - off["data_to_250_p99_ms"], 2),
+        }
     rows = [
-        [mode, r["accepted_per_s"], r["delivered_per_s"], r["data_to_250_p50_ms"],
+        [layout, mode, r["accepted_per_s"], r["delivered_per_s"], r["data_to_250_p50_ms"],
          r["data_to_250_p99_ms"]]
-        for mode, r in results.items()
+        for (layout, mode), r in results.items()
     ]  # fmt: skip
+    goals = "; ".join(
+        f"{layout}: prefer/off accepted = {s['throughput_ratio']}, added p50 "
+        f"{s['added_p50_ms']} ms, p99 {s['added_p99_ms']} ms"
+        for layout, s in summary.items()
+    )
     text = table(
         f"shadow copies: {rounds} rounds of {messages} messages (20 sessions) and {probes} "
-        f"end-of-data -> 250 probes per mode, medians; prefer/off accepted = {ratio} (goal >= "
-        f"0.85), added p50 {added_p50} ms (goal <= 5), p99 {added_p99} ms (goal <= 25); drill: "
-        f"{drilled['lost']} of {drilled['sent']} lost (goal 0), {drilled['duplicates']} "
-        "duplicates",
-        ["SHADOW_MODE", "accepted/s", "delivered/s", "p50 ms", "p99 ms"],
+        f"end-of-data -> 250 probes per mode and layout, medians; {goals} (goals: ratio >= "
+        f"0.85, added p50 <= 5 ms, p99 <= 25 ms); drill: {drilled['lost']} of "
+        f"{drilled['sent']} lost (goal 0), {drilled['duplicates']} duplicates",
+        ["nodes on", "SHADOW_MODE", "accepted/s", "delivered/s", "p50 ms", "p99 ms"],
         rows,
     )
     chart = svg_bars(
         "shadow copies: throughput through the VIP",
-        list(results),
+        [f"{layout}, {mode}" for layout, mode in results],
         {
             "accepted": [r["accepted_per_s"] for r in results.values()],
             "delivered": [r["delivered_per_s"] for r in results.values()],
@@ -866,11 +908,9 @@ def bench_shadow(quick: bool) -> None:
     save(
         "shadow",
         {
-            "results": results,
-            "runs": runs,
-            "throughput_ratio": ratio,
-            "added_p50_ms": added_p50,
-            "added_p99_ms": added_p99,
+            "results": {f"{layout}/{mode}": r for (layout, mode), r in results.items()},
+            "runs": {f"{layout}/{mode}": r for (layout, mode), r in runs.items()},
+            "summary": summary,
             "drill": drilled,
         },
         chart,
