@@ -20,10 +20,19 @@ from app.replication.shadow_receiver import frame
 from app.replication.shadow_store import Envelope
 
 POOL_SIZE = 64
+# After the peer could not be reached or did not answer in time, messages are not offered to
+# it again for this long: each would wait SHADOW_TIMEOUT_MS for nothing (a crashed peer
+# answers no SYN), which held every 250 for 2 s after a failover and cut the rate to a few
+# messages a second. One message after the pause tries again.
+PEER_DOWN_PAUSE = 1.0
 
 
 class ShadowUnavailable(Exception):
     """No copy was made: the peer is down, too slow, refused it or has no room."""
+
+
+class _PeerDown(ShadowUnavailable):
+    """The peer did not answer (connect, handshake or confirmation timed out or failed)."""
 
 
 @dataclass
@@ -50,10 +59,23 @@ class ShadowClient:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         self.context = context
+        self.paused_until = 0.0
 
     def send(self, envelope: Envelope, message: bytes) -> None:
-        """Return once the peer has the copy on disk; ShadowUnavailable otherwise."""
-        deadline = time.monotonic() + self.timeout
+        """Return once the peer has the copy on disk; ShadowUnavailable otherwise (at once
+        while the peer is paused after it did not answer)."""
+        now = time.monotonic()
+        if now < self.paused_until:
+            raise ShadowUnavailable(
+                f"the peer did not answer {PEER_DOWN_PAUSE:g} s ago; not tried again yet"
+            )
+        try:
+            self._send(envelope, message, now + self.timeout)
+        except _PeerDown:
+            self.paused_until = time.monotonic() + PEER_DOWN_PAUSE
+            raise
+
+    def _send(self, envelope: Envelope, message: bytes, deadline: float) -> None:
         data = frame(envelope, message)
         # A pooled connection may have been closed by the peer meanwhile (restart): one retry
         # on a fresh connection, within the same deadline.
@@ -66,7 +88,7 @@ class ShadowClient:
             except (OSError, ValueError) as exc:
                 conn.close()
                 if attempt == 2 or isinstance(exc, TimeoutError) or _left(deadline) <= 0:
-                    raise ShadowUnavailable(f"the peer did not confirm the copy: {exc}") from None
+                    raise _PeerDown(f"the peer did not confirm the copy: {exc}") from None
                 continue
             if answer == b"OK\n":
                 self._release(conn)
@@ -92,7 +114,7 @@ class ShadowClient:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock = self.context.wrap_socket(raw)
         except OSError as exc:
-            raise ShadowUnavailable(f"cannot reach the peer's shadow receiver: {exc}") from None
+            raise _PeerDown(f"cannot reach the peer's shadow receiver: {exc}") from None
         conn = _Connection(sock, sock.makefile("rb"))
         der = sock.getpeercert(binary_form=True) or b""
         if not hmac.compare_digest(hashlib.sha256(der).digest(), self.pin):
@@ -107,7 +129,7 @@ class ShadowClient:
             answer = conn.reader.readline(1024)  # type: ignore[attr-defined]
         except (OSError, ValueError) as exc:
             conn.close()
-            raise ShadowUnavailable(f"the peer's shadow receiver did not answer: {exc}") from None
+            raise _PeerDown(f"the peer's shadow receiver did not answer: {exc}") from None
         if answer != b"OK\n":
             conn.close()
             raise ShadowUnavailable("the peer's shadow receiver refused SHADOW_TOKEN")
@@ -130,5 +152,5 @@ class ShadowClient:
 def _left(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise ShadowUnavailable("SHADOW_TIMEOUT_MS passed before the peer confirmed the copy")
+        raise _PeerDown("SHADOW_TIMEOUT_MS passed before the peer confirmed the copy")
     return left

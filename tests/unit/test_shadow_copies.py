@@ -217,3 +217,36 @@ def test_malformed_frames_are_answered_no_and_store_nothing(peer):
     )
     assert exchange(struct.pack(">I", len(big)) + big) == b"NO size must be 0-8192\n"
     assert not any(store.root.iterdir())
+
+
+def test_a_peer_that_did_not_answer_is_not_tried_again_for_each_message(monkeypatch):
+    """A crashed peer answers nothing: without a pause every message would wait the whole
+    SHADOW_TIMEOUT_MS. The next ones fail at once, one after the pause tries again."""
+    monkeypatch.setattr("app.replication.shadow_client.PEER_DOWN_PAUSE", 0.3)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks TLS
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    client = ShadowClient("127.0.0.1", silent.getsockname()[1], b"\0" * 32, TOKEN, 0.2)
+    try:
+        with pytest.raises(ShadowUnavailable, match="cannot reach"):
+            client.send(envelope(), b"m")
+        tried = len(accepted)
+        with pytest.raises(ShadowUnavailable, match="not tried again yet"):
+            client.send(envelope(), b"m")
+        assert len(accepted) == tried
+        time.sleep(0.35)
+        with pytest.raises(ShadowUnavailable, match="cannot reach"):
+            client.send(envelope(), b"m")
+        assert len(accepted) > tried
+    finally:
+        silent.close()
+        for conn in accepted:
+            conn.close()
