@@ -223,7 +223,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         node_ip=r.ip("NODE_IP", "127.0.0.1") or "127.0.0.1",
         peer_node_ip=r.ip("PEER_NODE_IP", required=False),
         vip_address=r.ip("VIP_ADDRESS", required=False),
-        vrrp_priority=r.integer("VRRP_PRIORITY", 100, 1, 254),
+        # High by default: the peer waits (256 - priority) / 256 adverts before it takes over.
+        vrrp_priority=r.integer("VRRP_PRIORITY", 250, 1, 254),
         cluster_mode=mode,  # type: ignore[arg-type]
         master_api_url=master_api_url,
         master_api_token=master_api_token,
