@@ -250,3 +250,28 @@ def test_a_peer_that_did_not_answer_is_not_tried_again_for_each_message(monkeypa
         silent.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_peer_that_answers_no_syn_is_given_up_long_before_shadow_timeout_ms():
+    """A crashed peer answers no SYN. A listener whose accept queue is full drops SYNs the
+    same way: the copy fails after the connect timeout, not after the 10 s deadline."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue; later SYNs are dropped
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.1)
+    client = ShadowClient("127.0.0.1", port, b"\0" * 32, TOKEN, 10.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ShadowUnavailable, match="cannot reach"):
+            client.send(envelope(), b"m")
+        assert time.monotonic() - started < 2.0
+    finally:
+        for sock in (*fillers, full):
+            sock.close()
