@@ -46,7 +46,9 @@ LOCK = locks.SWITCHOVER
 # Longer than a run can take: a final sync with its rsync timeouts, the waits below.
 LOCK_TTL_SECONDS = 300
 HANDOVER_TIMEOUT = 10
-PEER_VIP_WAIT = 10.0
+# The peer answers once it has imported the replica and injected the shadows it does not
+# cover (sendmail each, tens of ms apiece).
+PEER_VIP_WAIT = 30.0
 POLL_SECONDS = 0.5
 SYNC_CONFLICT_WAIT = 30.0
 SMTP_PORT = 25

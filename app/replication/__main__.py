@@ -34,6 +34,7 @@ def receiver(settings: Settings) -> None:
         settings.shadow_token,
         min(MAX_MESSAGE_BYTES, settings.shadow_store_max_bytes),
         settings.replica_dir / shadow_receiver.MARKER_NAME,
+        settings.shadow_timeout_ms / 1000,
     )
     context = shadow_receiver.server_context(cert, key)
     listener = shadow_receiver.listen(settings.node_ip, settings.shadow_port)

@@ -117,6 +117,8 @@ class ShadowClient:
             raw = socket.create_connection(
                 self.address, timeout=min(CONNECT_TIMEOUT, _left(deadline))
             )
+            # A peer that accepted is alive: its handshake may take what is left.
+            raw.settimeout(_left(deadline))
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock = self.context.wrap_socket(raw)
         except OSError as exc:

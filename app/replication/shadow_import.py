@@ -94,6 +94,8 @@ def _one(
         return
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=root)
+    except FileNotFoundError:
+        return  # the receiver pruned it meanwhile: a queue sync covered it
     except OSError as exc:
         report.refuse(where, f"cannot open without following links ({exc.strerror})")
         return

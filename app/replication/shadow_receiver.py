@@ -40,8 +40,10 @@ MAX_HEADER = 1024 * 1024
 MARKER_NAME = "shadow-prune-before"
 # Between a shadow's end-of-data time and its queue file's commit on the peer lie the copy
 # (at most SHADOW_TIMEOUT_MS) and cleanup's own fsync: shadows younger than the snapshot by
-# less than this may not be in it yet, and are kept until the next sync.
-PRUNE_MARGIN_SECONDS = 10.0
+# less than SHADOW_TIMEOUT_MS plus this may not be in it yet, and are kept until the next
+# sync. Kept shadows of mail the peer has delivered meanwhile are what a takeover delivers
+# twice, so the margin stays short (it was 10 s).
+PRUNE_SLACK_SECONDS = 1.0
 
 
 class _Refused(Exception):
@@ -59,9 +61,15 @@ class Receiver:
     store's fsyncs need a thread anyway."""
 
     def __init__(
-        self, store: ShadowStore, token: str, max_message_bytes: int, marker: Path | None
+        self,
+        store: ShadowStore,
+        token: str,
+        max_message_bytes: int,
+        marker: Path | None,
+        copy_timeout: float = 2.0,
     ) -> None:
         self.store = store
+        self.prune_margin = copy_timeout + PRUNE_SLACK_SECONDS
         self.token = token.encode()
         self.max_message_bytes = max_message_bytes
         self.marker = marker
@@ -136,7 +144,7 @@ class Receiver:
         if before <= self.pruned_before:
             return 0
         self.pruned_before = before
-        dropped = self.store.prune(before - PRUNE_MARGIN_SECONDS)
+        dropped = self.store.prune(before - self.prune_margin)
         if dropped:
             log.info("pruned %d shadows older than the peer's snapshot at %.3f", dropped, before)
         return dropped

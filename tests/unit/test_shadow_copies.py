@@ -49,13 +49,15 @@ def test_a_full_store_refuses_and_keeps_what_it_has(tmp_path):
 def test_pruning_drops_only_shadows_older_than_the_snapshot(tmp_path):
     store = ShadowStore(tmp_path / "s", 1 << 20)
     store.put(envelope("4ZoldAAAAA", when=100.0), b"old")
+    store.put(envelope("4ZjustOldA", when=156.0), b"old")
+    store.put(envelope("4ZmayMissA", when=157.5), b"maybe not in the snapshot")
     store.put(envelope("4ZnewBBBBB", when=200.0), b"new")
     marker = tmp_path / "shadow-prune-before"
-    receiver = Receiver(store, TOKEN, 1 << 20, marker)
+    receiver = Receiver(store, TOKEN, 1 << 20, marker, copy_timeout=2.0)
     marker.write_text("160.0\n")
-    # 10 s margin: a shadow 5 s before the snapshot may not be in it yet
-    assert receiver.prune_once() == 1
-    assert [p.name for p in (tmp_path / "s").iterdir()] == ["4ZnewBBBBB"]
+    # A shadow less than the copy's timeout + 1 s before the snapshot may not be in it yet.
+    assert receiver.prune_once() == 2
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["4ZmayMissA", "4ZnewBBBBB"]
 
 
 @pytest.fixture
