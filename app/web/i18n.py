@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
+
+from jinja2 import pass_context
+from jinja2.runtime import Context
+
+from app.messages import Message, plural
 
 LANGUAGES = ("en", "de")
 
@@ -71,7 +77,8 @@ GERMAN: dict[str, str] = {
     "Rejected": "Abgewiesen",
     "last hour": "letzte Stunde",
     "last 24 hours": "letzte 24 Stunden",
-    "last %d days": "letzte %d Tage",
+    "last {n} day": "letzter {n} Tag",
+    "last {n} days": "letzte {n} Tage",
     "Recent rejects": "Letzte Abweisungen",
     "Client": "Client",
     "Sender": "Absender",
@@ -119,7 +126,8 @@ GERMAN: dict[str, str] = {
     "Choose two versions to compare.": "Wählen Sie zwei Versionen zum Vergleichen.",
     "Queue": "Warteschlange",
     "Queue ID": "Queue-ID",
-    "%d messages are on hold: this node came back and could not ask its peer which of them the peer already delivered. Releasing them may deliver some twice.": "%d Nachrichten sind angehalten: Dieser Knoten ist zurückgekehrt und konnte seinen Partner nicht fragen, welche davon der Partner bereits zugestellt hat. Freigeben kann einige doppelt zustellen.",
+    "{n} message is on hold: this node came back and could not ask its peer whether the peer already delivered it. Releasing it may deliver it twice.": "{n} Nachricht ist angehalten: Dieser Knoten ist zurückgekehrt und konnte seinen Partner nicht fragen, ob der Partner sie bereits zugestellt hat. Freigeben kann sie doppelt zustellen.",
+    "{n} messages are on hold: this node came back and could not ask its peer which of them the peer already delivered. Releasing them may deliver some twice.": "{n} Nachrichten sind angehalten: Dieser Knoten ist zurückgekehrt und konnte seinen Partner nicht fragen, welche davon der Partner bereits zugestellt hat. Freigeben kann einige doppelt zustellen.",
     "Release the held mail": "Angehaltene Mail freigeben",
     "Message tracking": "Nachrichtenverfolgung",
     "Message": "Nachricht",
@@ -222,7 +230,8 @@ GERMAN: dict[str, str] = {
     "Postfix answers 451 to every message until it is back.": "Postfix antwortet jeder Nachricht mit 451, bis er wieder läuft.",
     "Postfix accepts mail without a copy on the peer, and none of it is counted above.": "Postfix nimmt Mails ohne Kopie auf dem Partner an, und keine davon wird oben gezählt.",
     "accepted without a copy on the peer: lost if this node and its disk are lost before the next queue sync": "ohne Kopie auf dem Partner angenommen: verloren, wenn dieser Knoten samt Platte vor dem nächsten Queue-Sync ausfällt",
-    "%d messages": "%d Nachrichten",
+    "{n} message": "{n} Nachricht",
+    "{n} messages": "{n} Nachrichten",
     "VRRP state": "VRRP-Zustand",
     "holds the VIP": "hält die VIP",
     "does not hold the VIP": "hält die VIP nicht",
@@ -349,13 +358,68 @@ GERMAN: dict[str, str] = {
 
 
 def translator(language: str) -> Callable[..., str]:
+    """`_` for one language: a text key with `%` arguments (templates), or a Message from a
+    service, whose `{name}` placeholders are filled after the lookup."""
     table = GERMAN if language == "de" else {}
 
     def translate(text: str, *args: object) -> str:
+        if isinstance(text, Message):
+            params = {
+                k: translate(v) if isinstance(v, Message) else v for k, v in text.params.items()
+            }
+            return table.get(text.key, text.key).format(**params)
         result = table.get(text, text)
         return result % args if args else result
 
     return translate
+
+
+def plural_translator(language: str) -> Callable[..., str]:
+    """`ngettext` for templates: ngettext("{n} message", "{n} messages", count, **params)."""
+    translate = translator(language)
+
+    def ngettext(singular: str, plural_: str, n: int, **params: object) -> str:
+        return translate(plural(singular, plural_, n, **params))
+
+    return ngettext
+
+
+# Dates and numbers: German as Germans write them; English keeps the ISO-like form it had.
+_DATE_FORMATS = {"de": "%d.%m.%Y", "en": "%Y-%m-%d"}
+
+
+def format_datetime(value: dt.datetime | str | None, language: str, seconds: bool = False) -> str:
+    """A datetime, or an ISO 8601 text as the status API sends it; the time zone is not shown."""
+    if not value:
+        return ""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    time = "%H:%M:%S" if seconds else "%H:%M"
+    return value.strftime(f"{_DATE_FORMATS.get(language, _DATE_FORMATS['en'])} {time}")
+
+
+def format_number(value: float | None, language: str, digits: int = 0) -> str:
+    if value is None:
+        return ""
+    if language != "de":
+        return f"{value:.{digits}f}"
+    text = f"{value:,.{digits}f}"
+    return text.translate(str.maketrans(",.", ".,"))
+
+
+@pass_context
+def datetime_filter(
+    context: Context, value: dt.datetime | str | None, seconds: bool = False
+) -> str:
+    return format_datetime(value, context.get("lang", "en"), seconds)
+
+
+@pass_context
+def number_filter(context: Context, value: float | None, digits: int = 0) -> str:
+    return format_number(value, context.get("lang", "en"), digits)
+
+
+FILTERS = {"datetime": datetime_filter, "number": number_filter}
 
 
 def from_accept_language(header: str | None) -> str:

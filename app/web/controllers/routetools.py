@@ -15,6 +15,7 @@ from app.config import applied, service, validation
 from app.config.validation import FieldErrors
 from app.crypto import SecretKeyError
 from app.db.tables import RelayRoute, SenderDomain
+from app.messages import Message
 from app.postfix import render, routecheck, routetest
 from app.web.auth import source_ip
 from app.web.views import form_answer, is_htmx, page
@@ -97,7 +98,7 @@ async def run_route_test(request: Req, domain: FromPath[str], data: Form) -> Tem
     user and a typed password) before they are saved."""
     row = await SenderDomain.select(SenderDomain.id).where(SenderDomain.name == domain).first()
     if row is None:
-        raise service.NotFound(f"There is no sender domain {domain}.")
+        raise service.NotFound(Message("There is no sender domain {name}.", name=domain))
     route = await RelayRoute.select().where(RelayRoute.sender_domain == row["id"]).first()
     report, error = None, None
     if route is None:
