@@ -513,14 +513,28 @@ def translator(language: str) -> Callable[..., str]:
 
     def translate(text: str, *args: object) -> str:
         if isinstance(text, Message):
-            params = {
-                k: translate(v) if isinstance(v, Message) else v for k, v in text.params.items()
-            }
+            params = {k: _localised(v, language, translate) for k, v in text.params.items()}
             return table.get(text.key, text.key).format(**params)
         result = table.get(text, text)
         return result % args if args else result
 
     return translate
+
+
+def _localised(value: object, language: str, translate: Callable[..., str]) -> object:
+    if isinstance(value, Message):
+        return translate(value)
+    if language == "de" and isinstance(value, float):
+        return _GermanFloat(value)
+    return value
+
+
+class _GermanFloat(float):
+    """A float in a German message: "{seconds:.2f} s" writes 1,25 s. Integers are left alone,
+    as they are ports and version numbers as often as counts."""
+
+    def __format__(self, spec: str) -> str:
+        return format(float(self), spec).translate(_SWAP_SEPARATORS)
 
 
 def plural_translator(language: str) -> Callable[..., str]:
@@ -535,6 +549,7 @@ def plural_translator(language: str) -> Callable[..., str]:
 
 # Dates and numbers: German as Germans write them; English keeps the ISO-like form it had.
 _DATE_FORMATS = {"de": "%d.%m.%Y", "en": "%Y-%m-%d"}
+_SWAP_SEPARATORS = str.maketrans(",.", ".,")
 
 
 def format_datetime(value: dt.datetime | str | None, language: str, seconds: bool = False) -> str:
@@ -553,7 +568,7 @@ def format_number(value: float | None, language: str, digits: int = 0) -> str:
     if language != "de":
         return f"{value:.{digits}f}"
     text = f"{value:,.{digits}f}"
-    return text.translate(str.maketrans(",.", ".,"))
+    return text.translate(_SWAP_SEPARATORS)
 
 
 @pass_context

@@ -213,3 +213,10 @@ def test_dates_and_numbers_are_written_the_german_way_in_german_only() -> None:
     assert format_number(1234.5, "de", 1) == "1.234,5"
     assert format_number(1234.5, "en", 1) == "1234.5"
     assert format_number(1234567, "de") == "1.234.567"
+    handover = Message(
+        "keepalived stopped, the VIP left this node after {seconds:.2f} s, keepalived started "
+        "again (BACKUP)",
+        seconds=1.25,
+    )
+    assert "after 1.25 s" in handover
+    assert "nach 1,25 s" in translator("de")(handover)
