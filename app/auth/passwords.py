@@ -7,6 +7,8 @@ import asyncio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from app.messages import Message
+
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
 MIN_LENGTH = 12
@@ -54,10 +56,12 @@ async def verify_password_bounded(password_hash: str | None, password: str) -> b
 def check_new_password(username: str, new: str, old_hash: str | None = None) -> None:
     """Raise PasswordRuleError with the rule the password breaks."""
     if len(new) < MIN_LENGTH:
-        raise PasswordRuleError(f"The password must have at least {MIN_LENGTH} characters.")
+        raise PasswordRuleError(
+            Message("The password must have at least {n} characters.", n=MIN_LENGTH)
+        )
     if new.strip().lower() == username.strip().lower():
-        raise PasswordRuleError("The password must not be the username.")
+        raise PasswordRuleError(Message("The password must not be the username."))
     if any(ord(c) < 32 or ord(c) == 127 for c in new):
-        raise PasswordRuleError("The password must not contain control characters.")
+        raise PasswordRuleError(Message("The password must not contain control characters."))
     if old_hash is not None and verify_password(old_hash, new):
-        raise PasswordRuleError("The new password must differ from the old one.")
+        raise PasswordRuleError(Message("The new password must differ from the old one."))

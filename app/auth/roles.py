@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from app.messages import Message
+
 
 class Role(IntEnum):
     readonly = 1
@@ -15,7 +17,9 @@ class Role(IntEnum):
         try:
             return cls[value]
         except KeyError:
-            raise ValueError(f"unknown role {value!r} (admin, operator, readonly)") from None
+            raise ValueError(
+                Message("unknown role {role!r} (admin, operator, readonly)", role=value)
+            ) from None
 
     @property
     def label(self) -> str:

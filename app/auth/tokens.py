@@ -10,6 +10,7 @@ from typing import Any
 
 from app import audit
 from app.db.tables import ApiToken
+from app.messages import Message
 
 KINDS = ("read", "cluster")
 PREFIX = "mrt_"
@@ -33,11 +34,11 @@ def _hash(token: str) -> str:
 async def create(name: str, kind: str, actor: str, source_ip: str = "") -> str:
     name = name.strip()
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
-        raise TokenError("A token name has 1-64 letters, digits, '-', '_' or '.'.")
+        raise TokenError(Message("A token name has 1-64 letters, digits, '-', '_' or '.'."))
     if kind not in KINDS:
-        raise TokenError(f"The token kind must be one of {', '.join(KINDS)}.")
+        raise TokenError(Message("The token kind must be one of {kinds}.", kinds=", ".join(KINDS)))
     if await ApiToken.exists().where(ApiToken.name == name):
-        raise TokenError(f"A token named {name} exists already.")
+        raise TokenError(Message("A token named {name} exists already.", name=name))
     token = PREFIX + secrets.token_urlsafe(32)
     async with ApiToken._meta.db.transaction():
         await ApiToken.insert(
@@ -61,7 +62,7 @@ async def revoke(name: str, actor: str, source_ip: str = "") -> None:
             .returning(ApiToken.id)
         )
         if not rows:
-            raise TokenError(f"There is no active token named {name}.")
+            raise TokenError(Message("There is no active token named {name}.", name=name))
         await audit.record(actor, "token.revoke", name, source_ip)
 
 

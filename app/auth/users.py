@@ -19,6 +19,7 @@ from app.auth.passwords import (
 )
 from app.auth.roles import Role
 from app.db.tables import AppUser
+from app.messages import Message
 
 FIRST_ADMIN = "admin"
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -98,7 +99,7 @@ async def change_password(user: sessions.SessionUser, old: str, new: str, source
     """Check the old password and the rules, store the new hash, end every other session."""
     row = await AppUser.objects().where(AppUser.id == user.id).first()
     if row is None or not verify_password(row.password_hash, old):
-        raise UserError("The current password is wrong.")
+        raise UserError(Message("The current password is wrong."))
     check_new_password(row.username, new, row.password_hash)
     await AppUser.update(
         {AppUser.password_hash: hash_password(new), AppUser.must_change_password: False}
@@ -111,7 +112,7 @@ def _check_username(username: str) -> str:
     username = username.strip().lower()
     if not USERNAME_RE.match(username):
         raise UserError(
-            "A username has 2-64 characters: lowercase letters, digits, '.', '_' or '-'."
+            Message("A username has 2-64 characters: lowercase letters, digits, '.', '_' or '-'.")
         )
     return username
 
@@ -122,7 +123,7 @@ async def create_user(
     username = _check_username(username)
     check_new_password(username, password)
     if await AppUser.exists().where(AppUser.username == username):
-        raise UserError(f"The user {username} exists already.")
+        raise UserError(Message("The user {name} exists already.", name=username))
     async with AppUser._meta.db.transaction():
         await AppUser.insert(
             AppUser(
@@ -141,7 +142,7 @@ async def reset_password(username: str, password: str, actor: str, source_ip: st
     username = _check_username(username)
     row = await AppUser.objects().where(AppUser.username == username).first()
     if row is None:
-        raise UserError(f"There is no user {username}.")
+        raise UserError(Message("There is no user {name}.", name=username))
     check_new_password(username, password)
     async with AppUser._meta.db.transaction():
         await AppUser.update(
@@ -158,9 +159,9 @@ async def reset_password(username: str, password: str, actor: str, source_ip: st
 async def set_role(username: str, role: Role, actor: str, source_ip: str) -> None:
     row = await AppUser.objects().where(AppUser.username == username).first()
     if row is None:
-        raise UserError(f"There is no user {username}.")
+        raise UserError(Message("There is no user {name}.", name=username))
     if row.role == Role.admin.name and role != Role.admin and await _last_admin(row.id):
-        raise UserError("The last Admin cannot lose the Admin role.")
+        raise UserError(Message("The last Admin cannot lose the Admin role."))
     async with AppUser._meta.db.transaction():
         await AppUser.update({AppUser.role: role.name}).where(AppUser.id == row.id)
         await audit.record(
@@ -176,11 +177,11 @@ async def set_role(username: str, role: Role, actor: str, source_ip: str) -> Non
 async def delete_user(username: str, actor: str, source_ip: str) -> None:
     row = await AppUser.objects().where(AppUser.username == username).first()
     if row is None:
-        raise UserError(f"There is no user {username}.")
+        raise UserError(Message("There is no user {name}.", name=username))
     if username == actor:
-        raise UserError("You cannot delete your own account.")
+        raise UserError(Message("You cannot delete your own account."))
     if row.role == Role.admin.name and await _last_admin(row.id):
-        raise UserError("The last Admin cannot be deleted.")
+        raise UserError(Message("The last Admin cannot be deleted."))
     async with AppUser._meta.db.transaction():
         await AppUser.delete().where(AppUser.id == row.id)
         await audit.record(actor, "user.delete", username, source_ip, before={"role": row.role})

@@ -38,6 +38,7 @@ from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import locks, status
 from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import SyncRun
+from app.messages import Message, message_of
 from app.replication import queuesync, reconcile
 from app.settings import Settings
 
@@ -76,7 +77,7 @@ class _Switchover:
         self.settings = settings
         self.agent = agent
         self.vip = settings.vip_address or ""
-        self.peer = "the peer"  # its node ID once it answered
+        self.peer = Message("the peer")  # its node ID once it answered
 
     def plan(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
         return [
@@ -91,33 +92,42 @@ class _Switchover:
 
     async def check_vip(self) -> str:
         if not self.vip:
-            raise StepFailed("VIP_ADDRESS is not set on this node")
+            raise StepFailed(Message("VIP_ADDRESS is not set on this node"))
         try:
             held = await asyncio.to_thread(vip_held, self.vip)
         except VipCheckError as exc:
-            raise StepFailed(f"cannot tell whether this node holds the VIP: {exc}") from None
+            raise StepFailed(
+                Message("cannot tell whether this node holds the VIP: {error}", error=str(exc))
+            ) from None
         if not held:
             raise StepFailed(
-                f"this node ({self.settings.node_id}) does not hold the VIP {self.vip}: "
-                "run it on the active node"
+                Message(
+                    "this node ({node}) does not hold the VIP {vip}: run it on the active node",
+                    node=self.settings.node_id,
+                    vip=self.vip,
+                )
             )
-        return f"node {self.settings.node_id} holds the VIP {self.vip}"
+        return Message("node {node} holds the VIP {vip}", node=self.settings.node_id, vip=self.vip)
 
     async def check_peer(self) -> str:
         answer = await status.peer_status(self.settings)
         if not answer["reachable"]:
-            raise StepFailed(f"the peer cannot be asked: {answer['error']}")
+            raise StepFailed(Message("the peer cannot be asked: {error}", error=answer["error"]))
         peer = answer["status"]
-        self.peer = f"node {peer['node_id']}"
+        self.peer = Message("node {node}", node=peer["node_id"])
         state = (peer.get("vrrp") or {}).get("state")
         if state != "BACKUP":
             raise StepFailed(
-                f"{self.peer}'s keepalived last reported {state or 'no state'}, not BACKUP: "
-                "it could not take the VIP"
+                Message(
+                    "{peer}'s keepalived last reported {state}, not BACKUP: it could not take "
+                    "the VIP",
+                    peer=self.peer,
+                    state=state or Message("no state"),
+                )
             )
         if (peer.get("vip") or {}).get("held") is True:
-            raise StepFailed(f"{self.peer} holds the VIP too (a partition?)")
-        return f"{self.peer} answers and is BACKUP"
+            raise StepFailed(Message("{peer} holds the VIP too (a partition?)", peer=self.peer))
+        return Message("{peer} answers and is BACKUP", peer=self.peer)
 
     async def final_sync(self) -> str:
         freeze = self.settings.sync_freeze
@@ -130,7 +140,11 @@ class _Switchover:
             await asyncio.sleep(POLL_SECONDS)
         if result.outcome != "ok":
             raise StepFailed(
-                f"the final queue sync: {result.outcome}: {result.detail}; the VIP stays here"
+                Message(
+                    "the final queue sync: {outcome}: {detail}; the VIP stays here",
+                    outcome=result.outcome,
+                    detail=result.detail,
+                )
             )
         run = (
             await SyncRun.select(SyncRun.files, SyncRun.bytes, SyncRun.freeze_seconds)
@@ -139,9 +153,14 @@ class _Switchover:
             .first()
         )
         assert run is not None  # run_once has just recorded it
-        return (
-            f"{run['files']} files, {run['bytes']} bytes copied to {self.peer}'s replica; "
-            f"Postfix frozen {run['freeze_seconds'] * 1000:.0f} ms ({freeze})"
+        return Message(
+            "{files} files, {bytes} bytes copied to {peer}'s replica; Postfix frozen {ms:.0f} ms "
+            "({freeze})",
+            files=run["files"],
+            bytes=run["bytes"],
+            peer=self.peer,
+            ms=run["freeze_seconds"] * 1000,
+            freeze=freeze,
         )
 
     async def handover(self) -> str:
@@ -151,9 +170,10 @@ class _Switchover:
             )
         except (AgentUnavailable, AgentRefused) as exc:
             raise StepFailed(str(exc)) from None
-        return (
-            f"keepalived stopped, the VIP left this node after {done['released_seconds']:.2f} s, "
-            "keepalived started again (BACKUP)"
+        return Message(
+            "keepalived stopped, the VIP left this node after {seconds:.2f} s, keepalived started "
+            "again (BACKUP)",
+            seconds=done["released_seconds"],
         )
 
     async def check_peer_vip(self) -> str:
@@ -168,37 +188,58 @@ class _Switchover:
             state = (peer.get("vrrp") or {}).get("state")
             agent_answered = (peer.get("queue") or {}).get("messages") is not None
             if held is True and state == "MASTER" and agent_answered:
-                return f"{self.peer} holds the VIP {self.vip} and is MASTER"
+                return Message(
+                    "{peer} holds the VIP {vip} and is MASTER", peer=self.peer, vip=self.vip
+                )
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(POLL_SECONDS)
         seen = (
             answer["error"]
             if not answer["reachable"]
-            else f"VIP held: {held}, VRRP state: {state}, its agent answered: {agent_answered}"
+            else Message(
+                "VIP held: {held}, VRRP state: {state}, its agent answered: {answered}",
+                held=held,
+                state=state,
+                answered=agent_answered,
+            )
         )
         try:
-            here = "yes" if await asyncio.to_thread(vip_held, self.vip) else "no"
+            here = Message("yes") if await asyncio.to_thread(vip_held, self.vip) else Message("no")
         except VipCheckError as exc:
-            here = f"unknown ({exc})"
+            here = Message("unknown ({error})", error=str(exc))
         raise StepFailed(
-            f"{self.peer} has not taken over after {PEER_VIP_WAIT:g} s ({seen}); the VIP is on "
-            f"this node: {here}. This node's queue was not reconciled: check the dashboard, "
-            "then run `mailrelay reconcile` here once the peer is active"
+            Message(
+                "{peer} has not taken over after {seconds:g} s ({seen}); the VIP is on this "
+                "node: {here}. This node's queue was not reconciled: check the dashboard, then "
+                "run `mailrelay reconcile` here once the peer is active",
+                peer=self.peer,
+                seconds=PEER_VIP_WAIT,
+                seen=seen,
+                here=here,
+            )
         )
 
     async def reconcile(self) -> str:
         result = await reconcile.run_once(self.settings, self.agent)
         if result.outcome == "held":
             raise StepFailed(
-                f"{result.held} messages stay on hold here: {result.detail}; "
-                "the dashboard offers to release them"
+                Message(
+                    "{held} messages stay on hold here: {detail}; the dashboard offers to "
+                    "release them",
+                    held=result.held,
+                    detail=result.detail,
+                )
             )
         if result.outcome == "nothing":
-            return "the queue here was empty"
-        return (
-            f"{result.held} messages held; {result.deleted} taken over by {self.peer} and deleted "
-            f"here, {result.released} released to be delivered from here"
+            return Message("the queue here was empty")
+        return Message(
+            "{held} messages held; {deleted} taken over by {peer} and deleted here, {released} "
+            "released to be delivered from here",
+            held=result.held,
+            deleted=result.deleted,
+            peer=self.peer,
+            released=result.released,
         )
 
     async def check_smtp(self) -> str:
@@ -211,13 +252,37 @@ def smtp_check(host: str, port: int, helo_name: str, timeout: float = SMTP_TIMEO
         with smtplib.SMTP(timeout=timeout, local_hostname=helo_name) as smtp:
             code, greeting = smtp.connect(host, port)
             if code != 220:
-                raise StepFailed(f"{host}:{port} greeted with {code} {greeting.decode()!r}")
+                raise StepFailed(
+                    Message(
+                        "{host}:{port} greeted with {code} {greeting!r}",
+                        host=host,
+                        port=port,
+                        code=code,
+                        greeting=greeting.decode(),
+                    )
+                )
             code, _features = smtp.ehlo()
             if code != 250:
-                raise StepFailed(f"{host}:{port} answered EHLO with {code}")
+                raise StepFailed(
+                    Message(
+                        "{host}:{port} answered EHLO with {code}", host=host, port=port, code=code
+                    )
+                )
     except (OSError, smtplib.SMTPException) as exc:
-        raise StepFailed(f"SMTP on {host}:{port}: {exc or type(exc).__name__}") from None
-    return f"{host}:{port} greets ({greeting.decode(errors='replace')[:80]}) and accepts EHLO"
+        raise StepFailed(
+            Message(
+                "SMTP on {host}:{port}: {error}",
+                host=host,
+                port=port,
+                error=str(exc) or type(exc).__name__,
+            )
+        ) from None
+    return Message(
+        "{host}:{port} greets ({greeting}) and accepts EHLO",
+        host=host,
+        port=port,
+        greeting=greeting.decode(errors="replace")[:80],
+    )
 
 
 async def run(
@@ -228,7 +293,8 @@ async def run(
     try:
         lease = await locks.acquire(LOCK, holder, LOCK_TTL_SECONDS)
     except locks.LockConflict as exc:
-        steps = [Step("lock", "failed", f"another switchover is running: {exc}", 0.0)]
+        busy = Message("another switchover is running: {error}", error=str(exc))
+        steps = [Step("lock", "failed", busy, 0.0)]
     else:
         try:
             steps = await _steps(_Switchover(settings, agent))
@@ -251,13 +317,13 @@ async def _steps(switchover: _Switchover) -> list[Step]:
     failed = handover_tried = False
     for name, action in switchover.plan():
         if failed and not (name == "smtp" and handover_tried):
-            steps.append(Step(name, "skipped", "not run: an earlier step failed", 0.0))
+            steps.append(Step(name, "skipped", Message("not run: an earlier step failed"), 0.0))
             continue
         handover_tried = handover_tried or name == "handover"
         started = time.monotonic()
         try:
             detail, outcome = await action(), "ok"
         except StepFailed as exc:
-            detail, outcome, failed = str(exc), "failed", True
+            detail, outcome, failed = message_of(exc), "failed", True
         steps.append(Step(name, outcome, detail, time.monotonic() - started))
     return steps

@@ -21,12 +21,17 @@ from app.config import validation
 from app.config.validation import FieldErrors
 from app.crypto import SecretBox
 from app.db.tables import ConfigVersion, RelayRoute, SenderDomain, TrustedNetwork
+from app.messages import Message
 
 _CONFIG_LOCK = 0x6D61696C  # pg_advisory_xact_lock key for config changes ("mail")
 
 
 class NotFound(LookupError):
-    pass
+    """Raised with a Message; str() is that Message, so the error page can translate it."""
+
+    def __str__(self) -> str:
+        first = self.args[0] if len(self.args) == 1 else None
+        return first if isinstance(first, str) else super().__str__()
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ async def _store_version(
 async def _domain_id(name: str) -> int:
     row = await SenderDomain.select(SenderDomain.id).where(SenderDomain.name == name).first()
     if row is None:
-        raise NotFound(f"There is no sender domain {name}.")
+        raise NotFound(Message("There is no sender domain {name}.", name=name))
     return int(row["id"])
 
 
@@ -112,7 +117,9 @@ async def add_domain(actor: Actor, name: str, comment: str = "") -> int:
     async def mutate() -> None:
         # Checked under the config lock, so two simultaneous adds cannot both pass.
         if await SenderDomain.exists().where(SenderDomain.name == domain):
-            raise FieldErrors({"name": f"The sender domain {domain} exists already."})
+            raise FieldErrors(
+                {"name": Message("The sender domain {name} exists already.", name=domain)}
+            )
         await SenderDomain.insert(
             SenderDomain(name=domain, comment=clean["comment"], created_at=dt.datetime.now(dt.UTC))
         )
@@ -166,10 +173,12 @@ async def set_route(
     if user and not password_enc:
         raise FieldErrors(
             {
-                "auth_password": "The host, port or TLS mode changed, and the stored password "
-                "is only for the relay it was saved for: type the SMTP AUTH password again."
+                "auth_password": Message(
+                    "The host, port or TLS mode changed, and the stored password is only for "
+                    "the relay it was saved for: type the SMTP AUTH password again."
+                )
                 if moved and stored
-                else "SMTP AUTH needs a password."
+                else Message("SMTP AUTH needs a password.")
             }
         )
     if not user:
@@ -197,9 +206,14 @@ async def set_route(
         if clash:
             raise FieldErrors(
                 {
-                    "tls_mode": f"[{clean['host']}]:{clean['port']} already has TLS mode "
-                    f"{clash['tls_mode']} on the route for {clash['sender_domain.name']}; "
-                    "routes to one host and port must use the same TLS mode."
+                    "tls_mode": Message(
+                        "[{host}]:{port} already has TLS mode {mode} on the route for "
+                        "{domain}; routes to one host and port must use the same TLS mode.",
+                        host=clean["host"],
+                        port=clean["port"],
+                        mode=clash["tls_mode"],
+                        domain=clash["sender_domain.name"],
+                    )
                 }
             )
         if existing:
@@ -218,7 +232,7 @@ async def set_route(
 async def delete_route(actor: Actor, domain: str) -> int:
     domain_id = await _domain_id(domain)
     if not await RelayRoute.exists().where(RelayRoute.sender_domain == domain_id):
-        raise NotFound(f"The sender domain {domain} has no route.")
+        raise NotFound(Message("The sender domain {name} has no route.", name=domain))
 
     async def mutate() -> None:
         await RelayRoute.delete().where(RelayRoute.sender_domain == domain_id)
@@ -234,7 +248,9 @@ async def add_network(actor: Actor, cidr: str, comment: str = "") -> int:
 
     async def mutate() -> None:
         if await TrustedNetwork.exists().where(TrustedNetwork.cidr == network):
-            raise FieldErrors({"cidr": f"The network {network} is trusted already."})
+            raise FieldErrors(
+                {"cidr": Message("The network {network} is trusted already.", network=network)}
+            )
         await TrustedNetwork.insert(TrustedNetwork(cidr=network, comment=clean["comment"]))
 
     return await _change(actor, "network.add", network, mutate)
@@ -242,7 +258,7 @@ async def add_network(actor: Actor, cidr: str, comment: str = "") -> int:
 
 async def delete_network(actor: Actor, cidr: str) -> int:
     if not await TrustedNetwork.exists().where(TrustedNetwork.cidr == cidr):
-        raise NotFound(f"The network {cidr} is not trusted.")
+        raise NotFound(Message("The network {network} is not trusted.", network=cidr))
 
     async def mutate() -> None:
         await TrustedNetwork.delete().where(TrustedNetwork.cidr == cidr)
@@ -304,7 +320,7 @@ async def get_version(number: int) -> dict[str, Any]:
         .first()
     )
     if row is None:
-        raise NotFound(f"There is no config version {number}.")
+        raise NotFound(Message("There is no config version {number}.", number=number))
     return row
 
 

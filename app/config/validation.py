@@ -12,6 +12,8 @@ import re
 
 import idna
 
+from app.messages import Message, message_of
+
 TLS_MODES = ("none", "may", "encrypt", "verify")
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 # Whitespace, C0 and C1 controls, line/paragraph separators and lone surrogates.
@@ -24,17 +26,18 @@ _MIN_PREFIX = {4: 8, 6: 32}
 # terms, as its prefix beyond the block's /96, and must meet the IPv4 floor there (a /96 of one
 # of them is all of IPv4). Teredo keeps the client's IPv4 address (inverted) in the same bits.
 _IPV4_EMBEDDING = (
-    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped addresses"),
-    (ipaddress.IPv6Network("::/96"), "IPv4-compatible addresses"),
-    (ipaddress.IPv6Network("::ffff:0:0:0/96"), "IPv4-translated addresses"),
-    (ipaddress.IPv6Network("64:ff9b::/96"), "NAT64 addresses"),
-    (ipaddress.IPv6Network("64:ff9b:1::/48"), "local-use NAT64 addresses"),
-    (ipaddress.IPv6Network("2001::/32"), "Teredo addresses"),
+    (ipaddress.IPv6Network("::ffff:0:0/96"), Message("IPv4-mapped addresses")),
+    (ipaddress.IPv6Network("::/96"), Message("IPv4-compatible addresses")),
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), Message("IPv4-translated addresses")),
+    (ipaddress.IPv6Network("64:ff9b::/96"), Message("NAT64 addresses")),
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), Message("local-use NAT64 addresses")),
+    (ipaddress.IPv6Network("2001::/32"), Message("Teredo addresses")),
 )
 _EMBEDDED_AT = 96
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 # Names that resolve to this host by convention (RFC 6761 and the classic localhost.DOMAIN).
 _LOCALHOST = "localhost"
+_RELAY_HOST = Message("The relay host")
 
 
 class FieldErrors(ValueError):
@@ -47,30 +50,36 @@ class FieldErrors(ValueError):
 
 def map_safe(value: str, what: str) -> str:
     if _MAP_UNSAFE_RE.search(value):
-        raise ValueError(f"{what} must not contain spaces, line breaks or control characters.")
+        raise ValueError(
+            Message("{what} must not contain spaces, line breaks or control characters.", what=what)
+        )
     return value
 
 
-def domain_name(value: str, what: str = "A domain") -> str:
+def domain_name(value: str, what: str = Message("A domain")) -> str:
     """Normalise a domain to lowercase ASCII (IDN to punycode) or raise ValueError."""
     value = value.strip()
     if not value:
-        raise ValueError(f"{what} is required.")
+        raise ValueError(Message("{what} is required.", what=what))
     map_safe(value, what)
     candidate = value.rstrip(".") if value.endswith(".") and not value.endswith("..") else value
     try:
         ascii_name = idna.encode(candidate, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
-        raise ValueError(f"{what} is not a valid domain name: {exc}.") from None
+        raise ValueError(
+            Message("{what} is not a valid domain name: {error}.", what=what, error=str(exc))
+        ) from None
     ascii_name = ascii_name.lower()
     labels = ascii_name.split(".")
     if len(ascii_name) > 253 or len(labels) < 2:
-        raise ValueError(f"{what} needs at least two labels, like example.com.")
+        raise ValueError(Message("{what} needs at least two labels, like example.com.", what=what))
     for label in labels:
         if not _LABEL_RE.match(label):
-            raise ValueError(f"{what} has an invalid label {label!r}.")
+            raise ValueError(
+                Message("{what} has an invalid label {label!r}.", what=what, label=label)
+            )
     if labels[-1].isdigit():
-        raise ValueError(f"{what} must not end in a numeric label.")
+        raise ValueError(Message("{what} must not end in a numeric label.", what=what))
     return ascii_name
 
 
@@ -83,25 +92,25 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
-def _not_a_relay(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+def _not_a_relay(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Message | None:
     """Why no route may point at `address` (it is this host, no host, or many), or None."""
     if address.is_loopback:
-        return "a loopback address"
+        return Message("a loopback address")
     if address.is_unspecified:
-        return "an unspecified address"
+        return Message("an unspecified address")
     if address in _THIS_NETWORK:
-        return "in 0.0.0.0/8 (this network)"
+        return Message("in 0.0.0.0/8 (this network)")
     if address.is_link_local:
-        return "a link-local address"
+        return Message("a link-local address")
     if address.is_multicast:
-        return "a multicast address"
+        return Message("a multicast address")
     if address.version == 4 and address.is_reserved:
-        return "a reserved or broadcast address"
+        return Message("a reserved or broadcast address")
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
         why = _not_a_relay(embedded) if embedded else None
         if why:
-            return f"{why} ({embedded}) in IPv6 form"
+            return Message("{why} ({address}) in IPv6 form", why=why, address=embedded)
     return None
 
 
@@ -110,10 +119,10 @@ def relay_host(value: str) -> str:
     itself, a link-local neighbour or a multicast group."""
     value = value.strip()
     if not value:
-        raise ValueError("The relay host is required.")
-    map_safe(value, "The relay host")
+        raise ValueError(Message("The relay host is required."))
+    map_safe(value, _RELAY_HOST)
     if "%" in value:
-        raise ValueError("The relay host must not carry an IPv6 zone (%...).")
+        raise ValueError(Message("The relay host must not carry an IPv6 zone (%...)."))
     try:
         address = ipaddress.ip_address(value.strip("[]"))
     except ValueError:
@@ -122,19 +131,26 @@ def relay_host(value: str) -> str:
         why = _not_a_relay(address)
         if why:
             raise ValueError(
-                f"The relay host {address} is {why}: a route must point at a mail server "
-                "elsewhere on the network."
+                Message(
+                    "The relay host {address} is {why}: a route must point at a mail server "
+                    "elsewhere on the network.",
+                    address=address,
+                    why=why,
+                )
             )
         return str(address)
     this_host = ValueError(
-        f"The relay host {value} names this host (localhost): a route must point at a mail "
-        "server elsewhere on the network."
+        Message(
+            "The relay host {host} names this host (localhost): a route must point at a mail "
+            "server elsewhere on the network.",
+            host=value,
+        )
     )
     if value.lower().rstrip(".") == _LOCALHOST:
         raise this_host
     if value.count(".") == 0:
-        raise ValueError("The relay host must be a fully qualified name or an IP address.")
-    name = domain_name(value, "The relay host")
+        raise ValueError(Message("The relay host must be a fully qualified name or an IP address."))
+    name = domain_name(value, _RELAY_HOST)
     labels = name.split(".")
     if _LOCALHOST in (labels[0], labels[-1]):
         raise this_host
@@ -145,43 +161,53 @@ def port(value: str | int) -> int:
     text = str(value).strip()
     # Plain ASCII digits only: int() would also take "+25", "1_0" and non-ASCII digits.
     if not (text.isascii() and text.isdigit()):
-        raise ValueError("The port must be a whole number.")
+        raise ValueError(Message("The port must be a whole number."))
     number = int(text)
     if not 1 <= number <= 65535:
-        raise ValueError("The port must be between 1 and 65535.")
+        raise ValueError(Message("The port must be between 1 and 65535."))
     return number
 
 
 def tls_mode(value: str) -> str:
     value = value.strip().lower()
     if value not in TLS_MODES:
-        raise ValueError(f"The TLS mode must be one of {', '.join(TLS_MODES)}.")
+        raise ValueError(
+            Message("The TLS mode must be one of {modes}.", modes=", ".join(TLS_MODES))
+        )
     return value
 
 
 def cidr(value: str) -> str:
     value = value.strip()
     if not value:
-        raise ValueError("A network is required.")
-    map_safe(value, "A network")
+        raise ValueError(Message("A network is required."))
+    map_safe(value, Message("A network"))
     if "%" in value:
-        raise ValueError("A network must not carry an IPv6 zone (%...).")
+        raise ValueError(Message("A network must not carry an IPv6 zone (%...)."))
     if "/" not in value:
-        raise ValueError(f"Write the prefix length too, like {value}/32 or 10.0.0.0/8.")
+        raise ValueError(
+            Message("Write the prefix length too, like {value}/32 or 10.0.0.0/8.", value=value)
+        )
     try:
         loose = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ValueError(
-            f"{value!r} is not a network in CIDR notation (like 10.0.0.0/8)."
+            Message("{value!r} is not a network in CIDR notation (like 10.0.0.0/8).", value=value)
         ) from None
     try:
         network = ipaddress.ip_network(value, strict=True)
     except ValueError:
-        raise ValueError(f"{value} has host bits set; did you mean {loose}?") from None
+        raise ValueError(
+            Message("{value} has host bits set; did you mean {loose}?", value=value, loose=loose)
+        ) from None
     if network.prefixlen < _MIN_PREFIX[network.version]:
         raise ValueError(
-            f"{network} is too wide: trusting it would come close to an open relay "
-            f"(at least /{_MIN_PREFIX[network.version]})."
+            Message(
+                "{network} is too wide: trusting it would come close to an open relay "
+                "(at least /{floor}).",
+                network=network,
+                floor=_MIN_PREFIX[network.version],
+            )
         )
     if isinstance(network, ipaddress.IPv6Network):
         _check_embedded_ipv4_width(network)
@@ -195,34 +221,42 @@ def _check_embedded_ipv4_width(network: ipaddress.IPv6Network) -> None:
         if network.overlaps(block) and network.prefixlen < floor:
             ipv4_width = max(network.prefixlen - _EMBEDDED_AT, 0)
             raise ValueError(
-                f"{network} is too wide: its {kind} ({block}) stand for an IPv4 "
-                f"/{ipv4_width}; trusting it would come close to an open relay (at least "
-                f"/{floor} there, an IPv4 /{_MIN_PREFIX[4]})."
+                Message(
+                    "{network} is too wide: its {kind} ({block}) stand for an IPv4 "
+                    "/{ipv4_width}; trusting it would come close to an open relay (at least "
+                    "/{floor} there, an IPv4 /{ipv4_floor}).",
+                    network=network,
+                    kind=kind,
+                    block=block,
+                    ipv4_width=ipv4_width,
+                    floor=floor,
+                    ipv4_floor=_MIN_PREFIX[4],
+                )
             )
 
 
 def auth_user(value: str) -> str:
     value = value.strip()
     if len(value) > 255:
-        raise ValueError("The SMTP AUTH user has at most 255 characters.")
-    map_safe(value, "The SMTP AUTH user")
+        raise ValueError(Message("The SMTP AUTH user has at most 255 characters."))
+    map_safe(value, Message("The SMTP AUTH user"))
     if ":" in value:
-        raise ValueError("The SMTP AUTH user must not contain ':'.")
+        raise ValueError(Message("The SMTP AUTH user must not contain ':'."))
     return value
 
 
 def auth_password(value: str) -> str:
     if len(value) > 255:
-        raise ValueError("The SMTP AUTH password has at most 255 characters.")
-    return map_safe(value, "The SMTP AUTH password")
+        raise ValueError(Message("The SMTP AUTH password has at most 255 characters."))
+    return map_safe(value, Message("The SMTP AUTH password"))
 
 
 def comment(value: str) -> str:
     value = value.strip()
     if len(value) > MAX_COMMENT:
-        raise ValueError(f"A comment has at most {MAX_COMMENT} characters.")
+        raise ValueError(Message("A comment has at most {n} characters.", n=MAX_COMMENT))
     if _CONTROL_RE.search(value):
-        raise ValueError("A comment must not contain control characters.")
+        raise ValueError(Message("A comment must not contain control characters."))
     return value
 
 
@@ -234,7 +268,7 @@ def collect(checks: dict[str, tuple[object, object]]) -> dict[str, object]:
         try:
             cleaned[field] = check(raw)  # type: ignore[operator]
         except ValueError as exc:
-            errors[field] = str(exc)
+            errors[field] = message_of(exc)
     if errors:
         raise FieldErrors(errors)
     return cleaned

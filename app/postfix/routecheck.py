@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.config import validation
+from app.messages import Message, message_of
 
 FRAGMENT = Path(__file__).resolve().parents[2] / "postfix-conf" / "main.cf.fragment"
 
@@ -44,10 +45,10 @@ NULL_SENDER_KEY = "<>"  # smtpd_null_access_lookup_key, empty_address_relayhost_
 # empty (no TLS); the product's main.cf (postfix-conf/main.cf.fragment) sets `may`.
 DEFAULT_TLS_LEVEL = "may"
 
-ALLOWED = "allowed"
-REJECTED = "rejected: sender domain not allowed"
-NULL_SENDER_REJECTED = "rejected: the null sender <> is not allowed"
-DIRECT_TO_MX = "direct to the recipient's MX"
+ALLOWED = Message("allowed")
+REJECTED = Message("rejected: sender domain not allowed")
+NULL_SENDER_REJECTED = Message("rejected: the null sender <> is not allowed")
+DIRECT_TO_MX = Message("direct to the recipient's MX")
 
 _MAX_ADDRESS = 254  # RFC 5321: 256 octets for a path, including the angle brackets
 _MAX_LOCAL = 64
@@ -112,32 +113,48 @@ def _bare(value: str) -> str:
 def _address(value: str, what: str) -> tuple[str, str]:
     """(local part, normalised domain) of an address, or ValueError with a message for `what`."""
     if _CONTROL_RE.search(value):
-        raise ValueError(f"The {what} must not contain control characters or line breaks.")
+        raise ValueError(
+            Message("The {what} must not contain control characters or line breaks.", what=what)
+        )
     if _SPACE_RE.search(value):
-        raise ValueError(f"The {what} must not contain spaces.")
+        raise ValueError(Message("The {what} must not contain spaces.", what=what))
     if len(value) > _MAX_ADDRESS:
-        raise ValueError(f"The {what} has at most {_MAX_ADDRESS} characters.")
+        raise ValueError(
+            Message("The {what} has at most {n} characters.", what=what, n=_MAX_ADDRESS)
+        )
     local, at, domain = value.rpartition("@")
     if not at or not local or not domain:
-        raise ValueError(f"The {what} must be an address like user@example.com.")
+        raise ValueError(Message("The {what} must be an address like user@example.com.", what=what))
     if len(local) > _MAX_LOCAL:
-        raise ValueError(f"The local part of the {what} has at most {_MAX_LOCAL} characters.")
+        raise ValueError(
+            Message(
+                "The local part of the {what} has at most {n} characters.", what=what, n=_MAX_LOCAL
+            )
+        )
     if local.startswith(".") or local.endswith(".") or ".." in local:
         raise ValueError(
-            f"The local part of the {what} must not start or end with a dot or "
-            "hold two dots in a row."
+            Message(
+                "The local part of the {what} must not start or end with a dot or "
+                "hold two dots in a row.",
+                what=what,
+            )
         )
     if not _ATEXT_RE.match(local.replace(".", "")):
         raise ValueError(
-            f"The local part of the {what} holds characters an address cannot have unquoted "
-            "(like @, comma, quotes or brackets)."
+            Message(
+                "The local part of the {what} holds characters an address cannot have unquoted "
+                "(like @, comma, quotes or brackets).",
+                what=what,
+            )
         )
     if domain.startswith("["):
-        raise ValueError(f"The {what} must have a domain name, not an address literal.")
+        raise ValueError(
+            Message("The {what} must have a domain name, not an address literal.", what=what)
+        )
     try:
-        domain = validation.domain_name(domain, f"The domain of the {what}")
+        domain = validation.domain_name(domain, Message("The domain of the {what}", what=what))
     except ValueError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(message_of(exc)) from None
     return local, domain
 
 
@@ -229,18 +246,22 @@ def which_route_in(
     bare_sender = _bare(sender)
     if bare_sender:
         try:
-            sender_local, sender_domain = _address(bare_sender, "sender")
+            sender_local, sender_domain = _address(bare_sender, Message("sender"))
         except ValueError as exc:
-            errors["sender"] = str(exc)
+            errors["sender"] = message_of(exc)
     try:
-        rcpt_local, rcpt_domain = _address(_bare(recipient), "recipient")
+        rcpt_local, rcpt_domain = _address(_bare(recipient), Message("recipient"))
     except ValueError as exc:
-        errors["recipient"] = str(exc)
+        errors["recipient"] = message_of(exc)
     if errors:
         raise RouteCheckError(errors)
     if not files or "sender_access" not in files:
         raise RouteCheckError(
-            {"form": "No config version has been applied on this node yet: there are no maps."}
+            {
+                "form": Message(
+                    "No config version has been applied on this node yet: there are no maps."
+                )
+            }
         )
     if parent_style is None:
         parent_style = access_maps_match_subdomains()
@@ -260,8 +281,10 @@ def which_route_in(
         relay_keys = [NULL_SENDER_KEY]
         sasl_sender_keys: list[str] = []
         notes.append(
-            "The null sender <> is used only for bounces (delivery status notifications); "
-            "Postfix looks it up as <> in the access and relay host maps."
+            Message(
+                "The null sender <> is used only for bounces (delivery status notifications); "
+                "Postfix looks it up as <> in the access and relay host maps."
+            )
         )
     else:
         assert sender_local is not None
@@ -281,28 +304,42 @@ def which_route_in(
         verdict = ALLOWED
     if access_lookup.value is not None and not allowed:
         notes.append(
-            f"sender_access answers {access_lookup.value!r} for {access_lookup.matched_key}."
+            Message(
+                "sender_access answers {value!r} for {key}.",
+                value=access_lookup.value,
+                key=access_lookup.matched_key,
+            )
         )
     via_parent = allowed and access_lookup.matched_key in parents
     if via_parent:
         notes.append(
-            f"{sender_domain} is not listed itself: the entry {access_lookup.matched_key} for a "
-            "parent domain admits it (parent_domain_matches_subdomains lists smtpd_access_maps)."
+            Message(
+                "{domain} is not listed itself: the entry {key} for a parent domain admits it "
+                "(parent_domain_matches_subdomains lists smtpd_access_maps).",
+                domain=sender_domain,
+                key=access_lookup.matched_key,
+            )
         )
     if not allowed and sender_domain is not None and not parent_style:
         listed = next((p for p in _parent_domains(sender_domain, True) if p in access), None)
         if listed:
             notes.append(
-                f"{listed} is listed, but on this relay an entry admits only its own domain, "
-                f"not subdomains: add {sender_domain} as a sender domain of its own."
+                Message(
+                    "{listed} is listed, but on this relay an entry admits only its own domain, "
+                    "not subdomains: add {domain} as a sender domain of its own.",
+                    listed=listed,
+                    domain=sender_domain,
+                )
             )
 
     relay_lookup = _find("sender_relayhost", relayhosts, relay_keys)
     relayhost = relay_lookup.value
     if relayhost is None and via_parent:
         notes.append(
-            "The relay host map has no parent-domain matching: mail from this sender goes "
-            "directly to the recipient's MX, not through the parent domain's route."
+            Message(
+                "The relay host map has no parent-domain matching: mail from this sender goes "
+                "directly to the recipient's MX, not through the parent domain's route."
+            )
         )
     next_hop = relayhost or rcpt_domain
     tls_lookup = _find("tls_policy", policies, [next_hop.lower()])

@@ -34,6 +34,8 @@ from typing import TypeVar
 
 from cryptography import x509
 
+from app.messages import Message, joined, message_of
+
 T = TypeVar("T")
 MAX_REPLY_LINES = 100
 MASK = "********"
@@ -100,14 +102,14 @@ class _Session:
         while len(lines) < MAX_REPLY_LINES:
             raw = await self.reader.readline()
             if not raw:
-                raise ConnectionError("the server closed the connection")
+                raise ConnectionError(Message("the server closed the connection"))
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
-                raise ConnectionError(f"not an SMTP reply: {line[:120]!r}")
+                raise ConnectionError(Message("not an SMTP reply: {line!r}", line=line[:120]))
             lines.append(line[4:])
             if len(line) == 3 or line[3] == " ":
                 return int(line[:3]), lines
-        raise ConnectionError(f"the reply is longer than {MAX_REPLY_LINES} lines")
+        raise ConnectionError(Message("the reply is longer than {n} lines", n=MAX_REPLY_LINES))
 
     async def command(self, text: str) -> tuple[int, list[str]]:
         self.writer.write(text.encode() + b"\r\n")
@@ -161,7 +163,7 @@ def _extensions(ehlo_lines: list[str]) -> dict[str, str]:
 
 
 def _name(name: x509.Name) -> str:
-    return name.rfc4514_string() or "(empty)"
+    return name.rfc4514_string() or Message("(empty)")
 
 
 def certificate_info(der: bytes) -> CertificateInfo:
@@ -184,17 +186,20 @@ def certificate_info(der: bytes) -> CertificateInfo:
 
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verification failed: {exc.verify_message or exc.reason or exc}"
+        return Message(
+            "certificate verification failed: {reason}",
+            reason=exc.verify_message or exc.reason or str(exc),
+        )
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return Message("timed out")
     if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host: {exc.strerror or exc}"
+        return Message("cannot resolve the host: {reason}", reason=exc.strerror or str(exc))
     if isinstance(exc, OSError) and exc.errno:
         # asyncio's "Connect call failed ('192.0.2.1', 25)" says less than the errno does.
         return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return str(exc) or type(exc).__name__
+    return message_of(exc) or type(exc).__name__
 
 
 def _b64(text: str) -> str:
@@ -206,10 +211,12 @@ def _plain(user: str, password: str) -> str:
 
 
 def _describe(info: CertificateInfo) -> str:
-    sans = ", ".join(info.sans) or "none"
-    return (
-        f"subject {info.subject}; issuer {info.issuer}; SANs {sans}; "
-        f"valid until {info.not_after:%Y-%m-%d %H:%M} UTC"
+    return Message(
+        "subject {subject}; issuer {issuer}; SANs {sans}; valid until {until:%Y-%m-%d %H:%M} UTC",
+        subject=info.subject,
+        issuer=info.issuer,
+        sans=", ".join(info.sans) or Message("none"),
+        until=info.not_after,
     )
 
 
@@ -236,6 +243,11 @@ class _RouteTest:
         self.secrets = sorted({f for f in forms if auth_password and f}, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
+        if isinstance(text, Message):
+            params = text.params.items()
+            return Message(
+                text.key, **{k: self.scrub(v) if isinstance(v, str) else v for k, v in params}
+            )
         for secret in self.secrets:
             text = text.replace(secret, MASK)
         return text
@@ -266,7 +278,11 @@ class _RouteTest:
             return
         try:
             peer = session.writer.get_extra_info("peername")
-            step.detail = f"connected to {peer[0]} port {peer[1]}" if peer else "connected"
+            step.detail = (
+                Message("connected to {address} port {port}", address=peer[0], port=peer[1])
+                if peer
+                else Message("connected")
+            )
             await self.converse(session)
         finally:
             await session.close()
@@ -278,7 +294,7 @@ class _RouteTest:
         if lines is None:
             return None
         offered = _extensions(lines)
-        step.detail = ", ".join(f"{k} {v}".strip() for k, v in offered.items()) or "none"
+        step.detail = ", ".join(f"{k} {v}".strip() for k, v in offered.items()) or Message("none")
         return offered
 
     async def converse(self, session: _Session) -> None:
@@ -302,20 +318,25 @@ class _RouteTest:
         if tls_mode == "none":
             if "STARTTLS" in offered:
                 self.report.notes.append(
-                    "The server offers STARTTLS, but TLS mode none does not use it."
+                    Message("The server offers STARTTLS, but TLS mode none does not use it.")
                 )
         elif "STARTTLS" not in offered:
             if tls_mode != "may":
                 self.add(
                     "STARTTLS",
                     False,
-                    error=f"the server does not offer STARTTLS, which TLS mode {tls_mode} "
-                    "requires: Postfix would defer the mail",
+                    error=Message(
+                        "the server does not offer STARTTLS, which TLS mode {mode} requires: "
+                        "Postfix would defer the mail",
+                        mode=tls_mode,
+                    ),
                 )
                 return
-            self.add("STARTTLS", True, detail="not offered: mail goes out unencrypted")
+            self.add("STARTTLS", True, detail=Message("not offered: mail goes out unencrypted"))
             self.report.notes.append(
-                "The server does not offer STARTTLS: in TLS mode may, Postfix sends in clear."
+                Message(
+                    "The server does not offer STARTTLS: in TLS mode may, Postfix sends in clear."
+                )
             )
         else:
             if not await self.starttls(session):
@@ -350,10 +371,14 @@ class _RouteTest:
         try:
             info = certificate_info(der) if der else None
         except ValueError as exc:
-            self.add("certificate", not verify, error=f"cannot read the certificate: {exc}")
+            self.add(
+                "certificate",
+                not verify,
+                error=Message("cannot read the certificate: {error}", error=str(exc)),
+            )
             return True
         if info is None:
-            self.add("certificate", not verify, error="the server sent no certificate")
+            self.add("certificate", not verify, error=Message("the server sent no certificate"))
         else:
             self.record_certificate(info, verified=True if verify else None)
         return True
@@ -365,10 +390,10 @@ class _RouteTest:
         self.report.certificate = info
         problems = [verify_error] if verify_error else []
         if info.expired:
-            problems.append("the certificate has expired")
+            problems.append(Message("the certificate has expired"))
         # Only `verify` makes a certificate problem an error; the other modes accept any.
         ok = not (problems and self.report.tls_mode == "verify")
-        self.add("certificate", ok, ms, detail=_describe(info), error="; ".join(problems))
+        self.add("certificate", ok, ms, detail=_describe(info), error=joined("; ", problems))
 
     async def fetch_certificate(self, context: ssl.SSLContext) -> bytes | None:
         """A second short session: banner, EHLO, STARTTLS with `context`, QUIT."""
@@ -410,42 +435,64 @@ class _RouteTest:
         except ssl.SSLCertVerificationError as exc:
             certificate.verified, certificate.verify_error = False, _error_text(exc)
         except _STEP_ERRORS as exc:
-            certificate.verify_error = f"could not check: {_error_text(exc)}"
+            certificate.verify_error = Message("could not check: {error}", error=_error_text(exc))
         else:
             certificate.verified = True
         ms = (time.perf_counter() - started) * 1000
         if certificate.verified:
-            self.add("verify certificate", True, ms, detail="verifies against the system CA store")
+            self.add(
+                "verify certificate",
+                True,
+                ms,
+                detail=Message("verifies against the system CA store"),
+            )
             return
         mode = self.report.tls_mode
         self.add(
             "verify certificate",
             True,
             ms,
-            detail=f"{certificate.verify_error} (accepted in TLS mode {mode}; verify would fail)",
+            detail=Message(
+                "{error} (accepted in TLS mode {mode}; verify would fail)",
+                error=certificate.verify_error,
+                mode=mode,
+            ),
         )
         self.report.notes.append(
-            f"The certificate does not verify ({certificate.verify_error}): acceptable for TLS "
-            f"mode {mode}, but TLS mode verify would fail."
+            Message(
+                "The certificate does not verify ({error}): acceptable for TLS mode {mode}, "
+                "but TLS mode verify would fail.",
+                error=certificate.verify_error,
+                mode=mode,
+            )
         )
 
     async def auth(self, session: _Session, offered: dict[str, str], encrypted: bool) -> None:
         user = self.report.auth_user or ""
         if not encrypted:
             why = (
-                "not sent: the session is not encrypted; this test never sends a password in clear"
+                Message(
+                    "not sent: the session is not encrypted; this test never sends a password "
+                    "in clear (with TLS mode none, Postfix itself would send it in clear)"
+                )
+                if self.report.tls_mode == "none"
+                else Message(
+                    "not sent: the session is not encrypted; this test never sends a password "
+                    "in clear"
+                )
             )
-            if self.report.tls_mode == "none":
-                why += " (with TLS mode none, Postfix itself would send it in clear)"
             self.add("AUTH", False, error=why)
             return
         mechanisms = offered.get("AUTH", "").upper().split()
         mechanism = next((m for m in ("PLAIN", "LOGIN") if m in mechanisms), None)
         if mechanism is None:
             error = (
-                f"the server offers AUTH {' '.join(mechanisms)}, not PLAIN or LOGIN"
+                Message(
+                    "the server offers AUTH {mechanisms}, not PLAIN or LOGIN",
+                    mechanisms=" ".join(mechanisms),
+                )
                 if mechanisms
-                else "the server does not offer AUTH"
+                else Message("the server does not offer AUTH")
             )
             self.add("AUTH", False, error=error)
             return
@@ -458,8 +505,16 @@ class _RouteTest:
             return await session.expect(_b64(self.password))
 
         step, lines = await self.step("AUTH", authenticate)
-        reply = f": {' / '.join(lines)}" if lines else ""
-        step.detail = self.scrub(f"{mechanism} as {user}{reply}")
+        step.detail = self.scrub(
+            Message(
+                "{mechanism} as {user}: {reply}",
+                mechanism=mechanism,
+                user=user,
+                reply=" / ".join(lines),
+            )
+            if lines
+            else Message("{mechanism} as {user}", mechanism=mechanism, user=user)
+        )
 
 
 async def test_route(

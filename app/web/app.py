@@ -32,6 +32,7 @@ from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
 from app.piccolo_conf import DB
 from app.settings import Settings
+from app.web import i18n
 from app.web.auth import (
     CallerMiddleware,
     PasswordChangeRequired,
@@ -207,7 +208,11 @@ def create_app(settings: Settings) -> Litestar:
             # A regex searched anywhere in the path: anchored, or /users/api/reset would pass.
             exclude=["^/api/"],
         ),
-        template_config=TemplateConfig(directory=ROOT / "templates", engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=ROOT / "templates",
+            engine=JinjaTemplateEngine,
+            engine_callback=lambda jinja: jinja.engine.filters.update(i18n.FILTERS),
+        ),
         plugins=[HTMXPlugin()],
         openapi_config=OpenAPIConfig(
             title="mailrelay-ha API",

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
+
+from jinja2 import pass_context
+from jinja2.runtime import Context
+
+from app.messages import Message, plural
 
 LANGUAGES = ("en", "de")
 
@@ -71,7 +77,8 @@ GERMAN: dict[str, str] = {
     "Rejected": "Abgewiesen",
     "last hour": "letzte Stunde",
     "last 24 hours": "letzte 24 Stunden",
-    "last %d days": "letzte %d Tage",
+    "last {n} day": "letzter {n} Tag",
+    "last {n} days": "letzte {n} Tage",
     "Recent rejects": "Letzte Abweisungen",
     "Client": "Client",
     "Sender": "Absender",
@@ -119,7 +126,8 @@ GERMAN: dict[str, str] = {
     "Choose two versions to compare.": "Wählen Sie zwei Versionen zum Vergleichen.",
     "Queue": "Warteschlange",
     "Queue ID": "Queue-ID",
-    "%d messages are on hold: this node came back and could not ask its peer which of them the peer already delivered. Releasing them may deliver some twice.": "%d Nachrichten sind angehalten: Dieser Knoten ist zurückgekehrt und konnte seinen Partner nicht fragen, welche davon der Partner bereits zugestellt hat. Freigeben kann einige doppelt zustellen.",
+    "{n} message is on hold: this node came back and could not ask its peer whether the peer already delivered it. Releasing it may deliver it twice.": "{n} Nachricht ist angehalten: Dieser Knoten ist zurückgekehrt und konnte seinen Partner nicht fragen, ob der Partner sie bereits zugestellt hat. Freigeben kann sie doppelt zustellen.",
+    "{n} messages are on hold: this node came back and could not ask its peer which of them the peer already delivered. Releasing them may deliver some twice.": "{n} Nachrichten sind angehalten: Dieser Knoten ist zurückgekehrt und konnte seinen Partner nicht fragen, welche davon der Partner bereits zugestellt hat. Freigeben kann einige doppelt zustellen.",
     "Release the held mail": "Angehaltene Mail freigeben",
     "Message tracking": "Nachrichtenverfolgung",
     "Message": "Nachricht",
@@ -222,7 +230,8 @@ GERMAN: dict[str, str] = {
     "Postfix answers 451 to every message until it is back.": "Postfix antwortet jeder Nachricht mit 451, bis er wieder läuft.",
     "Postfix accepts mail without a copy on the peer, and none of it is counted above.": "Postfix nimmt Mails ohne Kopie auf dem Partner an, und keine davon wird oben gezählt.",
     "accepted without a copy on the peer: lost if this node and its disk are lost before the next queue sync": "ohne Kopie auf dem Partner angenommen: verloren, wenn dieser Knoten samt Platte vor dem nächsten Queue-Sync ausfällt",
-    "%d messages": "%d Nachrichten",
+    "{n} message": "{n} Nachricht",
+    "{n} messages": "{n} Nachrichten",
     "VRRP state": "VRRP-Zustand",
     "holds the VIP": "hält die VIP",
     "does not hold the VIP": "hält die VIP nicht",
@@ -313,6 +322,155 @@ GERMAN: dict[str, str] = {
     "Security keys work only under %s (WEBAUTHN_RP_ID).": "Sicherheitsschlüssel funktionieren nur unter %s (WEBAUTHN_RP_ID).",
     "The security key's answer does not verify: %s": "Die Antwort des Sicherheitsschlüssels lässt sich nicht prüfen: %s",
     "Too many wrong codes: try again in %d minutes.": "Zu viele falsche Codes: Versuchen Sie es in %d Minuten erneut.",
+    # app/config/validation.py and app/config/service.py: what a config form says back. A `{what}`
+    # is the subject of its sentence, so the German noun phrases below stay in the nominative.
+    "A domain": "Eine Domain",
+    "The relay host": "Der Relay-Host",
+    "A network": "Ein Netz",
+    "The SMTP AUTH user": "Der SMTP-AUTH-Benutzer",
+    "The SMTP AUTH password": "Das SMTP-AUTH-Passwort",
+    "{what} must not contain spaces, line breaks or control characters.": "{what} darf keine Leerzeichen, Zeilenumbrüche oder Steuerzeichen enthalten.",
+    "{what} is required.": "{what} ist erforderlich.",
+    "{what} is not a valid domain name: {error}.": "{what} ist kein gültiger Domainname: {error}.",
+    "{what} needs at least two labels, like example.com.": "{what} braucht mindestens zwei Labels, wie example.com.",
+    "{what} has an invalid label {label!r}.": "{what} hat ein ungültiges Label {label!r}.",
+    "{what} must not end in a numeric label.": "{what} darf nicht auf ein numerisches Label enden.",
+    "a loopback address": "eine Loopback-Adresse",
+    "an unspecified address": "eine unspezifizierte Adresse",
+    "in 0.0.0.0/8 (this network)": "in 0.0.0.0/8 (dieses Netz)",
+    "a link-local address": "eine Link-Local-Adresse",
+    "a multicast address": "eine Multicast-Adresse",
+    "a reserved or broadcast address": "eine reservierte oder Broadcast-Adresse",
+    "{why} ({address}) in IPv6 form": "{why} ({address}) in IPv6-Form",
+    "The relay host is required.": "Der Relay-Host ist erforderlich.",
+    "The relay host must not carry an IPv6 zone (%...).": "Der Relay-Host darf keine IPv6-Zone (%...) enthalten.",
+    "The relay host {address} is {why}: a route must point at a mail server elsewhere on the network.": "Der Relay-Host {address} ist {why}: Eine Route muss auf einen Mailserver an anderer Stelle im Netz zeigen.",
+    "The relay host {host} names this host (localhost): a route must point at a mail server elsewhere on the network.": "Der Relay-Host {host} bezeichnet diesen Host (localhost): Eine Route muss auf einen Mailserver an anderer Stelle im Netz zeigen.",
+    "The relay host must be a fully qualified name or an IP address.": "Der Relay-Host muss ein vollständiger Name oder eine IP-Adresse sein.",
+    "The port must be a whole number.": "Der Port muss eine ganze Zahl sein.",
+    "The port must be between 1 and 65535.": "Der Port muss zwischen 1 und 65535 liegen.",
+    "The TLS mode must be one of {modes}.": "Der TLS-Modus muss einer von {modes} sein.",
+    "A network is required.": "Ein Netz ist erforderlich.",
+    "A network must not carry an IPv6 zone (%...).": "Ein Netz darf keine IPv6-Zone (%...) enthalten.",
+    "Write the prefix length too, like {value}/32 or 10.0.0.0/8.": "Geben Sie auch die Präfixlänge an, wie {value}/32 oder 10.0.0.0/8.",
+    "{value!r} is not a network in CIDR notation (like 10.0.0.0/8).": "{value!r} ist kein Netz in CIDR-Schreibweise (wie 10.0.0.0/8).",
+    "{value} has host bits set; did you mean {loose}?": "{value} hat gesetzte Host-Bits; meinten Sie {loose}?",
+    "{network} is too wide: trusting it would come close to an open relay (at least /{floor}).": "{network} ist zu weit: Ihm zu vertrauen käme einem offenen Relay nahe (mindestens /{floor}).",
+    "IPv4-mapped addresses": "IPv4-gemappten Adressen",
+    "IPv4-compatible addresses": "IPv4-kompatiblen Adressen",
+    "IPv4-translated addresses": "IPv4-übersetzten Adressen",
+    "NAT64 addresses": "NAT64-Adressen",
+    "local-use NAT64 addresses": "lokalen NAT64-Adressen",
+    "Teredo addresses": "Teredo-Adressen",
+    "{network} is too wide: its {kind} ({block}) stand for an IPv4 /{ipv4_width}; trusting it would come close to an open relay (at least /{floor} there, an IPv4 /{ipv4_floor}).": "{network} ist zu weit: Seine {kind} ({block}) stehen für ein IPv4-/{ipv4_width}; ihm zu vertrauen käme einem offenen Relay nahe (dort mindestens /{floor}, ein IPv4-/{ipv4_floor}).",
+    "The SMTP AUTH user has at most 255 characters.": "Der SMTP-AUTH-Benutzer hat höchstens 255 Zeichen.",
+    "The SMTP AUTH user must not contain ':'.": "Der SMTP-AUTH-Benutzer darf kein ':' enthalten.",
+    "The SMTP AUTH password has at most 255 characters.": "Das SMTP-AUTH-Passwort hat höchstens 255 Zeichen.",
+    "A comment has at most {n} characters.": "Ein Kommentar hat höchstens {n} Zeichen.",
+    "A comment must not contain control characters.": "Ein Kommentar darf keine Steuerzeichen enthalten.",
+    "There is no sender domain {name}.": "Es gibt keine Absenderdomain {name}.",
+    "The sender domain {name} exists already.": "Die Absenderdomain {name} gibt es bereits.",
+    "The sender domain {name} has no route.": "Die Absenderdomain {name} hat keine Route.",
+    "The host, port or TLS mode changed, and the stored password is only for the relay it was saved for: type the SMTP AUTH password again.": "Host, Port oder TLS-Modus haben sich geändert, und das gespeicherte Passwort gilt nur für das Relay, für das es gespeichert wurde: Geben Sie das SMTP-AUTH-Passwort erneut ein.",
+    "[{host}]:{port} already has TLS mode {mode} on the route for {domain}; routes to one host and port must use the same TLS mode.": "[{host}]:{port} hat bereits TLS-Modus {mode} in der Route für {domain}; Routen zu einem Host und Port müssen denselben TLS-Modus verwenden.",
+    "The network {network} is trusted already.": "Das Netz {network} ist bereits vertrauenswürdig.",
+    "The network {network} is not trusted.": "Das Netz {network} ist nicht vertrauenswürdig.",
+    "There is no config version {number}.": "Es gibt keine Konfigurationsversion {number}.",
+    "There is no config version yet: add a sender domain first.": "Es gibt noch keine Konfigurationsversion: Fügen Sie zuerst eine Absenderdomain hinzu.",
+    # app/postfix/routecheck.py ("Which route?"). `{what}` is the sender or recipient address.
+    "sender": "Absenderadresse",
+    "recipient": "Empfängeradresse",
+    "The {what} must not contain control characters or line breaks.": "Die {what} darf keine Steuerzeichen oder Zeilenumbrüche enthalten.",
+    "The {what} must not contain spaces.": "Die {what} darf keine Leerzeichen enthalten.",
+    "The {what} has at most {n} characters.": "Die {what} hat höchstens {n} Zeichen.",
+    "The {what} must be an address like user@example.com.": "Die {what} muss eine Adresse wie user@example.com sein.",
+    "The local part of the {what} has at most {n} characters.": "Der lokale Teil der {what} hat höchstens {n} Zeichen.",
+    "The local part of the {what} must not start or end with a dot or hold two dots in a row.": "Der lokale Teil der {what} darf nicht mit einem Punkt beginnen oder enden und keine zwei Punkte hintereinander enthalten.",
+    "The local part of the {what} holds characters an address cannot have unquoted (like @, comma, quotes or brackets).": "Der lokale Teil der {what} enthält Zeichen, die eine Adresse ohne Anführungszeichen nicht haben kann (wie @, Komma, Anführungszeichen oder Klammern).",
+    "The {what} must have a domain name, not an address literal.": "Die {what} muss einen Domainnamen haben, kein Adressliteral.",
+    "The domain of the {what}": "Die Domain der {what}",
+    "The null sender <> is used only for bounces (delivery status notifications); Postfix looks it up as <> in the access and relay host maps.": "Der leere Absender <> wird nur für Unzustellbarkeitsnachrichten (Delivery Status Notifications) verwendet; Postfix schlägt ihn als <> in den Access- und Relay-Host-Maps nach.",
+    "sender_access answers {value!r} for {key}.": "sender_access antwortet {value!r} für {key}.",
+    "{domain} is not listed itself: the entry {key} for a parent domain admits it (parent_domain_matches_subdomains lists smtpd_access_maps).": "{domain} ist nicht selbst eingetragen: Der Eintrag {key} für eine übergeordnete Domain lässt sie zu (parent_domain_matches_subdomains nennt smtpd_access_maps).",
+    "{listed} is listed, but on this relay an entry admits only its own domain, not subdomains: add {domain} as a sender domain of its own.": "{listed} ist eingetragen, aber auf diesem Relay lässt ein Eintrag nur seine eigene Domain zu, keine Subdomains: Fügen Sie {domain} als eigene Absenderdomain hinzu.",
+    "The relay host map has no parent-domain matching: mail from this sender goes directly to the recipient's MX, not through the parent domain's route.": "Die Relay-Host-Map kennt keine Übereinstimmung über die übergeordnete Domain: Mail dieses Absenders geht direkt an den MX des Empfängers, nicht über die Route der übergeordneten Domain.",
+    # app/postfix/routetest.py: the steps' details and errors, and the notes under the table.
+    "connect": "Verbinden",
+    "banner": "Begrüßung",
+    "certificate": "Zertifikat",
+    "verify certificate": "Zertifikat prüfen",
+    "(empty)": "(leer)",
+    "connected": "verbunden",
+    "connected to {address} port {port}": "verbunden mit {address} Port {port}",
+    "the server closed the connection": "der Server hat die Verbindung geschlossen",
+    "not an SMTP reply: {line!r}": "keine SMTP-Antwort: {line!r}",
+    "the reply is longer than {n} lines": "die Antwort ist länger als {n} Zeilen",
+    "certificate verification failed: {reason}": "Zertifikatsprüfung fehlgeschlagen: {reason}",
+    "timed out": "Zeitüberschreitung",
+    "cannot resolve the host: {reason}": "der Host lässt sich nicht auflösen: {reason}",
+    "subject {subject}; issuer {issuer}; SANs {sans}; valid until {until:%Y-%m-%d %H:%M} UTC": "Inhaber {subject}; Aussteller {issuer}; SANs {sans}; gültig bis {until:%d.%m.%Y %H:%M} UTC",
+    "The server offers STARTTLS, but TLS mode none does not use it.": "Der Server bietet STARTTLS an, aber TLS-Modus none verwendet es nicht.",
+    "the server does not offer STARTTLS, which TLS mode {mode} requires: Postfix would defer the mail": "der Server bietet kein STARTTLS an, das TLS-Modus {mode} verlangt: Postfix würde die Mail zurückstellen",
+    "not offered: mail goes out unencrypted": "nicht angeboten: Mail geht unverschlüsselt hinaus",
+    "The server does not offer STARTTLS: in TLS mode may, Postfix sends in clear.": "Der Server bietet kein STARTTLS an: Im TLS-Modus may sendet Postfix unverschlüsselt.",
+    "cannot read the certificate: {error}": "das Zertifikat lässt sich nicht lesen: {error}",
+    "the server sent no certificate": "der Server hat kein Zertifikat gesendet",
+    "the certificate has expired": "das Zertifikat ist abgelaufen",
+    "could not check: {error}": "konnte nicht prüfen: {error}",
+    "verifies against the system CA store": "gültig gegenüber dem System-CA-Speicher",
+    "{error} (accepted in TLS mode {mode}; verify would fail)": "{error} (im TLS-Modus {mode} akzeptiert; verify würde scheitern)",
+    "The certificate does not verify ({error}): acceptable for TLS mode {mode}, but TLS mode verify would fail.": "Das Zertifikat lässt sich nicht prüfen ({error}): Für TLS-Modus {mode} annehmbar, aber TLS-Modus verify würde scheitern.",
+    "not sent: the session is not encrypted; this test never sends a password in clear": "nicht gesendet: Die Sitzung ist nicht verschlüsselt; dieser Test sendet nie ein Passwort im Klartext",
+    "not sent: the session is not encrypted; this test never sends a password in clear (with TLS mode none, Postfix itself would send it in clear)": "nicht gesendet: Die Sitzung ist nicht verschlüsselt; dieser Test sendet nie ein Passwort im Klartext (mit TLS-Modus none würde Postfix selbst es im Klartext senden)",
+    "the server offers AUTH {mechanisms}, not PLAIN or LOGIN": "der Server bietet AUTH {mechanisms} an, nicht PLAIN oder LOGIN",
+    "the server does not offer AUTH": "der Server bietet kein AUTH an",
+    "{mechanism} as {user}": "{mechanism} als {user}",
+    "{mechanism} as {user}: {reply}": "{mechanism} als {user}: {reply}",
+    # app/cluster/switchover.py: each step's detail. `{peer}` is "the peer" or "node b".
+    "the peer": "der Partner",
+    "node {node}": "Knoten {node}",
+    "no state": "keinen Zustand",
+    "VIP_ADDRESS is not set on this node": "VIP_ADDRESS ist auf diesem Knoten nicht gesetzt",
+    "cannot tell whether this node holds the VIP: {error}": "kann nicht feststellen, ob dieser Knoten die VIP hält: {error}",
+    "this node ({node}) does not hold the VIP {vip}: run it on the active node": "dieser Knoten ({node}) hält die VIP {vip} nicht: Führen Sie den Wechsel auf dem aktiven Knoten aus",
+    "node {node} holds the VIP {vip}": "Knoten {node} hält die VIP {vip}",
+    "the peer cannot be asked: {error}": "der Partner kann nicht gefragt werden: {error}",
+    "{peer}'s keepalived last reported {state}, not BACKUP: it could not take the VIP": "keepalived von {peer} meldete zuletzt {state}, nicht BACKUP: Er könnte die VIP nicht übernehmen",
+    "{peer} holds the VIP too (a partition?)": "{peer} hält die VIP ebenfalls (eine Netztrennung?)",
+    "{peer} answers and is BACKUP": "{peer} antwortet und ist BACKUP",
+    "the final queue sync: {outcome}: {detail}; the VIP stays here": "der letzte Queue-Sync: {outcome}: {detail}; die VIP bleibt hier",
+    "{files} files, {bytes} bytes copied to {peer}'s replica; Postfix frozen {ms:.0f} ms ({freeze})": "{files} Dateien, {bytes} Bytes in das Replikat von {peer} kopiert; Postfix {ms:.0f} ms eingefroren ({freeze})",
+    "keepalived stopped, the VIP left this node after {seconds:.2f} s, keepalived started again (BACKUP)": "keepalived gestoppt, die VIP hat diesen Knoten nach {seconds:.2f} s verlassen, keepalived wieder gestartet (BACKUP)",
+    "{peer} holds the VIP {vip} and is MASTER": "{peer} hält die VIP {vip} und ist MASTER",
+    "VIP held: {held}, VRRP state: {state}, its agent answered: {answered}": "VIP gehalten: {held}, VRRP-Zustand: {state}, sein Agent hat geantwortet: {answered}",
+    "unknown ({error})": "unbekannt ({error})",
+    "{peer} has not taken over after {seconds:g} s ({seen}); the VIP is on this node: {here}. This node's queue was not reconciled: check the dashboard, then run `mailrelay reconcile` here once the peer is active": "{peer} hat nach {seconds:g} s nicht übernommen ({seen}); die VIP ist auf diesem Knoten: {here}. Die Warteschlange dieses Knotens wurde nicht abgeglichen: Prüfen Sie die Übersicht und führen Sie dann hier `mailrelay reconcile` aus, sobald der Partner aktiv ist",
+    "{held} messages stay on hold here: {detail}; the dashboard offers to release them": "{held} Nachrichten bleiben hier angehalten: {detail}; die Übersicht bietet an, sie freizugeben",
+    "the queue here was empty": "die Warteschlange hier war leer",
+    "{held} messages held; {deleted} taken over by {peer} and deleted here, {released} released to be delivered from here": "{held} Nachrichten angehalten; {deleted} von {peer} übernommen und hier gelöscht, {released} zur Zustellung von hier freigegeben",
+    "{host}:{port} greeted with {code} {greeting!r}": "{host}:{port} grüßte mit {code} {greeting!r}",
+    "{host}:{port} answered EHLO with {code}": "{host}:{port} antwortete auf EHLO mit {code}",
+    "SMTP on {host}:{port}: {error}": "SMTP auf {host}:{port}: {error}",
+    "{host}:{port} greets ({greeting}) and accepts EHLO": "{host}:{port} grüßt ({greeting}) und nimmt EHLO an",
+    "another switchover is running: {error}": "ein anderer Wechsel läuft: {error}",
+    "not run: an earlier step failed": "nicht ausgeführt: ein früherer Schritt ist fehlgeschlagen",
+    # app/auth: users, passwords, roles and API tokens.
+    "The current password is wrong.": "Das aktuelle Passwort ist falsch.",
+    "A username has 2-64 characters: lowercase letters, digits, '.', '_' or '-'.": "Ein Benutzername hat 2 bis 64 Zeichen: Kleinbuchstaben, Ziffern, '.', '_' oder '-'.",
+    "The user {name} exists already.": "Den Benutzer {name} gibt es bereits.",
+    "There is no user {name}.": "Es gibt keinen Benutzer {name}.",
+    "The last Admin cannot lose the Admin role.": "Der letzte Admin kann die Admin-Rolle nicht verlieren.",
+    "You cannot delete your own account.": "Sie können Ihr eigenes Konto nicht löschen.",
+    "The last Admin cannot be deleted.": "Der letzte Admin kann nicht gelöscht werden.",
+    "The password must have at least {n} characters.": "Das Passwort muss mindestens {n} Zeichen haben.",
+    "The password must not be the username.": "Das Passwort darf nicht der Benutzername sein.",
+    "The password must not contain control characters.": "Das Passwort darf keine Steuerzeichen enthalten.",
+    "The new password must differ from the old one.": "Das neue Passwort muss sich vom alten unterscheiden.",
+    "unknown role {role!r} (admin, operator, readonly)": "unbekannte Rolle {role!r} (admin, operator, readonly)",
+    "A token name has 1-64 letters, digits, '-', '_' or '.'.": "Ein Token-Name hat 1 bis 64 Buchstaben, Ziffern, '-', '_' oder '.'.",
+    "The token kind must be one of {kinds}.": "Die Token-Art muss eine von {kinds} sein.",
+    "A token named {name} exists already.": "Ein Token namens {name} gibt es bereits.",
+    "There is no active token named {name}.": "Es gibt kein aktives Token namens {name}.",
     # app/alerts: the titles and what each condition says (templates/dashboard/_alerts.html).
     "Active alerts": "Aktive Alarme",
     "Queue sync failing": "Warteschlangen-Synchronisation schlägt fehl",
@@ -349,13 +507,83 @@ GERMAN: dict[str, str] = {
 
 
 def translator(language: str) -> Callable[..., str]:
+    """`_` for one language: a text key with `%` arguments (templates), or a Message from a
+    service, whose `{name}` placeholders are filled after the lookup."""
     table = GERMAN if language == "de" else {}
 
     def translate(text: str, *args: object) -> str:
+        if isinstance(text, Message):
+            params = {k: _localised(v, language, translate) for k, v in text.params.items()}
+            return table.get(text.key, text.key).format(**params)
         result = table.get(text, text)
         return result % args if args else result
 
     return translate
+
+
+def _localised(value: object, language: str, translate: Callable[..., str]) -> object:
+    if isinstance(value, Message):
+        return translate(value)
+    if language == "de" and isinstance(value, float):
+        return _GermanFloat(value)
+    return value
+
+
+class _GermanFloat(float):
+    """A float in a German message: "{seconds:.2f} s" writes 1,25 s. Integers are left alone,
+    as they are ports and version numbers as often as counts."""
+
+    def __format__(self, spec: str) -> str:
+        return format(float(self), spec).translate(_SWAP_SEPARATORS)
+
+
+def plural_translator(language: str) -> Callable[..., str]:
+    """`ngettext` for templates: ngettext("{n} message", "{n} messages", count, **params)."""
+    translate = translator(language)
+
+    def ngettext(singular: str, plural_: str, n: int, **params: object) -> str:
+        return translate(plural(singular, plural_, n, **params))
+
+    return ngettext
+
+
+# Dates and numbers: German as Germans write them; English keeps the ISO-like form it had.
+_DATE_FORMATS = {"de": "%d.%m.%Y", "en": "%Y-%m-%d"}
+_SWAP_SEPARATORS = str.maketrans(",.", ".,")
+
+
+def format_datetime(value: dt.datetime | str | None, language: str, seconds: bool = False) -> str:
+    """A datetime, or an ISO 8601 text as the status API sends it; the time zone is not shown."""
+    if not value:
+        return ""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    time = "%H:%M:%S" if seconds else "%H:%M"
+    return value.strftime(f"{_DATE_FORMATS.get(language, _DATE_FORMATS['en'])} {time}")
+
+
+def format_number(value: float | None, language: str, digits: int = 0) -> str:
+    if value is None:
+        return ""
+    if language != "de":
+        return f"{value:.{digits}f}"
+    text = f"{value:,.{digits}f}"
+    return text.translate(_SWAP_SEPARATORS)
+
+
+@pass_context
+def datetime_filter(
+    context: Context, value: dt.datetime | str | None, seconds: bool = False
+) -> str:
+    return format_datetime(value, context.get("lang", "en"), seconds)
+
+
+@pass_context
+def number_filter(context: Context, value: float | None, digits: int = 0) -> str:
+    return format_number(value, context.get("lang", "en"), digits)
+
+
+FILTERS = {"datetime": datetime_filter, "number": number_filter}
 
 
 def from_accept_language(header: str | None) -> str:

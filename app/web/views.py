@@ -11,7 +11,7 @@ from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_422_UNPROCESSABLE_ENT
 from app.auth.roles import Role
 from app.auth.sessions import SessionUser
 from app.web import assets
-from app.web.i18n import from_accept_language, translator
+from app.web.i18n import from_accept_language, plural_translator, translator
 
 Request_ = Request[Any, Any, Any]
 
@@ -30,6 +30,7 @@ def context(request: Request_, **extra: Any) -> dict[str, Any]:
     lang = language_of(request)
     return {
         "_": translator(lang),
+        "ngettext": plural_translator(lang),
         "lang": lang,
         "user": user,
         "Role": Role,

@@ -15,6 +15,7 @@ from app.auth.refusal import Refusal
 from app.auth.roles import Role
 from app.auth.sessions import SessionUser
 from app.db.tables import AppUser
+from app.messages import message_of
 from app.web.auth import source_ip
 from app.web.i18n import translator
 from app.web.views import done, form_answer, language_of, page
@@ -48,7 +49,7 @@ def _role(value: str) -> Role:
     try:
         return Role.parse(value)
     except ValueError as exc:
-        raise users.UserError(str(exc)) from None
+        raise users.UserError(message_of(exc)) from None
 
 
 @get("/users", opt=ADMIN)
@@ -79,7 +80,7 @@ async def create_user(request: Req, data: Form) -> Response[Any]:
             request,
             "users/page.html",
             "users/_form.html",
-            {"form": str(exc)},
+            {"form": message_of(exc)},
             users=await _users(),
             roles=list(Role),
             **await _second_factors(),
@@ -101,7 +102,7 @@ async def _user_action(request: Req, data: Form, username: str, action: str) -> 
             await users.delete_user(username, actor, ip)
     except (users.UserError, PasswordRuleError, Refusal) as exc:
         _ = translator(language_of(request))
-        message = _(exc.message, *exc.params) if isinstance(exc, Refusal) else str(exc)
+        message = _(exc.message, *exc.params) if isinstance(exc, Refusal) else _(message_of(exc))
         return form_answer(
             request,
             "users/page.html",
@@ -165,7 +166,7 @@ async def create_token(request: Req, data: Form) -> Template:
             request,
             "tokens/page.html",
             "tokens/page.html",
-            {"form": str(exc)},
+            {"form": message_of(exc)},
             tokens=await tokens.list_tokens(),
             new_token=None,
             form=data,
@@ -190,7 +191,7 @@ async def revoke_token(request: Req, name: FromPath[str]) -> Response[Any]:
             request,
             "tokens/page.html",
             "tokens/page.html",
-            {"form": str(exc)},
+            {"form": message_of(exc)},
             tokens=await tokens.list_tokens(),
             new_token=None,
             form={},

@@ -13,6 +13,7 @@ from app.auth.sessions import SessionUser
 from app.config import service
 from app.config.validation import TLS_MODES, FieldErrors
 from app.db.tables import RelayRoute, SenderDomain, TrustedNetwork
+from app.messages import Message
 from app.web.auth import source_ip
 from app.web.views import done, form_answer, page
 
@@ -68,7 +69,7 @@ async def routes_page(request: Req) -> Template:
 async def _route_form(domain: str) -> dict[str, Any]:
     row = await SenderDomain.select().where(SenderDomain.name == domain).first()
     if row is None:
-        raise service.NotFound(f"There is no sender domain {domain}.")
+        raise service.NotFound(Message("There is no sender domain {name}.", name=domain))
     route = await RelayRoute.select().where(RelayRoute.sender_domain == row["id"]).first()
     return {
         "domain": domain,

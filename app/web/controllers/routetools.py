@@ -15,6 +15,7 @@ from app.config import applied, service, validation
 from app.config.validation import FieldErrors
 from app.crypto import SecretKeyError
 from app.db.tables import RelayRoute, SenderDomain
+from app.messages import Message, joined
 from app.postfix import render, routecheck, routetest
 from app.web.auth import source_ip
 from app.web.views import form_answer, is_htmx, page
@@ -97,16 +98,17 @@ async def run_route_test(request: Req, domain: FromPath[str], data: Form) -> Tem
     user and a typed password) before they are saved."""
     row = await SenderDomain.select(SenderDomain.id).where(SenderDomain.name == domain).first()
     if row is None:
-        raise service.NotFound(f"There is no sender domain {domain}.")
+        raise service.NotFound(Message("There is no sender domain {name}.", name=domain))
     route = await RelayRoute.select().where(RelayRoute.sender_domain == row["id"]).first()
-    report, error = None, None
+    report: routetest.RouteTestReport | None = None
+    error: str | None = None
     if route is None:
-        error = "No route: mail goes out directly to the recipient's MX."
+        error = Message("No route: mail goes out directly to the recipient's MX.")
     else:
         try:
             tested = _tested(route, data)
         except FieldErrors as exc:
-            error = " ".join(exc.errors.values())
+            error = joined(" ", list(exc.errors.values()))
         else:
             report, error = await _test(request, domain, route, tested)
     template = "routetools/_test.html" if is_htmx(request) else "routetools/page.html"
@@ -149,16 +151,18 @@ async def _test(
     if user and not password:
         if not (route["auth_password_enc"] and _stored_password_applies(route, tested)):
             return None, (
-                "These settings differ from the stored route, and its password is only sent "
-                "to the relay it was saved for: type the SMTP AUTH password to test them."
+                Message(
+                    "These settings differ from the stored route, and its password is only sent "
+                    "to the relay it was saved for: type the SMTP AUTH password to test them."
+                )
                 if route["auth_password_enc"]
-                else "SMTP AUTH needs a password."
+                else Message("SMTP AUTH needs a password.")
             )
         try:
             password = request.app.state.box.decrypt(route["auth_password_enc"])
         except SecretKeyError:
             await _audit(request, domain, tested, "failed", ["the password does not decrypt"])
-            return None, "The stored password does not decrypt with this node's key."
+            return None, Message("The stored password does not decrypt with this node's key.")
     report = await routetest.test_route(
         tested["host"],
         tested["port"],

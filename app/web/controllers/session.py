@@ -13,15 +13,18 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 from app.auth import sessions, users
 from app.auth.passwords import PasswordRuleError
 from app.auth.sessions import COOKIE_NAME, SessionUser
+from app.messages import Message, message_of
 from app.web.auth import source_ip
 from app.web.controllers.mfa import after_password
-from app.web.i18n import LANGUAGES, translator
-from app.web.views import form_answer, language_of, page
+from app.web.i18n import LANGUAGES
+from app.web.views import form_answer, page
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
 # The one answer to every failed login: unknown user, wrong password and throttled alike.
-LOGIN_FAILED = "Wrong username or password, or too many attempts: wait a few minutes and try again."
+LOGIN_FAILED = Message(
+    "Wrong username or password, or too many attempts: wait a few minutes and try again."
+)
 
 
 def _safe_next(value: str | None) -> str:
@@ -45,12 +48,11 @@ async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
     )
     target = _safe_next(data.get("next"))
     if result.token is None:
-        _ = translator(language_of(request))
         return form_answer(
             request,
             "login/page.html",
             "login/page.html",
-            {"form": _(LOGIN_FAILED)},
+            {"form": LOGIN_FAILED},
             next=target,
             username=data.get("username", ""),
         )
@@ -92,16 +94,17 @@ async def password_page(request: Request[SessionUser, Any, Any]) -> Template:
 
 @post("/password", opt={"before_password_change": True})
 async def change_password(request: Request[SessionUser, Any, Any], data: Form) -> Response[Any]:
-    _ = translator(language_of(request))
     new = data.get("new_password", "")
     try:
         if new != data.get("new_password_again", ""):
-            raise users.UserError(_("The two new passwords differ."))
+            raise users.UserError(Message("The two new passwords differ."))
         await users.change_password(
             request.user, data.get("current_password", ""), new, source_ip(request)
         )
     except (users.UserError, PasswordRuleError) as exc:
-        return form_answer(request, "password/page.html", "password/page.html", {"form": str(exc)})
+        return form_answer(
+            request, "password/page.html", "password/page.html", {"form": message_of(exc)}
+        )
     return Redirect(path="/", status_code=HTTP_303_SEE_OTHER)
 
 

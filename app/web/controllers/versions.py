@@ -12,6 +12,7 @@ from app.auth.sessions import SessionUser
 from app.cluster import configstate
 from app.config import service
 from app.config import snapshot as snap
+from app.messages import Message
 from app.postfix import pipeline
 from app.web.controllers.config import actor
 from app.web.views import done, is_htmx, page
@@ -63,7 +64,9 @@ async def rollback(request: Req, number: FromPath[int]) -> Response[Any]:
 async def _latest_number() -> int:
     latest = await service.latest_version()
     if latest is None:
-        raise service.NotFound("There is no config version yet: add a sender domain first.")
+        raise service.NotFound(
+            Message("There is no config version yet: add a sender domain first.")
+        )
     return int(latest["number"])
 
 
