@@ -24,7 +24,7 @@ def test_defaults() -> None:
     assert s.node_ip == "127.0.0.1"
     assert s.peer_node_ip is None
     assert s.vip_address is None
-    assert s.vrrp_priority == 100
+    assert s.vrrp_priority == 250
     assert s.master_api_url is None
     assert s.master_api_token is None
     assert s.database_url == DB
