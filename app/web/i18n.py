@@ -345,6 +345,17 @@ GERMAN: dict[str, str] = {
     "the spool's file system is %s%% full (limit %s%%)": "das Dateisystem des Spools ist zu %s%% voll (Grenze %s%%)",
     "the nodes have run different config versions for %s minutes": "die Knoten verwenden seit %s Minuten unterschiedliche Konfigurationsversionen",
     "the nodes run the same config version": "die Knoten verwenden dieselbe Konfigurationsversion",
+    # API tokens: kinds, allowed source networks, expiry, last use
+    "read: GET only; write: also changes the configuration and the queue; cluster: the peer node": "read: nur lesen (GET); write: ändert auch Konfiguration und Warteschlange; cluster: der Partnerknoten",
+    "Allowed source networks": "Erlaubte Quellnetze",
+    "CIDRs separated by spaces; empty: from anywhere": "CIDRs durch Leerzeichen getrennt; leer: von überall",
+    "Valid for (days)": "Gültig für (Tage)",
+    "empty: never expires": "leer: läuft nie ab",
+    "Allowed from": "Erlaubt von",
+    "Expires": "Läuft ab",
+    "anywhere": "überall",
+    "never": "nie",
+    "from": "von",
 }
 
 
