@@ -25,11 +25,19 @@ class TokenError(ValueError):
     pass
 
 
-class TokenExpired(TokenError):
+class TokenRefused(TokenError):
+    """A known token refused for how it is used; `name` is the token's, for the audit."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class TokenExpired(TokenRefused):
     """A known token past its expiry: refused like an unknown one (401), with its own message."""
 
 
-class TokenSourceRefused(TokenError):
+class TokenSourceRefused(TokenRefused):
     """A valid token used from outside its allowed source networks (403)."""
 
 
@@ -41,8 +49,12 @@ class TokenPrincipal:
 
     @property
     def actor(self) -> str:
-        """How the audit trail names this caller (never confused with a user name)."""
-        return f"token:{self.name}"
+        return actor_name(self.name)
+
+
+def actor_name(name: str) -> str:
+    """How the audit trail names a token (never confused with a user name)."""
+    return f"token:{name}"
 
 
 def _hash(token: str) -> str:
@@ -163,12 +175,14 @@ async def authenticate(token: str, source_ip: str = "") -> TokenPrincipal | None
     now = dt.datetime.now(dt.UTC)
     if row["expires_at"] is not None and row["expires_at"] <= now:
         raise TokenExpired(
-            f"The API token {row['name']} expired at {row['expires_at']:%Y-%m-%d %H:%M} UTC."
+            row["name"],
+            f"The API token {row['name']} expired at {row['expires_at']:%Y-%m-%d %H:%M} UTC.",
         )
     if not _allowed_from(row["allowed_networks"], source_ip):
         raise TokenSourceRefused(
+            row["name"],
             f"The API token {row['name']} may not be used from {source_ip or 'this address'}: "
-            "it is limited to other source networks."
+            "it is limited to other source networks.",
         )
     await ApiToken.update(
         {ApiToken.last_used_at: now, ApiToken.last_used_ip: source_ip or None}

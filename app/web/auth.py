@@ -64,9 +64,14 @@ class CallerMiddleware(AbstractAuthenticationMiddleware):
             address = source_ip(connection)
             try:
                 principal = await tokens.authenticate(value.strip(), address)
-            except tokens.TokenError as exc:
+            except tokens.TokenRefused as exc:
                 await audit.record(
-                    "-", "api.auth", connection.scope["path"], address, "denied", after=str(exc)
+                    tokens.actor_name(exc.name),
+                    "api.auth",
+                    connection.scope["path"],
+                    address,
+                    "denied",
+                    after=str(exc),
                 )
                 if isinstance(exc, tokens.TokenSourceRefused):
                     raise PermissionDeniedException(str(exc)) from None

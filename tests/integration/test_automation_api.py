@@ -112,7 +112,11 @@ async def test_a_token_used_from_outside_its_networks_is_refused_with_403(app):
     row = await ApiToken.select().where(ApiToken.name == "office").first()
     assert row["last_used_at"] is None, "a refused use counted as the token's last use"
     [refusal] = await _audit("api.auth")
-    assert refusal["outcome"] == "denied" and refusal["source_ip"] == "198.18.0.30"
+    assert (refusal["actor"], refusal["outcome"], refusal["source_ip"]) == (
+        "token:office",
+        "denied",
+        "198.18.0.30",
+    )
 
     for inside in ("203.0.113.7", "2001:db8::25"):
         async with http_client(app, inside) as office:
@@ -128,6 +132,8 @@ async def test_an_expired_token_is_refused_with_401(client):
     response = await client.get("/api/v1/versions", headers=headers)
     assert response.status_code == 401
     assert "The API token short expired at " in response.json()["detail"]
+    [refusal] = await _audit("api.auth")
+    assert (refusal["actor"], refusal["outcome"]) == ("token:short", "denied")
 
 
 async def test_each_accepted_use_is_shown_as_the_last_use_on_the_tokens_page(app, login_as):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -85,6 +86,23 @@ class Change:
 async def _unchanged() -> Change:
     latest = await service.latest_version()
     return Change(False, int(latest["number"]) if latest else 0)
+
+
+async def _put_comment(
+    request: Req,
+    key: str,
+    stored: str | None,
+    comment: str,
+    add: Callable[[service.Actor, str, str], Awaitable[int]],
+    set_comment: Callable[[service.Actor, str, str], Awaitable[int]],
+) -> tuple[Change, int]:
+    """PUT of a domain or network (`stored`: its comment, None when it does not exist): add
+    it (201), set a different comment (200), or change nothing (200, no version)."""
+    if stored is None:
+        return Change(True, await add(_actor(request), key, comment)), HTTP_201_CREATED
+    if stored == _check("comment", validation.comment, comment):
+        return await _unchanged(), HTTP_200_OK
+    return Change(True, await set_comment(_actor(request), key, comment)), HTTP_200_OK
 
 
 # Sender domains ------------------------------------------------------------------------------
@@ -196,16 +214,16 @@ class SenderDomains(Controller):
         """Create the domain, or set its comment; repeating it changes nothing."""
         domain = _check("name", validation.domain_name, name)
         row = await SenderDomain.select().where(SenderDomain.name == domain).first()
-        if row is None:
-            number = await service.add_domain(_actor(request), domain, data.comment)
-            return Response(DomainChange(True, number, await _domain(domain)), status_code=201)
-        if row["comment"] == _check("comment", validation.comment, data.comment):
-            change = await _unchanged()
-        else:
-            change = Change(
-                True, await service.set_domain_comment(_actor(request), domain, data.comment)
-            )
-        return Response(DomainChange(**vars(change), sender_domain=await _domain(domain)))
+        change, status = await _put_comment(
+            request,
+            domain,
+            None if row is None else row["comment"],
+            data.comment,
+            service.add_domain,
+            service.set_domain_comment,
+        )
+        out = DomainChange(**vars(change), sender_domain=await _domain(domain))
+        return Response(out, status_code=status)
 
     @delete("/{name:str}", opt=CHANGE, status_code=HTTP_200_OK)
     async def delete_domain(self, request: Req, name: FromPath[str]) -> Change:
@@ -429,16 +447,16 @@ class TrustedNetworks(Controller):
         """Trust the network, or set its comment; repeating it changes nothing."""
         network = _check("cidr", validation.cidr, cidr.lstrip("/"))
         row = await TrustedNetwork.select().where(TrustedNetwork.cidr == network).first()
-        if row is None:
-            number = await service.add_network(_actor(request), network, data.comment)
-            return Response(NetworkChange(True, number, await _network(network)), status_code=201)
-        if row["comment"] == _check("comment", validation.comment, data.comment):
-            change = await _unchanged()
-        else:
-            change = Change(
-                True, await service.set_network_comment(_actor(request), network, data.comment)
-            )
-        return Response(NetworkChange(**vars(change), trusted_network=await _network(network)))
+        change, status = await _put_comment(
+            request,
+            network,
+            None if row is None else row["comment"],
+            data.comment,
+            service.add_network,
+            service.set_network_comment,
+        )
+        out = NetworkChange(**vars(change), trusted_network=await _network(network))
+        return Response(out, status_code=status)
 
     @delete("/{cidr:path}", opt=CHANGE, status_code=HTTP_200_OK)
     async def delete_network(self, request: Req, cidr: FromPath[str]) -> Change:
