@@ -294,7 +294,13 @@ def cmd_create_token(args: argparse.Namespace) -> None:
 
     async def work() -> str:
         try:
-            return await tokens.create(args.name, args.kind, actor="cli")
+            return await tokens.create(
+                args.name,
+                args.kind,
+                actor="cli",
+                networks=" ".join(args.allow_from),
+                valid_days=args.valid_days,
+            )
         except tokens.TokenError as exc:
             raise UserFacingError(str(exc)) from None
 
@@ -566,7 +572,17 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_config_status)
     token = sub.add_parser("create-token", help="create an API token (printed once)")
     token.add_argument("name")
-    token.add_argument("--kind", default="read", help="read or cluster")
+    token.add_argument("--kind", default="read", help="read, write or cluster")
+    token.add_argument(
+        "--allow-from",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="accept the token only from this network (repeatable; default: from anywhere)",
+    )
+    token.add_argument(
+        "--valid-days", default=None, metavar="DAYS", help="expire after DAYS (default: never)"
+    )
     token.set_defaults(func=cmd_create_token)
     imp = sub.add_parser("config-import", help="replace the configuration with a JSON snapshot")
     imp.add_argument("file")

@@ -127,6 +127,18 @@ async def add_domain(actor: Actor, name: str, comment: str = "") -> int:
     return await _change(actor, "domain.add", domain, mutate)
 
 
+async def set_domain_comment(actor: Actor, name: str, comment: str) -> int:
+    clean = validation.collect({"comment": (validation.comment, comment)})
+    domain_id = await _domain_id(name)
+
+    async def mutate() -> None:
+        await SenderDomain.update({SenderDomain.comment: clean["comment"]}).where(
+            SenderDomain.id == domain_id
+        )
+
+    return await _change(actor, "domain.comment", name, mutate)
+
+
 async def delete_domain(actor: Actor, name: str) -> int:
     domain_id = await _domain_id(name)
 
@@ -254,6 +266,19 @@ async def add_network(actor: Actor, cidr: str, comment: str = "") -> int:
         await TrustedNetwork.insert(TrustedNetwork(cidr=network, comment=clean["comment"]))
 
     return await _change(actor, "network.add", network, mutate)
+
+
+async def set_network_comment(actor: Actor, cidr: str, comment: str) -> int:
+    clean = validation.collect({"comment": (validation.comment, comment)})
+    if not await TrustedNetwork.exists().where(TrustedNetwork.cidr == cidr):
+        raise NotFound(Message("The network {network} is not trusted.", network=cidr))
+
+    async def mutate() -> None:
+        await TrustedNetwork.update({TrustedNetwork.comment: clean["comment"]}).where(
+            TrustedNetwork.cidr == cidr
+        )
+
+    return await _change(actor, "network.comment", cidr, mutate)
 
 
 async def delete_network(actor: Actor, cidr: str) -> int:

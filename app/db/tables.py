@@ -163,16 +163,21 @@ class ClusterLock(Table, tablename="cluster_locks"):
 
 class ApiToken(Table, tablename="api_tokens"):
     """A bearer token for the API; only its SHA-256 is stored. Kind `cluster` may read secrets
-    (encrypted for the peer); kind `read` never sees them."""
+    (encrypted for the peer); kind `read` never sees them and may only read; kind `write` may
+    also change the configuration and act on the queue."""
 
     id = Serial(primary_key=True)
     name = Varchar(length=64, unique=True)
     token_hash = Varchar(length=64, unique=True)
-    kind = Varchar(length=16, default="read")  # read | cluster
+    kind = Varchar(length=16, default="read")  # read | write | cluster
     created_by = Varchar(length=64)
     created_at = Timestamptz()
     last_used_at = Timestamptz(null=True, default=None)
+    last_used_ip = Varchar(length=45, null=True, default=None)
     revoked = Boolean(default=False)
+    # Space-separated CIDRs the token is accepted from; empty: from anywhere.
+    allowed_networks = Text(default="")
+    expires_at = Timestamptz(null=True, default=None)  # None: never
 
 
 class LogCursor(Table, tablename="log_cursors"):

@@ -43,6 +43,7 @@ from app.web.auth import (
 from app.web.controllers import (
     admin,
     api,
+    automation,
     cluster,
     config,
     mfa,
@@ -188,6 +189,7 @@ def create_app(settings: Settings) -> Litestar:
             api.acquire_lock,
             api.release_lock,
             api.queue_imported,
+            automation.router,
             cluster.cluster_page,
             cluster.run_switchover,
             cluster.api_status,

@@ -3,7 +3,8 @@
 One middleware identifies the caller; one guard, on every route, enforces the route's `opt`:
   opt={"public": True}           no login (login page, health check, static files)
   opt={"role": "operator"}       the least role a session user needs (default: readonly)
-  opt={"api": "read"|"cluster"}  an API route: only tokens, of at least that kind
+  opt={"api": "read"|"write"|"cluster"}  an API route: only tokens; "read" takes every kind,
+                                 "write" and "cluster" only a token of that kind
   opt={"before_password_change": True}  reachable while a password change is pending
   opt={"master_only": True}      changes the configuration: refused on the slave
   opt={"second_factor": "verify"|"enrol"|"any"}  reachable by a session that passed the password
@@ -60,11 +61,23 @@ class CallerMiddleware(AbstractAuthenticationMiddleware):
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "bearer" or not value:
                 raise NotAuthorizedException("An API token is required (Authorization: Bearer).")
-            principal = await tokens.authenticate(value.strip())
-            if principal is None:
+            address = source_ip(connection)
+            try:
+                principal = await tokens.authenticate(value.strip(), address)
+            except tokens.TokenRefused as exc:
                 await audit.record(
-                    "-", "api.auth", connection.scope["path"], source_ip(connection), "failed"
+                    tokens.actor_name(exc.name),
+                    "api.auth",
+                    connection.scope["path"],
+                    address,
+                    "denied",
+                    after=str(exc),
                 )
+                if isinstance(exc, tokens.TokenSourceRefused):
+                    raise PermissionDeniedException(str(exc)) from None
+                raise NotAuthorizedException(str(exc)) from None
+            if principal is None:
+                await audit.record("-", "api.auth", connection.scope["path"], address, "failed")
                 raise NotAuthorizedException("The API token is unknown or revoked.")
             return AuthenticationResult(user=principal, auth=principal)
         token = connection.cookies.get(COOKIE_NAME)
@@ -91,8 +104,14 @@ async def access_guard(
     caller = connection.user
     api_kind = opt.get("api")
     if isinstance(caller, TokenPrincipal):
-        if api_kind is None or (api_kind == "cluster" and caller.kind != "cluster"):
-            await _deny(connection, f"token:{caller.name}")
+        if api_kind is None or (api_kind != "read" and caller.kind != api_kind):
+            await _deny(
+                connection,
+                caller.actor,
+                f"This API token is of kind {caller.kind}: it does not allow this "
+                f"({api_kind or 'no API'} access needed).",
+            )
+        await _refuse_on_slave(connection, handler, caller.actor)
         return
     if not isinstance(caller, SessionUser) or api_kind is not None:
         await _deny(connection, getattr(caller, "username", "-"))
@@ -105,8 +124,14 @@ async def access_guard(
         raise PasswordChangeRequired
     if caller.role < Role.parse(opt.get("role", "readonly")):
         await _deny(connection, caller.username)
-    if opt.get("master_only") and connection.app.state.settings.cluster_mode != "master":
-        await _audit_refusal(connection, caller.username, "config.refused-on-slave")
+    await _refuse_on_slave(connection, handler, caller.username)
+
+
+async def _refuse_on_slave(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler, who: str
+) -> None:
+    if handler.opt.get("master_only") and connection.app.state.settings.cluster_mode != "master":
+        await _audit_refusal(connection, who, "config.refused-on-slave")
         raise PermissionDeniedException(
             "This node is a slave: change the configuration on the master."
         )
@@ -119,9 +144,13 @@ async def audit_csrf_refusal(connection: ASGIConnection[Any, Any, Any, Any]) -> 
     await _audit_refusal(connection, who, "csrf.refused")
 
 
-async def _deny(connection: ASGIConnection[Any, Any, Any, Any], who: str) -> None:
+async def _deny(
+    connection: ASGIConnection[Any, Any, Any, Any],
+    who: str,
+    detail: str = "Your role does not allow this.",
+) -> None:
     await _audit_refusal(connection, who, "access.denied")
-    raise PermissionDeniedException("Your role does not allow this.")
+    raise PermissionDeniedException(detail)
 
 
 async def _audit_refusal(

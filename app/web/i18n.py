@@ -503,6 +503,22 @@ GERMAN: dict[str, str] = {
     "the spool's file system is %s%% full (limit %s%%)": "das Dateisystem des Spools ist zu %s%% voll (Grenze %s%%)",
     "the nodes have run different config versions for %s minutes": "die Knoten verwenden seit %s Minuten unterschiedliche Konfigurationsversionen",
     "the nodes run the same config version": "die Knoten verwenden dieselbe Konfigurationsversion",
+    # API tokens: kinds, allowed source networks, expiry, last use
+    "read: GET only; write: also changes the configuration and the queue; cluster: the peer node": "read: nur lesen (GET); write: ändert auch Konfiguration und Warteschlange; cluster: der Partnerknoten",
+    "Allowed source networks": "Erlaubte Quellnetze",
+    "CIDRs separated by spaces; empty: from anywhere": "CIDRs durch Leerzeichen getrennt; leer: von überall",
+    "Valid for (days)": "Gültig für (Tage)",
+    "empty: never expires": "leer: läuft nie ab",
+    "Allowed from": "Erlaubt von",
+    "Expires": "Läuft ab",
+    "anywhere": "überall",
+    "never": "nie",
+    "from": "von",
+    "{entry} is not a network or address (like 198.51.100.0/24 or 2001:db8::1).": "{entry} ist kein Netz und keine Adresse (wie 198.51.100.0/24 oder 2001:db8::1).",
+    "{entry} has host bits set; did you mean {network}?": "In {entry} sind Host-Bits gesetzt; meinten Sie {network}?",
+    "A token allows at most {count} source networks.": "Ein Token erlaubt höchstens {count} Quellnetze.",
+    "The lifetime is a whole number of days from 1 to {most}.": "Die Gültigkeit ist eine ganze Zahl von Tagen von 1 bis {most}.",
+    "There is no queue action {action}: one of {actions}.": "Es gibt keine Warteschlangen-Aktion {action}: eine von {actions}.",
 }
 
 

@@ -209,7 +209,12 @@ async def test_an_oversized_api_body_is_refused_with_413(client, app):
             "applied_at": "2024-05-01T10:00:00+00:00",
         },
     }
-    posts = {r.path for r in app.routes if r.path.startswith("/api/") and "POST" in r.methods}
+    posts = {
+        r.path
+        for r in app.routes
+        # The automation API's bodies: test_automation_api.py checks its cap.
+        if r.path.startswith("/api/") and not r.path.startswith("/api/v1/") and "POST" in r.methods
+    }
     assert posts == set(bodies)  # a new POST under /api/ gets a body here, and a cap
     for path, body in bodies.items():
         # Valid JSON, padded with whitespace past the cap: without one it would be accepted.

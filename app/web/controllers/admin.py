@@ -159,7 +159,12 @@ async def tokens_page(request: Req) -> Template:
 async def create_token(request: Req, data: Form) -> Template:
     try:
         token = await tokens.create(
-            data.get("name", ""), data.get("kind", ""), request.user.username, source_ip(request)
+            data.get("name", ""),
+            data.get("kind", ""),
+            request.user.username,
+            source_ip(request),
+            networks=data.get("networks", ""),
+            valid_days=data.get("valid_days", ""),
         )
     except tokens.TokenError as exc:
         return form_answer(

@@ -10,8 +10,9 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 
 from app import audit
-from app.agent.client import AgentRefused, AgentUnavailable
+from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.auth.sessions import SessionUser
+from app.config.service import Actor
 from app.postfix import queue
 from app.replication import reconcile
 from app.web.auth import source_ip
@@ -30,23 +31,13 @@ async def queue_page(
     reason: FromQuery[str] = "",
 ) -> Template:
     filters = {"sender": sender, "recipient": recipient, "queue_name": queue_name, "reason": reason}
-    error, entries = None, []
-    try:
-        raw = await request.app.state.agent.call("queue_list", limit=LIST_LIMIT)
-        entries = [queue.QueueEntry.from_postqueue(r) for r in raw]
-    except (AgentUnavailable, AgentRefused) as exc:
-        error = str(exc)
-    shown = [
-        e
-        for e in entries
-        if queue.matches(e, sender.strip(), recipient.strip(), queue_name, reason.strip())
-    ]
+    shown, total, error = await listing(request.app.state.agent, **filters)
     template = "queue/_table.html" if is_htmx(request) else "queue/page.html"
     return page(
         request,
         template,
         entries=shown,
-        total=len(entries),
+        total=total,
         filters=filters,
         error=error,
         now=dt.datetime.now(dt.UTC),
@@ -55,21 +46,51 @@ async def queue_page(
     )
 
 
-async def _act(request: Req, action: str, queue_id: str | None) -> Response[Any]:
+async def listing(
+    agent: AgentClient, sender: str, recipient: str, queue_name: str, reason: str
+) -> tuple[list[queue.QueueEntry], int, str | None]:
+    """The queue entries that match the filters, how many the queue holds (up to LIST_LIMIT),
+    and why the agent could not list them (None when it could)."""
+    error, entries = None, []
+    try:
+        raw = await agent.call("queue_list", limit=LIST_LIMIT)
+        entries = [queue.QueueEntry.from_postqueue(r) for r in raw]
+    except (AgentUnavailable, AgentRefused) as exc:
+        error = str(exc)
+    shown = [
+        e
+        for e in entries
+        if queue.matches(e, sender.strip(), recipient.strip(), queue_name, reason.strip())
+    ]
+    return shown, len(entries), error
+
+
+async def run_action(agent: AgentClient, actor: Actor, action: str, queue_id: str | None) -> None:
+    """One queue action (all of the queue when `queue_id` is None: flush), audited whether it
+    worked or the agent raised AgentUnavailable or AgentRefused (raised on)."""
     verb_args = {"queue_id": queue_id} if queue_id else {}
     verb = action if queue_id else "flush_all"
     target = queue_id or "*"
     try:
-        await request.app.state.agent.call(verb, **verb_args)
+        await agent.call(verb, **verb_args)
     except (AgentUnavailable, AgentRefused) as exc:
         await audit.record(
-            request.user.username,
+            actor.username,
             f"queue.{action}",
             target,
-            source_ip(request),
+            actor.source_ip,
             "failed",
             after={"error": str(exc)},
         )
+        raise
+    await audit.record(actor.username, f"queue.{action}", target, actor.source_ip)
+
+
+async def _act(request: Req, action: str, queue_id: str | None) -> Response[Any]:
+    actor = Actor(request.user.username, source_ip(request))
+    try:
+        await run_action(request.app.state.agent, actor, action, queue_id)
+    except (AgentUnavailable, AgentRefused) as exc:
         return page(
             request,
             "error.html",
@@ -77,7 +98,6 @@ async def _act(request: Req, action: str, queue_id: str | None) -> Response[Any]
             title="Queue",
             detail=str(exc),
         )
-    await audit.record(request.user.username, f"queue.{action}", target, source_ip(request))
     return done(request, "/queue")
 
 
