@@ -192,7 +192,7 @@ _ONE_DAY = dt.timedelta(days=1)
 
 
 def _classic_time(fields: tuple[str, ...], now: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
-    """A classic stamp's month, day, hours, minutes, seconds and fraction ("" or None if none) -> when."""
+    """A classic stamp's month, day, hours, minutes, seconds, fraction ("" or None) -> when."""
     mon, day, hours, minutes, seconds, frac = fields
     micro = int((frac or "0").ljust(6, "0"))
     parts = (_MONTHS[mon], int(day), int(hours), int(minutes), int(seconds), micro)
