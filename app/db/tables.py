@@ -128,10 +128,11 @@ class MailLog(Table, tablename="mail_logs"):
     node_id = Varchar(length=32)
     queue_id = Varchar(length=32, index=True)
     message_id = Text(default="", index=True)
-    sender = Text(default="", index=True)
-    recipient = Text(default="", index=True)
+    # Searched by (address, at) and (domain, at) indexes (migration ..._gui_indexes).
+    sender = Text(default="")
+    recipient = Text(default="")
     relay = Text(default="")
-    status = Varchar(length=16, index=True)  # sent | deferred | bounced | expired
+    status = Varchar(length=16)  # sent | deferred | bounced | expired
     delay_seconds = DoublePrecision(null=True, default=None)
     dsn = Varchar(length=16, default="")
     size = BigInt(null=True, default=None)

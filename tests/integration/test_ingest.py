@@ -329,6 +329,45 @@ async def test_a_new_message_with_a_reused_queue_id_gets_a_fresh_context(log_set
     )
 
 
+async def test_a_reused_queue_id_that_starts_a_later_run_gets_a_fresh_context(log_settings):
+    # The second message's client= line is its queue ID's first line in that run: the first
+    # message's context is then not even looked up, and must not leak into the new one.
+    q, t = "C0FFEE43", START
+    write(
+        log_settings.postfix_log_file,
+        line(t, "smtpd", f"{q}: client=one.example.com[198.18.0.41]")
+        + line(t, "cleanup", f"{q}: message-id=<one@example.com>")
+        + line(t, "qmgr", f"{q}: from=<one@example.com>, size=111, nrcpt=1 (queue active)")
+        + line(t, "qmgr", f"{q}: removed"),
+    )
+    await ingest.run_once(log_settings)
+    later = t + dt.timedelta(hours=1)
+    write(
+        log_settings.postfix_log_file,
+        line(later, "smtpd", f"{q}: client=two.example.com[198.18.0.42]")
+        + line(
+            later,
+            "smtp",
+            f"{q}: to=<x@example.org>, relay=none, delay=1, delays=1/0/0/0, dsn=4.4.1, "
+            "status=deferred (connect timed out)",
+        ),
+    )
+    await ingest.run_once(log_settings)
+    row = await MailLog.select().first()
+    assert (row["client"], row["sender"], row["message_id"], row["size"]) == (
+        "two.example.com[198.18.0.42]",
+        "",
+        "",
+        None,
+    )
+    context = await LogMessage.select().where(LogMessage.queue_id == q).first()
+    assert (context["client"], context["message_id"], context["first_seen_at"]) == (
+        "two.example.com[198.18.0.42]",
+        "",
+        later,
+    )
+
+
 async def test_no_log_file_yet_is_not_an_error(log_settings):
     result = await ingest.run_once(log_settings)
     assert result.missing and result.lines == 0
