@@ -53,6 +53,7 @@ class AgentClient:
         answer = json.loads(line)
         if not answer.get("ok"):
             raise AgentRefused(answer.get("error", "unknown error"))
+        # Not checked here: the server's handlers are typed against the same protocol.
         return cast(R, answer.get("result"))
 
     # -- Postfix and its maps -----------------------------------------------------------------
