@@ -235,7 +235,7 @@ def cmd_config_pull(args: argparse.Namespace) -> None:
     from app.crypto import SecretBox, SecretKeyError
 
     settings = _settings()
-    master_tls = PeerTls.load(required=settings.cluster_mode == "slave")
+    master_tls = PeerTls.for_master(settings, required=settings.cluster_mode == "slave")
     try:
         box = SecretBox(settings.secret_key_file)
     except SecretKeyError as exc:

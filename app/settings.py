@@ -2,6 +2,10 @@
 
 A bad value is an error that names the variable; nothing falls back silently.
 Secrets may come from ``NAME_FILE`` instead of ``NAME`` (podman secrets, systemd credentials).
+Two sets: `load_settings` for the web app and the jobs (mailrelay.env), `load_agent_settings`
+for the root agent (agent.env). Not settings, so read where they are used: what systemd hands a
+process (LISTEN_FDS, NOTIFY_SOCKET, JOURNAL_STREAM) and DATABASE_URL as Piccolo's engine
+module reads it (set from these settings by the CLI).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class SettingsError(Exception):
 
 ClusterMode = Literal["master", "slave"]
 ShadowMode = Literal["off", "prefer", "require"]
+FreezeMode = Literal["freeze", "stop", "none"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,56 @@ class AlertSettings:
     cert_days: float = 14.0
     spool_dir: Path = Path("/var/spool/postfix")
     spool_percent: float = 90.0
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """The agent's half of queue sync (app/agent/queuesync.py): the peer and the ssh that
+    reaches it, written into agent.env by scripts/install-node."""
+
+    # None: this node has no peer (a queue sync is refused, everything else works).
+    peer: str | None = None
+    ssh_key: Path = Path("/etc/mailrelay/sync_ed25519")
+    remote_user: str = "mailrelay-sync"
+    # The peer's ssh host key, pinned by install-node from SYNC_PEER_HOST_KEY.
+    known_hosts: Path = Path("/etc/mailrelay/sync_known_hosts")
+    # freeze mode's local copy of the queue; None (SYNC_SNAPSHOT_DIR set empty): no copy.
+    snapshot_dir: Path | None = Path("/var/lib/mailrelay-agent/queue-snapshot")
+
+
+@dataclass(frozen=True)
+class PostfixProtections:
+    """The optional protections `mailrelay agent postfix-settings` writes, all off by default
+    (app/agent/postfix.py: anti_abuse)."""
+
+    # DNSBL zones looked up for clients outside the trusted networks.
+    rbl_zones: tuple[str, ...] = ()
+    # Messages per client per minute (anvil); None: no limit.
+    client_rate_limit: int | None = None
+    postscreen: bool = False
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """The privileged agent (app/agent). It runs as root under its own unit with its own env
+    file (/etc/mailrelay/agent.env, written by scripts/install-node), so it reads only these
+    variables and needs none of the web app's (no DATABASE_URL)."""
+
+    socket: Path
+    socket_mode: int
+    postfix_config_dir: Path
+    postfix_maps_root: Path
+    replica_dir: Path
+    # None: Postfix's message_size_limit plus room for the envelope (app/agent/replica.py).
+    replica_max_file_bytes: int | None
+    replica_max_files: int
+    shadow_store: Path
+    shadow_counter_file: Path
+    shadow_mode: ShadowMode
+    shadow_timeout_ms: int
+    shadow_milter_socket: Path
+    sync: SyncSettings
+    protections: PostfixProtections
 
 
 @dataclass(frozen=True)
@@ -71,7 +126,7 @@ class Settings:
     postfix_log_file: Path
     vrrp_interface: str
     vrrp_advert_int: str
-    sync_freeze: str
+    sync_freeze: FreezeMode
     sync_flush: bool
     config_pull_wait_seconds: float
     config_drift_alert_seconds: float
@@ -79,6 +134,9 @@ class Settings:
     peer_api_token: str | None
     peer_cert_fingerprint: str | None
     webauthn_rp_id: str | None
+    # How a slave recognises its master's certificate (app/cluster/peer.py: PeerTls).
+    master_cert_fingerprint: bytes | None = None
+    master_ca_file: Path | None = None
     shadow_mode: ShadowMode = "prefer"
     shadow_timeout_ms: int = 2000
     shadow_port: int = 2526
@@ -184,6 +242,21 @@ class _Reader:
         value = self.raw(name) or default
         return Path(value) if value else None
 
+    def fingerprint(self, name: str) -> bytes | None:
+        value = self.raw(name)
+        return None if value is None else parse_fingerprint(value, name)
+
+
+def parse_fingerprint(text: str, name: str) -> bytes:
+    """A SHA-256 fingerprint as `mailrelay serve` prints it (colons optional); a bad value is a
+    SettingsError naming the variable."""
+    digits = text.replace(":", "").lower()
+    if len(digits) != 64 or not all(c in "0123456789abcdef" for c in digits):
+        raise SettingsError(
+            f"{name} must be a SHA-256 fingerprint (64 hex digits, colons allowed), got {text!r}"
+        )
+    return bytes.fromhex(digits)
+
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the whole configuration; raise SettingsError naming the bad variable."""
@@ -241,12 +314,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_max_hours=session_max_hours,
         htmx_source=r.choice("HTMX_SOURCE", "cdn", ("cdn", "local")),  # type: ignore[arg-type]
         hostname=r.text("NODE_HOSTNAME", socket.gethostname()),
-        agent_socket=r.path("AGENT_SOCKET", "/run/mailrelay/agent.sock") or Path(),
+        agent_socket=_agent_socket(r),
         postfix_log_file=r.path("POSTFIX_LOG_FILE", "/var/log/postfix.log") or Path(),
         # Checked in detail where keepalived.conf is rendered (app.cluster.keepalived).
         vrrp_interface=r.text("VRRP_INTERFACE", "eth0"),
         vrrp_advert_int=r.text("VRRP_ADVERT_INT", "1"),
-        sync_freeze=r.choice("SYNC_FREEZE", "freeze", ("freeze", "stop", "none")),
+        sync_freeze=r.choice("SYNC_FREEZE", "freeze", ("freeze", "stop", "none")),  # type: ignore[arg-type]
         sync_flush=r.flag("SYNC_FLUSH", False),
         # How long one pull run follows the master; the timer starts the next one a second
         # after it ended. At most the master's longest long poll (60 s).
@@ -261,10 +334,90 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         peer_cert_fingerprint=r.optional("PEER_CERT_FINGERPRINT")
         or r.optional("MASTER_CERT_FINGERPRINT"),
         webauthn_rp_id=_rp_id(r.optional("WEBAUTHN_RP_ID")),
+        master_cert_fingerprint=r.fingerprint("MASTER_CERT_FINGERPRINT"),
+        master_ca_file=r.path("MASTER_CA_FILE"),
         **_shadow(r),
         alerts=_alerts(r),
         **_retention(r),
         **_backup(r),
+    )
+
+
+def load_agent_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
+    """The agent's variables (see AgentSettings); raise SettingsError naming a bad one."""
+    r = _Reader(os.environ if env is None else env)
+    shadow = _shadow(r)
+    max_file_bytes = None
+    if r.optional("REPLICA_MAX_FILE_BYTES") is not None:
+        max_file_bytes = r.integer("REPLICA_MAX_FILE_BYTES", 0, 1, 1 << 44)
+    return AgentSettings(
+        socket=_agent_socket(r),
+        socket_mode=_file_mode(r, "AGENT_SOCKET_MODE", 0o660),
+        postfix_config_dir=r.path("POSTFIX_CONFIG_DIR", "/etc/postfix") or Path(),
+        postfix_maps_root=r.path("POSTFIX_MAPS_ROOT", "/etc/postfix/mailrelay") or Path(),
+        replica_dir=shadow["replica_dir"],
+        replica_max_file_bytes=max_file_bytes,
+        replica_max_files=r.integer("REPLICA_MAX_FILES", 200_000, 1, 1 << 40),
+        shadow_store=shadow["shadow_store"],
+        shadow_counter_file=shadow["shadow_counter_file"],
+        shadow_mode=shadow["shadow_mode"],
+        shadow_timeout_ms=shadow["shadow_timeout_ms"],
+        shadow_milter_socket=shadow["shadow_milter_socket"],
+        sync=_sync(r),
+        protections=_protections(r),
+    )
+
+
+def _agent_socket(r: _Reader) -> Path:
+    # Read by both sides: the agent listens on it, the web app and the jobs connect to it.
+    return r.path("AGENT_SOCKET", "/run/mailrelay/agent.sock") or Path()
+
+
+def _file_mode(r: _Reader, name: str, default: int) -> int:
+    value = r.raw(name)
+    if value is None:
+        return default
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise SettingsError(f"{name} must be an octal file mode like 0660, got {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise SettingsError(f"{name} must be an octal file mode like 0660, got {value!r}")
+    return mode
+
+
+def _sync(r: _Reader) -> SyncSettings:
+    peer = r.optional("SYNC_PEER")
+    if peer is not None and not re.fullmatch(r"[0-9a-fA-F.:]+|[a-z0-9.-]+", peer):
+        raise SettingsError(f"SYNC_PEER is not a host or address: {peer!r}")
+    # Unset is the default directory; set empty (a host without the disk for a second copy of
+    # its queue): no snapshot, the frozen pass copies straight to the peer, ssh and all.
+    snapshot = r.env.get("SYNC_SNAPSHOT_DIR")
+    if snapshot is None:
+        snapshot_dir: Path | None = SyncSettings.snapshot_dir
+    else:
+        snapshot_dir = Path(snapshot.strip()) if snapshot.strip() else None
+    return SyncSettings(
+        peer=peer,
+        ssh_key=r.path("SYNC_SSH_KEY", str(SyncSettings.ssh_key)) or Path(),
+        remote_user=r.text("SYNC_REMOTE_USER", SyncSettings.remote_user),
+        known_hosts=r.path("SYNC_KNOWN_HOSTS", str(SyncSettings.known_hosts)) or Path(),
+        snapshot_dir=snapshot_dir,
+    )
+
+
+def _protections(r: _Reader) -> PostfixProtections:
+    zones = tuple(z.strip() for z in (r.optional("POSTFIX_RBL_LIST") or "").split(",") if z.strip())
+    for zone in zones:
+        if not re.fullmatch(r"[a-z0-9.-]+(=[0-9.]+)?(\*[0-9]+)?", zone):
+            raise SettingsError(f"POSTFIX_RBL_LIST: {zone!r} is not a DNSBL zone")
+    rate = None
+    if r.optional("POSTFIX_CLIENT_RATE_LIMIT") is not None:
+        rate = r.integer("POSTFIX_CLIENT_RATE_LIMIT", 0, 1, 10**9)
+    return PostfixProtections(
+        rbl_zones=zones,
+        client_rate_limit=rate,
+        postscreen=r.flag("POSTFIX_POSTSCREEN", False),
     )
 
 

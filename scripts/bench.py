@@ -141,9 +141,7 @@ def bench_apply(quick: bool) -> None:
             maps = render.render(version, snap, lambda s: s)
             render_s = time.perf_counter() - started
             started = time.perf_counter()
-            answer = asyncio.run(
-                agent.call("apply", version=version, files=agent.encode_files(maps.files))
-            )
+            answer = asyncio.run(agent.apply(version, maps.files))
             apply_s = time.perf_counter() - started
             if answer["problems"]:
                 sys.exit(f"apply failed: {answer['problems']}")

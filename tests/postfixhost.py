@@ -73,8 +73,7 @@ def started() -> Iterator[PostfixHost]:
 async def apply_one_route(host: PostfixHost) -> AgentClient:
     """ONE_ROUTE applied through the host's agent, and sink1 emptied."""
     client = AgentClient(host.agent_socket)
-    files = client.encode_files(render.render(1, ONE_ROUTE, str).files)
-    report = await client.call("apply", version=1, files=files)
+    report = await client.apply(1, render.render(1, ONE_ROUTE, str).files)
     assert report["applied"], report
     for item in host.sink1.iterdir():
         item.unlink()

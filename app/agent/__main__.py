@@ -4,13 +4,9 @@
   postfix-settings    apply postfix-conf/main.cf.fragment with postconf (--check: only show)
   thaw                undo what a queue sync that died mid-copy left (the unit's ExecStopPost)
 
-Environment: AGENT_SOCKET (/run/mailrelay/agent.sock), POSTFIX_CONFIG_DIR (/etc/postfix),
-POSTFIX_MAPS_ROOT (/etc/postfix/mailrelay), AGENT_SOCKET_MODE (0660); the replica import's
-REPLICA_DIR (/var/spool/mailrelay-replica), REPLICA_MAX_FILE_BYTES (Postfix's
-message_size_limit plus 4 MiB), REPLICA_MAX_FILES (200000); for queue sync SYNC_PEER,
-SYNC_SSH_KEY, SYNC_KNOWN_HOSTS (app/agent/queuesync.py); for postfix-settings the
-optional protections POSTFIX_RBL_LIST, POSTFIX_CLIENT_RATE_LIMIT, POSTFIX_POSTSCREEN (see
-app/agent/postfix.py: anti_abuse).
+Environment: read and checked by app.settings.load_agent_settings (AgentSettings): the
+socket, Postfix's directories, the replica import's caps, queue sync's peer and ssh (SYNC_*),
+and for postfix-settings the optional protections (POSTFIX_RBL_LIST, ...) and SHADOW_MODE.
 """
 
 from __future__ import annotations
@@ -18,25 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
-from pathlib import Path
 
 from app import logsetup
 from app.agent import queuesync
-from app.agent.postfix import SHADOW_COUNTERS, SHADOW_STORE, AgentError, PostfixTools
-from app.agent.replica import REPLICA
+from app.agent.postfix import AgentError, PostfixTools
 from app.agent.server import serve
-
-
-def tools_from_env() -> PostfixTools:
-    return PostfixTools(
-        Path(os.environ.get("POSTFIX_CONFIG_DIR", "/etc/postfix")),
-        Path(os.environ.get("POSTFIX_MAPS_ROOT", "/etc/postfix/mailrelay")),
-        Path(os.environ.get("REPLICA_DIR", str(REPLICA))),
-        Path(os.environ.get("SHADOW_STORE", str(SHADOW_STORE))),
-        Path(os.environ.get("SHADOW_COUNTER_FILE", str(SHADOW_COUNTERS))),
-    )
+from app.settings import SettingsError, load_agent_settings
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,11 +41,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    settings = load_agent_settings()
     # Belt and braces for ExecStopPost: an agent started by hand has none.
     cmd_thaw(args)
-    socket_path = Path(os.environ.get("AGENT_SOCKET", "/run/mailrelay/agent.sock"))
-    mode = int(os.environ.get("AGENT_SOCKET_MODE", "0660"), 8)
-    asyncio.run(serve(socket_path, tools_from_env(), mode))
+    asyncio.run(serve(settings))
 
 
 def cmd_thaw(args: argparse.Namespace) -> None:
@@ -76,7 +59,10 @@ def cmd_postfix_settings(args: argparse.Namespace) -> None:
         if not eq or not name.strip():
             raise AgentError(f"--set wants NAME=VALUE, got {item!r}")
         overrides[name.strip()] = value.strip()
-    changes = tools_from_env().apply_settings(overrides, dry_run=args.check, env=dict(os.environ))
+    settings = load_agent_settings()
+    changes = PostfixTools.from_settings(settings).apply_settings(
+        settings, overrides, dry_run=args.check
+    )
     verb = "would change" if args.check else "changed"
     for change in changes:
         print(f"{verb}: {change}")
@@ -91,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except AgentError as exc:
+    except (AgentError, SettingsError) as exc:
         logsetup.error_line(f"mailrelay agent: {exc}")
         return 1
     except KeyboardInterrupt:

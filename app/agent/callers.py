@@ -4,7 +4,8 @@ The socket's group (mailrelay) lets the web app and every job in; each of them n
 few verbs. The kernel says who connected (SO_PEERCRED: pid, uid, gid) and, through
 /proc/PID/cgroup, which systemd unit that process runs in. Only root can create a cgroup under
 system.slice, so the unit name of a system service cannot be forged by the mailrelay user.
-The table follows the code: each unit gets the verbs its code calls (`agent.call(...)`).
+The table follows the code: each unit gets the verbs its code calls (app/agent/client.py
+methods, named after the verbs of app/agent/protocol.py).
 
   root (uid 0)                 every verb: root needs no agent to run postsuper
   a login session, or a caller outside this agent's cgroup namespace (put there from the
@@ -26,24 +27,26 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-QUEUE_ACTIONS = frozenset({"hold", "release", "delete", "requeue", "flush"})
-RECONCILE = frozenset({"hold_all", "delete_ids", "release_ids", "flush_all"})
-APPLY = frozenset({"check", "apply"})
+from app.agent import protocol as p
+
+QUEUE_ACTIONS = frozenset(p.QUEUE_ACTIONS)
+RECONCILE = p.names(p.HOLD_ALL, p.DELETE_IDS, p.RELEASE_IDS, p.FLUSH_ALL)
+APPLY = p.names(p.CHECK, p.APPLY)
 # app/cluster/switchover.py: a sync, the handover, then the reconcile.
-SWITCHOVER = frozenset({"queue_sync", "vip_handover", "vip_held", "status"}) | RECONCILE
-WEB = APPLY | QUEUE_ACTIONS | SWITCHOVER | {"queue_list"}
+SWITCHOVER = p.names(p.QUEUE_SYNC, p.VIP_HANDOVER, p.VIP_HELD, p.STATUS) | RECONCILE
+WEB = APPLY | QUEUE_ACTIONS | SWITCHOVER | p.names(p.QUEUE_LIST)
 ADMIN = APPLY | SWITCHOVER
 UNIT_VERBS: dict[str, frozenset[str]] = {
     "mailrelay-web.service": WEB,
     # app/cluster/pull.py applies the pulled version through app/postfix/pipeline.py.
     "mailrelay-config-pull.service": APPLY,
     # app/replication/queuesync.py: the sync, then a flush when the peer took nothing.
-    "mailrelay-queue-sync.service": frozenset({"queue_sync", "flush_all"}),
+    "mailrelay-queue-sync.service": p.names(p.QUEUE_SYNC, p.FLUSH_ALL),
     # app/replication/promotion.py on MASTER, app/replication/reconcile.py after leaving it.
-    "mailrelay-vrrp-events.service": RECONCILE | {"import_replica"},
+    "mailrelay-vrrp-events.service": RECONCILE | p.names(p.IMPORT_REPLICA),
     "mailrelay-reconcile.service": RECONCILE,
     # app/alerts/run.py: the node's status (app/cluster/status.py) and its oldest message.
-    "mailrelay-alerts.service": frozenset({"status", "vip_held", "queue_list"}),
+    "mailrelay-alerts.service": p.names(p.STATUS, p.VIP_HELD, p.QUEUE_LIST),
 }
 _SYSTEM_UNIT = re.compile(r"/system\.slice/([a-z0-9-]+\.service)")
 _USER_UNIT = re.compile(

@@ -1,4 +1,5 @@
-"""How the web app and the jobs talk to the agent."""
+"""How the web app and the jobs talk to the agent: one typed method per verb of
+app/agent/protocol.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import asyncio
 import base64
 import json
 from pathlib import Path
-from typing import Any
+from typing import TypeVar, cast
+
+from app.agent import protocol as p
+from app.agent.protocol import Request
+
+R = TypeVar("R")
 
 
 class AgentUnavailable(Exception):
@@ -17,12 +23,16 @@ class AgentRefused(Exception):
     """The agent answered with an error."""
 
 
+def _encoded(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: base64.b64encode(content).decode() for name, content in files.items()}
+
+
 class AgentClient:
     def __init__(self, socket_path: Path, timeout: float = 300.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    async def call(self, verb: str, **args: Any) -> Any:
+    async def _call(self, request: Request[R]) -> R:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(str(self.socket_path), limit=256 * 1024 * 1024),
@@ -33,7 +43,7 @@ class AgentClient:
                 f"the privileged agent is not reachable at {self.socket_path}: {exc}"
             ) from None
         try:
-            writer.write(json.dumps({"verb": verb, "args": args}).encode() + b"\n")
+            writer.write(json.dumps({"verb": request.verb, "args": request.args}).encode() + b"\n")
             await writer.drain()
             line = await asyncio.wait_for(reader.readline(), timeout=self.timeout)
         finally:
@@ -43,8 +53,78 @@ class AgentClient:
         answer = json.loads(line)
         if not answer.get("ok"):
             raise AgentRefused(answer.get("error", "unknown error"))
-        return answer.get("result")
+        # Not checked here: the server's handlers are typed against the same protocol.
+        return cast(R, answer.get("result"))
 
-    @staticmethod
-    def encode_files(files: dict[str, bytes]) -> dict[str, str]:
-        return {name: base64.b64encode(content).decode() for name, content in files.items()}
+    # -- Postfix and its maps -----------------------------------------------------------------
+
+    async def status(self) -> p.PostfixStatus:
+        return await self._call(p.STATUS({}))
+
+    async def check(self, version: int, files: dict[str, bytes]) -> p.MapsAnswer:
+        """Build and check a set of maps in a scratch directory; nothing goes live."""
+        return await self._call(p.CHECK({"version": version, "files": _encoded(files)}))
+
+    async def apply(self, version: int, files: dict[str, bytes]) -> p.MapsAnswer:
+        """Check, swap in and reload; on a failure the previous maps stay live."""
+        return await self._call(p.APPLY({"version": version, "files": _encoded(files)}))
+
+    async def reload(self) -> None:
+        await self._call(p.RELOAD({}))
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    async def queue_list(self, limit: int = 1000) -> list[p.PostqueueEntry]:
+        return await self._call(p.QUEUE_LIST({"limit": limit}))
+
+    async def hold(self, queue_id: str) -> None:
+        await self._call(p.HOLD({"queue_id": queue_id}))
+
+    async def release(self, queue_id: str) -> None:
+        await self._call(p.RELEASE({"queue_id": queue_id}))
+
+    async def delete(self, queue_id: str) -> None:
+        await self._call(p.DELETE({"queue_id": queue_id}))
+
+    async def requeue(self, queue_id: str) -> None:
+        await self._call(p.REQUEUE({"queue_id": queue_id}))
+
+    async def flush(self, queue_id: str) -> None:
+        await self._call(p.FLUSH({"queue_id": queue_id}))
+
+    async def queue_action(self, action: str, queue_id: str) -> None:
+        """One of the per-message verbs by its name (hold, release, delete, requeue, flush),
+        for a screen that offers them all."""
+        verb = p.QUEUE_ACTIONS.get(action)
+        if verb is None:
+            raise AgentRefused(f"unknown verb {action!r}")
+        await self._call(verb({"queue_id": queue_id}))
+
+    async def flush_all(self) -> None:
+        await self._call(p.FLUSH_ALL({}))
+
+    # -- replication --------------------------------------------------------------------------
+
+    async def queue_sync(self, freeze: p.FreezeMode) -> p.SyncAnswer:
+        return await self._call(p.QUEUE_SYNC({"freeze": freeze}))
+
+    async def import_replica(self) -> p.ReplicaImportAnswer:
+        return await self._call(p.IMPORT_REPLICA({}))
+
+    async def hold_all(self) -> list[str]:
+        """Hold the whole queue; the IDs held by this call."""
+        return await self._call(p.HOLD_ALL({}))
+
+    async def delete_ids(self, queue_ids: list[str]) -> int:
+        return await self._call(p.DELETE_IDS({"queue_ids": queue_ids}))
+
+    async def release_ids(self, queue_ids: list[str]) -> int:
+        return await self._call(p.RELEASE_IDS({"queue_ids": queue_ids}))
+
+    # -- the VIP ------------------------------------------------------------------------------
+
+    async def vip_held(self, vip: str) -> bool:
+        return await self._call(p.VIP_HELD({"vip": vip}))
+
+    async def vip_handover(self, vip: str, timeout: float = 10) -> p.Handover:
+        return await self._call(p.VIP_HANDOVER({"vip": vip, "timeout": timeout}))

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.agent import policy
+from app.agent import policy, protocol
 from app.agent.replica import IMPORT_PARTS, REPLICA
 from app.postfix import render
 from app.replication.shadow_counters import read_counters
+from app.settings import AgentSettings, PostfixProtections
 
 HASHED_MAPS = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd")
 # A key no map holds: looking it up opens the map the way Postfix's daemons will.
@@ -44,7 +45,7 @@ class MapsReport:
     problems: list[str] = field(default_factory=list)
     applied: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> protocol.MapsAnswer:
         return {"version": self.version, "problems": self.problems, "applied": self.applied}
 
 
@@ -67,7 +68,7 @@ def parse_fragment(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def anti_abuse(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+def anti_abuse(protections: PostfixProtections) -> tuple[dict[str, str], list[str]]:
     """Optional protections, all off by default: main.cf values and master.cf entries.
 
     POSTFIX_RBL_LIST        comma-separated DNSBL zones checked for clients outside the trusted
@@ -78,27 +79,18 @@ def anti_abuse(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     """
     params: dict[str, str] = {}
     master: list[str] = []
-    zones = [z.strip() for z in env.get("POSTFIX_RBL_LIST", "").split(",") if z.strip()]
-    for zone in zones:
-        if not re.fullmatch(r"[a-z0-9.-]+(=[0-9.]+)?(\*[0-9]+)?", zone):
-            raise AgentError(f"POSTFIX_RBL_LIST: {zone!r} is not a DNSBL zone")
+    zones = protections.rbl_zones
     if zones:
         params["smtpd_client_restrictions"] = ", ".join(
             ["permit_mynetworks", *[f"reject_rbl_client {z}" for z in zones]]
         )
-    rate = env.get("POSTFIX_CLIENT_RATE_LIMIT", "").strip()
-    if rate:
-        if not rate.isdigit() or int(rate) < 1:
-            raise AgentError(f"POSTFIX_CLIENT_RATE_LIMIT must be a positive integer, got {rate!r}")
+    if protections.client_rate_limit is not None:
         params.update(
             anvil_rate_time_unit="60s",
-            smtpd_client_message_rate_limit=rate,
+            smtpd_client_message_rate_limit=str(protections.client_rate_limit),
             smtpd_client_event_limit_exceptions="",
         )
-    postscreen = env.get("POSTFIX_POSTSCREEN", "no").strip().lower()
-    if postscreen not in ("yes", "no"):
-        raise AgentError(f"POSTFIX_POSTSCREEN must be yes or no, got {postscreen!r}")
-    if postscreen == "yes":
+    if protections.postscreen:
         params.update(
             postscreen_access_list="permit_mynetworks",
             postscreen_greet_action="enforce",
@@ -114,25 +106,18 @@ def anti_abuse(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     return params, master
 
 
-def shadow_settings(env: dict[str, str]) -> dict[str, str]:
+def shadow_settings(settings: AgentSettings) -> dict[str, str]:
     """The milter of shadow copies (app/replication/shadow_milter.py), per SHADOW_MODE:
     `off` configures none; `prefer` lets Postfix accept when the milter itself is down (the
     milter counts what it cannot copy), `require` answers 4xx then. The timeouts stay short:
     a client that gives up while Postfix waits retries, and that copy is delivered twice."""
-    mode = env.get("SHADOW_MODE", "prefer").strip().lower() or "prefer"
-    if mode not in ("off", "prefer", "require"):
-        raise AgentError(f"SHADOW_MODE must be off, prefer or require, got {mode!r}")
-    if mode == "off":
+    if settings.shadow_mode == "off":
         return {"smtpd_milters": ""}
-    timeout_ms = env.get("SHADOW_TIMEOUT_MS", "2000").strip() or "2000"
-    if not timeout_ms.isdigit():
-        raise AgentError(f"SHADOW_TIMEOUT_MS must be a whole number, got {timeout_ms!r}")
-    socket = env.get("SHADOW_MILTER_SOCKET", "/run/mailrelay-shadow-milter/milter.sock")
     return {
-        "smtpd_milters": f"unix:{socket.strip()}",
-        "milter_default_action": "accept" if mode == "prefer" else "tempfail",
+        "smtpd_milters": f"unix:{settings.shadow_milter_socket}",
+        "milter_default_action": "accept" if settings.shadow_mode == "prefer" else "tempfail",
         # The milter answers within SHADOW_TIMEOUT_MS; Postfix waits a little longer.
-        "milter_content_timeout": f"{int(timeout_ms) // 1000 + 5}s",
+        "milter_content_timeout": f"{settings.shadow_timeout_ms // 1000 + 5}s",
     }
 
 
@@ -185,6 +170,16 @@ class PostfixTools:
         self.shadow_store = shadow_store
         self.shadow_counters = shadow_counters
 
+    @classmethod
+    def from_settings(cls, settings: AgentSettings) -> PostfixTools:
+        return cls(
+            settings.postfix_config_dir,
+            settings.postfix_maps_root,
+            settings.replica_dir,
+            settings.shadow_store,
+            settings.shadow_counter_file,
+        )
+
     # -- running tools ------------------------------------------------------------------------
 
     def _cmd(self, tool: str, *args: str, config_dir: Path | None = None) -> list[str]:
@@ -212,15 +207,15 @@ class PostfixTools:
 
     def apply_settings(
         self,
+        settings: AgentSettings,
         overrides: dict[str, str] | None = None,
         dry_run: bool = False,
-        env: dict[str, str] | None = None,
     ) -> list[str]:
         """Set the product's main.cf parameters and master.cf tweaks; return what changed."""
         wanted = dict(parse_fragment(FRAGMENT.read_text()))
-        protections, master_entries = anti_abuse(env or {})
+        protections, master_entries = anti_abuse(settings.protections)
         wanted.update(protections)
-        wanted.update(shadow_settings(env or {}))
+        wanted.update(shadow_settings(settings))
         wanted.update(overrides or {})
         current = {}
         for name in wanted:
@@ -399,7 +394,7 @@ class PostfixTools:
         value = self.run("postconf", "-h", "message_size_limit").stdout.strip()
         return int(value) if value.isdigit() else 0
 
-    def replica_size(self) -> dict[str, int]:
+    def replica_size(self) -> protocol.FilesAndBytes:
         """The peer's queue copied here (its message files and their bytes): what this node
         takes over if it becomes MASTER now. The web app cannot read the replica; the agent can.
         """
@@ -409,7 +404,7 @@ class PostfixTools:
             files, size = files + part_files, size + part_size
         return {"files": files, "bytes": size}
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> protocol.PostfixStatus:
         version = self.run("postconf", "-h", "mail_version", check=False).stdout.strip()
         return {
             "postfix_running": self.postfix_running(),
@@ -420,7 +415,7 @@ class PostfixTools:
             "shadow": self.shadow_status(),
         }
 
-    def shadow_status(self) -> dict[str, Any]:
+    def shadow_status(self) -> protocol.ShadowStatus:
         """The peer's shadows held here, and the mail this node accepted without a copy (the
         milter's counter file): for the dashboard, the cluster panel and /metrics."""
         stored, size = count_files(self.shadow_store)

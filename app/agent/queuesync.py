@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from app.agent import snapshot
+from app.agent.protocol import SyncAnswer
+from app.settings import SyncSettings
 
 QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
 FREEZE_MODES = ("freeze", "stop", "none")
-SNAPSHOT_DIR = Path("/var/lib/mailrelay-agent/queue-snapshot")
 # The time (this node's clock) just before the last held pass began, shipped with every copy
 # to the peer's replica: the peer's shadow receiver drops the shadows older than that, which
 # the replica now holds (or which left the queue). Shipped in the same rsync as the queue, it
@@ -81,18 +82,15 @@ class SyncConfig:
     marker: Path = SHADOW_MARKER
 
     @classmethod
-    def from_env(cls, env: dict[str, str]) -> SyncConfig:
-        peer = env.get("SYNC_PEER", "").strip()
-        if not re.fullmatch(r"[0-9a-fA-F.:]+|[a-z0-9.-]+", peer or "-"):
-            raise SyncError(f"SYNC_PEER is not a host or address: {peer!r}")
-        if not peer:
+    def from_settings(cls, settings: SyncSettings) -> SyncConfig:
+        if settings.peer is None:
             raise SyncError("SYNC_PEER is not set: this node has no peer to copy its queue to")
         return cls(
-            peer=peer,
-            ssh_key=Path(env.get("SYNC_SSH_KEY", "/etc/mailrelay/sync_ed25519")),
-            remote_user=env.get("SYNC_REMOTE_USER", "mailrelay-sync"),
-            known_hosts=Path(env.get("SYNC_KNOWN_HOSTS", "/etc/mailrelay/sync_known_hosts")),
-            staging=_snapshot_dir(env.get("SYNC_SNAPSHOT_DIR")),
+            peer=settings.peer,
+            ssh_key=settings.ssh_key,
+            remote_user=settings.remote_user,
+            known_hosts=settings.known_hosts,
+            staging=settings.snapshot_dir,
         )
 
     def check_pinned(self) -> None:
@@ -113,15 +111,6 @@ class SyncConfig:
             )
 
 
-def _snapshot_dir(value: str | None) -> Path | None:
-    """SYNC_SNAPSHOT_DIR: unset is the default directory; set empty, no snapshot (for a host
-    without the disk for a second copy of its queue): the frozen pass then copies straight to
-    the peer, ssh and all, and the freeze lasts that long."""
-    if value is None:
-        return SNAPSHOT_DIR
-    return Path(value.strip()) if value.strip() else None
-
-
 @dataclass
 class SyncReport:
     mode: str
@@ -133,8 +122,17 @@ class SyncReport:
     bytes: int = 0
     passes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, object]:
-        return self.__dict__.copy()
+    def as_dict(self) -> SyncAnswer:
+        return {
+            "mode": self.mode,
+            "ok": self.ok,
+            "error": self.error,
+            "duration": self.duration,
+            "freeze_seconds": self.freeze_seconds,
+            "files": self.files,
+            "bytes": self.bytes,
+            "passes": list(self.passes),
+        }
 
 
 def postfix_cgroup() -> Path | None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.agent import queuefile
+from app.agent.protocol import ImportAnswer, Refusal
 
 log = logging.getLogger("mailrelay.agent.replica")
 
@@ -51,7 +52,6 @@ class ReplicaError(Exception):
 HEADROOM = 4 * 1024 * 1024
 # Postfix's message_size_limit = 0 means no limit; the import keeps one.
 NO_LIMIT_CAP = 1024 * 1024 * 1024
-MAX_FILES = 200_000
 
 
 @dataclass(frozen=True)
@@ -60,23 +60,14 @@ class Limits:
     max_files: int
 
     @classmethod
-    def from_env(cls, env: dict[str, str], message_size_limit: int) -> Limits:
-        """REPLICA_MAX_FILE_BYTES (default: Postfix's message_size_limit plus HEADROOM) and
-        REPLICA_MAX_FILES (default MAX_FILES)."""
-        default = message_size_limit + HEADROOM if message_size_limit > 0 else NO_LIMIT_CAP
-        return cls(
-            _positive(env, "REPLICA_MAX_FILE_BYTES", default),
-            _positive(env, "REPLICA_MAX_FILES", MAX_FILES),
-        )
-
-
-def _positive(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ReplicaError(f"{name} must be a positive whole number, got {raw!r}")
-    return int(raw)
+    def of(cls, max_file_bytes: int | None, max_files: int, message_size_limit: int) -> Limits:
+        """REPLICA_MAX_FILE_BYTES and REPLICA_MAX_FILES (app.settings.AgentSettings); an unset
+        file cap is Postfix's message_size_limit plus HEADROOM."""
+        if max_file_bytes is None:
+            max_file_bytes = (
+                message_size_limit + HEADROOM if message_size_limit > 0 else NO_LIMIT_CAP
+            )
+        return cls(max_file_bytes, max_files)
 
 
 # A replica full of junk must not make the answer (and the log) as large: the first ones are
@@ -87,7 +78,7 @@ MAX_REPORTED = 1000
 @dataclass
 class Report:
     imported: list[str] = field(default_factory=list)
-    refused: list[dict[str, str]] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
     refused_total: int = 0
     incomplete: int = 0
 
@@ -97,7 +88,7 @@ class Report:
             log.warning("replica import refused %s: %s (left in the replica)", where, reason)
             self.refused.append({"path": where, "reason": reason})
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> ImportAnswer:
         return {
             "imported": self.imported,
             "refused": self.refused,

@@ -17,17 +17,25 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.agent import callers, queuesync, replica, vip
-from app.agent.callers import QUEUE_ACTIONS, Caller
+from app.agent import protocol as p
+from app.agent.callers import Caller
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
 from app.replication import shadow_import
+from app.settings import AgentSettings
 
 log = logging.getLogger("mailrelay.agent")
 MAX_REQUEST = 256 * 1024 * 1024
 QUEUE_LIMIT_MAX = 100_000
+R = TypeVar("R")
+Handler = Callable[[dict[str, Any]], object]
+
+
+def _on(verb: p.Verb[Any, R], handler: Callable[[dict[str, Any]], R]) -> tuple[str, Handler]:
+    """One entry of the verb table; the handler must answer what the protocol says."""
+    return verb.name, handler
 
 
 def _files(args: dict[str, Any]) -> tuple[int, dict[str, bytes]]:
@@ -60,7 +68,7 @@ def _vip_address(args: dict[str, Any]) -> ipaddress.IPv4Address | ipaddress.IPv6
         raise AgentError("vip must be an IP address") from None
 
 
-def _handover(args: dict[str, Any]) -> dict[str, float]:
+def _handover(args: dict[str, Any]) -> p.Handover:
     address = _vip_address(args)
     timeout = args.get("timeout", 10)
     if not isinstance(timeout, int | float) or not 1 <= timeout <= 60:
@@ -76,43 +84,48 @@ def _queue_id(args: dict[str, Any]) -> str:
 
 
 class Agent:
-    def __init__(self, tools: PostfixTools) -> None:
+    def __init__(self, tools: PostfixTools, settings: AgentSettings) -> None:
         self.tools = tools
+        self.settings = settings
         # One change at a time: two applies must not interleave their swaps and reloads.
         self.lock = asyncio.Lock()
-        self.verbs: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "status": lambda a: self.tools.status(),
-            "check": lambda a: self.tools.check_maps(*_files(a)).as_dict(),
-            "apply": lambda a: self.tools.apply_maps(*_files(a)).as_dict(),
-            "reload": lambda a: self.tools.reload(),
-            "queue_list": self._queue_list,
-            "queue_sync": self._queue_sync,
-            "import_replica": lambda a: self._import_replica(),
-            "hold_all": lambda a: queuesync.hold_all(),
-            "delete_ids": lambda a: queuesync.postsuper_ids("-d", _queue_ids(a)),
-            "release_ids": lambda a: queuesync.postsuper_ids("-H", _queue_ids(a)),
-            "flush_all": lambda a: self.tools.flush_all(),
-            "vip_handover": _handover,
-            # For a web app in a container, which sees its own network namespace, not the
-            # host's interfaces.
-            "vip_held": lambda a: vip.present(_vip_address(a)),
-            **{action: self._queue_action(action) for action in QUEUE_ACTIONS},
-        }
+        self.verbs: dict[str, Handler] = dict(
+            [
+                _on(p.STATUS, lambda a: self.tools.status()),
+                _on(p.CHECK, lambda a: self.tools.check_maps(*_files(a)).as_dict()),
+                _on(p.APPLY, lambda a: self.tools.apply_maps(*_files(a)).as_dict()),
+                _on(p.RELOAD, lambda a: self.tools.reload()),
+                _on(p.QUEUE_LIST, self._queue_list),
+                _on(p.QUEUE_SYNC, self._queue_sync),
+                _on(p.IMPORT_REPLICA, lambda a: self._import_replica()),
+                _on(p.HOLD_ALL, lambda a: queuesync.hold_all()),
+                _on(p.DELETE_IDS, lambda a: queuesync.postsuper_ids("-d", _queue_ids(a))),
+                _on(p.RELEASE_IDS, lambda a: queuesync.postsuper_ids("-H", _queue_ids(a))),
+                _on(p.FLUSH_ALL, lambda a: self.tools.flush_all()),
+                _on(p.VIP_HANDOVER, _handover),
+                # For a web app in a container, which sees its own network namespace, not the
+                # host's interfaces.
+                _on(p.VIP_HELD, lambda a: vip.present(_vip_address(a))),
+                *[_on(verb, self._queue_action(name)) for name, verb in p.QUEUE_ACTIONS.items()],
+            ]
+        )
+        if drift := set(self.verbs) ^ p.NAMES:
+            raise RuntimeError(f"the agent's verbs differ from the protocol's: {sorted(drift)}")
 
     def _queue_action(self, action: str) -> Callable[[dict[str, Any]], None]:
         return lambda args: self.tools.queue_action(action, _queue_id(args))
 
-    def _queue_sync(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _queue_sync(self, args: dict[str, Any]) -> p.SyncAnswer:
         mode = args.get("freeze", "freeze")
         if mode not in queuesync.FREEZE_MODES:
             raise AgentError(f"freeze must be one of {', '.join(queuesync.FREEZE_MODES)}")
         try:
-            config = queuesync.SyncConfig.from_env(dict(os.environ))
+            config = queuesync.SyncConfig.from_settings(self.settings.sync)
         except queuesync.SyncError as exc:
             raise AgentError(str(exc)) from None
         return queuesync.sync(config, mode).as_dict()
 
-    def _import_replica(self) -> dict[str, object]:
+    def _import_replica(self) -> p.ReplicaImportAnswer:
         """The replica into the live queue (app/agent/replica.py), then the shadows it does
         not cover (app/replication/shadow_import.py); the mail either may take is that of the
         sender domains in the maps this agent applied."""
@@ -120,7 +133,11 @@ class Agent:
         # What the replica covers is what it holds before its import removes it.
         covered = shadow_import.replica_names(self.tools.replica, replica.IMPORT_PARTS)
         try:
-            limits = replica.Limits.from_env(dict(os.environ), self.tools.message_size_limit())
+            limits = replica.Limits.of(
+                self.settings.replica_max_file_bytes,
+                self.settings.replica_max_files,
+                self.tools.message_size_limit(),
+            )
             report = replica.import_replica(
                 self.tools.replica,
                 self.tools.queue_directory(),
@@ -135,9 +152,9 @@ class Agent:
         )
         if report.imported:
             self.tools.flush_all()
-        return report.as_dict() | {"shadows": shadows.as_dict()}
+        return {**report.as_dict(), "shadows": shadows.as_dict()}
 
-    def _queue_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+    def _queue_list(self, args: dict[str, Any]) -> list[p.PostqueueEntry]:
         limit = args.get("limit", 1000)
         if not isinstance(limit, int) or not 1 <= limit <= QUEUE_LIMIT_MAX:
             raise AgentError(f"limit must be 1-{QUEUE_LIMIT_MAX}")
@@ -202,8 +219,9 @@ def _activated_socket() -> socket.socket | None:
     return socket.socket(fileno=3)
 
 
-async def serve(socket_path: Path, tools: PostfixTools, mode: int = 0o660) -> None:
-    agent = Agent(tools)
+async def serve(settings: AgentSettings) -> None:
+    agent = Agent(PostfixTools.from_settings(settings), settings)
+    socket_path = settings.socket
     sock = _activated_socket()
     if sock is not None:
         server = await asyncio.start_unix_server(
@@ -215,7 +233,7 @@ async def serve(socket_path: Path, tools: PostfixTools, mode: int = 0o660) -> No
         server = await asyncio.start_unix_server(
             agent.serve_connection, path=str(socket_path), limit=MAX_REQUEST
         )
-        os.chmod(socket_path, mode)
+        os.chmod(socket_path, settings.socket_mode)
     log.info("agent listening on %s", socket_path)
     async with server:
         await server.serve_forever()

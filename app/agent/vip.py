@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from app.agent.postfix import AgentError
+from app.agent.protocol import Handover
 from app.cluster.vip import VipCheckError, vip_held
 
 UNIT = "keepalived.service"
@@ -47,9 +48,7 @@ def _systemctl(action: str) -> str | None:
     return f"systemctl {action} {UNIT}: {result.stderr.strip() or f'exit {result.returncode}'}"
 
 
-def handover(
-    vip: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float
-) -> dict[str, float]:
+def handover(vip: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float) -> Handover:
     """Stop keepalived, wait until the VIP has left this node (at most `timeout` s), start
     keepalived again. Returns after how many seconds the address was gone and the whole time."""
     started = time.monotonic()

@@ -86,7 +86,7 @@ async def _oldest_queued(
     if not isinstance(messages, int) or not 0 < messages <= QUEUE_AGE_MAX_MESSAGES:
         return None
     try:
-        entries = await agent.call("queue_list", limit=QUEUE_AGE_MAX_MESSAGES)
+        entries = await agent.queue_list(limit=QUEUE_AGE_MAX_MESSAGES)
     except (AgentUnavailable, AgentRefused) as exc:
         log.warning("alerts: cannot list the queue for its oldest message: %s", exc)
         return None

@@ -14,16 +14,15 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from app.settings import Settings, SettingsError, _Reader
+from app.settings import Settings, SettingsError, parse_fingerprint
 
 TIMEOUT_SECONDS = 10.0
 
@@ -34,17 +33,6 @@ class PeerError(Exception):
 
 class CertificateMismatch(PeerError):
     """The server's certificate is not the pinned one: nothing was sent to it."""
-
-
-def parse_fingerprint(text: str, name: str) -> bytes:
-    """A SHA-256 fingerprint as `mailrelay serve` prints it (colons optional); a bad value is a
-    SettingsError naming the variable."""
-    digits = text.replace(":", "").lower()
-    if len(digits) != 64 or not all(c in "0123456789abcdef" for c in digits):
-        raise SettingsError(
-            f"{name} must be a SHA-256 fingerprint (64 hex digits, colons allowed), got {text!r}"
-        )
-    return bytes.fromhex(digits)
 
 
 @dataclass(frozen=True)
@@ -61,14 +49,11 @@ class PeerTls:
         return self.who.upper()
 
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, required: bool = True) -> PeerTls:
+    def for_master(cls, settings: Settings, required: bool = True) -> PeerTls:
         """The slave's master: MASTER_CERT_FINGERPRINT and MASTER_CA_FILE; on a slave
         (`required`) at least one of them must be set. A bad value is a SettingsError naming the
-        variable. To move into app.settings.Settings."""
-        r = _Reader(os.environ if env is None else env)
-        pin = r.optional("MASTER_CERT_FINGERPRINT")
-        digest = None if pin is None else parse_fingerprint(pin, "MASTER_CERT_FINGERPRINT")
-        ca_file = r.path("MASTER_CA_FILE")
+        variable."""
+        digest, ca_file = settings.master_cert_fingerprint, settings.master_ca_file
         if ca_file is not None:
             try:
                 ssl.create_default_context(cafile=str(ca_file))

@@ -293,7 +293,7 @@ async def _run(
     if settings.cluster_mode != "slave":
         return PullResult("skipped", f"CLUSTER_MODE={settings.cluster_mode}: nothing to pull")
     if tls is None:
-        tls = PeerTls.load()
+        tls = PeerTls.for_master(settings)
     if not settings.master_api_url or not settings.master_api_token:
         raise SettingsError("MASTER_API_URL and MASTER_API_TOKEN are required on a slave")
     # The run follows the master until CONFIG_PULL_WAIT_SECONDS are up: it waits at the

@@ -96,7 +96,7 @@ async def _vip(settings: Settings, agent: AgentClient) -> Status:
     # Under rootless Podman the app sees its container's interfaces, not the host's: the agent
     # (root, on the host) can tell.
     try:
-        held = await asyncio.wait_for(agent.call("vip_held", vip=address), AGENT_TIMEOUT)
+        held = await asyncio.wait_for(agent.vip_held(address), AGENT_TIMEOUT)
     except (AgentUnavailable, AgentRefused, TimeoutError) as exc:
         return {"address": address, "held": None, "unknown": f"{local}; agent: {exc}"}
     return {"address": address, "held": bool(held)}
@@ -112,7 +112,7 @@ async def _queue(agent: AgentClient) -> Status:
         "shadow_milter": None,
     }
     try:
-        state = await asyncio.wait_for(agent.call("status"), AGENT_TIMEOUT)
+        state = await asyncio.wait_for(agent.status(), AGENT_TIMEOUT)
     except (AgentUnavailable, AgentRefused) as exc:
         return unknown | {"unknown": str(exc)}
     except TimeoutError:

@@ -31,7 +31,6 @@ import smtplib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
@@ -165,9 +164,7 @@ class _Switchover:
 
     async def handover(self) -> str:
         try:
-            done: dict[str, Any] = await self.agent.call(
-                "vip_handover", vip=self.vip, timeout=HANDOVER_TIMEOUT
-            )
+            done = await self.agent.vip_handover(self.vip, timeout=HANDOVER_TIMEOUT)
         except (AgentUnavailable, AgentRefused) as exc:
             raise StepFailed(str(exc)) from None
         return Message(

@@ -67,7 +67,7 @@ async def test_version(number: int, box: SecretBox, agent: AgentClient, node_id:
     if maps is None:
         return report
     try:
-        answer = await agent.call("check", version=number, files=agent.encode_files(maps.files))
+        answer = await agent.check(number, maps.files)
     except AgentUnavailable as exc:
         report.notes.append(f"Postfix did not check this version: {exc}")
         return report
@@ -85,7 +85,7 @@ async def apply_version(
     report, maps = await _prepare(number, box, node_id)
     if maps is not None:
         try:
-            answer = await agent.call("apply", version=number, files=agent.encode_files(maps.files))
+            answer = await agent.apply(number, maps.files)
             report.problems.extend(answer["problems"])
         except AgentUnavailable as exc:
             report.problems.append(f"not applied: {exc}")

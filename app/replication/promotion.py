@@ -7,9 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.agent.protocol import ImportAnswer
 from app.db.tables import QueueImport
 
 log = logging.getLogger("mailrelay.promotion")
@@ -18,14 +18,17 @@ log = logging.getLogger("mailrelay.promotion")
 async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[str]:
     started = time.monotonic()
     try:
-        report: dict[str, Any] = await agent.call("import_replica")
+        report = await agent.import_replica()
     except (AgentUnavailable, AgentRefused) as exc:
         log.error("promotion: importing the replica failed: %s", exc)
         return []
     # Then the agent injected the peer's shadow copies that the replica does not cover
     # (mail the peer accepted after its last sync): their original queue IDs are recorded the
     # same way, so the returning peer deletes exactly those.
-    shadows: dict[str, Any] = report.get("shadows") or {"imported": [], "refused": []}
+    # An answer without shadows (an agent from before shadow copies) counts as none.
+    shadows = report.get("shadows") or ImportAnswer(
+        imported=[], refused=[], refused_total=0, incomplete=0
+    )
     imported: list[str] = report["imported"] + shadows["imported"]
     # The peer's files are untrusted: what the agent refused (links, odd files, oversized ones,
     # senders outside the allowed domains) stays in the replica for the operator to look at.
@@ -54,7 +57,7 @@ async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[st
         transition,
         len(imported),
         len(shadows["imported"]),
-        report["refused_total"] + shadows.get("refused_total", 0),
+        report["refused_total"] + shadows["refused_total"],
         time.monotonic() - started,
     )
     return imported

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.agent.protocol import SyncAnswer
 from app.cluster import locks
 from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import SyncRun
-from app.settings import Settings
+from app.settings import FreezeMode, Settings
 
 log = logging.getLogger("mailrelay.queue_sync")
 LOCK = locks.QUEUE_SYNC
@@ -78,7 +79,7 @@ async def _open(connect: Callable[[], Awaitable[None]] | None) -> _Database:
 async def run_once(
     settings: Settings,
     agent: AgentClient,
-    freeze: str,
+    freeze: FreezeMode,
     connect: Callable[[], Awaitable[None]] | None = None,
 ) -> SyncResult:
     """One run. `connect` opens the database for it, after the VIP check (a passive node never
@@ -112,7 +113,9 @@ async def run_once(
         return await _sync(settings, agent, freeze, run)
 
 
-async def _sync(settings: Settings, agent: AgentClient, freeze: str, run: _Run) -> SyncResult:
+async def _sync(
+    settings: Settings, agent: AgentClient, freeze: FreezeMode, run: _Run
+) -> SyncResult:
     lease: locks.Lease | None = None
     # One holder per run (this process), so that a second run at the same time (a manual one,
     # a switchover's final sync) conflicts instead of renewing the first one's lease.
@@ -125,9 +128,18 @@ async def _sync(settings: Settings, agent: AgentClient, freeze: str, run: _Run) 
         except locks.DATABASE_ERRORS as exc:
             run.database.lost(exc)
     try:
-        report: dict[str, Any] = await agent.call("queue_sync", freeze=freeze)
+        report = await agent.queue_sync(freeze)
     except (AgentUnavailable, AgentRefused) as exc:
-        report = {"ok": False, "error": str(exc)}
+        report = SyncAnswer(
+            mode=freeze,
+            ok=False,
+            error=str(exc),
+            duration=0.0,
+            freeze_seconds=0.0,
+            files=0,
+            bytes=0,
+            passes=[],
+        )
     finally:
         if lease is not None and run.database.up:
             try:
@@ -178,7 +190,7 @@ async def _flush(agent: AgentClient) -> None:
     """SYNC_FLUSH: `postqueue -f` after the copy, as the seed did. A failed flush is logged;
     the sync itself succeeded and is recorded so."""
     try:
-        await agent.call("flush_all")
+        await agent.flush_all()
     except (AgentUnavailable, AgentRefused) as exc:
         log.warning("queue-sync: postqueue -f after the sync failed: %s", exc)
 

@@ -109,7 +109,7 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
     started = time.monotonic()
     try:
         # hold_all names only what it held now: add what earlier steps held and left to us.
-        fresh = await agent.call("hold_all")
+        fresh = await agent.hold_all()
     except (AgentUnavailable, AgentRefused) as exc:
         return ReconcileResult("held", detail=f"cannot hold the queue: {exc}")
     held = sorted(set(fresh) | set(pending(settings)) | set(_ids(leaving_file(settings))))
@@ -135,7 +135,7 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
         return ReconcileResult("held", held=len(held), detail=str(exc))
     delete = [i for i in held if i in imported]
     release = [i for i in held if i not in imported]
-    await agent.call("delete_ids", queue_ids=delete)
+    await agent.delete_ids(delete)
     await _release(agent, release)
     _forget(pending_file(settings), held)
     _forget(leaving_file(settings), held)
@@ -157,8 +157,8 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
 
 
 async def _release(agent: AgentClient, ids: list[str]) -> None:
-    await agent.call("release_ids", queue_ids=ids)
-    await agent.call("flush_all")
+    await agent.release_ids(ids)
+    await agent.flush_all()
 
 
 async def _release_held_on_leaving(settings: Settings, agent: AgentClient, held: list[str]) -> None:
@@ -178,7 +178,7 @@ async def hold_on_leaving(settings: Settings, agent: AgentClient) -> list[str]:
     except locks.DATABASE_ERRORS as exc:  # no switchover runs without the database
         log.warning("reconcile: cannot ask the database whether a switchover runs: %s", exc)
     try:
-        held: list[str] = await agent.call("hold_all")
+        held = await agent.hold_all()
     except (AgentUnavailable, AgentRefused) as exc:
         log.warning("reconcile: cannot hold the queue on leaving MASTER: %s", exc)
         return []

@@ -22,6 +22,7 @@ import pytest
 from app.agent import callers
 from app.agent.postfix import PostfixTools
 from app.agent.server import Agent
+from app.settings import load_agent_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 VIP = "198.18.9.100"
@@ -50,7 +51,7 @@ async def test_status_counts_the_replica_of_the_peers_queue(tmp_path):
     write(replica / "bounce" / "A" / "4dLq2G1xZ9z9vxA", 5000)
     write(replica / "defer" / "A" / "4dLq2G1xZ9z9vxA", 5000)
 
-    agent = Agent(PostfixTools(config, tmp_path / "maps", replica=replica))
+    agent = Agent(PostfixTools(config, tmp_path / "maps", replica=replica), load_agent_settings({}))
     me = callers.identify(os.getpid(), os.getuid(), os.getgid())  # root: every verb
     answer = await agent.handle({"verb": "status"}, me)
 
@@ -88,7 +89,8 @@ import os
 from app.agent import callers
 from app.agent.postfix import PostfixTools
 from app.agent.server import Agent
-agent = Agent(PostfixTools(Path("/nonexistent"), Path("/nonexistent")))
+from app.settings import load_agent_settings
+agent = Agent(PostfixTools(Path("/nonexistent"), Path("/nonexistent")), load_agent_settings({}))
 me = callers.identify(os.getpid(), os.getuid(), os.getgid())
 print(json.dumps(asyncio.run(agent.handle(json.loads(sys.argv[1]), me))))
 """

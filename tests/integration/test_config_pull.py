@@ -47,7 +47,7 @@ from app.cluster.peer import PeerTls
 from app.config import snapshot as snap
 from app.crypto import SecretBox, ensure_secret_key
 from app.db.tables import AppliedVersion, AuditLog, ConfigVersion
-from app.settings import SettingsError
+from app.settings import SettingsError, load_settings
 from app.tls import fingerprint
 from tests.conftest import TABLES
 
@@ -432,8 +432,13 @@ def slave(settings: Any, url: str, token: str, wait: float = 0.0) -> Any:
     )
 
 
+def master_tls(env: dict[str, str], required: bool = True) -> PeerTls:
+    """What config-pull makes of the MASTER_* variables, read as a node reads them."""
+    return PeerTls.for_master(load_settings({"DATABASE_URL": "postgresql:///x", **env}), required)
+
+
 def pinned(value: str) -> PeerTls:
-    return PeerTls.load({"MASTER_CERT_FINGERPRINT": value})
+    return master_tls({"MASTER_CERT_FINGERPRINT": value})
 
 
 async def run(settings: Any, agent: AgentStub, box: SecretBox, how: PeerTls) -> Any:
@@ -592,11 +597,11 @@ async def test_a_ca_file_instead_of_a_pin(settings, master, master_db, pki, agen
     [token] = master_do(master, ["token", "slave-b", "cluster"])
     # Both set: the chain and the pin must both hold.
     both = {"MASTER_CA_FILE": str(pki.ca_file), "MASTER_CERT_FINGERPRINT": "AB" * 32}
-    result = await run(slave(settings, master.url, token), agent, box, PeerTls.load(both))
+    result = await run(slave(settings, master.url, token), agent, box, master_tls(both))
     assert result.outcome == "failed" and "the token was not sent" in result.detail
     assert await token_last_used(master_db, "slave-b") is None
 
-    how = PeerTls.load({"MASTER_CA_FILE": str(pki.ca_file)})
+    how = master_tls({"MASTER_CA_FILE": str(pki.ca_file)})
     result = await run(slave(settings, master.url, token), agent, box, how)
     assert result.outcome == "applied", result.detail
 
@@ -633,13 +638,13 @@ async def test_a_certificate_from_another_ca_is_refused_before_the_token_is_sent
 ):
     [token] = master_do(master, ["token", "slave-b", "cluster"])
     async with TlsServer(pki.stranger_cert, pki.stranger_key) as impostor:
-        how = PeerTls.load({"MASTER_CA_FILE": str(pki.ca_file)})
+        how = master_tls({"MASTER_CA_FILE": str(pki.ca_file)})
         result = await run(slave(settings, impostor.url, token), agent, box, how)
     assert result.outcome == "failed"
     assert "CERTIFICATE_VERIFY_FAILED" in result.detail
     assert impostor.received == b""
     # And the real master under a CA that did not sign its certificate.
-    how = PeerTls.load({"MASTER_CA_FILE": str(pki.other_ca_file)})
+    how = master_tls({"MASTER_CA_FILE": str(pki.other_ca_file)})
     result = await run(slave(settings, master.url, token), agent, box, how)
     assert result.outcome == "failed" and "CERTIFICATE_VERIFY_FAILED" in result.detail
     assert await token_last_used(master_db, "slave-b") is None
@@ -870,18 +875,18 @@ async def test_two_runs_at_once_apply_once(settings, master, master_db, agent, b
 def test_pull_settings_are_strict(pki):
     digest = bytes.fromhex("ab" * 32)
     colons = ":".join(["AB"] * 32)
-    assert PeerTls.load({"MASTER_CERT_FINGERPRINT": colons}).cert_fingerprint == digest
+    assert master_tls({"MASTER_CERT_FINGERPRINT": colons}).cert_fingerprint == digest
     assert pinned("ab" * 32).cert_fingerprint == digest
     for bad in ("ab" * 31, "zz" * 32, "sha256:" + "ab" * 32):
         with pytest.raises(SettingsError, match="MASTER_CERT_FINGERPRINT"):
             pinned(bad)
     with pytest.raises(SettingsError, match="MASTER_CERT_FINGERPRINT or MASTER_CA_FILE"):
-        PeerTls.load({})
-    assert PeerTls.load({}, required=False).ca_file is None
+        master_tls({})
+    assert master_tls({}, required=False).ca_file is None
     with pytest.raises(SettingsError, match="MASTER_CA_FILE"):
-        PeerTls.load({"MASTER_CA_FILE": "/nonexistent/ca.pem"})
+        master_tls({"MASTER_CA_FILE": "/nonexistent/ca.pem"})
     with pytest.raises(SettingsError, match="MASTER_CA_FILE"):
-        PeerTls.load({"MASTER_CA_FILE": str(pki.master_key)})
+        master_tls({"MASTER_CA_FILE": str(pki.master_key)})
 
 
 async def _cli_async(*args: str, env: dict[str, str]) -> tuple[int, str]:

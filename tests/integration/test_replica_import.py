@@ -16,6 +16,7 @@ import pytest
 from app.agent import replica as replica_import
 from app.agent.client import AgentRefused
 from app.postfix import render
+from app.settings import SettingsError, load_agent_settings
 from tests import postfixhost
 from tests.postfixhost import ALLOWED, CLIENT
 from tests.smtptarget import received
@@ -94,7 +95,7 @@ async def test_imported_mail_from_a_sender_domain_not_allowed_is_not_delivered(r
     good = to_replica(relay, files[f"app@{ALLOWED}"])
     bad = to_replica(relay, files["spam@blocked.example"])
 
-    report = await agent.call("import_replica")
+    report = await agent.import_replica()
 
     assert report["imported"] == [good.name]
     assert [r["path"] for r in report["refused"]] == [f"deferred/{bad.parent.name}/{bad.name}"]
@@ -129,7 +130,7 @@ async def test_a_symlink_in_the_replica_to_another_directory_leaves_that_directo
     relay.replica.joinpath("hold").mkdir()
     relay.replica.joinpath("hold", "precious1234").symlink_to(victim / "precious1234")
 
-    report = await agent.call("import_replica")
+    report = await agent.import_replica()
 
     assert report["imported"] == []
     assert {r["path"] for r in report["refused"]} == {"deferred", "active/F", "hold/precious1234"}
@@ -148,7 +149,7 @@ async def test_an_oversized_replica_file_is_refused_and_reported(relay, agent):
         padded.truncate(limit + 4 * 1024 * 1024 + 1)
     os.chmod(big, 0o700)
 
-    report = await agent.call("import_replica")
+    report = await agent.import_replica()
 
     assert report["imported"] == []
     assert report["refused"] == [
@@ -172,7 +173,7 @@ async def test_odd_files_in_the_replica_are_refused_and_a_good_one_still_comes_i
     os.link(good, hold / "hardlink0001")  # the second name of a file
     (relay.replica / "deferred" / "deep").mkdir()  # not a hash directory
 
-    report = await agent.call("import_replica")
+    report = await agent.import_replica()
 
     reasons = {r["path"]: r["reason"] for r in report["refused"]}
     assert reasons["hold/fifo00000001"] == "not a regular file"
@@ -182,7 +183,7 @@ async def test_odd_files_in_the_replica_are_refused_and_a_good_one_still_comes_i
     # The good file had two names too: refused, left in place. Once it has one, it comes in.
     assert report["imported"] == []
     (hold / "hardlink0001").unlink()
-    assert (await agent.call("import_replica"))["imported"] == [good.name]
+    assert (await agent.import_replica())["imported"] == [good.name]
     assert [m["message_id"] for m in wait_for_sink(relay, 1)] == [f"<ok@{ALLOWED}>"]
 
 
@@ -193,8 +194,8 @@ async def test_the_agent_refuses_maps_that_trust_a_network_wider_than_the_floor(
     files = render.render(2, postfixhost.ONE_ROUTE, str).files
     files["mynetworks"] = f"# hand-made\n{CLIENT}/32\n{network}\n".encode()
     live = (relay.maps_root / "live" / "mynetworks").read_bytes()
-    for verb in ("check", "apply"):
-        report = await agent.call(verb, version=2, files=agent.encode_files(files))
+    for verb in (agent.check, agent.apply):
+        report = await verb(2, files)
         assert not report["applied"]
         assert len(report["problems"]) == 1
         assert report["problems"][0].startswith("mynetworks line 3: ")
@@ -208,7 +209,7 @@ async def test_a_relay_opened_by_hand_gets_no_new_maps(relay, agent):
     relay.exec("postconf", "-e", "smtpd_relay_restrictions=permit")
     try:
         files = render.render(3, postfixhost.ONE_ROUTE, str).files
-        report = await agent.call("apply", version=3, files=agent.encode_files(files))
+        report = await agent.apply(3, files)
     finally:
         ours = "permit_mynetworks, reject_unauth_destination"
         relay.exec("postconf", "-e", f"smtpd_relay_restrictions={ours}")
@@ -224,7 +225,7 @@ async def test_a_replica_that_is_a_symlink_is_not_imported(relay, agent):
     relay.replica.symlink_to(relay.base / "spool")
     try:
         with pytest.raises(AgentRefused, match="is not a directory"):
-            await agent.call("import_replica")
+            await agent.import_replica()
     finally:
         relay.replica.unlink()
 
@@ -235,7 +236,7 @@ async def test_a_flood_of_refusals_is_counted_and_listed_only_up_to_a_thousand(r
     for index in range(1200):
         (deferred / f"junk{index:08d}").symlink_to("/etc/passwd")
 
-    report = await agent.call("import_replica")
+    report = await agent.import_replica()
 
     assert report["imported"] == []
     assert report["refused_total"] == 1200
@@ -266,8 +267,10 @@ def test_files_beyond_the_count_cap_are_not_read(tmp_path):
         "reason": "more than 5 files: the rest is not read",
     }
     assert requeued == [[]]
-    assert replica_import.Limits.from_env({"REPLICA_MAX_FILES": "7"}, 10_240_000) == (
-        replica_import.Limits(10_240_000 + replica_import.HEADROOM, 7)
+    agent = load_agent_settings({"REPLICA_MAX_FILES": "7"})
+    limits = replica_import.Limits.of(
+        agent.replica_max_file_bytes, agent.replica_max_files, 10_240_000
     )
-    with pytest.raises(replica_import.ReplicaError, match="REPLICA_MAX_FILES must be a positive"):
-        replica_import.Limits.from_env({"REPLICA_MAX_FILES": "0"}, 0)
+    assert limits == replica_import.Limits(10_240_000 + replica_import.HEADROOM, 7)
+    with pytest.raises(SettingsError, match="REPLICA_MAX_FILES must be between 1 and"):
+        load_agent_settings({"REPLICA_MAX_FILES": "0"})

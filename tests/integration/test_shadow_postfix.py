@@ -90,7 +90,7 @@ async def test_prefer_accepts_without_a_peer_and_counts_the_mail_unprotected(rel
     assert "250 2.0.0 Ok: queued as" in out, out
     counters = json.loads(relay.shadow_counters.read_text())
     assert counters["unprotected_total"] == 1
-    status = await agent.call("status")
+    status = await agent.status()
     assert status["shadow"]["unprotected_total"] == 1
 
 
@@ -113,7 +113,7 @@ async def test_promotion_injects_an_uncovered_shadow_with_its_envelope(relay, ag
     for item in relay.sink1.iterdir():
         item.unlink()
     relay.stop_shadow("receiver")  # the peer's store, as this node finds it on promotion
-    report = await agent.call("import_replica")
+    report = await agent.import_replica()
     assert report["shadows"]["imported"] == [queue_id]
     [again] = wait_for_sink(relay, "promoted@test")
     assert again["mail_from"] == f"app@{ALLOWED}"
@@ -129,7 +129,7 @@ async def test_a_shadow_the_replica_covers_is_dropped_not_injected(relay, agent)
     (relay.replica / "deferred" / "4").mkdir(parents=True, exist_ok=True)
     (relay.replica / "deferred" / "4" / queue_id).write_bytes(b"not a queue file")
     try:
-        report = await agent.call("import_replica")
+        report = await agent.import_replica()
     finally:
         shutil.rmtree(relay.replica, ignore_errors=True)
     assert report["shadows"]["imported"] == []
@@ -153,7 +153,7 @@ async def test_hostile_shadows_are_refused_and_left(relay, agent, tmp_path):
     (store / "4ZbigABC1234").write_bytes(
         encode(big, b"Message-Id: <big@test>\r\n\r\n" + b"x" * (15 << 20))
     )
-    report = (await agent.call("import_replica"))["shadows"]
+    report = (await agent.import_replica())["shadows"]
     reasons = {r["path"]: r["reason"] for r in report["refused"]}
     assert report["imported"] == []
     assert "following links" in reasons["shadow/4ZlinkABC123"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import SettingsError, load_settings
+from app.settings import SettingsError, load_agent_settings, load_settings
 
 DB = "postgresql://mailrelay@localhost/mailrelay"
 
@@ -170,3 +170,64 @@ def test_an_unreadable_name_file_names_the_variable(tmp_path: Path) -> None:
                 MASTER_API_TOKEN_FILE=str(tmp_path / "missing"),
             )
         )
+
+
+def test_the_agent_starts_from_its_own_env_file_alone() -> None:
+    """agent.env (scripts/install-node) carries only SYNC_* and REPLICA_*: no DATABASE_URL."""
+    s = load_agent_settings(
+        env={
+            "SYNC_PEER": "198.18.0.12",
+            "SYNC_SSH_KEY": "/etc/mailrelay/sync_ed25519",
+            "SYNC_REMOTE_USER": "mailrelay-sync",
+            "SYNC_KNOWN_HOSTS": "/etc/mailrelay/sync_known_hosts",
+            "REPLICA_MAX_FILES": "5000",
+        }
+    )
+    assert s.socket == Path("/run/mailrelay/agent.sock") and s.socket_mode == 0o660
+    assert s.postfix_config_dir == Path("/etc/postfix")
+    assert s.postfix_maps_root == Path("/etc/postfix/mailrelay")
+    assert s.replica_dir == Path("/var/spool/mailrelay-replica")
+    assert s.replica_max_file_bytes is None and s.replica_max_files == 5000
+    assert s.sync.peer == "198.18.0.12"
+    assert s.sync.snapshot_dir == Path("/var/lib/mailrelay-agent/queue-snapshot")
+    assert not s.protections.postscreen and s.protections.rbl_zones == ()
+
+
+def test_a_node_without_a_peer_has_an_agent_all_the_same() -> None:
+    assert load_agent_settings(env={}).sync.peer is None
+
+
+def test_an_empty_snapshot_dir_means_no_snapshot() -> None:
+    assert load_agent_settings(env={"SYNC_SNAPSHOT_DIR": ""}).sync.snapshot_dir is None
+    s = load_agent_settings(env={"SYNC_SNAPSHOT_DIR": "/srv/snap"})
+    assert s.sync.snapshot_dir == Path("/srv/snap")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SYNC_PEER", "peer;rm -rf /"),
+        ("SYNC_PEER", "-oProxyCommand=x"),
+        ("AGENT_SOCKET_MODE", "rw-rw----"),
+        ("AGENT_SOCKET_MODE", "1777"),
+        ("REPLICA_MAX_FILES", "0"),
+        ("REPLICA_MAX_FILE_BYTES", "lots"),
+        ("SHADOW_MODE", "sometimes"),
+        ("SHADOW_TIMEOUT_MS", "2s"),
+        ("POSTFIX_RBL_LIST", "zen.example, evil\nline"),
+        ("POSTFIX_CLIENT_RATE_LIMIT", "0"),
+        ("POSTFIX_POSTSCREEN", "maybe"),
+    ],
+)
+def test_a_bad_agent_value_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_agent_settings(env={variable: value})
+
+
+def test_the_masters_pin_is_checked_where_it_is_read() -> None:
+    digest = bytes.fromhex("ab" * 32)
+    pin = ":".join(["AB"] * 32)
+    assert load_settings(env=env(MASTER_CERT_FINGERPRINT=pin)).master_cert_fingerprint == digest
+    assert load_settings(env=env()).master_cert_fingerprint is None
+    with pytest.raises(SettingsError, match="MASTER_CERT_FINGERPRINT"):
+        load_settings(env=env(MASTER_CERT_FINGERPRINT="sha256:" + "ab" * 32))

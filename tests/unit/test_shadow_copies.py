@@ -125,10 +125,14 @@ def test_a_peer_that_is_down_is_reported_within_the_deadline(tmp_path):
 
 def test_shadow_mode_off_configures_no_milter():
     from app.agent.postfix import shadow_settings
+    from app.settings import load_agent_settings
 
-    assert shadow_settings({"SHADOW_MODE": "off"}) == {"smtpd_milters": ""}
-    assert shadow_settings({"SHADOW_MODE": "require"})["milter_default_action"] == "tempfail"
-    assert shadow_settings({})["milter_default_action"] == "accept"
+    def milter(env: dict[str, str]) -> dict[str, str]:
+        return shadow_settings(load_agent_settings(env))
+
+    assert milter({"SHADOW_MODE": "off"}) == {"smtpd_milters": ""}
+    assert milter({"SHADOW_MODE": "require"})["milter_default_action"] == "tempfail"
+    assert milter({})["milter_default_action"] == "accept"
 
 
 def test_a_milter_that_is_down_is_seen_not_just_uncounted(tmp_path):

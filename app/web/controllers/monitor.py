@@ -27,7 +27,7 @@ AUDIT_PAGE = 50
 async def dashboard(request: Req) -> Template:
     settings = request.app.state.settings
     try:
-        postfix = await request.app.state.agent.call("status")
+        postfix = await request.app.state.agent.status()
         postfix_error = None
     except (AgentUnavailable, AgentRefused) as exc:
         postfix, postfix_error = None, str(exc)

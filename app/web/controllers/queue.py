@@ -53,7 +53,7 @@ async def listing(
     and why the agent could not list them (None when it could)."""
     error, entries = None, []
     try:
-        raw = await agent.call("queue_list", limit=LIST_LIMIT)
+        raw = await agent.queue_list(limit=LIST_LIMIT)
         entries = [queue.QueueEntry.from_postqueue(r) for r in raw]
     except (AgentUnavailable, AgentRefused) as exc:
         error = str(exc)
@@ -68,11 +68,9 @@ async def listing(
 async def run_action(agent: AgentClient, actor: Actor, action: str, queue_id: str | None) -> None:
     """One queue action (all of the queue when `queue_id` is None: flush), audited whether it
     worked or the agent raised AgentUnavailable or AgentRefused (raised on)."""
-    verb_args = {"queue_id": queue_id} if queue_id else {}
-    verb = action if queue_id else "flush_all"
     target = queue_id or "*"
     try:
-        await agent.call(verb, **verb_args)
+        await (agent.queue_action(action, queue_id) if queue_id else agent.flush_all())
     except (AgentUnavailable, AgentRefused) as exc:
         await audit.record(
             actor.username,

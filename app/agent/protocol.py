@@ -1,0 +1,187 @@
+"""The agent's verbs, each with its arguments and its answer: the one definition that the
+server's verb table (app/agent/server.py) and the client's methods (app/agent/client.py) are
+both built on, so that neither can offer a verb the other lacks.
+
+On the wire a request is one JSON line {"verb": NAME, "args": ARGS} and the answer
+{"ok": true, "result": RESULT} or {"ok": false, "error": "..."}. The server trusts nothing in
+ARGS (it checks every field itself); the types here say what a well-behaved client sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypedDict, TypeVar
+
+from app.settings import FreezeMode
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Request(Generic[R]):
+    """One call of a verb, answered with an R."""
+
+    verb: str
+    args: object
+
+
+@dataclass(frozen=True)
+class Verb(Generic[A, R]):
+    """A verb's name on the wire; A is the type of its arguments, R of its result."""
+
+    name: str
+
+    def __call__(self, args: A) -> Request[R]:
+        return Request(self.name, args)
+
+
+# -- arguments --------------------------------------------------------------------------------
+
+
+class NoArgs(TypedDict):
+    pass
+
+
+class MapsArgs(TypedDict):
+    version: int
+    files: dict[str, str]  # map name -> base64 content
+
+
+class QueueListArgs(TypedDict):
+    limit: int
+
+
+class QueueSyncArgs(TypedDict):
+    freeze: FreezeMode
+
+
+class QueueIdsArgs(TypedDict):
+    queue_ids: list[str]
+
+
+class QueueIdArgs(TypedDict):
+    queue_id: str
+
+
+class VipArgs(TypedDict):
+    vip: str
+
+
+class HandoverArgs(TypedDict):
+    vip: str
+    timeout: float
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+class FilesAndBytes(TypedDict):
+    files: int
+    bytes: int
+
+
+class ShadowStatus(TypedDict):
+    stored: int
+    bytes: int
+    unprotected_total: int
+    last_unprotected_at: Any  # what the milter's counter file holds (an ISO time) or None
+    milter: str
+
+
+class PostfixStatus(TypedDict):
+    postfix_running: bool
+    postfix_version: str
+    live_maps_version: int | None
+    queue: dict[str, int]  # files per queue directory
+    replica: FilesAndBytes  # the peer's queue copied here
+    shadow: ShadowStatus
+
+
+class MapsAnswer(TypedDict):
+    version: int
+    problems: list[str]
+    applied: bool
+
+
+class SyncAnswer(TypedDict):
+    mode: str
+    ok: bool
+    error: str
+    duration: float
+    freeze_seconds: float
+    files: int
+    bytes: int
+    passes: list[str]
+
+
+class Refusal(TypedDict):
+    path: str
+    reason: str
+
+
+class ImportAnswer(TypedDict):
+    imported: list[str]
+    refused: list[Refusal]
+    refused_total: int
+    incomplete: int
+
+
+class ReplicaImportAnswer(ImportAnswer):
+    shadows: ImportAnswer  # the peer's shadow copies the replica did not cover
+
+
+class Handover(TypedDict):
+    released_seconds: float
+    seconds: float
+
+
+# One entry of `postqueue -j` as Postfix prints it (app/postfix/queue.py reads it).
+PostqueueEntry = dict[str, Any]
+
+# -- the verbs --------------------------------------------------------------------------------
+
+STATUS: Verb[NoArgs, PostfixStatus] = Verb("status")
+CHECK: Verb[MapsArgs, MapsAnswer] = Verb("check")
+APPLY: Verb[MapsArgs, MapsAnswer] = Verb("apply")
+RELOAD: Verb[NoArgs, None] = Verb("reload")
+QUEUE_LIST: Verb[QueueListArgs, list[PostqueueEntry]] = Verb("queue_list")
+QUEUE_SYNC: Verb[QueueSyncArgs, SyncAnswer] = Verb("queue_sync")
+IMPORT_REPLICA: Verb[NoArgs, ReplicaImportAnswer] = Verb("import_replica")
+HOLD_ALL: Verb[NoArgs, list[str]] = Verb("hold_all")  # the queue IDs it held
+DELETE_IDS: Verb[QueueIdsArgs, int] = Verb("delete_ids")  # how many were given to postsuper
+RELEASE_IDS: Verb[QueueIdsArgs, int] = Verb("release_ids")
+FLUSH_ALL: Verb[NoArgs, None] = Verb("flush_all")
+VIP_HANDOVER: Verb[HandoverArgs, Handover] = Verb("vip_handover")
+VIP_HELD: Verb[VipArgs, bool] = Verb("vip_held")
+HOLD: Verb[QueueIdArgs, None] = Verb("hold")
+RELEASE: Verb[QueueIdArgs, None] = Verb("release")
+DELETE: Verb[QueueIdArgs, None] = Verb("delete")
+REQUEUE: Verb[QueueIdArgs, None] = Verb("requeue")
+FLUSH: Verb[QueueIdArgs, None] = Verb("flush")
+
+QUEUE_ACTIONS: dict[str, Verb[QueueIdArgs, None]] = {
+    verb.name: verb for verb in (HOLD, RELEASE, DELETE, REQUEUE, FLUSH)
+}
+VERBS: tuple[Verb[Any, Any], ...] = (
+    STATUS,
+    CHECK,
+    APPLY,
+    RELOAD,
+    QUEUE_LIST,
+    QUEUE_SYNC,
+    IMPORT_REPLICA,
+    HOLD_ALL,
+    DELETE_IDS,
+    RELEASE_IDS,
+    FLUSH_ALL,
+    VIP_HANDOVER,
+    VIP_HELD,
+    *QUEUE_ACTIONS.values(),
+)
+NAMES: frozenset[str] = frozenset(verb.name for verb in VERBS)
+
+
+def names(*verbs: Verb[Any, Any]) -> frozenset[str]:
+    """The wire names of some verbs (for the callers' allow-list, app/agent/callers.py)."""
+    return frozenset(verb.name for verb in verbs)

@@ -1,0 +1,113 @@
+"""The agent's verbs are defined once (app/agent/protocol.py): the server answers exactly those,
+the client has one method per verb that sends that verb, and the callers' allow-list names
+only those and stays as strict as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.agent import callers, protocol
+from app.agent.client import AgentClient, AgentRefused
+from app.agent.postfix import PostfixTools
+from app.agent.server import Agent
+from app.settings import load_agent_settings
+
+# Methods of the client that are not a verb of their own.
+HELPERS = {"queue_action"}
+SAMPLE_ARGS: dict[str, Any] = {
+    "version": 1,
+    "files": {"sender_access": b"example.org OK\n"},
+    "limit": 10,
+    "queue_id": "4dLq2G1xZ9z9vxL",
+    "queue_ids": ["4dLq2G1xZ9z9vxL"],
+    "freeze": "none",
+    "vip": "198.18.0.100",
+    "timeout": 5,
+}
+
+
+def client_methods() -> set[str]:
+    return {
+        name
+        for name, member in inspect.getmembers(AgentClient, inspect.iscoroutinefunction)
+        if not name.startswith("_")
+    }
+
+
+def test_the_server_answers_exactly_the_protocols_verbs():
+    agent = Agent(PostfixTools(Path("/nonexistent"), Path("/nonexistent")), load_agent_settings({}))
+    assert set(agent.verbs) == protocol.NAMES
+    assert len(protocol.NAMES) == len(protocol.VERBS) == 18
+
+
+def test_every_verb_has_a_client_method_and_every_method_is_a_verb():
+    assert client_methods() - HELPERS == protocol.NAMES
+
+
+class Recorder:
+    """Listens where an agent would and writes down each request's verb and arguments."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="mr-proto-"))  # short: unix socket paths
+        self.path = self.folder / "agent.sock"
+        self.requests: list[dict[str, Any]] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.requests.append(json.loads(await reader.readline()))
+        writer.write(json.dumps({"ok": True, "result": None}).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+
+async def test_each_client_method_sends_the_verb_it_is_named_after():
+    recorder = Recorder()
+    server = await asyncio.start_unix_server(recorder.handle, path=str(recorder.path))
+    client = AgentClient(recorder.path, timeout=5)
+    try:
+        for name in sorted(protocol.NAMES):
+            method = getattr(client, name)
+            wanted = inspect.signature(method).parameters
+            await method(**{arg: SAMPLE_ARGS[arg] for arg in wanted if arg in SAMPLE_ARGS})
+            request = recorder.requests[-1]
+            assert request["verb"] == name
+            assert set(request["args"]) == set(wanted), name
+        await client.queue_action("requeue", "4dLq2G1xZ9z9vxL")
+        assert recorder.requests[-1] == {"verb": "requeue", "args": {"queue_id": "4dLq2G1xZ9z9vxL"}}
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_queue_action_that_is_no_verb_is_refused_before_anything_is_sent():
+    client = AgentClient(Path("/nonexistent/agent.sock"))
+    with pytest.raises(AgentRefused, match="unknown verb 'status'"):
+        await client.queue_action("status", "4dLq2G1xZ9z9vxL")
+
+
+def test_the_allow_list_names_only_verbs_and_is_as_strict_as_before():
+    granted = set().union(*callers.UNIT_VERBS.values(), callers.ADMIN, callers.WEB)
+    assert granted <= protocol.NAMES
+    reconcile = {"hold_all", "delete_ids", "release_ids", "flush_all"}
+    queue = {"hold", "release", "delete", "requeue", "flush"}
+    switchover = {"queue_sync", "vip_handover", "vip_held", "status"} | reconcile
+    assert {
+        "mailrelay-web.service": {"check", "apply", "queue_list"} | queue | switchover,
+        "mailrelay-config-pull.service": {"check", "apply"},
+        "mailrelay-queue-sync.service": {"queue_sync", "flush_all"},
+        "mailrelay-vrrp-events.service": reconcile | {"import_replica"},
+        "mailrelay-reconcile.service": reconcile,
+        "mailrelay-alerts.service": {"status", "vip_held", "queue_list"},
+    } == callers.UNIT_VERBS
+    assert {"check", "apply"} | switchover == callers.ADMIN
+    # No unit may reload Postfix by itself, and only root and the VRRP events import.
+    assert "reload" not in granted
+    assert {u for u, verbs in callers.UNIT_VERBS.items() if "import_replica" in verbs} == {
+        "mailrelay-vrrp-events.service"
+    }
