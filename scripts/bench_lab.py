@@ -935,8 +935,8 @@ def bench_shadow(quick: bool) -> None:
         # In milliseconds before the quantiles round: these are a few ms each.
         timing = quantiles([seconds * 1000 for seconds in latencies[key]])
         results[key] = {
-            "accepted_per_s": statistics.median(r["accepted_per_s"] for r in runs[key]),
-            "delivered_per_s": statistics.median(r["delivered_per_s"] for r in runs[key]),
+            "accepted_per_s": round(statistics.median(r["accepted_per_s"] for r in runs[key]), 1),
+            "delivered_per_s": round(statistics.median(r["delivered_per_s"] for r in runs[key]), 1),
             "data_to_250_p50_ms": round(timing["median"], 2),
             "data_to_250_p99_ms": round(timing["p99"], 2),
         }
