@@ -519,6 +519,20 @@ GERMAN: dict[str, str] = {
     "A token allows at most {count} source networks.": "Ein Token erlaubt höchstens {count} Quellnetze.",
     "The lifetime is a whole number of days from 1 to {most}.": "Die Gültigkeit ist eine ganze Zahl von Tagen von 1 bis {most}.",
     "There is no queue action {action}: one of {actions}.": "Es gibt keine Warteschlangen-Aktion {action}: eine von {actions}.",
+    # The GUI always answers: running actions, errors in place, paging and sorting.
+    "The server answered %s.": "Der Server antwortete mit %s.",
+    "The server did not answer: check the connection and try again.": "Der Server hat nicht geantwortet: Prüfen Sie die Verbindung und versuchen Sie es erneut.",
+    "Internal error": "Interner Fehler",
+    "Something went wrong on the server: see its log.": "Auf dem Server ist ein Fehler aufgetreten: siehe dessen Protokoll.",
+    "Testing…": "Test läuft…",
+    "Applying…": "Wird übernommen…",
+    "Pages": "Seiten",
+    "Previous page": "Vorherige Seite",
+    "Next page": "Nächste Seite",
+    "Page %s of %s": "Seite %s von %s",
+    "Page %s": "Seite %s",
+    "%s of %s messages match": "%s von %s Nachrichten passen",
+    "the first %s messages of the queue": "die ersten %s Nachrichten der Warteschlange",
 }
 
 
