@@ -198,6 +198,7 @@ def create_app(settings: Settings) -> Litestar:
             automation.router,
             cluster.cluster_page,
             cluster.run_switchover,
+            cluster.switchover_page,
             cluster.api_status,
             cluster.prometheus,
             create_static_files_router(
@@ -252,4 +253,5 @@ def create_app(settings: Settings) -> Litestar:
     app.state.settings = settings
     app.state.box = box
     app.state.agent = AgentClient(settings.agent_socket)
+    app.state.switchovers = {}  # the GUI's switchover runs by ID (controllers/cluster.py)
     return app

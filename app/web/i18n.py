@@ -533,6 +533,10 @@ GERMAN: dict[str, str] = {
     "Page %s": "Seite %s",
     "%s of %s messages match": "%s von %s Nachrichten passen",
     "the first %s messages of the queue": "die ersten %s Nachrichten der Warteschlange",
+    "The switchover broke off: see the server's log.": "Der Wechsel wurde abgebrochen: siehe das Protokoll des Servers.",
+    "The switchover is running (started by %s).": "Der Wechsel läuft (gestartet von %s).",
+    "This node does not hold the VIP: a switchover starts on the active node, from its own cluster page.": "Dieser Knoten hält die VIP nicht: Ein Wechsel wird auf dem aktiven Knoten gestartet, auf dessen eigener Cluster-Seite.",
+    "The VIP is on node %s.": "Die VIP liegt auf Knoten %s.",
 }
 
 
