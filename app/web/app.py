@@ -144,6 +144,7 @@ def create_app(settings: Settings) -> Litestar:
             monitor.recent_rejects,
             monitor.audit_page,
             monitor.tracking_page,
+            monitor.rejects_page,
             monitor.message_page,
             config.domains_page,
             config.add_domain,

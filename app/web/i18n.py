@@ -537,6 +537,8 @@ GERMAN: dict[str, str] = {
     "The switchover is running (started by %s).": "Der Wechsel läuft (gestartet von %s).",
     "This node does not hold the VIP: a switchover starts on the active node, from its own cluster page.": "Dieser Knoten hält die VIP nicht: Ein Wechsel wird auf dem aktiven Knoten gestartet, auf dessen eigener Cluster-Seite.",
     "The VIP is on node %s.": "Die VIP liegt auf Knoten %s.",
+    "Rejection log": "Abweisungsprotokoll",
+    "This node's log: mail the peer delivered is in the peer's own tracking.": "Das Protokoll dieses Knotens: Mail, die der Partnerknoten zugestellt hat, steht in dessen eigener Nachverfolgung.",
 }
 
 
