@@ -538,6 +538,9 @@ GERMAN: dict[str, str] = {
     "This node does not hold the VIP: a switchover starts on the active node, from its own cluster page.": "Dieser Knoten hält die VIP nicht: Ein Wechsel wird auf dem aktiven Knoten gestartet, auf dessen eigener Cluster-Seite.",
     "The VIP is on node %s.": "Die VIP liegt auf Knoten %s.",
     "Rejection log": "Abweisungsprotokoll",
+    "Traffic by node": "Verkehr je Knoten",
+    "As each node's own log says so far: one row per recipient and attempt, so a message deferred on one node and delivered by the other after a failover counts as deferred on the first and delivered on the second.": "So, wie es das eigene Protokoll jedes Knotens bisher sagt: eine Zeile je Empfänger und Versuch. Eine Nachricht, die auf einem Knoten zurückgestellt und nach einem Failover vom anderen zugestellt wurde, zählt also auf dem ersten als zurückgestellt und auf dem zweiten als zugestellt.",
+    "Figures of this node (%s), from its own Postfix log. Mail the peer delivered counts on the peer: see Traffic by node under Cluster status.": "Zahlen dieses Knotens (%s) aus seinem eigenen Postfix-Protokoll. Mail, die der Partnerknoten zugestellt hat, zählt dort: siehe Verkehr je Knoten unter Cluster-Status.",
     "This node's log: mail the peer delivered is in the peer's own tracking.": "Das Protokoll dieses Knotens: Mail, die der Partnerknoten zugestellt hat, steht in dessen eigener Nachverfolgung.",
 }
 

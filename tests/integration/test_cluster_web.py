@@ -19,7 +19,7 @@ import pytest
 from app.agent.client import AgentClient
 from app.auth import tokens
 from app.cluster import metrics, status
-from app.db.tables import AppliedVersion, AuditLog, SyncRun, VrrpEvent
+from app.db.tables import AppliedVersion, AuditLog, MailLog, SyncRun, VrrpEvent
 from app.web.app import create_app
 from app.web.i18n import GERMAN
 from tests.clusterpeer import (
@@ -122,6 +122,37 @@ async def test_the_panel_shows_both_nodes_side_by_side(login_as, two_nodes):
     page = (await client.get("/cluster")).text  # without JavaScript: the whole page
     assert "<html" in page and 'id="node-status-b"' in page
     assert 'hx-get="/cluster" hx-trigger="every 15s"' in page
+
+
+async def test_the_dashboard_shows_which_node_delivered_what(login_as, two_nodes):
+    """A failover drill: node a deferred 3 messages, node b delivered them after taking over.
+    Each node logs only its own Postfix; the panel the dashboard loads shows both."""
+    now = dt.datetime.now(dt.UTC)
+    rows = [("a", f"A{n}", "deferred") for n in range(3)] + [
+        ("b", f"B{n}", "sent") for n in range(3)
+    ]
+    await MailLog.insert(
+        *[
+            MailLog(at=now, node_id=node, queue_id=qid, recipient="x@dest.example", status=status)
+            for node, qid, status in rows
+        ]
+    )
+    client = await login_as("readonly")
+    dashboard = (await client.get("/")).text
+    assert "Figures of this node (a), from its own Postfix log." in dashboard
+    assert 'hx-get="/cluster" hx-trigger="load, every 15s"' in dashboard
+    fragment = (await client.get("/cluster", headers=HTMX)).text
+    counts = {
+        node: dict(re.findall(r'<td class="(\w+)">([^<]*)</td>', _row(fragment, f"traffic-{node}")))
+        for node in ("a", "b")
+    }
+    assert (counts["a"]["deferred"], counts["a"]["delivered"]) == ("3", "0")
+    assert (counts["b"]["deferred"], counts["b"]["delivered"]) == ("0", "3")
+
+
+def _row(html: str, row_id: str) -> str:
+    row = html[html.index(f'id="{row_id}"') :]
+    return row[: row.index("</tr>")]
 
 
 def _card(html: str, node: str) -> str:

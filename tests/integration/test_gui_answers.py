@@ -250,3 +250,22 @@ async def test_users_and_tokens_page_and_sort(login_as):
     token_page = (await admin.get("/tokens?sort=name&dir=desc")).text
     assert _column(token_page, "tokens", 0)[0] == "token50"
     assert "Page 1 of 2" in token_page
+
+
+# -- actions offered only where they can work -----------------------------------------------------
+
+
+async def test_test_and_apply_and_rollback_are_offered_only_where_they_can_work(login_as):
+    operator = await login_as("operator")
+    # No version yet: Test and Apply could only answer "add a sender domain first".
+    empty = (await operator.get("/versions")).text
+    assert 'id="test-config"' not in empty and 'id="apply-config"' not in empty
+    actor = service.Actor("test")
+    await service.add_domain(actor, "one.example")
+    await service.add_domain(actor, "two.example")
+    versions = (await operator.get("/versions")).text
+    assert 'id="test-config"' in versions and 'id="apply-config"' in versions
+    assert 'class="htmx-indicator busy" role="status">Testing…' in versions
+    # Rolling back to the current version would change nothing; to an older one it can.
+    assert "/versions/2/rollback" not in (await operator.get("/versions/2")).text
+    assert "/versions/1/rollback" in (await operator.get("/versions/1")).text

@@ -48,7 +48,11 @@ async def versions_page(
 async def version_page(request: Req, number: FromPath[int]) -> Template:
     version = await service.get_version(number)
     return page(
-        request, "versions/view.html", version=version, lines=snap.describe(version["snapshot"])
+        request,
+        "versions/view.html",
+        version=version,
+        lines=snap.describe(version["snapshot"]),
+        latest=await service.newest_listed(),
     )
 
 
