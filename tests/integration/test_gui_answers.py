@@ -111,7 +111,7 @@ async def test_a_failed_queue_action_without_javascript_shows_the_queue_with_the
     )
     assert answer.status_code == 409
     assert "<html" in answer.text and 'id="queue-table"' in answer.text
-    message = answer.text[answer.text.index('id="queue-action-error"') :].split("</p>")[0]
+    message = answer.text[answer.text.index('id="action-error"') :].split("</p>")[0]
     assert "there is no message 4dQ00009999 in the queue" in message
 
 
@@ -269,3 +269,23 @@ async def test_test_and_apply_and_rollback_are_offered_only_where_they_can_work(
     # Rolling back to the current version would change nothing; to an older one it can.
     assert "/versions/2/rollback" not in (await operator.get("/versions/2")).text
     assert "/versions/1/rollback" in (await operator.get("/versions/1")).text
+
+
+async def test_deleting_what_is_gone_already_shows_the_list_with_the_message(login_as):
+    await service.add_domain(service.Actor("test"), "kept.example")
+    operator = await login_as("operator")
+    await operator.get("/domains")
+    token = {"_csrf_token": csrf(operator)["x-csrftoken"]}
+    page = await operator.post("/domains/gone.example/delete", data=token)
+    assert page.status_code == 404
+    assert "<html" in page.text and "kept.example" in page.text and 'id="domain-form"' in page.text
+    message = page.text[page.text.index('id="action-error"') :].split("</p>")[0]
+    assert "There is no sender domain gone.example." in message
+    fragment = await operator.post(
+        "/networks/delete", data={"cidr": "192.0.2.0/24"} | token, headers=HTMX
+    )
+    assert fragment.status_code == 404 and "<html" not in fragment.text
+    assert "The network 192.0.2.0/24 is not trusted." in fragment.text
+    routes = await operator.post("/routes/kept.example/delete", data=token)
+    assert routes.status_code == 404 and 'id="routes"' in routes.text
+    assert "The sender domain kept.example has no route." in routes.text

@@ -14,10 +14,10 @@ from app.auth.sessions import SessionUser
 from app.config import service
 from app.config.validation import TLS_MODES, FieldErrors
 from app.db.tables import RelayRoute, SenderDomain, TrustedNetwork
-from app.messages import Message
+from app.messages import Message, message_of
 from app.web import listing as listings
 from app.web.auth import source_ip
-from app.web.views import done, form_answer, page
+from app.web.views import done, error_page, form_answer, page
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 Req = Request[SessionUser, Any, Any]
@@ -81,8 +81,19 @@ async def add_domain(request: Req, data: Form) -> Response[Any]:
 
 @post("/domains/{name:str}/delete", opt=CHANGE)
 async def delete_domain(request: Req, name: FromPath[str]) -> Response[Any]:
-    await service.delete_domain(actor(request), name)
+    try:
+        await service.delete_domain(actor(request), name)
+    except service.NotFound as exc:
+        return _gone(request, exc, "domains/page.html", domains=await _domains(), form={})
     return done(request, "/domains")
+
+
+def _gone(request: Req, exc: service.NotFound, template: str, **ctx: Any) -> Template:
+    """What a delete acted on is gone already (another tab, another admin): the list as it is
+    now, with the message by it (HTMX: the message alone, shown by the button)."""
+    return error_page(
+        request, 404, "Not found", message_of(exc), page_template=template, errors={}, **ctx
+    )
 
 
 @get("/routes")
@@ -144,7 +155,10 @@ async def save_route(request: Req, domain: FromPath[str], data: Form) -> Respons
 
 @post("/routes/{domain:str}/delete", opt=CHANGE)
 async def delete_route(request: Req, domain: FromPath[str]) -> Response[Any]:
-    await service.delete_route(actor(request), domain)
+    try:
+        await service.delete_route(actor(request), domain)
+    except service.NotFound as exc:
+        return _gone(request, exc, "routes/page.html", domains=await _domains("/routes"))
     return done(request, "/routes")
 
 
@@ -184,5 +198,8 @@ async def add_network(request: Req, data: Form) -> Response[Any]:
 
 @post("/networks/delete", opt=CHANGE)
 async def delete_network(request: Req, data: Form) -> Response[Any]:
-    await service.delete_network(actor(request), data.get("cidr", ""))
+    try:
+        await service.delete_network(actor(request), data.get("cidr", ""))
+    except service.NotFound as exc:
+        return _gone(request, exc, "networks/page.html", networks=await _networks(), form={})
     return done(request, "/networks")
