@@ -62,10 +62,10 @@ class Listing:
         }
         return f"{self.path}?{urlencode(params)}"
 
-    def with_rows(self, rows: list[Any], total: int | None = None) -> Listing:
-        """The page of `rows` the database gave (queried with limit size + 1: one more than
-        shown tells that a next page exists)."""
-        return replace(self, rows=rows[: self.size], total=total, has_more=len(rows) > self.size)
+    def with_rows(self, rows: list[Any]) -> Listing:
+        """The page of `rows` the database gave, uncounted (queried with limit size + 1: one
+        more than shown tells that a next page exists)."""
+        return replace(self, rows=rows[: self.size], has_more=len(rows) > self.size)
 
     def of(self, items: Sequence[T], keys: dict[str, Callable[[T], Any]]) -> Listing:
         """A page of a list held in memory, sorted by the key function of `self.sort`."""

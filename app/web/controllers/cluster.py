@@ -40,6 +40,8 @@ class SwitchoverRun:
     running: str | None = None  # the step under way
     finished: bool = False
     error: str | None = None  # the run itself broke (not a failed step): why
+    # Held here: the event loop keeps only a weak reference to a task, which could otherwise
+    # be collected while it runs.
     task: asyncio.Task[None] | None = None
 
     def progress(self, steps: list[switchover.Step], running: str) -> None:
