@@ -1,4 +1,6 @@
-"""Read models for the dashboard and the audit screen (queries only, no changes)."""
+"""Read models for the dashboard, the audit, tracking, rejection and version lists (queries
+only, no changes). Lists take a sort column (a key of the list's own column map, checked by
+the caller) and a direction, a limit and an offset."""
 
 from __future__ import annotations
 
@@ -7,7 +9,46 @@ from typing import Any
 
 from piccolo.columns.combination import WhereRaw
 
-from app.db.tables import AuditLog, LogMessage, MailLog, RejectionLog
+from app.db.tables import AuditLog, ConfigVersion, LogMessage, MailLog, RejectionLog
+
+# The columns each list sorts by; the id breaks ties, so that pages never overlap.
+AUDIT_SORT = {
+    "at": AuditLog.at,
+    "actor": AuditLog.actor,
+    "action": AuditLog.action,
+    "target": AuditLog.target,
+    "outcome": AuditLog.outcome,
+    "source_ip": AuditLog.source_ip,
+}
+MAIL_SORT = {
+    "at": MailLog.at,
+    "queue_id": MailLog.queue_id,
+    "sender": MailLog.sender,
+    "recipient": MailLog.recipient,
+    "status": MailLog.status,
+    "node_id": MailLog.node_id,
+}
+REJECT_SORT = {
+    "at": RejectionLog.at,
+    "client": RejectionLog.client,
+    "sender": RejectionLog.sender,
+    "recipient": RejectionLog.recipient,
+    "code": RejectionLog.code,
+    "node_id": RejectionLog.node_id,
+}
+VERSION_SORT = {
+    "number": ConfigVersion.number,
+    "created_at": ConfigVersion.created_at,
+    "author": ConfigVersion.author,
+    "comment": ConfigVersion.comment,
+}
+
+
+def _sorted(query: Any, column: Any, tiebreak: Any, descending: bool) -> Any:
+    return query.order_by(column, ascending=not descending).order_by(
+        tiebreak, ascending=not descending
+    )
+
 
 # A tile's figures since `since`: whole five-minute periods from log_totals (kept by triggers on
 # the log tables), the minutes before the first whole period from the rows themselves. Each
@@ -73,6 +114,39 @@ async def recent_rejects(limit: int = 20) -> list[dict[str, Any]]:
     return await RejectionLog.select().order_by(RejectionLog.at, ascending=False).limit(limit)
 
 
+async def rejections(
+    sort: str = "at",
+    descending: bool = True,
+    limit: int = 50,
+    offset: int = 0,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> list[dict[str, Any]]:
+    query = _sorted(RejectionLog.select(), REJECT_SORT[sort], RejectionLog.id, descending)
+    if since:
+        query = query.where(RejectionLog.at >= since)
+    if until:
+        query = query.where(RejectionLog.at < until)
+    return await query.limit(limit).offset(offset)
+
+
+async def config_versions(
+    sort: str = "number", descending: bool = True, limit: int = 50, offset: int = 0
+) -> list[dict[str, Any]]:
+    query = ConfigVersion.select(
+        ConfigVersion.number,
+        ConfigVersion.author,
+        ConfigVersion.comment,
+        ConfigVersion.created_at,
+        ConfigVersion.checksum,
+    )
+    return (
+        await _sorted(query, VERSION_SORT[sort], ConfigVersion.number, descending)
+        .limit(limit)
+        .offset(offset)
+    )
+
+
 async def audit_entries(
     actor: str = "",
     action: str = "",
@@ -81,8 +155,11 @@ async def audit_entries(
     until: dt.datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    sort: str = "at",
+    descending: bool = True,
 ) -> list[dict[str, Any]]:
-    query = AuditLog.select().order_by(AuditLog.id, ascending=False).limit(limit).offset(offset)
+    query = _sorted(AuditLog.select(), AUDIT_SORT[sort], AuditLog.id, descending)
+    query = query.limit(limit).offset(offset)
     if actor:
         query = query.where(AuditLog.actor == actor)
     if action:
@@ -148,11 +225,16 @@ async def search_messages(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     limit: int = 200,
+    offset: int = 0,
+    sort: str = "at",
+    descending: bool = True,
 ) -> list[dict[str, Any]]:
-    """Delivery outcomes matching every given filter, newest first; addresses match exactly, an
-    address starting with '@' matches a whole domain. Each finds its newest rows by an index on
-    (address, at) or (the address's domain, at): a migration's expressions, kept identical."""
-    query = MailLog.select().order_by(MailLog.at, ascending=False).limit(limit)
+    """Delivery outcomes matching every given filter, newest first unless `sort` says
+    otherwise; addresses match exactly, an address starting with '@' matches a whole domain.
+    Each finds its newest rows by an index on (address, at) or (the address's domain, at): a
+    migration's expressions, kept identical."""
+    query = _sorted(MailLog.select(), MAIL_SORT[sort], MailLog.id, descending)
+    query = query.limit(limit).offset(offset)
     for column, value in (("sender", sender), ("recipient", recipient)):
         value = value.strip().lower()
         if value.startswith("@"):

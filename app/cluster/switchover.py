@@ -19,7 +19,8 @@ Run on the active node (`mailrelay switchover`, or the Admin's form on /cluster)
 Each step is timed. The first failure ends the run, except that the SMTP check still runs once
 the handover was tried: whether mail is accepted on the VIP is then what matters most. Only one
 switchover runs at a time (a lease in cluster_locks; a second one reports a failed `lock` step
-and nothing else). The whole report is audited as "cluster.switchover".
+and nothing else). The whole report is audited as "cluster.switchover". A caller that shows the
+steps as they happen passes `progress`: it is told the steps so far and the one starting.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ class Step:
 
 
 class StepFailed(Exception):
+    pass
+
+
+# Told the steps done so far and the name of the step that starts now.
+Progress = Callable[[list[Step], str], None]
+
+
+def _no_progress(steps: list[Step], running: str) -> None:
     pass
 
 
@@ -283,7 +292,11 @@ def smtp_check(host: str, port: int, helo_name: str, timeout: float = SMTP_TIMEO
 
 
 async def run(
-    settings: Settings, agent: AgentClient, actor: str, source_ip: str = ""
+    settings: Settings,
+    agent: AgentClient,
+    actor: str,
+    source_ip: str = "",
+    progress: Progress = _no_progress,
 ) -> list[Step]:
     """The whole switchover; its report, one Step per step (those not run are "skipped")."""
     holder = f"{settings.node_id}-{actor}-{secrets.token_hex(4)}"[:64]
@@ -294,7 +307,7 @@ async def run(
         steps = [Step("lock", "failed", busy, 0.0)]
     else:
         try:
-            steps = await _steps(_Switchover(settings, agent))
+            steps = await _steps(_Switchover(settings, agent), progress)
         finally:
             await locks.release(LOCK, holder, lease.fencing_token)
     failed = not all(step.ok for step in steps)
@@ -309,7 +322,7 @@ async def run(
     return steps
 
 
-async def _steps(switchover: _Switchover) -> list[Step]:
+async def _steps(switchover: _Switchover, progress: Progress) -> list[Step]:
     steps: list[Step] = []
     failed = handover_tried = False
     for name, action in switchover.plan():
@@ -317,6 +330,7 @@ async def _steps(switchover: _Switchover) -> list[Step]:
             steps.append(Step(name, "skipped", Message("not run: an earlier step failed"), 0.0))
             continue
         handover_tried = handover_tried or name == "handover"
+        progress(list(steps), name)
         started = time.monotonic()
         try:
             detail, outcome = await action(), "ok"

@@ -21,15 +21,16 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.response import Redirect, Response
+from litestar.response import Response
 from litestar.static_files import create_static_files_router
-from litestar.status_codes import HTTP_303_SEE_OTHER
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.template.config import TemplateConfig
 
 from app.agent.client import AgentClient
 from app.auth.mfa import SecondFactorPending
 from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
+from app.messages import Message
 from app.piccolo_conf import DB
 from app.settings import Settings
 from app.web import i18n
@@ -54,7 +55,7 @@ from app.web.controllers import (
     versions,
 )
 from app.web.security import add_security_headers
-from app.web.views import is_htmx, page
+from app.web.views import done, error_page
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_PATHS = ["^/static/", "^/login", "^/healthz", "^/api/schema"]
@@ -69,17 +70,11 @@ def _wants_json(request: Request[Any, Any, Any]) -> bool:
     return token_path(request.url.path)
 
 
-def _go(request: Request[Any, Any, Any], location: str) -> Response[Any]:
-    if is_htmx(request):
-        return Response(content=b"", status_code=200, headers={"HX-Redirect": location})
-    return Redirect(path=location, status_code=HTTP_303_SEE_OTHER)
-
-
 def _not_logged_in(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if _wants_json(request):
         return Response({"status_code": 401, "detail": str(exc)}, status_code=401)
     target = request.url.path
-    return _go(request, "/login" if target == "/" else f"/login?next={target}")
+    return done(request, "/login" if target == "/" else f"/login?next={target}")
 
 
 def _forbidden(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -88,7 +83,7 @@ def _forbidden(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]
     if _wants_json(request):
         response = Response({"status_code": 403, "detail": detail}, status_code=403)
     else:
-        response = page(request, "error.html", 403, title="Forbidden", detail=detail)
+        response = error_page(request, 403, "Forbidden", detail)
     if detail == CSRF_REFUSED:
         # Exception handlers are synchronous: the audit row is written once the answer is sent.
         response.background = BackgroundTask(audit_csrf_refusal, request)
@@ -99,7 +94,7 @@ def _not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]
     detail = str(exc) if isinstance(exc, NotFound) else "Not found"
     if _wants_json(request):
         return Response({"status_code": 404, "detail": detail}, status_code=404)
-    return page(request, "error.html", 404, title="Not found", detail=detail)
+    return error_page(request, 404, "Not found", detail)
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -108,8 +103,19 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
             {"status_code": exc.status_code, "detail": exc.detail, "extra": exc.extra},
             status_code=exc.status_code,
         )
-    return page(
-        request, "error.html", exc.status_code, title=str(exc.status_code), detail=exc.detail
+    return error_page(request, exc.status_code, str(exc.status_code), exc.detail)
+
+
+def _server_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything unexpected (logged with its traceback by Litestar): a message the GUI can show
+    where the user acted, never the traceback."""
+    if _wants_json(request):
+        return Response({"status_code": 500, "detail": "Internal Server Error"}, status_code=500)
+    return error_page(
+        request,
+        500,
+        Message("Internal error"),
+        Message("Something went wrong on the server: see its log."),
     )
 
 
@@ -138,6 +144,7 @@ def create_app(settings: Settings) -> Litestar:
             monitor.recent_rejects,
             monitor.audit_page,
             monitor.tracking_page,
+            monitor.rejects_page,
             monitor.message_page,
             config.domains_page,
             config.add_domain,
@@ -192,6 +199,7 @@ def create_app(settings: Settings) -> Litestar:
             automation.router,
             cluster.cluster_page,
             cluster.run_switchover,
+            cluster.switchover_page,
             cluster.api_status,
             cluster.prometheus,
             create_static_files_router(
@@ -226,11 +234,12 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers={
             NotAuthorizedException: _not_logged_in,
             PermissionDeniedException: _forbidden,
-            PasswordChangeRequired: lambda r, e: _go(r, "/password"),
-            SecondFactorPending: lambda r, e: _go(r, mfa.STAGE_PAGES[e.stage]),
+            PasswordChangeRequired: lambda r, e: done(r, "/password"),
+            SecondFactorPending: lambda r, e: done(r, mfa.STAGE_PAGES[e.stage]),
             NotFoundException: _not_found,
             NotFound: _not_found,
             HTTPException: _http_error,
+            HTTP_500_INTERNAL_SERVER_ERROR: _server_error,
         },
         # Log every unexpected exception with its traceback; an operator needs it. Through the
         # process's own handler (app.logsetup: priorities in the journal), not a second one.
@@ -245,4 +254,5 @@ def create_app(settings: Settings) -> Litestar:
     app.state.settings = settings
     app.state.box = box
     app.state.agent = AgentClient(settings.agent_socket)
+    app.state.switchovers = {}  # the GUI's switchover runs by ID (controllers/cluster.py)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from litestar.plugins.htmx import HTMXDetails
 from litestar.response import Redirect, Response, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER, HTTP_422_UNPROCESSABLE_ENTITY
 
@@ -53,7 +54,26 @@ def page(request: Request_, template: str, status_code: int = 200, **extra: Any)
 
 
 def is_htmx(request: Request_) -> bool:
-    return request.headers.get("hx-request") == "true"
+    return bool(HTMXDetails(request))
+
+
+def error_page(
+    request: Request_,
+    status_code: int,
+    title: str,
+    detail: str,
+    page_template: str | None = None,
+    **extra: Any,
+) -> Template:
+    """A refusal or failure. For HTMX the message alone, which static/app.js shows next to the
+    element the user acted on; without JavaScript `page_template` (the screen the user acted
+    on, given `extra` as its context) with the message as `action_error` by the form, or else
+    the error page."""
+    if is_htmx(request):
+        return page(request, "_error.html", status_code, detail=detail)
+    if page_template:
+        return page(request, page_template, status_code, action_error=detail, **extra)
+    return page(request, "error.html", status_code, title=title, detail=detail)
 
 
 def form_answer(

@@ -77,8 +77,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(pg_cluster: PostgresCluster) -> Iterator[Server]:
-    """`mailrelay migrate` then `mailrelay serve` on a free port, against a database of its own."""
+def server(request: pytest.FixtureRequest, pg_cluster: PostgresCluster) -> Iterator[Server]:
+    """`mailrelay migrate` then `mailrelay serve` on a free port, against a database of its own
+    (plus the settings a test module's SERVER_ENV adds)."""
     if not HTMX_LOCAL.is_file():
         pytest.skip(f"{HTMX_LOCAL} is missing: run scripts/test (its bootstrap fetches htmx)")
     database = "mailrelay_browser"
@@ -97,6 +98,7 @@ def server(pg_cluster: PostgresCluster) -> Iterator[Server]:
         "CLUSTER_MODE": "master",
         "PICCOLO_CONF": "app.piccolo_conf",
         "PYTHONUNBUFFERED": "1",
+        **getattr(request.module, "SERVER_ENV", {}),
     }
     for name in ("SECRET_KEY_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE", "MASTER_API_URL"):
         env.pop(name, None)

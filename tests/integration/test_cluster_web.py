@@ -8,6 +8,7 @@ unix sockets. The switchover's steps themselves are tested in test_cluster_switc
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import re
@@ -18,7 +19,7 @@ import pytest
 from app.agent.client import AgentClient
 from app.auth import tokens
 from app.cluster import metrics, status
-from app.db.tables import AppliedVersion, AuditLog, SyncRun, VrrpEvent
+from app.db.tables import AppliedVersion, AuditLog, MailLog, SyncRun, VrrpEvent
 from app.web.app import create_app
 from app.web.i18n import GERMAN
 from tests.clusterpeer import (
@@ -123,6 +124,37 @@ async def test_the_panel_shows_both_nodes_side_by_side(login_as, two_nodes):
     assert 'hx-get="/cluster" hx-trigger="every 15s"' in page
 
 
+async def test_the_dashboard_shows_which_node_delivered_what(login_as, two_nodes):
+    """A failover drill: node a deferred 3 messages, node b delivered them after taking over.
+    Each node logs only its own Postfix; the panel the dashboard loads shows both."""
+    now = dt.datetime.now(dt.UTC)
+    rows = [("a", f"A{n}", "deferred") for n in range(3)] + [
+        ("b", f"B{n}", "sent") for n in range(3)
+    ]
+    await MailLog.insert(
+        *[
+            MailLog(at=now, node_id=node, queue_id=qid, recipient="x@dest.example", status=status)
+            for node, qid, status in rows
+        ]
+    )
+    client = await login_as("readonly")
+    dashboard = (await client.get("/")).text
+    assert "Figures of this node (a), from its own Postfix log." in dashboard
+    assert 'hx-get="/cluster" hx-trigger="load, every 15s"' in dashboard
+    fragment = (await client.get("/cluster", headers=HTMX)).text
+    counts = {
+        node: dict(re.findall(r'<td class="(\w+)">([^<]*)</td>', _row(fragment, f"traffic-{node}")))
+        for node in ("a", "b")
+    }
+    assert (counts["a"]["deferred"], counts["a"]["delivered"]) == ("3", "0")
+    assert (counts["b"]["deferred"], counts["b"]["delivered"]) == ("0", "3")
+
+
+def _row(html: str, row_id: str) -> str:
+    row = html[html.index(f'id="{row_id}"') :]
+    return row[: row.index("</tr>")]
+
+
 def _card(html: str, node: str) -> str:
     card = html[html.index(f'id="node-status-{node}"') :]
     return card[: card.index("</section>")]
@@ -158,20 +190,41 @@ def test_every_cluster_string_has_a_german_translation():
     assert sorted(texts - GERMAN.keys()) == []
 
 
-async def test_the_switchover_form_is_offered_to_admins_only(login_as, settings, monkeypatch, app):
+async def test_the_switchover_form_is_offered_to_admins_on_the_active_node_only(
+    login_as, settings, monkeypatch, app
+):
     readonly = (await (await login_as("readonly")).get("/cluster")).text
     assert 'id="run-switchover"' not in readonly and "Planned switchover" not in readonly
     admin = await login_as("admin")
+    # This node does not hold the VIP: no form, a sentence saying where to start it.
+    monkeypatch.setattr(
+        app.state, "settings", dataclasses.replace(settings, vip_address=NOT_HELD_VIP)
+    )
     page = (await admin.get("/cluster")).text
-    assert 'id="run-switchover"' in page
+    assert 'id="run-switchover"' not in page and 'id="switchover-not-here"' in page
+    monkeypatch.setattr(app.state, "settings", dataclasses.replace(settings, vip_address=HELD_VIP))
+    page = (await admin.get("/cluster")).text
+    assert 'id="run-switchover"' in page and 'id="switchover-not-here"' not in page
     assert f"through this node&#39;s own address ({settings.node_ip})" in page
     assert 'id="via-vip"' not in page
-    monkeypatch.setattr(app.state, "settings", dataclasses.replace(settings, vip_address=HELD_VIP))
     page = (await admin.get("/cluster", headers={"host": HELD_VIP})).text
     assert '<p class="error" role="alert" id="via-vip">' in page
 
 
-async def test_the_switchover_from_the_gui_reports_its_steps_and_is_audited(
+async def _finished_report(admin, location: str, headers: dict[str, str]) -> str:
+    """The switchover's page or fragment once the run has finished (polled as HTMX does)."""
+    for _ in range(100):
+        answer = await admin.get(location, headers=headers)
+        assert answer.status_code == 200
+        if 'hx-trigger="every 1s"' not in answer.text and 'http-equiv="refresh"' not in (
+            answer.text
+        ):
+            return answer.text
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the switchover at {location} did not finish")
+
+
+async def test_the_switchover_from_the_gui_shows_its_steps_as_they_happen_and_is_audited(
     login_as, app, settings, monkeypatch
 ):
     """Here this node does not hold the VIP: the switchover refuses at its first step."""
@@ -183,10 +236,14 @@ async def test_the_switchover_from_the_gui_reports_its_steps_and_is_audited(
     answer = await admin.post("/cluster/switchover", headers=csrf(admin) | HTMX)
     assert answer.status_code == 200
     assert "<html" not in answer.text
-    assert '<p id="switchover-outcome" class="error">The switchover failed.</p>' in answer.text
-    step = answer.text[answer.text.index('id="step-vip"') :]
+    # The answer comes at once and polls the run's own address until it has finished.
+    run_id = re.search(r'data-run="([\w-]+)"', answer.text).group(1)
+    report = await _finished_report(admin, f"/cluster/switchover/{run_id}", HTMX)
+    assert "<html" not in report
+    assert '<p id="switchover-outcome" class="error">The switchover failed.</p>' in report
+    step = report[report.index('id="step-vip"') :]
     assert f"does not hold the VIP {NOT_HELD_VIP}: run it on the active node" in step
-    assert answer.text.count('class="step-skipped"') == 6
+    assert report.count('class="step-skipped"') == 6
     entry = await AuditLog.select().where(AuditLog.action == "cluster.switchover").first()
     assert (entry["actor"], entry["outcome"], entry["source_ip"]) == (
         "admin-user",
@@ -194,10 +251,52 @@ async def test_the_switchover_from_the_gui_reports_its_steps_and_is_audited(
         "198.18.0.30",
     )
 
-    # Without JavaScript: the page again, with the report in it.
-    page = await admin.post("/cluster/switchover", data={"_csrf_token": csrf(admin)["x-csrftoken"]})
-    assert "<html" in page.text and 'id="switchover-steps"' in page.text
-    assert 'id="node-status-a"' in page.text
+    # Without JavaScript: a page of the run that refreshes itself until the report is whole.
+    started = await admin.post(
+        "/cluster/switchover", data={"_csrf_token": csrf(admin)["x-csrftoken"]}
+    )
+    assert started.status_code == 303
+    location = started.headers["location"]
+    assert location.startswith("/cluster/switchover/") and run_id not in location
+    page = await _finished_report(admin, location, {})
+    assert "<html" in page and 'id="switchover-steps"' in page
+    assert 'id="node-status-a"' in page
+
+
+async def test_the_steps_of_a_running_switchover_show_the_step_under_way(
+    login_as, app, settings, monkeypatch
+):
+    """A peer that does not answer in time: while the `peer` step waits, the page says so."""
+    monkeypatch.setattr(app.state, "settings", dataclasses.replace(settings, vip_address=HELD_VIP))
+    asked = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_peer(settings):
+        """The switchover's question waits; the cluster page's, asked meanwhile, does not."""
+        if not asked.is_set():
+            asked.set()
+            await release.wait()
+        return {"reachable": False, "error": "unreachable: no answer within 3 s"}
+
+    admin = await login_as("admin")
+    await admin.get("/cluster")
+    monkeypatch.setattr(status, "peer_status", slow_peer)
+    answer = await admin.post("/cluster/switchover", headers=csrf(admin) | HTMX)
+    run_id = re.search(r'data-run="([\w-]+)"', answer.text).group(1)
+    await asyncio.wait_for(asked.wait(), 5)
+    running = (await admin.get(f"/cluster/switchover/{run_id}", headers=HTMX)).text
+    assert 'hx-trigger="every 1s"' in running
+    assert "The switchover is running (started by admin-user)." in running
+    assert '<tr class="step-ok" id="step-vip">' in running
+    assert '<tr class="step-running" id="step-peer">' in running
+    # While it runs, the cluster page offers no second one but shows this one.
+    page = (await admin.get("/cluster")).text
+    assert 'id="run-switchover"' not in page and f'data-run="{run_id}"' in page
+    assert '<meta http-equiv="refresh" content="1">' in page
+    release.set()
+    report = await _finished_report(admin, f"/cluster/switchover/{run_id}", HTMX)
+    assert "unreachable: no answer within 3 s" in report
+    assert "The switchover failed." in report
 
 
 # -- the API --------------------------------------------------------------------------------------

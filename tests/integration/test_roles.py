@@ -34,6 +34,7 @@ GUI = [
     ("POST", "/networks/delete", "operator"),
     ("GET", "/tracking", "readonly"),
     ("GET", "/tracking/{queue_id}", "readonly"),
+    ("GET", "/rejects", "readonly"),
     ("GET", "/queue", "readonly"),
     ("POST", "/queue/{queue_id}/{action}", "operator"),
     ("POST", "/queue/flush", "operator"),
@@ -56,6 +57,7 @@ GUI = [
     ("POST", "/users/second-factor-policy", "admin"),
     ("GET", "/cluster", "readonly"),
     ("POST", "/cluster/switchover", "admin"),
+    ("GET", "/cluster/switchover/{run_id}", "admin"),
     ("GET", "/password", None),
     ("POST", "/password", None),
     ("POST", "/language", None),
@@ -127,6 +129,7 @@ VALUES = {
     "action": "hold",
     "factor_id": "1",
     "cidr": "192.0.2.0/24",
+    "run_id": "no-such-run",
 }
 FORMS = {
     "/domains": {"name": "new.example"},

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Response, Template
 
 from app.auth import mfa, throttle, tokens, users
@@ -16,6 +17,7 @@ from app.auth.roles import Role
 from app.auth.sessions import SessionUser
 from app.db.tables import AppUser
 from app.messages import message_of
+from app.web import listing as listings
 from app.web.auth import source_ip
 from app.web.i18n import translator
 from app.web.views import done, form_answer, language_of, page
@@ -25,7 +27,29 @@ Req = Request[SessionUser, Any, Any]
 ADMIN = {"role": "admin"}
 
 
-async def _users() -> list[dict[str, Any]]:
+USER_SORT: dict[str, Any] = {
+    "username": lambda u: u["username"],
+    "role": lambda u: Role.parse(u["role"]) if isinstance(u["role"], str) else u["role"],
+    "last_login_at": lambda u: _when(u["last_login_at"]),
+}
+TOKEN_SORT: dict[str, Any] = {
+    "name": lambda t: t["name"],
+    "kind": lambda t: t["kind"],
+    "expires_at": lambda t: _when(t["expires_at"]),
+    "created_at": lambda t: _when(t["created_at"]),
+    "last_used_at": lambda t: _when(t["last_used_at"]),
+}
+
+
+def _when(moment: dt.datetime | None) -> tuple[bool, dt.datetime]:
+    """A sort key for a time that may be missing ("never"): missing ones last."""
+    return (moment is None, moment or dt.datetime.min.replace(tzinfo=dt.UTC))
+
+
+async def _users(sort: str = "", direction: str = "", page_no: int = 1) -> listings.Listing:
+    order = listings.listing(
+        "/users", list(USER_SORT), sort, direction, page_no, ("username", "asc")
+    )
     rows = await AppUser.select(
         AppUser.username,
         AppUser.role,
@@ -34,7 +58,14 @@ async def _users() -> list[dict[str, Any]]:
         AppUser.language,
     ).order_by(AppUser.username)
     refused = await throttle.refused_until()  # until then login attempts are refused
-    return [{**row, "locked_until": refused.get(row["username"])} for row in rows]
+    return order.of(
+        [{**row, "locked_until": refused.get(row["username"])} for row in rows], USER_SORT
+    )
+
+
+async def _tokens(sort: str = "", direction: str = "", page_no: int = 1) -> listings.Listing:
+    order = listings.listing("/tokens", list(TOKEN_SORT), sort, direction, page_no, ("name", "asc"))
+    return order.of(await tokens.list_tokens(), TOKEN_SORT)
 
 
 async def _second_factors() -> dict[str, Any]:
@@ -53,11 +84,16 @@ def _role(value: str) -> Role:
 
 
 @get("/users", opt=ADMIN)
-async def users_page(request: Req) -> Template:
+async def users_page(
+    request: Req,
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
+) -> Template:
     return page(
         request,
         "users/page.html",
-        users=await _users(),
+        users=await _users(sort, direction, page_no),
         roles=list(Role),
         errors={},
         form={},
@@ -144,11 +180,16 @@ async def set_second_factor_policy(request: Req, data: Form) -> Response[Any]:
 
 
 @get("/tokens", opt=ADMIN)
-async def tokens_page(request: Req) -> Template:
+async def tokens_page(
+    request: Req,
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
+) -> Template:
     return page(
         request,
         "tokens/page.html",
-        tokens=await tokens.list_tokens(),
+        tokens=await _tokens(sort, direction, page_no),
         errors={},
         new_token=None,
         form={},
@@ -172,7 +213,7 @@ async def create_token(request: Req, data: Form) -> Template:
             "tokens/page.html",
             "tokens/page.html",
             {"form": message_of(exc)},
-            tokens=await tokens.list_tokens(),
+            tokens=await _tokens(),
             new_token=None,
             form=data,
         )
@@ -180,7 +221,7 @@ async def create_token(request: Req, data: Form) -> Template:
     return page(
         request,
         "tokens/page.html",
-        tokens=await tokens.list_tokens(),
+        tokens=await _tokens(),
         errors={},
         new_token=token,
         form={},
@@ -197,7 +238,7 @@ async def revoke_token(request: Req, name: FromPath[str]) -> Response[Any]:
             "tokens/page.html",
             "tokens/page.html",
             {"form": message_of(exc)},
-            tokens=await tokens.list_tokens(),
+            tokens=await _tokens(),
             new_token=None,
             form={},
         )

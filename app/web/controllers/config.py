@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath
+from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Response, Template
 
 from app.auth.sessions import SessionUser
 from app.config import service
 from app.config.validation import TLS_MODES, FieldErrors
 from app.db.tables import RelayRoute, SenderDomain, TrustedNetwork
-from app.messages import Message
+from app.messages import Message, message_of
+from app.web import listing as listings
 from app.web.auth import source_ip
-from app.web.views import done, form_answer, page
+from app.web.views import done, error_page, form_answer, page
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 Req = Request[SessionUser, Any, Any]
@@ -26,17 +28,39 @@ def actor(request: Req) -> service.Actor:
     return service.Actor(request.user.username, source_ip(request))
 
 
-async def _domains() -> list[dict[str, Any]]:
-    domains = await SenderDomain.select().order_by(SenderDomain.name)
+DOMAIN_SORT: dict[str, Any] = {
+    "name": lambda d: d["name"],
+    "route": lambda d: (d["route"] is None, d["route"]["host"] if d["route"] else ""),
+    "comment": lambda d: d["comment"].lower(),
+}
+NETWORK_SORT: dict[str, Any] = {
+    # IPv4 before IPv6, each in address order (networks of two versions do not compare).
+    "cidr": lambda n: (ipaddress.ip_network(n["cidr"]).version, ipaddress.ip_network(n["cidr"])),
+    "comment": lambda n: n["comment"].lower(),
+}
+
+
+async def _domains(
+    path: str = "/domains", sort: str = "", direction: str = "", page_no: int = 1
+) -> listings.Listing:
+    """The sender domains, each with its route, a page of them in the order asked for."""
+    domains = await SenderDomain.select()
     routes = {r["sender_domain"]: r for r in await RelayRoute.select()}
     for domain in domains:
         domain["route"] = routes.get(domain["id"])
-    return domains
+    order = listings.listing(path, list(DOMAIN_SORT), sort, direction, page_no, ("name", "asc"))
+    return order.of(domains, DOMAIN_SORT)
 
 
 @get("/domains")
-async def domains_page(request: Req) -> Template:
-    return page(request, "domains/page.html", domains=await _domains(), errors={}, form={})
+async def domains_page(
+    request: Req,
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
+) -> Template:
+    domains = await _domains("/domains", sort, direction, page_no)
+    return page(request, "domains/page.html", domains=domains, errors={}, form={})
 
 
 @post("/domains", opt=CHANGE)
@@ -57,13 +81,30 @@ async def add_domain(request: Req, data: Form) -> Response[Any]:
 
 @post("/domains/{name:str}/delete", opt=CHANGE)
 async def delete_domain(request: Req, name: FromPath[str]) -> Response[Any]:
-    await service.delete_domain(actor(request), name)
+    try:
+        await service.delete_domain(actor(request), name)
+    except service.NotFound as exc:
+        return _gone(request, exc, "domains/page.html", domains=await _domains(), form={})
     return done(request, "/domains")
 
 
+def _gone(request: Req, exc: service.NotFound, template: str, **ctx: Any) -> Template:
+    """What a delete acted on is gone already (another tab, another admin): the list as it is
+    now, with the message by it (HTMX: the message alone, shown by the button)."""
+    return error_page(
+        request, 404, "Not found", message_of(exc), page_template=template, errors={}, **ctx
+    )
+
+
 @get("/routes")
-async def routes_page(request: Req) -> Template:
-    return page(request, "routes/page.html", domains=await _domains())
+async def routes_page(
+    request: Req,
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
+) -> Template:
+    domains = await _domains("/routes", sort, direction, page_no)
+    return page(request, "routes/page.html", domains=domains)
 
 
 async def _route_form(domain: str) -> dict[str, Any]:
@@ -114,17 +155,29 @@ async def save_route(request: Req, domain: FromPath[str], data: Form) -> Respons
 
 @post("/routes/{domain:str}/delete", opt=CHANGE)
 async def delete_route(request: Req, domain: FromPath[str]) -> Response[Any]:
-    await service.delete_route(actor(request), domain)
+    try:
+        await service.delete_route(actor(request), domain)
+    except service.NotFound as exc:
+        return _gone(request, exc, "routes/page.html", domains=await _domains("/routes"))
     return done(request, "/routes")
 
 
-async def _networks() -> list[dict[str, Any]]:
-    return await TrustedNetwork.select().order_by(TrustedNetwork.cidr)
+async def _networks(sort: str = "", direction: str = "", page_no: int = 1) -> listings.Listing:
+    order = listings.listing(
+        "/networks", list(NETWORK_SORT), sort, direction, page_no, ("cidr", "asc")
+    )
+    return order.of(await TrustedNetwork.select(), NETWORK_SORT)
 
 
 @get("/networks")
-async def networks_page(request: Req) -> Template:
-    return page(request, "networks/page.html", networks=await _networks(), errors={}, form={})
+async def networks_page(
+    request: Req,
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
+) -> Template:
+    networks = await _networks(sort, direction, page_no)
+    return page(request, "networks/page.html", networks=networks, errors={}, form={})
 
 
 @post("/networks", opt=CHANGE)
@@ -145,5 +198,8 @@ async def add_network(request: Req, data: Form) -> Response[Any]:
 
 @post("/networks/delete", opt=CHANGE)
 async def delete_network(request: Req, data: Form) -> Response[Any]:
-    await service.delete_network(actor(request), data.get("cidr", ""))
+    try:
+        await service.delete_network(actor(request), data.get("cidr", ""))
+    except service.NotFound as exc:
+        return _gone(request, exc, "networks/page.html", networks=await _networks(), form={})
     return done(request, "/networks")

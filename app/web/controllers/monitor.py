@@ -1,4 +1,4 @@
-"""Read-only screens: the dashboard and the audit log."""
+"""Read-only screens: the dashboard, the audit log, message tracking and the rejection log."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from app.auth.sessions import SessionUser
 from app.cluster import configstate
 from app.config import service
 from app.replication import reconcile
+from app.web import listing as listings
 from app.web.views import is_htmx, page
 
 Req = Request[SessionUser, Any, Any]
-AUDIT_PAGE = 50
 
 
 @get("/")
@@ -82,10 +82,21 @@ async def audit_page(
     outcome: FromQuery[str] = "",
     since: FromQuery[str] = "",
     until: FromQuery[str] = "",
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
     page_no: FromQuery[int] = 1,
 ) -> Template:
-    page_no = max(page_no, 1)
     filters = {"actor": actor, "action": action, "outcome": outcome, "since": since, "until": until}
+    entries = listings.listing(
+        "/audit",
+        list(reports.AUDIT_SORT),
+        sort,
+        direction,
+        page_no,
+        ("at", "desc"),
+        filters,
+        target="audit-table",
+    )
     since_at, until_at = _days(since, until)
     rows = await reports.audit_entries(
         actor=actor.strip(),
@@ -93,18 +104,13 @@ async def audit_page(
         outcome=outcome.strip(),
         since=since_at,
         until=until_at,
-        limit=AUDIT_PAGE + 1,
-        offset=(page_no - 1) * AUDIT_PAGE,
+        limit=entries.size + 1,
+        offset=entries.offset,
+        sort=entries.sort,
+        descending=entries.descending,
     )
     template = "audit/_table.html" if is_htmx(request) else "audit/page.html"
-    return page(
-        request,
-        template,
-        rows=rows[:AUDIT_PAGE],
-        has_more=len(rows) > AUDIT_PAGE,
-        page_no=page_no,
-        filters=filters,
-    )
+    return page(request, template, entries=entries.with_rows(rows), filters=filters)
 
 
 @get("/tracking")
@@ -116,6 +122,9 @@ async def tracking_page(
     message_id: FromQuery[str] = "",
     since: FromQuery[str] = "",
     until: FromQuery[str] = "",
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
 ) -> Template:
     filters = {
         "sender": sender,
@@ -125,22 +134,68 @@ async def tracking_page(
         "since": since,
         "until": until,
     }
+    results = listings.listing(
+        "/tracking",
+        list(reports.MAIL_SORT),
+        sort,
+        direction,
+        page_no,
+        ("at", "desc"),
+        filters,
+        target="tracking-results",
+    )
     searched = any(v.strip() for v in filters.values())
     since_at, until_at = _days(since, until)
-    rows = (
-        await reports.search_messages(
+    if searched:
+        rows = await reports.search_messages(
             sender=sender,
             recipient=recipient,
             queue_id=queue_id,
             message_id=message_id,
             since=since_at,
             until=until_at,
+            limit=results.size + 1,
+            offset=results.offset,
+            sort=results.sort,
+            descending=results.descending,
         )
-        if searched
-        else []
-    )
+        results = results.with_rows(rows)
     template = "tracking/_results.html" if is_htmx(request) else "tracking/page.html"
-    return page(request, template, rows=rows, filters=filters, searched=searched)
+    return page(request, template, results=results, filters=filters, searched=searched)
+
+
+@get("/rejects")
+async def rejects_page(
+    request: Req,
+    since: FromQuery[str] = "",
+    until: FromQuery[str] = "",
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
+) -> Template:
+    """The rejection log: every SMTP transaction Postfix refused, a page at a time."""
+    filters = {"since": since, "until": until}
+    rejects = listings.listing(
+        "/rejects",
+        list(reports.REJECT_SORT),
+        sort,
+        direction,
+        page_no,
+        ("at", "desc"),
+        filters,
+        target="rejects-table",
+    )
+    since_at, until_at = _days(since, until)
+    rows = await reports.rejections(
+        rejects.sort,
+        rejects.descending,
+        limit=rejects.size + 1,
+        offset=rejects.offset,
+        since=since_at,
+        until=until_at,
+    )
+    template = "rejects/_table.html" if is_htmx(request) else "rejects/page.html"
+    return page(request, template, rejects=rejects.with_rows(rows), filters=filters)
 
 
 @get("/tracking/{queue_id:str}")

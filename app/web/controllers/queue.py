@@ -15,11 +15,69 @@ from app.auth.sessions import SessionUser
 from app.config.service import Actor
 from app.postfix import queue
 from app.replication import reconcile
+from app.web import listing as listings
 from app.web.auth import source_ip
-from app.web.views import done, is_htmx, page
+from app.web.views import done, error_page, is_htmx, page
 
 Req = Request[SessionUser, Any, Any]
-LIST_LIMIT = 5000
+# The agent reads at most this many entries of `postqueue -j`; the page shows them 50 at a time.
+LIST_LIMIT = 100_000
+SORT_KEYS: dict[str, Any] = {
+    "queue_id": lambda e: e.queue_id,
+    "queue_name": lambda e: e.queue_name,
+    "arrival": lambda e: e.arrival,
+    "size": lambda e: e.size,
+    "sender": lambda e: e.sender.lower(),
+    "recipients": lambda e: ",".join(e.recipients).lower(),
+}
+
+
+def offered(entry: queue.QueueEntry) -> list[str]:
+    """The actions that can work on this message: release only what is on hold, hold and
+    requeue only what is not, flush (deliver now) only what is deferred."""
+    held = entry.queue_name == "hold"
+    can = {
+        "hold": not held,
+        "release": held,
+        "delete": True,
+        "requeue": not held,
+        "flush": entry.queue_name == "deferred",
+    }
+    return [action for action in queue.ACTIONS if can[action]]
+
+
+async def _context(
+    request: Req,
+    sender: str = "",
+    recipient: str = "",
+    queue_name: str = "",
+    reason: str = "",
+    sort: str = "",
+    direction: str = "",
+    page_no: int = 1,
+) -> dict[str, Any]:
+    filters = {"sender": sender, "recipient": recipient, "queue_name": queue_name, "reason": reason}
+    shown, total, error = await listing(request.app.state.agent, **filters)
+    rows = listings.listing(
+        "/queue",
+        list(SORT_KEYS),
+        sort,
+        direction,
+        page_no,
+        ("arrival", "asc"),
+        filters,
+        target="queue-table",
+    ).of(shown, SORT_KEYS)
+    return {
+        "entries": rows,
+        "total": total,
+        "filters": filters,
+        "error": error,
+        "now": dt.datetime.now(dt.UTC),
+        "limit": LIST_LIMIT,
+        "offered": offered,
+        "can_flush": total > 0,
+    }
 
 
 @get("/queue")
@@ -29,21 +87,13 @@ async def queue_page(
     recipient: FromQuery[str] = "",
     queue_name: FromQuery[str] = "",
     reason: FromQuery[str] = "",
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
 ) -> Template:
-    filters = {"sender": sender, "recipient": recipient, "queue_name": queue_name, "reason": reason}
-    shown, total, error = await listing(request.app.state.agent, **filters)
+    ctx = await _context(request, sender, recipient, queue_name, reason, sort, direction, page_no)
     template = "queue/_table.html" if is_htmx(request) else "queue/page.html"
-    return page(
-        request,
-        template,
-        entries=shown,
-        total=total,
-        filters=filters,
-        error=error,
-        now=dt.datetime.now(dt.UTC),
-        limit=LIST_LIMIT,
-        actions=queue.ACTIONS,
-    )
+    return page(request, template, **ctx)
 
 
 async def listing(
@@ -89,12 +139,13 @@ async def _act(request: Req, action: str, queue_id: str | None) -> Response[Any]
     try:
         await run_action(request.app.state.agent, actor, action, queue_id)
     except (AgentUnavailable, AgentRefused) as exc:
-        return page(
+        return error_page(
             request,
-            "error.html",
             409 if isinstance(exc, AgentRefused) else 503,
-            title="Queue",
-            detail=str(exc),
+            "Queue",
+            str(exc),
+            page_template="queue/page.html",
+            **await _context(request),
         )
     return done(request, "/queue")
 
@@ -104,7 +155,7 @@ async def queue_action(
     request: Req, queue_id: FromPath[str], action: FromPath[str]
 ) -> Response[Any]:
     if action not in queue.ACTIONS:
-        return page(request, "error.html", 404, title="Not found", detail="Not found")
+        return error_page(request, 404, "Not found", "Not found")
     return await _act(request, action, queue_id)
 
 
@@ -124,5 +175,5 @@ async def release_held(request: Req) -> Response[Any]:
             source_ip(request),
         )
     except (AgentUnavailable, AgentRefused) as exc:
-        return page(request, "error.html", 503, title="Queue", detail=str(exc))
+        return error_page(request, 503, "Queue", str(exc))
     return done(request, "/")

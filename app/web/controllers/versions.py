@@ -8,29 +8,37 @@ from litestar import Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 
+from app import reports
 from app.auth.sessions import SessionUser
 from app.cluster import configstate
 from app.config import service
 from app.config import snapshot as snap
 from app.messages import Message
 from app.postfix import pipeline
+from app.web import listing as listings
 from app.web.controllers.config import actor
 from app.web.views import done, is_htmx, page
 
 Req = Request[SessionUser, Any, Any]
-PAGE_SIZE = 50
 
 
 @get("/versions")
-async def versions_page(request: Req, page_no: FromQuery[int] = 1) -> Template:
-    offset = (max(page_no, 1) - 1) * PAGE_SIZE
-    versions = await service.list_versions(PAGE_SIZE + 1, offset)
+async def versions_page(
+    request: Req,
+    sort: FromQuery[str] = "",
+    direction: listings.Direction = "",
+    page_no: FromQuery[int] = 1,
+) -> Template:
+    versions = listings.listing(
+        "/versions", list(reports.VERSION_SORT), sort, direction, page_no, ("number", "desc")
+    )
+    rows = await reports.config_versions(
+        versions.sort, versions.descending, versions.size + 1, versions.offset
+    )
     return page(
         request,
         "versions/page.html",
-        versions=versions[:PAGE_SIZE],
-        page_no=max(page_no, 1),
-        has_more=len(versions) > PAGE_SIZE,
+        versions=versions.with_rows(rows),
         latest=await service.newest_listed(),
         config=await configstate.current(request.app.state.settings),
     )
@@ -40,7 +48,11 @@ async def versions_page(request: Req, page_no: FromQuery[int] = 1) -> Template:
 async def version_page(request: Req, number: FromPath[int]) -> Template:
     version = await service.get_version(number)
     return page(
-        request, "versions/view.html", version=version, lines=snap.describe(version["snapshot"])
+        request,
+        "versions/view.html",
+        version=version,
+        lines=snap.describe(version["snapshot"]),
+        latest=await service.newest_listed(),
     )
 
 
