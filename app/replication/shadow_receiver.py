@@ -77,8 +77,9 @@ class Receiver:
 
     def serve_connection(self, raw: socket.socket, context: ssl.SSLContext) -> None:
         """One peer connection, from the TLS handshake to its close."""
-        peer = raw.getpeername()
         try:
+            # Inside the try: a client gone already must not leak the socket.
+            peer = raw.getpeername()
             raw.settimeout(HELLO_TIMEOUT)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with context.wrap_socket(raw, server_side=True) as sock:
