@@ -71,9 +71,11 @@ async def shape(name: str) -> dict[str, Any]:
         "SELECT c.relkind::text AS kind, "
         " (SELECT pg_get_constraintdef(oid) FROM pg_constraint "
         "  WHERE conrelid = c.oid AND contype = 'p') AS pkey, "
-        " (SELECT array_agg(indexrelid::regclass::text ORDER BY 1) FROM pg_index "
+        # ORDER BY the name itself: `ORDER BY 1` inside an aggregate sorts by the constant 1.
+        " (SELECT array_agg(indexrelid::regclass::text ORDER BY indexrelid::regclass::text)"
+        "  FROM pg_index "
         "  WHERE indrelid = c.oid) AS indexes, "
-        " (SELECT array_agg(tgname::text ORDER BY 1) FROM pg_trigger "
+        " (SELECT array_agg(tgname::text ORDER BY tgname::text) FROM pg_trigger "
         "  WHERE tgrelid = c.oid AND NOT tgisinternal) AS triggers, "
         " pg_get_serial_sequence({}, 'id') AS sequence "
         "FROM pg_class AS c WHERE c.oid = {}::regclass",
