@@ -70,12 +70,28 @@ async def _tokens(sort: str = "", direction: str = "", page_no: int = 1) -> list
     return order.of(await tokens.list_tokens(), TOKEN_SORT)
 
 
-async def _second_factors() -> dict[str, Any]:
-    """Each user's second factors by kind, and which roles must have one."""
+async def _users_screen(sort: str = "", direction: str = "", page_no: int = 1) -> dict[str, Any]:
+    """What the users page shows besides its form: a page of the users, the roles, each user's
+    second factors by kind, and which roles must have one."""
     return {
+        "users": await _users(sort, direction, page_no),
+        "roles": list(Role),
         "second_factors": await mfa.factor_summary(),
         "second_factor_policy": await mfa.policy(),
     }
+
+
+async def _token_refused(request: Req, exc: tokens.TokenError, form: dict[str, str]) -> Template:
+    """The tokens page with why creating or revoking a token was refused."""
+    return form_answer(
+        request,
+        "tokens/page.html",
+        "tokens/page.html",
+        {"form": message_of(exc)},
+        tokens=await _tokens(),
+        new_token=None,
+        form=form,
+    )
 
 
 def _role(value: str) -> Role:
@@ -104,9 +120,7 @@ async def _user_action(request: Req, data: Form, username: str, action: str) -> 
             "users/page.html",
             "users/page.html",
             {"form": f"{username}: {message}"},
-            users=await _users(),
-            roles=list(Role),
-            **await _second_factors(),
+            **await _users_screen(),
             form={},
         )
     return done(request, "/users")
@@ -126,11 +140,9 @@ class Users(Controller):
         return page(
             request,
             "users/page.html",
-            users=await _users(sort, direction, page_no),
-            roles=list(Role),
             errors={},
             form={},
-            **await _second_factors(),
+            **await _users_screen(sort, direction, page_no),
         )
 
     @post("/users", opt=ADMIN)
@@ -149,9 +161,7 @@ class Users(Controller):
                 "users/page.html",
                 "users/_form.html",
                 {"form": message_of(exc)},
-                users=await _users(),
-                roles=list(Role),
-                **await _second_factors(),
+                **await _users_screen(),
                 form={"username": data.get("username", "")},
             )
         return done(request, "/users")
@@ -215,15 +225,7 @@ class Tokens(Controller):
                 valid_days=data.get("valid_days", ""),
             )
         except tokens.TokenError as exc:
-            return form_answer(
-                request,
-                "tokens/page.html",
-                "tokens/page.html",
-                {"form": message_of(exc)},
-                tokens=await _tokens(),
-                new_token=None,
-                form=data,
-            )
+            return await _token_refused(request, exc, data)
         # Shown once, on this answer only; never stored in clear.
         return page(
             request,
@@ -239,15 +241,7 @@ class Tokens(Controller):
         try:
             await tokens.revoke(name, request.user.username, source_ip(request))
         except tokens.TokenError as exc:
-            return form_answer(
-                request,
-                "tokens/page.html",
-                "tokens/page.html",
-                {"form": message_of(exc)},
-                tokens=await _tokens(),
-                new_token=None,
-                form={},
-            )
+            return await _token_refused(request, exc, {})
         return done(request, "/tokens")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
@@ -86,6 +87,29 @@ async def _networks(sort: str = "", direction: str = "", page_no: int = 1) -> li
     return order.of(await TrustedNetwork.select(), NETWORK_SORT)
 
 
+async def _add(
+    request: Req,
+    data: Form,
+    screen: str,
+    adding: Awaitable[int],
+    listed: Callable[[], Awaitable[listings.Listing]],
+) -> Response[Any]:
+    """A domain or network added from its form: back to its list, or (`screen`: "domains" or
+    "networks") the form again with what was typed and why it was refused."""
+    try:
+        await adding
+    except FieldErrors as exc:
+        return form_answer(
+            request,
+            f"{screen}/page.html",
+            f"{screen}/_form.html",
+            exc.errors,
+            **{screen: await listed()},
+            form=data,
+        )
+    return done(request, f"/{screen}")
+
+
 class Domains(Controller):
     """The sender domains."""
 
@@ -102,18 +126,13 @@ class Domains(Controller):
 
     @post("/domains", opt=CHANGE)
     async def add_domain(self, request: Req, data: Form) -> Response[Any]:
-        try:
-            await service.add_domain(actor(request), data.get("name", ""), data.get("comment", ""))
-        except FieldErrors as exc:
-            return form_answer(
-                request,
-                "domains/page.html",
-                "domains/_form.html",
-                exc.errors,
-                domains=await _domains(),
-                form=data,
-            )
-        return done(request, "/domains")
+        return await _add(
+            request,
+            data,
+            "domains",
+            service.add_domain(actor(request), data.get("name", ""), data.get("comment", "")),
+            _domains,
+        )
 
     @post("/domains/{name:str}/delete", opt=CHANGE)
     async def delete_domain(self, request: Req, name: FromPath[str]) -> Response[Any]:
@@ -188,18 +207,13 @@ class Networks(Controller):
 
     @post("/networks", opt=CHANGE)
     async def add_network(self, request: Req, data: Form) -> Response[Any]:
-        try:
-            await service.add_network(actor(request), data.get("cidr", ""), data.get("comment", ""))
-        except FieldErrors as exc:
-            return form_answer(
-                request,
-                "networks/page.html",
-                "networks/_form.html",
-                exc.errors,
-                networks=await _networks(),
-                form=data,
-            )
-        return done(request, "/networks")
+        return await _add(
+            request,
+            data,
+            "networks",
+            service.add_network(actor(request), data.get("cidr", ""), data.get("comment", "")),
+            _networks,
+        )
 
     @post("/networks/delete", opt=CHANGE)
     async def delete_network(self, request: Req, data: Form) -> Response[Any]:
