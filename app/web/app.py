@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Request, Router
+from litestar import Controller, Litestar, Request, Router
 from litestar.background_tasks import BackgroundTask
 from litestar.config.csrf import CSRFConfig
 from litestar.exceptions import (
@@ -52,6 +52,7 @@ from app.web.controllers import (
     queue,
     routetools,
     session,
+    tracking,
     versions,
 )
 from app.web.security import add_security_headers
@@ -62,6 +63,24 @@ PUBLIC_PATHS = ["^/static/", "^/login", "^/healthz", "^/api/schema"]
 # __Host-: only this host can set it (Secure, Path=/, no Domain), so a sibling subdomain cannot
 # plant a token pair of its own choosing.
 CSRF_COOKIE = "__Host-csrftoken"
+# The GUI and the cluster API by area, one router each; an area's handlers are the methods of its
+# screens' controllers (the automation API under /api/v1 is a router of its own).
+AREAS: dict[str, list[type[Controller]]] = {
+    "auth": [session.Session, mfa.Enrolment, mfa.Verification],
+    "monitor": [monitor.Monitor],
+    "config": [
+        config.Domains,
+        config.Routes,
+        config.Networks,
+        routetools.RouteTools,
+        versions.Versions,
+    ],
+    "queue": [queue.Queue],
+    "logs": [tracking.Logs],
+    "admin": [admin.Users, admin.Tokens, admin.Audit],
+    "cluster": [cluster.Cluster, cluster.NodeStatus],
+    "api": [api.ClusterApi],
+}
 # The detail of the PermissionDeniedException that Litestar's CSRF middleware raises.
 CSRF_REFUSED = "CSRF token verification failed"
 
@@ -133,75 +152,8 @@ def create_app(settings: Settings) -> Litestar:
 
     app = Litestar(
         route_handlers=[
-            session.login_page,
-            session.login,
-            session.logout,
-            session.password_page,
-            session.change_password,
-            session.set_language,
-            session.healthz,
-            monitor.dashboard,
-            monitor.recent_rejects,
-            monitor.audit_page,
-            monitor.tracking_page,
-            monitor.rejects_page,
-            monitor.message_page,
-            config.domains_page,
-            config.add_domain,
-            config.delete_domain,
-            config.routes_page,
-            routetools.route_tools_page,
-            routetools.ask_which_route,
-            routetools.run_route_test,
-            config.route_page,
-            config.save_route,
-            config.delete_route,
-            config.networks_page,
-            config.add_network,
-            config.delete_network,
-            versions.versions_page,
-            versions.version_page,
-            versions.diff_page,
-            versions.rollback,
-            versions.test_config,
-            versions.apply_config,
-            admin.users_page,
-            admin.create_user,
-            admin.set_role,
-            admin.reset_password,
-            admin.delete_user,
-            admin.reset_second_factor,
-            admin.set_second_factor_policy,
-            admin.tokens_page,
-            admin.create_token,
-            admin.revoke_token,
-            mfa.mfa_page,
-            mfa.new_totp,
-            mfa.confirm_totp,
-            mfa.key_registration_options,
-            mfa.register_key,
-            mfa.new_recovery_codes,
-            mfa.remove_factor,
-            mfa.verify_page,
-            mfa.verify_totp,
-            mfa.verify_recovery_code,
-            mfa.key_authentication_options,
-            mfa.verify_key,
-            queue.queue_page,
-            queue.queue_action,
-            queue.flush_queue,
-            queue.release_held,
-            api.config_export,
-            api.node_applied,
-            api.acquire_lock,
-            api.release_lock,
-            api.queue_imported,
+            *(Router("/", route_handlers=controllers) for controllers in AREAS.values()),
             automation.router,
-            cluster.cluster_page,
-            cluster.run_switchover,
-            cluster.switchover_page,
-            cluster.api_status,
-            cluster.prometheus,
             create_static_files_router(
                 path="/static", directories=[ROOT / "static"], opt={"public": True}
             ),

@@ -3,6 +3,7 @@ columns a list allows, and the links that keep a list's filters while they chang
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -101,3 +102,19 @@ def listing(
         filters=filters or {},
         target=target,
     )
+
+
+def _day(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def days(since: str, until: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The search window of a since/until day filter: from the start of `since` up to the end
+    of `until` (both whole UTC days, either may be empty or unreadable: then open)."""
+    until_day = _day(until)
+    return _day(since), until_day + dt.timedelta(days=1) if until_day else None

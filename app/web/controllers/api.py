@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import Request, get, post
+from litestar import Controller, Request, get, post
 from litestar.exceptions import ClientException
 from litestar.params import FromQuery, JSONBody
 from litestar.response import Response
@@ -25,28 +25,6 @@ MAX_EXPORT_WAIT_SECONDS = 60.0
 # Every API request body is a small JSON object (well under 1 KiB); anything far larger is
 # refused with 413 before it is read into memory or parsed.
 MAX_BODY_BYTES = 16 * 1024
-
-
-@get("/api/config/export", opt={"api": "read"})
-async def config_export(
-    request: Req, newer_than: FromQuery[int | None] = None, wait: FromQuery[float] = 0.0
-) -> dict[str, Any]:
-    """The config version this node's Postfix runs (the last one applied successfully here:
-    never a draft), with when it was applied. Secrets are sealed for the peer with a cluster
-    token, else omitted. With `newer_than` and `wait` (seconds) the answer waits until this
-    node runs a version newer than `newer_than` or `wait` runs out (a long poll: the slave's
-    pull gets an Apply the moment it succeeded), then returns the applied version either way."""
-    node_id = request.app.state.settings.node_id
-    if newer_than is not None and wait > 0:
-        if newer_than < 0 or not wait <= MAX_EXPORT_WAIT_SECONDS:
-            raise ClientException(
-                f"newer_than must be >= 0 and wait at most {MAX_EXPORT_WAIT_SECONDS:g} seconds"
-            )
-        await applied.wait_for_newer(node_id, newer_than, wait)
-    version, applied_at = await applied.version_run_by(node_id)
-    return export.build(
-        node_id, version, applied_at, request.app.state.box, request.user.kind == "cluster"
-    )
 
 
 @dataclass
@@ -83,25 +61,6 @@ def _node_report(data: NodeApplied, own_node_id: str) -> tuple[str, int, dt.date
     return node_id, master_number, applied_at
 
 
-@post(
-    "/api/nodes/applied",
-    opt={"api": "cluster"},
-    status_code=HTTP_204_NO_CONTENT,
-    request_max_body_size=MAX_BODY_BYTES,
-)
-async def node_applied(request: Req, data: JSONBody[NodeApplied]) -> None:
-    """A slave reports which of the master's versions its Postfix runs: stored in this (the
-    master's) applied_versions under the master's numbering, so the dashboard shows both
-    nodes. When it reported is stored beside it (reported_at), for "not reporting"."""
-    settings = request.app.state.settings
-    if settings.cluster_mode != "master":
-        raise ClientException(
-            "this node is not the master; report to the master", status_code=HTTP_409_CONFLICT
-        )
-    node_id, master_number, applied_at = _node_report(data, settings.node_id)
-    await applied.record_heard(node_id, master_number, applied_at)
-
-
 @dataclass
 class AcquireLock:
     holder: str
@@ -126,59 +85,102 @@ def _check_lock_args(name: str, holder: str) -> None:
         raise ClientException("holder must be 1-64 letters, digits, '-', '_' or '.'")
 
 
-@post(
-    "/api/sync-lock/acquire",
-    opt={"api": "cluster"},
-    status_code=200,
-    request_max_body_size=MAX_BODY_BYTES,
-)
-async def acquire_lock(data: JSONBody[AcquireLock]) -> Response[dict[str, Any]]:
-    _check_lock_args(data.name, data.holder)
-    if not 1 <= data.ttl_seconds <= locks.API_MAX_TTL_SECONDS:
-        raise ClientException(f"ttl_seconds must be between 1 and {locks.API_MAX_TTL_SECONDS}")
-    try:
-        lease = await locks.acquire(data.name, data.holder, data.ttl_seconds)
-    except locks.LockConflict as exc:
+class ClusterApi(Controller):
+    """What the nodes ask each other: the config export, applied versions, the sync lock and
+    the imported queue IDs."""
+
+    @get("/api/config/export", opt={"api": "read"})
+    async def config_export(
+        self, request: Req, newer_than: FromQuery[int | None] = None, wait: FromQuery[float] = 0.0
+    ) -> dict[str, Any]:
+        """The config version this node's Postfix runs (the last one applied successfully here:
+        never a draft), with when it was applied. Secrets are sealed for the peer with a cluster
+        token, else omitted. With `newer_than` and `wait` (seconds) the answer waits until this
+        node runs a version newer than `newer_than` or `wait` runs out (a long poll: the slave's
+        pull gets an Apply the moment it succeeded), then returns the applied version either way."""
+        node_id = request.app.state.settings.node_id
+        if newer_than is not None and wait > 0:
+            if newer_than < 0 or not wait <= MAX_EXPORT_WAIT_SECONDS:
+                raise ClientException(
+                    f"newer_than must be >= 0 and wait at most {MAX_EXPORT_WAIT_SECONDS:g} seconds"
+                )
+            await applied.wait_for_newer(node_id, newer_than, wait)
+        version, applied_at = await applied.version_run_by(node_id)
+        return export.build(
+            node_id, version, applied_at, request.app.state.box, request.user.kind == "cluster"
+        )
+
+    @post(
+        "/api/nodes/applied",
+        opt={"api": "cluster"},
+        status_code=HTTP_204_NO_CONTENT,
+        request_max_body_size=MAX_BODY_BYTES,
+    )
+    async def node_applied(self, request: Req, data: JSONBody[NodeApplied]) -> None:
+        """A slave reports which of the master's versions its Postfix runs: stored in this (the
+        master's) applied_versions under the master's numbering, so the dashboard shows both
+        nodes. When it reported is stored beside it (reported_at), for "not reporting"."""
+        settings = request.app.state.settings
+        if settings.cluster_mode != "master":
+            raise ClientException(
+                "this node is not the master; report to the master", status_code=HTTP_409_CONFLICT
+            )
+        node_id, master_number, applied_at = _node_report(data, settings.node_id)
+        await applied.record_heard(node_id, master_number, applied_at)
+
+    @post(
+        "/api/sync-lock/acquire",
+        opt={"api": "cluster"},
+        status_code=200,
+        request_max_body_size=MAX_BODY_BYTES,
+    )
+    async def acquire_lock(self, data: JSONBody[AcquireLock]) -> Response[dict[str, Any]]:
+        _check_lock_args(data.name, data.holder)
+        if not 1 <= data.ttl_seconds <= locks.API_MAX_TTL_SECONDS:
+            raise ClientException(f"ttl_seconds must be between 1 and {locks.API_MAX_TTL_SECONDS}")
+        try:
+            lease = await locks.acquire(data.name, data.holder, data.ttl_seconds)
+        except locks.LockConflict as exc:
+            return Response(
+                {
+                    "error": "conflict",
+                    "detail": str(exc),
+                    "holder": exc.current.holder,
+                    "expires_at": exc.current.expires_at.isoformat(),
+                },
+                status_code=HTTP_409_CONFLICT,
+            )
         return Response(
             {
-                "error": "conflict",
-                "detail": str(exc),
-                "holder": exc.current.holder,
-                "expires_at": exc.current.expires_at.isoformat(),
-            },
+                "name": lease.name,
+                "holder": lease.holder,
+                "fencing_token": lease.fencing_token,
+                "expires_at": lease.expires_at.isoformat(),
+            }
+        )
+
+    @post(
+        "/api/sync-lock/release",
+        opt={"api": "cluster"},
+        status_code=200,
+        request_max_body_size=MAX_BODY_BYTES,
+    )
+    async def release_lock(self, data: JSONBody[ReleaseLock]) -> Response[dict[str, Any]]:
+        _check_lock_args(data.name, data.holder)
+        if await locks.release(data.name, data.holder, data.fencing_token):
+            return Response({"released": True})
+        return Response(
+            {"error": "conflict", "detail": "not the current holder of this lease"},
             status_code=HTTP_409_CONFLICT,
         )
-    return Response(
-        {
-            "name": lease.name,
-            "holder": lease.holder,
-            "fencing_token": lease.fencing_token,
-            "expires_at": lease.expires_at.isoformat(),
-        }
-    )
 
+    @get("/api/queue/imported", opt={"api": "cluster"})
+    async def queue_imported(
+        self,
+    ) -> dict[str, Any]:
+        """The peer's original queue IDs this node took over when it became MASTER: a returning
+        peer deletes exactly these from its stale queue."""
+        from app.db.tables import QueueImport
 
-@post(
-    "/api/sync-lock/release",
-    opt={"api": "cluster"},
-    status_code=200,
-    request_max_body_size=MAX_BODY_BYTES,
-)
-async def release_lock(data: JSONBody[ReleaseLock]) -> Response[dict[str, Any]]:
-    _check_lock_args(data.name, data.holder)
-    if await locks.release(data.name, data.holder, data.fencing_token):
-        return Response({"released": True})
-    return Response(
-        {"error": "conflict", "detail": "not the current holder of this lease"},
-        status_code=HTTP_409_CONFLICT,
-    )
-
-
-@get("/api/queue/imported", opt={"api": "cluster"})
-async def queue_imported() -> dict[str, Any]:
-    """The peer's original queue IDs this node took over when it became MASTER: a returning
-    peer deletes exactly these from its stale queue."""
-    from app.db.tables import QueueImport
-
-    rows = await QueueImport.select(QueueImport.original_queue_id)
-    return {"queue_ids": sorted({row["original_queue_id"] for row in rows})}
+        rows = await QueueImport.select(QueueImport.original_queue_id)
+        return {"queue_ids": sorted({row["original_queue_id"] for row in rows})}

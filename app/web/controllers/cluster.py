@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from litestar import Request, get, post
+from litestar import Controller, Request, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Response, Template
@@ -77,56 +77,63 @@ async def _view(request: Req) -> status.Status:
     return await status.cluster_view(request.app.state.settings, request.app.state.agent)
 
 
-@get("/cluster")
-async def cluster_page(request: Req) -> Template:
-    """The panel alone for HTMX (the dashboard loads it after the page), else the whole page,
-    with a switchover under way if one is."""
-    if is_htmx(request):
-        return page(request, "cluster/_panel.html", view=await _view(request), **_context(request))
-    return page(
-        request,
-        "cluster/page.html",
-        view=await _view(request),
-        run=_current(request),
-        **_context(request),
-    )
+class Cluster(Controller):
+    """The cluster screen and the planned switchover."""
+
+    @get("/cluster")
+    async def cluster_page(self, request: Req) -> Template:
+        """The panel alone for HTMX (the dashboard loads it after the page), else the whole page,
+        with a switchover under way if one is."""
+        if is_htmx(request):
+            return page(
+                request, "cluster/_panel.html", view=await _view(request), **_context(request)
+            )
+        return page(
+            request,
+            "cluster/page.html",
+            view=await _view(request),
+            run=_current(request),
+            **_context(request),
+        )
+
+    @post("/cluster/switchover", opt=ADMIN)
+    async def run_switchover(self, request: Req) -> Response[Any]:
+        """Starts the switchover and answers at once: its steps are shown as they happen on
+        /cluster/switchover/{id} (HTMX polls it, a plain page refreshes itself)."""
+        run = _current(request)
+        if run is None:
+            run = SwitchoverRun(secrets.token_urlsafe(8), request.user.username)
+            runs = _runs(request)
+            runs[run.id] = run
+            for old in [r for r in runs.values() if r.finished][:-KEPT_RUNS]:
+                del runs[old.id]
+            state = request.app.state
+            run.task = asyncio.create_task(
+                run.execute(state.settings, state.agent, source_ip(request))
+            )
+        if is_htmx(request):
+            return page(request, "cluster/_report.html", run=run)
+        return done(request, f"/cluster/switchover/{run.id}")
+
+    @get("/cluster/switchover/{run_id:str}", opt=ADMIN)
+    async def switchover_page(self, request: Req, run_id: FromPath[str]) -> Template:
+        run = _runs(request).get(run_id)
+        if run is None:
+            raise NotFoundException()
+        if is_htmx(request):
+            return page(request, "cluster/_report.html", run=run)
+        return page(
+            request, "cluster/page.html", view=await _view(request), run=run, **_context(request)
+        )
 
 
-@post("/cluster/switchover", opt=ADMIN)
-async def run_switchover(request: Req) -> Response[Any]:
-    """Starts the switchover and answers at once: its steps are shown as they happen on
-    /cluster/switchover/{id} (HTMX polls it, a plain page refreshes itself)."""
-    run = _current(request)
-    if run is None:
-        run = SwitchoverRun(secrets.token_urlsafe(8), request.user.username)
-        runs = _runs(request)
-        runs[run.id] = run
-        for old in [r for r in runs.values() if r.finished][:-KEPT_RUNS]:
-            del runs[old.id]
-        state = request.app.state
-        run.task = asyncio.create_task(run.execute(state.settings, state.agent, source_ip(request)))
-    if is_htmx(request):
-        return page(request, "cluster/_report.html", run=run)
-    return done(request, f"/cluster/switchover/{run.id}")
+class NodeStatus(Controller):
+    """This node's status for the peer, and the same figures for Prometheus."""
 
+    @get(status.STATUS_PATH, opt={"api": "cluster"})
+    async def api_status(self, request: Req) -> status.Status:
+        return await status.node_status(request.app.state.settings, request.app.state.agent)
 
-@get("/cluster/switchover/{run_id:str}", opt=ADMIN)
-async def switchover_page(request: Req, run_id: FromPath[str]) -> Template:
-    run = _runs(request).get(run_id)
-    if run is None:
-        raise NotFoundException()
-    if is_htmx(request):
-        return page(request, "cluster/_report.html", run=run)
-    return page(
-        request, "cluster/page.html", view=await _view(request), run=run, **_context(request)
-    )
-
-
-@get(status.STATUS_PATH, opt={"api": "cluster"})
-async def api_status(request: Req) -> status.Status:
-    return await status.node_status(request.app.state.settings, request.app.state.agent)
-
-
-@get("/metrics", opt={"api": "read"})
-async def prometheus(request: Req) -> Response[str]:
-    return Response(metrics.render(await _view(request)), media_type=metrics.CONTENT_TYPE)
+    @get("/metrics", opt={"api": "read"})
+    async def prometheus(self, request: Req) -> Response[str]:
+        return Response(metrics.render(await _view(request)), media_type=metrics.CONTENT_TYPE)

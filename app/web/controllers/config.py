@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Response, Template
@@ -52,59 +53,12 @@ async def _domains(
     return order.of(domains, DOMAIN_SORT)
 
 
-@get("/domains")
-async def domains_page(
-    request: Req,
-    sort: FromQuery[str] = "",
-    direction: listings.Direction = "",
-    page_no: FromQuery[int] = 1,
-) -> Template:
-    domains = await _domains("/domains", sort, direction, page_no)
-    return page(request, "domains/page.html", domains=domains, errors={}, form={})
-
-
-@post("/domains", opt=CHANGE)
-async def add_domain(request: Req, data: Form) -> Response[Any]:
-    try:
-        await service.add_domain(actor(request), data.get("name", ""), data.get("comment", ""))
-    except FieldErrors as exc:
-        return form_answer(
-            request,
-            "domains/page.html",
-            "domains/_form.html",
-            exc.errors,
-            domains=await _domains(),
-            form=data,
-        )
-    return done(request, "/domains")
-
-
-@post("/domains/{name:str}/delete", opt=CHANGE)
-async def delete_domain(request: Req, name: FromPath[str]) -> Response[Any]:
-    try:
-        await service.delete_domain(actor(request), name)
-    except service.NotFound as exc:
-        return _gone(request, exc, "domains/page.html", domains=await _domains(), form={})
-    return done(request, "/domains")
-
-
 def _gone(request: Req, exc: service.NotFound, template: str, **ctx: Any) -> Template:
     """What a delete acted on is gone already (another tab, another admin): the list as it is
     now, with the message by it (HTMX: the message alone, shown by the button)."""
     return error_page(
         request, 404, "Not found", message_of(exc), page_template=template, errors={}, **ctx
     )
-
-
-@get("/routes")
-async def routes_page(
-    request: Req,
-    sort: FromQuery[str] = "",
-    direction: listings.Direction = "",
-    page_no: FromQuery[int] = 1,
-) -> Template:
-    domains = await _domains("/routes", sort, direction, page_no)
-    return page(request, "routes/page.html", domains=domains)
 
 
 async def _route_form(domain: str) -> dict[str, Any]:
@@ -126,42 +80,6 @@ async def _route_form(domain: str) -> dict[str, Any]:
     }
 
 
-@get("/routes/{domain:str}")
-async def route_page(request: Req, domain: FromPath[str]) -> Template:
-    return page(request, "routes/edit.html", errors={}, **await _route_form(domain))
-
-
-@post("/routes/{domain:str}", opt=CHANGE)
-async def save_route(request: Req, domain: FromPath[str], data: Form) -> Response[Any]:
-    try:
-        await service.set_route(
-            actor(request),
-            request.app.state.box,
-            domain,
-            host=data.get("host", ""),
-            port=data.get("port", ""),
-            tls_mode=data.get("tls_mode", ""),
-            auth_user=data.get("auth_user", ""),
-            auth_password=data.get("auth_password", ""),
-            clear_password=data.get("clear_password") == "on",
-        )
-    except FieldErrors as exc:
-        ctx = await _route_form(domain)
-        # Show what was typed, never echo a password back.
-        ctx["form"] = {k: v for k, v in data.items() if k != "auth_password"}
-        return form_answer(request, "routes/edit.html", "routes/_form.html", exc.errors, **ctx)
-    return done(request, "/routes")
-
-
-@post("/routes/{domain:str}/delete", opt=CHANGE)
-async def delete_route(request: Req, domain: FromPath[str]) -> Response[Any]:
-    try:
-        await service.delete_route(actor(request), domain)
-    except service.NotFound as exc:
-        return _gone(request, exc, "routes/page.html", domains=await _domains("/routes"))
-    return done(request, "/routes")
-
-
 async def _networks(sort: str = "", direction: str = "", page_no: int = 1) -> listings.Listing:
     order = listings.listing(
         "/networks", list(NETWORK_SORT), sort, direction, page_no, ("cidr", "asc")
@@ -169,37 +87,138 @@ async def _networks(sort: str = "", direction: str = "", page_no: int = 1) -> li
     return order.of(await TrustedNetwork.select(), NETWORK_SORT)
 
 
-@get("/networks")
-async def networks_page(
+async def _add(
     request: Req,
-    sort: FromQuery[str] = "",
-    direction: listings.Direction = "",
-    page_no: FromQuery[int] = 1,
-) -> Template:
-    networks = await _networks(sort, direction, page_no)
-    return page(request, "networks/page.html", networks=networks, errors={}, form={})
-
-
-@post("/networks", opt=CHANGE)
-async def add_network(request: Req, data: Form) -> Response[Any]:
+    data: Form,
+    screen: str,
+    adding: Awaitable[int],
+    listed: Callable[[], Awaitable[listings.Listing]],
+) -> Response[Any]:
+    """A domain or network added from its form: back to its list, or (`screen`: "domains" or
+    "networks") the form again with what was typed and why it was refused."""
     try:
-        await service.add_network(actor(request), data.get("cidr", ""), data.get("comment", ""))
+        await adding
     except FieldErrors as exc:
         return form_answer(
             request,
-            "networks/page.html",
-            "networks/_form.html",
+            f"{screen}/page.html",
+            f"{screen}/_form.html",
             exc.errors,
-            networks=await _networks(),
+            **{screen: await listed()},
             form=data,
         )
-    return done(request, "/networks")
+    return done(request, f"/{screen}")
 
 
-@post("/networks/delete", opt=CHANGE)
-async def delete_network(request: Req, data: Form) -> Response[Any]:
-    try:
-        await service.delete_network(actor(request), data.get("cidr", ""))
-    except service.NotFound as exc:
-        return _gone(request, exc, "networks/page.html", networks=await _networks(), form={})
-    return done(request, "/networks")
+class Domains(Controller):
+    """The sender domains."""
+
+    @get("/domains")
+    async def domains_page(
+        self,
+        request: Req,
+        sort: FromQuery[str] = "",
+        direction: listings.Direction = "",
+        page_no: FromQuery[int] = 1,
+    ) -> Template:
+        domains = await _domains("/domains", sort, direction, page_no)
+        return page(request, "domains/page.html", domains=domains, errors={}, form={})
+
+    @post("/domains", opt=CHANGE)
+    async def add_domain(self, request: Req, data: Form) -> Response[Any]:
+        return await _add(
+            request,
+            data,
+            "domains",
+            service.add_domain(actor(request), data.get("name", ""), data.get("comment", "")),
+            _domains,
+        )
+
+    @post("/domains/{name:str}/delete", opt=CHANGE)
+    async def delete_domain(self, request: Req, name: FromPath[str]) -> Response[Any]:
+        try:
+            await service.delete_domain(actor(request), name)
+        except service.NotFound as exc:
+            return _gone(request, exc, "domains/page.html", domains=await _domains(), form={})
+        return done(request, "/domains")
+
+
+class Routes(Controller):
+    """Each sender domain's relay route."""
+
+    @get("/routes")
+    async def routes_page(
+        self,
+        request: Req,
+        sort: FromQuery[str] = "",
+        direction: listings.Direction = "",
+        page_no: FromQuery[int] = 1,
+    ) -> Template:
+        domains = await _domains("/routes", sort, direction, page_no)
+        return page(request, "routes/page.html", domains=domains)
+
+    @get("/routes/{domain:str}")
+    async def route_page(self, request: Req, domain: FromPath[str]) -> Template:
+        return page(request, "routes/edit.html", errors={}, **await _route_form(domain))
+
+    @post("/routes/{domain:str}", opt=CHANGE)
+    async def save_route(self, request: Req, domain: FromPath[str], data: Form) -> Response[Any]:
+        try:
+            await service.set_route(
+                actor(request),
+                request.app.state.box,
+                domain,
+                host=data.get("host", ""),
+                port=data.get("port", ""),
+                tls_mode=data.get("tls_mode", ""),
+                auth_user=data.get("auth_user", ""),
+                auth_password=data.get("auth_password", ""),
+                clear_password=data.get("clear_password") == "on",
+            )
+        except FieldErrors as exc:
+            ctx = await _route_form(domain)
+            # Show what was typed, never echo a password back.
+            ctx["form"] = {k: v for k, v in data.items() if k != "auth_password"}
+            return form_answer(request, "routes/edit.html", "routes/_form.html", exc.errors, **ctx)
+        return done(request, "/routes")
+
+    @post("/routes/{domain:str}/delete", opt=CHANGE)
+    async def delete_route(self, request: Req, domain: FromPath[str]) -> Response[Any]:
+        try:
+            await service.delete_route(actor(request), domain)
+        except service.NotFound as exc:
+            return _gone(request, exc, "routes/page.html", domains=await _domains("/routes"))
+        return done(request, "/routes")
+
+
+class Networks(Controller):
+    """The trusted networks."""
+
+    @get("/networks")
+    async def networks_page(
+        self,
+        request: Req,
+        sort: FromQuery[str] = "",
+        direction: listings.Direction = "",
+        page_no: FromQuery[int] = 1,
+    ) -> Template:
+        networks = await _networks(sort, direction, page_no)
+        return page(request, "networks/page.html", networks=networks, errors={}, form={})
+
+    @post("/networks", opt=CHANGE)
+    async def add_network(self, request: Req, data: Form) -> Response[Any]:
+        return await _add(
+            request,
+            data,
+            "networks",
+            service.add_network(actor(request), data.get("cidr", ""), data.get("comment", "")),
+            _networks,
+        )
+
+    @post("/networks/delete", opt=CHANGE)
+    async def delete_network(self, request: Req, data: Form) -> Response[Any]:
+        try:
+            await service.delete_network(actor(request), data.get("cidr", ""))
+        except service.NotFound as exc:
+            return _gone(request, exc, "networks/page.html", networks=await _networks(), form={})
+        return done(request, "/networks")

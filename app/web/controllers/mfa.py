@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 from litestar.response import Redirect, Response, Template
@@ -93,20 +93,6 @@ def _after_enrolment(request: Req, codes: list[str] | None) -> Response[Any]:
     return Redirect(path="/mfa", status_code=HTTP_303_SEE_OTHER)
 
 
-@get("/mfa", opt=MANAGE)
-async def mfa_page(request: Req) -> Template:
-    return await _manage_page(request)
-
-
-@post("/mfa/totp/new", opt=MANAGE)
-async def new_totp(request: Req) -> Response[Any]:
-    try:
-        secret = await mfa.begin_totp(request.user, request.app.state.box)
-    except mfa.MfaError as exc:
-        return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return _totp_page(request, secret)
-
-
 def _totp_page(request: Req, secret: str, error: str = "", status_code: int = 200) -> Template:
     settings = request.app.state.settings
     return page(
@@ -118,66 +104,6 @@ def _totp_page(request: Req, secret: str, error: str = "", status_code: int = 20
         half_session=_stage(request) is not None,
         error=error,
     )
-
-
-@post("/mfa/totp", opt=MANAGE)
-async def confirm_totp(request: Req, data: Form) -> Response[Any]:
-    box = request.app.state.box
-    try:
-        codes = await mfa.confirm_totp(
-            request.user, box, data.get("code", ""), data.get("name", ""), source_ip(request)
-        )
-    except mfa.MfaError as exc:
-        secret = await mfa.pending_totp(request.user, box)
-        if secret is None:
-            return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-        return _totp_page(request, secret, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return _after_enrolment(request, codes)
-
-
-@post("/mfa/keys/options", opt=MANAGE)
-async def key_registration_options(request: Req) -> Response[Any]:
-    try:
-        options = await mfa.key_registration_options(request.user, _rp(request))
-    except Refusal as exc:
-        return _json_refusal(request, exc)
-    return Response(options, media_type="application/json")
-
-
-@post("/mfa/keys", opt=MANAGE)
-async def register_key(request: Req, data: Form) -> Response[Any]:
-    try:
-        codes = await mfa.register_key(
-            request.user,
-            _rp(request),
-            data.get("credential", ""),
-            data.get("name", ""),
-            source_ip(request),
-        )
-    except Refusal as exc:
-        return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return _after_enrolment(request, codes)
-
-
-@post("/mfa/recovery", opt=MANAGE)
-async def new_recovery_codes(request: Req) -> Response[Any]:
-    try:
-        codes = await mfa.new_recovery_codes(request.user, source_ip(request))
-    except mfa.MfaError as exc:
-        return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return _codes_page(request, codes)
-
-
-@post("/mfa/factors/{factor_id:int}/remove", opt=MANAGE)
-async def remove_factor(request: Req, factor_id: FromPath[int]) -> Response[Any]:
-    try:
-        await mfa.remove_factor(request.user, factor_id, source_ip(request))
-    except mfa.MfaError as exc:
-        return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return Redirect(path="/mfa", status_code=HTTP_303_SEE_OTHER)
-
-
-# --- The step after the password ---------------------------------------------------------------
 
 
 async def _verify_page(request: Req, error: str = "", status_code: int = 200) -> Template:
@@ -193,57 +119,126 @@ async def _verify_page(request: Req, error: str = "", status_code: int = 200) ->
     )
 
 
-@get("/mfa/verify", opt=VERIFY)
-async def verify_page(request: Req) -> Response[Any]:
-    if _stage(request) != mfa.VERIFY:
+class Enrolment(Controller):
+    """Enrolment and management of a user's second factors."""
+
+    @get("/mfa", opt=MANAGE)
+    async def mfa_page(self, request: Req) -> Template:
+        return await _manage_page(request)
+
+    @post("/mfa/totp/new", opt=MANAGE)
+    async def new_totp(self, request: Req) -> Response[Any]:
+        try:
+            secret = await mfa.begin_totp(request.user, request.app.state.box)
+        except mfa.MfaError as exc:
+            return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
+        return _totp_page(request, secret)
+
+    @post("/mfa/totp", opt=MANAGE)
+    async def confirm_totp(self, request: Req, data: Form) -> Response[Any]:
+        box = request.app.state.box
+        try:
+            codes = await mfa.confirm_totp(
+                request.user, box, data.get("code", ""), data.get("name", ""), source_ip(request)
+            )
+        except mfa.MfaError as exc:
+            secret = await mfa.pending_totp(request.user, box)
+            if secret is None:
+                return await _manage_page(
+                    request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY
+                )
+            return _totp_page(request, secret, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
+        return _after_enrolment(request, codes)
+
+    @post("/mfa/keys/options", opt=MANAGE)
+    async def key_registration_options(self, request: Req) -> Response[Any]:
+        try:
+            options = await mfa.key_registration_options(request.user, _rp(request))
+        except Refusal as exc:
+            return _json_refusal(request, exc)
+        return Response(options, media_type="application/json")
+
+    @post("/mfa/keys", opt=MANAGE)
+    async def register_key(self, request: Req, data: Form) -> Response[Any]:
+        try:
+            codes = await mfa.register_key(
+                request.user,
+                _rp(request),
+                data.get("credential", ""),
+                data.get("name", ""),
+                source_ip(request),
+            )
+        except Refusal as exc:
+            return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
+        return _after_enrolment(request, codes)
+
+    @post("/mfa/recovery", opt=MANAGE)
+    async def new_recovery_codes(self, request: Req) -> Response[Any]:
+        try:
+            codes = await mfa.new_recovery_codes(request.user, source_ip(request))
+        except mfa.MfaError as exc:
+            return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
+        return _codes_page(request, codes)
+
+    @post("/mfa/factors/{factor_id:int}/remove", opt=MANAGE)
+    async def remove_factor(self, request: Req, factor_id: FromPath[int]) -> Response[Any]:
+        try:
+            await mfa.remove_factor(request.user, factor_id, source_ip(request))
+        except mfa.MfaError as exc:
+            return await _manage_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
+        return Redirect(path="/mfa", status_code=HTTP_303_SEE_OTHER)
+
+
+class Verification(Controller):
+    """The step after the password: a second factor, or a recovery code."""
+
+    @get("/mfa/verify", opt=VERIFY)
+    async def verify_page(self, request: Req) -> Response[Any]:
+        if _stage(request) != mfa.VERIFY:
+            return _home()
+        return await _verify_page(request)
+
+    @post("/mfa/verify/totp", opt=VERIFY)
+    async def verify_totp(self, request: Req, data: Form) -> Response[Any]:
+        if _stage(request) != mfa.VERIFY:
+            return _home()
+        try:
+            await mfa.verify_totp(
+                request.user, request.app.state.box, data.get("code", ""), source_ip(request)
+            )
+        except mfa.MfaError as exc:
+            return await _verify_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
         return _home()
-    return await _verify_page(request)
 
+    @post("/mfa/verify/recovery", opt=VERIFY)
+    async def verify_recovery_code(self, request: Req, data: Form) -> Response[Any]:
+        if _stage(request) != mfa.VERIFY:
+            return _home()
+        try:
+            await mfa.verify_recovery_code(request.user, data.get("code", ""), source_ip(request))
+        except mfa.MfaError as exc:
+            return await _verify_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
+        # Whoever needs a recovery code has likely lost a factor: show what is left to fix it.
+        return Redirect(path="/mfa", status_code=HTTP_303_SEE_OTHER)
 
-@post("/mfa/verify/totp", opt=VERIFY)
-async def verify_totp(request: Req, data: Form) -> Response[Any]:
-    if _stage(request) != mfa.VERIFY:
+    @post("/mfa/verify/key/options", opt=VERIFY)
+    async def key_authentication_options(self, request: Req) -> Response[Any]:
+        if _stage(request) != mfa.VERIFY:
+            return _json_refusal(request, mfa.MfaError("You are logged in already."))
+        try:
+            options = await mfa.key_authentication_options(request.user, _rp(request))
+        except Refusal as exc:
+            return _json_refusal(request, exc)
+        return Response(options, media_type="application/json")
+
+    @post("/mfa/verify/key", opt=VERIFY)
+    async def verify_key(self, request: Req, data: Form) -> Response[Any]:
+        if _stage(request) != mfa.VERIFY:
+            return _home()
+        try:
+            await mfa.verify_key(
+                request.user, _rp(request), data.get("credential", ""), source_ip(request)
+            )
+        except Refusal as exc:
+            return await _verify_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
         return _home()
-    try:
-        await mfa.verify_totp(
-            request.user, request.app.state.box, data.get("code", ""), source_ip(request)
-        )
-    except mfa.MfaError as exc:
-        return await _verify_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return _home()
-
-
-@post("/mfa/verify/recovery", opt=VERIFY)
-async def verify_recovery_code(request: Req, data: Form) -> Response[Any]:
-    if _stage(request) != mfa.VERIFY:
-        return _home()
-    try:
-        await mfa.verify_recovery_code(request.user, data.get("code", ""), source_ip(request))
-    except mfa.MfaError as exc:
-        return await _verify_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    # Whoever needs a recovery code has likely lost a factor: show what is left to fix it.
-    return Redirect(path="/mfa", status_code=HTTP_303_SEE_OTHER)
-
-
-@post("/mfa/verify/key/options", opt=VERIFY)
-async def key_authentication_options(request: Req) -> Response[Any]:
-    if _stage(request) != mfa.VERIFY:
-        return _json_refusal(request, mfa.MfaError("You are logged in already."))
-    try:
-        options = await mfa.key_authentication_options(request.user, _rp(request))
-    except Refusal as exc:
-        return _json_refusal(request, exc)
-    return Response(options, media_type="application/json")
-
-
-@post("/mfa/verify/key", opt=VERIFY)
-async def verify_key(request: Req, data: Form) -> Response[Any]:
-    if _stage(request) != mfa.VERIFY:
-        return _home()
-    try:
-        await mfa.verify_key(
-            request.user, _rp(request), data.get("credential", ""), source_ip(request)
-        )
-    except Refusal as exc:
-        return await _verify_page(request, _say(request, exc), HTTP_422_UNPROCESSABLE_ENTITY)
-    return _home()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from litestar import Request, get, post
+from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, Template
 
@@ -80,22 +80,6 @@ async def _context(
     }
 
 
-@get("/queue")
-async def queue_page(
-    request: Req,
-    sender: FromQuery[str] = "",
-    recipient: FromQuery[str] = "",
-    queue_name: FromQuery[str] = "",
-    reason: FromQuery[str] = "",
-    sort: FromQuery[str] = "",
-    direction: listings.Direction = "",
-    page_no: FromQuery[int] = 1,
-) -> Template:
-    ctx = await _context(request, sender, recipient, queue_name, reason, sort, direction, page_no)
-    template = "queue/_table.html" if is_htmx(request) else "queue/page.html"
-    return page(request, template, **ctx)
-
-
 async def listing(
     agent: AgentClient, sender: str, recipient: str, queue_name: str, reason: str
 ) -> tuple[list[queue.QueueEntry], int, str | None]:
@@ -150,30 +134,49 @@ async def _act(request: Req, action: str, queue_id: str | None) -> Response[Any]
     return done(request, "/queue")
 
 
-@post("/queue/{queue_id:str}/{action:str}", opt={"role": "operator"})
-async def queue_action(
-    request: Req, queue_id: FromPath[str], action: FromPath[str]
-) -> Response[Any]:
-    if action not in queue.ACTIONS:
-        return error_page(request, 404, "Not found", "Not found")
-    return await _act(request, action, queue_id)
+class Queue(Controller):
+    """The queue page and the operator's actions on the queue."""
 
-
-@post("/queue/flush", opt={"role": "operator"})
-async def flush_queue(request: Req) -> Response[Any]:
-    return await _act(request, "flush", None)
-
-
-@post("/queue/release-held", opt={"role": "operator"})
-async def release_held(request: Req) -> Response[Any]:
-    """The alert's button: the peer could not be asked, the operator releases the held mail."""
-    try:
-        await reconcile.release_held(
-            request.app.state.settings,
-            request.app.state.agent,
-            request.user.username,
-            source_ip(request),
+    @get("/queue")
+    async def queue_page(
+        self,
+        request: Req,
+        sender: FromQuery[str] = "",
+        recipient: FromQuery[str] = "",
+        queue_name: FromQuery[str] = "",
+        reason: FromQuery[str] = "",
+        sort: FromQuery[str] = "",
+        direction: listings.Direction = "",
+        page_no: FromQuery[int] = 1,
+    ) -> Template:
+        ctx = await _context(
+            request, sender, recipient, queue_name, reason, sort, direction, page_no
         )
-    except (AgentUnavailable, AgentRefused) as exc:
-        return error_page(request, 503, "Queue", str(exc))
-    return done(request, "/")
+        template = "queue/_table.html" if is_htmx(request) else "queue/page.html"
+        return page(request, template, **ctx)
+
+    @post("/queue/{queue_id:str}/{action:str}", opt={"role": "operator"})
+    async def queue_action(
+        self, request: Req, queue_id: FromPath[str], action: FromPath[str]
+    ) -> Response[Any]:
+        if action not in queue.ACTIONS:
+            return error_page(request, 404, "Not found", "Not found")
+        return await _act(request, action, queue_id)
+
+    @post("/queue/flush", opt={"role": "operator"})
+    async def flush_queue(self, request: Req) -> Response[Any]:
+        return await _act(request, "flush", None)
+
+    @post("/queue/release-held", opt={"role": "operator"})
+    async def release_held(self, request: Req) -> Response[Any]:
+        """The alert's button: the peer could not be asked, the operator releases the held mail."""
+        try:
+            await reconcile.release_held(
+                request.app.state.settings,
+                request.app.state.agent,
+                request.user.username,
+                source_ip(request),
+            )
+        except (AgentUnavailable, AgentRefused) as exc:
+            return error_page(request, 503, "Queue", str(exc))
+        return done(request, "/")

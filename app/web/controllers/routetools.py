@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath
 from litestar.response import Template
@@ -68,52 +68,6 @@ async def _page_context(request: Req, **extra: Any) -> dict[str, Any]:
         "test_error": None,
         **extra,
     }
-
-
-@get("/routes/tools")
-async def route_tools_page(request: Req) -> Template:
-    return page(request, "routetools/page.html", **await _page_context(request))
-
-
-@post("/routes/which")
-async def ask_which_route(request: Req, data: Form) -> Template:
-    form = {"sender": data.get("sender", ""), "recipient": data.get("recipient", "")}
-    ctx = await _page_context(request, form=form)
-    try:
-        ctx["answer"] = routecheck.which_route_in(
-            form["sender"], form["recipient"], await _applied_files(ctx["applied_version"])
-        )
-    except routecheck.RouteCheckError as exc:
-        ctx.pop("errors")
-        return form_answer(
-            request, "routetools/page.html", "routetools/_which.html", exc.errors, **ctx
-        )
-    template = "routetools/_which.html" if is_htmx(request) else "routetools/page.html"
-    return page(request, template, **ctx)
-
-
-@post("/routes/{domain:str}/test", opt=OPERATE)
-async def run_route_test(request: Req, domain: FromPath[str], data: Form) -> Template:
-    """Test the stored route, or the settings the route form holds (its host, port, TLS mode,
-    user and a typed password) before they are saved."""
-    row = await SenderDomain.select(SenderDomain.id).where(SenderDomain.name == domain).first()
-    if row is None:
-        raise service.NotFound(Message("There is no sender domain {name}.", name=domain))
-    route = await RelayRoute.select().where(RelayRoute.sender_domain == row["id"]).first()
-    report: routetest.RouteTestReport | None = None
-    error: str | None = None
-    if route is None:
-        error = Message("No route: mail goes out directly to the recipient's MX.")
-    else:
-        try:
-            tested = _tested(route, data)
-        except FieldErrors as exc:
-            error = joined(" ", list(exc.errors.values()))
-        else:
-            report, error = await _test(request, domain, route, tested)
-    template = "routetools/_test.html" if is_htmx(request) else "routetools/page.html"
-    ctx = await _page_context(request, report=report, test_domain=domain, test_error=error)
-    return page(request, template, **ctx)
 
 
 def _tested(route: dict[str, Any], data: dict[str, str]) -> dict[str, Any]:
@@ -193,3 +147,50 @@ async def _audit(
             "failed": failed,
         },
     )
+
+
+class RouteTools(Controller):
+    """ "Which route?" and the live test of a route."""
+
+    @get("/routes/tools")
+    async def route_tools_page(self, request: Req) -> Template:
+        return page(request, "routetools/page.html", **await _page_context(request))
+
+    @post("/routes/which")
+    async def ask_which_route(self, request: Req, data: Form) -> Template:
+        form = {"sender": data.get("sender", ""), "recipient": data.get("recipient", "")}
+        ctx = await _page_context(request, form=form)
+        try:
+            ctx["answer"] = routecheck.which_route_in(
+                form["sender"], form["recipient"], await _applied_files(ctx["applied_version"])
+            )
+        except routecheck.RouteCheckError as exc:
+            ctx.pop("errors")
+            return form_answer(
+                request, "routetools/page.html", "routetools/_which.html", exc.errors, **ctx
+            )
+        template = "routetools/_which.html" if is_htmx(request) else "routetools/page.html"
+        return page(request, template, **ctx)
+
+    @post("/routes/{domain:str}/test", opt=OPERATE)
+    async def run_route_test(self, request: Req, domain: FromPath[str], data: Form) -> Template:
+        """Test the stored route, or the settings the route form holds (its host, port, TLS mode,
+        user and a typed password) before they are saved."""
+        row = await SenderDomain.select(SenderDomain.id).where(SenderDomain.name == domain).first()
+        if row is None:
+            raise service.NotFound(Message("There is no sender domain {name}.", name=domain))
+        route = await RelayRoute.select().where(RelayRoute.sender_domain == row["id"]).first()
+        report: routetest.RouteTestReport | None = None
+        error: str | None = None
+        if route is None:
+            error = Message("No route: mail goes out directly to the recipient's MX.")
+        else:
+            try:
+                tested = _tested(route, data)
+            except FieldErrors as exc:
+                error = joined(" ", list(exc.errors.values()))
+            else:
+                report, error = await _test(request, domain, route, tested)
+        template = "routetools/_test.html" if is_htmx(request) else "routetools/page.html"
+        ctx = await _page_context(request, report=report, test_domain=domain, test_error=error)
+        return page(request, template, **ctx)

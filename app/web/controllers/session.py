@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request, get, post
+from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromQuery
 from litestar.response import Redirect, Response, Template
@@ -34,46 +34,6 @@ def _safe_next(value: str | None) -> str:
     return "/"
 
 
-@get("/login", opt={"public": True}, exclude_from_auth=True)
-async def login_page(
-    request: Request[Any, Any, Any], next: FromQuery[str | None] = None
-) -> Template:
-    return page(request, "login/page.html", next=_safe_next(next), errors={})
-
-
-@post("/login", opt={"public": True}, exclude_from_auth=True)
-async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
-    result = await users.authenticate(
-        data.get("username", ""), data.get("password", ""), source_ip(request)
-    )
-    target = _safe_next(data.get("next"))
-    if result.token is None:
-        return form_answer(
-            request,
-            "login/page.html",
-            "login/page.html",
-            {"form": LOGIN_FAILED},
-            next=target,
-            username=data.get("username", ""),
-        )
-    # The second factor (or its enrolment, where the role requires one) comes before anything.
-    second_factor_page = await after_password(result.token)
-    response = Redirect(
-        path=second_factor_page or ("/password" if result.must_change_password else target),
-        status_code=HTTP_303_SEE_OTHER,
-    )
-    _set_session_cookie(response, result.token)
-    return response
-
-
-@post("/logout", opt={"before_password_change": True, "second_factor": "any"})
-async def logout(request: Request[SessionUser, Any, Any]) -> Response[Any]:
-    await sessions.end_session(request.user.session_id)
-    response = Redirect(path="/login", status_code=HTTP_303_SEE_OTHER)
-    _set_session_cookie(response, "", max_age=0)
-    return response
-
-
 def _set_session_cookie(response: Response[Any], value: str, max_age: int | None = None) -> None:
     # The __Host- prefix needs Secure, Path=/ and no Domain on every Set-Cookie, the deletion too.
     response.set_cookie(
@@ -87,36 +47,73 @@ def _set_session_cookie(response: Response[Any], value: str, max_age: int | None
     )
 
 
-@get("/password", opt={"before_password_change": True})
-async def password_page(request: Request[SessionUser, Any, Any]) -> Template:
-    return page(request, "password/page.html", errors={})
+class Session(Controller):
+    """Login, logout, the (forced) password change and the language switch."""
 
+    @get("/login", opt={"public": True}, exclude_from_auth=True)
+    async def login_page(
+        self, request: Request[Any, Any, Any], next: FromQuery[str | None] = None
+    ) -> Template:
+        return page(request, "login/page.html", next=_safe_next(next), errors={})
 
-@post("/password", opt={"before_password_change": True})
-async def change_password(request: Request[SessionUser, Any, Any], data: Form) -> Response[Any]:
-    new = data.get("new_password", "")
-    try:
-        if new != data.get("new_password_again", ""):
-            raise users.UserError(Message("The two new passwords differ."))
-        await users.change_password(
-            request.user, data.get("current_password", ""), new, source_ip(request)
+    @post("/login", opt={"public": True}, exclude_from_auth=True)
+    async def login(self, request: Request[Any, Any, Any], data: Form) -> Response[Any]:
+        result = await users.authenticate(
+            data.get("username", ""), data.get("password", ""), source_ip(request)
         )
-    except (users.UserError, PasswordRuleError) as exc:
-        return form_answer(
-            request, "password/page.html", "password/page.html", {"form": message_of(exc)}
+        target = _safe_next(data.get("next"))
+        if result.token is None:
+            return form_answer(
+                request,
+                "login/page.html",
+                "login/page.html",
+                {"form": LOGIN_FAILED},
+                next=target,
+                username=data.get("username", ""),
+            )
+        # The second factor (or its enrolment, where the role requires one) comes before anything.
+        second_factor_page = await after_password(result.token)
+        response = Redirect(
+            path=second_factor_page or ("/password" if result.must_change_password else target),
+            status_code=HTTP_303_SEE_OTHER,
         )
-    return Redirect(path="/", status_code=HTTP_303_SEE_OTHER)
+        _set_session_cookie(response, result.token)
+        return response
 
+    @post("/logout", opt={"before_password_change": True, "second_factor": "any"})
+    async def logout(self, request: Request[SessionUser, Any, Any]) -> Response[Any]:
+        await sessions.end_session(request.user.session_id)
+        response = Redirect(path="/login", status_code=HTTP_303_SEE_OTHER)
+        _set_session_cookie(response, "", max_age=0)
+        return response
 
-@post("/language", opt={"before_password_change": True})
-async def set_language(request: Request[SessionUser, Any, Any], data: Form) -> Response[Any]:
-    choice = data.get("language", "")
-    await users.set_language(request.user.id, choice if choice in LANGUAGES else None)
-    referer = request.headers.get("referer", "/")
-    path = "/" + referer.split("://", 1)[-1].split("/", 1)[-1] if "://" in referer else "/"
-    return Redirect(path=_safe_next(path), status_code=HTTP_303_SEE_OTHER)
+    @get("/password", opt={"before_password_change": True})
+    async def password_page(self, request: Request[SessionUser, Any, Any]) -> Template:
+        return page(request, "password/page.html", errors={})
 
+    @post("/password", opt={"before_password_change": True})
+    async def change_password(
+        self, request: Request[SessionUser, Any, Any], data: Form
+    ) -> Response[Any]:
+        new = data.get("new_password", "")
+        try:
+            if new != data.get("new_password_again", ""):
+                raise users.UserError(Message("The two new passwords differ."))
+            await users.change_password(
+                request.user, data.get("current_password", ""), new, source_ip(request)
+            )
+        except (users.UserError, PasswordRuleError) as exc:
+            return form_answer(
+                request, "password/page.html", "password/page.html", {"form": message_of(exc)}
+            )
+        return Redirect(path="/", status_code=HTTP_303_SEE_OTHER)
 
-@get("/healthz", opt={"public": True}, exclude_from_auth=True)
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+    @post("/language", opt={"before_password_change": True})
+    async def set_language(
+        self, request: Request[SessionUser, Any, Any], data: Form
+    ) -> Response[Any]:
+        choice = data.get("language", "")
+        await users.set_language(request.user.id, choice if choice in LANGUAGES else None)
+        referer = request.headers.get("referer", "/")
+        path = "/" + referer.split("://", 1)[-1].split("/", 1)[-1] if "://" in referer else "/"
+        return Redirect(path=_safe_next(path), status_code=HTTP_303_SEE_OTHER)
