@@ -536,3 +536,21 @@ def test_zone_ids_are_refused(check, raw: str) -> None:
 def test_c1_control_characters_are_refused(check, raw: str) -> None:
     with pytest.raises(ValueError):
         check(raw)
+
+
+@PROPERTY
+@given(
+    st.one_of(
+        st.from_regex(r"[A-Za-z0-9-]{1,8}(\.[A-Za-z0-9-]{1,8}){0,3}", fullmatch=True),
+        valid_domains.map(str.upper),
+        st.from_regex(r"[a-z0-9]{2}--[a-z0-9]{1,6}\.example", fullmatch=True),
+    )
+)
+@example("xn--bcher-kva.example")
+@example("ab--cd.example")
+@example("-a.example")
+def test_the_plain_ascii_shortcut_agrees_with_the_full_idna_check(name: str) -> None:
+    """A name the shortcut takes is one IDNA would accept unchanged but for its case."""
+    if not validation._PLAIN_ASCII_NAME_RE.fullmatch(name):
+        return
+    assert validation._idna(name, "A domain") == name.lower()
