@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.agent import protocol as p
+from app.messages import Message
 
 QUEUE_ACTIONS = frozenset(p.QUEUE_ACTIONS)
 RECONCILE = p.names(p.HOLD_ALL, p.DELETE_IDS, p.RELEASE_IDS, p.FLUSH_ALL)
@@ -111,9 +112,15 @@ def of_socket(sock: socket.socket) -> Caller:
 
 def refusal(caller: Caller, verb: str) -> str:
     if not caller.role:
-        return (
-            f"refused: the agent does not know this caller ({caller}, cgroup "
-            f"{caller.cgroup or 'unknown'}); only root, the mailrelay units and an "
-            "administrator's login session may use it"
+        return Message(
+            "refused: the agent does not know this caller ({caller}, cgroup {cgroup}); only "
+            "root, the mailrelay units and an administrator's login session may use it",
+            caller=str(caller),
+            cgroup=caller.cgroup or "unknown",
         )
-    return f"refused: {caller.role} may not use the verb {verb!r} ({caller})"
+    return Message(
+        "refused: {role} may not use the verb {verb} ({caller})",
+        role=caller.role,
+        verb=repr(verb),
+        caller=str(caller),
+    )

@@ -11,6 +11,7 @@ from typing import TypeVar, cast
 
 from app.agent import protocol as p
 from app.agent.protocol import Request
+from app.messages import Message, decoded
 
 R = TypeVar("R")
 
@@ -27,6 +28,19 @@ def _encoded(files: dict[str, bytes]) -> dict[str, str]:
     return {name: base64.b64encode(content).decode() for name, content in files.items()}
 
 
+def _with_messages(answer: R) -> R:
+    """An answer with its texts as the messages the agent sent (app.messages.encoded): a
+    check's `problems`, a sync's `error`. Not checked beyond that, as in `_call`."""
+    if not isinstance(answer, dict):
+        return answer
+    decoded_answer = dict(answer)
+    if isinstance(answer.get("problems"), list):
+        decoded_answer["problems"] = [decoded(p, str(p)) for p in answer["problems"]]
+    if "error" in answer:
+        decoded_answer["error"] = decoded(answer["error"], str(answer["error"] or ""))
+    return cast(R, decoded_answer)
+
+
 class AgentClient:
     def __init__(self, socket_path: Path, timeout: float = 300.0) -> None:
         self.socket_path = socket_path
@@ -39,8 +53,14 @@ class AgentClient:
                 timeout=5,
             )
         except (OSError, TimeoutError) as exc:
+            # The reason is the operating system's own text (strerror): kept as it is, inside
+            # a sentence of ours that is translated.
             raise AgentUnavailable(
-                f"the privileged agent is not reachable at {self.socket_path}: {exc}"
+                Message(
+                    "the privileged agent is not reachable at {path}: {error}",
+                    path=str(self.socket_path),
+                    error=str(exc) or type(exc).__name__,
+                )
             ) from None
         try:
             writer.write(json.dumps({"verb": request.verb, "args": request.args}).encode() + b"\n")
@@ -49,10 +69,11 @@ class AgentClient:
         finally:
             writer.close()
         if not line:
-            raise AgentUnavailable("the agent closed the connection without an answer")
+            raise AgentUnavailable(Message("the agent closed the connection without an answer"))
         answer = json.loads(line)
         if not answer.get("ok"):
-            raise AgentRefused(answer.get("error", "unknown error"))
+            english = str(answer.get("error") or Message("unknown error"))
+            raise AgentRefused(decoded(answer.get("message"), english))
         # Not checked here: the server's handlers are typed against the same protocol.
         return cast(R, answer.get("result"))
 
@@ -63,11 +84,13 @@ class AgentClient:
 
     async def check(self, version: int, files: dict[str, bytes]) -> p.MapsAnswer:
         """Build and check a set of maps in a scratch directory; nothing goes live."""
-        return await self._call(p.CHECK({"version": version, "files": _encoded(files)}))
+        answer = await self._call(p.CHECK({"version": version, "files": _encoded(files)}))
+        return _with_messages(answer)
 
     async def apply(self, version: int, files: dict[str, bytes]) -> p.MapsAnswer:
         """Check, swap in and reload; on a failure the previous maps stay live."""
-        return await self._call(p.APPLY({"version": version, "files": _encoded(files)}))
+        answer = await self._call(p.APPLY({"version": version, "files": _encoded(files)}))
+        return _with_messages(answer)
 
     async def reload(self) -> None:
         await self._call(p.RELOAD({}))
@@ -97,7 +120,7 @@ class AgentClient:
         for a screen that offers them all."""
         verb = p.QUEUE_ACTIONS.get(action)
         if verb is None:
-            raise AgentRefused(f"unknown verb {action!r}")
+            raise AgentRefused(Message("unknown verb {verb}", verb=repr(action)))
         await self._call(verb({"queue_id": queue_id}))
 
     async def flush_all(self) -> None:
@@ -106,7 +129,7 @@ class AgentClient:
     # -- replication --------------------------------------------------------------------------
 
     async def queue_sync(self, freeze: p.FreezeMode) -> p.SyncAnswer:
-        return await self._call(p.QUEUE_SYNC({"freeze": freeze}))
+        return _with_messages(await self._call(p.QUEUE_SYNC({"freeze": freeze})))
 
     async def import_replica(self) -> p.ReplicaImportAnswer:
         return await self._call(p.IMPORT_REPLICA({}))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from app.config import validation
+from app.messages import Message, message_of
 
 # IPv6 ranges that carry an IPv4 address in their low bits (mapped, compatible, NAT64) or
 # right after the prefix (6to4): trusting one trusts that part of the IPv4 internet.
@@ -47,7 +48,7 @@ def _embedded(network: ipaddress.IPv6Network) -> list[ipaddress.IPv4Network]:
 def network_problems(mynetworks: bytes) -> list[str]:
     """Every trusted network wider than the floor of app.config.validation (IPv6 networks
     judged also by the IPv4 they embed); empty when the map keeps to it."""
-    problems = []
+    problems: list[str] = []
     for number, line in enumerate(mynetworks.decode("ascii", "replace").splitlines(), 1):
         if not line or line.startswith("#"):
             continue
@@ -60,8 +61,16 @@ def network_problems(mynetworks: bytes) -> list[str]:
                         validation.cidr(str(inner))
                     except ValueError:
                         raise ValueError(
-                            f"{network} embeds the IPv4 network {inner}, wider than the floor"
+                            Message(
+                                "{network} embeds the IPv4 network {inner}, wider than the floor",
+                                network=str(network),
+                                inner=str(inner),
+                            )
                         ) from None
         except ValueError as exc:
-            problems.append(f"mynetworks line {number}: {exc}")
+            problems.append(
+                Message(
+                    "mynetworks line {number}: {problem}", number=number, problem=message_of(exc)
+                )
+            )
     return problems

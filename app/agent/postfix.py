@@ -23,6 +23,7 @@ from typing import Any
 
 from app.agent import policy, protocol
 from app.agent.replica import IMPORT_PARTS, REPLICA
+from app.messages import Message, encoded, message_of
 from app.postfix import render
 from app.replication.shadow_counters import read_counters
 from app.settings import AgentSettings, PostfixProtections
@@ -39,6 +40,15 @@ class AgentError(Exception):
     pass
 
 
+def tool_said(command: str, output: str, code: int) -> Message:
+    """What a Postfix tool printed when it failed or warned. Its text is Postfix's own English
+    (or the C library's): no catalogue can translate it, and half a translation would mislead,
+    so it is quoted as it is inside a sentence of ours, which is translated."""
+    if output:
+        return Message("{command}: {output}", command=command, output=output)
+    return Message("{command} ended with exit code {code}", command=command, code=code)
+
+
 @dataclass
 class MapsReport:
     version: int
@@ -46,7 +56,8 @@ class MapsReport:
     applied: bool = False
 
     def as_dict(self) -> protocol.MapsAnswer:
-        return {"version": self.version, "problems": self.problems, "applied": self.applied}
+        problems = [encoded(problem) for problem in self.problems]
+        return {"version": self.version, "problems": problems, "applied": self.applied}
 
 
 def parse_fragment(text: str) -> list[tuple[str, str]]:
@@ -57,13 +68,15 @@ def parse_fragment(text: str) -> list[tuple[str, str]]:
             continue
         if raw[0].isspace():
             if not pairs:
-                raise AgentError(f"continuation line without a parameter: {raw!r}")
+                raise AgentError(
+                    Message("continuation line without a parameter: {line}", line=repr(raw))
+                )
             name, value = pairs[-1]
             pairs[-1] = (name, f"{value} {raw.strip()}".strip())
             continue
         name, eq, value = raw.partition("=")
         if not eq:
-            raise AgentError(f"not a 'name = value' line: {raw!r}")
+            raise AgentError(Message("not a 'name = value' line: {line}", line=repr(raw)))
         pairs.append((name.strip(), value.strip()))
     return pairs
 
@@ -197,10 +210,11 @@ class PostfixTools:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise AgentError(f"{tool} failed: {exc}") from exc
+            # The reason is the operating system's text (strerror), quoted as it is.
+            raise AgentError(Message("{tool} failed: {error}", tool=tool, error=str(exc))) from exc
         if check and result.returncode != 0:
             output = (result.stderr or result.stdout).strip()
-            raise AgentError(f"{tool} {' '.join(args)}: {output or f'exit {result.returncode}'}")
+            raise AgentError(tool_said(f"{tool} {' '.join(args)}", output, result.returncode))
         return result
 
     # -- main.cf settings ---------------------------------------------------------------------
@@ -257,7 +271,7 @@ class PostfixTools:
             result = self.run("postmap", f"hash:{stage / name}", check=False)
             text = (result.stderr + result.stdout).strip()
             if result.returncode != 0 or "warning" in text or "fatal" in text:
-                problems.append(f"postmap {name}: {text or f'exit {result.returncode}'}")
+                problems.append(tool_said(f"postmap {name}", text, result.returncode))
         secret_db = stage / "sasl_passwd.db"
         if secret_db.exists():
             os.chmod(secret_db, 0o600)
@@ -279,13 +293,13 @@ class PostfixTools:
         result = self.run("postconf", "-x", "-n", config_dir=scratch, check=False)
         text = result.stderr.strip()
         if result.returncode != 0 or text:
-            problems.append(f"postconf: {text or f'exit {result.returncode}'}")
+            problems.append(tool_said("postconf", text, result.returncode))
         for name in HASHED_MAPS:
             lookup = [PROBE_KEY, f"hash:{stage / name}"]
             result = self.run("postmap", "-q", *lookup, config_dir=scratch, check=False)
             text = result.stderr.strip()
             if result.returncode not in (0, 1) or text:
-                problems.append(f"postmap -q {name}: {text or f'exit {result.returncode}'}")
+                problems.append(tool_said(f"postmap -q {name}", text, result.returncode))
         problems += self._relay_problems(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
         return problems
@@ -302,7 +316,7 @@ class PostfixTools:
         must still be only the trusted networks of the mynetworks map (the fragment's values),
         so that no set of maps goes live on a relay that was opened by hand."""
         wanted = dict(parse_fragment(FRAGMENT.read_text()))
-        problems = []
+        problems: list[str] = []
         for name in ("smtpd_relay_restrictions", "mynetworks"):
             result = self.run("postconf", "-h", name, config_dir=config_dir, check=False)
             if result.returncode != 0:
@@ -310,8 +324,13 @@ class PostfixTools:
             value = result.stdout.strip()
             if value != wanted[name]:
                 problems.append(
-                    f"main.cf {name} = {value!r}, not the product's {wanted[name]!r}: "
-                    "run `mailrelay agent postfix-settings`"
+                    Message(
+                        "main.cf {name} = {value}, not the product's {wanted}: run "
+                        "`mailrelay agent postfix-settings`",
+                        name=name,
+                        value=repr(value),
+                        wanted=repr(wanted[name]),
+                    )
                 )
         return problems
 
@@ -357,7 +376,9 @@ class PostfixTools:
             if previous:
                 self._point_live_at(previous)
                 self.run("postfix", "reload", check=False)
-            report.problems.append(f"reload failed, previous maps restored: {exc}")
+            report.problems.append(
+                Message("reload failed, previous maps restored: {error}", error=message_of(exc))
+            )
             shutil.rmtree(target, ignore_errors=True)
             return report
         for old in self.maps_root.glob("v*-*"):
@@ -443,16 +464,18 @@ class PostfixTools:
 
     def queue_action(self, action: str, queue_id: str) -> None:
         if not QUEUE_ID_RE.match(queue_id):
-            raise AgentError(f"not a queue ID: {queue_id!r}")
+            raise AgentError(Message("not a queue ID: {queue_id}", queue_id=repr(queue_id)))
         if not any(e.get("queue_id") == queue_id for e in self.queue_list(limit=10**9)):
-            raise AgentError(f"there is no message {queue_id} in the queue")
+            raise AgentError(
+                Message("there is no message {queue_id} in the queue", queue_id=queue_id)
+            )
         flags = {"hold": "-h", "release": "-H", "delete": "-d", "requeue": "-r"}
         if action in flags:
             self.run("postsuper", flags[action], queue_id)
         elif action == "flush":
             self.run("postqueue", "-i", queue_id)
         else:
-            raise AgentError(f"unknown queue action {action!r}")
+            raise AgentError(Message("unknown queue action {action}", action=repr(action)))
 
     def flush_all(self) -> None:
         self.run("postqueue", "-f")

@@ -100,14 +100,16 @@ class PostfixStatus(TypedDict):
 
 class MapsAnswer(TypedDict):
     version: int
-    problems: list[str]
+    # Texts; on the wire a message is its key and parameters (app.messages.encoded), which
+    # the client turns into a Message again.
+    problems: list[Any]
     applied: bool
 
 
 class SyncAnswer(TypedDict):
     mode: str
     ok: bool
-    error: str
+    error: Any  # a text; on the wire a message as app.messages.encoded writes it
     duration: float
     freeze_seconds: float
     files: int

@@ -38,6 +38,7 @@ from typing import Any
 
 from app.agent import snapshot
 from app.agent.protocol import SyncAnswer
+from app.messages import Message, encoded, message_of
 from app.settings import SyncSettings
 
 QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
@@ -84,7 +85,9 @@ class SyncConfig:
     @classmethod
     def from_settings(cls, settings: SyncSettings) -> SyncConfig:
         if settings.peer is None:
-            raise SyncError("SYNC_PEER is not set: this node has no peer to copy its queue to")
+            raise SyncError(
+                Message("SYNC_PEER is not set: this node has no peer to copy its queue to")
+            )
         return cls(
             peer=settings.peer,
             ssh_key=settings.ssh_key,
@@ -99,15 +102,23 @@ class SyncConfig:
             lines = self.known_hosts.read_text().splitlines()
         except OSError as exc:
             raise SyncError(
-                f"the peer's ssh host key is not pinned ({self.known_hosts}: {exc.strerror}): "
-                "set SYNC_PEER_HOST_KEY in the node's .env (the peer's "
-                "/etc/ssh/ssh_host_ed25519_key.pub) and run scripts/install-node again"
+                Message(
+                    "the peer's ssh host key is not pinned ({path}: {error}): set "
+                    "SYNC_PEER_HOST_KEY in the node's .env (the peer's "
+                    "/etc/ssh/ssh_host_ed25519_key.pub) and run scripts/install-node again",
+                    path=str(self.known_hosts),
+                    error=exc.strerror or str(exc),
+                )
             ) from None
         hosts = {part for line in lines if line.strip() for part in line.split()[0].split(",")}
         if self.peer not in hosts:
             raise SyncError(
-                f"{self.known_hosts} pins no host key for the peer {self.peer}: set "
-                "SYNC_PEER_HOST_KEY in the node's .env and run scripts/install-node again"
+                Message(
+                    "{path} pins no host key for the peer {peer}: set SYNC_PEER_HOST_KEY in "
+                    "the node's .env and run scripts/install-node again",
+                    path=str(self.known_hosts),
+                    peer=self.peer,
+                )
             )
 
 
@@ -126,7 +137,7 @@ class SyncReport:
         return {
             "mode": self.mode,
             "ok": self.ok,
-            "error": self.error,
+            "error": encoded(self.error),
             "duration": self.duration,
             "freeze_seconds": self.freeze_seconds,
             "files": self.files,
@@ -255,10 +266,19 @@ def _start_postfix(unit: str | None) -> str | None:
     try:
         started = subprocess.run(command, text=True, **_CONTROL | {"check": False})
     except subprocess.TimeoutExpired:
-        return f"{' '.join(command)} did not finish in {_CONTROL['timeout']} s"
+        return Message(
+            "{command} did not finish in {seconds} s",
+            command=" ".join(command),
+            seconds=_CONTROL["timeout"],
+        )
     if started.returncode != 0:
         output = (started.stderr or started.stdout).strip()[-400:]
-        return f"{' '.join(command)} failed ({started.returncode}): {output}"
+        return Message(
+            "{command} failed ({code}): {output}",
+            command=" ".join(command),
+            code=started.returncode,
+            output=output,
+        )
     STOPPED_MARKER.unlink(missing_ok=True)
     return None
 
@@ -320,12 +340,19 @@ def _rsync(config: SyncConfig, source: Path, timeout: float, local: Path | None 
             command, capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
-        raise SyncError(f"rsync to {where} took longer than {timeout:.0f} s") from None
+        raise SyncError(
+            Message("rsync to {peer} took longer than {seconds:.0f} s", peer=where, seconds=timeout)
+        ) from None
     # 24: files vanished during the copy (Postfix moved them): the next run copies them.
     if result.returncode not in (0, 24):
+        # rsync's and ssh's own English, quoted as it is in a sentence of ours.
         raise SyncError(
-            f"rsync to {where} failed ({result.returncode}): "
-            f"{(result.stderr or result.stdout).strip()[-400:]}"
+            Message(
+                "rsync to {peer} failed ({code}): {output}",
+                peer=where,
+                code=result.returncode,
+                output=(result.stderr or result.stdout).strip()[-400:],
+            )
         )
     numbers = {
         k: int(m.group(1).replace(",", "")) if (m := r.search(result.stdout)) else 0
@@ -339,7 +366,9 @@ Stats = tuple[int, int]  # files, bytes
 
 def sync(config: SyncConfig, mode: str) -> SyncReport:
     if mode not in FREEZE_MODES:
-        raise SyncError(f"freeze mode must be one of {', '.join(FREEZE_MODES)}")
+        raise SyncError(
+            Message("freeze mode must be one of {modes}", modes=", ".join(FREEZE_MODES))
+        )
     report = SyncReport(mode)
     started = time.monotonic()
     freezer = Freezer(mode, config.spool)
@@ -352,7 +381,7 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
         report.ok = True
     except (SyncError, OSError, subprocess.SubprocessError) as exc:
         report.freeze_seconds = report.freeze_seconds or freezer.thaw()
-        report.error = str(exc)
+        report.error = message_of(exc)
     report.duration = time.monotonic() - started
     return report
 
@@ -471,7 +500,7 @@ def postsuper_ids(flag: str, ids: list[str]) -> int:
     """postsuper -h/-H/-d/-r for exactly these queue IDs (read from stdin); how many were
     given."""
     if flag not in ("-h", "-H", "-d", "-r"):
-        raise SyncError(f"postsuper {flag} is not one of ours")
+        raise SyncError(Message("postsuper {flag} is not one of ours", flag=flag))
     if ids:
         result = subprocess.run(
             ["postsuper", "-c", str(_postsuper_config()), flag, "-"],
@@ -482,5 +511,9 @@ def postsuper_ids(flag: str, ids: list[str]) -> int:
             check=False,
         )
         if result.returncode != 0:
-            raise SyncError(f"postsuper {flag} failed: {result.stderr.strip()}")
+            raise SyncError(
+                Message(
+                    "postsuper {flag} failed: {output}", flag=flag, output=result.stderr.strip()
+                )
+            )
     return len(ids)

@@ -23,6 +23,7 @@ from app.agent import callers, queuesync, replica, vip
 from app.agent import protocol as p
 from app.agent.callers import Caller
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
+from app.messages import Message, encoded, message_of
 from app.replication import shadow_import
 from app.settings import AgentSettings
 
@@ -42,22 +43,22 @@ def _files(args: dict[str, Any]) -> tuple[int, dict[str, bytes]]:
     version = args.get("version")
     files = args.get("files")
     if not isinstance(version, int) or version < 1:
-        raise AgentError("version must be a positive integer")
+        raise AgentError(Message("version must be a positive integer"))
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise AgentError("files must map map names to base64 text")
+        raise AgentError(Message("files must map map names to base64 text"))
     try:
         return version, {str(k): base64.b64decode(v, validate=True) for k, v in files.items()}
     except ValueError as exc:
-        raise AgentError(f"files: {exc}") from None
+        raise AgentError(Message("files: {error}", error=str(exc))) from None
 
 
 def _queue_ids(args: dict[str, Any]) -> list[str]:
     ids = args.get("queue_ids")
     if not isinstance(ids, list) or len(ids) > 1_000_000:
-        raise AgentError("queue_ids must be a list of queue IDs")
+        raise AgentError(Message("queue_ids must be a list of queue IDs"))
     for queue_id in ids:
         if not isinstance(queue_id, str) or not QUEUE_ID_RE.match(queue_id):
-            raise AgentError(f"not a queue ID: {queue_id!r}")
+            raise AgentError(Message("not a queue ID: {queue_id}", queue_id=repr(queue_id)))
     return ids
 
 
@@ -65,22 +66,28 @@ def _vip_address(args: dict[str, Any]) -> ipaddress.IPv4Address | ipaddress.IPv6
     try:
         return ipaddress.ip_address(str(args.get("vip")))
     except ValueError:
-        raise AgentError("vip must be an IP address") from None
+        raise AgentError(Message("vip must be an IP address")) from None
 
 
 def _handover(args: dict[str, Any]) -> p.Handover:
     address = _vip_address(args)
     timeout = args.get("timeout", 10)
     if not isinstance(timeout, int | float) or not 1 <= timeout <= 60:
-        raise AgentError("timeout must be 1-60 seconds")
+        raise AgentError(Message("timeout must be 1-60 seconds"))
     return vip.handover(address, float(timeout))
 
 
 def _queue_id(args: dict[str, Any]) -> str:
     queue_id = args.get("queue_id")
     if not isinstance(queue_id, str):
-        raise AgentError("queue_id is required")
+        raise AgentError(Message("queue_id is required"))
     return queue_id
+
+
+def _refused(error: str) -> dict[str, Any]:
+    """A refusal: `error` in English (the agent's log, older callers), `message` for the
+    caller to show in its user's language."""
+    return {"ok": False, "error": str(error), "message": encoded(error)}
 
 
 class Agent:
@@ -118,11 +125,16 @@ class Agent:
     def _queue_sync(self, args: dict[str, Any]) -> p.SyncAnswer:
         mode = args.get("freeze", "freeze")
         if mode not in queuesync.FREEZE_MODES:
-            raise AgentError(f"freeze must be one of {', '.join(queuesync.FREEZE_MODES)}")
+            raise AgentError(
+                Message(
+                    "freeze must be one of {modes}",
+                    modes=", ".join(queuesync.FREEZE_MODES),
+                )
+            )
         try:
             config = queuesync.SyncConfig.from_settings(self.settings.sync)
         except queuesync.SyncError as exc:
-            raise AgentError(str(exc)) from None
+            raise AgentError(message_of(exc)) from None
         return queuesync.sync(config, mode).as_dict()
 
     def _import_replica(self) -> p.ReplicaImportAnswer:
@@ -146,7 +158,7 @@ class Agent:
                 lambda ids: queuesync.postsuper_ids("-r", ids),
             )
         except (replica.ReplicaError, queuesync.SyncError) as exc:
-            raise AgentError(str(exc)) from None
+            raise AgentError(message_of(exc)) from None
         shadows = shadow_import.import_shadows(
             self.tools.shadow_store, covered, allowed, limits.max_file_bytes
         )
@@ -157,26 +169,26 @@ class Agent:
     def _queue_list(self, args: dict[str, Any]) -> list[p.PostqueueEntry]:
         limit = args.get("limit", 1000)
         if not isinstance(limit, int) or not 1 <= limit <= QUEUE_LIMIT_MAX:
-            raise AgentError(f"limit must be 1-{QUEUE_LIMIT_MAX}")
+            raise AgentError(Message("limit must be 1-{most}", most=QUEUE_LIMIT_MAX))
         return self.tools.queue_list(limit)
 
     async def handle(self, request: Any, caller: Caller) -> dict[str, Any]:
         if not isinstance(request, dict) or not isinstance(request.get("verb"), str):
-            return {"ok": False, "error": 'a request is {"verb": ..., "args": {...}}'}
+            return _refused(Message("a request is {shape}", shape='{"verb": ..., "args": {...}}'))
         verb, args = request["verb"], request.get("args") or {}
         if verb not in self.verbs or not isinstance(args, dict):
-            return {"ok": False, "error": f"unknown verb {verb!r}"}
+            return _refused(Message("unknown verb {verb}", verb=repr(verb)))
         if not caller.may(verb):
-            return {"ok": False, "error": callers.refusal(caller, verb)}
+            return _refused(callers.refusal(caller, verb))
         async with self.lock:
             try:
                 result = await asyncio.to_thread(self.verbs[verb], args)
             except (AgentError, queuesync.SyncError) as exc:
-                return {"ok": False, "error": str(exc)}
+                return _refused(message_of(exc))
             except OSError as exc:
                 # An answer, not a dropped connection: the caller shows and audits it.
                 log.exception("verb %s failed", verb)
-                return {"ok": False, "error": f"{verb} failed: {exc}"}
+                return _refused(Message("{verb} failed: {error}", verb=verb, error=str(exc)))
         return {"ok": True, "result": result}
 
     async def serve_connection(

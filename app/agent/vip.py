@@ -13,9 +13,10 @@ import ipaddress
 import subprocess
 import time
 
-from app.agent.postfix import AgentError
+from app.agent.postfix import AgentError, tool_said
 from app.agent.protocol import Handover
 from app.cluster.vip import VipCheckError, vip_held
+from app.messages import Message, joined, message_of
 
 UNIT = "keepalived.service"
 POLL_SECONDS = 0.05
@@ -28,7 +29,10 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
             command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise AgentError(f"{' '.join(command)}: {exc}") from None
+        # The operating system's reason, quoted as it is.
+        raise AgentError(
+            Message("{tool} failed: {error}", tool=" ".join(command), error=str(exc))
+        ) from None
 
 
 def present(vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -37,15 +41,15 @@ def present(vip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     try:
         return vip_held(str(vip))
     except VipCheckError as exc:
-        raise AgentError(str(exc)) from None
+        raise AgentError(message_of(exc)) from None
 
 
-def _systemctl(action: str) -> str | None:
+def _systemctl(action: str) -> Message | None:
     """None when it worked, else what systemctl said."""
     result = _run("systemctl", action, UNIT)
     if result.returncode == 0:
         return None
-    return f"systemctl {action} {UNIT}: {result.stderr.strip() or f'exit {result.returncode}'}"
+    return tool_said(f"systemctl {action} {UNIT}", result.stderr.strip(), result.returncode)
 
 
 def handover(vip: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float) -> Handover:
@@ -53,22 +57,30 @@ def handover(vip: ipaddress.IPv4Address | ipaddress.IPv6Address, timeout: float)
     keepalived again. Returns after how many seconds the address was gone and the whole time."""
     started = time.monotonic()
     if not present(vip):
-        raise AgentError(f"{vip} is not on this node: there is nothing to hand over")
-    problem = _systemctl("stop")
+        raise AgentError(
+            Message("{vip} is not on this node: there is nothing to hand over", vip=str(vip))
+        )
+    problem: str | None = _systemctl("stop")
     released = None
     if problem is None:
         while present(vip):
             if time.monotonic() - started > timeout:
-                problem = f"{vip} was still on this node {timeout:g} s after keepalived stopped"
+                problem = Message(
+                    "{vip} was still on this node {seconds:g} s after keepalived stopped",
+                    vip=str(vip),
+                    seconds=timeout,
+                )
                 break
             time.sleep(POLL_SECONDS)
         else:
             released = time.monotonic() - started
     not_started = _systemctl("start")
     if not_started is not None:
-        problem = f"{problem}; {not_started}" if problem else not_started
-        raise AgentError(f"{problem} (keepalived is NOT running on this node)")
+        problem = joined("; ", [problem, not_started]) if problem else not_started
+        raise AgentError(
+            Message("{problem} (keepalived is NOT running on this node)", problem=problem)
+        )
     if problem is not None:
-        raise AgentError(f"{problem} (keepalived was started again)")
+        raise AgentError(Message("{problem} (keepalived was started again)", problem=problem))
     assert released is not None
     return {"released_seconds": released, "seconds": time.monotonic() - started}

@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 
 from app.db.tables import ClusterLock
+from app.messages import Message
 
 # What an unreachable or failing database raises: connection refused or reset, a server that
 # is starting or shutting down, a connection that closed mid-query, a timeout.
@@ -55,8 +56,12 @@ class Lease:
 class LockConflict(Exception):
     def __init__(self, current: Lease) -> None:
         super().__init__(
-            f"lock {current.name} is held by {current.holder} until "
-            f"{current.expires_at.isoformat()}"
+            Message(
+                "lock {name} is held by {holder} until {until}",
+                name=current.name,
+                holder=current.holder,
+                until=current.expires_at.isoformat(),
+            )
         )
         self.current = current
 
@@ -122,7 +127,13 @@ def local(path: Path, *, wait: bool = False) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise LocalLockBusy(f"{path} is locked by process {holder} on this node") from None
+            raise LocalLockBusy(
+                Message(
+                    "{path} is locked by process {holder} on this node",
+                    path=str(path),
+                    holder=holder,
+                )
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from app.messages import Message, message_of
 from app.settings import Settings, SettingsError, parse_fingerprint
 
 TIMEOUT_SECONDS = 10.0
@@ -58,12 +59,20 @@ class PeerTls:
             try:
                 ssl.create_default_context(cafile=str(ca_file))
             except (OSError, ssl.SSLError) as exc:
-                raise SettingsError(f"MASTER_CA_FILE: cannot load {ca_file}: {exc}") from None
+                raise SettingsError(
+                    Message(
+                        "MASTER_CA_FILE: cannot load {path}: {error}",
+                        path=str(ca_file),
+                        error=str(exc),
+                    )
+                ) from None
         if required and digest is None and ca_file is None:
             raise SettingsError(
-                "MASTER_CERT_FINGERPRINT or MASTER_CA_FILE is required when CLUSTER_MODE=slave "
-                "(the master's certificate fingerprint, as `mailrelay serve` prints it, or the "
-                "CA that signed it)"
+                Message(
+                    "MASTER_CERT_FINGERPRINT or MASTER_CA_FILE is required when "
+                    "CLUSTER_MODE=slave (the master's certificate fingerprint, as `mailrelay "
+                    "serve` prints it, or the CA that signed it)"
+                )
             )
         return cls(cert_fingerprint=digest, ca_file=ca_file)
 
@@ -73,7 +82,10 @@ class PeerTls:
             return ssl.create_default_context(cafile=str(self.ca_file))
         if self.cert_fingerprint is None:
             raise SettingsError(
-                f"{self.prefix}_CERT_FINGERPRINT or {self.prefix}_CA_FILE is required"
+                Message(
+                    "{prefix}_CERT_FINGERPRINT or {prefix}_CA_FILE is required",
+                    prefix=self.prefix,
+                )
             )
         # Pinned: the chain and host name are not checked by OpenSSL, because the certificate is
         # typically self-signed; _PinCheck compares it with the pin before any request is sent.
@@ -104,12 +116,12 @@ class PeerApi:
         )
         if not (url and token and pin):
             raise PeerError(
-                "PEER_API_URL, PEER_API_TOKEN and PEER_CERT_FINGERPRINT are not all set"
+                Message("PEER_API_URL, PEER_API_TOKEN and PEER_CERT_FINGERPRINT are not all set")
             )
         try:
             digest = parse_fingerprint(pin, "PEER_CERT_FINGERPRINT")
         except SettingsError as exc:
-            raise PeerError(str(exc)) from None
+            raise PeerError(message_of(exc)) from None
         return cls(url, token, PeerTls(cert_fingerprint=digest, ca_file=None, who="peer"))
 
 
@@ -133,16 +145,23 @@ class _PinCheck:
             if not hmac.compare_digest(seen, self.pin):
                 await stream.aclose()
                 raise CertificateMismatch(
-                    f"the server's certificate (SHA-256 {_hex(seen) or 'none'}) is not the "
-                    f"pinned {self.tls.prefix}_CERT_FINGERPRINT {_hex(self.pin)}; "
-                    "the token was not sent"
+                    Message(
+                        "the server's certificate (SHA-256 {seen}) is not the pinned "
+                        "{prefix}_CERT_FINGERPRINT {pin}; the token was not sent",
+                        seen=_hex(seen) or "none",
+                        prefix=self.tls.prefix,
+                        pin=_hex(self.pin),
+                    )
                 )
             self.checked = True
         elif event.endswith("send_request_headers.started") and not self.checked:
             # Fail closed should httpcore ever stop reporting the handshake to us.
             raise CertificateMismatch(
-                f"the {self.tls.who}'s certificate was not checked against the pin; "
-                "the token was not sent"
+                Message(
+                    "the {who}'s certificate was not checked against the pin; the token was "
+                    "not sent",
+                    who=_who(self.tls.who),
+                )
             )
 
 
@@ -153,14 +172,19 @@ async def json_object(response: httpx.Response, limit: int, what: str) -> dict[s
     async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) > limit:
-            raise PeerError(f"{what} is larger than {limit} bytes")
+            raise PeerError(Message("{what} is larger than {limit} bytes", what=what, limit=limit))
     try:
         parsed = json.loads(body)
     except ValueError:
-        raise PeerError(f"{what} is not JSON") from None
+        raise PeerError(Message("{what} is not JSON", what=what)) from None
     if not isinstance(parsed, dict):
-        raise PeerError(f"{what} is not a JSON object")
+        raise PeerError(Message("{what} is not a JSON object", what=what))
     return parsed
+
+
+def _who(who: str) -> Message:
+    """The other node as messages name it."""
+    return Message("master") if who == "master" else Message("peer")
 
 
 def _hex(digest: bytes) -> str:
@@ -206,11 +230,21 @@ async def peer_request(
             ) as response:
                 if response.status_code in (401, 403):
                     raise PeerError(
-                        f"the {tls.who} refused {tls.prefix}_API_TOKEN "
-                        f"(HTTP {response.status_code})"
+                        Message(
+                            "the {who} refused {prefix}_API_TOKEN (HTTP {status})",
+                            who=_who(tls.who),
+                            prefix=tls.prefix,
+                            status=response.status_code,
+                        )
                     )
                 yield response
         except httpx.HTTPError as exc:
+            # httpx's (or the C library's) own English, quoted as it is.
             raise PeerError(
-                f"cannot reach the {tls.who} at {endpoint}: {exc or type(exc)}"
+                Message(
+                    "cannot reach the {who} at {endpoint}: {error}",
+                    who=_who(tls.who),
+                    endpoint=endpoint,
+                    error=str(exc) or type(exc).__name__,
+                )
             ) from None

@@ -23,6 +23,7 @@ from app.cluster import configstate, health
 from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
 from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import ConfigVersion, SyncRun, VrrpEvent
+from app.messages import Message, decoded, encoded, joined, message_of
 from app.settings import Settings
 
 try:
@@ -81,24 +82,32 @@ async def _vrrp(node_id: str) -> Status:
         .first()
     )
     if row is None:
-        return {"state": None, "unknown": "keepalived has reported no VRRP state on this node yet"}
+        return {
+            "state": None,
+            "unknown": Message("keepalived has reported no VRRP state on this node yet"),
+        }
     return {"state": row["state"], "since": row["at"].isoformat(), "priority": row["priority"]}
 
 
 async def _vip(settings: Settings, agent: AgentClient) -> Status:
     address = settings.vip_address
     if not address:
-        return {"address": None, "held": None, "unknown": "VIP_ADDRESS is not set"}
+        return {"address": None, "held": None, "unknown": Message("VIP_ADDRESS is not set")}
     try:
         return {"address": address, "held": await asyncio.to_thread(vip_held, address)}
     except VipCheckError as exc:
-        local = str(exc)
+        local = message_of(exc)
     # Under rootless Podman the app sees its container's interfaces, not the host's: the agent
     # (root, on the host) can tell.
     try:
         held = await asyncio.wait_for(agent.vip_held(address), AGENT_TIMEOUT)
     except (AgentUnavailable, AgentRefused, TimeoutError) as exc:
-        return {"address": address, "held": None, "unknown": f"{local}; agent: {exc}"}
+        why = _agent_error(exc)
+        return {
+            "address": address,
+            "held": None,
+            "unknown": joined("; ", [local, Message("agent: {error}", error=why)]),
+        }
     return {"address": address, "held": bool(held)}
 
 
@@ -113,13 +122,8 @@ async def _queue(agent: AgentClient) -> Status:
     }
     try:
         state = await asyncio.wait_for(agent.status(), AGENT_TIMEOUT)
-    except (AgentUnavailable, AgentRefused) as exc:
-        return unknown | {"unknown": str(exc)}
-    except TimeoutError:
-        return unknown | {
-            "unknown": f"the agent did not answer within {AGENT_TIMEOUT:g} s "
-            "(busy with a queue sync, an import or a switchover)"
-        }
+    except (AgentUnavailable, AgentRefused, TimeoutError) as exc:
+        return unknown | {"unknown": _agent_error(exc)}
     replica = state.get("replica") or {}
     # The peer's shadow copies held here, and this node's mail accepted without one.
     shadow = state.get("shadow") or {}
@@ -132,6 +136,16 @@ async def _queue(agent: AgentClient) -> Status:
         "shadow_unprotected_total": shadow.get("unprotected_total"),
         "shadow_milter": shadow.get("milter"),
     }
+
+
+def _agent_error(exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        return Message(
+            "the agent did not answer within {seconds:g} s (busy with a queue sync, an import "
+            "or a switchover)",
+            seconds=AGENT_TIMEOUT,
+        )
+    return message_of(exc)
 
 
 def _run(row: dict[str, Any] | None, now: dt.datetime) -> Status | None:
@@ -173,9 +187,9 @@ async def _sync(node_id: str, now: dt.datetime, active: bool) -> Status:
         "lag_seconds": None,
     }
     if not active:
-        part["unknown"] = "this node does not hold the VIP: its queue is not replicated"
+        part["unknown"] = Message("this node does not hold the VIP: its queue is not replicated")
     elif last_ok is None:
-        part["unknown"] = "no queue sync has succeeded on this node yet"
+        part["unknown"] = Message("no queue sync has succeeded on this node yet")
     else:
         ended = dt.datetime.fromisoformat(last_ok["ended_at"])
         part["lag_seconds"] = max((now - ended).total_seconds(), 0.0)
@@ -240,9 +254,9 @@ async def _config(settings: Settings) -> Status:
         "drift": state.drift,
     }
     if own is None:
-        part["unknown"] = "no config version is applied on this node yet"
+        part["unknown"] = Message("no config version is applied on this node yet")
     elif own.master_number is None:
-        part["unknown"] = "the applied version did not come from the master"
+        part["unknown"] = Message("the applied version did not come from the master")
     return part
 
 
@@ -255,7 +269,10 @@ async def peer_status(settings: Settings) -> Status:
     try:
         api = PeerApi.from_settings(settings)
     except PeerError as exc:
-        return {"reachable": False, "error": f"not configured: {exc}"}
+        return {
+            "reachable": False,
+            "error": Message("not configured: {error}", error=message_of(exc)),
+        }
     try:
         async with (
             asyncio.timeout(PEER_TIMEOUT),
@@ -264,15 +281,60 @@ async def peer_status(settings: Settings) -> Status:
             ) as response,
         ):
             if response.status_code != 200:
-                raise PeerError(f"the peer answered HTTP {response.status_code}")
-            body = await json_object(response, MAX_STATUS_BYTES, "the peer's answer")
+                raise PeerError(
+                    Message("the peer answered HTTP {status}", status=response.status_code)
+                )
+            body = await json_object(response, MAX_STATUS_BYTES, Message("the peer's answer"))
     except PeerError as exc:
-        return {"reachable": False, "error": f"unreachable: {exc}"}
+        return {"reachable": False, "error": _unreachable(message_of(exc))}
     except TimeoutError:
-        return {"reachable": False, "error": f"unreachable: no answer within {PEER_TIMEOUT:g} s"}
+        why = Message("no answer within {seconds:g} s", seconds=PEER_TIMEOUT)
+        return {"reachable": False, "error": _unreachable(why)}
     if not isinstance(body.get("node_id"), str):
-        return {"reachable": False, "error": "unreachable: the peer's answer is not a status"}
-    return {"reachable": True, "status": body}
+        why = Message("the peer's answer is not a status")
+        return {"reachable": False, "error": _unreachable(why)}
+    return {"reachable": True, "status": with_messages(body)}
+
+
+def _unreachable(why: str) -> Message:
+    return Message("unreachable: {error}", error=why)
+
+
+# The parts of a status that say why they are unknown, as JSON for the peer: `unknown` in
+# English (what it always was, for scripts and older peers) and `unknown_message` as the
+# message itself, so that the peer's reasons appear in this user's language too.
+_MESSAGE_SUFFIX = "_message"
+
+
+def as_json(node: Status) -> Status:
+    """A node status with its messages as JSON data (app.messages.encoded)."""
+    out: Status = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out[key] = as_json(value)
+        elif isinstance(value, Message):
+            out[key], out[key + _MESSAGE_SUFFIX] = str(value), encoded(value)
+        else:
+            out[key] = value
+    return out
+
+
+def with_messages(node: Status) -> Status:
+    """A status from JSON with its messages as Messages again (the English where a peer sent
+    none)."""
+    out: Status = {}
+    for key, value in node.items():
+        if key.endswith(_MESSAGE_SUFFIX) and isinstance(
+            node.get(key[: -len(_MESSAGE_SUFFIX)]), str
+        ):
+            continue
+        if isinstance(value, dict):
+            out[key] = with_messages(value)
+        elif isinstance(value, str) and key + _MESSAGE_SUFFIX in node:
+            out[key] = decoded(node[key + _MESSAGE_SUFFIX], value)
+        else:
+            out[key] = value
+    return out
 
 
 # -- both -------------------------------------------------------------------------------------

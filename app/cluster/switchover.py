@@ -105,7 +105,9 @@ class _Switchover:
             held = await asyncio.to_thread(vip_held, self.vip)
         except VipCheckError as exc:
             raise StepFailed(
-                Message("cannot tell whether this node holds the VIP: {error}", error=str(exc))
+                Message(
+                    "cannot tell whether this node holds the VIP: {error}", error=message_of(exc)
+                )
             ) from None
         if not held:
             raise StepFailed(
@@ -175,7 +177,7 @@ class _Switchover:
         try:
             done = await self.agent.vip_handover(self.vip, timeout=HANDOVER_TIMEOUT)
         except (AgentUnavailable, AgentRefused) as exc:
-            raise StepFailed(str(exc)) from None
+            raise StepFailed(message_of(exc)) from None
         return Message(
             "keepalived stopped, the VIP left this node after {seconds:.2f} s, keepalived started "
             "again (BACKUP)",
@@ -213,7 +215,7 @@ class _Switchover:
         try:
             here = Message("yes") if await asyncio.to_thread(vip_held, self.vip) else Message("no")
         except VipCheckError as exc:
-            here = Message("unknown ({error})", error=str(exc))
+            here = Message("unknown ({error})", error=message_of(exc))
         raise StepFailed(
             Message(
                 "{peer} has not taken over after {seconds:g} s ({seen}); the VIP is on this "
@@ -303,7 +305,7 @@ async def run(
     try:
         lease = await locks.acquire(LOCK, holder, LOCK_TTL_SECONDS)
     except locks.LockConflict as exc:
-        busy = Message("another switchover is running: {error}", error=str(exc))
+        busy = Message("another switchover is running: {error}", error=message_of(exc))
         steps = [Step("lock", "failed", busy, 0.0)]
     else:
         try:

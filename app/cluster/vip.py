@@ -6,6 +6,8 @@ import contextlib
 import ipaddress
 import subprocess
 
+from app.messages import Message
+
 
 class VipCheckError(RuntimeError):
     """`ip addr` could not be run or read: whether we hold the VIP is unknown."""
@@ -40,7 +42,16 @@ def vip_held(vip: str, *, netns: str | None = None) -> bool:
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise VipCheckError(f"cannot run {' '.join(command)}: {exc}") from exc
+        # The reasons are the operating system's and ip's own texts, quoted as they are.
+        raise VipCheckError(
+            Message("cannot run {command}: {error}", command=" ".join(command), error=str(exc))
+        ) from exc
     if result.returncode != 0:
-        raise VipCheckError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+        raise VipCheckError(
+            Message(
+                "{command} failed: {error}",
+                command=" ".join(command),
+                error=result.stderr.strip(),
+            )
+        )
     return wanted in addresses(result.stdout)

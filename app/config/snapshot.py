@@ -15,6 +15,7 @@ from typing import Any
 
 from app.config import validation
 from app.db.tables import RelayRoute, SenderDomain, TrustedNetwork
+from app.messages import Message, message_of
 
 Snapshot = dict[str, Any]
 
@@ -73,18 +74,22 @@ def validate(snapshot: Snapshot) -> list[str]:
         domains = list(snapshot["sender_domains"])
         networks = list(snapshot["trusted_networks"])
     except (KeyError, TypeError):
-        return ["The snapshot lacks sender_domains or trusted_networks."]
+        return [Message("The snapshot lacks sender_domains or trusted_networks.")]
     for entry in domains:
         name = str(entry.get("name", ""))
         try:
             if validation.domain_name(name) != name:
-                problems.append(f"sender domain {name!r}: not in normalised form")
+                problems.append(
+                    Message("sender domain {name}: not in normalised form", name=repr(name))
+                )
             validation.comment(str(entry.get("comment", "")))
         except ValueError as exc:
-            problems.append(f"sender domain {name!r}: {exc}")
+            problems.append(
+                Message("sender domain {name}: {problem}", name=repr(name), problem=message_of(exc))
+            )
             continue
         if name in seen_domains:
-            problems.append(f"sender domain {name}: listed twice")
+            problems.append(Message("sender domain {name}: listed twice", name=name))
         seen_domains.add(name)
         route = entry.get("route")
         if route is None:
@@ -92,30 +97,48 @@ def validate(snapshot: Snapshot) -> list[str]:
         try:
             host, port, tls = _canonical_route(route)
         except (KeyError, TypeError, ValueError) as exc:
-            problems.append(f"route for {name}: {exc}")
+            problems.append(
+                Message("route for {name}: {problem}", name=name, problem=message_of(exc))
+            )
             continue
         if route.get("auth_user") and not (
             route.get("auth_password_enc") or route.get("auth_password_sealed")
         ):
-            problems.append(f"route for {name}: SMTP AUTH user without a password")
+            problems.append(
+                Message("route for {name}: SMTP AUTH user without a password", name=name)
+            )
         # smtp_tls_policy_maps is keyed by next hop: two routes to one host must agree on TLS.
         other = nexthop_tls.setdefault((host, port), (tls, name))
         if other[0] != tls:
             problems.append(
-                f"route for {name}: [{host}]:{port} uses TLS {tls}, but the route for "
-                f"{other[1]} uses {other[0]} for the same host and port"
+                Message(
+                    "route for {name}: [{host}]:{port} uses TLS {tls}, but the route for "
+                    "{other} uses {other_tls} for the same host and port",
+                    name=name,
+                    host=host,
+                    port=port,
+                    tls=tls,
+                    other=other[1],
+                    other_tls=other[0],
+                )
             )
     seen_networks: set[str] = set()
     for entry in networks:
         value = str(entry.get("cidr", ""))
         try:
             if validation.cidr(value) != value:
-                problems.append(f"trusted network {value!r}: not in normalised form")
+                problems.append(
+                    Message("trusted network {cidr}: not in normalised form", cidr=repr(value))
+                )
             validation.comment(str(entry.get("comment", "")))
         except ValueError as exc:
-            problems.append(f"trusted network {value!r}: {exc}")
+            problems.append(
+                Message(
+                    "trusted network {cidr}: {problem}", cidr=repr(value), problem=message_of(exc)
+                )
+            )
         if value in seen_networks:
-            problems.append(f"trusted network {value}: listed twice")
+            problems.append(Message("trusted network {cidr}: listed twice", cidr=value))
         seen_networks.add(value)
     return problems
 
@@ -125,14 +148,22 @@ def _canonical_route(route: dict[str, Any]) -> tuple[str, int, str]:
     the renderer writes stored values as they are."""
     host, port, tls = route["host"], route["port"], route["tls_mode"]
     if not isinstance(host, str) or validation.relay_host(host) != host:
-        raise ValueError(f"relay host {host!r} is not in normalised form")
+        raise ValueError(Message("relay host {host} is not in normalised form", host=repr(host)))
     if not isinstance(port, int) or isinstance(port, bool) or validation.port(port) != port:
-        raise ValueError(f"port {port!r} is not a number between 1 and 65535")
+        raise ValueError(
+            Message("port {port} is not a number between 1 and 65535", port=repr(port))
+        )
     if not isinstance(tls, str) or validation.tls_mode(tls) != tls:
-        raise ValueError(f"TLS mode {tls!r} is not one of {', '.join(validation.TLS_MODES)}")
+        raise ValueError(
+            Message(
+                "TLS mode {tls} is not one of {modes}",
+                tls=repr(tls),
+                modes=", ".join(validation.TLS_MODES),
+            )
+        )
     user = route.get("auth_user")
     if user is not None and (not isinstance(user, str) or validation.auth_user(user) != user):
-        raise ValueError(f"SMTP AUTH user {user!r} is not valid")
+        raise ValueError(Message("SMTP AUTH user {user} is not valid", user=repr(user)))
     return host, port, tls
 
 

@@ -15,6 +15,7 @@ from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.config import applied, service
 from app.crypto import SecretBox
 from app.db.tables import AuditLog
+from app.messages import Message, message_of
 from app.postfix import render
 
 
@@ -69,10 +70,14 @@ async def test_version(number: int, box: SecretBox, agent: AgentClient, node_id:
     try:
         answer = await agent.check(number, maps.files)
     except AgentUnavailable as exc:
-        report.notes.append(f"Postfix did not check this version: {exc}")
+        report.notes.append(
+            Message("Postfix did not check this version: {error}", error=message_of(exc))
+        )
         return report
     except AgentRefused as exc:
-        report.problems.append(f"the agent refused the check: {exc}")
+        report.problems.append(
+            Message("the agent refused the check: {error}", error=message_of(exc))
+        )
         return report
     report.problems.extend(answer["problems"])
     return report
@@ -88,10 +93,10 @@ async def apply_version(
             answer = await agent.apply(number, maps.files)
             report.problems.extend(answer["problems"])
         except AgentUnavailable as exc:
-            report.problems.append(f"not applied: {exc}")
+            report.problems.append(Message("not applied: {error}", error=message_of(exc)))
             report.agent_unavailable = True
         except AgentRefused as exc:
-            report.problems.append(f"not applied: {exc}")
+            report.problems.append(Message("not applied: {error}", error=message_of(exc)))
     if not report.ok:
         await audit.record(
             actor.username,

@@ -19,6 +19,7 @@ from pathlib import Path
 from app.config import snapshot as snap
 from app.config import validation
 from app.crypto import SecretKeyError
+from app.messages import Message, joined, message_of
 
 MAP_FILES = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd", "mynetworks")
 SECRET_MAPS = frozenset({"sasl_passwd"})
@@ -28,7 +29,7 @@ class RenderError(ValueError):
     """The snapshot cannot be rendered safely; `problems` says where each problem comes from."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
+        super().__init__(joined("; ", problems))
         self.problems = problems
 
 
@@ -70,7 +71,10 @@ def render(version: int, snapshot: snap.Snapshot, decrypt: Callable[[str], str])
                 try:
                     password = validation.auth_password(decrypt(route["auth_password_enc"]))
                 except SecretKeyError as exc:
-                    raise RenderError([f"route for {name}: {exc}"]) from exc
+                    problem = Message(
+                        "route for {name}: {problem}", name=name, problem=message_of(exc)
+                    )
+                    raise RenderError([problem]) from exc
                 sasl.append(_line(f"@{name}", f"{route['auth_user']}:{password}"))
         tls.extend(sorted(tls_lines))
         # The node itself relays too: the alerts job sends through 127.0.0.1 (any local user
@@ -83,7 +87,7 @@ def render(version: int, snapshot: snap.Snapshot, decrypt: Callable[[str], str])
                 cidr = f"[{address}]/{prefix}"
             networks.append(cidr + "\n")
     except ValueError as exc:
-        raise RenderError([str(exc)]) from exc
+        raise RenderError([message_of(exc)]) from exc
     files = {
         "sender_access": "".join(access),
         "sender_relayhost": "".join(relayhost),
@@ -115,18 +119,26 @@ def check_files(files: dict[str, bytes]) -> list[str]:
     a comment or one entry of the right shape. A second line of defence behind `render`."""
     problems: list[str] = []
     if set(files) != set(MAP_FILES):
-        return [f"expected exactly the maps {', '.join(MAP_FILES)}, got {', '.join(sorted(files))}"]
+        return [
+            Message(
+                "expected exactly the maps {wanted}, got {got}",
+                wanted=", ".join(MAP_FILES),
+                got=", ".join(sorted(files)),
+            )
+        ]
     for name, content in files.items():
         if len(content) > MAX_MAP_BYTES:
-            problems.append(f"{name}: larger than {MAX_MAP_BYTES} bytes")
+            problems.append(
+                Message("{name}: larger than {most} bytes", name=name, most=MAX_MAP_BYTES)
+            )
             continue
         try:
             text = content.decode("ascii")
         except UnicodeDecodeError:
-            problems.append(f"{name}: not plain ASCII")
+            problems.append(Message("{name}: not plain ASCII", name=name))
             continue
         if text and not text.endswith("\n"):
-            problems.append(f"{name}: the last line is not terminated")
+            problems.append(Message("{name}: the last line is not terminated", name=name))
         for number, line in enumerate(text.splitlines(), 1):
             if line.startswith("#") and "\r" not in line:
                 continue
@@ -136,7 +148,9 @@ def check_files(files: dict[str, bytes]) -> list[str]:
                 key, tab, value = line.partition("\t")
                 ok = bool(tab and _KEY_RULES[name].match(key) and _VALUE_RULES[name].match(value))
             if not ok:
-                problems.append(f"{name} line {number}: not a valid entry")
+                problems.append(
+                    Message("{name} line {number}: not a valid entry", name=name, number=number)
+                )
     return problems
 
 

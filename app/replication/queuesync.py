@@ -30,6 +30,7 @@ from app.agent.protocol import SyncAnswer
 from app.cluster import locks
 from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import SyncRun
+from app.messages import Message, message_of
 from app.settings import FreezeMode, Settings
 
 log = logging.getLogger("mailrelay.queue_sync")
@@ -88,7 +89,7 @@ async def run_once(
     started_at = dt.datetime.now(dt.UTC)
     if not settings.vip_address:
         return SyncResult("skipped", "no VIP_ADDRESS configured")
-    vip_error = ""
+    vip_error: str = ""
     try:
         if not vip_held(settings.vip_address):
             log.debug("queue-sync: not the VIP owner, nothing to do")
@@ -98,7 +99,7 @@ async def run_once(
                     await _flush_spool(settings, database)
             return SyncResult("skipped", "this node does not hold the VIP")
     except VipCheckError as exc:
-        vip_error = f"VIP check: {exc}"
+        vip_error = Message("VIP check: {error}", error=message_of(exc))
     database = await _open(connect)
     run = _Run(settings, freeze, started_at, started, database)
     if vip_error:
@@ -107,9 +108,10 @@ async def run_once(
         try:
             held.enter_context(locks.local(lock_file(settings)))
         except locks.LocalLockBusy as exc:
-            return await run.record("conflict", str(exc))
+            return await run.record("conflict", message_of(exc))
         except OSError as exc:
-            return await run.record("failed", f"cannot take this node's queue-sync lock: {exc}")
+            why = Message("cannot take this node's queue-sync lock: {error}", error=str(exc))
+            return await run.record("failed", why)
         return await _sync(settings, agent, freeze, run)
 
 
@@ -124,7 +126,7 @@ async def _sync(
         try:
             lease = await _lease(settings.node_id, holder)
         except locks.LockConflict as exc:
-            return await run.record("conflict", str(exc))
+            return await run.record("conflict", message_of(exc))
         except locks.DATABASE_ERRORS as exc:
             run.database.lost(exc)
     try:
@@ -133,7 +135,7 @@ async def _sync(
         report = SyncAnswer(
             mode=freeze,
             ok=False,
-            error=str(exc),
+            error=message_of(exc),
             duration=0.0,
             freeze_seconds=0.0,
             files=0,

@@ -25,6 +25,7 @@ from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import locks, status
 from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
+from app.messages import Message, message_of
 from app.settings import Settings
 
 log = logging.getLogger("mailrelay.reconcile")
@@ -97,11 +98,12 @@ async def peer_imports(settings: Settings) -> set[str]:
         peer.url, peer.token, peer.tls, "GET", "/api/queue/imported"
     ) as response:
         if response.status_code != 200:
-            raise PeerError(f"the peer answered HTTP {response.status_code}")
-        body = await json_object(response, MAX_IMPORTED_BYTES, "the peer's list of imports")
+            raise PeerError(Message("the peer answered HTTP {status}", status=response.status_code))
+        what = Message("the peer's list of imports")
+        body = await json_object(response, MAX_IMPORTED_BYTES, what)
     ids = body.get("queue_ids", [])
     if not isinstance(ids, list):
-        raise PeerError("the peer's list of imports has no queue_ids list")
+        raise PeerError(Message("the peer's list of imports has no queue_ids list"))
     return {str(i) for i in ids}
 
 
@@ -111,7 +113,8 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
         # hold_all names only what it held now: add what earlier steps held and left to us.
         fresh = await agent.hold_all()
     except (AgentUnavailable, AgentRefused) as exc:
-        return ReconcileResult("held", detail=f"cannot hold the queue: {exc}")
+        why = Message("cannot hold the queue: {error}", error=message_of(exc))
+        return ReconcileResult("held", detail=why)
     held = sorted(set(fresh) | set(pending(settings)) | set(_ids(leaving_file(settings))))
     if not held:
         log.info("reconcile: the queue is empty, nothing to reconcile")
@@ -132,7 +135,7 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
         log.warning(
             "reconcile: %d messages stay on hold, the peer cannot be asked: %s", len(held), exc
         )
-        return ReconcileResult("held", held=len(held), detail=str(exc))
+        return ReconcileResult("held", held=len(held), detail=message_of(exc))
     delete = [i for i in held if i in imported]
     release = [i for i in held if i not in imported]
     await agent.delete_ids(delete)

@@ -203,6 +203,11 @@ def test_a_node_without_the_vip_does_not_touch_keepalived(ns):
     assert answer == {
         "ok": False,
         "error": f"{VIP} is not on this node: there is nothing to hand over",
+        # The same as a message, for the caller to show in its user's language.
+        "message": {
+            "key": "{vip} is not on this node: there is nothing to hand over",
+            "params": {"vip": VIP},
+        },
     }
     assert ns.calls() == []
 

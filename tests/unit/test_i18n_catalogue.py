@@ -15,7 +15,7 @@ import pytest
 from jinja2 import Environment, FileSystemLoader
 from jinja2.ext import extract_from_ast
 
-from app.messages import Message, plural
+from app.messages import Message, decoded, encoded, plural
 from app.web.i18n import GERMAN, format_datetime, format_number, translator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +30,24 @@ USER_MESSAGE_MODULES = [
     "app/postfix/routetest.py",
     "app/postfix/routecheck.py",
     "app/cluster/switchover.py",
+    # What reaches a page from the privileged agent (queue actions, Test / Apply, switchover,
+    # cluster panel), from the pipeline of a config version, and from the cluster's parts.
+    "app/agent/callers.py",
+    "app/agent/client.py",
+    "app/agent/policy.py",
+    "app/agent/postfix.py",
+    "app/agent/queuesync.py",
+    "app/agent/server.py",
+    "app/agent/vip.py",
+    "app/config/snapshot.py",
+    "app/postfix/pipeline.py",
+    "app/postfix/render.py",
+    "app/cluster/locks.py",
+    "app/cluster/peer.py",
+    "app/cluster/status.py",
+    "app/cluster/vip.py",
+    "app/replication/queuesync.py",
+    "app/replication/reconcile.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "app/auth").glob("*.py")),
     *sorted(
         str(p.relative_to(ROOT))
@@ -137,8 +155,9 @@ def _is_bare(node: ast.AST | None) -> bool:
 
 
 def _bare_texts(call: ast.Call) -> list[int]:
-    """Line numbers of bare texts handed to an error: its first argument, or the values of the
-    dict that FieldErrors({"field": "text"}) and the like map each form field to."""
+    """Line numbers of bare texts handed to an error or added to a list of problems or notes
+    (what Test configuration, Apply and the config pull show): the first argument, or the
+    values of the dict that FieldErrors({"field": "text"}) and the like map each field to."""
     if _called(call) in KEY_CALLS:
         return []  # a refusal: the key and its parameters, as a Message
     args = call.args[:1]
@@ -151,13 +170,38 @@ def test_user_messages_are_raised_as_translatable_messages(module: str) -> None:
     tree = ast.parse((ROOT / module).read_text(), module)
     bare = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and _is_error(node):
+        if isinstance(node, ast.Call) and (_is_error(node) or _adds_a_problem(node)):
             bare += _bare_texts(node)
+        # A bare text as the answer's "unknown" reason (the cluster panel) or a report's error.
+        if isinstance(node, ast.Dict):
+            bare += [
+                value.lineno
+                for key, value in zip(node.keys, node.values, strict=True)
+                if isinstance(key, ast.Constant) and key.value in SHOWN_KEYS and _is_bare(value)
+            ]
     assert not bare, f"{module}: user messages not wrapped in Message at lines {sorted(set(bare))}"
 
 
 def _is_error(call: ast.Call) -> bool:
-    return _called(call).endswith(("Error", "Errors", "Failed", "NotFound", "Refusal"))
+    # A RuntimeError is a bug's: the user sees "Internal error", never its text.
+    name = _called(call)
+    return name != "RuntimeError" and name.endswith(
+        ("Error", "Errors", "Failed", "NotFound", "Refusal")
+    )
+
+
+# Dict keys whose values the pages show: a node status part's reason, a refusal's error.
+SHOWN_KEYS = {"unknown", "error", "detail"}
+
+
+def _adds_a_problem(call: ast.Call) -> bool:
+    """problems.append(...), report.notes.append(...) and the like."""
+    func = call.func
+    if not (isinstance(func, ast.Attribute) and func.attr in {"append", "refuse"}):
+        return False
+    owner = func.value
+    name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+    return name in {"problems", "notes", "report"}
 
 
 def _placeholders(text: str) -> list[str]:
@@ -220,3 +264,40 @@ def test_dates_and_numbers_are_written_the_german_way_in_german_only() -> None:
     )
     assert "after 1.25 s" in handover
     assert "nach 1,25 s" in translator("de")(handover)
+
+
+def test_a_message_crosses_json_whole_and_is_translated_on_the_other_side() -> None:
+    import json
+
+    sent = Message(
+        "{problem} (keepalived was started again)",
+        problem=Message(
+            "{vip} was still on this node {seconds:g} s after keepalived stopped",
+            vip="198.18.0.100",
+            seconds=1.5,
+        ),
+    )
+    received = decoded(json.loads(json.dumps(encoded(sent))))
+    assert received == sent
+    assert translator("de")(received) == (
+        "198.18.0.100 lag 1,5 s nach dem Stopp von keepalived noch auf diesem Knoten "
+        "(keepalived wurde wieder gestartet)"
+    )
+    # What a program printed stays a plain parameter: quoted as it is, never looked up.
+    said = decoded(encoded(Message("{command}: {output}", command="postconf", output="set")))
+    assert translator("de")(said) == "postconf meldete: set"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "{x.__class__.__init__}",  # attribute access into the parameter's objects
+        "{x[0]}",
+        "{x!r}",
+        "{x:>999999999}",  # a width that fills memory
+        "{missing}",  # a placeholder no parameter fills: the page would fail to render
+        "{x:.2f}",  # a number format for a text
+    ],
+)
+def test_a_key_from_another_process_cannot_reach_into_objects_or_break_the_page(key: str) -> None:
+    assert decoded({"key": key, "params": {"x": "text"}}, "the English") == "the English"

@@ -487,9 +487,9 @@ def _report(report: pipeline.TestReport, applied_now: bool) -> Response[Report]:
         status = HTTP_503_SERVICE_UNAVAILABLE
     elif not report.ok:
         status = HTTP_422_UNPROCESSABLE_ENTITY
-    body = Report(
-        report.version, report.ok, applied_now, report.problems, report.notes, report.diff
-    )
+    # The API speaks English: plain texts (a Message is a str subclass the encoder refuses).
+    problems, notes = [str(p) for p in report.problems], [str(n) for n in report.notes]
+    body = Report(report.version, report.ok, applied_now, problems, notes, report.diff)
     return Response(body, status_code=status)
 
 
@@ -611,7 +611,7 @@ class QueueDone:
 
 def _agent_failed(detail: str, status: int = HTTP_503_SERVICE_UNAVAILABLE) -> Response[Any]:
     """As the queue page answers: 409 when the agent refused, 503 when it is not reachable."""
-    return Response({"status_code": status, "detail": detail}, status_code=status)
+    return Response({"status_code": status, "detail": str(detail)}, status_code=status)
 
 
 class Queue(Controller):

@@ -132,7 +132,9 @@ class NodeStatus(Controller):
 
     @get(status.STATUS_PATH, opt={"api": "cluster"})
     async def api_status(self, request: Req) -> status.Status:
-        return await status.node_status(request.app.state.settings, request.app.state.agent)
+        return status.as_json(
+            await status.node_status(request.app.state.settings, request.app.state.agent)
+        )
 
     @get("/metrics", opt={"api": "read"})
     async def prometheus(self, request: Req) -> Response[str]:

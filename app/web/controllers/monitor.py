@@ -15,6 +15,7 @@ from app.alerts import state as alert_state
 from app.auth.sessions import SessionUser
 from app.cluster import configstate
 from app.config import service
+from app.messages import message_of
 from app.replication import reconcile
 from app.web.views import page
 
@@ -31,7 +32,7 @@ class Monitor(Controller):
             postfix = await request.app.state.agent.status()
             postfix_error = None
         except (AgentUnavailable, AgentRefused) as exc:
-            postfix, postfix_error = None, str(exc)
+            postfix, postfix_error = None, message_of(exc)
         traffic = await reports.hourly_traffic()
         last = (postfix or {}).get("shadow", {}).get("last_unprotected_at")
         return page(

@@ -13,6 +13,7 @@ from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.auth.sessions import SessionUser
 from app.config.service import Actor
+from app.messages import message_of
 from app.postfix import queue
 from app.replication import reconcile
 from app.web import listing as listings
@@ -90,7 +91,7 @@ async def listing(
         raw = await agent.queue_list(limit=LIST_LIMIT)
         entries = [queue.QueueEntry.from_postqueue(r) for r in raw]
     except (AgentUnavailable, AgentRefused) as exc:
-        error = str(exc)
+        error = message_of(exc)
     shown = [
         e
         for e in entries
@@ -127,7 +128,7 @@ async def _act(request: Req, action: str, queue_id: str | None) -> Response[Any]
             request,
             409 if isinstance(exc, AgentRefused) else 503,
             "Queue",
-            str(exc),
+            message_of(exc),
             page_template="queue/page.html",
             **await _context(request),
         )
@@ -178,5 +179,5 @@ class Queue(Controller):
                 source_ip(request),
             )
         except (AgentUnavailable, AgentRefused) as exc:
-            return error_page(request, 503, "Queue", str(exc))
+            return error_page(request, 503, "Queue", message_of(exc))
         return done(request, "/")
