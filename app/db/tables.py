@@ -1,4 +1,6 @@
-"""The product's tables. Column comments say what an operator would ask about them."""
+"""The product's tables, as the app reads and writes them. Column comments say what an operator
+would ask about them; the schema itself, with the tables written by hand (log_totals, the kept
+counters, the alerts), is app/db/migrations/mailrelay_2026_12_05t17_10_00_baseline.sql."""
 
 from piccolo.columns import (
     JSONB,
@@ -128,7 +130,7 @@ class MailLog(Table, tablename="mail_logs"):
     node_id = Varchar(length=32)
     queue_id = Varchar(length=32, index=True)
     message_id = Text(default="", index=True)
-    # Searched by (address, at) and (domain, at) indexes (migration ..._gui_indexes).
+    # Searched by (address, at) and (domain, at) indexes (the baseline's SQL).
     sender = Text(default="")
     recipient = Text(default="")
     relay = Text(default="")
