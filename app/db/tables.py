@@ -176,11 +176,11 @@ class ApiToken(Table, tablename="api_tokens"):
     created_by = Varchar(length=64)
     created_at = Timestamptz()
     last_used_at = Timestamptz(null=True, default=None)
-    last_used_ip = Varchar(length=45, null=True, default=None)
     revoked = Boolean(default=False)
     # Space-separated CIDRs the token is accepted from; empty: from anywhere.
     allowed_networks = Text(default="")
     expires_at = Timestamptz(null=True, default=None)  # None: never
+    last_used_ip = Varchar(length=45, null=True, default=None)
 
 
 class LogCursor(Table, tablename="log_cursors"):
