@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import asyncpg
 import pytest
@@ -27,8 +28,13 @@ TABLES = ("mail_logs", "rejection_logs")
 ZONE = "Pacific/Kiritimati" if NOW.hour >= 10 else "Pacific/Pago_Pago"
 
 
+class Fresh(NamedTuple):
+    connection: asyncpg.Connection
+    today: dt.datetime  # the UTC day the migration ran on
+
+
 @pytest.fixture(scope="module")
-async def fresh(pg_cluster) -> AsyncIterator[asyncpg.Connection]:
+async def fresh(pg_cluster) -> AsyncIterator[Fresh]:
     """A database in ZONE that `mailrelay migrate` made, and a connection to it."""
     name = "partitions_fresh"
     pg_cluster.drop_database(name)
@@ -36,64 +42,67 @@ async def fresh(pg_cluster) -> AsyncIterator[asyncpg.Connection]:
     admin = await asyncpg.connect(url)
     await admin.execute(f"ALTER DATABASE {name} SET timezone TO '{ZONE}'")
     await admin.close()
+    today = retention.utc_day(dt.datetime.now(dt.UTC))
     result = run("migrate", env={"DATABASE_URL": url})
     assert result.returncode == 0, result.stderr
+    # A run that crossed midnight UTC: its partitions start a day later.
+    assert retention.utc_day(dt.datetime.now(dt.UTC)) == today, "migrated at midnight: run again"
     connection = await asyncpg.connect(url)
     assert await connection.fetchval("SHOW timezone") == ZONE
-    yield connection
+    yield Fresh(connection, today)
     await connection.close()
     pg_cluster.drop_database(name)
 
 
 async def test_a_fresh_database_has_a_partition_per_utc_day_ahead_and_a_default_one(fresh):
+    db, today = fresh
     for name in TABLES:
-        shape = await fresh.fetchrow(
+        shape = await db.fetchrow(
             "SELECT relkind::text AS kind, (SELECT pg_get_constraintdef(oid) FROM pg_constraint"
             " WHERE conrelid = c.oid AND contype = 'p') AS pkey FROM pg_class AS c"
             " WHERE oid = $1::regclass",
             name,
         )
         assert dict(shape) == {"kind": "p", "pkey": "PRIMARY KEY (id, at)"}
-        partitions = await fresh.fetch(
+        partitions = await db.fetch(
             "SELECT inhrelid::regclass::text AS name FROM pg_inherits"
             " WHERE inhparent = $1::regclass",
             name,
         )
         assert {row["name"] for row in partitions} == {
-            *(retention.partition_name(name, TODAY + i * DAY) for i in range(8)),
+            *(retention.partition_name(name, today + i * DAY) for i in range(8)),
             f"{name}_default",
         }
 
 
 async def test_each_row_lands_in_the_partition_of_its_utc_day_or_else_the_default_one(fresh):
-    last = TODAY + 7 * DAY
+    db, today = fresh
+    last = today + 7 * DAY
     just_before = dt.timedelta(microseconds=1)
     places = {
-        TODAY: retention.partition_name("{}", TODAY),
-        TODAY + DAY - just_before: retention.partition_name("{}", TODAY),
-        TODAY + DAY: retention.partition_name("{}", TODAY + DAY),
+        today: retention.partition_name("{}", today),
+        today + DAY - just_before: retention.partition_name("{}", today),
+        today + DAY: retention.partition_name("{}", today + DAY),
         last + dt.timedelta(hours=23): retention.partition_name("{}", last),
         # Before the first partition and after the last: kept all the same.
-        TODAY - just_before: "{}_default",
+        today - just_before: "{}_default",
         last + DAY: "{}_default",
-        TODAY - 400 * DAY: "{}_default",
+        today - 400 * DAY: "{}_default",
     }
     for n, at in enumerate(places):
-        await fresh.execute(
+        await db.execute(
             "INSERT INTO mail_logs (at, node_id, queue_id, status) VALUES ($1, 'a', $2, 'sent')",
             at,
             f"Q{n}",
         )
-        await fresh.execute(
-            "INSERT INTO rejection_logs (at, node_id, code) VALUES ($1, 'a', 554)", at
-        )
+        await db.execute("INSERT INTO rejection_logs (at, node_id, code) VALUES ($1, 'a', 554)", at)
     for name in TABLES:
-        rows = await fresh.fetch(f"SELECT at, tableoid::regclass::text AS part FROM {name}")  # noqa: S608
+        rows = await db.fetch(f"SELECT at, tableoid::regclass::text AS part FROM {name}")  # noqa: S608
         assert {row["at"]: row["part"] for row in rows} == {
             at: part.format(name) for at, part in places.items()
         }
     # The totals count rows in every partition, the default one included.
-    kept, recount = await fresh.fetch(KEPT), await fresh.fetch(RECOUNT)
+    kept, recount = await db.fetch(KEPT), await db.fetch(RECOUNT)
     assert len(kept) == len(places)
     assert sorted(map(tuple, kept)) == sorted(map(tuple, recount))
 
