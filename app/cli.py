@@ -61,7 +61,12 @@ def _run_db(work: Callable[[], Awaitable[Any]]) -> Any:
 async def migrate() -> None:
     from piccolo.apps.migrations.commands.forwards import run_forwards
 
-    result = await run_forwards(app_name="mailrelay")
+    from app.db.migrations import MigrationRefused
+
+    try:
+        result = await run_forwards(app_name="mailrelay")
+    except MigrationRefused as exc:
+        raise UserFacingError(f"migration refused: {exc}") from None
     if not result.success:
         raise UserFacingError(f"migration failed: {result.message}")
 

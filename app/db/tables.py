@@ -1,4 +1,6 @@
-"""The product's tables. Column comments say what an operator would ask about them."""
+"""The product's tables, as the app reads and writes them. Column comments say what an operator
+would ask about them; the schema itself, with the tables written by hand (log_totals, the kept
+counters, the alerts), is app/db/migrations/mailrelay_2026_12_05t17_10_00_baseline.sql."""
 
 from piccolo.columns import (
     JSONB,
@@ -128,7 +130,7 @@ class MailLog(Table, tablename="mail_logs"):
     node_id = Varchar(length=32)
     queue_id = Varchar(length=32, index=True)
     message_id = Text(default="", index=True)
-    # Searched by (address, at) and (domain, at) indexes (migration ..._gui_indexes).
+    # Searched by (address, at) and (domain, at) indexes (the baseline's SQL).
     sender = Text(default="")
     recipient = Text(default="")
     relay = Text(default="")
@@ -174,11 +176,11 @@ class ApiToken(Table, tablename="api_tokens"):
     created_by = Varchar(length=64)
     created_at = Timestamptz()
     last_used_at = Timestamptz(null=True, default=None)
-    last_used_ip = Varchar(length=45, null=True, default=None)
     revoked = Boolean(default=False)
     # Space-separated CIDRs the token is accepted from; empty: from anywhere.
     allowed_networks = Text(default="")
     expires_at = Timestamptz(null=True, default=None)  # None: never
+    last_used_ip = Varchar(length=45, null=True, default=None)
 
 
 class LogCursor(Table, tablename="log_cursors"):

@@ -1,6 +1,6 @@
 """Retention: every table that grows by itself keeps its rows for a set number of days.
 
-mail_logs and rejection_logs are partitioned by UTC day (migration ..._day_partitions). A day
+mail_logs and rejection_logs are partitioned by UTC day (the baseline migration). A day
 goes as a whole once all of it is older than RETENTION_DAYS: its partition is dropped (its files
 unlinked at commit), no row is deleted one by one and vacuum has nothing to clean up. So a row
 is kept RETENTION_DAYS and at most one day more. The run also makes the partitions of the days
@@ -52,7 +52,7 @@ _PARTITION_NAME = re.compile(r"_p(\d{8})$")
 LOCK_TIMEOUT = "5s"
 LOCK_ATTEMPTS = 3
 # pg_advisory_xact_lock keys: "part" for partition work; "totl" is the lock the log_totals
-# triggers take (migration ..._log_totals): pruning the totals waits for every writer's.
+# triggers take (the baseline migration): pruning the totals waits for every writer's.
 PARTITIONS_LOCK = 1885434484
 TOTALS_LOCK = 1953461356
 

@@ -1,124 +1,110 @@
-"""mail_logs and rejection_logs partitioned by day, against a real PostgreSQL: the migration
-turns plain tables with rows over many days into partitioned ones (and back) losing nothing,
-the dashboard and tracking queries answer the same, and ingestion keeps every row when no
-partition exists for its day."""
+"""mail_logs and rejection_logs partitioned by day, against a real PostgreSQL: a fresh database
+has the partitions of the days ahead (UTC days, whatever the database's time zone) and a default
+one, every row lands in the partition of its UTC day or else in the default one, and ingestion
+keeps every row when no partition exists for its day."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import NamedTuple
 
-from piccolo.apps.migrations.commands.backwards import run_backwards
-from piccolo.apps.migrations.commands.forwards import run_forwards
+import asyncpg
+import pytest
 
-from app import reports
 from app.db.tables import MailLog, RejectionLog
 from app.jobs import ingest, retention
+from tests.integration.test_cli import run
 from tests.integration.test_log_totals import KEPT, RECOUNT, table
 from tests.loggen import traffic
 
-MIGRATION = "2026-12-05T11:00:00:000000"
 NOW = dt.datetime.now(dt.UTC)
 TODAY = retention.utc_day(NOW)
 DAY = dt.timedelta(days=1)
-STATUSES = ("sent", "sent", "deferred", "bounced", "expired")
+TABLES = ("mail_logs", "rejection_logs")
+# A zone whose date is not UTC's at the moment the tests run (UTC+14 from 10:00 UTC on,
+# UTC-11 before), so that partitions cut at local midnights would show.
+ZONE = "Pacific/Kiritimati" if NOW.hour >= 10 else "Pacific/Pago_Pago"
 
 
-async def seed_days(days: int) -> None:
-    """Messages on each of `days` days back (and today), two to three rows each, some of them
-    delivered days after they came, from a few senders to a few domains; rejects besides."""
-    rows, rejects = [], []
-    for back in range(days + 1):
-        for n in range(6):
-            at = NOW - back * DAY - dt.timedelta(hours=n * 3, minutes=n)
-            for r in range(2 + n % 2):
-                rows.append(
-                    MailLog(
-                        at=at + dt.timedelta(days=r if n == 5 else 0, minutes=r),
-                        node_id="a",
-                        queue_id=f"Q{back}x{n}",
-                        message_id=f"{back}.{n}@app.example",
-                        sender=f"s{n % 3}@app{n % 2}.example",
-                        recipient=f"r{r}@dest{n % 4}.example",
-                        status=STATUSES[(back + n + r) % 5],
-                        size=1000 + n,
-                    )
-                )
-            rejects.append(RejectionLog(at=at, node_id="a", client=f"c{back}.{n}", code=554))
-    await MailLog.insert(*rows)
-    await RejectionLog.insert(*rejects)
+class Fresh(NamedTuple):
+    connection: asyncpg.Connection
+    today: dt.datetime  # the UTC day the migration ran on
 
 
-async def everything() -> dict[str, Any]:
-    """The rows, the totals, and what the GUI shows from them."""
-    return {
-        "mail_logs": await MailLog.select().order_by(MailLog.id),
-        "rejection_logs": await RejectionLog.select().order_by(RejectionLog.id),
-        "log_totals": await table(KEPT),
-        "tiles": await reports.kpi_tiles(14),
-        "traffic": await reports.hourly_traffic(),
-        "rejects": await reports.recent_rejects(),
-        "by sender": await reports.search_messages(sender="s1@app1.example"),
-        "by recipient domain": await reports.search_messages(recipient="@dest2.example"),
-        "by queue ID": await reports.lifecycle("Q3x5"),
-        "since": await reports.search_messages(since=NOW - 4 * DAY, until=NOW - 2 * DAY),
+@pytest.fixture(scope="module")
+async def fresh(pg_cluster) -> AsyncIterator[Fresh]:
+    """A database in ZONE that `mailrelay migrate` made, and a connection to it."""
+    name = "partitions_fresh"
+    pg_cluster.drop_database(name)
+    url = pg_cluster.create_database(name)
+    admin = await asyncpg.connect(url)
+    await admin.execute(f"ALTER DATABASE {name} SET timezone TO '{ZONE}'")
+    await admin.close()
+    today = retention.utc_day(dt.datetime.now(dt.UTC))
+    result = run("migrate", env={"DATABASE_URL": url})
+    assert result.returncode == 0, result.stderr
+    # A run that crossed midnight UTC: its partitions start a day later.
+    assert retention.utc_day(dt.datetime.now(dt.UTC)) == today, "migrated at midnight: run again"
+    connection = await asyncpg.connect(url)
+    assert await connection.fetchval("SHOW timezone") == ZONE
+    yield Fresh(connection, today)
+    await connection.close()
+    pg_cluster.drop_database(name)
+
+
+async def test_a_fresh_database_has_a_partition_per_utc_day_ahead_and_a_default_one(fresh):
+    db, today = fresh
+    for name in TABLES:
+        shape = await db.fetchrow(
+            "SELECT relkind::text AS kind, (SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = c.oid AND contype = 'p') AS pkey FROM pg_class AS c"
+            " WHERE oid = $1::regclass",
+            name,
+        )
+        assert dict(shape) == {"kind": "p", "pkey": "PRIMARY KEY (id, at)"}
+        partitions = await db.fetch(
+            "SELECT inhrelid::regclass::text AS name FROM pg_inherits"
+            " WHERE inhparent = $1::regclass",
+            name,
+        )
+        assert {row["name"] for row in partitions} == {
+            *(retention.partition_name(name, today + i * DAY) for i in range(8)),
+            f"{name}_default",
+        }
+
+
+async def test_each_row_lands_in_the_partition_of_its_utc_day_or_else_the_default_one(fresh):
+    db, today = fresh
+    last = today + 7 * DAY
+    just_before = dt.timedelta(microseconds=1)
+    places = {
+        today: retention.partition_name("{}", today),
+        today + DAY - just_before: retention.partition_name("{}", today),
+        today + DAY: retention.partition_name("{}", today + DAY),
+        last + dt.timedelta(hours=23): retention.partition_name("{}", last),
+        # Before the first partition and after the last: kept all the same.
+        today - just_before: "{}_default",
+        last + DAY: "{}_default",
+        today - 400 * DAY: "{}_default",
     }
-
-
-async def shape(name: str) -> dict[str, Any]:
-    rows = await MailLog.raw(
-        "SELECT c.relkind::text AS kind, "
-        " (SELECT pg_get_constraintdef(oid) FROM pg_constraint "
-        "  WHERE conrelid = c.oid AND contype = 'p') AS pkey, "
-        # ORDER BY the name itself: `ORDER BY 1` inside an aggregate sorts by the constant 1.
-        " (SELECT array_agg(indexrelid::regclass::text ORDER BY indexrelid::regclass::text)"
-        "  FROM pg_index "
-        "  WHERE indrelid = c.oid) AS indexes, "
-        " (SELECT array_agg(tgname::text ORDER BY tgname::text) FROM pg_trigger "
-        "  WHERE tgrelid = c.oid AND NOT tgisinternal) AS triggers, "
-        " pg_get_serial_sequence({}, 'id') AS sequence "
-        "FROM pg_class AS c WHERE c.oid = {}::regclass",
-        name,
-        name,
-    )
-    return rows[0]
-
-
-async def test_the_migration_converts_rows_over_many_days_and_back_losing_nothing():
-    await seed_days(20)
-    partitioned = {name: await shape(name) for name in ("mail_logs", "rejection_logs")}
-    assert partitioned["mail_logs"]["kind"] == "p"
-    assert partitioned["mail_logs"]["pkey"] == "PRIMARY KEY (id, at)"
-    start = await everything()
-    assert len(start["mail_logs"]) == 21 * 15 and len(start["rejection_logs"]) == 21 * 6
-    assert start["log_totals"] == await table(RECOUNT)
-    assert start["by sender"] and start["by recipient domain"] and start["since"]
-    try:
-        back = await run_backwards(app_name="mailrelay", migration_id=MIGRATION, auto_agree=True)
-        assert back.success, back.message
-        plain = await shape("mail_logs")
-        assert plain["kind"] == "r" and plain["pkey"] == "PRIMARY KEY (id)"
-        assert await everything() == start
-    finally:
-        forwards = await run_forwards(app_name="mailrelay")
-    assert forwards.success, forwards.message
-
-    # Everything as it was, now in one partition per day: counts, ids, every value.
-    assert await everything() == start
-    assert {name: await shape(name) for name in partitioned} == partitioned
-    days = {retention.utc_day(row["at"]) for row in start["mail_logs"]}
-    placed = await MailLog.raw(
-        "SELECT tableoid::regclass::text AS part, count(*) AS n FROM mail_logs GROUP BY 1"
-    )
-    assert {row["part"] for row in placed} == {
-        retention.partition_name("mail_logs", day) for day in days
-    }
-    # The sequence counts on past the moved ids; the triggers count new rows again.
-    await MailLog.insert(MailLog(at=NOW, node_id="a", queue_id="after", status="sent"))
-    new = await MailLog.select(MailLog.id).where(MailLog.queue_id == "after").first()
-    assert new["id"] > max(row["id"] for row in start["mail_logs"])
-    assert await table(KEPT) == await table(RECOUNT)
+    for n, at in enumerate(places):
+        await db.execute(
+            "INSERT INTO mail_logs (at, node_id, queue_id, status) VALUES ($1, 'a', $2, 'sent')",
+            at,
+            f"Q{n}",
+        )
+        await db.execute("INSERT INTO rejection_logs (at, node_id, code) VALUES ($1, 'a', 554)", at)
+    for name in TABLES:
+        rows = await db.fetch(f"SELECT at, tableoid::regclass::text AS part FROM {name}")  # noqa: S608
+        assert {row["at"]: row["part"] for row in rows} == {
+            at: part.format(name) for at, part in places.items()
+        }
+    # The totals count rows in every partition, the default one included.
+    kept, recount = await db.fetch(KEPT), await db.fetch(RECOUNT)
+    assert len(kept) == len(places)
+    assert sorted(map(tuple, kept)) == sorted(map(tuple, recount))
 
 
 async def test_ingestion_keeps_every_row_when_no_partition_exists_for_its_day(settings, tmp_path):
