@@ -32,16 +32,17 @@ async def seed() -> None:
     """A busy application every day; one that stopped sending ten days ago."""
     await MailLog.raw(
         "INSERT INTO mail_logs (at, node_id, queue_id, message_id, sender, recipient, status, "
-        "size) SELECT {}::timestamptz - (n || ' seconds')::interval * {}::float8, 'a', 'Q' || n, n || '@busy', "
-        "'app@busy.example', 'r@dest.example', 'sent', 1000 FROM generate_series(1, {}) AS n",
+        "size) SELECT {}::timestamptz - (n || ' seconds')::interval * {}::float8, 'a', "
+        "'Q' || n, n || '@busy', 'app@busy.example', 'r@dest.example', 'sent', 1000 "
+        "FROM generate_series(1, {}) AS n",
         NOW,
         86400 / BUSY_PER_DAY,
         DAYS * BUSY_PER_DAY,
     )
     await MailLog.raw(
         "INSERT INTO mail_logs (at, node_id, queue_id, message_id, sender, recipient, status, "
-        "size) SELECT {}::timestamptz - interval '10 days' - (n || ' minutes')::interval, 'a', 'O' || n, "
-        "n || '@old', 'batch@old.example', 'r@dest.example', 'sent', 1000 "
+        "size) SELECT {}::timestamptz - interval '10 days' - (n || ' minutes')::interval, "
+        "'a', 'O' || n, n || '@old', 'batch@old.example', 'r@dest.example', 'sent', 1000 "
         "FROM generate_series(1, 500) AS n",
         NOW,
     )
