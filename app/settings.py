@@ -47,6 +47,8 @@ class AlertSettings:
     cert_days: float = 14.0
     spool_dir: Path = Path("/var/spool/postfix")
     spool_percent: float = 90.0
+    # The language of the alert e-mail's text (the webhook's JSON keeps English keys and texts).
+    language: str = "en"
 
 
 @dataclass(frozen=True)
@@ -489,6 +491,7 @@ def _alerts(r: _Reader) -> AlertSettings:
         cert_days=r.number("ALERT_CERT_DAYS", 14.0, 0.0, 3650.0),
         spool_dir=r.path("ALERT_SPOOL_DIR", "/var/spool/postfix") or Path(),
         spool_percent=r.number("ALERT_SPOOL_PERCENT", 90.0, 1.0, 100.0),
+        language=r.choice("ALERT_LANGUAGE", "en", ("en", "de")),
     )
 
 

@@ -16,13 +16,16 @@ import smtplib
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime as rfc2822_date
+from email.utils import make_msgid
 from typing import Any
 
 import httpx
 
 from app.alerts.conditions import TITLES
+from app.messages import Message
 from app.settings import Settings
+from app.web.i18n import format_datetime, translator
 
 log = logging.getLogger("mailrelay.alerts")
 
@@ -35,13 +38,14 @@ class NotifyError(Exception):
 
 
 @dataclass(frozen=True)
-class Message:
+class AlertNotice:
     node_id: str
     hostname: str
     key: str
     started: bool  # True: the condition began to hold; False: it cleared
     since: dt.datetime
-    summary: str
+    text: str  # the finding's text, an i18n key with %s places for `values`
+    values: tuple[str, ...]
     at: dt.datetime
 
     @property
@@ -49,19 +53,33 @@ class Message:
         return TITLES.get(self.key, self.key)
 
     @property
-    def subject(self) -> str:
-        what = "ALERT" if self.started else "cleared"
-        return f"[mailrelay {self.node_id}] {what}: {self.title}"
+    def summary(self) -> str:
+        return self.text % self.values if self.values else self.text
 
-    def body(self) -> str:
-        since = self.since.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        state = "holds since" if self.started else "cleared at"
-        return (
-            f"{self.title} on node {self.node_id} ({self.hostname}): {state} {since}.\n\n"
-            f"{self.summary}\n\n"
-            "One message says when an alert starts and one when it clears; the node's dashboard "
-            "lists the active ones.\n"
+    def subject(self, language: str = "en") -> str:
+        _ = translator(language)
+        what = Message("ALERT") if self.started else Message("cleared")
+        return _(
+            Message("[mailrelay {node}] {what}: {title}", node=self.node_id, what=what,
+                 title=_(self.title))
+        )  # fmt: skip
+
+    def body(self, language: str = "en") -> str:
+        _ = translator(language)
+        since = format_datetime(self.since.astimezone(dt.UTC), language, seconds=True) + " UTC"
+        params = {"title": _(self.title), "node": self.node_id, "host": self.hostname}
+        state = (
+            Message("{title} on node {node} ({host}): holds since {since}.", since=since, **params)
+            if self.started
+            else Message(
+                "{title} on node {node} ({host}): cleared at {since}.", since=since, **params
+            )
         )
+        footer = Message(
+            "One message says when an alert starts and one when it clears; the node's dashboard "
+            "lists the active ones."
+        )
+        return f"{_(state)}\n\n{_(self.text, *self.values)}\n\n{_(footer)}\n"
 
     def json(self) -> dict[str, Any]:
         return {
@@ -85,24 +103,24 @@ def channels(settings: Settings) -> list[str]:
     return wanted
 
 
-async def send(settings: Settings, channel: str, message: Message) -> None:
+async def send(settings: Settings, channel: str, message: AlertNotice) -> None:
     if channel == "email":
         await asyncio.to_thread(_send_email, settings, message)
     else:
         await _post_webhook(settings, message)
 
 
-def _send_email(settings: Settings, message: Message) -> None:
+def _send_email(settings: Settings, message: AlertNotice) -> None:
     limits = settings.alerts
     assert limits.sender is not None  # load_settings requires it with ALERT_EMAIL
     mail = EmailMessage()
     mail["From"] = limits.sender
     mail["To"] = ", ".join(limits.email)
-    mail["Subject"] = message.subject
-    mail["Date"] = format_datetime(message.at)
+    mail["Subject"] = message.subject(limits.language)
+    mail["Date"] = rfc2822_date(message.at)
     mail["Message-ID"] = make_msgid("mailrelay-alert", limits.sender.rpartition("@")[2])
     mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to this
-    mail.set_content(message.body())
+    mail.set_content(message.body(limits.language))
     try:
         with smtplib.SMTP(limits.smtp_host, limits.smtp_port, timeout=SMTP_TIMEOUT) as smtp:
             refused = smtp.send_message(mail)
@@ -134,7 +152,7 @@ def _refusal(recipients: dict[str, tuple[int, bytes]]) -> str:
     )
 
 
-async def _post_webhook(settings: Settings, message: Message) -> None:
+async def _post_webhook(settings: Settings, message: AlertNotice) -> None:
     url = settings.alerts.webhook_url
     assert url is not None
     ca = settings.alerts.webhook_ca_file

@@ -115,13 +115,14 @@ async def _notify(
                 continue
             if not await state.claim(settings.node_id, notice, alert.active, now):
                 continue  # another run sent it
-            message = notify.Message(
+            message = notify.AlertNotice(
                 settings.node_id,
                 settings.hostname,
                 alert.key,
                 alert.active,
                 alert.since,
-                alert.summary,
+                alert.text,
+                alert.values,
                 now,
             )
             try:

@@ -654,6 +654,15 @@ GERMAN: dict[str, str] = {
     "Postfix did not check this version: {error}": "Postfix hat diese Version nicht geprüft: {error}",
     "the agent refused the check: {error}": "der Agent hat die Prüfung abgelehnt: {error}",
     "not applied: {error}": "nicht übernommen: {error}",
+    # -- the alert e-mail (ALERT_LANGUAGE=de) --
+    "ALERT": "ALARM",
+    "cleared": "behoben",
+    "[mailrelay {node}] {what}: {title}": "[mailrelay {node}] {what}: {title}",
+    "{title} on node {node} ({host}): holds since {since}.": "{title} auf Knoten {node} ({host}): besteht seit {since}.",
+    "{title} on node {node} ({host}): cleared at {since}.": "{title} auf Knoten {node} ({host}): behoben um {since}.",
+    "One message says when an alert starts and one when it clears; the node's dashboard lists "
+    "the active ones.": "Eine Nachricht meldet den Beginn eines Alarms, eine sein Ende; das "
+    "Dashboard des Knotens listet die aktiven.",
 }
 
 

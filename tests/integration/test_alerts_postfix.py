@@ -29,7 +29,7 @@ settings = load_settings({
     "ALERT_EMAIL": "ops@dest.example", "ALERT_FROM": sys.argv[1],
 })
 now = dt.datetime.now(dt.UTC)
-message = notify.Message("a", "relay-a", "queue_size", True, now, "5000 messages", now)
+message = notify.AlertNotice("a", "relay-a", "queue_size", True, now, "5000 messages", (), now)
 try:
     asyncio.run(notify.send(settings, "email", message))
 except notify.NotifyError as exc:

@@ -67,6 +67,7 @@ SAME_IN_GERMAN = {
     "Code",
     "Map",
     "Cluster",
+    "[mailrelay {node}] {what}: {title}",
     "{network} is too wide: trusting it would come close to an open relay (at least /{floor}).",
 }
 
@@ -89,9 +90,8 @@ def _called(node: ast.Call) -> str:
     func = node.func
     if isinstance(func, ast.Name):
         return func.id
-    # mfa.MfaError(...) counts; notify.Message (an alert e-mail) is another thing.
-    attr = getattr(func, "attr", "")
-    return "" if attr == "Message" else attr
+    # mfa.MfaError(...) counts.
+    return getattr(func, "attr", "")
 
 
 def _python_calls() -> list[tuple[str, ast.Call]]:
