@@ -519,6 +519,18 @@ GERMAN: dict[str, str] = {
     "A token allows at most {count} source networks.": "Ein Token erlaubt höchstens {count} Quellnetze.",
     "The lifetime is a whole number of days from 1 to {most}.": "Die Gültigkeit ist eine ganze Zahl von Tagen von 1 bis {most}.",
     "There is no queue action {action}: one of {actions}.": "Es gibt keine Warteschlangen-Aktion {action}: eine von {actions}.",
+    # Both nodes' traffic on the dashboard (templates/dashboard/_traffic.html), and which node
+    # logged what in message tracking.
+    "Each node counts what its own Postfix logged: mail that one node deferred and the other delivered after a failover is a deferral attempt on the first and a delivery on the second. What still waits is the deferred queue now.": "Jeder Knoten zählt, was sein eigenes Postfix protokolliert hat: Mail, die ein Knoten zurückgestellt und der andere nach einem Failover zugestellt hat, ist auf dem ersten ein zurückgestellter Versuch und auf dem zweiten eine Zustellung. Was noch wartet, zeigt die Warteschlange der zurückgestellten Mail jetzt.",
+    "Deferral attempts": "Zurückgestellte Versuche",
+    "Deferred now, waiting in the queue": "Jetzt zurückgestellt, in der Warteschlange",
+    "Total": "Gesamt",
+    "peer": "Partner",
+    "The peer's figures are asked for after the page has loaded.": "Die Zahlen des Partnerknotens werden nach dem Laden der Seite abgefragt.",
+    "Both nodes' traffic": "Verkehr beider Knoten",
+    "The peer's figures are unavailable: %s": "Die Zahlen des Partnerknotens sind nicht verfügbar: %s",
+    "Rows from the log of node %s (this node). Mail the peer delivered is in the peer's own log.": "Zeilen aus dem Protokoll von Knoten %s (dieser Knoten). Mail, die der Partnerknoten zugestellt hat, steht in dessen eigenem Protokoll.",
+    "The same search on the peer": "Dieselbe Suche auf dem Partnerknoten",
     # The GUI always answers: running actions, errors in place, paging and sorting.
     "The server answered %s.": "Der Server antwortete mit %s.",
     "The server did not answer: check the connection and try again.": "Der Server hat nicht geantwortet: Prüfen Sie die Verbindung und versuchen Sie es erneut.",
