@@ -283,7 +283,8 @@ async def test_tracking_says_which_node_logged_each_row_and_links_to_the_peers(
     await b_sql(
         node_b,
         "INSERT INTO app_users (username, password_hash, role, must_change_password,"
-        " failed_logins, created_at) VALUES ('reader', $1, 'readonly', false, 0, now()) ON CONFLICT DO NOTHING",
+        " failed_logins, created_at) VALUES ('reader', $1, 'readonly', false, 0, now())"
+        " ON CONFLICT DO NOTHING",
         _hash(PASSWORD),
     )
     client = await login_as("readonly")
