@@ -136,10 +136,14 @@ class NodeStatus(Controller):
 
     @get(status.TRAFFIC_PATH, opt={"api": "cluster"})
     async def api_traffic(
-        self, request: Req, days: Annotated[int, QueryParameter(ge=1, le=3650)]
+        self, request: Req, days: Annotated[int | None, QueryParameter(ge=1, le=3650)] = None
     ) -> status.Status:
-        """This node's traffic for the asking node's dashboard windows (its retention days)."""
-        return await status.node_traffic(request.app.state.settings, request.app.state.agent, days)
+        """This node's traffic for the asking node's dashboard windows (its retention days;
+        without them, this node's own)."""
+        settings = request.app.state.settings
+        return await status.node_traffic(
+            settings, request.app.state.agent, days or settings.retention_days
+        )
 
     @get("/metrics", opt={"api": "read"})
     async def prometheus(self, request: Req) -> Response[str]:
