@@ -92,16 +92,21 @@ def _next_period(moment: dt.datetime) -> dt.datetime:
     return start + periods * TOTALS_PERIOD
 
 
-async def kpi_tiles(retention_days: int) -> list[dict[str, Any]]:
-    """Accepted, delivered, deferred, bounced, rejected for 1 h, 24 h and the retention period."""
-    now = dt.datetime.now(dt.UTC)
-    periods = [
+def tile_spans(retention_days: int) -> list[tuple[str, dt.timedelta]]:
+    """The dashboard's time windows, as both nodes count them: 1 h, 24 h, the retention period."""
+    return [
         ("1h", dt.timedelta(hours=1)),
         ("24h", dt.timedelta(hours=24)),
         ("retention", dt.timedelta(days=retention_days)),
     ]
+
+
+async def kpi_tiles(retention_days: int) -> list[dict[str, Any]]:
+    """Accepted, delivered, deferred (deferral events: one per recipient and attempt), bounced,
+    rejected for each of tile_spans()."""
+    now = dt.datetime.now(dt.UTC)
     tiles = []
-    for key, span in periods:
+    for key, span in tile_spans(retention_days):
         since = now - span
         whole = _next_period(since)
         # _TILE's placeholders in order (Piccolo numbers them as they come).

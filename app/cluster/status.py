@@ -9,6 +9,9 @@ key instead of failing the whole status, and the dashboard shows everything else
 The status is plain JSON data: the peer's arrives as JSON (GET /api/cluster/status), and both
 are shown and exported the same way. Ages are computed by the node that reports them, so the
 two nodes' clocks need not agree.
+
+A node's traffic (GET /api/cluster/traffic) is the dashboard's: its figures for the dashboard's
+time windows and its deferred queue now, each node's from its own log and its own Postfix.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import datetime as dt
 import importlib.metadata
 from typing import Any
 
+from app import reports
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import configstate, health
 from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
@@ -34,6 +38,7 @@ except importlib.metadata.PackageNotFoundError:  # a checkout run without instal
 Status = dict[str, Any]
 
 STATUS_PATH = "/api/cluster/status"
+TRAFFIC_PATH = "/api/cluster/traffic"
 # The dashboard waits for the peer's status: an unreachable peer must cost seconds, not the
 # 10 s of a config pull. The peer's own status waits at most AGENT_TIMEOUT for its agent.
 PEER_TIMEOUT = 3.0
@@ -114,6 +119,7 @@ async def _vip(settings: Settings, agent: AgentClient) -> Status:
 async def _queue(agent: AgentClient) -> Status:
     unknown = {
         "messages": None,
+        "deferred": None,
         "replica_files": None,
         "replica_bytes": None,
         "shadow_stored": None,
@@ -129,6 +135,8 @@ async def _queue(agent: AgentClient) -> Status:
     shadow = state.get("shadow") or {}
     return {
         "messages": sum(state["queue"].values()),
+        # Waiting for a retry now: what a deferral that the peer since delivered is not.
+        "deferred": state["queue"].get("deferred"),
         "postfix_running": state["postfix_running"],
         "replica_files": replica.get("files"),
         "replica_bytes": replica.get("bytes"),
@@ -263,8 +271,8 @@ async def _config(settings: Settings) -> Status:
 # -- the peer ---------------------------------------------------------------------------------
 
 
-async def peer_status(settings: Settings) -> Status:
-    """{"reachable": True, "status": <the peer's node status>}, or {"reachable": False,
+async def _peer_get(settings: Settings, path: str, params: dict[str, Any] | None = None) -> Status:
+    """{"reachable": True, "body": <the peer's JSON object at `path`>}, or {"reachable": False,
     "error": "unreachable: <why>"} within PEER_TIMEOUT; never raises."""
     try:
         api = PeerApi.from_settings(settings)
@@ -277,7 +285,7 @@ async def peer_status(settings: Settings) -> Status:
         async with (
             asyncio.timeout(PEER_TIMEOUT),
             peer_request(
-                api.url, api.token, api.tls, "GET", STATUS_PATH, timeout=PEER_TIMEOUT
+                api.url, api.token, api.tls, "GET", path, params=params, timeout=PEER_TIMEOUT
             ) as response,
         ):
             if response.status_code != 200:
@@ -293,7 +301,16 @@ async def peer_status(settings: Settings) -> Status:
     if not isinstance(body.get("node_id"), str):
         why = Message("the peer's answer is not a status")
         return {"reachable": False, "error": _unreachable(why)}
-    return {"reachable": True, "status": with_messages(body)}
+    return {"reachable": True, "body": body}
+
+
+async def peer_status(settings: Settings) -> Status:
+    """{"reachable": True, "status": <the peer's node status>}, or {"reachable": False,
+    "error": "unreachable: <why>"} within PEER_TIMEOUT; never raises."""
+    answer = await _peer_get(settings, STATUS_PATH)
+    if answer["reachable"]:
+        return {"reachable": True, "status": with_messages(answer["body"])}
+    return answer
 
 
 def _unreachable(why: str) -> Message:
@@ -335,6 +352,75 @@ def with_messages(node: Status) -> Status:
         else:
             out[key] = value
     return out
+
+
+# -- the traffic of both nodes ----------------------------------------------------------------
+
+TRAFFIC_FIGURES = ("accepted", "delivered", "deferred", "bounced", "rejected")
+
+
+async def node_traffic(settings: Settings, agent: AgentClient, retention_days: int) -> Status:
+    """This node's figures for the dashboard's windows (last hour, 24 hours, `retention_days`
+    days: reports.kpi_tiles, from log_totals), and its deferred queue now. A deferral counted
+    in a window happened; whether the mail still waits is the queue's to say (after a failover
+    the peer may have delivered it, and this node's reconcile deleted its copy)."""
+    windows, queue = await asyncio.gather(reports.kpi_tiles(retention_days), _queue(agent))
+    part: Status = {
+        "node_id": settings.node_id,
+        "at": dt.datetime.now(dt.UTC).isoformat(),
+        "retention_days": retention_days,
+        "windows": [
+            {"period": w["period"], **{key: int(w[key]) for key in TRAFFIC_FIGURES}}
+            for w in windows
+        ],
+        "deferred_now": queue["deferred"],
+    }
+    if queue["deferred"] is None:
+        part["unknown"] = queue.get("unknown") or "the agent did not say"
+    return part
+
+
+async def peer_traffic(settings: Settings, retention_days: int) -> Status:
+    """{"reachable": True, "traffic": <the peer's node_traffic for the same windows>}, or
+    {"reachable": False, "error": ...} within PEER_TIMEOUT; never raises. The peer's answer is
+    untrusted input: a figure that is not a count makes the whole answer unusable."""
+    answer = await _peer_get(settings, TRAFFIC_PATH, {"days": retention_days})
+    if not answer["reachable"]:
+        return answer
+    body = answer["body"]
+    windows = body.get("windows")
+    expected = [period for period, _ in reports.tile_spans(retention_days)]
+    if (
+        not isinstance(windows, list)
+        or [w.get("period") if isinstance(w, dict) else None for w in windows] != expected
+        or not all(_count(w.get(key)) for w in windows for key in TRAFFIC_FIGURES)
+        or not (body.get("deferred_now") is None or _count(body["deferred_now"]))
+    ):
+        why = Message("the peer's answer is not its traffic")
+        return {"reachable": False, "error": _unreachable(why)}
+    return {"reachable": True, "traffic": body}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def traffic_totals(this: Status, peer: Status) -> Status:
+    """Both nodes' windows added up, and their deferred queues (None where a node's is
+    unknown). `peer` is what peer_traffic answered; unreachable, there is no total."""
+    if not peer.get("reachable"):
+        return {}
+    other = peer["traffic"]
+    windows = [
+        {"period": mine["period"], **{key: mine[key] + theirs[key] for key in TRAFFIC_FIGURES}}
+        for mine, theirs in zip(this["windows"], other["windows"], strict=True)
+    ]
+    deferred = (
+        None
+        if this["deferred_now"] is None or other.get("deferred_now") is None
+        else this["deferred_now"] + other["deferred_now"]
+    )
+    return {"windows": windows, "deferred_now": deferred}
 
 
 # -- both -------------------------------------------------------------------------------------

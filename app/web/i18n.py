@@ -519,6 +519,17 @@ GERMAN: dict[str, str] = {
     "A token allows at most {count} source networks.": "Ein Token erlaubt höchstens {count} Quellnetze.",
     "The lifetime is a whole number of days from 1 to {most}.": "Die Gültigkeit ist eine ganze Zahl von Tagen von 1 bis {most}.",
     "There is no queue action {action}: one of {actions}.": "Es gibt keine Warteschlangen-Aktion {action}: eine von {actions}.",
+    # Both nodes' traffic on the dashboard (templates/dashboard/_traffic.html), and which node
+    # logged what in message tracking.
+    "Each node counts what its own Postfix logged: mail that one node deferred and the other delivered after a failover is a deferral attempt on the first and a delivery on the second. What still waits is the deferred queue now.": "Jeder Knoten zählt, was sein eigenes Postfix protokolliert hat: Mail, die ein Knoten zurückgestellt und der andere nach einem Failover zugestellt hat, ist auf dem ersten ein zurückgestellter Versuch und auf dem zweiten eine Zustellung. Was noch wartet, zeigt die Warteschlange der zurückgestellten Mail jetzt.",
+    "Deferral attempts": "Zurückgestellte Versuche",
+    "Deferred now, waiting in the queue": "Jetzt zurückgestellt, in der Warteschlange",
+    "Total": "Gesamt",
+    "The peer's figures are asked for after the page has loaded.": "Die Zahlen des Partnerknotens werden nach dem Laden der Seite abgefragt.",
+    "Both nodes' traffic": "Verkehr beider Knoten",
+    "The peer's figures are unavailable: %s": "Die Zahlen des Partnerknotens sind nicht verfügbar: %s",
+    "Rows from the log of node %s (this node). Mail the peer delivered is in the peer's own log.": "Zeilen aus dem Protokoll von Knoten %s (dieser Knoten). Mail, die der Partnerknoten zugestellt hat, steht in dessen eigenem Protokoll.",
+    "The same search on the peer": "Dieselbe Suche auf dem Partnerknoten",
     # The GUI always answers: running actions, errors in place, paging and sorting.
     "The server answered %s.": "Der Server antwortete mit %s.",
     "The server did not answer: check the connection and try again.": "Der Server hat nicht geantwortet: Prüfen Sie die Verbindung und versuchen Sie es erneut.",
@@ -540,8 +551,6 @@ GERMAN: dict[str, str] = {
     "Rejection log": "Abweisungsprotokoll",
     "Traffic by node": "Verkehr je Knoten",
     "As each node's own log says so far: one row per recipient and attempt, so a message deferred on one node and delivered by the other after a failover counts as deferred on the first and delivered on the second.": "So, wie es das eigene Protokoll jedes Knotens bisher sagt: eine Zeile je Empfänger und Versuch. Eine Nachricht, die auf einem Knoten zurückgestellt und nach einem Failover vom anderen zugestellt wurde, zählt also auf dem ersten als zurückgestellt und auf dem zweiten als zugestellt.",
-    "Figures of this node (%s), from its own Postfix log. Mail the peer delivered counts on the peer: see Traffic by node under Cluster status.": "Zahlen dieses Knotens (%s) aus seinem eigenen Postfix-Protokoll. Mail, die der Partnerknoten zugestellt hat, zählt dort: siehe Verkehr je Knoten unter Cluster-Status.",
-    "This node's log: mail the peer delivered is in the peer's own tracking.": "Das Protokoll dieses Knotens: Mail, die der Partnerknoten zugestellt hat, steht in dessen eigener Nachverfolgung.",
     # Server-side texts of the agent, the config pipeline and the cluster (issue 16). What a
     # program printed (Postfix, rsync, systemctl, the C library's strerror) arrives as a
     # parameter and stays as it was: it cannot be translated, and half a translation would
@@ -622,6 +631,7 @@ GERMAN: dict[str, str] = {
     "the peer answered HTTP {status}": "der Partner antwortete mit HTTP {status}",
     "the peer's answer": "die Antwort des Partners",
     "the peer's answer is not a status": "die Antwort des Partners ist kein Status",
+    "the peer's answer is not its traffic": "die Antwort des Partners sind nicht seine Zahlen",
     "agent: {error}": "Agent: {error}",
     "the agent did not answer within {seconds:g} s (busy with a queue sync, an import or a switchover)": "der Agent hat nicht innerhalb von {seconds:g} s geantwortet (beschäftigt mit einem Queue-Sync, einem Import oder einem Wechsel)",
     "keepalived has reported no VRRP state on this node yet": "keepalived hat auf diesem Knoten noch keinen VRRP-Zustand gemeldet",

@@ -1,5 +1,6 @@
-"""Fixtures for the browser tests: `mailrelay serve` as a real HTTPS server on its own database,
-and a fresh headless Chromium page per test (Debian's /usr/bin/chromium driven by Playwright).
+"""Fixtures for the browser tests: `mailrelay serve` as a real HTTPS server on its own database
+(tests/nodeprocess.py), and a fresh headless Chromium page per test (Debian's /usr/bin/chromium
+driven by Playwright).
 
 The Playwright sync API is used inside plain `def` tests. It runs its own event loop, so the page
 fixture is function-scoped: it is started and stopped inside one test, while no pytest-asyncio
@@ -8,22 +9,15 @@ fixture runs.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
+from tests.nodeprocess import Server, serve_node
 from tests.pgcluster import PostgresCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,41 +33,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-STARTUP_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    base_url: str
-    state_dir: Path
-    log_file: Path
-    process: subprocess.Popen[bytes]
-    admin_password: str  # the first admin's one-time password, as the install prints it
-
-    def output(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except OSError:
-            return "(no server output)"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -82,95 +41,10 @@ def server(request: pytest.FixtureRequest, pg_cluster: PostgresCluster) -> Itera
     (plus the settings a test module's SERVER_ENV adds)."""
     if not HTMX_LOCAL.is_file():
         pytest.skip(f"{HTMX_LOCAL} is missing: run scripts/test (its bootstrap fetches htmx)")
-    database = "mailrelay_browser"
-    pg_cluster.drop_database(database)
-    dsn = pg_cluster.create_database(database)
-    tmp = Path(tempfile.mkdtemp(prefix="mailrelay-browser-"))
-    state_dir = tmp / "state"
-    state_dir.mkdir()
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn,
-        "STATE_DIR": str(state_dir),
-        "HTMX_SOURCE": "local",
-        "NODE_ID": "a",
-        "NODE_IP": "127.0.0.1",
-        "CLUSTER_MODE": "master",
-        "PICCOLO_CONF": "app.piccolo_conf",
-        "PYTHONUNBUFFERED": "1",
-        **getattr(request.module, "SERVER_ENV", {}),
-    }
-    for name in ("SECRET_KEY_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE", "MASTER_API_URL"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "app.cli"]
-    migrated = subprocess.run(
-        [*command, "migrate"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if migrated.returncode != 0:
-        raise RuntimeError(
-            f"mailrelay migrate failed (exit {migrated.returncode}):\n"
-            f"{migrated.stdout}{migrated.stderr}"
-        )
-    first_admin = subprocess.run(
-        [*command, "create-first-admin"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    port = _free_port()
-    log_file = tmp / "server.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    running = Server(
-        f"https://127.0.0.1:{port}", state_dir, log_file, process, first_admin.stdout.strip()
-    )
-    try:
-        _wait_healthy(running)
+    with serve_node(
+        pg_cluster, "mailrelay_browser", getattr(request.module, "SERVER_ENV", {})
+    ) as running:
         yield running
-    finally:
-        _stop(process)
-
-
-def _wait_healthy(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    last_error = "no answer yet"
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"mailrelay serve exited with status {server.process.returncode} before it "
-                f"answered /healthz:\n{server.output()}"
-            )
-        try:
-            # The server made a self-signed certificate for itself: nothing to verify against.
-            response = httpx.get(f"{server.base_url}/healthz", verify=False, timeout=2.0)  # noqa: S501
-            if response.status_code == 200 and response.json() == {"status": "ok"}:
-                return
-            last_error = f"HTTP {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last_error = repr(exc)
-        time.sleep(0.2)
-    raise RuntimeError(
-        f"mailrelay serve did not answer {server.base_url}/healthz within {STARTUP_TIMEOUT:.0f} s "
-        f"(last: {last_error}):\n{server.output()}"
-    )
 
 
 @dataclass

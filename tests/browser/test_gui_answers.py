@@ -134,3 +134,16 @@ def test_the_switchover_steps_arrive_while_the_page_stays(gui: Gui, server: Serv
     # Finished: no more polling.
     expect(page.locator("#switchover-run")).not_to_have_attribute("hx-trigger", "every 1s")
     assert gui.problems.all() == []
+
+
+def test_the_dashboard_asks_for_the_peers_traffic_after_it_loaded(gui: Gui, server: Server) -> None:
+    """The page comes with this node's figures; htmx then swaps in both nodes' (here: the peer
+    is not configured, which the traffic section says instead of waiting)."""
+    page = _log_in(gui, server)
+    page.goto(gui.url("/"))
+    expect(page.locator("#peer-traffic-unavailable")).to_contain_text(
+        "The peer's figures are unavailable: not configured: PEER_API_URL"
+    )
+    expect(page.locator("#peer-traffic-pending")).to_have_count(0)
+    expect(page.locator("#traffic-1h td.this").first).to_have_text("0")
+    assert gui.problems.all() == []

@@ -123,6 +123,7 @@ async def test_the_figures_of_the_active_node(settings):
     assert state["vip"] == {"address": HELD_VIP, "held": True}
     assert state["queue"] == {
         "messages": 7,
+        "deferred": 4,
         "postfix_running": True,
         "replica_files": 5,
         "replica_bytes": 12345,

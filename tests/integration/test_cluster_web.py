@@ -139,7 +139,7 @@ async def test_the_dashboard_shows_which_node_delivered_what(login_as, two_nodes
     )
     client = await login_as("readonly")
     dashboard = (await client.get("/")).text
-    assert "Figures of this node (a), from its own Postfix log." in dashboard
+    assert "Each node counts what its own Postfix logged" in dashboard
     assert 'hx-get="/cluster" hx-trigger="load, every 15s"' in dashboard
     fragment = (await client.get("/cluster", headers=HTMX)).text
     counts = {

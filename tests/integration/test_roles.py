@@ -18,6 +18,7 @@ from tests.conftest import csrf, make_user
 GUI = [
     ("GET", "/", "readonly"),
     ("GET", "/dashboard/rejects", "readonly"),
+    ("GET", "/dashboard/traffic", "readonly"),
     ("GET", "/audit", "readonly"),
     ("GET", "/domains", "readonly"),
     ("POST", "/domains", "operator"),
@@ -82,6 +83,7 @@ API = [
     ("POST", "/api/sync-lock/release", "cluster"),
     ("GET", "/api/queue/imported", "cluster"),
     ("GET", "/api/cluster/status", "cluster"),
+    ("GET", "/api/cluster/traffic", "cluster"),
     ("GET", "/metrics", "read"),
     ("GET", "/api/v1/sender-domains", "read"),
     ("POST", "/api/v1/sender-domains", "write"),

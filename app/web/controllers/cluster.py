@@ -1,6 +1,6 @@
 """The cluster screen (both nodes side by side, the planned switchover with its steps shown as
-they happen), this node's status for the peer (GET /api/cluster/status) and the same figures
-for Prometheus (/metrics)."""
+they happen), this node's status and traffic for the peer (GET /api/cluster/status and
+/api/cluster/traffic) and the same figures for Prometheus (/metrics)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Response, Template
 
 from app.agent.client import AgentClient
@@ -134,6 +134,17 @@ class NodeStatus(Controller):
     async def api_status(self, request: Req) -> status.Status:
         return status.as_json(
             await status.node_status(request.app.state.settings, request.app.state.agent)
+        )
+
+    @get(status.TRAFFIC_PATH, opt={"api": "cluster"})
+    async def api_traffic(
+        self, request: Req, days: Annotated[int | None, QueryParameter(ge=1, le=3650)] = None
+    ) -> status.Status:
+        """This node's traffic for the asking node's dashboard windows (its retention days;
+        without them, this node's own)."""
+        settings = request.app.state.settings
+        return await status.node_traffic(
+            settings, request.app.state.agent, days or settings.retention_days
         )
 
     @get("/metrics", opt={"api": "read"})

@@ -1,7 +1,9 @@
-"""The dashboard (with its recent rejections fragment) and the health check."""
+"""The dashboard (with its fragments: recent rejections, both nodes' traffic) and the health
+check."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from typing import Any
@@ -13,11 +15,11 @@ from app import reports
 from app.agent.client import AgentRefused, AgentUnavailable
 from app.alerts import state as alert_state
 from app.auth.sessions import SessionUser
-from app.cluster import configstate
+from app.cluster import configstate, status
 from app.config import service
 from app.messages import message_of
 from app.replication import reconcile
-from app.web.views import page
+from app.web.views import is_htmx, page
 
 Req = Request[SessionUser, Any, Any]
 
@@ -41,7 +43,12 @@ class Monitor(Controller):
             held_for_reconcile=len(reconcile.pending(settings)),
             alerts=await alert_state.active(settings.node_id),
             utc=dt.UTC,
-            tiles=await reports.kpi_tiles(settings.retention_days),
+            # The peer's figures come in a fragment loaded after the page (GET /dashboard/traffic).
+            this=await status.node_traffic(
+                settings, request.app.state.agent, settings.retention_days
+            ),
+            peer=None,
+            total={},
             rejects=await reports.recent_rejects(),
             latest=await service.newest_listed(),
             config=await configstate.current(settings),
@@ -57,6 +64,21 @@ class Monitor(Controller):
     @get("/dashboard/rejects")
     async def recent_rejects(self, request: Req) -> Template:
         return page(request, "dashboard/_rejects.html", rejects=await reports.recent_rejects())
+
+    @get("/dashboard/traffic")
+    async def traffic(self, request: Req) -> Template:
+        """Both nodes' traffic side by side: the fragment for the dashboard, or a page of its own
+        (the dashboard's link without JavaScript). An unreachable peer costs PEER_TIMEOUT at
+        most."""
+        settings = request.app.state.settings
+        this, peer = await asyncio.gather(
+            status.node_traffic(settings, request.app.state.agent, settings.retention_days),
+            status.peer_traffic(settings, settings.retention_days),
+        )
+        template = "dashboard/_traffic.html" if is_htmx(request) else "dashboard/traffic.html"
+        return page(
+            request, template, this=this, peer=peer, total=status.traffic_totals(this, peer)
+        )
 
     @get("/healthz", opt={"public": True}, exclude_from_auth=True)
     async def healthz(
