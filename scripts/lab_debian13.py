@@ -25,6 +25,9 @@ IMAGES = ROOTS / "images"
 WEB_IMAGE = "localhost/mailrelay-web:latest"
 NODE_IMAGE_DIR = "/var/cache/mailrelay"
 LAB_FILES = ROOT / "scripts" / "lab-debian13"
+# Rootless podman storage in a node: bound from the node's directory (scripts/lab-debian13/
+# etc/containers/storage.conf says why).
+NODE_STORAGE = "/var/lib/containers-lab"
 # The uv binary the root holds (this machine's, copied in), for install-node's offline sync.
 NODE_UV = "/usr/local/bin/uv"
 # A command prefix, inside a node, for mailrelay's podman and systemctl --user.
