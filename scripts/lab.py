@@ -250,8 +250,11 @@ def start_machine(base: Path, name: str, release: str, extra: list[str]) -> subp
         ]
         # systemd 257 wants the unified hierarchy (it sees it without controllers here).
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
+    # Fresh cgroups: a new systemd in the ones a power cut left (sub-cgroups of the old boot's
+    # units) had its first units killed as they started (seen on Debian 13).
+    remove_machine_cgroups(name)
     for cg in machine_cgroups(name):
-        cg.mkdir(exist_ok=True)
+        cg.mkdir()
     launcher = "".join(f"echo $$ > {cg}/cgroup.procs && " for cg in machine_cgroups(name))
     log = open(base / "console.log", "ab")  # noqa: SIM115 - kept by the child
     process = subprocess.Popen(

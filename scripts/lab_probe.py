@@ -2,10 +2,11 @@
 of the Debian 13 node root, on a private network (no bridge, no lab addresses): to try the
 Debian 13 node (install-node, the web manager's quadlet) without the two-node lab.
 
-    python3 scripts/lab_probe.py up | install [--check] | exec CMD... | down
+    python3 scripts/lab_probe.py up | install [--check] | exec CMD... | crash | boot | down
 
-Its disk is lab_debian13.ROOTS/d13probe; `down` stops it and removes its mounts and cgroups (the
-disk stays until the next `up`, which starts from a fresh one). Run as root.
+Its disk is lab_debian13.ROOTS/d13probe: `up` starts from a fresh one, `crash` is a power cut
+(the disk stays), `boot` starts the machine again from its disk, `down` stops it and removes its
+mounts and cgroups. Run as root.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ PROBE_ENV = {
 }
 
 
-def up() -> None:
+def up(fresh: bool) -> None:
     if lab.machine_pid(BASE):
         print(f"{NAME} is running already")
         return
-    shutil.rmtree(BASE, ignore_errors=True)
+    if fresh:
+        down()
+        shutil.rmtree(BASE, ignore_errors=True)
     lab.overlay_root(BASE, "13")
     lab_debian13.web_image_archive()
     lab.start_machine(BASE, NAME, "13", ["--private-network", f"--bind-ro={lab.ROOT}"])
@@ -82,8 +85,10 @@ def down() -> None:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else ""
-    if command == "up":
-        up()
+    if command in ("up", "boot"):
+        up(fresh=command == "up")
+    elif command == "crash":
+        lab.stop_machine(BASE, NAME)
     elif command == "install":
         return install(*argv[1:])
     elif command == "exec":
