@@ -30,6 +30,8 @@ PREFIX = "198.18.0"
 VIP = f"{PREFIX}.100"
 HOSTS = {"a": 11, "b": 12, "sink1": 21, "sink2": 22, "client": 30, "outside": 40}
 NODES = ("a", "b")
+# Where a node finds the lab's shared secret key (its SECRET_KEY_SOURCE).
+NODE_SECRET_KEY = Path("/etc/mailrelay-lab.secret.key")
 # Where install-node keeps the first admin's one-time password (root only) on each node.
 INITIAL_ADMIN_PASSWORD = "/etc/mailrelay/initial-admin-password"  # noqa: S105 - a path
 LAB_CONFIG = {
@@ -423,7 +425,9 @@ def node_env(node: str, extra: dict[str, str]) -> str:
         "NODE_HOSTNAME": f"relay-{node}.lab.example",
         "HTTPS_HOST": "0.0.0.0",  # noqa: S104 - inside the node's own lab namespace
         "HTMX_SOURCE": "local",
-        "SECRET_KEY_SOURCE": str(STATE / "secret.key"),
+        # The shared key, copied onto the node's disk by install() (a Debian 13 node does not
+        # see this machine's files).
+        "SECRET_KEY_SOURCE": str(NODE_SECRET_KEY),
         # Shadow copies: both nodes share one token (made in `up`).
         "SHADOW_TOKEN": (STATE / "shadow.token").read_text().strip(),
         **extra,
@@ -439,6 +443,9 @@ def install(node: str, extra: dict[str, str]) -> None:
     settings.update(extra)
     save(state)
     (root / env_path.relative_to("/")).write_text(node_env(node, settings))
+    key = root / NODE_SECRET_KEY.relative_to("/")
+    key.touch(mode=0o600)
+    key.write_bytes((STATE / "secret.key").read_bytes())
     # The node installs offline: a Debian 12 node sees this machine's uv and its cache through
     # the overlay, a Debian 13 node has its own (put there when its root was built).
     uv = lab_debian13.host_uv() if debian(state) == "12" else lab_debian13.NODE_UV
@@ -500,9 +507,9 @@ def up(release: str) -> None:
     boot("a", state)
     install("a", {})
     token = cluster_token("a")
-    config = STATE / "lab-config.json"
-    config.write_text(json.dumps(LAB_CONFIG, indent=2))
-    node_exec("a", "cp", str(config), "/var/lib/mailrelay/lab-config.json")
+    config = json.dumps(LAB_CONFIG, indent=2)
+    (STATE / "lab-config.json").write_text(config)
+    node_exec("a", "sh", "-c", "cat > /var/lib/mailrelay/lab-config.json", input=config)
     mailrelay("a", "config-import", "/var/lib/mailrelay/lab-config.json")
     applied = mailrelay("a", "config-apply", check=False)
     print(applied.stdout.strip() or applied.stderr.strip())
