@@ -1,8 +1,11 @@
 """The two-node lab: network namespaces on a bridge, two nodes each booting its own systemd on
 an overlay root (its "disk"), relay-target sinks, a trusted and an untrusted client.
 
-Everything `up` creates is recorded in STATE/lab.json; `down` removes exactly that. Addresses
-are in 198.18.0.0/24 only. Runs with the system python3 (no dependencies).
+The nodes run Debian 12 (an overlay over this machine's root, the default) or Debian 13 (`up
+--debian 13`: an overlay over a trixie root built once, scripts/lab_debian13.py, with the web
+manager as its rootless quadlet). Everything `up` creates is recorded in STATE/lab.json; `down`
+removes exactly that. Addresses are in 198.18.0.0/24 only. Runs with the system python3 (no
+dependencies).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import lab_debian13
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("MAILRELAY_LAB_DIR", "/var/lib/mailrelay-lab"))
 BRIDGE = "mrlab0"
@@ -25,6 +30,8 @@ PREFIX = "198.18.0"
 VIP = f"{PREFIX}.100"
 HOSTS = {"a": 11, "b": 12, "sink1": 21, "sink2": 22, "client": 30, "outside": 40}
 NODES = ("a", "b")
+# Where a node finds the lab's shared secret key (its SECRET_KEY_SOURCE).
+NODE_SECRET_KEY = Path("/etc/mailrelay-lab.secret.key")
 # Where install-node keeps the first admin's one-time password (root only) on each node.
 INITIAL_ADMIN_PASSWORD = "/etc/mailrelay/initial-admin-password"  # noqa: S105 - a path
 LAB_CONFIG = {
@@ -171,16 +178,23 @@ def node_dir(node: str) -> Path:
     return STATE / "nodes" / node
 
 
-def cgroup_dirs(node: str) -> list[Path]:
-    return [
-        Path(f"/sys/fs/cgroup/unified/mrlab-{node}"),
-        Path(f"/sys/fs/cgroup/systemd/mrlab-{node}"),
-    ]
+def debian(state: dict) -> str:
+    """The nodes' Debian release: "12" (this machine's root) or "13" (`up --debian 13`)."""
+    return str(state.get("debian", "12"))
 
 
-def node_pid(node: str) -> int | None:
-    """The PID of the node's systemd (PID 1 inside), if the node runs."""
-    pid_file = node_dir(node) / "nspawn.pid"
+# -- a booted root (a lab node, or scripts/lab_probe.py's machine) ----------------------------
+# A machine is a directory `base` (upper, work, root, nspawn.pid, console.log; on Debian 13 also
+# containers: its rootless podman storage) and a name: its cgroups and its nspawn machine name.
+
+
+def machine_cgroups(name: str) -> list[Path]:
+    return [Path(f"/sys/fs/cgroup/unified/{name}"), Path(f"/sys/fs/cgroup/systemd/{name}")]
+
+
+def machine_pid(base: Path) -> int | None:
+    """The PID of the machine's systemd (PID 1 inside), if it runs."""
+    pid_file = base / "nspawn.pid"
     if not pid_file.exists():
         return None
     nspawn = int(pid_file.read_text())
@@ -191,34 +205,125 @@ def node_pid(node: str) -> int | None:
     return None
 
 
-def node_exec(
-    node: str, *cmd: str, check: bool = True, capture: bool = True, **kw
-) -> subprocess.CompletedProcess:
-    pid = node_pid(node)
+def machine_exec(base: Path, *cmd: str, check: bool = True, capture: bool = True, **kw):
+    pid = machine_pid(base)
     if pid is None:
-        raise SystemExit(f"lab: node {node} is not running")
+        raise SystemExit(f"lab: {base} is not running")
     return run(
         "nsenter", "-t", str(pid), "-a", "-r", "-w", *cmd, check=check, capture=capture, **kw
     )
 
 
-def mount_root(node: str, state: dict) -> Path:
-    base = node_dir(node)
+def overlay_root(base: Path, release: str) -> tuple[Path, bool]:
+    """The machine's root: an overlay over this machine's root (Debian 12) or over the kept
+    Debian 13 root, writing only to base/upper (its disk). Says whether it mounted it now."""
     root = base / "root"
     for sub in ("upper", "work", "root"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    if run("mountpoint", "-q", str(root), check=False).returncode != 0:
-        run(
-            "mount",
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            f"lowerdir=/,upperdir={base / 'upper'},workdir={base / 'work'}",
-            str(root),
-        )
-        if str(root) not in state.setdefault("mounts", []):
-            state["mounts"].append(str(root))
+    if run("mountpoint", "-q", str(root), check=False).returncode == 0:
+        return root, False
+    lower = "/" if release == "12" else str(lab_debian13.build_root())
+    run(
+        "mount",
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'}",
+        str(root),
+    )
+    return root, True
+
+
+def start_machine(base: Path, name: str, release: str, extra: list[str]) -> subprocess.Popen:
+    """Boot the machine's systemd with nspawn, launched from cgroups of its own (this machine's
+    PID 1 is not systemd: two machines in one tree would stop each other's services)."""
+    root = base / "root"
+    flags = ["--register=no", "--keep-unit", "-q", "-b", "-D", str(root), "-M", name]
+    env = dict(os.environ)
+    if release == "13":
+        lab_debian13.prepare_node_root(root)
+        storage = base / "containers"
+        storage.mkdir(exist_ok=True)
+        storage.chmod(0o1777)
+        flags += [
+            f"--bind-ro={lab_debian13.IMAGES}:{lab_debian13.NODE_IMAGE_DIR}",
+            f"--bind={storage}:{lab_debian13.NODE_STORAGE}",
+        ]
+        # systemd 257 wants the unified hierarchy (it sees it without controllers here).
+        env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
+    # Fresh cgroups: a new systemd in the ones a power cut left (sub-cgroups of the old boot's
+    # units) had its first units killed as they started (seen on Debian 13).
+    remove_machine_cgroups(name)
+    for cg in machine_cgroups(name):
+        cg.mkdir()
+    launcher = "".join(f"echo $$ > {cg}/cgroup.procs && " for cg in machine_cgroups(name))
+    log = open(base / "console.log", "ab")  # noqa: SIM115 - kept by the child
+    process = subprocess.Popen(
+        ["bash", "-c", launcher + 'exec systemd-nspawn "$@"', "nspawn", *flags, *extra],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=env,
+        start_new_session=True,
+    )
+    (base / "nspawn.pid").write_text(str(process.pid))
+    return process
+
+
+def wait_booted(base: Path, what: str) -> None:
+    wait(lambda: machine_pid(base) is not None, f"{what} to start", 60)
+
+    def booted() -> bool:
+        result = machine_exec(base, "systemctl", "is-system-running", check=False)
+        return result.stdout.strip() in ("running", "degraded")
+
+    try:
+        wait(booted, f"{what} to boot", 240)
+    except SystemExit as exc:
+        # Say what the machine is still waiting for.
+        jobs = machine_exec(base, "systemctl", "list-jobs", "--no-pager", check=False).stdout
+        state = machine_exec(base, "systemctl", "is-system-running", check=False).stdout
+        raise SystemExit(f"{exc}\nstate: {state.strip()}\npending jobs:\n{jobs}") from None
+
+
+def stop_machine(base: Path, name: str) -> None:
+    """A power cut: every process of the machine dies at once; its disk stays."""
+    cg = machine_cgroups(name)[0] / "cgroup.kill"
+    if cg.exists():
+        cg.write_text("1")
+    else:
+        pid = machine_pid(base)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+    wait(lambda: machine_pid(base) is None, f"{name} to die", 20)
+    pid_file = base / "nspawn.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        pid_file.unlink()
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+def node_pid(node: str) -> int | None:
+    """The PID of the node's systemd (PID 1 inside), if the node runs."""
+    return machine_pid(node_dir(node))
+
+
+def node_exec(
+    node: str, *cmd: str, check: bool = True, capture: bool = True, **kw
+) -> subprocess.CompletedProcess:
+    if node_pid(node) is None:
+        raise SystemExit(f"lab: node {node} is not running")
+    return machine_exec(node_dir(node), *cmd, check=check, capture=capture, **kw)
+
+
+def mount_root(node: str, state: dict) -> Path:
+    root, mounted = overlay_root(node_dir(node), debian(state))
+    if mounted and str(root) not in state.setdefault("mounts", []):
+        state["mounts"].append(str(root))
         save(state)
     return root
 
@@ -237,60 +342,28 @@ def boot(node: str, state: dict) -> None:
     run("ip", "netns", "exec", ns(node), "ip", "link", "set", "eth0", "up", check=False)
     # The node's hostname and its settings live on its own disk (the overlay's upper dir).
     (root / "etc" / "hostname").write_text(f"relay-{node}\n")
-    for cg in cgroup_dirs(node):
-        cg.mkdir(exist_ok=True)
-    log = open(node_dir(node) / "console.log", "ab")  # noqa: SIM115 - kept by the child
-    launcher = (
-        f"echo $$ > /sys/fs/cgroup/unified/mrlab-{node}/cgroup.procs && "
-        f"echo $$ > /sys/fs/cgroup/systemd/mrlab-{node}/cgroup.procs && "
-        f"exec systemd-nspawn --register=no --keep-unit -q -b -D {root} -M mrlab-{node} "
-        f"--network-namespace-path=/run/netns/{ns(node)} --bind-ro={ROOT} "
-        # keepalived must add and remove the VIP: the node's own network namespace is its to
-        # change.
-        "--capability=CAP_NET_ADMIN,CAP_NET_RAW"
+    process = start_machine(
+        node_dir(node),
+        ns(node),
+        debian(state),
+        [
+            f"--network-namespace-path=/run/netns/{ns(node)}",
+            f"--bind-ro={ROOT}",
+            # keepalived must add and remove the VIP: the node's own network namespace is its
+            # to change.
+            "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+        ],
     )
-    process = subprocess.Popen(
-        ["bash", "-c", launcher],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    (node_dir(node) / "nspawn.pid").write_text(str(process.pid))
     state.setdefault("nodes", {})[node] = process.pid
     save(state)
-    wait(lambda: node_pid(node) is not None, f"node {node} to start", 60)
-
-    def booted() -> bool:
-        result = node_exec(node, "systemctl", "is-system-running", check=False)
-        return result.stdout.strip() in ("running", "degraded")
-
-    try:
-        wait(booted, f"node {node} to boot", 240)
-    except SystemExit as exc:
-        # Say what the node is still waiting for.
-        jobs = node_exec(node, "systemctl", "list-jobs", "--no-pager", check=False).stdout
-        state = node_exec(node, "systemctl", "is-system-running", check=False).stdout
-        raise SystemExit(f"{exc}\nstate: {state.strip()}\npending jobs:\n{jobs}") from None
+    wait_booted(node_dir(node), f"node {node}")
 
 
 def crash(node: str, state: dict) -> None:
     """A power cut: every process of the node dies at once; its disk stays."""
-    cg = cgroup_dirs(node)[0] / "cgroup.kill"
     # The instant of the cut, for whoever times what follows (scripts/bench failover).
     print(f"node {node}: power cut at {time.time():.3f}", flush=True)
-    if cg.exists():
-        cg.write_text("1")
-    else:
-        pid = node_pid(node)
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-    wait(lambda: node_pid(node) is None, f"node {node} to die", 20)
-    pid_file = node_dir(node) / "nspawn.pid"
-    if pid_file.exists():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        pid_file.unlink()
+    stop_machine(node_dir(node), ns(node))
     # A machine without power has no link and no addresses: the namespace outlives the node's
     # processes, so take its interface down and drop the VIP, as the power cut would.
     run("ip", "netns", "exec", ns(node), "ip", "link", "set", "eth0", "down", check=False)
@@ -306,11 +379,22 @@ def wipe(node: str, state: dict) -> None:
     keys, settings) goes. The next `boot` brings up a freshly installed replacement."""
     root = node_dir(node) / "root"
     run("umount", "-l", str(root), check=False)
-    for sub in ("upper", "work"):
+    for sub in ("upper", "work", "containers"):
         shutil.rmtree(node_dir(node) / sub, ignore_errors=True)
     if node not in state.setdefault("wiped", []):
         state["wiped"].append(node)
     save(state)
+
+
+def remove_machine_cgroups(name: str) -> None:
+    """Remove a stopped machine's cgroups (they empty a moment after its processes die)."""
+
+    def gone() -> bool:
+        for cg in machine_cgroups(name):
+            remove_cgroup(cg)
+        return not any(cg.exists() for cg in machine_cgroups(name))
+
+    wait(gone, f"the cgroups of {name} to empty", 20)
 
 
 def remove_cgroup(path: Path) -> None:
@@ -341,7 +425,9 @@ def node_env(node: str, extra: dict[str, str]) -> str:
         "NODE_HOSTNAME": f"relay-{node}.lab.example",
         "HTTPS_HOST": "0.0.0.0",  # noqa: S104 - inside the node's own lab namespace
         "HTMX_SOURCE": "local",
-        "SECRET_KEY_SOURCE": str(STATE / "secret.key"),
+        # The shared key, copied onto the node's disk by install() (a Debian 13 node does not
+        # see this machine's files).
+        "SECRET_KEY_SOURCE": str(NODE_SECRET_KEY),
         # Shadow copies: both nodes share one token (made in `up`).
         "SHADOW_TOKEN": (STATE / "shadow.token").read_text().strip(),
         **extra,
@@ -357,20 +443,13 @@ def install(node: str, extra: dict[str, str]) -> None:
     settings.update(extra)
     save(state)
     (root / env_path.relative_to("/")).write_text(node_env(node, settings))
-    uv_bin = run(
-        "bash",
-        "-c",
-        'readlink -f "$(command -v uv)" 2>/dev/null; '
-        "ls /root/.pyenv/versions/*/bin/uv 2>/dev/null | head -1",
-        check=False,
-    )
-    candidates = [line for line in uv_bin.stdout.split() if line and "shims" not in line]
-    env = [
-        "env",
-        f"UV={candidates[-1] if candidates else ''}",
-        "UV_OFFLINE=1",
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-    ]
+    key = root / NODE_SECRET_KEY.relative_to("/")
+    key.touch(mode=0o600)
+    key.write_bytes((STATE / "secret.key").read_bytes())
+    # The node installs offline: a Debian 12 node sees this machine's uv and its cache through
+    # the overlay, a Debian 13 node has its own (put there when its root was built).
+    uv = lab_debian13.host_uv() if debian(state) == "12" else lab_debian13.NODE_UV
+    env = ["env", f"UV={uv}", "UV_OFFLINE=1", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
     result = node_exec(
         node, *env, str(ROOT / "scripts" / "install-node"), str(env_path), check=False
     )
@@ -396,12 +475,21 @@ def mailrelay(node: str, *args: str, check: bool = True) -> subprocess.Completed
     )
 
 
-def up() -> None:
+def up(release: str) -> None:
     if os.geteuid() != 0:
         raise SystemExit("lab: run as root")
     state = load()
+    if state.get("nodes") and debian(state) != release:
+        raise SystemExit(
+            f"lab: the lab runs Debian {debian(state)} nodes: `scripts/lab down` first"
+        )
+    if release == "13":
+        # Once: the root (kept in lab_debian13.ROOTS); every up: the web image of this tree.
+        lab_debian13.build_root()
+        lab_debian13.web_image_archive()
     STATE.mkdir(parents=True, exist_ok=True)
     state["created"] = True
+    state["debian"] = release
     save(state)
     key = STATE / "secret.key"
     if not key.exists():
@@ -419,9 +507,9 @@ def up() -> None:
     boot("a", state)
     install("a", {})
     token = cluster_token("a")
-    config = STATE / "lab-config.json"
-    config.write_text(json.dumps(LAB_CONFIG, indent=2))
-    node_exec("a", "cp", str(config), "/var/lib/mailrelay/lab-config.json")
+    config = json.dumps(LAB_CONFIG, indent=2)
+    (STATE / "lab-config.json").write_text(config)
+    node_exec("a", "sh", "-c", "cat > /var/lib/mailrelay/lab-config.json", input=config)
     mailrelay("a", "config-import", "/var/lib/mailrelay/lab-config.json")
     applied = mailrelay("a", "config-apply", check=False)
     print(applied.stdout.strip() or applied.stderr.strip())
@@ -615,16 +703,12 @@ def status() -> None:
         pid = node_pid(node)
         line = f"node {node} ({ip(node)}): {'running' if pid else 'stopped'}"
         if pid:
+            # Debian 13's Postfix runs its main instance as postfix.service.
+            postfix = "postfix@-" if debian(state) == "12" else "postfix"
             units = node_exec(
-                node,
-                "systemctl",
-                "is-active",
-                "postfix@-",
-                "keepalived",
-                "mailrelay-web",
-                "postgresql",
-                check=False,
+                node, "systemctl", "is-active", postfix, "keepalived", "postgresql", check=False
             ).stdout.split()
+            units.insert(2, web_state(node, state))
             line += "  postfix/keepalived/web/postgresql: " + "/".join(units)
         print(line)
     print(f"VIP {VIP}: {vip_owner() or 'nobody'}")
@@ -633,6 +717,16 @@ def status() -> None:
             f"{sink} ({ip(sink)}): {'up' if sink_running(state, sink) else 'down'}, "
             f"{len(sink_messages(sink))} messages"
         )
+
+
+def web_state(node: str, state: dict) -> str:
+    """Whether the node's web manager runs: the native unit on Debian 12, mailrelay's quadlet
+    (systemctl --user) on Debian 13."""
+    if debian(state) == "12":
+        command = ["systemctl", "is-active", "mailrelay-web"]
+    else:
+        command = [*lab_debian13.AS_MAILRELAY, "systemctl", "--user", "is-active", "mailrelay-web"]
+    return node_exec(node, *command, check=False).stdout.strip() or "unknown"
 
 
 def partition(on: bool) -> None:
@@ -659,8 +753,7 @@ def down() -> None:
     for node in NODES:
         if node_pid(node) or (node_dir(node) / "nspawn.pid").exists():
             crash(node, state)
-        for cg in cgroup_dirs(node):
-            remove_cgroup(cg)
+        remove_machine_cgroups(ns(node))
     for pid in list(state.get("sinks", {}).values()):
         kill_group(pid)
     for mount in reversed(state.get("mounts", [])):
@@ -705,7 +798,10 @@ def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
     state = load()
     if command == "up":
-        up()
+        release = args[args.index("--debian") + 1] if "--debian" in args else "12"
+        if release not in ("12", "13"):
+            raise SystemExit("lab: up [--debian 12|13]")
+        up(release)
     elif command == "down":
         down()
     elif command == "status":

@@ -42,6 +42,8 @@ BOOTSTRAP_APT_PACKAGES=(
     openssh-client
     python3
     python3-venv
+    # `scripts/lab up --debian 13` builds its node root with it (scripts/lab_debian13.py).
+    debootstrap
     # pymilter (the shadow milter) builds against libmilter.
     libmilter-dev
     # promtool: the tests check and unit-test scripts/prometheus/mailrelay-rules.yml.

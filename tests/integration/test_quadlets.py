@@ -57,7 +57,7 @@ APP_UID = 10001  # the image's mailrelay user (podman/Containerfile)
 SYSTEMD_ONLY_FLAGS = ("--cgroups=", "--sdnotify=", "--cidfile=")
 
 # What the generator prints on stderr for every file it reads; anything else is a complaint.
-LOADING = re.compile(r"^quadlet-generator\[\d+\]: Loading source unit file \S+$")
+LOADING = re.compile(r"^quadlet-generator\[\d+\]: Loading source (unit|drop-in) file \S+$")
 # systemd-analyze's only acceptable complaint: podman itself is not installed on this machine.
 NO_PODMAN = re.compile(
     r"^\S+\.service: Command /usr/bin/podman is not executable: No such file or directory$"

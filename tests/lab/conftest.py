@@ -24,7 +24,8 @@ def up():
         return
     lab("down", check=False)
     try:
-        result = lab("up", timeout=900)
+        # LAB_DEBIAN=13: the lab's nodes run Debian 13 (the web manager as its quadlet).
+        result = lab("up", "--debian", os.environ.get("LAB_DEBIAN", "12"), timeout=900)
         yield result.stdout
     finally:
         lab("down", check=False, timeout=300)
