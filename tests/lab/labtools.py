@@ -18,6 +18,20 @@ VIP = "198.18.0.100"
 A, B = "198.18.0.11", "198.18.0.12"
 LAB_ADMIN_PASSWORD = "lab-admin-password-1"  # what the lab tests change the one-time one to
 
+# The nodes' Debian release (LAB_DEBIAN, as the `up` fixture brings the lab up) and the names
+# that differ between the two.
+DEBIAN = os.environ.get("LAB_DEBIAN", "12")
+POSTGRESQL_UNIT = "postgresql@15-main" if DEBIAN == "12" else "postgresql@17-main"
+POSTFIX_UNIT = "postfix@-.service" if DEBIAN == "12" else "postfix.service"
+# On Debian 13 the web manager is the rootless quadlet of the mailrelay user.
+AS_MAILRELAY = [
+    "sh",
+    "-c",
+    'cd / && uid="$(id -u mailrelay)" && exec runuser -u mailrelay -- env '
+    'XDG_RUNTIME_DIR="/run/user/$uid" DBUS_SESSION_BUS_ADDRESS="unix:path=/run/user/$uid/bus" "$@"',
+    "as-mailrelay",
+]
+
 
 def lab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     result = subprocess.run(
@@ -26,6 +40,26 @@ def lab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Comp
     if check and result.returncode != 0:
         raise AssertionError(f"scripts/lab {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def web_manager(node: str, *systemctl: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`systemctl ARGS` for the node's web manager: the system unit on Debian 12, mailrelay's
+    user unit (the quadlet) on Debian 13."""
+    if DEBIAN == "12":
+        return lab("exec", node, "systemctl", *systemctl, "mailrelay-web.service", check=check)
+    return lab(
+        "exec", node, *AS_MAILRELAY, "systemctl", "--user", *systemctl, "mailrelay-web.service",
+        check=check,
+    )  # fmt: skip
+
+
+def web_manager_pid(node: str) -> str:
+    """The PID (in the node) of the web manager's process: the unit's main process, or the
+    container's first process."""
+    if DEBIAN == "12":
+        return web_manager(node, "show", "-P", "MainPID").stdout.strip()
+    inspect = ["podman", "inspect", "-f", "{{.State.Pid}}", "mailrelay-web"]
+    return lab("exec", node, *AS_MAILRELAY, *inspect).stdout.strip()
 
 
 def why_not() -> str | None:

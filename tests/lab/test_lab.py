@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.lab.labtools import SENDER, VIP, A, B, lab, swaks, vip_owner, wait_for
+from tests.lab.labtools import SENDER, VIP, A, B, lab, swaks, vip_owner, wait_for, web_manager_pid
 
 pytestmark = pytest.mark.lab
 
@@ -70,10 +70,11 @@ def test_the_long_running_services_run_with_the_final_settings(up):
     read their settings once, at start, must have been restarted with it (without it, a's VRRP
     reader cannot ask the peer anything when a leaves MASTER)."""
     for node, name in (("a", "PEER_API_URL"), ("b", "MASTER_API_URL")):
-        for unit in ("mailrelay-vrrp-events.service", "mailrelay-web.service"):
-            pid = lab("exec", node, "systemctl", "show", "-P", "MainPID", unit).stdout.strip()
+        vrrp = lab("exec", node, "systemctl", "show", "-P", "MainPID",
+                   "mailrelay-vrrp-events.service").stdout.strip()  # fmt: skip
+        for what, pid in (("vrrp events", vrrp), ("web manager", web_manager_pid(node))):
             environ = lab("exec", node, "cat", f"/proc/{pid}/environ").stdout.split("\0")
-            assert any(v.startswith(f"{name}=https://") for v in environ), f"{node} {unit}"
+            assert any(v.startswith(f"{name}=https://") for v in environ), f"{node} {what}"
 
 
 def test_the_vip_relays_by_route_and_refuses_the_rest(up):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.labtools import lab, vip_owner, wait_for
+from tests.lab.labtools import lab, vip_owner, wait_for, web_manager
 
 pytestmark = pytest.mark.lab
 
@@ -45,12 +45,12 @@ def test_a_peer_that_stops_answering_is_one_alert_mail_and_its_return_one_more(u
         return subject in subjects()
 
     try:
-        lab("exec", peer, "systemctl", "stop", "mailrelay-web.service")
+        web_manager(peer, "stop")
         wait_for(lambda: after_a_run(started), 120, f"'{started}' at sink1")
-        lab("exec", peer, "systemctl", "start", "mailrelay-web.service")
+        web_manager(peer, "start")
         wait_for(lambda: after_a_run(cleared), 120, f"'{cleared}' at sink1")
     finally:
-        lab("exec", peer, "systemctl", "start", "mailrelay-web.service")
+        web_manager(peer, "start")
         lab("install", node, "ALERT_EMAIL=", "ALERT_FROM=", "ALERT_MIN_INTERVAL_SECONDS=600",
             timeout=600)  # fmt: skip
     after = subjects()

@@ -13,7 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.labtools import SENDER, VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
+from tests.lab.labtools import (
+    POSTFIX_UNIT,
+    SENDER,
+    VIP,
+    A,
+    B,
+    gui_session,
+    lab,
+    swaks,
+    vip_owner,
+    wait_for,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -115,7 +126,7 @@ def deliver_all(tag: str, count: int, timeout: float) -> list[str]:
 
 def postfix_frozen(node: str) -> bool:
     cgroup = lab(
-        "exec", node, "systemctl", "show", "-P", "ControlGroup", "postfix@-.service"
+        "exec", node, "systemctl", "show", "-P", "ControlGroup", POSTFIX_UNIT
     ).stdout.strip()
     # The nodes have a hybrid layout (cgroup v2 under unified/), like the agent looks for.
     events = lab(

@@ -11,7 +11,18 @@ import time
 
 import pytest
 
-from tests.lab.labtools import SENDER, VIP, A, B, gui_session, lab, swaks, vip_owner, wait_for
+from tests.lab.labtools import (
+    POSTGRESQL_UNIT,
+    SENDER,
+    VIP,
+    A,
+    B,
+    gui_session,
+    lab,
+    swaks,
+    vip_owner,
+    wait_for,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -190,7 +201,7 @@ def test_queue_sync_goes_on_while_the_active_nodes_database_is_down(up):
     active = vip_owner()
     passive = other(active)
     outage = lab("exec", active, "date", "-u", "+%F %T+00").stdout.strip()
-    lab("exec", active, "systemctl", "stop", "postgresql@15-main")
+    lab("exec", active, "systemctl", "stop", POSTGRESQL_UNIT)
     lab("sink", "sink1", "stop")
     try:
         out = swaks("client", "dbdown@app.example")
@@ -208,7 +219,7 @@ def test_queue_sync_goes_on_while_the_active_nodes_database_is_down(up):
         print(f"\nactive node's PostgreSQL down: in {passive}'s replica after {took:.1f} s")
         assert time.monotonic() - accepted <= 5 + 1 + 1, "not within the sync interval + 1 s"
     finally:
-        lab("exec", active, "systemctl", "start", "postgresql@15-main")
+        lab("exec", active, "systemctl", "start", POSTGRESQL_UNIT)
         lab("sink", "sink1", "start")
         lab("exec", active, "postqueue", "-f", check=False)
     # The runs made meanwhile reach sync_runs once the database is back.
