@@ -55,11 +55,12 @@ def web_manager(node: str, *systemctl: str, check: bool = True) -> subprocess.Co
 
 def web_manager_pid(node: str) -> str:
     """The PID (in the node) of the web manager's process: the unit's main process, or the
-    container's first process."""
+    container's first process; "" while there is none (a container being restarted)."""
     if DEBIAN == "12":
         return web_manager(node, "show", "-P", "MainPID").stdout.strip()
     inspect = ["podman", "inspect", "-f", "{{.State.Pid}}", "mailrelay-web"]
-    return lab("exec", node, *AS_MAILRELAY, *inspect).stdout.strip()
+    result = lab("exec", node, *AS_MAILRELAY, *inspect, check=False)
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def why_not() -> str | None:
