@@ -63,6 +63,25 @@ def web_manager_pid(node: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
+MAILRELAY = "set -a; . /etc/mailrelay/mailrelay.env; set +a; exec /opt/mailrelay/venv/bin/mailrelay"
+
+
+def node_state(node: str) -> str:
+    return lab("exec", node, "cat", "/run/mailrelay-vrrp/vrrp.state", check=False).stdout
+
+
+def switch_back_to(node: str, peer: str) -> None:
+    """A planned switchover from `peer` to `node` once `node` is a ready BACKUP again: lab
+    modules start from a as the active node."""
+    wait_for(lambda: '"BACKUP"' in node_state(node), 180, f"{node} to be a ready BACKUP")
+    switched = lab(
+        "exec", peer, "runuser", "-u", "mailrelay", "--", "bash", "-c", f"{MAILRELAY} switchover",
+        check=False, timeout=300,
+    )  # fmt: skip
+    assert switched.returncode == 0, switched.stdout + switched.stderr
+    assert vip_owner() == node
+
+
 def why_not() -> str | None:
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, overlay mounts, systemd-nspawn)"

@@ -17,6 +17,7 @@ from tests.lab.labtools import (
     B,
     lab,
     swaks,
+    switch_back_to,
     vip_owner,
     wait_for,
     web_manager,
@@ -106,3 +107,4 @@ def test_a_crash_of_the_active_node_moves_smtp_and_the_gui_to_its_peer(up):
     finally:
         lab("boot", active, timeout=600)
     wait_for(lambda: healthz(NODES[active]), 300, f"{active}'s GUI back after its boot")
+    switch_back_to(active, peer)
