@@ -3,6 +3,7 @@ waiting for a condition, a GUI session on a node."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -23,14 +24,13 @@ LAB_ADMIN_PASSWORD = "lab-admin-password-1"  # what the lab tests change the one
 DEBIAN = os.environ.get("LAB_DEBIAN", "12")
 POSTGRESQL_UNIT = "postgresql@15-main" if DEBIAN == "12" else "postgresql@17-main"
 POSTFIX_UNIT = "postfix@-.service" if DEBIAN == "12" else "postfix.service"
-# On Debian 13 the web manager is the rootless quadlet of the mailrelay user.
-AS_MAILRELAY = [
-    "sh",
-    "-c",
-    'cd / && uid="$(id -u mailrelay)" && exec runuser -u mailrelay -- env '
-    'XDG_RUNTIME_DIR="/run/user/$uid" DBUS_SESSION_BUS_ADDRESS="unix:path=/run/user/$uid/bus" "$@"',
-    "as-mailrelay",
-]
+# On Debian 13 the web manager is the rootless quadlet of the mailrelay user: the lab's own
+# command prefix for mailrelay's podman and systemctl --user (scripts/lab_debian13.py).
+_spec = importlib.util.spec_from_file_location("lab_debian13", ROOT / "scripts" / "lab_debian13.py")
+assert _spec is not None and _spec.loader is not None
+_lab_debian13 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_lab_debian13)
+AS_MAILRELAY: list[str] = _lab_debian13.AS_MAILRELAY
 
 
 def lab(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
