@@ -242,6 +242,13 @@ def bench_gui(quick: bool) -> None:
     bench_gui.bench_gui(quick)
 
 
+def bench_gui_layouts(quick: bool) -> None:
+    """The gui pages on day partitions and on plain tables, side by side (bench_layouts.py)."""
+    import bench_layouts
+
+    bench_layouts.bench_gui_layouts(quick)
+
+
 def bench_retention(quick: bool) -> None:
     """Retention of the oldest 7 of 30 days by partition DROP against batched DELETE, at 10M
     mail_logs rows (scripts/bench_retention.py)."""
@@ -266,6 +273,7 @@ PARTS = {
     "logs": bench_logs,
     "freshness": bench_freshness,
     "gui": bench_gui,
+    "gui-layouts": bench_gui_layouts,
     "retention": bench_retention,
     **{
         name: lab_part(name) for name in ("failover", "sync", "lag", "throughput", "pull", "shadow")

@@ -1,0 +1,145 @@
+"""The `gui-layouts` part of scripts/bench: the GUI bench's pages on the same data in day
+partitions (the layout now) and in plain tables (the layout before), side by side in one run.
+
+The data is made once (scripts/bench_gui.py's generator) in day partitions; a copy of that
+database (CREATE DATABASE ... TEMPLATE) gets plain tables (scripts/bench_retention.py's
+conversion), then VACUUM ANALYZE. One server per database; per page the same logged-in clients
+load it on each layout in the order A B B A, so that a machine getting busier or quieter weighs
+on both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import ssl
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench import save, svg_bars, table
+from bench_gui import (
+    FIRST_PASSWORD,
+    USERNAME,
+    Page,
+    Sizes,
+    _load,
+    _summary,
+    _terminated,
+    _timed_get,
+    cli,
+    first_login,
+    generate,
+    logged_in,
+    node_env,
+    pages,
+    search_targets,
+    serving,
+)
+from bench_retention import _plain_tables, _template, _vacuum_analyze
+
+LAYOUTS = {"parted": "day partitions (now)", "plain": "plain tables (before)"}
+ORDER = ["parted", "plain", "plain", "parted"]  # per page, twice
+
+
+async def _side_by_side(
+    servers: dict[str, tuple[str, ssl.SSLContext]], measured: list[Page], sizes: Sizes
+) -> list[dict[str, Any]]:
+    clients: dict[str, list[httpx.AsyncClient]] = {}
+    try:
+        for layout, (url, context) in servers.items():
+            await first_login(url, context)
+            clients[layout] = [await logged_in(url, context) for _ in range(sizes.clients)]
+        results = []
+        for page in measured:
+            latencies: dict[str, list[float]] = {layout: [] for layout in servers}
+            for layout in ORDER * 2:
+                # Warm-up of this page on this layout, then a quarter of the requests.
+                await asyncio.gather(*(_timed_get(c, page) for c in clients[layout]))
+                got, _ = await _load(clients[layout], page, sizes.requests // 4)
+                latencies[layout] += got
+            row: dict[str, Any] = {"page": page.name, "label": page.label}
+            for layout, values in latencies.items():
+                row[layout] = {"requests": len(values), **_summary(values)}
+            print(
+                f"  {page.name}: p95 {row['plain']['p95_ms']:.0f} ms plain, "
+                f"{row['parted']['p95_ms']:.0f} ms partitions",
+                flush=True,
+            )
+            results.append(row)
+        return results
+    finally:
+        for each in clients.values():
+            for client in each:
+                await client.aclose()
+
+
+def bench_gui_layouts(quick: bool) -> None:
+    from tests.pgcluster import PostgresCluster
+
+    signal.signal(signal.SIGTERM, _terminated)
+    sizes = Sizes.for_run(quick)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-layouts-"))
+    for layout in LAYOUTS:
+        (workdir / layout).mkdir()
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        dsn = {"parted": cluster.create_database("bench_gui")}
+        env = {"parted": node_env(dsn["parted"], workdir / "parted")}
+        cli(env["parted"], "migrate")
+        cli(env["parted"], "retention")
+        print(f"generating {sizes.mail_logs:,} mail_logs rows", flush=True)
+        started = time.perf_counter()
+        asyncio.run(generate(dsn["parted"], sizes))
+        cli(env["parted"], "create-user", USERNAME, "--role", "readonly", "--password-stdin",
+            stdin=FIRST_PASSWORD + "\n")  # fmt: skip
+        print(f"  data made in {time.perf_counter() - started:.0f} s", flush=True)
+        started = time.perf_counter()
+        asyncio.run(_template("bench_plain", cluster.dsn(), "bench_gui"))
+        dsn["plain"] = cluster.dsn("bench_plain")
+        asyncio.run(_plain_tables(dsn["plain"]))
+        asyncio.run(_vacuum_analyze(dsn["plain"]))
+        env["plain"] = node_env(dsn["plain"], workdir / "plain")
+        print(f"  plain copy made in {time.perf_counter() - started:.0f} s", flush=True)
+        targets = asyncio.run(search_targets(dsn["parted"]))
+        measured = pages(targets)
+        with contextlib.ExitStack() as stack:
+            servers = {
+                layout: stack.enter_context(serving(env[layout], workdir / layout))
+                for layout in LAYOUTS
+            }
+            results = asyncio.run(_side_by_side(servers, measured, sizes))
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    rows = [
+        [
+            r["page"],
+            f"{r['plain']['p50_ms']:.0f}",
+            f"{r['plain']['p95_ms']:.0f}",
+            f"{r['parted']['p50_ms']:.0f}",
+            f"{r['parted']['p95_ms']:.0f}",
+            f"{r['parted']['p95_ms'] / r['plain']['p95_ms']:.2f}",
+        ]
+        for r in results
+    ]
+    text = table(
+        f"GUI pages with {sizes.mail_logs:,} mail_logs rows in plain tables and in day "
+        f"partitions, {sizes.clients} clients, each page on each layout in the order A B B A "
+        f"twice ({sizes.requests} requests per page and layout)",
+        ["page", "plain p50 ms", "plain p95 ms", "partitions p50 ms", "partitions p95 ms",
+         "p95 partitions / plain"],
+        rows,
+    )  # fmt: skip
+    chart = svg_bars(
+        f"GUI page p95, {sizes.mail_logs:,} mail_logs rows, plain tables and day partitions",
+        [r["label"] for r in results],
+        {LAYOUTS[layout]: [r[layout]["p95_ms"] for r in results] for layout in LAYOUTS},
+        "ms",
+    )
+    save("gui-layouts", {"targets": targets, "pages": results}, chart, text)
