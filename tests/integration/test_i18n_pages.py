@@ -176,6 +176,16 @@ async def test_apply_without_an_agent_fails_in_german_with_the_systems_reason_qu
     assert "Übernommene Version" not in page
 
 
+async def test_the_dashboard_says_in_german_that_the_agent_is_unreachable(
+    login_as, app, monkeypatch
+):
+    monkeypatch.setattr(app.state, "agent", AgentClient(Path("/nonexistent/agent.sock")))
+    client = await login_as("readonly")
+    page = (await client.get("/", headers=GERMAN)).text
+    assert "der privilegierte Agent ist unter /nonexistent/agent.sock nicht erreichbar" in page
+    assert "is not reachable at /nonexistent" not in page
+
+
 async def test_the_cluster_panel_gives_its_reasons_in_german(login_as, app, monkeypatch):
     monkeypatch.setattr(app.state, "agent", AgentClient(Path("/nonexistent/agent.sock")))
     client = await login_as("readonly")
