@@ -127,6 +127,16 @@ APPLY_RUNS = 3
 MAPS = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd")
 
 
+def _apply_goal(size: int, whole: float, median: dict[str, float]) -> str:
+    """The issue's goals: an absolute one for a small configuration, one relative to plain
+    postmap and a reload for a large one; other sizes have none."""
+    if size == 100:
+        return "yes" if whole <= 0.5 else "no"
+    if size == 100_000:
+        return "yes" if whole <= 2 * median["postmap"] + median["reload"] else "no"
+    return "-"
+
+
 def bench_apply(quick: bool) -> None:
     """Per size, three rounds of (render + agent apply, plain postmap of the same four files,
     one `postfix reload`), alternating within the round; medians. The goal compares the agent's
@@ -170,7 +180,7 @@ def bench_apply(quick: bool) -> None:
                 shutil.rmtree(plain, ignore_errors=True)
                 runs["reload"].append(timed(lambda: host.exec("postfix", "reload")))
             median = {name: statistics.median(each) for name, each in runs.items()}
-            floor = 2 * median["postmap"] + median["reload"]
+            whole = median["render"] + median["apply"]
             rows.append(
                 [
                     size,
@@ -178,8 +188,8 @@ def bench_apply(quick: bool) -> None:
                     f"{median['apply']:.3f}",
                     f"{median['postmap']:.3f}",
                     f"{median['reload']:.3f}",
-                    f"{median['apply'] / (median['postmap'] + median['reload']):.2f}x",
-                    "yes" if median["apply"] <= floor else "no",
+                    f"{whole:.3f}",
+                    _apply_goal(size, whole, median),
                 ]
             )
             data["results"].append(
@@ -197,9 +207,10 @@ def bench_apply(quick: bool) -> None:
     text = table(
         f"Apply: render, then the agent's apply (checks, postmap, swap, reload) vs plain postmap "
         f"of the same four maps and one postfix reload; medians of {APPLY_RUNS} alternated runs; "
-        "goal: agent apply <= 2 x postmap + reload",
+        "goals for the whole Apply (render + agent): <= 0.5 s at 100 domains, <= 2 x postmap + "
+        "reload at 100,000",
         ["sender domains", "render s", "agent apply s", "plain postmap s", "reload s",
-         "apply / (postmap + reload)", "within goal"],
+         "whole Apply s", "within goal"],
         rows,
     )  # fmt: skip
     chart = svg_bars(
