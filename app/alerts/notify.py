@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import smtplib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime as rfc2822_date
@@ -25,7 +26,6 @@ import httpx
 from app.alerts.conditions import TITLES
 from app.messages import Message
 from app.settings import Settings
-from app.web.i18n import format_datetime, translator
 
 log = logging.getLogger("mailrelay.alerts")
 
@@ -35,6 +35,14 @@ WEBHOOK_TIMEOUT = 10.0
 
 class NotifyError(Exception):
     """The channel did not take the notice; the message says why."""
+
+
+def _translator(language: str) -> Callable[..., str]:
+    # The catalogue brings Jinja2 along: imported when a notice is written, not on each
+    # 30-second run of the alerts job, which rarely sends one.
+    from app.web.i18n import translator
+
+    return translator(language)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class AlertNotice:
         return self.text % self.values if self.values else self.text
 
     def subject(self, language: str = "en") -> str:
-        _ = translator(language)
+        _ = _translator(language)
         what = Message("ALERT") if self.started else Message("cleared")
         return _(
             Message("[mailrelay {node}] {what}: {title}", node=self.node_id, what=what,
@@ -65,7 +73,9 @@ class AlertNotice:
         )  # fmt: skip
 
     def body(self, language: str = "en") -> str:
-        _ = translator(language)
+        from app.web.i18n import format_datetime
+
+        _ = _translator(language)
         since = format_datetime(self.since.astimezone(dt.UTC), language, seconds=True) + " UTC"
         params = {"title": _(self.title), "node": self.node_id, "host": self.hostname}
         state = (
