@@ -50,50 +50,30 @@ def _sorted(query: Any, column: Any, tiebreak: Any, descending: bool) -> Any:
     )
 
 
-# A tile's figures since `since`: whole five-minute periods from log_totals (kept by triggers on
-# the log tables), the minutes before the first whole period from the rows themselves. Each
-# queue ID is in log_totals.messages once, in the period of its latest row; so the accepted
-# figure, the distinct queue IDs with a row since `since`, is the queue IDs of the first minutes
-# whose latest row is there, plus the whole periods' messages.
-# Postfix logs a row when it happens, so none is later than now: the upper bound on that
-# latest-row lookup (an hour later than now, for a clock stepped back) keeps it out of the
-# week of empty partitions made ahead and the default one, which it otherwise probes once per
-# queue ID.
-_TILE = (
-    "WITH part_rows AS ("
-    " SELECT queue_id, status FROM mail_logs WHERE at >= {} AND at < {}"
-    "), part AS ("
-    " SELECT count(*) FILTER (WHERE status = 'sent') AS delivered,"
-    " count(*) FILTER (WHERE status = 'deferred') AS deferred,"
-    " count(*) FILTER (WHERE status IN ('bounced', 'expired')) AS bounced,"
-    " (SELECT count(*) FROM rejection_logs WHERE at >= {} AND at < {}) AS rejected"
-    " FROM part_rows"
-    "), part_queues AS ("
-    " SELECT count(*) AS accepted FROM (SELECT DISTINCT queue_id FROM part_rows) AS q"
-    " WHERE NOT EXISTS (SELECT 1 FROM mail_logs AS later"
-    "  WHERE later.queue_id = q.queue_id AND later.at >= {} AND later.at < {})"
-    "), whole AS ("
-    " SELECT coalesce(sum(messages), 0) AS accepted, coalesce(sum(sent), 0) AS delivered,"
-    " coalesce(sum(deferred), 0) AS deferred, coalesce(sum(bounced + expired), 0) AS bounced,"
-    " coalesce(sum(rejected), 0) AS rejected"
-    " FROM log_totals WHERE period_start >= {}"
-    ") "
-    "SELECT (part_queues.accepted + whole.accepted)::bigint AS accepted,"
-    " (part.delivered + whole.delivered)::bigint AS delivered,"
-    " (part.deferred + whole.deferred)::bigint AS deferred,"
-    " (part.bounced + whole.bounced)::bigint AS bounced,"
-    " (part.rejected + whole.rejected)::bigint AS rejected "
-    "FROM part, part_queues, whole"
+# The tiles' figures are sums of log_totals, the five-minute totals that triggers on the log
+# tables keep exact (log_totals_bucket(): periods from 2000-01-01 00:00 UTC on). A window takes
+# every period that began at or after its start rounded down to a period: the last hour covers
+# 60 to 65 minutes. Each queue ID counts as accepted once, in the period of its latest row.
+# Counting the minutes before the first whole period from the rows themselves instead (each
+# queue ID's latest row looked up in every partition since) took 3 to 5 ms of database time
+# per window at 10 million rows, most of a dashboard's; these sums take a fraction of one.
+_TILES = (
+    "SELECT w.period, coalesce(sum(t.messages), 0)::bigint AS accepted,"
+    " coalesce(sum(t.sent), 0)::bigint AS delivered,"
+    " coalesce(sum(t.deferred), 0)::bigint AS deferred,"
+    " coalesce(sum(t.bounced + t.expired), 0)::bigint AS bounced,"
+    " coalesce(sum(t.rejected), 0)::bigint AS rejected"
+    " FROM unnest({}::text[], {}::timestamptz[]) WITH ORDINALITY AS w(period, since, n)"
+    " LEFT JOIN log_totals AS t ON t.period_start >= w.since"
+    " GROUP BY w.period, w.n ORDER BY w.n"
 )
-# log_totals' periods: five minutes each, from 2000-01-01 00:00 UTC on (log_totals_bucket()).
 TOTALS_PERIOD = dt.timedelta(minutes=5)
+_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
-def _next_period(moment: dt.datetime) -> dt.datetime:
-    """The first log_totals period that starts at or after `moment`."""
-    start = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-    periods = -((start - moment) // TOTALS_PERIOD)  # ceiling division
-    return start + periods * TOTALS_PERIOD
+def period_start(moment: dt.datetime) -> dt.datetime:
+    """The start of the log_totals period that holds `moment`."""
+    return _EPOCH + ((moment - _EPOCH) // TOTALS_PERIOD) * TOTALS_PERIOD
 
 
 def tile_spans(retention_days: int) -> list[tuple[str, dt.timedelta]]:
@@ -107,17 +87,12 @@ def tile_spans(retention_days: int) -> list[tuple[str, dt.timedelta]]:
 
 async def kpi_tiles(retention_days: int) -> list[dict[str, Any]]:
     """Accepted, delivered, deferred (deferral events: one per recipient and attempt), bounced,
-    rejected for each of tile_spans()."""
+    rejected for each of tile_spans(), from the period holding its start on."""
     now = dt.datetime.now(dt.UTC)
-    latest = now + dt.timedelta(hours=1)
-    tiles = []
-    for key, span in tile_spans(retention_days):
-        since = now - span
-        whole = _next_period(since)
-        # _TILE's placeholders in order (Piccolo numbers them as they come).
-        rows = await MailLog.raw(_TILE, since, whole, since, whole, whole, latest, whole)
-        tiles.append({"period": key, **rows[0]})
-    return tiles
+    spans = tile_spans(retention_days)
+    return await MailLog.raw(
+        _TILES, [key for key, _ in spans], [period_start(now - span) for _, span in spans]
+    )
 
 
 async def recent_rejects(limit: int = 20) -> list[dict[str, Any]]:

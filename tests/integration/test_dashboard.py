@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from app import reports
 from app.db.tables import LogMessage, MailLog, RejectionLog
 
 NOW = dt.datetime.now(dt.UTC)
@@ -193,3 +194,20 @@ async def test_a_shadow_milter_that_does_not_answer_is_an_alert_on_the_dashboard
         up = AGENT_STATUS | {"shadow": AGENT_STATUS["shadow"] | {"milter": "answering"}}
         agent.results["status"] = up
         assert 'id="shadow-milter-down"' not in (await client.get("/")).text
+
+
+async def test_a_window_starts_at_the_five_minute_period_that_holds_its_start():
+    """The last hour is the log_totals periods from the one holding `now - 1 h` on: 60 to 65
+    minutes, whole periods only."""
+    first = reports.period_start(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    await MailLog.insert(
+        *(
+            MailLog(at=at, node_id="a", queue_id=queue_id, sender="a@example.com",
+                    recipient="r@dest.example", status="sent")
+            for at, queue_id in [(first + dt.timedelta(seconds=1), "QIN"),
+                                 (first - dt.timedelta(seconds=1), "QOUT")]
+        )
+    )  # fmt: skip
+    hour, day, _ = await reports.kpi_tiles(14)
+    assert (hour["period"], hour["accepted"], hour["delivered"]) == ("1h", 1, 1)
+    assert (day["period"], day["accepted"], day["delivered"]) == ("24h", 2, 2)
