@@ -75,14 +75,18 @@ def validate(snapshot: Snapshot) -> list[str]:
         networks = list(snapshot["trusted_networks"])
     except (KeyError, TypeError):
         return [Message("The snapshot lacks sender_domains or trusted_networks.")]
+    # Routes repeat (many sender domains, a few relays): each distinct one is checked once.
+    checked_routes: dict[tuple[str, int, str, str | None], tuple[str, int, str]] = {}
     for entry in domains:
         name = str(entry.get("name", ""))
         try:
-            if validation.domain_name(name) != name:
+            if not validation.is_normal_domain(name) and validation.domain_name(name) != name:
                 problems.append(
                     Message("sender domain {name}: not in normalised form", name=repr(name))
                 )
-            validation.comment(str(entry.get("comment", "")))
+            # Whatever is falsy reads as a valid comment ("", "0", "None").
+            if entry.get("comment"):
+                validation.comment(str(entry["comment"]))
         except ValueError as exc:
             problems.append(
                 Message("sender domain {name}: {problem}", name=repr(name), problem=message_of(exc))
@@ -95,7 +99,7 @@ def validate(snapshot: Snapshot) -> list[str]:
         if route is None:
             continue
         try:
-            host, port, tls = _canonical_route(route)
+            host, port, tls = _checked_route(route, checked_routes)
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(
                 Message("route for {name}: {problem}", name=name, problem=message_of(exc))
@@ -141,6 +145,27 @@ def validate(snapshot: Snapshot) -> list[str]:
             problems.append(Message("trusted network {cidr}: listed twice", cidr=value))
         seen_networks.add(value)
     return problems
+
+
+def _checked_route(
+    route: dict[str, Any], checked: dict[tuple[str, int, str, str | None], tuple[str, int, str]]
+) -> tuple[str, int, str]:
+    """_canonical_route(route), from `checked` when a route of the same plain values passed
+    before (exact types: True is not the port 1, nor a str subclass a host)."""
+    try:
+        host, port, tls = route["host"], route["port"], route["tls_mode"]
+        user = route.get("auth_user")
+    except (AttributeError, KeyError, TypeError):
+        return _canonical_route(route)
+    if not (type(host) is str and type(port) is int and type(tls) is str) or not (
+        user is None or type(user) is str
+    ):
+        return _canonical_route(route)
+    key = (host, port, tls, user)
+    known = checked.get(key)
+    if known is None:
+        known = checked[key] = _canonical_route(route)
+    return known
 
 
 def _canonical_route(route: dict[str, Any]) -> tuple[str, int, str]:

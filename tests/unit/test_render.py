@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app.config import snapshot as snap
@@ -249,3 +249,45 @@ def test_an_undecryptable_password_is_a_render_problem(box: SecretBox) -> None:
 
     with pytest.raises(render.RenderError):
         render.render(1, sample(box), wrong_key)
+
+
+# Lines good for some map and lines nearly good: a stray character of every kind splitlines()
+# breaks at, tabs, spaces, a missing part, non-ASCII is refused before either check.
+_LINE_PARTS = st.sampled_from(
+    ["d1.example", "@d1.example", "[relay.example.net]:25", "198.18.5.0/24", "[2001:db8::]/32",
+     "OK", "may", "user:pw", "#", "# a comment", "\t", " ", "\r", "\x0b", "\x0c", "\x1c", "\x1d",
+     "\x1e", "\x1f", "\x85", ":", "@", "", "\n", "\r\n"]
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@example(name="sender_access", lines=["# a comment\rd1.example"], ended=True)
+@example(name="mynetworks", lines=["#\x1c198.18.5.0/24 x"], ended=True)
+@given(
+    name=st.sampled_from(render.MAP_FILES),
+    lines=st.lists(st.lists(_LINE_PARTS, max_size=4).map("".join), max_size=6),
+    ended=st.booleans(),
+)
+def test_the_whole_map_check_passes_only_what_the_line_check_passes(
+    name: str, lines: list[str], ended: bool
+) -> None:
+    text = "\n".join(lines) + ("\n" if ended and lines else "")
+    if render._WHOLE_MAP_RULES[name].fullmatch(text):
+        assert render.line_problems(name, text) == []
+
+
+def test_the_whole_map_check_passes_a_rendered_configuration(box: SecretBox) -> None:
+    maps = render.render(7, sample(box), box.decrypt)
+    for name, content in maps.files.items():
+        assert render._WHOLE_MAP_RULES[name].fullmatch(content.decode()), name
+
+
+def test_a_route_checked_once_does_not_vouch_for_a_lookalike(box: SecretBox) -> None:
+    """Routes are checked once per distinct value: True is not the port 1 for that."""
+    snapshot = sample(box)
+    snapshot["sender_domains"] += [
+        {"name": "a.example", "comment": "", "route": route("relay.example.net", 1, "may")},
+        {"name": "b.example", "comment": "", "route": route("relay.example.net", True, "may")},
+    ]
+    problems = snap.validate(snapshot)
+    assert len(problems) == 1 and "b.example" in problems[0] and "port True" in problems[0]

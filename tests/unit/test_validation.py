@@ -554,3 +554,27 @@ def test_the_plain_ascii_shortcut_agrees_with_the_full_idna_check(name: str) -> 
     if not validation._PLAIN_ASCII_NAME_RE.fullmatch(name):
         return
     assert validation._idna(name, "A domain") == name.lower()
+
+
+@PROPERTY
+@given(
+    st.one_of(
+        st.from_regex(r"[A-Za-z0-9.\-]{1,12}", fullmatch=True),
+        st.from_regex(r"[a-z0-9-]{1,8}(\.[a-z0-9-]{1,8}){0,3}\.?", fullmatch=True),
+        st.from_regex(r"[a-z0-9]{1,63}(\.[a-z0-9]{1,63}){1,5}", fullmatch=True),
+        valid_domains,
+        st.text(max_size=12),
+    )
+)
+@example("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61)  # 253 characters
+@example("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 62)  # 254
+@example("example.123")
+@example("example.123a")
+@example("xn--bcher-kva.example")
+@example("example.com\n")
+@example("a.b")
+def test_a_name_taken_as_normal_is_what_domain_name_returns(name: str) -> None:
+    """The shortcut of a stored snapshot's check: a name it takes, domain_name() returns as
+    it is; one it refuses goes to domain_name()."""
+    if validation.is_normal_domain(name):
+        assert validation.domain_name(name) == name
