@@ -432,7 +432,7 @@ async def logged_in(url: str, context: ssl.SSLContext) -> httpx.AsyncClient:
     return client
 
 
-async def _timed_get(client: httpx.AsyncClient, page: Page) -> float:
+async def timed_get(client: httpx.AsyncClient, page: Page) -> float:
     started = time.perf_counter()
     answer = await client.get(page.path)
     seconds = time.perf_counter() - started  # the whole page has been read
@@ -441,7 +441,7 @@ async def _timed_get(client: httpx.AsyncClient, page: Page) -> float:
     return seconds
 
 
-def _summary(latencies: list[float]) -> dict[str, float]:
+def latency_summary(latencies: list[float]) -> dict[str, float]:
     ms = sorted(s * 1000 for s in latencies)
     return {
         "p50_ms": statistics.median(ms),
@@ -450,7 +450,7 @@ def _summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
-async def _load(
+async def load_page(
     clients: list[httpx.AsyncClient], page: Page, requests: int
 ) -> tuple[list[float], float]:
     """`requests` loads of one page between the clients, each client sending its next request
@@ -462,7 +462,7 @@ async def _load(
         nonlocal left
         while left > 0:
             left -= 1
-            latencies.append(await _timed_get(client, page))
+            latencies.append(await timed_get(client, page))
 
     started = time.perf_counter()
     await asyncio.gather(*(client_loop(client) for client in clients))
@@ -480,14 +480,14 @@ async def measure_pages(
     results = []
     try:
         for page in measured:
-            await asyncio.gather(*(_timed_get(client, page) for client in clients))
-            latencies, wall = await _load(clients, page, sizes.requests)
+            await asyncio.gather(*(timed_get(client, page) for client in clients))
+            latencies, wall = await load_page(clients, page, sizes.requests)
             result = {
                 "page": page.name,
                 "label": page.label,
                 "path": page.path,
                 "requests": len(latencies),
-                **_summary(latencies),
+                **latency_summary(latencies),
                 "requests_per_s": len(latencies) / wall,
             }
             print(
@@ -533,7 +533,7 @@ async def measure_queries(dsn: str, targets: dict[str, str], runs: int) -> list[
                 started = time.perf_counter()
                 await query()
                 latencies.append(time.perf_counter() - started)
-            summary = _summary(latencies)
+            summary = latency_summary(latencies)
             results.append({"query": name, "runs": runs, **summary})
             print(f"  {name}: p50 {_ms(summary['p50_ms'])} ms", flush=True)
     finally:
@@ -544,7 +544,7 @@ async def measure_queries(dsn: str, targets: dict[str, str], runs: int) -> list[
 # -- the part ---------------------------------------------------------------------------------
 
 
-def _terminated(signum: int, frame: Any) -> None:
+def terminated(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
     print("bench gui: terminated, cleaning up", file=sys.stderr, flush=True)
     sys.exit(128 + signum)
@@ -554,7 +554,7 @@ def bench_gui(quick: bool) -> None:
     from tests.pgcluster import PostgresCluster
 
     # A plain `kill` ends the run through the finally blocks: no server or cluster left behind.
-    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGTERM, terminated)
     sizes = Sizes.for_run(quick)
     workdir = Path(tempfile.mkdtemp(prefix="bench-gui-"))
     cluster = PostgresCluster()

@@ -27,20 +27,20 @@ from bench_gui import (
     USERNAME,
     Page,
     Sizes,
-    _load,
-    _summary,
-    _terminated,
-    _timed_get,
     cli,
     first_login,
     generate,
+    latency_summary,
+    load_page,
     logged_in,
     node_env,
     pages,
     search_targets,
     serving,
+    terminated,
+    timed_get,
 )
-from bench_retention import _plain_tables, _template, _vacuum_analyze
+from bench_retention import copy_database, plain_tables, vacuum_analyze
 
 LAYOUTS = {"parted": "day partitions (now)", "plain": "plain tables (before)"}
 ORDER = ["parted", "plain", "plain", "parted"]  # per page, twice
@@ -59,12 +59,12 @@ async def _side_by_side(
             latencies: dict[str, list[float]] = {layout: [] for layout in servers}
             for layout in ORDER * 2:
                 # Warm-up of this page on this layout, then a quarter of the requests.
-                await asyncio.gather(*(_timed_get(c, page) for c in clients[layout]))
-                got, _ = await _load(clients[layout], page, sizes.requests // 4)
+                await asyncio.gather(*(timed_get(c, page) for c in clients[layout]))
+                got, _ = await load_page(clients[layout], page, sizes.requests // 4)
                 latencies[layout] += got
             row: dict[str, Any] = {"page": page.name, "label": page.label}
             for layout, values in latencies.items():
-                row[layout] = {"requests": len(values), **_summary(values)}
+                row[layout] = {"requests": len(values), **latency_summary(values)}
             print(
                 f"  {page.name}: p95 {row['plain']['p95_ms']:.0f} ms plain, "
                 f"{row['parted']['p95_ms']:.0f} ms partitions",
@@ -81,7 +81,7 @@ async def _side_by_side(
 def bench_gui_layouts(quick: bool) -> None:
     from tests.pgcluster import PostgresCluster
 
-    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGTERM, terminated)
     sizes = Sizes.for_run(quick)
     workdir = Path(tempfile.mkdtemp(prefix="bench-layouts-"))
     for layout in LAYOUTS:
@@ -100,10 +100,10 @@ def bench_gui_layouts(quick: bool) -> None:
             stdin=FIRST_PASSWORD + "\n")  # fmt: skip
         print(f"  data made in {time.perf_counter() - started:.0f} s", flush=True)
         started = time.perf_counter()
-        asyncio.run(_template("bench_plain", cluster.dsn(), "bench_gui"))
+        asyncio.run(copy_database("bench_plain", cluster.dsn(), "bench_gui"))
         dsn["plain"] = cluster.dsn("bench_plain")
-        asyncio.run(_plain_tables(dsn["plain"]))
-        asyncio.run(_vacuum_analyze(dsn["plain"]))
+        asyncio.run(plain_tables(dsn["plain"]))
+        asyncio.run(vacuum_analyze(dsn["plain"]))
         env["plain"] = node_env(dsn["plain"], workdir / "plain")
         print(f"  plain copy made in {time.perf_counter() - started:.0f} s", flush=True)
         targets = asyncio.run(search_targets(dsn["parted"]))

@@ -115,9 +115,9 @@ def bench_retention(quick: bool) -> None:
         setup["data_s"] = time.perf_counter() - started
 
         plain_dsn = cluster.dsn("plain")
-        asyncio.run(_template("plain", cluster.dsn(), "parted"))
-        asyncio.run(_plain_tables(plain_dsn))
-        asyncio.run(_vacuum_analyze(plain_dsn))
+        asyncio.run(copy_database("plain", cluster.dsn(), "parted"))
+        asyncio.run(plain_tables(plain_dsn))
+        asyncio.run(vacuum_analyze(plain_dsn))
 
         for _ in range(ROUNDS):
             for variant in ("drop", "delete", "delete", "drop"):
@@ -135,7 +135,7 @@ def bench_retention(quick: bool) -> None:
     report(sizes, setup, runs)
 
 
-async def _template(name: str, admin_dsn: str, template: str) -> None:
+async def copy_database(name: str, admin_dsn: str, template: str) -> None:
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
@@ -178,7 +178,7 @@ FUNCTIONS_SQL = (
 )
 
 
-async def _plain_tables(dsn: str) -> None:
+async def plain_tables(dsn: str) -> None:
     """The log tables as they were before day partitions, made from the partitioned ones: a
     plain table LIKE each gets every row (with no trigger yet: log_totals counts them
     already), the id sequence and the name; then the primary key (id), the indexes, the
@@ -210,7 +210,7 @@ async def _plain_tables(dsn: str) -> None:
         await conn.close()
 
 
-async def _vacuum_analyze(dsn: str) -> None:
+async def vacuum_analyze(dsn: str) -> None:
     # New tables: autovacuum would long have done this on a running node.
     conn = await asyncpg.connect(dsn)
     try:
