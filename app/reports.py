@@ -64,16 +64,9 @@ _TILES = (
     " coalesce(sum(t.bounced + t.expired), 0)::bigint AS bounced,"
     " coalesce(sum(t.rejected), 0)::bigint AS rejected"
     " FROM unnest({}::text[], {}::timestamptz[]) WITH ORDINALITY AS w(period, since, n)"
-    " LEFT JOIN log_totals AS t ON t.period_start >= w.since"
+    " LEFT JOIN log_totals AS t ON t.period_start >= log_totals_bucket(w.since)"
     " GROUP BY w.period, w.n ORDER BY w.n"
 )
-TOTALS_PERIOD = dt.timedelta(minutes=5)
-_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-
-
-def period_start(moment: dt.datetime) -> dt.datetime:
-    """The start of the log_totals period that holds `moment`."""
-    return _EPOCH + ((moment - _EPOCH) // TOTALS_PERIOD) * TOTALS_PERIOD
 
 
 def tile_spans(retention_days: int) -> list[tuple[str, dt.timedelta]]:
@@ -90,9 +83,7 @@ async def kpi_tiles(retention_days: int) -> list[dict[str, Any]]:
     rejected for each of tile_spans(), from the period holding its start on."""
     now = dt.datetime.now(dt.UTC)
     spans = tile_spans(retention_days)
-    return await MailLog.raw(
-        _TILES, [key for key, _ in spans], [period_start(now - span) for _, span in spans]
-    )
+    return await MailLog.raw(_TILES, [key for key, _ in spans], [now - span for _, span in spans])
 
 
 async def recent_rejects(limit: int = 20) -> list[dict[str, Any]]:

@@ -199,7 +199,8 @@ async def test_a_shadow_milter_that_does_not_answer_is_an_alert_on_the_dashboard
 async def test_a_window_starts_at_the_five_minute_period_that_holds_its_start():
     """The last hour is the log_totals periods from the one holding `now - 1 h` on: 60 to 65
     minutes, whole periods only."""
-    first = reports.period_start(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    first = (await MailLog.raw("SELECT log_totals_bucket({}) AS start", hour_ago))[0]["start"]
     await MailLog.insert(
         *(
             MailLog(at=at, node_id="a", queue_id=queue_id, sender="a@example.com",
