@@ -7,7 +7,6 @@ The agent installs them as a whole directory (app.agent.postfix).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
@@ -20,6 +19,7 @@ from app.config import snapshot as snap
 from app.config import validation
 from app.crypto import SecretKeyError
 from app.messages import Message, joined, message_of
+from app.postfix import mapdiff
 
 MAP_FILES = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd", "mynetworks")
 SECRET_MAPS = frozenset({"sasl_passwd"})
@@ -228,12 +228,11 @@ def diff_maps(live: RenderedMaps | None, maps: RenderedMaps) -> str:
     out: list[str] = []
     for name in MAP_FILES:
         out.extend(
-            difflib.unified_diff(
+            mapdiff.unified(
                 _masked(name, old.get(name, b""), salt),
                 _masked(name, maps.files[name], salt),
                 fromfile=f"version-{live.version}/{name}" if live else f"(nothing applied)/{name}",
                 tofile=f"version-{maps.version}/{name}",
-                lineterm="",
             )
         )
     return "\n".join(out)
