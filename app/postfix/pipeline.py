@@ -8,13 +8,17 @@ applied version: rendering is deterministic, so that is exactly what Postfix run
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.agent.protocol import MapsAnswer
 from app.config import applied, service
 from app.crypto import SecretBox
-from app.db.tables import AuditLog
+from app.db.tables import AuditLog, ConfigVersion
 from app.messages import Message, message_of
 from app.postfix import render
 
@@ -34,9 +38,36 @@ class TestReport:
         return not self.problems
 
 
+# Renderings of recent versions: the one this node's Postfix runs, which every Apply diffs
+# against, and the one last tested, which is usually applied next. At 100,000 sender domains a
+# rendering takes 0.22 s. Keyed by number and checksum, since a version that a slave's pull
+# rolled back leaves its number to the next one, and by the key that decrypts its passwords.
+_RENDERED: OrderedDict[tuple[SecretBox, int, str], render.RenderedMaps] = OrderedDict()
+_RENDERED_KEPT = 2
+
+
+async def _version_key(number: int, box: SecretBox) -> tuple[SecretBox, int, str]:
+    row = (
+        await ConfigVersion.select(ConfigVersion.checksum)
+        .where(ConfigVersion.number == number)
+        .first()
+    )
+    if row is None:
+        raise service.NotFound(Message("There is no config version {number}.", number=number))
+    return box, number, row["checksum"]
+
+
 async def render_version(number: int, box: SecretBox) -> render.RenderedMaps:
-    version = await service.get_version(number)
-    return render.render(number, version["snapshot"], box.decrypt)
+    key = await _version_key(number, box)
+    maps = _RENDERED.get(key)
+    if maps is None:
+        version = await service.get_version(number)
+        maps = render.render(number, version["snapshot"], box.decrypt)
+        _RENDERED[key] = maps
+    _RENDERED.move_to_end(key)
+    while len(_RENDERED) > _RENDERED_KEPT:
+        _RENDERED.popitem(last=False)
+    return maps
 
 
 async def applied_maps(node_id: str, box: SecretBox) -> render.RenderedMaps | None:
@@ -52,23 +83,39 @@ async def applied_maps(node_id: str, box: SecretBox) -> render.RenderedMaps | No
 
 async def _prepare(
     number: int, box: SecretBox, node_id: str
-) -> tuple[TestReport, render.RenderedMaps | None]:
+) -> tuple[TestReport, render.RenderedMaps | None, render.RenderedMaps | None]:
+    """The version's maps (None when they cannot be rendered: `problems` says why) and the
+    live ones, to diff against."""
     report = TestReport(number)
     try:
         maps = await render_version(number, box)
     except render.RenderError as exc:
         report.problems = exc.problems
-        return report, None
-    report.diff = render.diff_maps(await applied_maps(node_id, box), maps)
-    return report, maps
+        return report, None, None
+    return report, maps, await applied_maps(node_id, box)
+
+
+async def on_agent(
+    report: TestReport,
+    maps: render.RenderedMaps,
+    live: render.RenderedMaps | None,
+    call: Callable[[int, dict[str, bytes]], Awaitable[MapsAnswer]],
+) -> MapsAnswer:
+    """`call` (the agent's check or apply) with `maps`; the diff against `live` is worked out
+    meanwhile, while the agent builds the maps in its own process, and lands in `report`."""
+    diff = asyncio.create_task(asyncio.to_thread(render.diff_maps, live, maps))
+    try:
+        return await call(maps.version, maps.files)
+    finally:
+        report.diff = await diff
 
 
 async def test_version(number: int, box: SecretBox, agent: AgentClient, node_id: str) -> TestReport:
-    report, maps = await _prepare(number, box, node_id)
+    report, maps, live = await _prepare(number, box, node_id)
     if maps is None:
         return report
     try:
-        answer = await agent.check(number, maps.files)
+        answer = await on_agent(report, maps, live, agent.check)
     except AgentUnavailable as exc:
         report.notes.append(
             Message("Postfix did not check this version: {error}", error=message_of(exc))
@@ -87,10 +134,10 @@ async def apply_version(
     number: int, box: SecretBox, agent: AgentClient, node_id: str, actor: service.Actor
 ) -> TestReport:
     """Test, swap in, reload. On any failure the previous maps stay live and it is audited."""
-    report, maps = await _prepare(number, box, node_id)
+    report, maps, live = await _prepare(number, box, node_id)
     if maps is not None:
         try:
-            answer = await agent.apply(number, maps.files)
+            answer = await on_agent(report, maps, live, agent.apply)
             report.problems.extend(answer["problems"])
         except AgentUnavailable as exc:
             report.problems.append(Message("not applied: {error}", error=message_of(exc)))

@@ -7,6 +7,7 @@ import json
 
 from app.config import service
 from app.db.tables import AppliedVersion, AuditLog, ConfigVersion, RelayRoute, SenderDomain
+from app.postfix import pipeline
 from tests.conftest import csrf
 
 SECRET = "route-password-123"
@@ -183,3 +184,18 @@ async def test_a_slave_refuses_configuration_changes(login_as, app, monkeypatch)
     assert "managed on the master at https://198.18.0.11:8443" in page
     assert 'id="domain-form"' not in page
     assert await SenderDomain.count() == 0
+
+
+async def test_a_version_number_taken_again_by_another_snapshot_is_rendered_anew(app):
+    # Apply keeps recent renderings (the live maps every diff is taken against). When a
+    # slave's pull fails to apply, its version is rolled back and the number comes again
+    # with another snapshot: that one must not be answered from the rendering kept.
+    box, actor = app.state.box, service.Actor("t")
+    await service.add_domain(actor, "first.example")
+    assert b"first.example\tOK" in (await pipeline.render_version(1, box)).files["sender_access"]
+    await ConfigVersion.delete().where(ConfigVersion.number == 1)
+    await SenderDomain.delete(force=True)
+    assert await service.add_domain(actor, "second.example") == 1
+    again = (await pipeline.render_version(1, box)).files["sender_access"]
+    assert b"second.example\tOK" in again
+    assert b"first.example" not in again
