@@ -269,62 +269,65 @@ class PostfixTools:
         return stage
 
     def _check_stage(self, stage: Path) -> list[str]:
-        problems: list[str] = []
-        # The maps are independent: built at once, an Apply of 100,000 sender domains waits for
-        # the largest map rather than for all four one after another.
-        with ThreadPoolExecutor(len(HASHED_MAPS)) as pool:
-            built = pool.map(
-                lambda name: self.run("postmap", f"hash:{stage / name}", check=False), HASHED_MAPS
-            )
-        for name, result in zip(HASHED_MAPS, built, strict=True):
-            text = (result.stderr + result.stdout).strip()
-            if result.returncode != 0 or "warning" in text or "fatal" in text:
-                problems.append(tool_said(f"postmap {name}", text, result.returncode))
-        secret_db = stage / "sasl_passwd.db"
-        if secret_db.exists():
-            os.chmod(secret_db, 0o600)
+        scratch = self._scratch_config(stage)
+        # What Postfix's daemons will read: main.cf parsed with every value expanded, and each
+        # map built, then opened and queried as a lookup table through that main.cf. `postfix
+        # check` adds checks of the queue and the installation that no set of maps changes, and
+        # costs seconds (it runs post-install and walks the whole queue): not worth it per
+        # Apply. The maps are independent and the checks of main.cf need none of them: all run
+        # at once, so an Apply of 100,000 sender domains waits for the largest map and its
+        # lookup rather than for a dozen programs one after another.
+        try:
+            with ThreadPoolExecutor(len(HASHED_MAPS) + 1 + len(RELAY_SETTINGS)) as pool:
+                maps = [pool.submit(self._build_map, stage, name, scratch) for name in HASHED_MAPS]
+                parsed = pool.submit(
+                    self.run, "postconf", "-x", "-n", config_dir=scratch, check=False
+                )
+                relay = [
+                    pool.submit(self.run, "postconf", "-h", name, config_dir=scratch, check=False)
+                    for name in RELAY_SETTINGS
+                ]
+                problems = [problem for built in maps for problem in built.result()]
+                result = parsed.result()
+                text = result.stderr.strip()
+                if result.returncode != 0 or text:
+                    problems.append(tool_said("postconf", text, result.returncode))
+                problems += self._relay_problems([answer.result() for answer in relay])
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return problems
+
+    def _scratch_config(self, stage: Path) -> Path:
+        """A private copy of main.cf and master.cf that reads the staged maps; everything else
+        is the live configuration."""
         scratch = stage / ".config"
         scratch.mkdir(mode=0o700)
         for name in ("main.cf", "master.cf"):
             shutil.copy2(self.config_dir / name, scratch / name)
-        # The scratch copy reads the staged maps; everything else is the live configuration.
         self.run("postconf", "-e", f"mailrelay_maps={stage}", config_dir=scratch)
         # Postfix reads a main.cf changed within the last second as one being written: it
         # waits and reads again until the file is older (about 2 s of every check here).
         # Nobody else writes this private copy; date it back.
         aged = time.time() - 60
         os.utime(scratch / "main.cf", (aged, aged))
-        # What Postfix's daemons will read: main.cf parsed with every value expanded, and each
-        # map opened and queried as a lookup table through that main.cf. `postfix check` adds
-        # checks of the queue and the installation that no set of maps changes, and costs
-        # seconds (it runs post-install and walks the whole queue): not worth it per Apply.
-        # The checks only read the scratch copy: run at once, an Apply waits for the slowest
-        # instead of eight programs one after another.
-        with ThreadPoolExecutor(len(HASHED_MAPS) + 1 + len(RELAY_SETTINGS)) as pool:
-            parsed = pool.submit(self.run, "postconf", "-x", "-n", config_dir=scratch, check=False)
-            lookups = [
-                pool.submit(
-                    self.run, "postmap", "-q", PROBE_KEY, f"hash:{stage / name}",
-                    config_dir=scratch, check=False,
-                )
-                for name in HASHED_MAPS
-            ]  # fmt: skip
-            relay = [
-                pool.submit(self.run, "postconf", "-h", name, config_dir=scratch, check=False)
-                for name in RELAY_SETTINGS
-            ]
-            result = parsed.result()
-            text = result.stderr.strip()
-            if result.returncode != 0 or text:
-                problems.append(tool_said("postconf", text, result.returncode))
-            for name, lookup in zip(HASHED_MAPS, lookups, strict=True):
-                result = lookup.result()
-                text = result.stderr.strip()
-                if result.returncode not in (0, 1) or text:
-                    problems.append(tool_said(f"postmap -q {name}", text, result.returncode))
-            problems += self._relay_problems([answer.result() for answer in relay])
-        shutil.rmtree(scratch, ignore_errors=True)
-        return problems
+        return scratch
+
+    def _build_map(self, stage: Path, name: str, scratch: Path) -> list[str]:
+        """postmap one staged map, then look a key up in it through the scratch main.cf."""
+        result = self.run("postmap", f"hash:{stage / name}", check=False)
+        built = stage / f"{name}.db"
+        if name in render.SECRET_MAPS and built.exists():
+            os.chmod(built, 0o600)
+        text = (result.stderr + result.stdout).strip()
+        if result.returncode != 0 or "warning" in text or "fatal" in text:
+            return [tool_said(f"postmap {name}", text, result.returncode)]
+        result = self.run(
+            "postmap", "-q", PROBE_KEY, f"hash:{stage / name}", config_dir=scratch, check=False
+        )
+        text = result.stderr.strip()
+        if result.returncode not in (0, 1) or text:
+            return [tool_said(f"postmap -q {name}", text, result.returncode)]
+        return []
 
     def _check_files(self, version: int, files: dict[str, bytes]) -> MapsReport:
         """What the maps themselves hold: their shape, then the policy floors."""

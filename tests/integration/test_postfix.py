@@ -3,6 +3,7 @@ clients are swaks, relay targets record what they receive."""
 
 from __future__ import annotations
 
+import stat
 import time
 from pathlib import Path
 
@@ -106,6 +107,10 @@ async def test_an_allowed_sender_is_relayed_by_its_route(login_as, host, agent):
     assert received(host.sink1)[-1]["message_id"] == "<plain-1@test>"  # nothing else went there
     applied = await AppliedVersion.select().first()
     assert applied["number"] == 5
+    # The passwords of SMTP AUTH are readable by root alone, as written and as built.
+    for name in ("sasl_passwd", "sasl_passwd.db"):
+        mode = (host.maps_root / "live" / name).stat().st_mode
+        assert stat.S_IMODE(mode) == 0o600, name
 
 
 async def test_policy_refusals_happen_in_the_smtp_dialogue(login_as, host, agent):
