@@ -63,6 +63,8 @@ async def render_version(number: int, box: SecretBox) -> render.RenderedMaps:
     if maps is None:
         version = await service.get_version(number)
         maps = render.render(number, version["snapshot"], box.decrypt)
+        # Kept under the checksum of the row it was rendered from, read with it.
+        key = box, number, version["checksum"]
         _RENDERED[key] = maps
     _RENDERED.move_to_end(key)
     while len(_RENDERED) > _RENDERED_KEPT:
