@@ -45,7 +45,7 @@ def _sorted_opcodes(
     return codes
 
 
-def opcodes(a: Sequence[str], b: Sequence[str]) -> list[Opcode]:
+def opcodes(a: Sequence[str], b: Sequence[str]) -> Sequence[Opcode]:
     """What turns a into b, as difflib.SequenceMatcher.get_opcodes() spells it."""
     in_a, in_b = set(a), set(b)
     if _sorted_and_distinct(a, in_a) and _sorted_and_distinct(b, in_b):
@@ -53,7 +53,7 @@ def opcodes(a: Sequence[str], b: Sequence[str]) -> list[Opcode]:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
 
 
-def _hunks(codes: list[Opcode], n: int) -> Iterator[list[Opcode]]:
+def _hunks(codes: Sequence[Opcode], n: int) -> Iterator[list[Opcode]]:
     """The opcodes in hunks, each change with up to n lines of context on either side; as
     difflib.SequenceMatcher.get_grouped_opcodes() groups them."""
     codes = list(codes) or [("equal", 0, 1, 0, 1)]
