@@ -53,27 +53,16 @@ def opcodes(a: Sequence[str], b: Sequence[str]) -> Sequence[Opcode]:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
 
 
-def _hunks(codes: Sequence[Opcode], n: int) -> Iterator[list[Opcode]]:
-    """The opcodes in hunks, each change with up to n lines of context on either side; as
-    difflib.SequenceMatcher.get_grouped_opcodes() groups them."""
-    codes = list(codes) or [("equal", 0, 1, 0, 1)]
-    tag, i1, i2, j1, j2 = codes[0]
-    if tag == "equal":
-        codes[0] = tag, max(i1, i2 - n), i2, max(j1, j2 - n), j2
-    tag, i1, i2, j1, j2 = codes[-1]
-    if tag == "equal":
-        codes[-1] = tag, i1, min(i2, i1 + n), j1, min(j2, j1 + n)
-    hunk: list[Opcode] = []
-    for tag, i1, i2, j1, j2 in codes:
-        # A long stretch of equal lines closes the hunk and opens the next one.
-        if tag == "equal" and i2 - i1 > 2 * n:
-            hunk.append((tag, i1, min(i2, i1 + n), j1, min(j2, j1 + n)))
-            yield hunk
-            hunk = []
-            i1, j1 = max(i1, i2 - n), max(j1, j2 - n)
-        hunk.append((tag, i1, i2, j1, j2))
-    if hunk and not (len(hunk) == 1 and hunk[0][0] == "equal"):
-        yield hunk
+class _Found(difflib.SequenceMatcher):
+    """difflib's grouping of opcodes into hunks (get_grouped_opcodes), over opcodes found
+    without it."""
+
+    def __init__(self, codes: Sequence[Opcode]) -> None:
+        super().__init__(None, "", "")
+        self.codes = codes
+
+    def get_opcodes(self) -> list[Opcode]:  # type: ignore[override]
+        return list(self.codes)  # grouping rewrites the first and last in place
 
 
 def _range(start: int, stop: int) -> str:
@@ -89,7 +78,7 @@ def unified(
 ) -> Iterator[str]:
     """difflib.unified_diff(a, b, fromfile, tofile, n=n, lineterm="")."""
     started = False
-    for hunk in _hunks(opcodes(a, b), n):
+    for hunk in _Found(opcodes(a, b)).get_grouped_opcodes(n):
         if not started:
             started = True
             yield f"--- {fromfile}"
