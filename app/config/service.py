@@ -344,6 +344,20 @@ async def get_version(number: int) -> dict[str, Any]:
         .output(load_json=True)
         .first()
     )
+    return _found(number, row)
+
+
+async def version_checksum(number: int) -> str:
+    """The version's checksum alone: at 100,000 sender domains its snapshot is 16 MB of JSON."""
+    row = (
+        await ConfigVersion.select(ConfigVersion.checksum)
+        .where(ConfigVersion.number == number)
+        .first()
+    )
+    return str(_found(number, row)["checksum"])
+
+
+def _found(number: int, row: dict[str, Any] | None) -> dict[str, Any]:
     if row is None:
         raise NotFound(Message("There is no config version {number}.", number=number))
     return row

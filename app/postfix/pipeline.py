@@ -18,7 +18,7 @@ from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.agent.protocol import MapsAnswer
 from app.config import applied, service
 from app.crypto import SecretBox
-from app.db.tables import AuditLog, ConfigVersion
+from app.db.tables import AuditLog
 from app.messages import Message, message_of
 from app.postfix import render
 
@@ -46,19 +46,8 @@ _RENDERED: OrderedDict[tuple[SecretBox, int, str], render.RenderedMaps] = Ordere
 _RENDERED_KEPT = 2
 
 
-async def _version_key(number: int, box: SecretBox) -> tuple[SecretBox, int, str]:
-    row = (
-        await ConfigVersion.select(ConfigVersion.checksum)
-        .where(ConfigVersion.number == number)
-        .first()
-    )
-    if row is None:
-        raise service.NotFound(Message("There is no config version {number}.", number=number))
-    return box, number, row["checksum"]
-
-
 async def render_version(number: int, box: SecretBox) -> render.RenderedMaps:
-    key = await _version_key(number, box)
+    key = box, number, await service.version_checksum(number)
     maps = _RENDERED.get(key)
     if maps is None:
         version = await service.get_version(number)
