@@ -282,7 +282,7 @@ def one_failover(kind: str) -> dict[str, float]:
         "connect": first(seen["connect"]),
         "ok": first(seen["ok"]),
         # Sessions that connected before the outage and had no answer when the probe ended.
-        "stalled": len([t for t in seen["waiting"] if t < start]),
+        "hanging": len([t for t in seen["waiting"] if t < start]),
     }
 
 
@@ -303,7 +303,7 @@ def bench_failover(quick: bool) -> None:
                     parts[name] = {
                         what: statistics.median(m[what] for m in measured)
                         for what in ("mac", "connect", "ok")
-                    } | {"stalled": sum(m["stalled"] for m in measured)}
+                    } | {"hanging": sum(m["hanging"] for m in measured)}
                     print(f"{name}: {results[name]}, medians {parts[name]}", file=sys.stderr)
         finally:
             set_advert_interval("1")
@@ -327,7 +327,7 @@ def bench_failover(quick: bool) -> None:
                 "first 250",
                 "sessions left hanging",
             ],
-            [[name, p["mac"], p["connect"], p["ok"], p["stalled"]] for name, p in parts.items()],
+            [[name, p["mac"], p["connect"], p["ok"], p["hanging"]] for name, p in parts.items()],
         )
     )
 
