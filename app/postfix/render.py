@@ -133,7 +133,7 @@ def _bare(rule: re.Pattern[str]) -> str:
 # included). 100,000 sender domains are about 200,000 lines, checked one by one in Python in
 # 0.14 s, most of what the agent adds to an Apply of that size; a map this refuses is checked
 # line by line again to say where (tests/unit/test_render.py holds the two to the same answer).
-_COMMENT = r"#[^\n\r\x0b\x0c\x1c-\x1e]*\n"
+_COMMENT = r"#[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*\n"
 _WHOLE_MAP_RULES = {
     name: re.compile(f"(?:{_COMMENT}|{_bare(key)}\t{_bare(_VALUE_RULES[name])}\n)*")
     for name, key in _KEY_RULES.items()

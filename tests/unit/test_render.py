@@ -263,6 +263,7 @@ _LINE_PARTS = st.sampled_from(
 @settings(max_examples=1000, deadline=None)
 @example(name="sender_access", lines=["# a comment\rd1.example"], ended=True)
 @example(name="mynetworks", lines=["#\x1c198.18.5.0/24 x"], ended=True)
+@example(name="sender_access", lines=["#\x85"], ended=True)
 @given(
     name=st.sampled_from(render.MAP_FILES),
     lines=st.lists(st.lists(_LINE_PARTS, max_size=4).map("".join), max_size=6),
