@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.config import validation
@@ -62,25 +62,47 @@ def checksum(snapshot: Snapshot) -> str:
     return hashlib.sha256(canonical(snapshot)).hexdigest()
 
 
+@dataclass
+class CheckedDomains:
+    """The sender domains that passed, in the snapshot's order, as the checks found them: each
+    one's name, its route as stored (None: no route) and that route's host, port and TLS mode
+    (None with it). Three lists rather than a tuple per domain: 100,000 new tuples wake the
+    garbage collector, which then walks the whole snapshot, a fifth of a render."""
+
+    names: list[str] = field(default_factory=list)
+    routes: list[dict[str, Any] | None] = field(default_factory=list)
+    relays: list[tuple[str, int, str] | None] = field(default_factory=list)
+
+
 def validate(snapshot: Snapshot) -> list[str]:
     """Every problem in a snapshot (e.g. one received from the master), as operator-facing text.
 
     The same rules as the forms: a snapshot that passes cannot inject anything into a map.
     """
+    return checked(snapshot)[0]
+
+
+def checked(snapshot: Snapshot) -> tuple[list[str], CheckedDomains]:
+    """validate(snapshot), and each sender domain that passed with what its checks found, in
+    the snapshot's order: the renderer writes those, rather than read each entry again (at
+    100,000 sender domains a pass over the entries is a tenth of a second)."""
     problems: list[str] = []
+    passed = CheckedDomains()
     seen_domains: set[str] = set()
     nexthop_tls: dict[tuple[str, int], tuple[str, str]] = {}
     try:
         domains = list(snapshot["sender_domains"])
         networks = list(snapshot["trusted_networks"])
     except (KeyError, TypeError):
-        return [Message("The snapshot lacks sender_domains or trusted_networks.")]
+        return [Message("The snapshot lacks sender_domains or trusted_networks.")], passed
     # Routes repeat (many sender domains, a few relays): each distinct one is checked once.
     checked_routes: dict[tuple[str, int, str, str | None], tuple[str, int, str]] = {}
+    is_normal_domain = validation.is_normal_domain
+    add_name, add_route, add_relay = passed.names.append, passed.routes.append, passed.relays.append
     for entry in domains:
         name = str(entry.get("name", ""))
         try:
-            if not validation.is_normal_domain(name) and validation.domain_name(name) != name:
+            if not is_normal_domain(name) and validation.domain_name(name) != name:
                 problems.append(
                     Message("sender domain {name}: not in normalised form", name=repr(name))
                 )
@@ -97,9 +119,12 @@ def validate(snapshot: Snapshot) -> list[str]:
         seen_domains.add(name)
         route = entry.get("route")
         if route is None:
+            add_name(name)
+            add_route(None)
+            add_relay(None)
             continue
         try:
-            host, port, tls = _checked_route(route, checked_routes)
+            relay = _checked_route(route, checked_routes)
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(
                 Message("route for {name}: {problem}", name=name, problem=message_of(exc))
@@ -111,7 +136,11 @@ def validate(snapshot: Snapshot) -> list[str]:
             problems.append(
                 Message("route for {name}: SMTP AUTH user without a password", name=name)
             )
+        add_name(name)
+        add_route(route)
+        add_relay(relay)
         # smtp_tls_policy_maps is keyed by next hop: two routes to one host must agree on TLS.
+        host, port, tls = relay
         other = nexthop_tls.setdefault((host, port), (tls, name))
         if other[0] != tls:
             problems.append(
@@ -144,7 +173,7 @@ def validate(snapshot: Snapshot) -> list[str]:
         if value in seen_networks:
             problems.append(Message("trusted network {cidr}: listed twice", cidr=value))
         seen_networks.add(value)
-    return problems
+    return problems, passed
 
 
 def _checked_route(

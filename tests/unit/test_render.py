@@ -292,3 +292,50 @@ def test_a_route_checked_once_does_not_vouch_for_a_lookalike(box: SecretBox) -> 
     ]
     problems = snap.validate(snapshot)
     assert len(problems) == 1 and "b.example" in problems[0] and "port True" in problems[0]
+
+
+# Relays whose TLS modes agree per host and port, with and without SMTP AUTH.
+_RELAYS = [
+    ("relay1.example.net", 25, "may", None),
+    ("relay1.example.net", 587, "encrypt", "app"),
+    ("relay1.example.net", 587, "encrypt", None),
+    ("192.0.2.7", 25, "none", None),
+    ("2001:db8::7", 2525, "verify", "ops"),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9]{0,3}(-[a-z0-9]{1,4})?\.(example|test)", fullmatch=True),
+        st.one_of(st.none(), st.sampled_from(_RELAYS)),
+        max_size=12,
+    )
+)
+def test_each_sender_domain_gets_exactly_its_lines(box: SecretBox, chosen: dict) -> None:
+    """The maps hold, in name order, one line per sender domain and one per next hop, whatever
+    routes the domains share: the same as reading each entry on its own."""
+    snapshot = {
+        "sender_domains": [
+            {
+                "name": name,
+                "comment": "",
+                "route": relay
+                and route(*relay[:3], relay[3], box.encrypt(f"pw-{name}") if relay[3] else None),
+            }
+            for name, relay in chosen.items()
+        ],
+        "trusted_networks": [],
+    }
+    maps = render.render(2, snapshot, box.decrypt)
+    routed = sorted((name, relay) for name, relay in chosen.items() if relay)
+    assert lines(maps, "sender_access")[1:] == sorted(f"{name}\tOK" for name in chosen)
+    assert lines(maps, "sender_relayhost")[1:] == [
+        f"@{name}\t[{relay[0]}]:{relay[1]}" for name, relay in routed
+    ]
+    assert lines(maps, "tls_policy")[1:] == sorted(
+        {f"[{relay[0]}]:{relay[1]}\t{relay[2]}" for _, relay in routed}
+    )
+    assert lines(maps, "sasl_passwd")[1:] == [
+        f"@{name}\t{relay[3]}:pw-{name}" for name, relay in routed if relay[3]
+    ]
