@@ -4,7 +4,6 @@ app/agent/protocol.py."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from pathlib import Path
 from typing import TypeVar, cast
@@ -24,8 +23,13 @@ class AgentRefused(Exception):
     """The agent answered with an error."""
 
 
-def _encoded(files: dict[str, bytes]) -> dict[str, str]:
-    return {name: base64.b64encode(content).decode() for name, content in files.items()}
+def _maps(
+    verb: p.Verb[p.MapsArgs, p.MapsAnswer], version: int, files: dict[str, bytes]
+) -> Request[p.MapsAnswer]:
+    """A check or an apply of `files`: their sizes in the arguments, their bytes as the
+    payload, in the same order."""
+    sizes = {name: len(content) for name, content in files.items()}
+    return verb({"version": version, "files": sizes}, b"".join(files.values()))
 
 
 def _with_messages(answer: R) -> R:
@@ -63,7 +67,11 @@ class AgentClient:
                 )
             ) from None
         try:
-            writer.write(json.dumps({"verb": request.verb, "args": request.args}).encode() + b"\n")
+            head: dict[str, object] = {"verb": request.verb, "args": request.args}
+            if request.payload:
+                head["payload"] = len(request.payload)
+            writer.write(json.dumps(head).encode() + b"\n")
+            writer.write(request.payload)
             await writer.drain()
             line = await asyncio.wait_for(reader.readline(), timeout=self.timeout)
         finally:
@@ -84,12 +92,12 @@ class AgentClient:
 
     async def check(self, version: int, files: dict[str, bytes]) -> p.MapsAnswer:
         """Build and check a set of maps in a scratch directory; nothing goes live."""
-        answer = await self._call(p.CHECK({"version": version, "files": _encoded(files)}))
+        answer = await self._call(_maps(p.CHECK, version, files))
         return _with_messages(answer)
 
     async def apply(self, version: int, files: dict[str, bytes]) -> p.MapsAnswer:
         """Check, swap in and reload; on a failure the previous maps stay live."""
-        answer = await self._call(p.APPLY({"version": version, "files": _encoded(files)}))
+        answer = await self._call(_maps(p.APPLY, version, files))
         return _with_messages(answer)
 
     async def reload(self) -> None:

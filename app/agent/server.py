@@ -9,7 +9,6 @@ socket activation (LISTEN_FDS); otherwise the agent binds the path itself.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
 import json
 import logging
@@ -29,6 +28,9 @@ from app.settings import AgentSettings
 
 log = logging.getLogger("mailrelay.agent")
 MAX_REQUEST = 256 * 1024 * 1024
+# Where a request's payload reaches its handler, beside the arguments: a key that JSON cannot
+# fill with bytes, so arguments that name it themselves are refused as not bytes.
+PAYLOAD = "payload"
 QUEUE_LIMIT_MAX = 100_000
 R = TypeVar("R")
 Handler = Callable[[dict[str, Any]], object]
@@ -40,16 +42,26 @@ def _on(verb: p.Verb[Any, R], handler: Callable[[dict[str, Any]], R]) -> tuple[s
 
 
 def _files(args: dict[str, Any]) -> tuple[int, dict[str, bytes]]:
+    """The version and its map files: `files` names each map with its size, and the payload
+    (which the server put under PAYLOAD) holds their contents one after another."""
     version = args.get("version")
     files = args.get("files")
+    payload = args.get(PAYLOAD)
     if not isinstance(version, int) or version < 1:
         raise AgentError(Message("version must be a positive integer"))
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise AgentError(Message("files must map map names to base64 text"))
-    try:
-        return version, {str(k): base64.b64decode(v, validate=True) for k, v in files.items()}
-    except ValueError as exc:
-        raise AgentError(Message("files: {error}", error=str(exc))) from None
+    if (
+        not isinstance(files, dict)
+        or not all(type(size) is int and size >= 0 for size in files.values())
+        or not isinstance(payload, bytes)
+        or sum(files.values()) != len(payload)
+    ):
+        raise AgentError(Message("files must name each map with its size in the payload"))
+    contents: dict[str, bytes] = {}
+    start = 0
+    for name, size in files.items():
+        contents[str(name)] = payload[start : start + size]
+        start += size
+    return version, contents
 
 
 def _queue_ids(args: dict[str, Any]) -> list[str]:
@@ -207,6 +219,8 @@ class Agent:
                     request = json.loads(line)
                 except ValueError:
                     request = None
+                if isinstance(request, dict) and "payload" in request:
+                    request = await _with_payload(request, reader)
                 response = await self.handle(request, peer)
                 verb = request.get("verb") if isinstance(request, dict) else "?"
                 log.info(
@@ -219,10 +233,27 @@ class Agent:
                 )
                 writer.write(json.dumps(response).encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
+        except (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ) as exc:
             log.warning("connection from %s dropped: %s", peer, exc)
         finally:
             writer.close()
+
+
+async def _with_payload(request: dict[str, Any], reader: asyncio.StreamReader) -> dict[str, Any]:
+    """The request with the bytes that follow its line under its arguments' PAYLOAD. A size
+    that is not one the agent reads would leave the stream where no next line starts: the
+    connection is dropped (ValueError)."""
+    size = request["payload"]
+    if type(size) is not int or not 0 <= size <= MAX_REQUEST:
+        raise ValueError(f"a payload of {size!r} bytes")
+    payload = await reader.readexactly(size)
+    args = request.get("args")
+    return {**request, "args": {**args, PAYLOAD: payload} if isinstance(args, dict) else args}
 
 
 def _activated_socket() -> socket.socket | None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from app.agent import callers, protocol
+from app.agent import callers, protocol, server
 from app.agent.client import AgentClient, AgentRefused
-from app.agent.postfix import PostfixTools
+from app.agent.postfix import AgentError, PostfixTools
 from app.agent.server import Agent
 from app.settings import load_agent_settings
 
@@ -60,7 +60,10 @@ class Recorder:
         self.requests: list[dict[str, Any]] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.requests.append(json.loads(await reader.readline()))
+        request = json.loads(await reader.readline())
+        if "payload" in request:
+            request["payload"] = await reader.readexactly(request["payload"])
+        self.requests.append(request)
         writer.write(json.dumps({"ok": True, "result": None}).encode() + b"\n")
         await writer.drain()
         writer.close()
@@ -78,6 +81,13 @@ async def test_each_client_method_sends_the_verb_it_is_named_after():
             request = recorder.requests[-1]
             assert request["verb"] == name
             assert set(request["args"]) == set(wanted), name
+        # The maps go as their sizes and, after the line, their bytes as they are.
+        await client.apply(3, {"sender_access": b"a.example\tOK\n", "sasl_passwd": b""})
+        assert recorder.requests[-1] == {
+            "verb": "apply",
+            "args": {"version": 3, "files": {"sender_access": 13, "sasl_passwd": 0}},
+            "payload": b"a.example\tOK\n",
+        }
         await client.queue_action("requeue", "4dLq2G1xZ9z9vxL")
         assert recorder.requests[-1] == {"verb": "requeue", "args": {"queue_id": "4dLq2G1xZ9z9vxL"}}
     finally:
@@ -111,3 +121,54 @@ def test_the_allow_list_names_only_verbs_and_is_as_strict_as_before():
     assert {u for u, verbs in callers.UNIT_VERBS.items() if "import_replica" in verbs} == {
         "mailrelay-vrrp-events.service"
     }
+
+
+def test_the_payload_is_cut_into_the_maps_by_their_sizes_in_order():
+    args = {"version": 2, "files": {"b": 3, "a": 0, "c": 2}, server.PAYLOAD: b"bbbcc"}
+    assert server._files(args) == (2, {"b": b"bbb", "a": b"", "c": b"cc"})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"version": 2, "files": {"a": 3}, server.PAYLOAD: b"aaaa"},  # one byte left over
+        {"version": 2, "files": {"a": 3, "b": 2}, server.PAYLOAD: b"aaaa"},  # one short
+        {"version": 2, "files": {"a": -1, "b": 5}, server.PAYLOAD: b"aaaa"},
+        {"version": 2, "files": {"a": True}, server.PAYLOAD: b"a"},
+        {"version": 2, "files": {"a": 1}, server.PAYLOAD: "a"},  # what JSON itself could send
+        {"version": 2, "files": {"a": 1}},
+    ],
+)
+def test_maps_whose_sizes_do_not_cut_the_payload_exactly_are_refused(args):
+    with pytest.raises(AgentError, match="its size in the payload"):
+        server._files(args)
+
+
+async def _served(agent: Agent, request: bytes) -> bytes:
+    """What the agent answers on one connection that sends `request` and closes."""
+    folder = Path(tempfile.mkdtemp(prefix="mr-proto-"))
+    listening = await asyncio.start_unix_server(
+        agent.serve_connection, path=str(folder / "a.sock"), limit=server.MAX_REQUEST
+    )
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(folder / "a.sock"))
+        writer.write(request)
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        return answer
+    finally:
+        listening.close()
+        await listening.wait_closed()
+
+
+async def test_a_payload_of_no_size_the_agent_reads_drops_the_connection():
+    agent = Agent(PostfixTools(Path("/nonexistent"), Path("/nonexistent")), load_agent_settings({}))
+    for size in (-1, "5", server.MAX_REQUEST + 1, 10):  # 10: more than follows the line
+        head = {"verb": "check", "args": {"version": 1, "files": {"a": 5}}, "payload": size}
+        assert await _served(agent, json.dumps(head).encode() + b"\nhello") == b"", size
+    # The same request with its size right is answered (and refused by the map checks).
+    head = {"verb": "check", "args": {"version": 1, "files": {"a": 5}}, "payload": 5}
+    answer = json.loads(await _served(agent, json.dumps(head).encode() + b"\nhello"))
+    assert answer["ok"] is True
+    assert answer["result"]["problems"][0]["key"].startswith("expected exactly the maps")
