@@ -88,3 +88,24 @@ def test_equal_maps_have_no_diff() -> None:
     same = ["# header", "a\tOK", "b\tOK"]
     assert list(mapdiff.unified(same, list(same), "x", "y")) == []
     assert list(mapdiff.unified([], [], "x", "y")) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 3000),
+    st.lists(st.tuples(st.integers(0, 3100), st.booleans()), max_size=8),
+    st.integers(0, 4),
+)
+def test_a_few_changes_in_a_long_map_give_difflibs_own_diff(
+    size: int, edits: list[tuple[int, bool]], n: int
+) -> None:
+    """Long runs both versions hold, broken by a few added or removed lines anywhere: the runs
+    are compared a block at a time, and a block holding a change must still find it."""
+    old = [f"d{i:05}.example\tOK" for i in range(0, 2 * size, 2)]
+    new = set(old)
+    for at, added in edits:
+        new ^= {f"d{at * 2 + added:05}.example\tOK"}  # odd: a new line; even: one removed or back
+    a, b = ["# version 1", *old], ["# version 2", *sorted(new)]
+    diff = list(mapdiff.unified(a, b, "old", "new", n=n))
+    assert diff == expected(a, b, n)
+    assert patched(a, diff) == b
