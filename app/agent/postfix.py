@@ -394,8 +394,7 @@ class PostfixTools:
         previous = os.readlink(live) if live.is_symlink() else None
         self._point_live_at(target.name)
         try:
-            if self.postfix_running():
-                self.run("postfix", "reload")
+            self._reload_if_running()
         except AgentError as exc:
             # The new maps are not what Postfix runs with: put the previous set back.
             if previous:
@@ -421,6 +420,16 @@ class PostfixTools:
 
     def postfix_running(self) -> bool:
         return self.run("postfix", "status", check=False).returncode == 0
+
+    def _reload_if_running(self) -> None:
+        """`postfix reload`, unless Postfix is not running (it reads the live maps when it
+        starts). Whether it runs is asked after a failed reload, not before each one: one
+        program less per Apply."""
+        try:
+            self.run("postfix", "reload")
+        except AgentError:
+            if self.postfix_running():
+                raise
 
     def reload(self) -> None:
         self.run("postfix", "reload")

@@ -12,6 +12,7 @@ import pytest
 from app.agent.client import AgentClient
 from app.config import service
 from app.db.tables import AppliedVersion, AuditLog
+from app.postfix import render
 from tests import postfixhost
 from tests.conftest import csrf
 from tests.postfixhost import CLIENT, OUTSIDE, SINK1, SINK2, SINK2_PASSWORD, SINK2_USER
@@ -366,3 +367,18 @@ async def test_the_postfix_log_flows_into_the_gui(login_as, host, agent, setting
     assert "spam@blocked.example" in page
     found = (await client.get(f"/tracking?sender={sender}")).text
     assert found.count('<tr class="sent"') == 12
+
+
+async def test_maps_applied_while_postfix_is_stopped_go_live_for_its_start(host, agent):
+    """A reload is only tried; when Postfix is not running the swap stands, and the maps are
+    what it starts with."""
+    files = render.render(41, {**postfixhost.ONE_ROUTE}, str).files
+    host.exec("postfix", "stop")
+    try:
+        answer = await agent.apply(41, files)
+        assert answer["applied"] and answer["problems"] == []
+        assert (host.maps_root / "live" / "sender_access").read_bytes() == files["sender_access"]
+    finally:
+        host.exec("postfix", "start")
+    out = host.swaks(f"app@{postfixhost.ALLOWED}", "someone@dest.example")
+    assert "250 2.0.0 Ok: queued" in out, out
