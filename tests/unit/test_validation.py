@@ -578,3 +578,18 @@ def test_a_name_taken_as_normal_is_what_domain_name_returns(name: str) -> None:
     it is; one it refuses goes to domain_name()."""
     if validation.is_normal_domain(name):
         assert validation.domain_name(name) == name
+    # Asked again, from the names found normal before: the same answer.
+    assert validation.is_normal_domain(name) == (
+        validation._NORMAL_NAME_RE.fullmatch(name) is not None
+    )
+
+
+def test_the_names_found_normal_are_kept_up_to_a_bound(monkeypatch) -> None:
+    monkeypatch.setattr(validation, "_KNOWN_NORMAL", set())
+    monkeypatch.setattr(validation, "_KNOWN_NORMAL_MOST", 3)
+    for name in ("a.example", "b.example", "not normal.example", "c.example"):
+        validation.is_normal_domain(name)
+    assert {"a.example", "b.example", "c.example"} == validation._KNOWN_NORMAL
+    validation.is_normal_domain("d.example")  # past the bound: starts again
+    assert {"d.example"} == validation._KNOWN_NORMAL
+    assert validation.is_normal_domain("a.example")  # matched again, still normal
