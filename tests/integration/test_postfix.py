@@ -382,3 +382,23 @@ async def test_maps_applied_while_postfix_is_stopped_go_live_for_its_start(host,
         host.exec("postfix", "start")
     out = host.swaks(f"app@{postfixhost.ALLOWED}", "someone@dest.example")
     assert "250 2.0.0 Ok: queued" in out, out
+
+
+async def test_maps_the_agent_refuses_leave_nothing_behind(host, agent):
+    """Names and sizes are checked before anything is written; what the maps hold, while they
+    build: either way nothing goes live and no staged copy stays."""
+    good = render.render(42, {**postfixhost.ONE_ROUTE}, str).files
+    live = (host.maps_root / "live").resolve()
+    bad_line = {**good, "sender_access": good["sender_access"] + b"evil.example\tREJECT x\n"}
+    escaping = {**good, "../escaped": b"x\n"}
+    for files, problem in (
+        (bad_line, "sender_access line 3: not a valid entry"),
+        (escaping, "expected exactly the maps"),
+    ):
+        for verb in (agent.check, agent.apply):
+            report = await verb(42, files)
+            assert not report["applied"]
+            assert len(report["problems"]) == 1 and report["problems"][0].startswith(problem)
+    assert (host.maps_root / "live").resolve() == live
+    assert not list(host.maps_root.glob("stage-*"))
+    assert not (host.maps_root.parent / "escaped").exists()
