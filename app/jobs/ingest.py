@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import os
 import sys
@@ -290,15 +291,7 @@ def _read_batch(
     """_read_next, the events of the lines it read, and what they write if `known` holds the
     context of every message they continue. Runs in a thread; reads `known`, never changes it."""
     read = _read_next(path, inode, position, max_lines)
-    parser = logparse.Parser(dt.datetime.now().astimezone())
-    # Addresses and texts may hold bytes that are not UTF-8 (old clients, SMTPUTF8 gone
-    # wrong): keep the line, mark those bytes.
-    events = (
-        parser.parse(raw.decode("utf-8", "replace"))
-        for raw in read.lines
-        if logparse.may_hold_message_event(raw)
-    )
-    read.events = [event for event in events if event is not None]
+    read.events = logparse.Parser(dt.datetime.now().astimezone()).parse_events(read.lines)
     read.continued = _continued(read.events)
     if all(qid in known for qid in read.continued):
         contexts = {qid: _Context(*known[qid]) for qid in read.continued}
@@ -385,15 +378,10 @@ def _read_lines(handle: BinaryIO, position: int, max_lines: int) -> tuple[list[b
     """Up to max_lines complete lines from position; a last line without its newline is being
     written right now and waits for the next batch."""
     handle.seek(position)
-    lines: list[bytes] = []
-    end = position
-    for _ in range(max_lines):
-        line = handle.readline()
-        if not line.endswith(b"\n"):
-            break
-        lines.append(line)
-        end += len(line)
-    return lines, end
+    lines = list(itertools.islice(handle, max_lines))
+    if lines and not lines[-1].endswith(b"\n"):  # only the file's last line can be partial
+        lines.pop()
+    return lines, position + sum(map(len, lines))
 
 
 # --- the database ---------------------------------------------------------------------------
