@@ -173,11 +173,21 @@ async def run_once(settings: Settings, max_lines: int = 5000, log_run: bool = Tr
     try:
         while True:
             async with LogCursor._meta.db.transaction():
-                # The log totals trigger's function runs with enable_seqscan off, which prices
-                # its small statements in the billions, and PostgreSQL then JIT-compiles them:
-                # 40 to 60 ms per batch on mail_logs, against 1 to 8 ms without (EXPLAIN
-                # ANALYZE). Better fixed on the function (SET jit = off) for every writer.
-                await LogCursor.raw("SET LOCAL jit = off")
+                # For this transaction only (set_config(..., true) is SET LOCAL), in one round
+                # trip. jit: the log totals trigger's function runs with enable_seqscan off,
+                # which prices its small statements in the billions, and PostgreSQL then
+                # JIT-compiles them: 40 to 60 ms per batch on mail_logs, against 1 to 8 ms
+                # without (EXPLAIN ANALYZE). Better fixed on the function (SET jit = off) for
+                # every writer. enable_bitmapscan: the expiries' lookup of each message's last
+                # deferrals (_INSERT_EXPIRED) is by queue ID; with bitmap scans PostgreSQL may
+                # AND that with a range of the (at) index, which on a young day partition
+                # without statistics read tens of thousands of entries per expiry (3.5 s of
+                # 4.9 for 245k lines in batches of 10,000, auto_explain). No other statement
+                # of a batch wants a bitmap scan.
+                await LogCursor.raw(
+                    "SELECT set_config('jit', 'off', true), "
+                    "set_config('enable_bitmapscan', 'off', true)"
+                )
                 inode, position = await _lock_cursor(str(path))
                 if ahead is not None and ahead_from == (inode, position):
                     read = await ahead
