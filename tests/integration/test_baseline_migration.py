@@ -87,8 +87,13 @@ async def test_a_database_that_ran_part_of_the_old_chain_is_refused_and_left_as_
 
 def backwards(url: str) -> subprocess.CompletedProcess[str]:
     """Piccolo's command line rolling back the most recent migration of `url`."""
+    return piccolo(url, "backwards", "mailrelay")
+
+
+def piccolo(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`piccolo migrations ARGS` against `url`, answering yes."""
     return subprocess.run(
-        [sys.executable, "-m", "piccolo.main", "migrations", "backwards", "mailrelay"],
+        [sys.executable, "-m", "piccolo.main", "migrations", *args],
         input="y\n",
         capture_output=True,
         text=True,
@@ -115,6 +120,22 @@ async def test_rolling_the_baseline_back_is_refused_and_drops_nothing(
     assert result.returncode != 0
     assert "rolling it back would drop every table" in result.stdout, result.stdout
     assert await state(pg_cluster, url) == before
+
+
+async def test_rolling_mail_log_latest_back_leaves_the_baseline_schema(
+    pg_cluster,
+    scratch_databases,  # noqa: F811
+):
+    """Its backwards step puts back the three functions the baseline defines, drops its table,
+    and nothing else: the schema equals that of a database the baseline alone made."""
+    baseline_only = scratch_databases("latest_baseline_only")
+    assert piccolo(baseline_only, "forwards", "mailrelay", f"--migration_id={ID}").returncode == 0
+    url = migrated(scratch_databases, "latest_backwards")
+    assert schema(pg_cluster, url) != schema(pg_cluster, baseline_only)
+
+    assert backwards(url).returncode == 0
+
+    assert schema(pg_cluster, url) == schema(pg_cluster, baseline_only)
 
 
 # pg_catalog's names of the types Piccolo calls otherwise.
