@@ -19,13 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+import asyncpg
 
 from app.db.tables import LogCursor
 from app.postfix import logparse
@@ -86,6 +90,8 @@ class _Read:
     events: list[logparse.Event] = field(default_factory=list)
     # The queue IDs whose context the batch needs from log_messages (see _continued).
     continued: list[str] = field(default_factory=list)
+    # What the batch writes, when the run already knew every context it needs (see _plan).
+    plan: _Plan | None = None
 
 
 @dataclass
@@ -99,6 +105,31 @@ class _Context:
     def values(self) -> tuple:
         return (self.first_seen_at, self.message_id, self.sender, self.size, self.client)
 
+
+@dataclass
+class _Plan:
+    """What one batch writes: its rows, and the contexts it changed. `contexts` holds every
+    context the batch read or made, as log_messages holds them once it is committed."""
+
+    contexts: dict[str, _Context]
+    writes: dict[str, _Context]
+    mail_rows: list[tuple]
+    rejections: list[tuple]
+    expired: list[tuple[logparse.Expired, _Context | None]]
+    events: int
+
+
+# The contexts a run has written or read, as log_messages holds them after its last commit
+# (queue ID -> _Context.values()): the next batch takes the contexts of messages it continues
+# from here, so that its rows are worked out in the thread that parses it, while the database
+# writes the batch before. Forgotten past this many (they are in log_messages all the same).
+_KNOWN_AT_MOST = 200_000
+
+# How long the thread that parses the next batch may hold the GIL while the event loop waits
+# for it. Python's default (5 ms) is paid on every reply from PostgreSQL, a dozen per batch:
+# with it the read-ahead overlapped nothing (wall time = Python + PostgreSQL CPU time, 4.2 s
+# for 245k lines); at 0.2 ms the loop gets each reply at once (3.4 s, scripts/bench logs).
+_SWITCH_INTERVAL = 0.0002
 
 # How often the follower looks for new lines: a delivered message is in message tracking about
 # this long plus one batch after Postfix logged it (scripts/bench freshness).
@@ -129,39 +160,68 @@ async def run_once(settings: Settings, max_lines: int = 5000, log_run: bool = Tr
     started = time.monotonic()
     path = Path(settings.postfix_log_file)
     result = IngestResult()
-    # While a full batch is written, the next one is read and parsed in a thread: the database
-    # works in its own process, so on two cores parsing and writing overlap. That read is used
-    # only if the locked cursor is where it started (no other runner moved it meanwhile); log
-    # files only grow, so lines read a moment early are the same lines.
+    # While a full batch is written, the next one is read, parsed and turned into rows in a
+    # thread: the database works in its own process, so on two cores that work and the writing
+    # overlap. That read is used only if the locked cursor is where it started (no other runner
+    # moved it meanwhile, nor wrote contexts); log files only grow, so lines read a moment early
+    # are the same lines. Otherwise the contexts this run knew are forgotten too.
     ahead: asyncio.Future[_Read] | None = None
     ahead_from = (0, 0)
+    known: dict[str, tuple] = {}
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(_SWITCH_INTERVAL)
     try:
         while True:
             async with LogCursor._meta.db.transaction():
-                # The log totals trigger's function runs with enable_seqscan off, which prices
-                # its small statements in the billions, and PostgreSQL then JIT-compiles them:
-                # 40 to 60 ms per batch on mail_logs, against 1 to 8 ms without (EXPLAIN
-                # ANALYZE). Better fixed on the function (SET jit = off) for every writer.
-                await LogCursor.raw("SET LOCAL jit = off")
+                # For this transaction only (set_config(..., true) is SET LOCAL), in one round
+                # trip. jit: the log totals trigger's function runs with enable_seqscan off,
+                # which prices its small statements in the billions, and PostgreSQL then
+                # JIT-compiles them: 40 to 60 ms per batch on mail_logs, against 1 to 8 ms
+                # without (EXPLAIN ANALYZE). Better fixed on the function (SET jit = off) for
+                # every writer. enable_bitmapscan: the expiries' lookup of each message's last
+                # deferrals (_INSERT_EXPIRED) is by queue ID; with bitmap scans PostgreSQL may
+                # AND that with a range of the (at) index, which on a young day partition
+                # without statistics read tens of thousands of entries per expiry (3.5 s of
+                # 4.9 for 245k lines in batches of 10,000, auto_explain). No other statement
+                # of a batch wants a bitmap scan.
+                await LogCursor.raw(
+                    "SELECT set_config('jit', 'off', true), "
+                    "set_config('enable_bitmapscan', 'off', true)"
+                )
                 inode, position = await _lock_cursor(str(path))
                 if ahead is not None and ahead_from == (inode, position):
                     read = await ahead
                 else:
                     if ahead is not None:
                         ahead.cancel()
-                    read = await asyncio.to_thread(_read_batch, path, inode, position, max_lines)
+                    known = {}  # a new dict: a cancelled read may still be looking in the old
+                    read = await asyncio.to_thread(
+                        _read_batch, path, inode, position, max_lines, settings.node_id, known
+                    )
                 ahead = None
+                plan = read.plan or await _plan_with_stored(settings.node_id, read, known)
+                if len(known) > _KNOWN_AT_MOST:
+                    known = {}
+                known.update((qid, context.values()) for qid, context in plan.contexts.items())
                 if len(read.lines) == max_lines:
                     ahead_from = (read.inode, read.end)
                     ahead = asyncio.ensure_future(
-                        asyncio.to_thread(_read_batch, path, read.inode, read.end, max_lines)
+                        asyncio.to_thread(
+                            _read_batch,
+                            path,
+                            read.inode,
+                            read.end,
+                            max_lines,
+                            settings.node_id,
+                            known,
+                        )
                     )
                 result.rotated |= read.rotated
                 result.truncated |= read.truncated
                 result.missing = read.missing
                 if read.lines:
                     result.lines += len(read.lines)
-                    await _write_batch(settings.node_id, read.events, read.continued, result)
+                    await _write_batch(settings.node_id, plan, result)
                     result.batches += 1
                 moved = (read.inode, read.end) != (inode, position)
                 if moved:
@@ -169,6 +229,7 @@ async def run_once(settings: Settings, max_lines: int = 5000, log_run: bool = Tr
             if not read.lines and not moved:
                 break
     finally:
+        sys.setswitchinterval(switch_interval)
         if ahead is not None:
             ahead.cancel()
     result.seconds = time.monotonic() - started
@@ -234,19 +295,17 @@ async def _move_cursor(source: str, inode: int, position: int) -> None:
 # --- the file -------------------------------------------------------------------------------
 
 
-def _read_batch(path: Path, inode: int, position: int, max_lines: int) -> _Read:
-    """_read_next, and the events of the lines it read."""
+def _read_batch(
+    path: Path, inode: int, position: int, max_lines: int, node_id: str, known: dict[str, tuple]
+) -> _Read:
+    """_read_next, the events of the lines it read, and what they write if `known` holds the
+    context of every message they continue. Runs in a thread; reads `known`, never changes it."""
     read = _read_next(path, inode, position, max_lines)
-    parser = logparse.Parser(dt.datetime.now().astimezone())
-    # Addresses and texts may hold bytes that are not UTF-8 (old clients, SMTPUTF8 gone
-    # wrong): keep the line, mark those bytes.
-    events = (
-        parser.parse(raw.decode("utf-8", "replace"))
-        for raw in read.lines
-        if logparse.may_hold_message_event(raw)
-    )
-    read.events = [event for event in events if event is not None]
+    read.events = logparse.Parser(dt.datetime.now().astimezone()).parse_events(read.lines)
     read.continued = _continued(read.events)
+    if all(qid in known for qid in read.continued):
+        contexts = {qid: _Context(*known[qid]) for qid in read.continued}
+        read.plan = _plan(node_id, read.events, contexts)
     return read
 
 
@@ -329,27 +388,28 @@ def _read_lines(handle: BinaryIO, position: int, max_lines: int) -> tuple[list[b
     """Up to max_lines complete lines from position; a last line without its newline is being
     written right now and waits for the next batch."""
     handle.seek(position)
-    lines: list[bytes] = []
-    end = position
-    for _ in range(max_lines):
-        line = handle.readline()
-        if not line.endswith(b"\n"):
-            break
-        lines.append(line)
-        end += len(line)
-    return lines, end
+    lines = list(itertools.islice(handle, max_lines))
+    if lines and not lines[-1].endswith(b"\n"):  # only the file's last line can be partial
+        lines.pop()
+    return lines, position + sum(map(len, lines))
 
 
 # --- the database ---------------------------------------------------------------------------
 
 
-async def _write_batch(
-    node_id: str, events: list[logparse.Event], continued: list[str], result: IngestResult
-) -> None:
-    """Write what the events of one batch say; runs inside the caller's transaction."""
-    result.events += len(events)
+async def _plan_with_stored(node_id: str, read: _Read, known: dict[str, tuple]) -> _Plan:
+    """_plan with the contexts of the messages the batch continues: those this run knows, the
+    others from log_messages (all of them in a run's first batch)."""
+    contexts = {qid: _Context(*known[qid]) for qid in read.continued if qid in known}
+    contexts.update(
+        await _load_contexts(node_id, [qid for qid in read.continued if qid not in known])
+    )
+    return _plan(node_id, read.events, contexts)
 
-    contexts = await _load_contexts(node_id, continued)
+
+def _plan(node_id: str, events: list[logparse.Event], contexts: dict[str, _Context]) -> _Plan:
+    """What the events of one batch write, given the stored contexts of the messages it
+    continues (`contexts`, which it changes)."""
     # What log_messages holds now: a context a batch only repeats (qmgr's line of each retry)
     # is not written again.
     stored = {qid: context.values() for qid, context in contexts.items()}
@@ -380,15 +440,21 @@ async def _write_batch(
             rejections.append(_rejection_row(node_id, event))
 
     writes = {qid: contexts[qid] for qid in changed if stored.get(qid) != contexts[qid].values()}
-    await _save_contexts(node_id, writes)
-    await _insert_mail_rows(mail_rows)
+    return _Plan(contexts, writes, mail_rows, rejections, expired, len(events))
+
+
+async def _write_batch(node_id: str, plan: _Plan, result: IngestResult) -> None:
+    """Write one batch's plan; runs inside the caller's transaction."""
+    await _save_contexts(node_id, plan.writes)
+    await _insert_mail_rows(plan.mail_rows)
     # After this batch's deliveries: an expiry names no recipients, it ends those still
     # deferred, and their last deferral may be in this very batch.
-    expired_rows = await _insert_expired(node_id, expired)
-    await _insert_rejections(rejections)
-    result.contexts += len(writes)
-    result.mail_rows += len(mail_rows) + expired_rows
-    result.rejection_rows += len(rejections)
+    expired_rows = await _insert_expired(node_id, plan.expired)
+    await _insert_rejections(plan.rejections)
+    result.events += plan.events
+    result.contexts += len(plan.writes)
+    result.mail_rows += len(plan.mail_rows) + expired_rows
+    result.rejection_rows += len(plan.rejections)
 
 
 def _continued(events: Iterable[logparse.Event]) -> list[str]:
@@ -447,7 +513,7 @@ async def _load_contexts(node_id: str, queue_ids: list[str]) -> dict[str, _Conte
 async def _save_contexts(node_id: str, contexts: dict[str, _Context]) -> None:
     if not contexts:
         return
-    await _copy_insert(
+    await _copy_upsert(
         "log_messages",
         _CONTEXT_COLUMNS,
         [
@@ -486,16 +552,26 @@ _MAIL_COLUMNS = (
 _REJECTION_COLUMNS = ("at", "node_id", "client", "sender", "recipient", "reason", "code")
 
 
-async def _copy_insert(
-    table: str, columns: tuple[str, ...], rows: list[tuple], on_conflict: str = ""
-) -> None:
-    """Rows into `table`: a binary COPY into this session's staging table, then one INSERT ...
-    SELECT. The COPY costs a quarter less than sending the columns as arrays for unnest() (both
-    measured in one run), and the INSERT stays one statement per batch, so the statement
-    triggers (log totals) run once per batch. Staging rows go at commit (or with a rollback)."""
+def _connection() -> asyncpg.Connection:
     transaction = LogCursor._meta.db.current_transaction.get()
     assert transaction is not None, "runs inside run_once's transaction"
-    connection = transaction.connection
+    return transaction.connection
+
+
+async def _copy(table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Rows into `table` by one binary COPY: it costs a quarter less than sending the columns
+    as arrays for unnest() (both measured in one run), and a COPY into the partitioned parent
+    is one statement, so the statement triggers (log totals) run once per batch."""
+    await _connection().copy_records_to_table(table, records=rows, columns=columns)
+
+
+async def _copy_upsert(
+    table: str, columns: tuple[str, ...], rows: list[tuple], on_conflict: str
+) -> None:
+    """Rows into `table` that may be there already (COPY cannot say ON CONFLICT): a binary COPY
+    into this session's staging table, then one INSERT ... SELECT. Staging rows go at commit
+    (or with a rollback)."""
+    connection = _connection()
     # Table, columns and conflict clause are this module's constants, never input.
     names = ", ".join(columns)
     stage = f"ingest_{table}"
@@ -553,7 +629,7 @@ _INSERT_EXPIRED = (
 
 async def _insert_mail_rows(rows: list[tuple]) -> None:
     if rows:
-        await _copy_insert("mail_logs", _MAIL_COLUMNS, rows)
+        await _copy("mail_logs", _MAIL_COLUMNS, rows)
 
 
 async def _insert_expired(
@@ -595,4 +671,4 @@ def _rejection_row(node_id: str, event: logparse.Reject) -> tuple:
 
 async def _insert_rejections(rows: list[tuple]) -> None:
     if rows:
-        await _copy_insert("rejection_logs", _REJECTION_COLUMNS, rows)
+        await _copy("rejection_logs", _REJECTION_COLUMNS, rows)

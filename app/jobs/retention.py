@@ -195,7 +195,23 @@ async def _drop_partitions(table: str, before: dt.datetime) -> tuple[list[str], 
     counts = await _raw(f"SELECT {total} AS n")
     await _raw(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
     await _raw(f"DROP TABLE {', '.join(old)}")
+    if table == "mail_logs":
+        await _forget_latest(before)
     return old, counts[0]["n"]
+
+
+async def _forget_latest(before: dt.datetime) -> None:
+    """mail_log_latest rows of queue IDs whose rows all went with the dropped days. In the
+    drop's transaction and under the totals triggers' lock, so that no writer's trigger ever
+    reads a latest time whose row is gone. Older rows left in the default partition keep their
+    queue IDs' rows: retention deletes those through the triggers, which update them."""
+    await _raw("SELECT pg_advisory_xact_lock({})", TOTALS_LOCK)
+    await _raw(
+        "DELETE FROM mail_log_latest AS k WHERE k.at < {} AND NOT EXISTS ("
+        "SELECT 1 FROM mail_logs AS m WHERE m.queue_id = k.queue_id AND m.at < {})",
+        before,
+        before,
+    )
 
 
 async def delete_in_batches(

@@ -11,6 +11,7 @@ import sys
 
 from app.db import piccolo_app
 from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import ID, LEGACY_IDS
+from app.db.migrations.mailrelay_2026_12_06t02_30_00_mail_log_latest import ID as LATEST_ID
 from tests.integration.test_backup import rows, scratch_databases  # noqa: F401 (fixture)
 from tests.integration.test_cli import assert_one_line_error, run
 from tests.oldchain import as_the_old_chain_left_it, migrated
@@ -43,7 +44,7 @@ async def state(pg_cluster, url: str) -> dict:
 
 async def test_a_fresh_database_gets_the_baseline_and_only_it(scratch_databases):  # noqa: F811
     url = migrated(scratch_databases, "baseline_fresh")
-    assert [row["name"] for row in await rows(url, "migration")] == [ID]
+    assert [row["name"] for row in await rows(url, "migration")] == [ID, LATEST_ID]
     assert "up to date" in run("migrate", env={"DATABASE_URL": url}).stdout
 
 
@@ -61,9 +62,10 @@ async def test_a_database_the_old_chain_completed_gets_the_baseline_recorded_and
     after = await state(pg_cluster, url)
     assert after["schema"] == before["schema"]
     assert after["sender_domains"] == before["sender_domains"]
-    # The old IDs stay as that database's history; the baseline comes after them.
-    assert after["migration"][:-1] == before["migration"]
-    assert [name for name, _ in after["migration"]] == [*LEGACY_IDS, ID]
+    # The old IDs stay as that database's history; the baseline (and what came after it, run
+    # again without changing anything) comes after them.
+    assert after["migration"][:-2] == before["migration"]
+    assert [name for name, _ in after["migration"]] == [*LEGACY_IDS, ID, LATEST_ID]
     assert "up to date" in run("migrate", env={"DATABASE_URL": url}).stdout
 
 
@@ -83,16 +85,15 @@ async def test_a_database_that_ran_part_of_the_old_chain_is_refused_and_left_as_
     assert await state(pg_cluster, url) == before
 
 
-async def test_rolling_the_baseline_back_is_refused_and_drops_nothing(
-    pg_cluster,
-    scratch_databases,  # noqa: F811
-):
-    url = migrated(scratch_databases, "baseline_backwards")
-    before = await state(pg_cluster, url)
+def backwards(url: str) -> subprocess.CompletedProcess[str]:
+    """Piccolo's command line rolling back the most recent migration of `url`."""
+    return piccolo(url, "backwards", "mailrelay")
 
-    result = subprocess.run(
-        # The most recent migration, as an operator undoes "the last change".
-        [sys.executable, "-m", "piccolo.main", "migrations", "backwards", "mailrelay"],
+
+def piccolo(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`piccolo migrations ARGS` against `url`, answering yes."""
+    return subprocess.run(
+        [sys.executable, "-m", "piccolo.main", "migrations", *args],
         input="y\n",
         capture_output=True,
         text=True,
@@ -101,10 +102,40 @@ async def test_rolling_the_baseline_back_is_refused_and_drops_nothing(
         check=False,
     )
 
+
+async def test_rolling_the_baseline_back_is_refused_and_drops_nothing(
+    pg_cluster,
+    scratch_databases,  # noqa: F811
+):
+    url = migrated(scratch_databases, "baseline_backwards")
+    # The migrations after the baseline roll back; then it is the most recent one.
+    assert backwards(url).returncode == 0
+    assert [row["name"] for row in await rows(url, "migration")] == [ID]
+    before = await state(pg_cluster, url)
+
+    # The most recent migration, as an operator undoes "the last change".
+    result = backwards(url)
+
     # Piccolo's command line prints the refusal on stdout.
     assert result.returncode != 0
     assert "rolling it back would drop every table" in result.stdout, result.stdout
     assert await state(pg_cluster, url) == before
+
+
+async def test_rolling_mail_log_latest_back_leaves_the_baseline_schema(
+    pg_cluster,
+    scratch_databases,  # noqa: F811
+):
+    """Its backwards step puts back the three functions the baseline defines, drops its table,
+    and nothing else: the schema equals that of a database the baseline alone made."""
+    baseline_only = scratch_databases("latest_baseline_only")
+    assert piccolo(baseline_only, "forwards", "mailrelay", f"--migration_id={ID}").returncode == 0
+    url = migrated(scratch_databases, "latest_backwards")
+    assert schema(pg_cluster, url) != schema(pg_cluster, baseline_only)
+
+    assert backwards(url).returncode == 0
+
+    assert schema(pg_cluster, url) == schema(pg_cluster, baseline_only)
 
 
 # pg_catalog's names of the types Piccolo calls otherwise.

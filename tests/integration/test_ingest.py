@@ -286,6 +286,24 @@ async def test_two_runners_at_once_count_everything_once(log_settings):
     await assert_no_duplicates()
 
 
+async def test_two_runners_taking_turns_write_the_rows_one_runner_writes(log_settings):
+    """A runner takes the contexts of the messages a batch continues from the batches it wrote
+    itself only while no other runner moved the cursor in between; else from log_messages."""
+    write(log_settings.postfix_log_file, traffic(0, 40).text())
+    columns = "at, queue_id, message_id, sender, recipient, relay, status, size, client"
+    query = f"SELECT {columns} FROM mail_logs ORDER BY {columns}"  # noqa: S608
+    await ingest.run_once(log_settings, max_lines=3)
+    alone = await MailLog.raw(query)
+    await MailLog.raw("TRUNCATE mail_logs, rejection_logs, log_messages, log_cursors")
+
+    first, second = await asyncio.gather(
+        ingest.run_once(log_settings, max_lines=3), ingest.run_once(log_settings, max_lines=3)
+    )
+
+    assert first.batches > 1 and second.batches > 1  # they took turns
+    assert await MailLog.raw(query) == alone
+
+
 async def test_an_expiry_without_a_deferral_we_saw_still_counts_once(log_settings):
     at = START + dt.timedelta(days=1)
     write(

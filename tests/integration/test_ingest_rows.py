@@ -16,6 +16,7 @@ import pytest
 
 from app.db.tables import MailLog
 from app.jobs import ingest
+from tests.integration.test_log_totals import LATEST_KEPT, LATEST_RECOUNT, latest
 from tests.loggen import START, line, stamp, traffic
 
 EXPECTED = Path(__file__).with_name("data") / "ingest_rows.json"
@@ -172,5 +173,6 @@ async def test_the_totals_triggers_agree_with_a_recount_after_ingestion(settings
     await ingest.run_once(dataclasses.replace(settings, postfix_log_file=path), max_lines=300)
     kept = await MailLog.raw("SELECT * FROM log_totals ORDER BY period_start")
     assert kept
+    assert await latest(LATEST_KEPT) == await latest(LATEST_RECOUNT)
     await MailLog.raw("SELECT log_totals_rebuild()")
     assert await MailLog.raw("SELECT * FROM log_totals ORDER BY period_start") == kept

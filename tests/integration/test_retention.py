@@ -25,7 +25,14 @@ from app.db.tables import (
     VrrpEvent,
 )
 from app.jobs import retention
-from tests.integration.test_log_totals import KEPT, RECOUNT, table
+from tests.integration.test_log_totals import (
+    KEPT,
+    LATEST_KEPT,
+    LATEST_RECOUNT,
+    RECOUNT,
+    latest,
+    table,
+)
 
 DAY = dt.timedelta(days=1)
 
@@ -127,6 +134,35 @@ async def test_whole_old_days_go_as_partitions_and_kept_days_stay(settings):
 
     again = await retention.run_once(settings, batch_size=4)
     assert again.total == 0 and again.batches == 0 and again.dropped == []
+
+
+async def test_the_kept_latest_rows_follow_the_dropped_days_and_the_totals_stay_exact(settings):
+    """mail_log_latest after partitions went: a queue ID whose rows all went is forgotten, one
+    with a row left keeps that row's time, and a queue ID used again after its rows went counts
+    as a new message (as the log says), not as one that moved."""
+    now = dt.datetime.now(dt.UTC)
+    await retention.run_once(dataclasses.replace(settings, retention_days=30))
+    settings = dataclasses.replace(settings, retention_days=14)
+    kept_from = retention.first_kept_day(now, 14)
+
+    async def mail(at: dt.datetime, queue_ids: list[str]) -> None:
+        await MailLog.insert(
+            *(MailLog(at=at, node_id="a", queue_id=qid, status="sent") for qid in queue_ids)
+        )
+
+    await mail(kept_from - 3 * DAY, ["gone-0", "gone-1", "gone-2"])
+    await mail(kept_from - 2 * DAY, ["span-0", "span-1"])
+    await mail(now - dt.timedelta(minutes=30), ["span-0", "span-1"])  # they go on later
+    await mail(now - 40 * DAY, ["ancient-0"])  # in the default partition, deleted row by row
+
+    await retention.run_once(settings, batch_size=4)
+
+    assert await latest(LATEST_KEPT) == await latest(LATEST_RECOUNT)
+    assert {qid.split("-")[0] for qid in await latest(LATEST_KEPT)} == {"span"}
+    # The gone messages' queue IDs come back for new mail: each a message of now.
+    await mail(now - dt.timedelta(minutes=10), ["gone-0", "gone-1", "ancient-0"])
+    assert await latest(LATEST_KEPT) == await latest(LATEST_RECOUNT)
+    assert await table(KEPT) == await table(RECOUNT)
 
 
 async def test_a_run_makes_the_partitions_of_the_days_ahead(settings):
