@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -13,6 +14,8 @@ from app.agent.protocol import Request
 from app.messages import Message, decoded
 
 R = TypeVar("R")
+# Work of the caller's to do while the agent works on its request (see AgentClient._call).
+Meanwhile = Callable[[], Awaitable[None]]
 
 
 class AgentUnavailable(Exception):
@@ -50,7 +53,9 @@ class AgentClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    async def _call(self, request: Request[R]) -> R:
+    async def _call(self, request: Request[R], meanwhile: Meanwhile | None = None) -> R:
+        """The request's answer. `meanwhile` runs once the request is sent, while the agent
+        works, and has ended when this returns (or raises, after the request was sent)."""
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(str(self.socket_path), limit=256 * 1024 * 1024),
@@ -66,6 +71,7 @@ class AgentClient:
                     error=str(exc) or type(exc).__name__,
                 )
             ) from None
+        work: asyncio.Future[None] | None = None
         try:
             head: dict[str, object] = {"verb": request.verb, "args": request.args}
             if request.payload:
@@ -73,9 +79,13 @@ class AgentClient:
             writer.write(json.dumps(head).encode() + b"\n")
             writer.write(request.payload)
             await writer.drain()
+            if meanwhile is not None:
+                work = asyncio.ensure_future(meanwhile())
             line = await asyncio.wait_for(reader.readline(), timeout=self.timeout)
         finally:
             writer.close()
+            if work is not None:
+                await work
         if not line:
             raise AgentUnavailable(Message("the agent closed the connection without an answer"))
         answer = json.loads(line)
@@ -90,14 +100,18 @@ class AgentClient:
     async def status(self) -> p.PostfixStatus:
         return await self._call(p.STATUS({}))
 
-    async def check(self, version: int, files: dict[str, bytes]) -> p.MapsAnswer:
+    async def check(
+        self, version: int, files: dict[str, bytes], *, meanwhile: Meanwhile | None = None
+    ) -> p.MapsAnswer:
         """Build and check a set of maps in a scratch directory; nothing goes live."""
-        answer = await self._call(_maps(p.CHECK, version, files))
+        answer = await self._call(_maps(p.CHECK, version, files), meanwhile)
         return _with_messages(answer)
 
-    async def apply(self, version: int, files: dict[str, bytes]) -> p.MapsAnswer:
+    async def apply(
+        self, version: int, files: dict[str, bytes], *, meanwhile: Meanwhile | None = None
+    ) -> p.MapsAnswer:
         """Check, swap in and reload; on a failure the previous maps stay live."""
-        answer = await self._call(_maps(p.APPLY, version, files))
+        answer = await self._call(_maps(p.APPLY, version, files), meanwhile)
         return _with_messages(answer)
 
     async def reload(self) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app import audit
-from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.agent.client import AgentClient, AgentRefused, AgentUnavailable, Meanwhile
 from app.agent.protocol import MapsAnswer
 from app.config import applied, service
 from app.crypto import SecretBox
@@ -36,6 +37,14 @@ class TestReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+class AgentCall(Protocol):
+    """The agent's check or apply (app/agent/client.py)."""
+
+    def __call__(
+        self, version: int, files: dict[str, bytes], *, meanwhile: Meanwhile | None = None
+    ) -> Awaitable[MapsAnswer]: ...
 
 
 # Renderings of recent versions: the one this node's Postfix runs, which every Apply diffs
@@ -90,15 +99,24 @@ async def on_agent(
     report: TestReport,
     maps: render.RenderedMaps,
     live: render.RenderedMaps | None,
-    call: Callable[[int, dict[str, bytes]], Awaitable[MapsAnswer]],
+    call: AgentCall,
 ) -> MapsAnswer:
-    """`call` (the agent's check or apply) with `maps`; the diff against `live` is worked out
-    meanwhile, while the agent builds the maps in its own process, and lands in `report`."""
-    diff = asyncio.create_task(asyncio.to_thread(render.diff_maps, live, maps))
+    """`call` (the agent's check or apply) with `maps`; the diff against `live` lands in
+    `report`, worked out while the agent builds the maps in its own process. It starts once
+    the maps are sent: beside the sending it held the event loop back (0.03 s of an Apply at
+    100,000 sender domains). When the agent cannot be reached it is worked out all the same."""
+    started = False
+
+    async def diff() -> None:
+        nonlocal started
+        started = True
+        report.diff = await asyncio.to_thread(render.diff_maps, live, maps)
+
     try:
-        return await call(maps.version, maps.files)
+        return await call(maps.version, maps.files, meanwhile=diff)
     finally:
-        report.diff = await diff
+        if not started:
+            await diff()
 
 
 async def test_version(number: int, box: SecretBox, agent: AgentClient, node_id: str) -> TestReport:

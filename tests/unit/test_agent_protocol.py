@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from app.agent import callers, protocol, server
-from app.agent.client import AgentClient, AgentRefused
+from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.agent.postfix import AgentError, PostfixTools
 from app.agent.server import Agent
+from app.postfix import pipeline, render
 from app.settings import load_agent_settings
 
 # Methods of the client that are not a verb of their own.
@@ -76,7 +77,12 @@ async def test_each_client_method_sends_the_verb_it_is_named_after():
     try:
         for name in sorted(protocol.NAMES):
             method = getattr(client, name)
-            wanted = inspect.signature(method).parameters
+            # Keyword-only parameters (meanwhile) are the caller's, not the verb's.
+            wanted = {
+                name: param
+                for name, param in inspect.signature(method).parameters.items()
+                if param.kind is not param.KEYWORD_ONLY
+            }
             await method(**{arg: SAMPLE_ARGS[arg] for arg in wanted if arg in SAMPLE_ARGS})
             request = recorder.requests[-1]
             assert request["verb"] == name
@@ -172,3 +178,32 @@ async def test_a_payload_of_no_size_the_agent_reads_drops_the_connection():
     answer = json.loads(await _served(agent, json.dumps(head).encode() + b"\nhello"))
     assert answer["ok"] is True
     assert answer["result"]["problems"][0]["key"].startswith("expected exactly the maps")
+
+
+async def test_work_meanwhile_runs_after_the_request_and_ends_before_the_answer_returns():
+    recorder = Recorder()
+    server = await asyncio.start_unix_server(recorder.handle, path=str(recorder.path))
+    client = AgentClient(recorder.path, timeout=5)
+    seen: list[str] = []
+
+    async def meanwhile() -> None:
+        seen.append("started")
+        await asyncio.sleep(0.05)  # longer than the recorder takes to answer
+        seen.append("ended")
+
+    try:
+        await client.check(3, {"sender_access": b"a.example\tOK\n"}, meanwhile=meanwhile)
+        seen.append("answered")
+        assert recorder.requests[-1]["payload"] == b"a.example\tOK\n"
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen == ["started", "ended", "answered"]
+
+
+async def test_the_diff_is_worked_out_when_the_agent_cannot_be_reached():
+    maps = render.render(2, {"sender_domains": [], "trusted_networks": []}, str)
+    report = pipeline.TestReport(2)
+    with pytest.raises(AgentUnavailable):
+        await pipeline.on_agent(report, maps, None, AgentClient(Path("/nonexistent/a.sock")).apply)
+    assert "+++ version-2/mynetworks" in report.diff
