@@ -250,7 +250,7 @@ async def _with_payload(request: dict[str, Any], reader: asyncio.StreamReader) -
     connection is dropped (ValueError)."""
     size = request["payload"]
     if type(size) is not int or not 0 <= size <= MAX_REQUEST:
-        raise ValueError(f"a payload of {size!r} bytes")
+        raise ValueError(Message("a payload of {size} bytes", size=repr(size)))
     payload = await reader.readexactly(size)
     args = request.get("args")
     return {**request, "args": {**args, PAYLOAD: payload} if isinstance(args, dict) else args}

@@ -18,6 +18,7 @@ from app.cluster import pull
 from app.config import applied, service
 from app.crypto import SecretBox, ensure_secret_key
 from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import ID as BASELINE
+from app.db.migrations.mailrelay_2026_12_06t02_30_00_mail_log_latest import ID as LATEST_ID
 from tests.conftest import make_user
 from tests.integration.test_cli import assert_one_line_error, run
 from tests.oldchain import as_the_old_chain_left_it, migrated
@@ -160,7 +161,11 @@ async def test_a_dump_of_a_database_the_old_chain_made_restores_and_migrates_for
     assert run("restore", str(dump), env={"DATABASE_URL": fresh}).returncode == 0
     result = run("migrate", env={"DATABASE_URL": fresh})
     assert result.returncode == 0, result.stderr
-    assert [row["name"] for row in await rows(fresh, "migration")] == [*names, BASELINE]
+    assert [row["name"] for row in await rows(fresh, "migration")] == [
+        *names,
+        BASELINE,
+        LATEST_ID,
+    ]
     assert await rows(fresh, "sender_domains") == await rows(old, "sender_domains")
 
 
