@@ -303,10 +303,18 @@ def _read_batch(
     read = _read_next(path, inode, position, max_lines)
     read.events = logparse.Parser(dt.datetime.now().astimezone()).parse_events(read.lines)
     read.continued = _continued(read.events)
-    if all(qid in known for qid in read.continued):
-        contexts = {qid: _Context(*known[qid]) for qid in read.continued}
+    contexts, unknown = _known_contexts(read.continued, known)
+    if not unknown:
         read.plan = _plan(node_id, read.events, contexts)
     return read
+
+
+def _known_contexts(
+    queue_ids: list[str], known: dict[str, tuple]
+) -> tuple[dict[str, _Context], list[str]]:
+    """The contexts of `queue_ids` that `known` holds, and the queue IDs it does not."""
+    contexts = {qid: _Context(*known[qid]) for qid in queue_ids if qid in known}
+    return contexts, [qid for qid in queue_ids if qid not in contexts]
 
 
 def _read_next(path: Path, inode: int, position: int, max_lines: int) -> _Read:
@@ -400,10 +408,8 @@ def _read_lines(handle: BinaryIO, position: int, max_lines: int) -> tuple[list[b
 async def _plan_with_stored(node_id: str, read: _Read, known: dict[str, tuple]) -> _Plan:
     """_plan with the contexts of the messages the batch continues: those this run knows, the
     others from log_messages (all of them in a run's first batch)."""
-    contexts = {qid: _Context(*known[qid]) for qid in read.continued if qid in known}
-    contexts.update(
-        await _load_contexts(node_id, [qid for qid in read.continued if qid not in known])
-    )
+    contexts, unknown = _known_contexts(read.continued, known)
+    contexts.update(await _load_contexts(node_id, unknown))
     return _plan(node_id, read.events, contexts)
 
 
