@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import Milter
 
@@ -51,17 +50,13 @@ class ShadowMilter(Milter.Base):
     shadowing: Shadowing  # set by serve() before libmilter starts
 
     def __init__(self) -> None:
-        self.client_address = ""
         self._reset()
 
     def _reset(self) -> None:
         self.sender = ""
         self.recipients: list[str] = []
-        self.parts: list[bytes] = []
-
-    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        self.client_address = str(hostaddr[0]) if isinstance(hostaddr, tuple) else ""
-        return Milter.CONTINUE
+        self.headers: list[bytes] = []
+        self.body_chunks: list[bytes] = []
 
     @Milter.noreply
     def envfrom(self, sender: str, *args: str) -> int:
@@ -78,29 +73,28 @@ class ShadowMilter(Milter.Base):
     @Milter.noreply
     def header(self, name: str, value: bytes) -> int:  # type: ignore[override]
         # With header_leading_space the value keeps its leading space and folding.
-        self.parts.append(name.encode("utf-8", "surrogateescape") + b":" + value + b"\r\n")
-        return Milter.CONTINUE
-
-    @Milter.noreply
-    def eoh(self) -> int:
-        self.parts.append(b"\r\n")
+        self.headers.append(name.encode("utf-8", "surrogateescape") + b":" + value + b"\r\n")
         return Milter.CONTINUE
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
-        self.parts.append(chunk)
+        self.body_chunks.append(chunk)
         return Milter.CONTINUE
 
     def eom(self) -> int:
         queue_id = self.getsymval("{i}") or self.getsymval("i") or ""
+        # From a macro, not the connect callback: that callback would be one more packet
+        # and one more call into Python per message (main.cf.fragment: the macro lists).
+        client_address = self.getsymval("{client_addr}") or ""
         envelope_time = time.time()
-        message = b"".join(self.parts)
-        self.parts = []
+        # Headers, the line that ends them, the body: the end of the headers is implied, so
+        # Postfix is not asked to send it as an event of its own.
+        message = b"".join(self.headers) + b"\r\n" + b"".join(self.body_chunks)
+        sender, recipients = self.sender, self.recipients
+        self._reset()
         try:
             envelope = Envelope.from_dict(
-                Envelope(
-                    queue_id, self.sender, self.recipients, self.client_address, envelope_time
-                ).as_dict()
+                Envelope(queue_id, sender, recipients, client_address, envelope_time).as_dict()
             )
         except ShadowFormatError as exc:
             problem: str | None = f"cannot copy this message: {exc}"
