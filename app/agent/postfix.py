@@ -26,6 +26,7 @@ from app.agent import policy, protocol
 from app.agent.replica import IMPORT_PARTS, REPLICA
 from app.messages import Message, encoded, message_of
 from app.postfix import render
+from app.replication import shadow_store
 from app.replication.shadow_counters import read_counters
 from app.settings import AgentSettings, PostfixProtections
 
@@ -473,7 +474,7 @@ class PostfixTools:
     def shadow_status(self) -> protocol.ShadowStatus:
         """The peer's shadows held here, and the mail this node accepted without a copy (the
         milter's counter file): for the dashboard, the cluster panel and /metrics."""
-        stored, size = count_files(self.shadow_store)
+        stored, size = shadow_store.stored(self.shadow_store)
         counters = read_counters(self.shadow_counters)
         milters = self.run("postconf", "-h", "smtpd_milters", check=False).stdout.strip()
         return {

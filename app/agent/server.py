@@ -23,7 +23,7 @@ from app.agent import protocol as p
 from app.agent.callers import Caller
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
 from app.messages import Message, encoded, message_of
-from app.replication import shadow_import
+from app.replication import shadow_import, shadow_receiver
 from app.settings import AgentSettings
 
 log = logging.getLogger("mailrelay.agent")
@@ -156,6 +156,10 @@ class Agent:
         allowed = replica.allowed_domains(self.tools.maps_root / "live" / "sender_access")
         # What the replica covers is what it holds before its import removes it.
         covered = shadow_import.replica_names(self.tools.replica, replica.IMPORT_PARTS)
+        cutoff = shadow_receiver.prune_cutoff(
+            self.tools.replica / shadow_receiver.MARKER_NAME,
+            self.settings.shadow_timeout_ms / 1000,
+        )
         try:
             limits = replica.Limits.of(
                 self.settings.replica_max_file_bytes,
@@ -172,7 +176,7 @@ class Agent:
         except (replica.ReplicaError, queuesync.SyncError) as exc:
             raise AgentError(message_of(exc)) from None
         shadows = shadow_import.import_shadows(
-            self.tools.shadow_store, covered, allowed, limits.max_file_bytes
+            self.tools.shadow_store, covered, cutoff, allowed, limits.max_file_bytes
         )
         if report.imported:
             self.tools.flush_all()

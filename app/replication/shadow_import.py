@@ -1,12 +1,15 @@
 """Promotion's second step: inject each shadow the replica does not cover into the live queue,
 treating the shadow store as untrusted input (the peer decided what is in it).
 
-Only regular files directly in the store are read, opened without following links, with one
-link, owned by the store's owner and within the size cap; the envelope must parse and its
-sender be in a sender domain of the live sender_access map. A shadow whose queue ID is in the
-replica is covered by it and dropped. Each other one is handed to `sendmail -G -i -f SENDER --
-RECIPIENTS` (a gateway submission: the headers stay as the client sent them; pickup gives it a
-new queue ID), and its file goes only after sendmail succeeded. Refused shadows stay.
+Only regular segment files directly in the store are read (app/replication/shadow_store.py),
+opened without following links, with one link and owned by the store's owner; each message
+within the size cap, each envelope must parse and its sender be in a sender domain of the live
+sender_access map. A shadow older than the last sync's cutoff, or whose queue ID is in the
+replica, is covered by it and dropped; so is a second copy of a queue ID. Each other one is
+handed to `sendmail -G -i -f SENDER -- RECIPIENTS` (a gateway submission: the headers stay as
+the client sent them; pickup gives it a new queue ID). A segment goes once every shadow in it
+was injected or covered; one with anything refused is renamed `refused-<name>` and kept for
+the operator, never read again (its accepted shadows are in the queue already).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import os
 import stat
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.agent import queuefile
 from app.agent.replica import Report
-from app.replication.shadow_store import QUEUE_ID, ShadowFormatError, decode
+from app.replication.shadow_store import REFUSED_PREFIX, Record, is_segment, records
 
 log = logging.getLogger("mailrelay.shadow.import")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -44,61 +48,68 @@ def sendmail(sender: str, recipients: list[str], message: bytes) -> None:
         raise OSError(f"sendmail failed: {result.stderr.decode(errors='replace').strip()}")
 
 
+@dataclass
+class _Import:
+    covered: set[str]
+    cutoff: float | None
+    allowed: frozenset[str]
+    max_file_bytes: int
+    inject: Inject
+    report: Report = field(default_factory=Report)
+    done: set[str] = field(default_factory=set)
+
+
 def import_shadows(
     store: Path,
     covered: set[str],
+    cutoff: float | None,
     allowed: frozenset[str],
     max_file_bytes: int,
     inject: Inject = sendmail,
 ) -> Report:
-    report = Report()
+    """`covered`: the queue IDs the replica holds; `cutoff`: the time before which the last
+    sync covers every shadow (None: no sync is known)."""
+    work = _Import(covered, cutoff, allowed, max_file_bytes, inject)
     try:
         root = os.open(store, _DIR_FLAGS)
     except FileNotFoundError:
-        return report
+        return work.report
     except OSError as exc:
-        report.refuse(str(store), f"not a directory ({exc.strerror})")
-        return report
+        work.report.refuse(str(store), f"not a directory ({exc.strerror})")
+        return work.report
     try:
         owner = os.fstat(root).st_uid
         with os.scandir(root) as entries:
             names = sorted(e.name for e in entries)
         for name in names:
-            if name.startswith("."):
-                continue  # a write the receiver never confirmed
-            _one(root, name, owner, covered, allowed, max_file_bytes, inject, report)
+            if name.startswith((".", REFUSED_PREFIX)):
+                continue  # a write never confirmed, or refused at an earlier promotion
+            _segment(root, name, owner, work)
+        os.fsync(root)  # the segments that went stay gone after a power cut
     finally:
         os.close(root)
     log.info(
-        "shadow import: %d injected, %d refused (left in %s)",
-        len(report.imported),
-        report.refused_total,
+        "shadow import: %d injected, %d refused (kept in %s)",
+        len(work.report.imported),
+        work.report.refused_total,
         store,
     )
-    return report
+    return work.report
 
 
-def _one(
-    root: int,
-    name: str,
-    owner: int,
-    covered: set[str],
-    allowed: frozenset[str],
-    max_file_bytes: int,
-    inject: Inject,
-    report: Report,
-) -> None:
+def _segment(root: int, name: str, owner: int, work: _Import) -> None:
     where = f"shadow/{name}"
-    if not QUEUE_ID.fullmatch(name):
-        report.refuse(where, "not a queue ID")
+    if not is_segment(name):
+        work.report.refuse(where, "not a shadow segment")
         return
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=root)
     except FileNotFoundError:
         return  # the receiver pruned it meanwhile: a queue sync covered it
     except OSError as exc:
-        report.refuse(where, f"cannot open without following links ({exc.strerror})")
+        work.report.refuse(where, f"cannot open without following links ({exc.strerror})")
         return
+    refused = False
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -107,36 +118,44 @@ def _one(
             problem = f"has {st.st_nlink} hard links"
         elif st.st_uid != owner:
             problem = f"owned by uid {st.st_uid}, not by the store's owner {owner}"
-        elif st.st_size > max_file_bytes:
-            problem = f"larger than {max_file_bytes} bytes"
         else:
             problem = ""
         if problem:
-            report.refuse(where, problem)
+            work.report.refuse(where, problem)
             return
-        data = os.read(fd, max_file_bytes + 1)
+        for record in records(fd, work.max_file_bytes):
+            refused |= not _one(record, where, work)
     finally:
         os.close(fd)
-    try:
-        envelope, message = decode(data)
-    except ShadowFormatError as exc:
-        report.refuse(where, str(exc))
-        return
-    if envelope.queue_id != name:
-        report.refuse(where, f"its envelope names another queue ID {envelope.queue_id}")
-        return
-    if name in covered:
+    if refused:
+        os.rename(name, REFUSED_PREFIX + name, src_dir_fd=root, dst_dir_fd=root)
+    else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=root)
-        return
+
+
+def _one(record: Record, where: str, work: _Import) -> bool:
+    """Inject one record unless covered; False when it is refused."""
+    envelope, message = record.envelope, record.message
+    if envelope is None or message is None:
+        work.report.refuse(where, record.problem)
+        return False
+    queue_id = envelope.queue_id
+    if work.cutoff is not None and envelope.time < work.cutoff:
+        return True
+    if queue_id in work.covered or queue_id in work.done:
+        return True
     domain = queuefile.sender_domain(envelope.sender)
-    if domain is None or domain not in allowed:
-        report.refuse(where, f"sender <{envelope.sender[:200]}> is not in an allowed sender domain")
-        return
-    inject(envelope.sender, envelope.recipients, message)
-    report.imported.append(name)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=root)
+    if domain is None or domain not in work.allowed:
+        work.report.refuse(
+            f"{where}/{queue_id}",
+            f"sender <{envelope.sender[:200]}> is not in an allowed sender domain",
+        )
+        return False
+    work.inject(envelope.sender, envelope.recipients, message)
+    work.report.imported.append(queue_id)
+    work.done.add(queue_id)
+    return True
 
 
 def replica_names(replica: Path, parts: tuple[str, ...]) -> set[str]:

@@ -69,11 +69,10 @@ class Receiver:
         copy_timeout: float = 2.0,
     ) -> None:
         self.store = store
-        self.prune_margin = copy_timeout + PRUNE_SLACK_SECONDS
+        self.copy_timeout = copy_timeout
         self.token = token.encode()
         self.max_message_bytes = max_message_bytes
         self.marker = marker
-        self.pruned_before = 0.0
 
     def serve_connection(self, raw: socket.socket, context: ssl.SSLContext) -> None:
         """One peer connection, from the TLS handshake to its close."""
@@ -138,16 +137,13 @@ class Receiver:
         """Drop the shadows the last successful sync covers (its marker in the replica)."""
         if self.marker is None:
             return 0
-        try:
-            before = float(self.marker.read_text().strip())
-        except (OSError, ValueError):
+        cutoff = prune_cutoff(self.marker, self.copy_timeout)
+        if cutoff is None:
+            self.store.close_old(time.monotonic())
             return 0
-        if before <= self.pruned_before:
-            return 0
-        self.pruned_before = before
-        dropped = self.store.prune(before - self.prune_margin)
+        dropped = self.store.prune(cutoff)
         if dropped:
-            log.info("pruned %d shadows older than the peer's snapshot at %.3f", dropped, before)
+            log.debug("pruned %d shadows the peer's last sync covers", dropped)
         return dropped
 
     def prune_forever(self, interval: float = 1.0) -> None:
@@ -157,6 +153,16 @@ class Receiver:
             except OSError as exc:
                 log.error("pruning the shadow store failed: %s", exc)
             time.sleep(interval)
+
+
+def prune_cutoff(marker: Path, copy_timeout: float) -> float | None:
+    """The time before which the last successful sync covers every shadow: its snapshot time
+    (the marker it leaves in the replica) less the copy's timeout and PRUNE_SLACK_SECONDS;
+    None without a readable marker."""
+    try:
+        return float(marker.read_text().strip()) - copy_timeout - PRUNE_SLACK_SECONDS
+    except (OSError, ValueError):
+        return None
 
 
 def _exactly(reader: io.BufferedReader, size: int) -> bytes:

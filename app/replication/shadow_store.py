@@ -1,10 +1,19 @@
-"""The shadow store: the peer's not-yet-replicated messages, one durable file each, bounded.
+"""The shadow store: the peer's not-yet-replicated messages, appended to segment files, bounded.
 
-A shadow file is `MAGIC`, one JSON line with the envelope, then the message exactly as the
-peer's Postfix received it. It is written under a dot name, fsync'ed, renamed to its queue ID
-and the directory fsync'ed: once `put` returns, a power cut keeps it. The file's mtime is the
-envelope's time (the peer's clock at end-of-data), so pruning by the peer's snapshot time
-(same clock) needs a stat per file, never a read.
+A segment is a run of records, each a fixed header (magic, CRC-32 of what follows, the lengths
+of the envelope and of the message), the envelope as JSON and the message
+exactly as the peer's Postfix received it. Messages stored at the same moment share one
+fdatasync of the segment (group commit); a new segment is made durable in its directory before
+a record in it is acknowledged: once `put` returns, a power cut keeps the message.
+
+One file per message cost the receiver about 0.8 ms of CPU per message, mostly in the kernel
+(create, fsync, rename and the directory's fsync), against about 0.07 ms for an append to a
+segment (measured, README). A segment is closed after SEGMENT_SECONDS or SEGMENT_BYTES and
+dropped whole once every record in it is older than the last sync's snapshot; the promotion
+import skips the older records of a segment that is still there (`prune_cutoff`).
+
+The envelope time is the peer's clock at end-of-data, the clock of the snapshot time that a
+sync's marker carries.
 """
 
 from __future__ import annotations
@@ -14,15 +23,27 @@ import json
 import os
 import re
 import secrets
+import struct
 import threading
+import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MAGIC = b"MRSHADOW1\n"
 QUEUE_ID = re.compile(r"[0-9A-Za-z]{6,32}")
-# An envelope line longer than this is not one we wrote (a thousand recipients fit easily).
+SEGMENT_NAME = re.compile(r"segment-[0-9]{20}-[0-9a-f]{8}")
+# A segment the promotion import refused something in: kept for the operator, never read again.
+REFUSED_PREFIX = "refused-"
+# magic, CRC-32 of envelope and message, envelope length, message length
+HEADER = struct.Struct(">4sIII")
+MAGIC = b"MRS2"
+# An envelope longer than this is not one we wrote (a thousand recipients fit easily).
 MAX_ENVELOPE_BYTES = 1024 * 1024
+SEGMENT_SECONDS = 1.0
+SEGMENT_BYTES = 16 * 1024 * 1024
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class StoreFull(Exception):
@@ -30,7 +51,7 @@ class StoreFull(Exception):
 
 
 class ShadowFormatError(Exception):
-    """Not a shadow file or envelope (the peer's data is untrusted)."""
+    """Not a shadow record or envelope (the peer's data is untrusted)."""
 
 
 @dataclass(frozen=True)
@@ -72,20 +93,82 @@ class Envelope:
 
 
 def encode(envelope: Envelope, message: bytes) -> bytes:
-    return MAGIC + json.dumps(envelope.as_dict()).encode() + b"\n" + message
+    """One record, as a segment holds it."""
+    head = json.dumps(envelope.as_dict()).encode()
+    crc = zlib.crc32(message, zlib.crc32(head))
+    return HEADER.pack(MAGIC, crc, len(head), len(message)) + head + message
 
 
-def decode(data: bytes) -> tuple[Envelope, bytes]:
-    if not data.startswith(MAGIC):
-        raise ShadowFormatError("not a shadow file")
-    line_end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_ENVELOPE_BYTES)
-    if line_end < 0:
-        raise ShadowFormatError("no envelope line")
-    try:
-        raw = json.loads(data[len(MAGIC) : line_end])
-    except ValueError:
-        raise ShadowFormatError("the envelope is not JSON") from None
-    return Envelope.from_dict(raw), data[line_end + 1 :]
+@dataclass(frozen=True)
+class Record:
+    """A record read back: its envelope and message, or why it cannot be used. `message` is
+    None when the message was not read (larger than the reader's cap, or not asked for)."""
+
+    envelope: Envelope | None
+    message: bytes | None
+    problem: str = ""
+
+
+def records(fd: int, max_message_bytes: int, with_messages: bool = True) -> Iterator[Record]:
+    """The records of an open segment, from its start, read as untrusted input. A record whose
+    framing is broken (a write a crash cut short, or not one we wrote) ends the segment:
+    nothing after it can be found again."""
+    offset = 0
+    end = os.fstat(fd).st_size
+    while True:
+        header = os.pread(fd, HEADER.size, offset)
+        if not header:
+            return
+        if len(header) < HEADER.size:
+            yield Record(None, None, "a record cut short at its header")
+            return
+        magic, crc, head_size, size = HEADER.unpack(header)
+        if magic != MAGIC or head_size > MAX_ENVELOPE_BYTES:
+            yield Record(None, None, f"no shadow record at byte {offset}")
+            return
+        start = offset + HEADER.size
+        offset = start + head_size + size
+        if offset > end:
+            yield Record(None, None, "a record cut short")
+            return
+        if size > max_message_bytes:
+            yield Record(None, None, f"a message larger than {max_message_bytes} bytes")
+            continue
+        body = os.pread(fd, head_size + (size if with_messages else 0), start)
+        if with_messages and zlib.crc32(body) != crc:
+            yield Record(None, None, f"the record at byte {start - HEADER.size} is damaged")
+            return
+        try:
+            envelope = Envelope.from_dict(json.loads(body[:head_size]))
+        except (ValueError, ShadowFormatError) as exc:
+            yield Record(None, None, str(exc))
+            continue
+        yield Record(envelope, body[head_size:] if with_messages else None)
+
+
+def is_segment(name: str) -> bool:
+    return SEGMENT_NAME.fullmatch(name) is not None
+
+
+def stored(root: Path) -> tuple[int, int]:
+    """The shadows in the store and its size in bytes, refused segments included (none when
+    it does not exist): for the node's status. Reads only the records' headers."""
+    count = size = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(root):
+            name = entry.name.removeprefix(REFUSED_PREFIX)
+            if not is_segment(name):
+                continue
+            try:
+                fd = os.open(entry.path, _FILE_FLAGS)
+            except OSError:
+                continue  # dropped meanwhile, or not a file to follow
+            try:
+                size += os.fstat(fd).st_size
+                count += sum(1 for r in records(fd, 1 << 62, False) if r.envelope)
+            finally:
+                os.close(fd)
+    return count, size
 
 
 def fsync_directory(path: Path) -> None:
@@ -96,98 +179,202 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass
+class _Segment:
+    name: str
+    fd: int | None  # open until closed under sync_lock
+    opened: float  # time.monotonic()
+    size: int = 0
+    count: int = 0
+    newest: float = 0.0  # the newest envelope time in it
+    taking: bool = False  # new records go to it
+    dirty: bool = False  # written since its last fdatasync
+
+
+# An earlier release kept one file per shadow, named by its queue ID: MAGIC_V1, the envelope
+# as one JSON line, the message. A store found so is moved into a segment when the receiver
+# starts (an upgrade), so that the promotion import finds those shadows too.
+MAGIC_V1 = b"MRSHADOW1\n"
+
+
 class ShadowStore:
-    """One directory of shadow files, at most `max_bytes` of them in all."""
+    """One directory of segments, at most `max_bytes` of them in all."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # Lock order: sync_lock, then lock. `lock` guards the segments and the counters;
+        # `sync_lock` is held for the fdatasyncs and for closing a segment, so that no
+        # segment is closed under an fdatasync of it.
         self.lock = threading.Lock()
-        # Group commit of the directory: one fsync covers every rename done before it began,
-        # so messages stored at the same time share it (see put).
         self.sync_lock = threading.Lock()
-        self.renamed = 0
+        self.written = 0
         self.synced = 0
+        self.dir_pending = False
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Dot names are writes a crash interrupted: never acknowledged, so never needed.
-        for leftover in root.glob(".*"):
-            leftover.unlink(missing_ok=True)
-        self.used = sum(self._size(p) for p in root.iterdir())
+        self.segments: list[_Segment] = []
+        self.used = 0
+        legacy: list[str] = []
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                # A write a crash interrupted (an earlier release's), never acknowledged.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            elif is_segment(entry.name):
+                segment = self._scan(entry.name)
+                self.segments.append(segment)
+                self.used += segment.size
+            elif QUEUE_ID.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                legacy.append(entry.name)
+            elif entry.is_file(follow_symlinks=False):
+                # Refused segments: kept for the operator, counted in the bound.
+                self.used += entry.stat(follow_symlinks=False).st_size
+        if legacy:
+            self._move_legacy(legacy)
 
-    @staticmethod
-    def _size(path: Path) -> int:
+    def _scan(self, name: str) -> _Segment:
+        segment = _Segment(name, None, 0.0)
+        fd = os.open(self.root / name, _FILE_FLAGS)
         try:
-            return path.lstat().st_size
-        except FileNotFoundError:
-            return 0
+            segment.size = os.fstat(fd).st_size
+            for record in records(fd, 1 << 62, False):
+                if record.envelope:
+                    segment.count += 1
+                    segment.newest = max(segment.newest, record.envelope.time)
+        finally:
+            os.close(fd)
+        return segment
 
-    def put(self, envelope: Envelope, message: bytes) -> Path:
-        """Store durably (file and directory fsync'ed) before returning; StoreFull when the
-        store has no room. A second copy of a queue ID replaces the first."""
+    def _move_legacy(self, names: list[str]) -> None:
+        moved = []
+        for name in names:
+            data = (self.root / name).read_bytes()
+            line_end = data.find(b"\n", len(MAGIC_V1))
+            try:
+                if not data.startswith(MAGIC_V1) or line_end < 0:
+                    raise ShadowFormatError("not a shadow file")
+                envelope = Envelope.from_dict(json.loads(data[len(MAGIC_V1) : line_end]))
+            except (ValueError, ShadowFormatError):
+                # Left as it is, for the operator (the import never reads it).
+                self.used += len(data)
+                continue
+            self.put(envelope, data[line_end + 1 :])
+            moved.append(name)
+        self.close_old(float("inf"))  # every moved shadow durable in a segment first
+        for name in moved:
+            os.unlink(self.root / name)
+        fsync_directory(self.root)
+
+    def put(self, envelope: Envelope, message: bytes) -> None:
+        """Store durably (the record and its segment's name fsync'ed) before returning;
+        StoreFull when the store has no room."""
         data = encode(envelope, message)
-        target = self.root / envelope.queue_id
+        now = time.monotonic()
+        current = self._current()
+        if current is not None and now - current.opened >= SEGMENT_SECONDS:
+            self.close_old(now)
         with self.lock:
-            replaced = self._size(target)
-            if self.used - replaced + len(data) > self.max_bytes:
+            if self.used + len(data) > self.max_bytes:
                 raise StoreFull(
                     f"the shadow store holds {self.used} of {self.max_bytes} bytes: "
                     f"no room for {len(data)} more"
                 )
-            self.used += len(data) - replaced
-        tmp = self.root / f".{envelope.queue_id}.{secrets.token_hex(4)}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            current = self._current()
+            if current is None or current.size >= SEGMENT_BYTES:
+                current = self._open_segment(now)
+            assert current.fd is not None
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.utime(fd, (envelope.time, envelope.time))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, target)
-            with self.lock:
-                self.renamed += 1
-                mine = self.renamed
-            self._sync_directory(mine)
-        except BaseException:
-            with self.lock:
-                self.used -= len(data) - replaced
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        return target
+                written = os.write(current.fd, data)
+            except OSError:
+                # What part of it went in would break the framing for a record after it.
+                current.taking = False
+                raise
+            current.size += written
+            self.used += written
+            if written != len(data):
+                current.taking = False
+                raise OSError(f"short write to shadow segment {current.name}")
+            current.count += 1
+            current.newest = max(current.newest, envelope.time)
+            current.dirty = True
+            self.written += 1
+            mine = self.written
+        self._commit(mine)
 
-    def _sync_directory(self, rename: int) -> None:
-        """Return once an fsync of the directory that began after rename number `rename`
-        has finished: either the one this thread runs, or one another thread ran meanwhile."""
+    def _current(self) -> _Segment | None:
+        if self.segments and self.segments[-1].taking:
+            return self.segments[-1]
+        return None
+
+    def _open_segment(self, now: float) -> _Segment:
+        """Under `lock`: a new segment, whose name the next commit makes durable."""
+        if self.segments:
+            self.segments[-1].taking = False
+        name = f"segment-{time.time_ns():020d}-{secrets.token_hex(4)}"
+        fd = os.open(
+            self.root / name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        segment = _Segment(name, fd, now, taking=True)
+        self.segments.append(segment)
+        self.dir_pending = True
+        return segment
+
+    def _commit(self, record: int) -> None:
+        """Return once fdatasyncs that began after record number `record` was written have
+        finished: either those this thread runs, or those another thread ran meanwhile."""
         with self.sync_lock:
-            if self.synced >= rename:
+            if self.synced >= record:
                 return
             with self.lock:
-                covered = self.renamed
-            fsync_directory(self.root)
+                covered = self.written
+                dirty = [s for s in self.segments if s.dirty]
+                for segment in dirty:
+                    segment.dirty = False
+                directory, self.dir_pending = self.dir_pending, False
+            for segment in dirty:
+                assert segment.fd is not None
+                os.fdatasync(segment.fd)
+            if directory:
+                fsync_directory(self.root)
             self.synced = covered
 
+    def close_old(self, now: float) -> None:
+        """Close the segments that take no more records, and the current one once it is
+        SEGMENT_SECONDS old, each made durable first."""
+        with self.sync_lock, self.lock:
+            for segment in self.segments:
+                if segment.fd is None:
+                    continue
+                if segment.taking and now - segment.opened < SEGMENT_SECONDS:
+                    continue
+                if segment.dirty:
+                    os.fdatasync(segment.fd)
+                    segment.dirty = False
+                os.close(segment.fd)
+                segment.fd = None
+                segment.taking = False
+            if self.dir_pending:
+                fsync_directory(self.root)
+                self.dir_pending = False
+
     def prune(self, before: float) -> int:
-        """Drop every shadow whose time is before `before`; how many went."""
-        dropped = 0
-        for path in self.root.iterdir():
-            if path.name.startswith("."):
-                continue
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                continue
-            if st.st_mtime < before:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    dropped += 1
-                    with self.lock:
-                        self.used -= st.st_size
-        if dropped:
+        """Drop every closed segment whose records are all older than `before` (one that is
+        old is closed first); how many shadows went."""
+        self.close_old(time.monotonic())
+        with self.lock:
+            gone = [s for s in self.segments if s.fd is None and s.newest < before]
+            for segment in gone:
+                self.segments.remove(segment)
+                self.used -= segment.size
+        for segment in gone:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / segment.name)
+        if gone:
             fsync_directory(self.root)
-        return dropped
+        return sum(s.count for s in gone)
 
     def count(self) -> int:
-        return sum(1 for p in self.root.iterdir() if not p.name.startswith("."))
+        with self.lock:
+            return sum(s.count for s in self.segments)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from app.replication.shadow_store import Envelope, encode
+from app.replication.shadow_store import Envelope, encode, is_segment, records
 from tests import postfixhost
 from tests.postfixhost import ALLOWED, CLIENT
 from tests.smtptarget import received
@@ -48,6 +48,30 @@ def queue_id_of(output: str) -> str:
     return line.rsplit(" ", 1)[1]
 
 
+def segment_name(n: int) -> str:
+    return f"segment-{n:020d}-0000abcd"
+
+
+def shadows(store) -> dict[str, tuple[Envelope, bytes, float]]:
+    """Each shadow in the store: its envelope, message and its segment's mtime."""
+    found = {}
+    for path in sorted(store.iterdir()):
+        if not is_segment(path.name):
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for record in records(fd, 1 << 30):
+                assert record.envelope and record.message is not None, record.problem
+                found[record.envelope.queue_id] = (
+                    record.envelope,
+                    record.message,
+                    os.fstat(fd).st_mtime,
+                )
+        finally:
+            os.close(fd)
+    return found
+
+
 def wait_for_sink(relay, message_id: str, timeout: float = 30) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,14 +97,12 @@ async def test_the_250_comes_only_after_the_peer_stored_the_shadow(relay, agent)
     os.killpg(receiver.pid, signal.SIGCONT)
     client.join(30)
     queue_id = queue_id_of(result["out"])
-    shadow = relay.shadow_store / queue_id
-    assert shadow.is_file()
-    assert os.stat(shadow).st_ctime >= released_at - 0.01
-    envelope = json.loads(shadow.read_bytes().split(b"\n")[1])
-    assert envelope["sender"] == f"app@{ALLOWED}"
-    assert envelope["recipients"] == ["someone@dest.example"]
-    assert envelope["client_address"] == CLIENT
-    assert b"Message-Id: <held@test>" in shadow.read_bytes()
+    envelope, message, written_at = shadows(relay.shadow_store)[queue_id]
+    assert written_at >= released_at - 0.01
+    assert envelope.sender == f"app@{ALLOWED}"
+    assert envelope.recipients == ["someone@dest.example"]
+    assert envelope.client_address == CLIENT
+    assert b"Message-Id: <held@test>" in message
 
 
 async def test_prefer_accepts_without_a_peer_and_counts_the_mail_unprotected(relay, agent):
@@ -118,14 +140,15 @@ async def test_promotion_injects_an_uncovered_shadow_with_its_envelope(relay, ag
     [again] = wait_for_sink(relay, "promoted@test")
     assert again["mail_from"] == f"app@{ALLOWED}"
     assert sorted(again["rcpt_tos"]) == ["other@dest.example", "someone@dest.example"]
-    assert not (relay.shadow_store / queue_id).exists()
+    assert queue_id not in shadows(relay.shadow_store)
 
 
 async def test_a_shadow_the_replica_covers_is_dropped_not_injected(relay, agent):
     relay.shadow_store.mkdir(exist_ok=True)
     queue_id = "4ZcoveredABC123"
     envelope = Envelope(queue_id, f"app@{ALLOWED}", ["x@dest.example"], CLIENT, time.time())
-    (relay.shadow_store / queue_id).write_bytes(encode(envelope, b"Subject: c\r\n\r\nhi\r\n"))
+    segment = relay.shadow_store / segment_name(1)
+    segment.write_bytes(encode(envelope, b"Subject: c\r\n\r\nhi\r\n"))
     (relay.replica / "deferred" / "4").mkdir(parents=True, exist_ok=True)
     (relay.replica / "deferred" / "4" / queue_id).write_bytes(b"not a queue file")
     try:
@@ -133,7 +156,7 @@ async def test_a_shadow_the_replica_covers_is_dropped_not_injected(relay, agent)
     finally:
         shutil.rmtree(relay.replica, ignore_errors=True)
     assert report["shadows"]["imported"] == []
-    assert not (relay.shadow_store / queue_id).exists()
+    assert not segment.exists()
 
 
 async def test_hostile_shadows_are_refused_and_left(relay, agent, tmp_path):
@@ -146,21 +169,22 @@ async def test_hostile_shadows_are_refused_and_left(relay, agent, tmp_path):
             b"Message-Id: <secret@test>\r\n\r\nsecret\r\n",
         )
     )
-    (store / "4ZlinkABC123").symlink_to(outside)
+    link = store / segment_name(2)
+    link.symlink_to(outside)
     forbidden = Envelope("4ZforbidABC", "evil@forbidden.example", ["x@dest.example"], CLIENT, 1.0)
-    (store / "4ZforbidABC").write_bytes(encode(forbidden, b"Message-Id: <evil@test>\r\n\r\nx\r\n"))
     big = Envelope("4ZbigABC1234", f"app@{ALLOWED}", ["x@dest.example"], CLIENT, 1.0)
-    (store / "4ZbigABC1234").write_bytes(
-        encode(big, b"Message-Id: <big@test>\r\n\r\n" + b"x" * (15 << 20))
+    planted = store / segment_name(3)
+    planted.write_bytes(
+        encode(forbidden, b"Message-Id: <evil@test>\r\n\r\nx\r\n")
+        + encode(big, b"Message-Id: <big@test>\r\n\r\n" + b"x" * (15 << 20))
     )
     report = (await agent.import_replica())["shadows"]
     reasons = {r["path"]: r["reason"] for r in report["refused"]}
     assert report["imported"] == []
-    assert "following links" in reasons["shadow/4ZlinkABC123"]
-    assert "forbidden.example" in reasons["shadow/4ZforbidABC"]
-    assert "larger than" in reasons["shadow/4ZbigABC1234"]
-    for name in ("4ZlinkABC123", "4ZforbidABC", "4ZbigABC1234"):
-        assert os.path.lexists(store / name)
-    assert outside.exists()
+    assert "following links" in reasons[f"shadow/{link.name}"]
+    assert "forbidden.example" in reasons[f"shadow/{planted.name}/4ZforbidABC"]
+    assert "larger than" in reasons[f"shadow/{planted.name}"]
+    assert link.is_symlink() and outside.exists()
+    assert (store / f"refused-{planted.name}").exists()  # kept for the operator
     time.sleep(2)
     assert not [m for m in received(relay.sink1) if "@test" in m["message_id"]]

@@ -27,6 +27,9 @@ FORBIDDEN_SHADOW = (
 # Under /var/lib: the agent's unit sandbox hides /root and /home, and an attacker aims where
 # the agent can reach.
 VICTIM = "/var/lib/mailrelay-victim"
+# Segment names as the store makes them: a link to the victim, and the forbidden shadow.
+LINK_SEGMENT = "segment-00000000000000000002-0000abcd"
+FORBIDDEN_SEGMENT = "segment-00000000000000000003-0000abcd"
 
 
 def other(node: str) -> str:
@@ -64,10 +67,10 @@ def test_a_hostile_replica_and_shadow_store_are_imported_with_nothing_outside_to
         f"&& ln -sfn {VICTIM} {REPLICA}/deferred/A "
         f"&& ln -sfn {VICTIM}/keep {REPLICA}/incoming/4XyZaBcDeFgH "
         f"&& chown -h mailrelay-sync: {REPLICA}/deferred/A {REPLICA}/incoming/4XyZaBcDeFgH"
-        f"&& ln -sfn {VICTIM}/keep {SHADOWS}/4ZlinkABC123 "
+        f"&& ln -sfn {VICTIM}/keep {SHADOWS}/{LINK_SEGMENT} "
         f'&& PYTHONPATH=/opt/mailrelay /opt/mailrelay/venv/bin/python -c "{FORBIDDEN_SHADOW}" '
-        f"> {SHADOWS}/4ZforbidABC "
-        f"&& chown -h mailrelay-sync: {SHADOWS}/4ZlinkABC123 {SHADOWS}/4ZforbidABC"
+        f"> {SHADOWS}/{FORBIDDEN_SEGMENT} "
+        f"&& chown -h mailrelay-sync: {SHADOWS}/{LINK_SEGMENT} {SHADOWS}/{FORBIDDEN_SEGMENT}"
     )
     lab("exec", passive, "sh", "-c", plant)
     since = "@" + lab("exec", passive, "date", "+%s").stdout.strip()
@@ -88,7 +91,7 @@ def test_a_hostile_replica_and_shadow_store_are_imported_with_nothing_outside_to
         assert lab("exec", passive, "cat", f"{VICTIM}/keep").stdout == "precious\n"
         journal = vrrp_journal(passive, since)
         assert "refused to take over" in journal and "4XyZaBcDeFgH" in journal, journal[-2000:]
-        assert "4ZlinkABC123" in journal and "4ZforbidABC" in journal, journal[-2000:]
+        assert LINK_SEGMENT in journal and "4ZforbidABC" in journal, journal[-2000:]
         assert "forbidden.example" in journal, journal[-2000:]
         # The relay goes on working on the new active node.
         assert "250 2.0.0 Ok: queued" in swaks("client", "pay@billing.example")
@@ -100,5 +103,5 @@ def test_a_hostile_replica_and_shadow_store_are_imported_with_nothing_outside_to
         lab("exec", active, "systemctl", "start", "keepalived")
         lab("exec", active, "systemctl", "start", "mailrelay-queue-sync.timer")
         lab("exec", passive, "sh", "-c", f"rm -rf {VICTIM} {REPLICA}/deferred/A "
-            f"{REPLICA}/incoming/4XyZaBcDeFgH {SHADOWS}/4ZlinkABC123 "
-            f"{SHADOWS}/4ZforbidABC")  # fmt: skip
+            f"{REPLICA}/incoming/4XyZaBcDeFgH {SHADOWS}/{LINK_SEGMENT} "
+            f"{SHADOWS}/{FORBIDDEN_SEGMENT} {SHADOWS}/refused-{FORBIDDEN_SEGMENT}")  # fmt: skip

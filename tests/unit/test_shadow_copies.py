@@ -3,37 +3,66 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import ssl
 import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from app.replication import shadow_store
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
+from app.replication.shadow_import import import_shadows
 from app.replication.shadow_receiver import Receiver, listen, serve, server_context
-from app.replication.shadow_store import Envelope, ShadowStore, StoreFull, decode
+from app.replication.shadow_store import Envelope, ShadowStore, StoreFull, records
 from tests.postfixhost import _self_signed
 
 TOKEN = "t" * 40
 
 
-def envelope(queue_id: str = "4ZabcDEF123", when: float | None = None) -> Envelope:
-    return Envelope(queue_id, "a@ex.example", ["b@dest.example"], "192.0.2.1", when or time.time())
+def envelope(
+    queue_id: str = "4ZabcDEF123", when: float | None = None, sender: str = "a@ex.example"
+) -> Envelope:
+    return Envelope(queue_id, sender, ["b@dest.example"], "192.0.2.1", when or time.time())
 
 
-def test_a_stored_shadow_is_complete_under_its_queue_id_with_the_envelope_time(tmp_path):
+def segments(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def stored(root: Path) -> list[tuple[Envelope, bytes]]:
+    """Every shadow in the store's segments, read back as the import reads them."""
+    found = []
+    for name in filter(shadow_store.is_segment, segments(root)):
+        fd = os.open(root / name, os.O_RDONLY)
+        try:
+            for record in records(fd, 1 << 30):
+                assert record.envelope and record.message is not None, record.problem
+                found.append((record.envelope, record.message))
+        finally:
+            os.close(fd)
+    return found
+
+
+def stored_ids(root: Path) -> list[str]:
+    return sorted(e.queue_id for e, _ in stored(root))
+
+
+def test_a_stored_shadow_reads_back_whole_with_its_envelope(tmp_path):
     store = ShadowStore(tmp_path / "s", 1 << 20)
-    path = store.put(envelope(when=1000.0), b"Subject: x\r\n\r\nbody\r\n")
-    assert path.name == "4ZabcDEF123"
-    assert os.stat(path).st_mtime == 1000.0
-    got, message = decode(path.read_bytes())
-    assert got.recipients == ["b@dest.example"]
+    store.put(envelope(when=1000.0), b"Subject: x\r\n\r\nbody\r\n")
+    store.put(envelope("4ZsecondAAA"), b"second")
+    [(got, message), (second, _)] = stored(tmp_path / "s")
+    assert (got.queue_id, got.time, got.recipients) == ("4ZabcDEF123", 1000.0, ["b@dest.example"])
     assert message == b"Subject: x\r\n\r\nbody\r\n"
-    assert [p.name for p in path.parent.iterdir()] == ["4ZabcDEF123"]
+    assert second.queue_id == "4ZsecondAAA"
+    [name] = segments(tmp_path / "s")  # stored at the same moment: one segment
+    assert shadow_store.is_segment(name)
+    assert store.count() == 2 and shadow_store.stored(tmp_path / "s") == (2, store.used)
 
 
 def test_a_full_store_refuses_and_keeps_what_it_has(tmp_path):
@@ -41,12 +70,14 @@ def test_a_full_store_refuses_and_keeps_what_it_has(tmp_path):
     store.put(envelope("4ZfirstAAA"), b"x" * 3000)
     with pytest.raises(StoreFull):
         store.put(envelope("4ZsecondBB"), b"y" * 3000)
-    assert [p.name for p in (tmp_path / "s").iterdir()] == ["4ZfirstAAA"]
+    assert stored_ids(tmp_path / "s") == ["4ZfirstAAA"]
     # A restarted receiver counts what is on disk.
-    assert ShadowStore(tmp_path / "s", 4096).used == store.used
+    again = ShadowStore(tmp_path / "s", 4096)
+    assert (again.used, again.count()) == (store.used, 1)
 
 
-def test_pruning_drops_only_shadows_older_than_the_snapshot(tmp_path):
+def test_pruning_drops_only_segments_older_than_the_snapshot(tmp_path, monkeypatch):
+    monkeypatch.setattr(shadow_store, "SEGMENT_SECONDS", 0.0)  # a segment per shadow
     store = ShadowStore(tmp_path / "s", 1 << 20)
     store.put(envelope("4ZoldAAAAA", when=100.0), b"old")
     store.put(envelope("4ZjustOldA", when=156.0), b"old")
@@ -54,10 +85,137 @@ def test_pruning_drops_only_shadows_older_than_the_snapshot(tmp_path):
     store.put(envelope("4ZnewBBBBB", when=200.0), b"new")
     marker = tmp_path / "shadow-prune-before"
     receiver = Receiver(store, TOKEN, 1 << 20, marker, copy_timeout=2.0)
+    assert receiver.prune_once() == 0  # no sync yet
     marker.write_text("160.0\n")
     # A shadow less than the copy's timeout + 1 s before the snapshot may not be in it yet.
     assert receiver.prune_once() == 2
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["4ZmayMissA", "4ZnewBBBBB"]
+    assert stored_ids(tmp_path / "s") == ["4ZmayMissA", "4ZnewBBBBB"]
+    assert store.count() == 2
+
+
+def test_a_segment_holding_a_newer_shadow_stays_until_it_is_covered_too(tmp_path):
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    store.put(envelope("4ZoldAAAAA", when=100.0), b"old")
+    store.put(envelope("4ZnewBBBBB", when=200.0), b"new")
+    assert store.prune(150.0) == 0
+    assert store.prune(250.0) == 0  # it still takes records: not closed yet
+    store.close_old(float("inf"))
+    assert store.prune(250.0) == 2
+    assert segments(tmp_path / "s") == []
+
+
+def test_a_record_cut_short_by_a_crash_ends_its_segment_and_loses_nothing_before(tmp_path):
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    store.put(envelope("4ZfirstAAA"), b"first")
+    store.put(envelope("4ZsecondBB"), b"second")
+    store.close_old(float("inf"))
+    [name] = segments(tmp_path / "s")
+    path = tmp_path / "s" / name
+    path.write_bytes(path.read_bytes()[:-3])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = list(records(fd, 1 << 20))
+    finally:
+        os.close(fd)
+    assert got[0].envelope and got[0].envelope.queue_id == "4ZfirstAAA"
+    assert (got[1].envelope, got[1].problem) == (None, "a record cut short")
+    assert ShadowStore(tmp_path / "s", 1 << 20).count() == 1
+    # A damaged byte in a message is found by its checksum.
+    data = bytearray(path.read_bytes())
+    data[len(shadow_store.encode(envelope("4ZfirstAAA"), b"first")) - 2] ^= 1
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert "damaged" in next(records(fd, 1 << 20)).problem
+    finally:
+        os.close(fd)
+
+
+def test_a_store_of_an_earlier_release_moves_into_a_segment_when_the_receiver_starts(tmp_path):
+    root = tmp_path / "s"
+    root.mkdir()
+    old = envelope("4ZlegacyAAA", when=123.0)
+    line = json.dumps(old.as_dict()).encode()
+    (root / "4ZlegacyAAA").write_bytes(shadow_store.MAGIC_V1 + line + b"\n" + b"message")
+    (root / "4ZbrokenAAA").write_bytes(b"not a shadow")
+    (root / ".4ZtornAAAA.1234").write_bytes(b"never acknowledged")
+    store = ShadowStore(root, 1 << 20)
+    assert stored_ids(root) == ["4ZlegacyAAA"]
+    [(moved, message)] = stored(root)
+    assert (moved, message) == (old, b"message")
+    names = segments(root)
+    assert "4ZlegacyAAA" not in names and ".4ZtornAAAA.1234" not in names
+    assert "4ZbrokenAAA" in names  # left for the operator, counted in the bound
+    assert store.used == sum((root / n).stat().st_size for n in names)
+
+
+def inject_into(delivered: list[tuple[str, list[str], bytes]]):
+    def inject(sender: str, recipients: list[str], message: bytes) -> None:
+        delivered.append((sender, recipients, message))
+
+    return inject
+
+
+def test_the_import_injects_each_uncovered_shadow_once_and_drops_the_segment(tmp_path):
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    store.put(envelope("4ZprunedAAA", when=100.0), b"the last sync covers it")
+    store.put(envelope("4ZinReplica", when=300.0), b"the replica holds it")
+    store.put(envelope("4ZtakeOverA", when=300.0), b"only here")
+    store.put(envelope("4ZtakeOverA", when=300.0), b"only here")  # the client's retry
+    delivered: list[tuple[str, list[str], bytes]] = []
+    report = import_shadows(
+        tmp_path / "s",
+        {"4ZinReplica"},
+        200.0,
+        frozenset({"ex.example"}),
+        1 << 20,
+        inject_into(delivered),
+    )
+    assert report.imported == ["4ZtakeOverA"]
+    assert delivered == [("a@ex.example", ["b@dest.example"], b"only here")]
+    assert segments(tmp_path / "s") == []
+
+
+def test_the_import_refuses_a_forbidden_sender_and_keeps_its_segment_aside(tmp_path):
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    store.put(envelope("4ZallowedAA"), b"fine")
+    store.put(envelope("4ZforbidAAA", sender="evil@forbidden.example"), b"evil")
+    store.put(envelope("4ZbigAAAAAA"), b"x" * 5000)
+    [name] = segments(tmp_path / "s")
+    delivered: list[tuple[str, list[str], bytes]] = []
+    report = import_shadows(
+        tmp_path / "s", set(), None, frozenset({"ex.example"}), 4096, inject_into(delivered)
+    )
+    assert report.imported == ["4ZallowedAA"]
+    reasons = {r["path"]: r["reason"] for r in report.refused}
+    assert "forbidden.example" in reasons[f"shadow/{name}/4ZforbidAAA"]
+    assert "larger than 4096" in reasons[f"shadow/{name}"]
+    assert segments(tmp_path / "s") == [f"refused-{name}"]
+    # A later promotion does not read it again: nothing is delivered twice.
+    again = import_shadows(
+        tmp_path / "s", set(), None, frozenset({"ex.example"}), 4096, inject_into(delivered)
+    )
+    assert again.imported == [] and len(delivered) == 1
+
+
+def test_the_import_follows_no_link_and_reads_no_file_it_does_not_own(tmp_path):
+    root = tmp_path / "s"
+    store = ShadowStore(root, 1 << 20)
+    outside = tmp_path / "outside"
+    outside.write_bytes(shadow_store.encode(envelope("4ZsecretAAA"), b"secret"))
+    link = root / "segment-00000000000000000001-0000abcd"
+    link.symlink_to(outside)
+    (root / "4ZnotAsegmt").write_bytes(b"x")
+    store.put(envelope("4ZfineAAAAA"), b"fine")
+    delivered: list[tuple[str, list[str], bytes]] = []
+    report = import_shadows(
+        root, set(), None, frozenset({"ex.example"}), 1 << 20, inject_into(delivered)
+    )
+    reasons = {r["path"]: r["reason"] for r in report.refused}
+    assert "following links" in reasons[f"shadow/{link.name}"]
+    assert "not a shadow segment" in reasons["shadow/4ZnotAsegmt"]
+    assert report.imported == ["4ZfineAAAAA"]
+    assert link.is_symlink() and outside.exists()
 
 
 @pytest.fixture
@@ -85,10 +243,10 @@ def test_many_messages_in_flight_are_all_stored_over_persistent_connections(peer
         t.start()
     for t in threads:
         t.join()
-    assert sorted(p.name for p in store.root.iterdir()) == ids
+    assert stored_ids(store.root) == ids
     assert 0 < client.idle.qsize() <= 20
     client.send(envelope("4ZreusedAAA"), b"m")  # over a pooled connection
-    assert (store.root / "4ZreusedAAA").exists()
+    assert "4ZreusedAAA" in stored_ids(store.root)
 
 
 def test_a_receiver_with_another_certificate_never_gets_the_token(peer):
@@ -150,30 +308,44 @@ def test_a_milter_that_is_down_is_seen_not_just_uncounted(tmp_path):
     assert milter_state(f"unix:{path}") == "not answering"  # the socket file is left behind
 
 
-def test_every_put_returns_only_after_a_directory_fsync_that_began_after_its_rename(
+def test_every_put_returns_only_after_an_fdatasync_that_began_after_its_write(
     tmp_path, monkeypatch
 ):
-    """Concurrent puts share directory fsyncs (group commit), but none returns before an
-    fsync that started after its own rename has finished: that is what makes it durable."""
+    """Concurrent puts share fdatasyncs (group commit), but none returns before one that
+    started after its own write has finished: that is what makes it durable. The segment's
+    name is fsync'ed in its directory before anything in it is acknowledged."""
     store = ShadowStore(tmp_path / "s", 1 << 20)
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
-    real_rename, real_fsync_directory = os.rename, shadow_store.fsync_directory
 
-    def rename(src, dst):
-        real_rename(src, dst)
-        with lock:
-            events.append(("renamed", os.path.basename(dst)))
+    class RecordingOs:
+        """The os module as the store sees it, with its writes and syncs recorded."""
+
+        def __getattr__(self, name: str):
+            return getattr(os, name)
+
+        def write(self, fd, data):
+            written = os.write(fd, data)
+            with lock:
+                events.append(("written", bytes(data).split(b'"queue_id": "')[1][:11].decode()))
+            return written
+
+        def fdatasync(self, fd):
+            with lock:
+                events.append(("sync-start", ""))
+            time.sleep(0.005)  # a disk's flush: lets writes of other threads pile up meanwhile
+            os.fdatasync(fd)
+            with lock:
+                events.append(("sync-end", ""))
+
+    real_fsync_directory = shadow_store.fsync_directory
 
     def fsync_directory(path):
-        with lock:
-            events.append(("sync-start", ""))
-        time.sleep(0.005)  # a disk's flush: lets renames of other threads pile up meanwhile
         real_fsync_directory(path)
         with lock:
-            events.append(("sync-end", ""))
+            events.append(("directory", ""))
 
-    monkeypatch.setattr(shadow_store.os, "rename", rename)
+    monkeypatch.setattr(shadow_store, "os", RecordingOs())
     monkeypatch.setattr(shadow_store, "fsync_directory", fsync_directory)
 
     def put(queue_id: str) -> None:
@@ -187,16 +359,18 @@ def test_every_put_returns_only_after_a_directory_fsync_that_began_after_its_ren
         t.start()
     for t in threads:
         t.join()
+    first_return = min(events.index(("returned", i)) for i in ids)
+    assert ("directory", "") in events[:first_return]
     for queue_id in ids:
-        renamed = events.index(("renamed", queue_id))
+        written = events.index(("written", queue_id))
         returned = events.index(("returned", queue_id))
-        starts = [i for i, e in enumerate(events) if e[0] == "sync-start" and i > renamed]
-        assert starts, f"{queue_id} returned without an fsync after its rename"
+        starts = [i for i, e in enumerate(events) if e[0] == "sync-start" and i > written]
+        assert starts, f"{queue_id} returned without an fdatasync after its write"
         end = next(i for i, e in enumerate(events) if e[0] == "sync-end" and i > starts[0])
-        assert end < returned, f"{queue_id} returned before its directory fsync ended"
+        assert end < returned, f"{queue_id} returned before its fdatasync ended"
     syncs = sum(1 for e in events if e[0] == "sync-start")
     assert syncs < len(ids)  # they were shared
-    assert sorted(p.name for p in store.root.iterdir()) == ids
+    assert stored_ids(store.root) == ids
 
 
 def test_malformed_frames_are_answered_no_and_store_nothing(peer):
