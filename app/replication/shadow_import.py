@@ -10,6 +10,10 @@ handed to `sendmail -G -i -f SENDER -- RECIPIENTS` (a gateway submission: the he
 the client sent them; pickup gives it a new queue ID). A segment goes once every shadow in it
 was injected or covered; one with anything refused is renamed `refused-<name>` and kept for
 the operator, never read again (its accepted shadows are in the queue already).
+
+A segment the receiver still appends to is read to its end as it is then: a shadow stored after
+that is of mail the old active node still had when this one took over, which that node keeps
+(its reconcile deletes only the queue IDs taken over here).
 """
 
 from __future__ import annotations
