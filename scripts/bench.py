@@ -289,6 +289,14 @@ def bench_retention(quick: bool) -> None:
     bench_retention.bench_retention(quick)
 
 
+def bench_shadow_cpu(quick: bool, before: Path | None = None) -> None:
+    """CPU per message of Postfix, the shadow milter and the receiver, off against prefer,
+    through the real Postfix without the lab (scripts/bench_shadow_cpu.py)."""
+    import bench_shadow_cpu
+
+    bench_shadow_cpu.bench_shadow_cpu(quick, before)
+
+
 def lab_part(name: str) -> Callable[[bool], None]:
     """A part that needs the two-node lab (scripts/bench_lab.py)."""
 
@@ -307,6 +315,7 @@ PARTS = {
     "gui": bench_gui,
     "gui-layouts": bench_gui_layouts,
     "retention": bench_retention,
+    "shadow-cpu": bench_shadow_cpu,
     **{
         name: lab_part(name) for name in ("failover", "sync", "lag", "throughput", "pull", "shadow")
     },
@@ -321,13 +330,14 @@ def main() -> None:
         "--before",
         type=Path,
         metavar="CHECKOUT",
-        help="logs, freshness: also measure the ingestion of this checkout (e.g. /work/main)",
+        help="logs, freshness, shadow-cpu: also measure this checkout (e.g. /work/main)",
     )
     args = parser.parse_args()
+    with_before = {"logs": bench_logs, "freshness": bench_freshness, "shadow-cpu": bench_shadow_cpu}
     if args.before is not None:
-        if args.part not in ("logs", "freshness"):
-            parser.error("--before applies to the logs and freshness parts only")
-        {"logs": bench_logs, "freshness": bench_freshness}[args.part](args.quick, args.before)
+        if args.part not in with_before:
+            parser.error(f"--before applies to these parts only: {', '.join(with_before)}")
+        with_before[args.part](args.quick, args.before)
     else:
         PARTS[args.part](args.quick)
 
