@@ -79,7 +79,7 @@ class IngestResult:
 @dataclass
 class _Read:
     """What one batch reads: complete lines of the file `inode`, the offset after them, and
-    (filled in by _read_batch) the events they hold."""
+    (filled in by _read_batch) what they say about messages (logparse.Record)."""
 
     inode: int
     end: int
@@ -87,7 +87,7 @@ class _Read:
     rotated: bool = False
     truncated: bool = False
     missing: bool = False
-    events: list[logparse.Event] = field(default_factory=list)
+    records: list[logparse.Record] = field(default_factory=list)
     # The queue IDs whose context the batch needs from log_messages (see _continued).
     continued: list[str] = field(default_factory=list)
     # What the batch writes, when the run already knew every context it needs (see _plan).
@@ -115,7 +115,7 @@ class _Plan:
     writes: dict[str, _Context]
     mail_rows: list[tuple]
     rejections: list[tuple]
-    expired: list[tuple[logparse.Expired, _Context | None]]
+    expired: list[tuple[logparse.Record, _Context | None]]
     events: int
 
 
@@ -298,14 +298,14 @@ async def _move_cursor(source: str, inode: int, position: int) -> None:
 def _read_batch(
     path: Path, inode: int, position: int, max_lines: int, node_id: str, known: dict[str, tuple]
 ) -> _Read:
-    """_read_next, the events of the lines it read, and what they write if `known` holds the
+    """_read_next, the records of the lines it read, and what they write if `known` holds the
     context of every message they continue. Runs in a thread; reads `known`, never changes it."""
     read = _read_next(path, inode, position, max_lines)
-    read.events = logparse.Parser(dt.datetime.now().astimezone()).parse_events(read.lines)
-    read.continued = _continued(read.events)
+    read.records = logparse.Parser(dt.datetime.now().astimezone()).records(read.lines)
+    read.continued = _continued(read.records)
     contexts, unknown = _known_contexts(read.continued, known)
     if not unknown:
-        read.plan = _plan(node_id, read.events, contexts)
+        read.plan = _plan(node_id, read.records, contexts)
     return read
 
 
@@ -410,11 +410,11 @@ async def _plan_with_stored(node_id: str, read: _Read, known: dict[str, tuple]) 
     others from log_messages (all of them in a run's first batch)."""
     contexts, unknown = _known_contexts(read.continued, known)
     contexts.update(await _load_contexts(node_id, unknown))
-    return _plan(node_id, read.events, contexts)
+    return _plan(node_id, read.records, contexts)
 
 
-def _plan(node_id: str, events: list[logparse.Event], contexts: dict[str, _Context]) -> _Plan:
-    """What the events of one batch write, given the stored contexts of the messages it
+def _plan(node_id: str, records: list[logparse.Record], contexts: dict[str, _Context]) -> _Plan:
+    """What the records of one batch write, given the stored contexts of the messages it
     continues (`contexts`, which it changes)."""
     # What log_messages holds now: a context a batch only repeats (qmgr's line of each retry)
     # is not written again.
@@ -422,31 +422,30 @@ def _plan(node_id: str, events: list[logparse.Event], contexts: dict[str, _Conte
     changed: set[str] = set()
     mail_rows: list[tuple] = []
     rejections: list[tuple] = []
-    expired: list[tuple[logparse.Expired, _Context | None]] = []
-    for event in events:  # the most frequent first
-        if isinstance(event, logparse.Delivery):
-            if event.status in MAIL_STATUSES:
-                mail_rows.append(_mail_row(node_id, event, contexts.get(event.queue_id)))
-        elif isinstance(event, logparse.QueueActive):
-            context = _context(contexts, event)
-            context.sender, context.size = event.sender, event.size
-            changed.add(event.queue_id)
-        elif isinstance(event, logparse.ClientContext):
+    expired: list[tuple[logparse.Record, _Context | None]] = []
+    for record in records:  # the most frequent first
+        kind, at, qid = record[:3]
+        if kind == logparse.DELIVERY:
+            if record[7] in MAIL_STATUSES:
+                mail_rows.append(_mail_row(node_id, record, contexts.get(qid)))
+        elif kind == logparse.QUEUE_ACTIVE:
+            context = _context(contexts, qid, at)
+            context.sender, context.size = record[3], record[4]
+            changed.add(qid)
+        elif kind == logparse.CLIENT:
             # A new message: whatever an earlier message with this queue id left is not its.
-            contexts[event.queue_id] = _Context(
-                first_seen_at=event.at, client=event.client, sender=event.sender or ""
-            )
-            changed.add(event.queue_id)
-        elif isinstance(event, logparse.MessageId):
-            _context(contexts, event).message_id = event.message_id
-            changed.add(event.queue_id)
-        elif isinstance(event, logparse.Expired):
-            expired.append((event, contexts.get(event.queue_id)))
-        elif isinstance(event, logparse.Reject):
-            rejections.append(_rejection_row(node_id, event))
+            contexts[qid] = _Context(first_seen_at=at, client=record[3], sender=record[4] or "")
+            changed.add(qid)
+        elif kind == logparse.MESSAGE_ID:
+            _context(contexts, qid, at).message_id = record[3]
+            changed.add(qid)
+        elif kind == logparse.EXPIRED:
+            expired.append((record, contexts.get(qid)))
+        else:
+            rejections.append(_rejection_row(node_id, record))
 
     writes = {qid: contexts[qid] for qid in changed if stored.get(qid) != contexts[qid].values()}
-    return _Plan(contexts, writes, mail_rows, rejections, expired, len(events))
+    return _Plan(contexts, writes, mail_rows, rejections, expired, len(records))
 
 
 async def _write_batch(node_id: str, plan: _Plan, result: IngestResult) -> None:
@@ -463,31 +462,25 @@ async def _write_batch(node_id: str, plan: _Plan, result: IngestResult) -> None:
     result.rejection_rows += len(plan.rejections)
 
 
-def _continued(events: Iterable[logparse.Event]) -> list[str]:
-    """The queue IDs of messages that began before this batch: those with an event here before
-    (or without) a client= line. A queue ID whose first event here is its client= line starts
+def _continued(records: Iterable[logparse.Record]) -> list[str]:
+    """The queue IDs of messages that began before this batch: those with a record here before
+    (or without) a client= line. A queue ID whose first record here is its client= line starts
     a new message, whatever log_messages holds under it; most of a batch's are such, and need
     no lookup. Runs in the thread that parses the batch."""
     first: dict[str, bool] = {}
-    for event in events:
-        if isinstance(event, logparse.ClientContext):
-            first.setdefault(event.queue_id, False)
-        elif isinstance(event, _READS_CONTEXT):
-            first.setdefault(event.queue_id, True)
+    for record in records:
+        kind, qid = record[0], record[2]
+        if kind == logparse.CLIENT:
+            first.setdefault(qid, False)
+        elif kind != logparse.REJECT:
+            first.setdefault(qid, True)
     return sorted(qid for qid, earlier in first.items() if earlier)
 
 
-# The events that need their message's context (a tuple: isinstance with it takes a third
-# less time than with a union of the four types).
-_READS_CONTEXT = (logparse.Delivery, logparse.QueueActive, logparse.MessageId, logparse.Expired)
-
-
-def _context(
-    contexts: dict[str, _Context], event: logparse.MessageId | logparse.QueueActive
-) -> _Context:
-    context = contexts.get(event.queue_id)
+def _context(contexts: dict[str, _Context], qid: str, at: dt.datetime) -> _Context:
+    context = contexts.get(qid)
     if context is None:  # its client= line was before our cursor's first run, or never logged
-        context = contexts[event.queue_id] = _Context(first_seen_at=event.at)
+        context = contexts[qid] = _Context(first_seen_at=at)
     return context
 
 
@@ -591,19 +584,20 @@ async def _copy_upsert(
     )
 
 
-def _mail_row(node_id: str, event: logparse.Delivery, context: _Context | None) -> tuple:
-    context = context or _Context(first_seen_at=event.at)
+def _mail_row(node_id: str, record: logparse.Record, context: _Context | None) -> tuple:
+    _, at, qid, recipient, relay, delay, dsn, status = record
+    context = context or _Context(first_seen_at=at)
     return (
-        event.at,
+        at,
         node_id,
-        event.queue_id,
+        qid,
         context.message_id,
         context.sender.lower(),
-        event.recipient.lower(),
-        event.relay,
-        event.status,
-        event.delay,
-        event.dsn,
+        recipient.lower(),
+        relay,
+        status,
+        delay,
+        dsn,
         context.size,
         context.client,
     )
@@ -639,20 +633,20 @@ async def _insert_mail_rows(rows: list[tuple]) -> None:
 
 
 async def _insert_expired(
-    node_id: str, expiries: list[tuple[logparse.Expired, _Context | None]]
+    node_id: str, expiries: list[tuple[logparse.Record, _Context | None]]
 ) -> int:
     """An expiry names no recipients: it ends those still deferred."""
     if not expiries:
         return 0
     columns: list[list] = [[] for _ in range(8)]
-    for event, context in expiries:
-        known = context or _Context(first_seen_at=event.at)
+    for (_, at, qid, sender), context in expiries:
+        known = context or _Context(first_seen_at=at)
         values = (
-            event.at,
-            event.queue_id,
+            at,
+            qid,
             known.message_id,
-            event.sender.lower(),
-            (event.at - context.first_seen_at).total_seconds() if context else None,
+            sender.lower(),
+            (at - context.first_seen_at).total_seconds() if context else None,
             known.size,
             known.client,
             context.first_seen_at if context else None,
@@ -663,16 +657,9 @@ async def _insert_expired(
     return len(rows)
 
 
-def _rejection_row(node_id: str, event: logparse.Reject) -> tuple:
-    return (
-        event.at,
-        node_id,
-        event.client,
-        (event.sender or "").lower(),
-        (event.recipient or "").lower(),
-        event.reason,
-        event.code,
-    )
+def _rejection_row(node_id: str, record: logparse.Record) -> tuple:
+    _, at, _, client, sender, recipient, reason, code = record
+    return (at, node_id, client, (sender or "").lower(), (recipient or "").lower(), reason, code)
 
 
 async def _insert_rejections(rows: list[tuple]) -> None:
