@@ -628,12 +628,12 @@ class _MailRows:
                     pgcopy.text(context.client),
                 )
             )
-        time = self._times.get(at) or self._times.setdefault(at, pgcopy.timestamptz(at))
+        stamp = self._times.get(at) or self._times.setdefault(at, pgcopy.timestamptz(at))
         self._parts.extend(
             (
                 self._head,
                 message,
-                time,
+                stamp,
                 pgcopy.text(recipient.lower()),
                 self._text(relay),
                 self._text(status),
