@@ -19,18 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import itertools
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import asyncpg
 
+from app.db import pgcopy
 from app.db.tables import LogCursor
 from app.postfix import logparse
 from app.settings import Settings
@@ -79,7 +81,7 @@ class IngestResult:
 @dataclass
 class _Read:
     """What one batch reads: complete lines of the file `inode`, the offset after them, and
-    (filled in by _read_batch) the events they hold."""
+    (filled in by _read_batch) what they say about messages (logparse.Record)."""
 
     inode: int
     end: int
@@ -87,7 +89,7 @@ class _Read:
     rotated: bool = False
     truncated: bool = False
     missing: bool = False
-    events: list[logparse.Event] = field(default_factory=list)
+    records: list[logparse.Record] = field(default_factory=list)
     # The queue IDs whose context the batch needs from log_messages (see _continued).
     continued: list[str] = field(default_factory=list)
     # What the batch writes, when the run already knew every context it needs (see _plan).
@@ -113,9 +115,9 @@ class _Plan:
 
     contexts: dict[str, _Context]
     writes: dict[str, _Context]
-    mail_rows: list[tuple]
+    mail: _MailRows
     rejections: list[tuple]
-    expired: list[tuple[logparse.Expired, _Context | None]]
+    expired: list[tuple[logparse.Record, _Context | None]]
     events: int
 
 
@@ -155,7 +157,16 @@ async def follow(settings: Settings, stop: asyncio.Event) -> None:
     _log_run(path, done)
 
 
-async def run_once(settings: Settings, max_lines: int = 5000, log_run: bool = True) -> IngestResult:
+# Lines per batch (one transaction). Each batch costs PostgreSQL some statements and trigger
+# runs whatever its size: 10,000 took about 0.05 of 1.6 CPU s less than 5,000 over the bench
+# log, and 20,000 no less than 10,000 (scripts/bench logs' log, alternated). A follower's runs
+# read a few hundred lines each and never reach it.
+BATCH_LINES = 10_000
+
+
+async def run_once(
+    settings: Settings, max_lines: int = BATCH_LINES, log_run: bool = True
+) -> IngestResult:
     """Read the log from the cursor to its last complete line, in batches of `max_lines`."""
     started = time.monotonic()
     path = Path(settings.postfix_log_file)
@@ -170,6 +181,12 @@ async def run_once(settings: Settings, max_lines: int = 5000, log_run: bool = Tr
     known: dict[str, tuple] = {}
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(_SWITCH_INTERVAL)
+    # No cyclic garbage collection while a run lasts: a batch makes a few hundred thousand
+    # tuples (records, rows), none in a reference cycle, which the collector walked again and
+    # again (about 7 % of parsing and planning the bench log, one thread, alternated). What a
+    # run leaves in cycles (a few asyncio objects per batch) waits for the run's end.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         while True:
             async with LogCursor._meta.db.transaction():
@@ -230,6 +247,8 @@ async def run_once(settings: Settings, max_lines: int = 5000, log_run: bool = Tr
                 break
     finally:
         sys.setswitchinterval(switch_interval)
+        if collecting:
+            gc.enable()
         if ahead is not None:
             ahead.cancel()
     result.seconds = time.monotonic() - started
@@ -298,14 +317,14 @@ async def _move_cursor(source: str, inode: int, position: int) -> None:
 def _read_batch(
     path: Path, inode: int, position: int, max_lines: int, node_id: str, known: dict[str, tuple]
 ) -> _Read:
-    """_read_next, the events of the lines it read, and what they write if `known` holds the
+    """_read_next, the records of the lines it read, and what they write if `known` holds the
     context of every message they continue. Runs in a thread; reads `known`, never changes it."""
     read = _read_next(path, inode, position, max_lines)
-    read.events = logparse.Parser(dt.datetime.now().astimezone()).parse_events(read.lines)
-    read.continued = _continued(read.events)
+    read.records = logparse.Parser(dt.datetime.now().astimezone()).records(read.lines)
+    read.continued = _continued(read.records)
     contexts, unknown = _known_contexts(read.continued, known)
     if not unknown:
-        read.plan = _plan(node_id, read.events, contexts)
+        read.plan = _plan(node_id, read.records, contexts)
     return read
 
 
@@ -410,84 +429,80 @@ async def _plan_with_stored(node_id: str, read: _Read, known: dict[str, tuple]) 
     others from log_messages (all of them in a run's first batch)."""
     contexts, unknown = _known_contexts(read.continued, known)
     contexts.update(await _load_contexts(node_id, unknown))
-    return _plan(node_id, read.events, contexts)
+    return _plan(node_id, read.records, contexts)
 
 
-def _plan(node_id: str, events: list[logparse.Event], contexts: dict[str, _Context]) -> _Plan:
-    """What the events of one batch write, given the stored contexts of the messages it
+def _plan(node_id: str, records: list[logparse.Record], contexts: dict[str, _Context]) -> _Plan:
+    """What the records of one batch write, given the stored contexts of the messages it
     continues (`contexts`, which it changes)."""
     # What log_messages holds now: a context a batch only repeats (qmgr's line of each retry)
     # is not written again.
     stored = {qid: context.values() for qid, context in contexts.items()}
     changed: set[str] = set()
-    mail_rows: list[tuple] = []
+    mail = _MailRows(node_id)
     rejections: list[tuple] = []
-    expired: list[tuple[logparse.Expired, _Context | None]] = []
-    for event in events:  # the most frequent first
-        if isinstance(event, logparse.Delivery):
-            if event.status in MAIL_STATUSES:
-                mail_rows.append(_mail_row(node_id, event, contexts.get(event.queue_id)))
-        elif isinstance(event, logparse.QueueActive):
-            context = _context(contexts, event)
-            context.sender, context.size = event.sender, event.size
-            changed.add(event.queue_id)
-        elif isinstance(event, logparse.ClientContext):
+    expired: list[tuple[logparse.Record, _Context | None]] = []
+    for record in records:  # the most frequent first
+        kind, at, qid = record[:3]
+        if kind == logparse.DELIVERY:
+            if record[7] in MAIL_STATUSES:
+                mail.add(record, contexts.get(qid))
+        elif kind == logparse.QUEUE_ACTIVE:
+            context = _context(contexts, qid, at)
+            context.sender, context.size = record[3], record[4]
+            changed.add(qid)
+            mail.forget(qid)
+        elif kind == logparse.CLIENT:
             # A new message: whatever an earlier message with this queue id left is not its.
-            contexts[event.queue_id] = _Context(
-                first_seen_at=event.at, client=event.client, sender=event.sender or ""
-            )
-            changed.add(event.queue_id)
-        elif isinstance(event, logparse.MessageId):
-            _context(contexts, event).message_id = event.message_id
-            changed.add(event.queue_id)
-        elif isinstance(event, logparse.Expired):
-            expired.append((event, contexts.get(event.queue_id)))
-        elif isinstance(event, logparse.Reject):
-            rejections.append(_rejection_row(node_id, event))
+            contexts[qid] = _Context(first_seen_at=at, client=record[3], sender=record[4] or "")
+            changed.add(qid)
+            mail.forget(qid)
+        elif kind == logparse.MESSAGE_ID:
+            _context(contexts, qid, at).message_id = record[3]
+            changed.add(qid)
+            mail.forget(qid)
+        elif kind == logparse.EXPIRED:
+            expired.append((record, contexts.get(qid)))
+        else:
+            rejections.append(_rejection_row(node_id, record))
 
     writes = {qid: contexts[qid] for qid in changed if stored.get(qid) != contexts[qid].values()}
-    return _Plan(contexts, writes, mail_rows, rejections, expired, len(events))
+    return _Plan(contexts, writes, mail, rejections, expired, len(records))
 
 
 async def _write_batch(node_id: str, plan: _Plan, result: IngestResult) -> None:
     """Write one batch's plan; runs inside the caller's transaction."""
     await _save_contexts(node_id, plan.writes)
-    await _insert_mail_rows(plan.mail_rows)
+    await _insert_mail_rows(plan.mail)
     # After this batch's deliveries: an expiry names no recipients, it ends those still
     # deferred, and their last deferral may be in this very batch.
     expired_rows = await _insert_expired(node_id, plan.expired)
     await _insert_rejections(plan.rejections)
     result.events += plan.events
     result.contexts += len(plan.writes)
-    result.mail_rows += len(plan.mail_rows) + expired_rows
+    result.mail_rows += plan.mail.count + expired_rows
     result.rejection_rows += len(plan.rejections)
 
 
-def _continued(events: Iterable[logparse.Event]) -> list[str]:
-    """The queue IDs of messages that began before this batch: those with an event here before
-    (or without) a client= line. A queue ID whose first event here is its client= line starts
+def _continued(records: Iterable[logparse.Record]) -> list[str]:
+    """The queue IDs of messages that began before this batch: those with a record here before
+    (or without) a client= line. A queue ID whose first record here is its client= line starts
     a new message, whatever log_messages holds under it; most of a batch's are such, and need
     no lookup. Runs in the thread that parses the batch."""
     first: dict[str, bool] = {}
-    for event in events:
-        if isinstance(event, logparse.ClientContext):
-            first.setdefault(event.queue_id, False)
-        elif isinstance(event, _READS_CONTEXT):
-            first.setdefault(event.queue_id, True)
+    for record in records:
+        kind, qid = record[0], record[2]
+        if kind == logparse.CLIENT:
+            first.setdefault(qid, False)
+        elif kind != logparse.REJECT:
+            first.setdefault(qid, True)
     return sorted(qid for qid, earlier in first.items() if earlier)
 
 
-# The events that need their message's context (a tuple: isinstance with it takes a third
-# less time than with a union of the four types).
-_READS_CONTEXT = (logparse.Delivery, logparse.QueueActive, logparse.MessageId, logparse.Expired)
-
-
-def _context(
-    contexts: dict[str, _Context], event: logparse.MessageId | logparse.QueueActive
-) -> _Context:
-    context = contexts.get(event.queue_id)
+def _context(contexts: dict[str, _Context], qid: str, at: dt.datetime) -> _Context:
+    context = contexts.get(qid)
     if context is None:  # its client= line was before our cursor's first run, or never logged
-        context = contexts[event.queue_id] = _Context(first_seen_at=event.at)
+        context = contexts[qid] = _Context(first_seen_at=at)
     return context
 
 
@@ -541,19 +556,20 @@ _CONTEXT_COLUMNS = (
     "client",
     "first_seen_at",
 )
+# In _MailRows' order: what a row takes from its message's context first.
 _MAIL_COLUMNS = (
-    "at",
     "node_id",
     "queue_id",
     "message_id",
     "sender",
+    "size",
+    "client",
+    "at",
     "recipient",
     "relay",
     "status",
     "delay_seconds",
     "dsn",
-    "size",
-    "client",
 )
 _REJECTION_COLUMNS = ("at", "node_id", "client", "sender", "recipient", "reason", "code")
 
@@ -591,22 +607,60 @@ async def _copy_upsert(
     )
 
 
-def _mail_row(node_id: str, event: logparse.Delivery, context: _Context | None) -> tuple:
-    context = context or _Context(first_seen_at=event.at)
-    return (
-        event.at,
-        node_id,
-        event.queue_id,
-        context.message_id,
-        context.sender.lower(),
-        event.recipient.lower(),
-        event.relay,
-        event.status,
-        event.delay,
-        event.dsn,
-        context.size,
-        context.client,
-    )
+class _MailRows:
+    """A batch's mail_logs rows (_MAIL_COLUMNS), as binary COPY data made while the plan is: in
+    the thread that parses the batch, so that the event loop only sends them (asyncpg's
+    encoding of the records was a third of the loop's time, while PostgreSQL waited for it).
+    What repeats is encoded once: a message's context for each of its rows (until the batch
+    changes it: forget), times, relays, statuses, delays, dsns."""
+
+    def __init__(self, node_id: str) -> None:
+        self.count = 0
+        self._parts: list[bytes] = [pgcopy.HEADER]
+        self._head = pgcopy.row_head(len(_MAIL_COLUMNS)) + pgcopy.text(node_id)
+        self._messages: dict[str, bytes] = {}
+        self._times: dict[dt.datetime, bytes] = {}
+        self._texts: dict[str, bytes] = {}
+        self._delays: dict[float, bytes] = {}
+
+    def add(self, record: logparse.Record, context: _Context | None) -> None:
+        _, at, qid, recipient, relay, delay, dsn, status = record
+        message = self._messages.get(qid)
+        if message is None:
+            context = context or _Context(first_seen_at=at)
+            message = self._messages[qid] = b"".join(
+                (
+                    pgcopy.text(qid),
+                    pgcopy.text(context.message_id),
+                    pgcopy.text(context.sender.lower()),
+                    pgcopy.int8(context.size),
+                    pgcopy.text(context.client),
+                )
+            )
+        stamp = self._times.get(at) or self._times.setdefault(at, pgcopy.timestamptz(at))
+        self._parts.extend(
+            (
+                self._head,
+                message,
+                stamp,
+                pgcopy.text(recipient.lower()),
+                self._text(relay),
+                self._text(status),
+                self._delays.get(delay) or self._delays.setdefault(delay, pgcopy.float8(delay)),
+                self._text(dsn),
+            )
+        )
+        self.count += 1
+
+    def forget(self, qid: str) -> None:
+        """The batch changed this message's context: its next rows take the new one."""
+        self._messages.pop(qid, None)
+
+    def data(self) -> bytes:
+        return b"".join(self._parts) + pgcopy.TRAILER
+
+    def _text(self, value: str) -> bytes:
+        return self._texts.get(value) or self._texts.setdefault(value, pgcopy.text(value))
 
 
 # Per expiry, one `expired` row for each recipient whose last outcome was a deferral, with that
@@ -633,26 +687,32 @@ _INSERT_EXPIRED = (
 )
 
 
-async def _insert_mail_rows(rows: list[tuple]) -> None:
-    if rows:
-        await _copy("mail_logs", _MAIL_COLUMNS, rows)
+async def _insert_mail_rows(rows: _MailRows) -> None:
+    if rows.count:
+        await _connection().copy_to_table(
+            "mail_logs", source=_one(rows.data()), columns=_MAIL_COLUMNS, format="binary"
+        )
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _insert_expired(
-    node_id: str, expiries: list[tuple[logparse.Expired, _Context | None]]
+    node_id: str, expiries: list[tuple[logparse.Record, _Context | None]]
 ) -> int:
     """An expiry names no recipients: it ends those still deferred."""
     if not expiries:
         return 0
     columns: list[list] = [[] for _ in range(8)]
-    for event, context in expiries:
-        known = context or _Context(first_seen_at=event.at)
+    for (_, at, qid, sender), context in expiries:
+        known = context or _Context(first_seen_at=at)
         values = (
-            event.at,
-            event.queue_id,
+            at,
+            qid,
             known.message_id,
-            event.sender.lower(),
-            (event.at - context.first_seen_at).total_seconds() if context else None,
+            sender.lower(),
+            (at - context.first_seen_at).total_seconds() if context else None,
             known.size,
             known.client,
             context.first_seen_at if context else None,
@@ -663,16 +723,9 @@ async def _insert_expired(
     return len(rows)
 
 
-def _rejection_row(node_id: str, event: logparse.Reject) -> tuple:
-    return (
-        event.at,
-        node_id,
-        event.client,
-        (event.sender or "").lower(),
-        (event.recipient or "").lower(),
-        event.reason,
-        event.code,
-    )
+def _rejection_row(node_id: str, record: logparse.Record) -> tuple:
+    _, at, _, client, sender, recipient, reason, code = record
+    return (at, node_id, client, (sender or "").lower(), (recipient or "").lower(), reason, code)
 
 
 async def _insert_rejections(rows: list[tuple]) -> None:

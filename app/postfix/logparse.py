@@ -50,16 +50,19 @@ _ISO = re.compile(rf"(?P<stamp>{_ISO_STAMP}) {_REST}{_QID_PREFIX}")
 
 # Where each shape's stamp, host, program, service, pid and queue ID are in match.groups():
 # one groups() call and an itemgetter take a third less than group() with six names.
-def _head_fields(pattern: re.Pattern[str]) -> Callable[[tuple[Any, ...]], tuple[str, ...]]:
-    first, *rest = (
-        pattern.groupindex[name] - 1
-        for name in ("stamp", "host", "program", "service", "pid", "qid")
-    )
+def _head_fields(
+    pattern: re.Pattern[str], names: tuple[str, ...]
+) -> Callable[[tuple[Any, ...]], tuple[str, ...]]:
+    first, *rest = (pattern.groupindex[name] - 1 for name in names)
     return itemgetter(first, *rest)
 
 
-_CLASSIC_FIELDS = _head_fields(_CLASSIC)
-_ISO_FIELDS = _head_fields(_ISO)
+_ALL_FIELDS = ("stamp", "host", "program", "service", "pid", "qid")
+_KIND_FIELDS = ("stamp", "service", "qid")  # what tells a record's kind, and its time
+_CLASSIC_FIELDS = _head_fields(_CLASSIC, _ALL_FIELDS)
+_ISO_FIELDS = _head_fields(_ISO, _ALL_FIELDS)
+_CLASSIC_KIND_FIELDS = _head_fields(_CLASSIC, _KIND_FIELDS)
+_ISO_KIND_FIELDS = _head_fields(_ISO, _KIND_FIELDS)
 _MONTHS = {
     name: number
     for number, name in enumerate(
@@ -78,7 +81,7 @@ _CONNECT = re.compile(r"connect from (?P<client>\S+)")
 _CLIENT = re.compile(r"client=(?P<client>[^,\s]+)(?P<extra>,.*)?")
 _SASL_USER = re.compile(r", sasl_username=(?P<user>[^,]*)")
 # pickup.c: "%s: uid=%d from=<%s>" (local submission through sendmail/postdrop)
-_PICKUP = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>")
+_PICKUP_TEXT = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>")
 # opened.c: "%s: from=<%s>, size=%ld, nrcpt=%d (queue %s)"
 _QUEUE_ACTIVE = re.compile(
     r"from=<(?P<sender>.*)>, size=(?P<size>\d+), nrcpt=(?P<nrcpt>\d+)(?: \((?P<note>.*)\))?"
@@ -227,16 +230,19 @@ def _classic_time(fields: tuple[str, ...], now: dt.datetime, tz: dt.tzinfo | Non
     raise ValueError("no year fits this time stamp")
 
 
-# from=< for qmgr, pickup and expired lines; reject: also finds milter-reject:. One regex
-# search looks for all five at once (five `in` tests took 60 % longer).
-_MAY_HOLD = re.compile(rb"client=|from=<|to=<|message-id=|reject: ")
-
-
-def may_hold_message_event(raw: bytes) -> bool:
-    """False for a raw line that cannot be a ClientContext, MessageId, QueueActive, Delivery,
-    Expired or Reject (each holds one of these texts), without parsing it: connects,
-    disconnects, TLS, anvil and warning lines are most of a busy log."""
-    return _MAY_HOLD.search(raw) is not None
+# What ingestion reads of a line (Parser.records): a plain tuple per line, its kind first, then
+# `at` and the queue ID (None for NOQUEUE), then per kind:
+#   DELIVERY      recipient, relay, delay, dsn, status
+#   QUEUE_ACTIVE  sender, size
+#   CLIENT        client ("" for pickup), sender (pickup names it; None from smtpd, qmqpd)
+#   MESSAGE_ID    message_id
+#   EXPIRED       sender
+#   REJECT        client, sender, recipient, reason, code (as Reject has them)
+# Building an Event per line, with fields ingestion never reads, was most of the parser's time.
+Record = tuple[Any, ...]
+DELIVERY, QUEUE_ACTIVE, CLIENT, MESSAGE_ID, EXPIRED, REJECT = range(6)
+# What else _classify tells apart: lines that make events but no records (pickup's make CLIENT).
+_PICKUP, _CONNECT_KIND, _REMOVED = range(6, 9)
 
 
 class Parser:
@@ -263,27 +269,51 @@ class Parser:
             if head is None:
                 return None
             stamp, host, program, service, pid, qid = _ISO_FIELDS(head.groups())
-        if stamp in self._times:
-            at = self._times[stamp]
-        else:
-            at = self._times[stamp] = self._time(head)
+        at = self._at(stamp, head)
         if at is None:
             return None
         text = line[head.end() :].rstrip("\r\n")
-        return _parse_text((at, host, program, service, int(pid)), service, qid, text)
+        found = _classify(service, qid, text)
+        if found is None:
+            return None
+        return _EVENTS[found[0]]((at, host, program, service, int(pid)), qid, found[1])
 
-    def parse_events(self, raw_lines: Iterable[bytes]) -> list[Event]:
-        """The events of raw log lines, those that may_hold_message_event lets through only:
-        what ingestion wants from a batch, in one loop. Bytes that are not UTF-8 (old clients,
-        SMTPUTF8 gone wrong) are kept as U+FFFD."""
-        search, parse = _MAY_HOLD.search, self.parse
-        events = []
+    def records(self, raw_lines: Iterable[bytes]) -> list[Record]:
+        """What ingestion reads of raw log lines, in one loop: a Record for each line that
+        parse() makes a ClientContext, MessageId, QueueActive, Delivery, Expired or Reject of,
+        with the same values. Bytes that are not UTF-8 (old clients, SMTPUTF8 gone wrong) are
+        kept as U+FFFD."""
+        classic, iso, at_of, classify = _CLASSIC.match, _ISO.match, self._at, _classify
+        records = []
         for raw in raw_lines:
-            if search(raw) is not None:
-                event = parse(raw.decode("utf-8", "replace"))
-                if event is not None:
-                    events.append(event)
-        return events
+            line = raw.decode("utf-8", "replace")
+            head = classic(line)
+            if head is not None:
+                stamp, service, qid = _CLASSIC_KIND_FIELDS(head.groups())
+            else:
+                head = iso(line)
+                if head is None:
+                    continue
+                stamp, service, qid = _ISO_KIND_FIELDS(head.groups())
+            if qid is None:  # connects, disconnects, TLS, anvil, warnings: most of a busy log
+                continue
+            found = classify(service, qid, line[head.end() :].rstrip("\r\n"))
+            if found is None:
+                continue
+            kind, value = found
+            if kind <= _PICKUP:  # not a connect, not a removed
+                at = at_of(stamp, head)
+                if at is not None:
+                    records.append(_RECORDS[kind](at, None if qid == "NOQUEUE" else qid, value))
+        return records
+
+    def _at(self, stamp: str, head: re.Match[str]) -> dt.datetime | None:
+        """The stamp's time (None if it is no time), worked out once per stamp."""
+        times = self._times
+        if stamp in times:
+            return times[stamp]
+        at = times[stamp] = self._time(head)
+        return at
 
     def _time(self, head: re.Match[str]) -> dt.datetime | None:
         try:
@@ -322,63 +352,42 @@ def parse_line(line: str, now: dt.datetime, tz: dt.tzinfo | None = None) -> Even
     return Parser(now, tz).parse(line)
 
 
-def _parse_text(head: _Head, service: str, qid: str | None, body: str) -> Event | None:
-    """The text after the head: `body` follows the queue ID if the text starts with one."""
+def _classify(service: str, qid: str | None, body: str) -> tuple[int, Any] | None:
+    """What the text after the head is (`body` follows the queue ID if the text starts with
+    one), with the match (or value) that holds the rest; None for texts we have no use for."""
     if qid is None:
         if service == "smtpd" and body.startswith("connect from "):
-            match = _CONNECT.fullmatch(body)
-            return Connect(*head, client=match["client"]) if match else None
+            return _found(_CONNECT_KIND, _CONNECT.fullmatch(body))
         return None
     if service == "smtpd" and body.startswith(("reject: ", "milter-reject: ")):
-        return _reject(head, None if qid == "NOQUEUE" else qid, body)
+        return _found(REJECT, _REJECT.fullmatch(body))
     if qid == "NOQUEUE":
         return None
     if service in DELIVERY_AGENTS and body.startswith("to=<"):
-        return _delivery(head, qid, body)
+        return _found(DELIVERY, _DELIVERY.fullmatch(body))
     if service == "qmgr" and body.startswith("from=<"):
         if body.endswith(", status=expired, returned to sender"):
-            match = _EXPIRED.fullmatch(body)
-            return Expired(*head, queue_id=qid, sender=match["sender"]) if match else None
-        match = _QUEUE_ACTIVE.fullmatch(body)
-        if match is None:
-            return None
-        return QueueActive(
-            *head,
-            queue_id=qid,
-            sender=match["sender"],
-            size=int(match["size"]),
-            nrcpt=int(match["nrcpt"]),
-        )
+            return _found(EXPIRED, _EXPIRED.fullmatch(body))
+        return _found(QUEUE_ACTIVE, _QUEUE_ACTIVE.fullmatch(body))
     if service == "cleanup" and body.startswith("message-id="):
-        message_id = _strip_brackets(body.removeprefix("message-id="))
-        return MessageId(*head, queue_id=qid, message_id=message_id)
+        return MESSAGE_ID, _strip_brackets(body.removeprefix("message-id="))
     if body.startswith("client=") and service in ("smtpd", "qmqpd"):
-        match = _CLIENT.fullmatch(body)
-        if match is None:
-            return None
-        sasl = _SASL_USER.search(match["extra"] or "")
-        return ClientContext(
-            *head,
-            queue_id=qid,
-            client=match["client"],
-            sasl_username=sasl["user"] if sasl else "",
-        )
+        return _found(CLIENT, _CLIENT.fullmatch(body))
     if service == "pickup" and body.startswith("uid="):
-        match = _PICKUP.fullmatch(body)
-        if match is None:
-            return None
-        return ClientContext(
-            *head, queue_id=qid, client="", uid=int(match["uid"]), sender=match["sender"]
-        )
+        return _found(_PICKUP, _PICKUP_TEXT.fullmatch(body))
     if body == "removed":
-        return Removed(*head, queue_id=qid)
+        return _REMOVED, None
     return None
 
 
-def _delivery(head: _Head, qid: str, body: str) -> Delivery | None:
-    match = _DELIVERY.fullmatch(body)
-    if match is None:
-        return None
+def _found(kind: int, match: re.Match[str] | None) -> tuple[int, re.Match[str]] | None:
+    return None if match is None else (kind, match)
+
+
+# --- events (parse) ---------------------------------------------------------------------------
+
+
+def _delivery(head: _Head, qid: str, match: re.Match[str]) -> Delivery:
     # The most frequent event: its fields in one groups() call and positionally (Delivery's
     # field order), which costs a third less than one lookup and one keyword per field.
     to, orig, relay, conn_use, delay, delays, dsn, status, text = match.groups()
@@ -398,19 +407,43 @@ def _delivery(head: _Head, qid: str, body: str) -> Delivery | None:
     )
 
 
-def _reject(head: _Head, qid: str | None, body: str) -> Reject | None:
-    match = _REJECT.fullmatch(body)
-    if match is None:
-        return None
-    reply = match["reply"]
-    code, reason = 0, reply
+def _queue_active(head: _Head, qid: str, match: re.Match[str]) -> QueueActive:
+    return QueueActive(
+        *head,
+        queue_id=qid,
+        sender=match["sender"],
+        size=int(match["size"]),
+        nrcpt=int(match["nrcpt"]),
+    )
+
+
+def _client(head: _Head, qid: str, match: re.Match[str]) -> ClientContext:
+    sasl = _SASL_USER.search(match["extra"] or "")
+    return ClientContext(
+        *head, queue_id=qid, client=match["client"], sasl_username=sasl["user"] if sasl else ""
+    )
+
+
+def _pickup(head: _Head, qid: str, match: re.Match[str]) -> ClientContext:
+    return ClientContext(
+        *head, queue_id=qid, client="", uid=int(match["uid"]), sender=match["sender"]
+    )
+
+
+def _reply(reply: str) -> tuple[int, str]:
+    """A reject's reply -> its SMTP code (0 if none) and the rest (enhanced code and text)."""
     coded = _REPLY.fullmatch(reply)
-    if coded is not None:
-        code, reason = int(coded["code"]), coded["text"]
+    if coded is None:
+        return 0, reply
+    return int(coded["code"]), coded["text"]
+
+
+def _reject(head: _Head, qid: str | None, match: re.Match[str]) -> Reject:
+    code, reason = _reply(match["reply"])
     enhanced = _ENHANCED.match(reason)
     return Reject(
         *head,
-        queue_id=qid,
+        queue_id=None if qid == "NOQUEUE" else qid,
         action=match["action"],
         stage=match["stage"],
         client=match["client"],
@@ -422,6 +455,51 @@ def _reject(head: _Head, qid: str | None, body: str) -> Reject | None:
         proto=match["proto"],
         helo=match["helo"],
     )
+
+
+# Per kind, the event made of the head, the queue ID and what _classify found.
+_EVENTS: tuple[Callable[[_Head, Any, Any], Event], ...] = (
+    _delivery,
+    _queue_active,
+    _client,
+    lambda head, qid, message_id: MessageId(*head, queue_id=qid, message_id=message_id),
+    lambda head, qid, match: Expired(*head, queue_id=qid, sender=match["sender"]),
+    _reject,
+    _pickup,
+    lambda head, qid, match: Connect(*head, client=match["client"]),
+    lambda head, qid, _: Removed(*head, queue_id=qid),
+)
+
+
+# --- records (Parser.records) -----------------------------------------------------------------
+
+# The groups of _DELIVERY a record takes: recipient, relay, delay, dsn, status.
+_DELIVERY_RECORD = itemgetter(
+    *(_DELIVERY.groupindex[name] - 1 for name in ("to", "relay", "delay", "dsn", "status"))
+)
+
+
+def _delivery_record(at: dt.datetime, qid: str, match: re.Match[str]) -> Record:
+    recipient, relay, delay, dsn, status = _DELIVERY_RECORD(match.groups())
+    return DELIVERY, at, qid, recipient, relay, float(delay), dsn, status
+
+
+def _reject_record(at: dt.datetime, qid: str | None, match: re.Match[str]) -> Record:
+    code, reason = _reply(match["reply"])
+    return REJECT, at, qid, match["client"], match["sender"], match["to"], reason, code
+
+
+# Per kind (those before _PICKUP, and _PICKUP), the record of `at`, the queue ID and what
+# _classify found.
+_RECORDS: tuple[Callable[[dt.datetime, Any, Any], Record], ...] = (
+    _delivery_record,
+    lambda at, qid, match: (QUEUE_ACTIVE, at, qid, match["sender"], int(match["size"])),
+    lambda at, qid, match: (CLIENT, at, qid, match["client"], None),
+    lambda at, qid, message_id: (MESSAGE_ID, at, qid, message_id),
+    lambda at, qid, match: (EXPIRED, at, qid, match["sender"]),
+    _reject_record,
+    lambda at, qid, match: (CLIENT, at, qid, "", match["sender"]),
+)
 
 
 def split_client(client: str) -> tuple[str, str]:
