@@ -90,10 +90,12 @@ _QUEUE_ACTIVE = re.compile(
 _EXPIRED = re.compile(r"from=<(?P<sender>.*)>, status=expired, returned to sender")
 # log_adhoc.c: to=<>, [orig_to=<>,] relay=, [conn_use=,] delay=, delays=a/b/c/d, [tls=..,]
 # dsn=, status= (reason)
+# A number is digits with at most one point: a line with another (a damaged log) is no
+# delivery, where float() would have stopped the ingestion at it.
 _DELIVERY = re.compile(
     r"to=<(?P<to>.*?)>, (?:orig_to=<(?P<orig>.*?)>, )?relay=(?P<relay>[^,]*), "
-    r"(?:conn_use=(?P<conn_use>\d+), )?delay=(?P<delay>[\d.]+), "
-    r"delays=(?P<delays>[\d.]+/[\d.]+/[\d.]+/[\d.]+), (?:.*?, )?"
+    r"(?:conn_use=(?P<conn_use>\d+), )?delay=(?P<delay>\d+(?:\.\d*)?), "
+    r"delays=(?P<delays>\d+(?:\.\d*)?(?:/\d+(?:\.\d*)?){3}), (?:.*?, )?"
     r"dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[A-Za-z]+)(?: \((?P<text>.*)\))?",
     re.DOTALL,
 )

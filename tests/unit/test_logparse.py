@@ -386,6 +386,11 @@ def test_a_syslog_name_with_a_slash():
         f"Nov 25 14:00:01 relay-a sshd[1]: {LONG}: removed",
         "Foo 25 14:00:01 relay-a postfix/smtpd[1]: connect from x[198.18.0.1]",
         f"Nov 25 14:00:01 relay-a postfix/smtp[1]: {LONG}: to=<a@b>, relay=none, broken",
+        # Numbers that are not numbers (a damaged log): skipped, never a stop.
+        f"Nov 25 14:00:01 relay-a postfix/smtp[1]: {LONG}: to=<a@b>, relay=none, delay=1.2.3, "
+        "delays=1/0/0/0, dsn=2.0.0, status=sent (x)",
+        f"Nov 25 14:00:01 relay-a postfix/smtp[1]: {LONG}: to=<a@b>, relay=none, delay=1, "
+        "delays=1/0./0..1/0, dsn=2.0.0, status=sent (x)",
         # A delivery agent's text from another program is not a delivery.
         f"Nov 25 14:00:01 relay-a postfix/cleanup[1]: {LONG}: to=<a@b>, relay=none, delay=1, "
         "delays=1/0/0/0, dsn=2.0.0, status=sent (x)",
@@ -393,6 +398,7 @@ def test_a_syslog_name_with_a_slash():
 )
 def test_other_lines_are_none(line: str):
     assert parse_line(line, NOW, UTC) is None
+    assert Parser(NOW).records([line.encode()]) == []
 
 
 def test_split_client():
