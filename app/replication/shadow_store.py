@@ -210,6 +210,9 @@ class ShadowStore:
         self.sync_lock = threading.Lock()
         self.written = 0
         self.synced = 0
+        # Records up to this number were in a segment whose fdatasync failed: never
+        # acknowledged, even if a later fdatasync succeeds (Linux reports a lost write once).
+        self.failed_upto = 0
         self.dir_pending = False
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.segments: list[_Segment] = []
@@ -325,6 +328,8 @@ class ShadowStore:
         """Return once fdatasyncs that began after record number `record` was written have
         finished: either those this thread runs, or those another thread ran meanwhile."""
         with self.sync_lock:
+            if record <= self.failed_upto:
+                raise OSError(f"the shadow store's fdatasync failed under {self.root}")
             if self.synced >= record:
                 return
             with self.lock:
@@ -333,31 +338,44 @@ class ShadowStore:
                 for segment in dirty:
                     segment.dirty = False
                 directory, self.dir_pending = self.dir_pending, False
+            self._sync(dirty, directory, covered)
+            self.synced = covered
+
+    def _sync(self, dirty: list[_Segment], directory: bool, covered: int) -> None:
+        """Under sync_lock: fdatasync the segments (and the directory). When that fails, no
+        record written so far is ever acknowledged and those segments take no more."""
+        try:
             for segment in dirty:
                 assert segment.fd is not None
                 os.fdatasync(segment.fd)
             if directory:
                 fsync_directory(self.root)
-            self.synced = covered
+        except OSError:
+            self.failed_upto = max(self.failed_upto, covered)
+            for segment in dirty:
+                segment.taking = False
+            self.dir_pending = self.dir_pending or directory
+            raise
 
     def close_old(self, now: float) -> None:
         """Close the segments that take no more records, and the current one once it is
         SEGMENT_SECONDS old, each made durable first."""
         with self.sync_lock, self.lock:
-            for segment in self.segments:
-                if segment.fd is None:
-                    continue
-                if segment.taking and now - segment.opened < SEGMENT_SECONDS:
-                    continue
-                if segment.dirty:
-                    os.fdatasync(segment.fd)
-                    segment.dirty = False
+            closing = [
+                s
+                for s in self.segments
+                if s.fd is not None and not (s.taking and now - s.opened < SEGMENT_SECONDS)
+            ]
+            dirty = [s for s in closing if s.dirty]
+            for segment in dirty:
+                segment.dirty = False
+            directory, self.dir_pending = self.dir_pending, False
+            self._sync(dirty, directory, self.written)
+            for segment in closing:
+                assert segment.fd is not None
                 os.close(segment.fd)
                 segment.fd = None
                 segment.taking = False
-            if self.dir_pending:
-                fsync_directory(self.root)
-                self.dir_pending = False
 
     def prune(self, before: float) -> int:
         """Drop every closed segment whose records are all older than `before` (one that is

@@ -149,6 +149,34 @@ def test_a_store_of_an_earlier_release_moves_into_a_segment_when_the_receiver_st
     assert store.used == sum((root / n).stat().st_size for n in names)
 
 
+def test_a_failed_fdatasync_acknowledges_nothing_it_covered_and_retires_its_segment(
+    tmp_path, monkeypatch
+):
+    """Linux reports a lost write to one fdatasync only: a later one succeeds. A record that
+    was written before the failure must not be acknowledged by that later success."""
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    store.put(envelope("4ZbeforeAAA"), b"durable")
+    failing = {"left": 1}
+
+    class FailingOs:
+        def __getattr__(self, name: str):
+            return getattr(os, name)
+
+        def fdatasync(self, fd):
+            if failing["left"]:
+                failing["left"] -= 1
+                raise OSError(5, "Input/output error")
+            os.fdatasync(fd)
+
+    monkeypatch.setattr(shadow_store, "os", FailingOs())
+    with pytest.raises(OSError):
+        store.put(envelope("4ZlostAAAAA"), b"not acknowledged")
+    with pytest.raises(OSError, match="fdatasync failed"):
+        store._commit(store.written)  # what a second waiter for that record would do
+    store.put(envelope("4ZafterAAAA"), b"durable again")
+    assert len(segments(tmp_path / "s")) == 2  # the failed segment takes no more
+
+
 def inject_into(delivered: list[tuple[str, list[str], bytes]]):
     def inject(sender: str, recipients: list[str], message: bytes) -> None:
         delivered.append((sender, recipients, message))
