@@ -5,8 +5,8 @@ Wire protocol (one TLS connection carries any number of messages, one at a time;
 keeps several connections open for messages in flight): the client sends `HELLO <token>\\n`
 and gets `OK\\n`; then per message a 4-byte big-endian length, that many bytes of JSON
 envelope with `size`, and `size` bytes of message; the answer is `OK\\n` once the copy is on
-disk (file and directory fsync'ed), `FULL <why>\\n` when the store has no room, `NO <why>\\n`
-for anything malformed (the connection is then closed).
+disk (its record fdatasync'ed in a segment), `FULL <why>\\n` when the store has no room,
+`NO <why>\\n` for anything malformed (the connection is then closed).
 
 The client checks this server's certificate against its pin (the node certificate, as the
 config pull does); this server checks the shared SHADOW_TOKEN before it reads a message.
