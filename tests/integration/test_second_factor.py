@@ -34,13 +34,21 @@ async def _post(client: Any, path: str, data: dict[str, str] | None = None) -> A
 
 async def _enrol_totp(client: Any) -> tuple[str, list[str]]:
     """Enrol an authenticator app on a logged-in client: (its secret, the recovery codes)."""
+    secret, codes, _ = await _enrol_totp_code(client)
+    return secret, codes
+
+
+async def _enrol_totp_code(client: Any) -> tuple[str, list[str], str]:
+    """_enrol_totp, and the code that confirmed the enrolment (a code computed again later may
+    be of the next time step on a slow machine)."""
     page = await _post(client, "/mfa/totp/new")
     assert page.status_code == 200, page.text
     assert "<svg" in page.text  # the QR code, inline
     secret = _secret(page.text)
-    done = await _post(client, "/mfa/totp", {"code": pyotp.TOTP(secret).now(), "name": "phone"})
+    code = pyotp.TOTP(secret).now()
+    done = await _post(client, "/mfa/totp", {"code": code, "name": "phone"})
     assert done.status_code == 200, done.text
-    return secret, _codes(done.text)
+    return secret, _codes(done.text), code
 
 
 def _next_code(secret: str) -> str:
@@ -82,11 +90,11 @@ async def test_a_user_enrols_an_authenticator_app_and_logs_in_with_its_code(logi
 
 async def test_a_wrong_code_and_a_replayed_code_are_refused(login_as):
     client = await login_as("operator")
-    secret, _ = await _enrol_totp(client)
+    secret, _, enrolled_with = await _enrol_totp_code(client)
     # The code that confirmed the enrolment is spent already.
     await _post(client, "/logout")
     await login(client, USER)
-    replay = await _post(client, "/mfa/verify/totp", {"code": pyotp.TOTP(secret).now()})
+    replay = await _post(client, "/mfa/verify/totp", {"code": enrolled_with})
     assert replay.status_code == 422
     assert "used already" in replay.text
     wrong_code = f"{(int(_next_code(secret)) + 1) % 1_000_000:06d}"
