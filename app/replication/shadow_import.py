@@ -29,11 +29,16 @@ from pathlib import Path
 
 from app.agent import queuefile
 from app.agent.replica import Report
-from app.replication.shadow_store import REFUSED_PREFIX, Record, is_segment, records
+from app.replication.shadow_store import (
+    READ_FLAGS,
+    REFUSED_PREFIX,
+    Record,
+    is_segment,
+    records,
+)
 
 log = logging.getLogger("mailrelay.shadow.import")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 Inject = Callable[[str, list[str], bytes], None]
 
@@ -107,7 +112,7 @@ def _segment(root: int, name: str, owner: int, work: _Import) -> None:
         work.report.refuse(where, "not a shadow segment")
         return
     try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=root)
+        fd = os.open(name, READ_FLAGS, dir_fd=root)
     except FileNotFoundError:
         return  # the receiver pruned it meanwhile: a queue sync covered it
     except OSError as exc:

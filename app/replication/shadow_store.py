@@ -43,7 +43,8 @@ MAGIC = b"MRS2"
 MAX_ENVELOPE_BYTES = 1024 * 1024
 SEGMENT_SECONDS = 1.0
 SEGMENT_BYTES = 16 * 1024 * 1024
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Opening a segment to read it: never through a link, never blocking on a FIFO.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class StoreFull(Exception):
@@ -160,15 +161,26 @@ def stored(root: Path) -> tuple[int, int]:
             if not is_segment(name):
                 continue
             try:
-                fd = os.open(entry.path, _FILE_FLAGS)
+                fd = os.open(entry.path, READ_FLAGS)
             except OSError:
                 continue  # dropped meanwhile, or not a file to follow
             try:
                 size += os.fstat(fd).st_size
-                count += sum(1 for r in records(fd, 1 << 62, False) if r.envelope)
+                count += _summary(fd)[0]
             finally:
                 os.close(fd)
     return count, size
+
+
+def _summary(fd: int) -> tuple[int, float]:
+    """How many shadows an open segment holds and the newest envelope time among them, from
+    the records' headers and envelopes (the messages are not read)."""
+    count, newest = 0, 0.0
+    for record in records(fd, 1 << 62, False):
+        if record.envelope:
+            count += 1
+            newest = max(newest, record.envelope.time)
+    return count, newest
 
 
 def fsync_directory(path: Path) -> None:
@@ -237,13 +249,10 @@ class ShadowStore:
 
     def _scan(self, name: str) -> _Segment:
         segment = _Segment(name, None, 0.0)
-        fd = os.open(self.root / name, _FILE_FLAGS)
+        fd = os.open(self.root / name, READ_FLAGS)
         try:
             segment.size = os.fstat(fd).st_size
-            for record in records(fd, 1 << 62, False):
-                if record.envelope:
-                    segment.count += 1
-                    segment.newest = max(segment.newest, record.envelope.time)
+            segment.count, segment.newest = _summary(fd)
         finally:
             os.close(fd)
         return segment
