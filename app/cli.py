@@ -103,6 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_level="info",
         proxy_headers=False,
         server_header=False,
+        # The shadow milter's uvloop may be installed beside it (host installs): the web
+        # manager keeps the event loop it is tested with.
+        loop="asyncio",
     )
 
 

@@ -42,7 +42,6 @@ def receiver(settings: Settings) -> None:
 
 
 def milter(settings: Settings) -> None:
-    # pymilter is the optional extra `milter`: the receiver runs without it.
     from app.replication import shadow_milter
 
     client = None
@@ -58,9 +57,7 @@ def milter(settings: Settings) -> None:
     shadowing = shadow_milter.Shadowing(
         settings.shadow_mode, client, shadow_milter.Counters(settings.shadow_counter_file)
     )
-    # libmilter's I/O timeout with Postfix, in seconds: above the copy's own deadline.
-    timeout = int(settings.shadow_timeout_ms / 1000) + 10
-    shadow_milter.serve(settings.shadow_milter_socket, shadowing, timeout)
+    shadow_milter.serve(settings.shadow_milter_socket, shadowing)
 
 
 def main(argv: list[str] | None = None) -> int:

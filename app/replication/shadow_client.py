@@ -2,19 +2,22 @@
 pinned TLS connection and wait for its durable-store answer, within a deadline.
 
 Connections are kept open and reused (a pool: one message at a time per connection, as many
-connections as messages in flight). Safe to call from libmilter's threads.
+connections as messages in flight). It runs in the milter's event loop, with no thread of its
+own: handing each message to a thread and back cost more than the copy (README).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
-import queue
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TypeVar
 
 from app.replication.shadow_receiver import frame
 from app.replication.shadow_store import Envelope
@@ -31,6 +34,9 @@ PEER_DOWN_PAUSE = 1.0
 # that wait was half of a takeover at 0.1 s adverts (VIP moved at 0.28 s, 250 at 0.54 s). A
 # longer wait buys nothing below 1 s: a SYN that was lost is sent again only after a second.
 CONNECT_TIMEOUT = 0.1
+# The receiver's answers are one short line.
+LINE_LIMIT = 1024
+T = TypeVar("T")
 
 
 class ShadowUnavailable(Exception):
@@ -41,10 +47,67 @@ class _PeerDown(ShadowUnavailable):
     """The peer did not answer (connect, handshake or confirmation timed out or failed)."""
 
 
-@dataclass
 class _Connection:
-    sock: ssl.SSLSocket
-    reader: object  # the socket's binary file, for line reads
+    """A TLS socket driven from the event loop without asyncio's TLS transport: a copy is one
+    send() and its answer one recv(), where that transport's layers in Python cost more CPU
+    than the copy itself (README: Shadow copies)."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+
+    @classmethod
+    async def open(cls, host: str, port: int, context: ssl.SSLContext) -> _Connection:
+        """Connected within CONNECT_TIMEOUT, TLS within what the caller's deadline leaves."""
+        raw = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await asyncio.get_running_loop().sock_connect(raw, (host, port))
+        except BaseException:
+            raw.close()
+            raise
+        conn = cls(context.wrap_socket(raw, do_handshake_on_connect=False))
+        try:
+            await conn._retry(conn.sock.do_handshake)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def exchange(self, data: bytes) -> bytes:
+        """Send, and the peer's one-line answer (b"" when it closed the connection)."""
+        view = memoryview(data)
+        while view:
+            sent = await self._retry(functools.partial(self.sock.send, view))
+            view = view[sent:]
+        answer = b""
+        while not answer.endswith(b"\n"):
+            if len(answer) > LINE_LIMIT:
+                raise ValueError("the peer's answer is longer than a line")
+            chunk = await self._retry(lambda: self.sock.recv(LINE_LIMIT))
+            if not chunk:
+                return b""
+            answer += chunk
+        return answer
+
+    async def _retry(self, step: Callable[[], T]) -> T:
+        """`step` once the socket lets it finish (a non-blocking TLS step says what it waits
+        for; it is then repeated with the same data, as OpenSSL requires)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return step()
+            except ssl.SSLWantReadError:
+                add, remove = loop.add_reader, loop.remove_reader
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                add, remove = loop.add_writer, loop.remove_writer
+            ready = loop.create_future()
+            add(self.sock.fileno(), _wake, ready)
+            try:
+                await ready
+            finally:
+                remove(self.sock.fileno())
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -53,11 +116,11 @@ class _Connection:
 
 class ShadowClient:
     def __init__(self, host: str, port: int, pin: bytes, token: str, timeout: float) -> None:
-        self.address = (host, port)
+        self.host, self.port = host, port
         self.pin = pin
         self.token = token.encode()
         self.timeout = timeout
-        self.idle: queue.LifoQueue[_Connection] = queue.LifoQueue(POOL_SIZE)
+        self.idle: list[_Connection] = []  # the last one used first: the likeliest still open
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         # The peer's certificate is self-signed: it is compared with the pin right after the
@@ -67,35 +130,38 @@ class ShadowClient:
         self.context = context
         self.paused_until = 0.0
 
-    def send(self, envelope: Envelope, message: bytes) -> None:
+    async def send(self, envelope: Envelope, message: bytes) -> None:
         """Return once the peer has the copy on disk; ShadowUnavailable otherwise (at once
         while the peer is paused after it did not answer)."""
-        now = time.monotonic()
-        if now < self.paused_until:
+        if time.monotonic() < self.paused_until:
             raise ShadowUnavailable(
                 f"the peer did not answer {PEER_DOWN_PAUSE:g} s ago; not tried again yet"
             )
         try:
-            self._send(envelope, message, now + self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await self._send(frame(envelope, message))
+        except TimeoutError:
+            self.paused_until = time.monotonic() + PEER_DOWN_PAUSE
+            raise _PeerDown("SHADOW_TIMEOUT_MS passed before the peer confirmed the copy") from None
         except _PeerDown:
             self.paused_until = time.monotonic() + PEER_DOWN_PAUSE
             raise
 
-    def _send(self, envelope: Envelope, message: bytes, deadline: float) -> None:
-        data = frame(envelope, message)
+    async def _send(self, data: bytes) -> None:
         # A pooled connection may have been closed by the peer meanwhile (restart): one retry
         # on a fresh connection, within the same deadline.
         for attempt in (1, 2):
-            conn = self._connection(deadline, fresh=attempt == 2)
+            conn = await self._connection(fresh=attempt == 2)
             try:
-                conn.sock.settimeout(_left(deadline))
-                conn.sock.sendall(data)
-                answer = conn.reader.readline(1024)  # type: ignore[attr-defined]
+                answer = await conn.exchange(data)
             except (OSError, ValueError) as exc:
                 conn.close()
-                if attempt == 2 or isinstance(exc, TimeoutError) or _left(deadline) <= 0:
+                if attempt == 2:
                     raise _PeerDown(f"the peer did not confirm the copy: {exc}") from None
                 continue
+            except BaseException:  # the deadline, mid-exchange: the connection is spent
+                conn.close()
+                raise
             if answer == b"OK\n":
                 self._release(conn)
                 return
@@ -111,56 +177,45 @@ class ShadowClient:
             reason = answer.decode(errors="replace").strip()
             raise ShadowUnavailable(f"the peer refused the copy: {reason}")
 
-    def _connection(self, deadline: float, fresh: bool) -> _Connection:
-        if not fresh:
-            with contextlib.suppress(queue.Empty):
-                return self.idle.get_nowait()
+    async def _connection(self, fresh: bool) -> _Connection:
+        if not fresh and self.idle:
+            return self.idle.pop()
         try:
-            raw = socket.create_connection(
-                self.address, timeout=min(CONNECT_TIMEOUT, _left(deadline))
-            )
-            # A peer that accepted is alive: its handshake may take what is left.
-            raw.settimeout(_left(deadline))
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = self.context.wrap_socket(raw)
+            conn = await _Connection.open(self.host, self.port, self.context)
+        except TimeoutError as exc:
+            raise _PeerDown(f"cannot reach the peer's shadow receiver: {exc!r}") from None
         except OSError as exc:
             raise _PeerDown(f"cannot reach the peer's shadow receiver: {exc}") from None
-        conn = _Connection(sock, sock.makefile("rb"))
-        der = sock.getpeercert(binary_form=True) or b""
-        if not hmac.compare_digest(hashlib.sha256(der).digest(), self.pin):
-            conn.close()
-            raise ShadowUnavailable(
-                "the peer's certificate is not the pinned PEER_CERT_FINGERPRINT; "
-                "the token was not sent"
-            )
         try:
-            sock.settimeout(_left(deadline))
-            sock.sendall(b"HELLO " + self.token + b"\n")
-            answer = conn.reader.readline(1024)  # type: ignore[attr-defined]
+            der = conn.sock.getpeercert(binary_form=True) or b""
+            if not hmac.compare_digest(hashlib.sha256(der).digest(), self.pin):
+                raise ShadowUnavailable(
+                    "the peer's certificate is not the pinned PEER_CERT_FINGERPRINT; "
+                    "the token was not sent"
+                )
+            answer = await conn.exchange(b"HELLO " + self.token + b"\n")
         except (OSError, ValueError) as exc:
             conn.close()
             raise _PeerDown(f"the peer's shadow receiver did not answer: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
         if answer != b"OK\n":
             conn.close()
             raise ShadowUnavailable("the peer's shadow receiver refused SHADOW_TOKEN")
         return conn
 
     def _release(self, conn: _Connection) -> None:
-        try:
-            self.idle.put_nowait(conn)
-        except queue.Full:
+        if len(self.idle) < POOL_SIZE:
+            self.idle.append(conn)
+        else:
             conn.close()
 
     def close(self) -> None:
-        while True:
-            try:
-                self.idle.get_nowait().close()
-            except queue.Empty:
-                return
+        while self.idle:
+            self.idle.pop().close()
 
 
-def _left(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise _PeerDown("SHADOW_TIMEOUT_MS passed before the peer confirmed the copy")
-    return left
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():  # the deadline may have cancelled the wait meanwhile
+        ready.set_result(None)

@@ -6,17 +6,20 @@ SHADOW_TIMEOUT_MS, store full) and counts the message as unprotected; `require` 
 451 4.4.0 instead (the client retries); `off` configures no milter at all (see
 app/agent/postfix.py: shadow_settings). Postfix talks to it over a unix socket: over TCP
 each message waited ~45 ms for Nagle's algorithm against delayed ACKs (measured, README).
+The protocol is app/replication/milter_protocol.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from pathlib import Path
 
-import Milter
+import uvloop
 
+from app.replication.milter_protocol import Message, MilterConnection
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
 from app.replication.shadow_counters import Counters
 from app.replication.shadow_store import Envelope, ShadowFormatError
@@ -25,98 +28,58 @@ log = logging.getLogger("mailrelay.shadow.milter")
 
 
 class Shadowing:
-    """What every milter connection shares: the mode, the client to the peer, the counters."""
+    """At end-of-data: the copy, and the answer SHADOW_MODE gives when there is none."""
 
     def __init__(self, mode: str, client: ShadowClient | None, counters: Counters) -> None:
         self.mode = mode
         self.client = client
         self.counters = counters
 
-    def copy(self, envelope: Envelope, message: bytes) -> str | None:
-        """None when the peer has the copy (or mode is off); else why not."""
+    async def end_of_message(self, message: Message) -> bytes | None:
+        """None lets Postfix answer 250; otherwise the reply it gives instead."""
         if self.mode == "off":
             return None
+        queue_id = message.macro("i")
+        # From a macro, not the connect event: that would be one more packet per connection
+        # (main.cf.fragment: the macro lists).
+        envelope = Envelope(
+            queue_id, message.sender, message.recipients, message.macro("client_addr"),
+            time.time(),
+        )  # fmt: skip
         try:
+            envelope = Envelope.from_dict(envelope.as_dict())
             if self.client is None:
                 raise ShadowUnavailable("no peer is configured (PEER_NODE_IP, SHADOW_TOKEN)")
-            self.client.send(envelope, message)
+            await self.client.send(envelope, message.content())
+        except ShadowFormatError as exc:
+            problem = f"cannot copy this message: {exc}"
         except ShadowUnavailable as exc:
-            return str(exc)
+            problem = str(exc)
+        else:
+            return None
+        if self.mode == "require":
+            log.warning("%s: no shadow copy, answered 451: %s", queue_id, problem)
+            return b"451 4.4.0 No second copy of the message can be made now"
+        log.warning("%s: accepted unprotected (no shadow copy): %s", queue_id, problem)
+        self.counters.unprotected(problem)
         return None
 
 
-@Milter.header_leading_space
-class ShadowMilter(Milter.Base):
-    shadowing: Shadowing  # set by serve() before libmilter starts
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self.sender = ""
-        self.recipients: list[str] = []
-        self.headers: list[bytes] = []
-        self.body_chunks: list[bytes] = []
-
-    @Milter.noreply
-    def envfrom(self, sender: str, *args: str) -> int:
-        self._reset()
-        self.sender = sender.strip("<>")
-        return Milter.CONTINUE
-
-    @Milter.noreply
-    def envrcpt(self, recipient: str, *args: str) -> int:
-        self.recipients.append(recipient.strip("<>"))
-        return Milter.CONTINUE
-
-    @Milter.decode("bytes")
-    @Milter.noreply
-    def header(self, name: str, value: bytes) -> int:  # type: ignore[override]
-        # With header_leading_space the value keeps its leading space and folding.
-        self.headers.append(name.encode("utf-8", "surrogateescape") + b":" + value + b"\r\n")
-        return Milter.CONTINUE
-
-    @Milter.noreply
-    def body(self, chunk: bytes) -> int:
-        self.body_chunks.append(chunk)
-        return Milter.CONTINUE
-
-    def eom(self) -> int:
-        queue_id = self.getsymval("{i}") or self.getsymval("i") or ""
-        # From a macro, not the connect callback: that callback would be one more packet
-        # and one more call into Python per message (main.cf.fragment: the macro lists).
-        client_address = self.getsymval("{client_addr}") or ""
-        envelope_time = time.time()
-        # Headers, the line that ends them, the body: the end of the headers is implied, so
-        # Postfix is not asked to send it as an event of its own.
-        message = b"".join(self.headers) + b"\r\n" + b"".join(self.body_chunks)
-        sender, recipients = self.sender, self.recipients
-        self._reset()
-        try:
-            envelope = Envelope.from_dict(
-                Envelope(queue_id, sender, recipients, client_address, envelope_time).as_dict()
-            )
-        except ShadowFormatError as exc:
-            problem: str | None = f"cannot copy this message: {exc}"
-        else:
-            problem = self.shadowing.copy(envelope, message)
-        if problem is None:
-            return Milter.CONTINUE
-        if self.shadowing.mode == "require":
-            log.warning("%s: no shadow copy, answered 451: %s", queue_id, problem)
-            self.setreply("451", "4.4.0", "No second copy of the message can be made now")
-            return Milter.TEMPFAIL
-        log.warning("%s: accepted unprotected (no shadow copy): %s", queue_id, problem)
-        self.shadowing.counters.unprotected(problem)
-        return Milter.CONTINUE
+def serve(socket_path: Path, shadowing: Shadowing) -> None:
+    """Run the milter until stopped: one event loop for every Postfix connection."""
+    # uvloop: asyncio's own loop and socket transports in Python cost more CPU per message
+    # than the copy (README: Shadow copies).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(socket_path, shadowing))
 
 
-def serve(socket_path: Path, shadowing: Shadowing, timeout: int) -> None:
-    """Run the milter until stopped (libmilter's own threads, one per SMTP connection)."""
-    ShadowMilter.shadowing = shadowing
+async def _serve(socket_path: Path, shadowing: Shadowing) -> None:
     socket_path.unlink(missing_ok=True)
     # The socket is 0666 inside a directory only Postfix (group) and this user may enter.
     os.umask(0)
-    Milter.factory = ShadowMilter
+    server = await asyncio.get_running_loop().create_unix_server(
+        lambda: MilterConnection(shadowing.end_of_message), str(socket_path), backlog=256
+    )
     log.info("shadow milter on %s (SHADOW_MODE=%s)", socket_path, shadowing.mode)
-    Milter.runmilter("mailrelay-shadow", f"unix:{socket_path}", timeout)
+    async with server:
+        await server.serve_forever()

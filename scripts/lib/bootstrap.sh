@@ -44,8 +44,6 @@ BOOTSTRAP_APT_PACKAGES=(
     python3-venv
     # `scripts/lab up --debian 13` builds its node root with it (scripts/lab_debian13.py).
     debootstrap
-    # pymilter (the shadow milter) builds against libmilter.
-    libmilter-dev
     # promtool: the tests check and unit-test scripts/prometheus/mailrelay-rules.yml.
     # (The package's own Prometheus server is not started: no systemd here.)
     prometheus

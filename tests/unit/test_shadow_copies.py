@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -262,50 +263,49 @@ def peer(tmp_path):
     listener.close()
 
 
-def test_many_messages_in_flight_are_all_stored_over_persistent_connections(peer):
+async def test_many_messages_in_flight_are_all_stored_over_persistent_connections(peer):
     port, pin, store = peer
     client = ShadowClient("127.0.0.1", port, pin, TOKEN, 5.0)
     ids = [f"4Zmany{n:05d}" for n in range(20)]
-    threads = [threading.Thread(target=client.send, args=(envelope(i), b"m")) for i in ids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    await asyncio.gather(*(client.send(envelope(i), b"m") for i in ids))
     assert stored_ids(store.root) == ids
-    assert 0 < client.idle.qsize() <= 20
-    client.send(envelope("4ZreusedAAA"), b"m")  # over a pooled connection
+    pooled = len(client.idle)
+    assert 0 < pooled <= 20
+    await client.send(envelope("4ZreusedAAA"), b"m")  # over a pooled connection
     assert "4ZreusedAAA" in stored_ids(store.root)
+    assert len(client.idle) == pooled
+    client.close()
 
 
-def test_a_receiver_with_another_certificate_never_gets_the_token(peer):
+async def test_a_receiver_with_another_certificate_never_gets_the_token(peer):
     port, _pin, store = peer
     client = ShadowClient("127.0.0.1", port, b"\0" * 32, TOKEN, 5.0)
     with pytest.raises(ShadowUnavailable, match="not the pinned"):
-        client.send(envelope(), b"m")
+        await client.send(envelope(), b"m")
     assert not any(store.root.iterdir())
 
 
-def test_a_sender_with_the_wrong_token_stores_nothing(peer):
+async def test_a_sender_with_the_wrong_token_stores_nothing(peer):
     port, pin, store = peer
     client = ShadowClient("127.0.0.1", port, pin, "w" * 40, 5.0)
     with pytest.raises(ShadowUnavailable, match="SHADOW_TOKEN"):
-        client.send(envelope(), b"m")
+        await client.send(envelope(), b"m")
     assert not any(store.root.iterdir())
 
 
-def test_a_full_peer_store_is_no_copy(peer):
+async def test_a_full_peer_store_is_no_copy(peer):
     port, pin, store = peer
     client = ShadowClient("127.0.0.1", port, pin, TOKEN, 5.0)
     with pytest.raises(ShadowUnavailable, match="FULL"):
-        client.send(envelope(), b"x" * 8100)
+        await client.send(envelope(), b"x" * 8100)
     assert not any(store.root.iterdir())
 
 
-def test_a_peer_that_is_down_is_reported_within_the_deadline(tmp_path):
+async def test_a_peer_that_is_down_is_reported_within_the_deadline(tmp_path):
     client = ShadowClient("127.0.0.1", 9, b"\0" * 32, TOKEN, 0.5)
     started = time.monotonic()
     with pytest.raises(ShadowUnavailable):
-        client.send(envelope(), b"m")
+        await client.send(envelope(), b"m")
     assert time.monotonic() - started < 1.0
 
 
@@ -427,11 +427,11 @@ def test_malformed_frames_are_answered_no_and_store_nothing(peer):
     assert not any(store.root.iterdir())
 
 
-def test_a_peer_that_did_not_answer_is_not_tried_again_for_each_message(monkeypatch):
+async def test_a_peer_that_did_not_answer_is_not_tried_again_for_each_message(monkeypatch):
     """A crashed peer answers nothing: without a pause every message would wait the whole
     SHADOW_TIMEOUT_MS. The next ones fail at once, one after the pause tries again."""
     monkeypatch.setattr("app.replication.shadow_client.PEER_DOWN_PAUSE", 0.3)
-    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks TLS
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never finishes a handshake
     accepted: list[socket.socket] = []
 
     def accept() -> None:
@@ -444,15 +444,15 @@ def test_a_peer_that_did_not_answer_is_not_tried_again_for_each_message(monkeypa
     threading.Thread(target=accept, daemon=True).start()
     client = ShadowClient("127.0.0.1", silent.getsockname()[1], b"\0" * 32, TOKEN, 0.2)
     try:
-        with pytest.raises(ShadowUnavailable, match="cannot reach"):
-            client.send(envelope(), b"m")
+        with pytest.raises(ShadowUnavailable, match="SHADOW_TIMEOUT_MS"):
+            await client.send(envelope(), b"m")
         tried = len(accepted)
         with pytest.raises(ShadowUnavailable, match="not tried again yet"):
-            client.send(envelope(), b"m")
+            await client.send(envelope(), b"m")
         assert len(accepted) == tried
-        time.sleep(0.35)
-        with pytest.raises(ShadowUnavailable, match="cannot reach"):
-            client.send(envelope(), b"m")
+        await asyncio.sleep(0.35)
+        with pytest.raises(ShadowUnavailable, match="SHADOW_TIMEOUT_MS"):
+            await client.send(envelope(), b"m")
         assert len(accepted) > tried
     finally:
         silent.close()
@@ -460,7 +460,7 @@ def test_a_peer_that_did_not_answer_is_not_tried_again_for_each_message(monkeypa
             conn.close()
 
 
-def test_a_peer_that_answers_no_syn_is_given_up_long_before_shadow_timeout_ms():
+async def test_a_peer_that_answers_no_syn_is_given_up_long_before_shadow_timeout_ms():
     """A crashed peer answers no SYN. A listener whose accept queue is full drops SYNs the
     same way: the copy fails after the connect timeout, not after the 10 s deadline."""
     full = socket.socket()
@@ -478,7 +478,7 @@ def test_a_peer_that_answers_no_syn_is_given_up_long_before_shadow_timeout_ms():
     started = time.monotonic()
     try:
         with pytest.raises(ShadowUnavailable, match="cannot reach"):
-            client.send(envelope(), b"m")
+            await client.send(envelope(), b"m")
         assert time.monotonic() - started < 2.0
     finally:
         for sock in (*fillers, full):
