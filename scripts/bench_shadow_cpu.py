@@ -146,6 +146,9 @@ def bench_shadow_cpu(quick: bool, before: Path | None = None) -> None:
         for name, checkout in checkouts.items():
             out = subprocess.run(
                 [sys.executable, __file__, "worker", str(checkout), str(rounds), str(messages)],
+                # The services start with `python -m`, which puts the working directory first
+                # on sys.path: from this checkout's directory they ran this checkout's code.
+                cwd=checkout,
                 check=True,
                 capture_output=True,
                 text=True,
