@@ -621,6 +621,9 @@ def join_replacement(node: str, state: dict) -> None:
         )
         node_exec(node, "rm", "-f", "/var/lib/mailrelay/replacement.json")
         print(mailrelay(node, "config-apply").stdout.strip())
+    # install() saved the survivor's new settings: the state this began with is stale, and
+    # saving it would hand the next install the lost node's certificate and keys again.
+    state = load()
     state["wiped"].remove(node)
     save(state)
     version = wait_until_ready()

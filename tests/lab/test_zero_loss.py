@@ -119,6 +119,15 @@ def test_every_250_survives_the_loss_of_the_active_node_and_its_disk(up):
     assert vip_owner() == passive, "the replacement took the VIP"
     # The replacement is a whole node again: mail through it is shadowed to the survivor.
     lab("exec", active, "systemctl", "is-active", "mailrelay-shadow-milter.service")
+    # And the survivor's mail to the replacement, also after the survivor's next install (it
+    # once got the lost node's certificate back from stale lab state, and copied nothing).
+    for reinstall in (False, True):
+        if reinstall:
+            lab("install", passive, timeout=600)
+        before = unprotected(passive)
+        out = swaks("client", "pay@billing.example")
+        assert "250 2.0.0 Ok: queued" in out, out
+        assert unprotected(passive) == before, f"{passive} could not copy to the replacement"
 
 
 def test_leaving_master_with_postfix_running_delivers_each_message_once(up):
