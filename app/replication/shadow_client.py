@@ -23,10 +23,11 @@ from app.replication.shadow_receiver import frame
 from app.replication.shadow_store import Envelope
 
 POOL_SIZE = 64
-# After the peer could not be reached or did not answer in time, messages are not offered to
-# it again for this long: each would wait SHADOW_TIMEOUT_MS for nothing (a crashed peer
-# answers no SYN), which held every 250 for 2 s after a failover and cut the rate to a few
-# messages a second. One message after the pause tries again.
+# After the peer could not be reached, did not answer in time or could not be trusted (another
+# certificate than the pinned one, the token refused), messages are not offered to it again
+# for this long: each would wait SHADOW_TIMEOUT_MS for nothing (a crashed peer answers no SYN),
+# which held every 250 for 2 s after a failover and cut the rate to a few messages a second,
+# or make a TLS handshake bound to fail. One message after the pause tries again.
 PEER_DOWN_PAUSE = 1.0
 # The peer's kernel answers a SYN within a millisecond on a LAN, busy or not; one that has not
 # after this long is down (a crash leaves no one to refuse the connection). Without it the
@@ -44,7 +45,8 @@ class ShadowUnavailable(Exception):
 
 
 class _PeerDown(ShadowUnavailable):
-    """The peer did not answer (connect, handshake or confirmation timed out or failed)."""
+    """No copy can go to the peer for now: it did not answer (connect, handshake or
+    confirmation timed out or failed), or it is not the pinned peer or refused the token."""
 
 
 class _Connection:
@@ -129,23 +131,28 @@ class ShadowClient:
         context.verify_mode = ssl.CERT_NONE
         self.context = context
         self.paused_until = 0.0
+        self.pause_reason = ""
 
     async def send(self, envelope: Envelope, message: bytes) -> None:
         """Return once the peer has the copy on disk; ShadowUnavailable otherwise (at once
         while the peer is paused after it did not answer)."""
         if time.monotonic() < self.paused_until:
             raise ShadowUnavailable(
-                f"the peer did not answer {PEER_DOWN_PAUSE:g} s ago; not tried again yet"
+                f"not tried again yet, {PEER_DOWN_PAUSE:g} s after: {self.pause_reason}"
             )
         try:
             async with asyncio.timeout(self.timeout):
                 await self._send(frame(envelope, message))
         except TimeoutError:
-            self.paused_until = time.monotonic() + PEER_DOWN_PAUSE
-            raise _PeerDown("SHADOW_TIMEOUT_MS passed before the peer confirmed the copy") from None
-        except _PeerDown:
-            self.paused_until = time.monotonic() + PEER_DOWN_PAUSE
+            self._pause("SHADOW_TIMEOUT_MS passed before the peer confirmed the copy")
+            raise _PeerDown(self.pause_reason) from None
+        except _PeerDown as exc:
+            self._pause(str(exc))
             raise
+
+    def _pause(self, reason: str) -> None:
+        self.paused_until = time.monotonic() + PEER_DOWN_PAUSE
+        self.pause_reason = reason
 
     async def _send(self, data: bytes) -> None:
         # A pooled connection may have been closed by the peer meanwhile (restart): one retry
@@ -189,7 +196,7 @@ class ShadowClient:
         try:
             der = conn.sock.getpeercert(binary_form=True) or b""
             if not hmac.compare_digest(hashlib.sha256(der).digest(), self.pin):
-                raise ShadowUnavailable(
+                raise _PeerDown(
                     "the peer's certificate is not the pinned PEER_CERT_FINGERPRINT; "
                     "the token was not sent"
                 )
@@ -202,7 +209,7 @@ class ShadowClient:
             raise
         if answer != b"OK\n":
             conn.close()
-            raise ShadowUnavailable("the peer's shadow receiver refused SHADOW_TOKEN")
+            raise _PeerDown("the peer's shadow receiver refused SHADOW_TOKEN")
         return conn
 
     def _release(self, conn: _Connection) -> None:
