@@ -1,8 +1,9 @@
 """The filter side of the Sendmail milter protocol (version 6), as Postfix speaks it: only what
-a filter that copies messages and changes nothing needs, served from one asyncio thread.
+a filter that copies messages and changes nothing needs, served from one event loop (uvloop's in
+the service: app/replication/shadow_milter.py).
 
 Why not libmilter (pymilter): it serves each Postfix connection from a thread of its own that
-waits in poll() for every packet, about 25 a message, and takes the GIL for each event; on two
+waits in poll() for every packet, about 20 a message, and takes the GIL for each event; on two
 shared cores that scheduling was most of the milter's cost (README: Shadow copies). Here one
 event loop reads whatever packets have arrived on any connection in one go.
 

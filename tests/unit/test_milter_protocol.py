@@ -5,6 +5,7 @@ with the real Postfix is tests/integration/test_shadow_postfix.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from app.replication.milter_protocol import (
     NR_MAIL,
     NR_RCPT,
     WANTED,
+    EndOfMessage,
     Message,
     MilterConnection,
     packet,
@@ -73,14 +75,20 @@ class Postfix:
         return await asyncio.wait_for(self.reader.read(), 5) == b""
 
 
+@contextlib.asynccontextmanager
+async def milter_at(path: Path, end_of_message: EndOfMessage) -> AsyncIterator[None]:
+    server = await asyncio.get_running_loop().create_unix_server(
+        lambda: MilterConnection(end_of_message), str(path)
+    )
+    async with server:
+        yield
+
+
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Filter, Path]]:
     shadow_filter = Filter()
     path = tmp_path / "milter.sock"
-    server = await asyncio.get_running_loop().create_unix_server(
-        lambda: MilterConnection(shadow_filter.end_of_message), str(path)
-    )
-    async with server:
+    async with milter_at(path, shadow_filter.end_of_message):
         yield shadow_filter, path
 
 
@@ -144,10 +152,7 @@ async def test_packets_cut_anywhere_make_the_same_message(served):
 async def test_the_filters_reply_code_goes_to_postfix(tmp_path):
     shadow_filter = Filter(reply=b"451 4.4.0 No second copy of the message can be made now")
     path = tmp_path / "milter.sock"
-    server = await asyncio.get_running_loop().create_unix_server(
-        lambda: MilterConnection(shadow_filter.end_of_message), str(path)
-    )
-    async with server:
+    async with milter_at(path, shadow_filter.end_of_message):
         postfix = await connect(path)
         await postfix.negotiate()
         await postfix.send(*transaction("4ABC", "s@allowed.example", "r@x.example"))
@@ -238,10 +243,7 @@ async def test_connections_are_served_side_by_side(tmp_path):
         return None
 
     path = tmp_path / "milter.sock"
-    server = await asyncio.get_running_loop().create_unix_server(
-        lambda: MilterConnection(end_of_message), str(path)
-    )
-    async with server:
+    async with milter_at(path, end_of_message):
         slow, fast = await connect(path), await connect(path)
         await slow.negotiate()
         await fast.negotiate()
@@ -272,10 +274,7 @@ async def test_a_flood_while_a_copy_is_made_closes_the_connection(tmp_path):
         return None
 
     path = tmp_path / "milter.sock"
-    server = await asyncio.get_running_loop().create_unix_server(
-        lambda: MilterConnection(end_of_message), str(path)
-    )
-    async with server:
+    async with milter_at(path, end_of_message):
         postfix = await connect(path)
         await postfix.negotiate()
         await postfix.send(*transaction("4ABC", "s@allowed.example", "r@x.example"))
@@ -295,10 +294,7 @@ def test_a_message_under_uvloop_as_the_service_runs_it(tmp_path):
     async def scenario() -> list[Message]:
         shadow_filter = Filter()
         path = tmp_path / "milter.sock"
-        server = await asyncio.get_running_loop().create_unix_server(
-            lambda: MilterConnection(shadow_filter.end_of_message), str(path)
-        )
-        async with server:
+        async with milter_at(path, shadow_filter.end_of_message):
             postfix = await connect(path)
             await postfix.negotiate()
             await postfix.send(*transaction("4ABC", "s@allowed.example", "r@x.example"))
