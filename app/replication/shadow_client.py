@@ -87,7 +87,7 @@ class _Connection:
         while not answer.endswith(b"\n"):
             if len(answer) > LINE_LIMIT:
                 raise ValueError("the peer's answer is longer than a line")
-            chunk = await self._retry(lambda: self.sock.recv(LINE_LIMIT))
+            chunk = await self._retry(functools.partial(self.sock.recv, LINE_LIMIT))
             if not chunk:
                 return b""
             answer += chunk
@@ -189,10 +189,9 @@ class ShadowClient:
             return self.idle.pop()
         try:
             conn = await _Connection.open(self.host, self.port, self.context)
-        except TimeoutError as exc:
-            raise _PeerDown(f"cannot reach the peer's shadow receiver: {exc!r}") from None
-        except OSError as exc:
-            raise _PeerDown(f"cannot reach the peer's shadow receiver: {exc}") from None
+        except OSError as exc:  # TimeoutError too: the connect timeout, which says nothing
+            why = str(exc) or f"no answer within {CONNECT_TIMEOUT:g} s"
+            raise _PeerDown(f"cannot reach the peer's shadow receiver: {why}") from None
         try:
             der = conn.sock.getpeercert(binary_form=True) or b""
             if not hmac.compare_digest(hashlib.sha256(der).digest(), self.pin):
