@@ -8,7 +8,14 @@ from collections.abc import Callable
 import asyncpg
 
 from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import LEGACY_IDS
+from app.db.migrations.mailrelay_2026_12_06t02_30_00_mail_log_latest import ID as LATEST_ID
+from app.db.migrations.mailrelay_2026_12_06t12_00_00_identifiers_byte_order import (
+    ID as BYTE_ORDER_ID,
+)
 from tests.integration.test_cli import run
+
+# The migrations after the baseline, in the order they run.
+AFTER_BASELINE = (LATEST_ID, BYTE_ORDER_ID)
 
 
 def migrated(scratch_databases: Callable[[str], str], name: str) -> str:

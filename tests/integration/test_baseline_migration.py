@@ -9,12 +9,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from app.db import piccolo_app
 from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import ID, LEGACY_IDS
-from app.db.migrations.mailrelay_2026_12_06t02_30_00_mail_log_latest import ID as LATEST_ID
 from tests.integration.test_backup import rows, scratch_databases  # noqa: F401 (fixture)
 from tests.integration.test_cli import assert_one_line_error, run
-from tests.oldchain import as_the_old_chain_left_it, migrated
+from tests.oldchain import AFTER_BASELINE, as_the_old_chain_left_it, migrated
 
 
 def schema(pg_cluster, url: str) -> list[str]:
@@ -44,7 +45,7 @@ async def state(pg_cluster, url: str) -> dict:
 
 async def test_a_fresh_database_gets_the_baseline_and_only_it(scratch_databases):  # noqa: F811
     url = migrated(scratch_databases, "baseline_fresh")
-    assert [row["name"] for row in await rows(url, "migration")] == [ID, LATEST_ID]
+    assert [row["name"] for row in await rows(url, "migration")] == [ID, *AFTER_BASELINE]
     assert "up to date" in run("migrate", env={"DATABASE_URL": url}).stdout
 
 
@@ -64,8 +65,8 @@ async def test_a_database_the_old_chain_completed_gets_the_baseline_recorded_and
     assert after["sender_domains"] == before["sender_domains"]
     # The old IDs stay as that database's history; the baseline (and what came after it, run
     # again without changing anything) comes after them.
-    assert after["migration"][:-2] == before["migration"]
-    assert [name for name, _ in after["migration"]] == [*LEGACY_IDS, ID, LATEST_ID]
+    assert after["migration"][: -1 - len(AFTER_BASELINE)] == before["migration"]
+    assert [name for name, _ in after["migration"]] == [*LEGACY_IDS, ID, *AFTER_BASELINE]
     assert "up to date" in run("migrate", env={"DATABASE_URL": url}).stdout
 
 
@@ -109,7 +110,8 @@ async def test_rolling_the_baseline_back_is_refused_and_drops_nothing(
 ):
     url = migrated(scratch_databases, "baseline_backwards")
     # The migrations after the baseline roll back; then it is the most recent one.
-    assert backwards(url).returncode == 0
+    for _ in AFTER_BASELINE:
+        assert backwards(url).returncode == 0
     assert [row["name"] for row in await rows(url, "migration")] == [ID]
     before = await state(pg_cluster, url)
 
@@ -122,20 +124,27 @@ async def test_rolling_the_baseline_back_is_refused_and_drops_nothing(
     assert await state(pg_cluster, url) == before
 
 
-async def test_rolling_mail_log_latest_back_leaves_the_baseline_schema(
+@pytest.mark.parametrize("position", range(len(AFTER_BASELINE)))
+async def test_rolling_a_later_migration_back_leaves_the_schema_before_it(
     pg_cluster,
     scratch_databases,  # noqa: F811
+    position: int,
 ):
-    """Its backwards step puts back the three functions the baseline defines, drops its table,
-    and nothing else: the schema equals that of a database the baseline alone made."""
-    baseline_only = scratch_databases("latest_baseline_only")
-    assert piccolo(baseline_only, "forwards", "mailrelay", f"--migration_id={ID}").returncode == 0
-    url = migrated(scratch_databases, "latest_backwards")
-    assert schema(pg_cluster, url) != schema(pg_cluster, baseline_only)
+    """Each migration after the baseline, rolled back as the most recent one, leaves the schema
+    of a database migrated up to the one before it: mail_log_latest puts back the baseline's
+    three functions and drops its table, the byte order gives the identifiers the database's
+    collation again, and nothing else changes."""
+    before_it = scratch_databases(f"later_{position}_before")
+    previous = ID if position == 0 else AFTER_BASELINE[position - 1]
+    assert piccolo(before_it, "forwards", "mailrelay", f"--migration_id={previous}").returncode == 0
+    url = scratch_databases(f"later_{position}_backwards")
+    up_to = AFTER_BASELINE[position]
+    assert piccolo(url, "forwards", "mailrelay", f"--migration_id={up_to}").returncode == 0
+    assert schema(pg_cluster, url) != schema(pg_cluster, before_it)
 
     assert backwards(url).returncode == 0
 
-    assert schema(pg_cluster, url) == schema(pg_cluster, baseline_only)
+    assert schema(pg_cluster, url) == schema(pg_cluster, before_it)
 
 
 # pg_catalog's names of the types Piccolo calls otherwise.
