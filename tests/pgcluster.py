@@ -218,6 +218,13 @@ class PostgresCluster:
             raise RuntimeError("PostgresCluster is not started")
         return f"postgresql://{self.user}@{self.host}:{self.port}/{name}"
 
+    def socket_dsn(self, name: str = "postgres") -> str:
+        """The DSN of database ``name`` over the server's Unix socket, as a node's jobs reach
+        Debian's PostgreSQL (scripts/install-node)."""
+        if self.port is None:
+            raise RuntimeError("PostgresCluster is not started")
+        return f"postgresql://{self.user}@/{name}?host={self._base()}&port={self.port}"
+
     def create_database(self, name: str, template: str = "template0") -> str:
         """Create database ``name`` (a copy of ``template``) and return its DSN."""
         _check_name(name)
