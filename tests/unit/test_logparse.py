@@ -242,6 +242,42 @@ def test_a_delivery_line_with_a_tls_summary_still_parses():
     assert isinstance(event, Delivery) and event.status == "sent"
 
 
+@pytest.mark.parametrize(
+    ("fields", "dsn", "status", "text"),
+    [
+        # As Postfix writes them: a reply with ", dsn=" in it, fields we do not know.
+        (
+            "dsn=2.0.0, status=sent (250 ok, dsn=5.1.1, status=x)",
+            "2.0.0",
+            "sent",
+            "250 ok, dsn=5.1.1, status=x",
+        ),
+        ("tls=may, x=y, dsn=2.0.0, status=sent (250 ok)", "2.0.0", "sent", "250 ok"),
+        # Unknown fields come first: "dsn=2.0.0" and "status=sent (a)" are taken for two, as
+        # the rest fits after them...
+        ("dsn=2.0.0, status=sent (a), dsn=5.1.1, status=bounced (b)", "5.1.1", "bounced", "b"),
+        # ...and after a field we do not know, the first dsn= fits, its reply to the end.
+        (
+            "x=y, dsn=2.0.0, status=sent (a), dsn=5.1.1, status=bounced (b)",
+            "2.0.0",
+            "sent",
+            "a), dsn=5.1.1, status=bounced (b",
+        ),
+    ],
+)
+def test_a_delivery_takes_the_first_fields_that_fit(fields, dsn, status, text):
+    # Addresses with ">, " in them, replies with ", ": each lazy part of _DELIVERY ends at the
+    # first place where the rest of the line fits, whatever form the pattern takes for speed.
+    event = parse(
+        f"{LONG}: to=<a>, b@example.org>, orig_to=<c>, d@example.org>, relay=none, delay=1, "
+        f"delays=1/0/0/0, {fields}",
+        service="smtp",
+    )
+    assert isinstance(event, Delivery)
+    assert (event.recipient, event.orig_recipient) == ("a>, b@example.org", "c>, d@example.org")
+    assert (event.dsn, event.status, event.text) == (dsn, status, text)
+
+
 def test_expired():
     event = parse(f"{LONG}: from=<alerts@example.com>, status=expired, returned to sender", "qmgr")
     assert isinstance(event, Expired)
@@ -495,6 +531,57 @@ def test_records_give_each_line_what_parse_gives_it():
         CLASSIC.format(service="local", pid=1, text="NOQUEUE: to=<a@b.example>, relay=none"),
         CLASSIC.format(service="qmgr", pid=1, text=f"{SHORT}: removed"),
         "Feb 29 14:00:01 relay-a postfix/cleanup[3]: 3D770111AF50: message-id=<x@y>",
+        "2026-02-30T14:00:01+00:00 relay-a postfix/cleanup[3]: 3D770111AF50: message-id=<x@y>",
+        # records() reads a line with one regex (its text ending where the \r and \n at the end of
+        # the line start), then asks which service wrote it: where that could part from parse().
+        CLASSIC.format(service="cleanup", pid=1, text=f"{LONG}: message-id=<x\r@y>\r\r"),
+        CLASSIC.format(service="cleanup", pid=1, text=f"{LONG}: message-id=<x\n@y>"),
+        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: client=x[198.18.0.1], a=\rb\r\r"),
+        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: client=x[198.18.0.1], a=\nb"),
+        ISO.format(service="qmgr", pid=1, text=f"{SHORT}: from=<a\r@b>, size=1, nrcpt=1\r\r"),
+        ISO.format(service="qmgr", pid=1, text=f"{SHORT}: from=<a\n@b>, size=1, nrcpt=1"),
+        CLASSIC.format(
+            service="smtp",
+            pid=1,
+            text=f"{LONG}: to=<a\n>, b@c>, orig_to=<d>, e>, relay=x\r, delay=1, delays=1/0/0/0, "
+            "tls=may, x=y, dsn=2.0.0, status=sent (250 \r\nok, dsn=5.1.1, status=bounced)\r\r",
+        ),
+        CLASSIC.format(
+            service="smtpd",
+            pid=1,
+            text="NOQUEUE: reject: RCPT from x[198.18.0.1]: 554 5.7.1 \r\nno; from=<a\r> "
+            "to=<b\n> proto=ESMTP helo=<x>\r\r",
+        ),
+        CLASSIC.format(
+            service="qmgr",
+            pid=1,
+            text=f"{LONG}: from=<a@b>, size=1, nrcpt=1 (x), status=expired, returned to sender",
+        ),
+        CLASSIC.format(
+            service="qmgr", pid=1, text=f"{LONG}: from=<a@b>, status=expired, returned to sender\r"
+        ),
+        CLASSIC.format(
+            service="smtp", pid=1, text=f"{LONG}: from=<a@b>, status=expired, returned to sender"
+        ),
+        CLASSIC.format(service="smtp", pid=1, text=f"{LONG}: from=<a@b>, size=1, nrcpt=1"),
+        CLASSIC.format(
+            service="smtpd",
+            pid=1,
+            text=f"{LONG}: to=<a@b.example>, relay=none, delay=1, delays=1/0/0/0, dsn=2.0.0, "
+            "status=sent (x)",
+        ),
+        CLASSIC.format(service="cleanup", pid=1, text=f"{LONG}: client=x[198.18.0.1]"),
+        CLASSIC.format(service="smtpd", pid=1, text="NOQUEUE: client=x[198.18.0.1]"),
+        CLASSIC.format(service="cleanup", pid=1, text="NOQUEUE: message-id=<x@y>"),
+        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: message-id=<x@y>"),
+        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: uid=0 from=<root>"),
+        CLASSIC.format(service="pickup", pid=1, text="NOQUEUE: uid=0 from=<root>"),
+        CLASSIC.format(
+            service="cleanup",
+            pid=1,
+            text=f"{LONG}: milter-reject: END-OF-MESSAGE from x[198.18.0.1]: 5.7.1 no; "
+            "proto=ESMTP helo=<x>",
+        ),
     ]
     lines = [
         variant
