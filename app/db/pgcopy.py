@@ -19,6 +19,7 @@ NULL = b"\xff\xff\xff\xff"
 
 _EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # timestamptz counts microseconds from here
 _EIGHT = (8).to_bytes(4, "big")
+_TWO = (2).to_bytes(4, "big")
 _FLOAT8 = struct.Struct(">d")
 
 
@@ -41,6 +42,10 @@ def timestamptz(value: dt.datetime) -> bytes:
 
 def float8(value: float | None) -> bytes:
     return NULL if value is None else _EIGHT + _FLOAT8.pack(value)
+
+
+def int2(value: int) -> bytes:
+    return _TWO + value.to_bytes(2, "big", signed=True)
 
 
 def int8(value: int | None) -> bytes:

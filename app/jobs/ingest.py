@@ -110,14 +110,20 @@ class _Context:
 
 @dataclass
 class _Plan:
-    """What one batch writes: its rows, and the contexts it changed. `contexts` holds every
-    context the batch read or made, as log_messages holds them once it is committed."""
+    """What one batch writes, made where the batch is planned (in the thread that parses it,
+    while the database writes the batch before), so that the event loop only sends it: its
+    rows as COPY data, the contexts it changed (COPY data for log_messages' staging table),
+    the columns of its expiries, and `known`: every context the batch read or made, as
+    log_messages holds them once it is committed (_Context.values())."""
 
-    contexts: dict[str, _Context]
-    writes: dict[str, _Context]
+    known: dict[str, tuple]
+    writes: int  # contexts changed
+    contexts: bytes
     mail: _MailRows
-    rejections: list[tuple]
-    expired: list[tuple[logparse.Record, _Context | None]]
+    rejections: int
+    rejection_rows: bytes
+    expired: int
+    expired_columns: list[list]
     events: int
 
 
@@ -219,7 +225,7 @@ async def run_once(
                 plan = read.plan or await _plan_with_stored(settings.node_id, read, known)
                 if len(known) > _KNOWN_AT_MOST:
                     known = {}
-                known.update((qid, context.values()) for qid, context in plan.contexts.items())
+                known.update(plan.known)
                 if len(read.lines) == max_lines:
                     ahead_from = (read.inode, read.end)
                     ahead = asyncio.ensure_future(
@@ -440,7 +446,7 @@ def _plan(node_id: str, records: list[logparse.Record], contexts: dict[str, _Con
     stored = {qid: context.values() for qid, context in contexts.items()}
     changed: set[str] = set()
     mail = _MailRows(node_id)
-    rejections: list[tuple] = []
+    rejections: list[logparse.Record] = []
     expired: list[tuple[logparse.Record, _Context | None]] = []
     for record in records:  # the most frequent first
         kind, at, qid = record[:3]
@@ -464,24 +470,48 @@ def _plan(node_id: str, records: list[logparse.Record], contexts: dict[str, _Con
         elif kind == logparse.EXPIRED:
             expired.append((record, contexts.get(qid)))
         else:
-            rejections.append(_rejection_row(node_id, record))
+            rejections.append(record)
 
-    writes = {qid: contexts[qid] for qid in changed if stored.get(qid) != contexts[qid].values()}
-    return _Plan(contexts, writes, mail, rejections, expired, len(records))
+    known = {qid: context.values() for qid, context in contexts.items()}
+    writes = sorted(qid for qid in changed if stored.get(qid) != known[qid])
+    return _Plan(
+        known=known,
+        writes=len(writes),
+        contexts=_context_data(node_id, writes, known),
+        mail=mail,
+        rejections=len(rejections),
+        rejection_rows=_rejection_data(node_id, rejections),
+        expired=len(expired),
+        expired_columns=_expired_columns(expired),
+        events=len(records),
+    )
 
 
 async def _write_batch(node_id: str, plan: _Plan, result: IngestResult) -> None:
     """Write one batch's plan; runs inside the caller's transaction."""
-    await _save_contexts(node_id, plan.writes)
-    await _insert_mail_rows(plan.mail)
+    if plan.writes:
+        await _copy_upsert(
+            "log_messages",
+            _CONTEXT_COLUMNS,
+            plan.contexts,
+            " ON CONFLICT (node_id, queue_id) DO UPDATE SET message_id = EXCLUDED.message_id, "
+            "sender = EXCLUDED.sender, size = EXCLUDED.size, client = EXCLUDED.client, "
+            "first_seen_at = EXCLUDED.first_seen_at",
+        )
+    if plan.mail.count:
+        await _copy("mail_logs", _MAIL_COLUMNS, plan.mail.data())
     # After this batch's deliveries: an expiry names no recipients, it ends those still
     # deferred, and their last deferral may be in this very batch.
-    expired_rows = await _insert_expired(node_id, plan.expired)
-    await _insert_rejections(plan.rejections)
+    expired_rows = 0
+    if plan.expired:
+        inserted = await LogCursor.raw(_INSERT_EXPIRED, node_id, *plan.expired_columns, node_id)
+        expired_rows = len(inserted)
+    if plan.rejections:
+        await _copy("rejection_logs", _REJECTION_COLUMNS, plan.rejection_rows)
     result.events += plan.events
-    result.contexts += len(plan.writes)
+    result.contexts += plan.writes
     result.mail_rows += plan.mail.count + expired_rows
-    result.rejection_rows += len(plan.rejections)
+    result.rejection_rows += plan.rejections
 
 
 def _continued(records: Iterable[logparse.Record]) -> list[str]:
@@ -531,22 +561,6 @@ async def _load_contexts(node_id: str, queue_ids: list[str]) -> dict[str, _Conte
     }
 
 
-async def _save_contexts(node_id: str, contexts: dict[str, _Context]) -> None:
-    if not contexts:
-        return
-    await _copy_upsert(
-        "log_messages",
-        _CONTEXT_COLUMNS,
-        [
-            (node_id, qid, c.message_id, c.sender, c.size, c.client, c.first_seen_at)
-            for qid, c in sorted(contexts.items())
-        ],
-        " ON CONFLICT (node_id, queue_id) DO UPDATE SET message_id = EXCLUDED.message_id, "
-        "sender = EXCLUDED.sender, size = EXCLUDED.size, client = EXCLUDED.client, "
-        "first_seen_at = EXCLUDED.first_seen_at",
-    )
-
-
 _CONTEXT_COLUMNS = (
     "node_id",
     "queue_id",
@@ -580,16 +594,15 @@ def _connection() -> asyncpg.Connection:
     return transaction.connection
 
 
-async def _copy(table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """Rows into `table` by one binary COPY: it costs a quarter less than sending the columns
-    as arrays for unnest() (both measured in one run), and a COPY into the partitioned parent
-    is one statement, so the statement triggers (log totals) run once per batch."""
-    await _connection().copy_records_to_table(table, records=rows, columns=columns)
+async def _copy(table: str, columns: tuple[str, ...], data: bytes) -> None:
+    """Rows into `table` by one binary COPY of `data` (pgcopy's format): it costs a quarter
+    less than sending the columns as arrays for unnest() (both measured in one run), and a COPY
+    into the partitioned parent is one statement, so the statement triggers (log totals) run
+    once per batch."""
+    await _connection().copy_to_table(table, source=_one(data), columns=columns, format="binary")
 
 
-async def _copy_upsert(
-    table: str, columns: tuple[str, ...], rows: list[tuple], on_conflict: str
-) -> None:
+async def _copy_upsert(table: str, columns: tuple[str, ...], data: bytes, on_conflict: str) -> None:
     """Rows into `table` that may be there already (COPY cannot say ON CONFLICT): a binary COPY
     into this session's staging table, then one INSERT ... SELECT. Staging rows go at commit
     (or with a rollback)."""
@@ -601,7 +614,7 @@ async def _copy_upsert(
         f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "  # noqa: S608
         f"SELECT {names} FROM {table} WITH NO DATA"
     )
-    await connection.copy_records_to_table(stage, records=rows, columns=columns)
+    await _copy(stage, columns, data)
     await connection.execute(
         f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage}{on_conflict}"  # noqa: S608
     )
@@ -683,23 +696,13 @@ _INSERT_EXPIRED = (
 )
 
 
-async def _insert_mail_rows(rows: _MailRows) -> None:
-    if rows.count:
-        await _connection().copy_to_table(
-            "mail_logs", source=_one(rows.data()), columns=_MAIL_COLUMNS, format="binary"
-        )
-
-
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _insert_expired(
-    node_id: str, expiries: list[tuple[logparse.Record, _Context | None]]
-) -> int:
-    """An expiry names no recipients: it ends those still deferred."""
-    if not expiries:
-        return 0
+def _expired_columns(expiries: list[tuple[logparse.Record, _Context | None]]) -> list[list]:
+    """_INSERT_EXPIRED's arrays (after its node ID): per expiry its time, queue ID, context,
+    delay and the time its message was first seen (which bounds the deferrals it ends)."""
     columns: list[list] = [[] for _ in range(8)]
     for (_, at, qid, sender), context in expiries:
         known = context or _Context(first_seen_at=at)
@@ -715,15 +718,43 @@ async def _insert_expired(
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    rows = await LogCursor.raw(_INSERT_EXPIRED, node_id, *columns, node_id)
-    return len(rows)
+    return columns
 
 
-def _rejection_row(node_id: str, record: logparse.Record) -> tuple:
-    _, at, _, client, sender, recipient, reason, code = record
-    return (at, node_id, client, (sender or "").lower(), (recipient or "").lower(), reason, code)
+def _context_data(node_id: str, queue_ids: list[str], known: dict[str, tuple]) -> bytes:
+    """log_messages rows (_CONTEXT_COLUMNS) of these contexts, as COPY data."""
+    head = pgcopy.row_head(len(_CONTEXT_COLUMNS)) + pgcopy.text(node_id)
+    rows = [pgcopy.HEADER]
+    for qid in queue_ids:
+        first_seen_at, message_id, sender, size, client = known[qid]
+        rows += (
+            head,
+            pgcopy.text(qid),
+            pgcopy.text(message_id),
+            pgcopy.text(sender),
+            pgcopy.int8(size),
+            pgcopy.text(client),
+            pgcopy.timestamptz(first_seen_at),
+        )
+    rows.append(pgcopy.TRAILER)
+    return b"".join(rows)
 
 
-async def _insert_rejections(rows: list[tuple]) -> None:
-    if rows:
-        await _copy("rejection_logs", _REJECTION_COLUMNS, rows)
+def _rejection_data(node_id: str, records: list[logparse.Record]) -> bytes:
+    """rejection_logs rows (_REJECTION_COLUMNS) of these REJECT records, as COPY data."""
+    head = pgcopy.row_head(len(_REJECTION_COLUMNS))
+    node = pgcopy.text(node_id)
+    rows = [pgcopy.HEADER]
+    for _, at, _, client, sender, recipient, reason, code in records:
+        rows += (
+            head,
+            pgcopy.timestamptz(at),
+            node,
+            pgcopy.text(client),
+            pgcopy.text((sender or "").lower()),
+            pgcopy.text((recipient or "").lower()),
+            pgcopy.text(reason),
+            pgcopy.int2(code),
+        )
+    rows.append(pgcopy.TRAILER)
+    return b"".join(rows)
