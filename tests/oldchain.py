@@ -12,10 +12,11 @@ from app.db.migrations.mailrelay_2026_12_06t02_30_00_mail_log_latest import ID a
 from app.db.migrations.mailrelay_2026_12_06t12_00_00_identifiers_byte_order import (
     ID as BYTE_ORDER_ID,
 )
+from app.db.migrations.mailrelay_2026_12_06t13_00_00_mail_log_latest_room import ID as ROOM_ID
 from tests.integration.test_cli import run
 
 # The migrations after the baseline, in the order they run.
-AFTER_BASELINE = (LATEST_ID, BYTE_ORDER_ID)
+AFTER_BASELINE = (LATEST_ID, BYTE_ORDER_ID, ROOM_ID)
 
 
 def migrated(scratch_databases: Callable[[str], str], name: str) -> str:
