@@ -2,7 +2,7 @@
 -- by byte under COLLATE "C", and under the database's C.UTF-8 through the C library's strcoll.
 -- Every ingested row goes into five such indexes of mail_logs, and each batch joins queue IDs
 -- with log_messages and mail_log_latest: ingestion's PostgreSQL time fell from 2.02 to 1.73 CPU s
--- on the 245,000-line bench log (scripts/bench logs, alternated).
+-- on the 245,000-line log of scripts/bench logs (its ingestion, five alternated runs each).
 --
 -- What an operator sees does not change. Equal stays equal (the database's collation is
 -- deterministic); addresses are stored and searched in lower case already (app/jobs/ingest.py,
