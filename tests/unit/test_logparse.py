@@ -39,6 +39,11 @@ CLASSIC = "Nov 25 14:00:01 relay-a postfix/{service}[{pid}]: {text}"
 ISO = "2026-11-25T14:00:01.123456+00:00 relay-a postfix/{service}[{pid}]: {text}"
 
 
+def logged(service: str, text: str, shape: str = CLASSIC) -> str:
+    """A line as `service` logs `text`, in the time stamp `shape`."""
+    return shape.format(service=service, pid=1, text=text)
+
+
 def parse(text: str, service: str = "smtpd", shape: str = CLASSIC, pid: int = 1234):
     return parse_line(shape.format(service=service, pid=pid, text=text) + "\n", NOW, tz=UTC)
 
@@ -496,90 +501,70 @@ def test_records_give_each_line_what_parse_gives_it():
     # reads, and nothing for lines it makes no such event of.
     shapes = [
         *traffic(0, 30).lines,
-        CLASSIC.format(service="pickup", pid=1, text=f"{LONG}: uid=0 from=<root>"),
-        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: client=x[198.18.0.1]"),
-        CLASSIC.format(
-            service="smtpd",
-            pid=1,
-            text=f"{SHORT}: client=x[198.18.0.1], sasl_method=PLAIN, sasl_username=app",
-        ),
-        CLASSIC.format(
-            service="smtpd",
-            pid=1,
-            text=f"{LONG}: milter-reject: END-OF-MESSAGE from x[198.18.0.1]: 5.7.1 no; "
+        logged("pickup", f"{LONG}: uid=0 from=<root>"),
+        logged("smtpd", f"{LONG}: client=x[198.18.0.1]"),
+        logged("smtpd", f"{SHORT}: client=x[198.18.0.1], sasl_method=PLAIN, sasl_username=app"),
+        logged(
+            "smtpd",
+            f"{LONG}: milter-reject: END-OF-MESSAGE from x[198.18.0.1]: 5.7.1 no; "
             "proto=ESMTP helo=<x>",
         ),
-        CLASSIC.format(
-            service="smtpd",
-            pid=1,
-            text="NOQUEUE: reject: CONNECT from x[198.18.0.1]: 554 5.7.1 no; proto=SMTP",
-        ),
-        ISO.format(
-            service="smtp",
-            pid=1,
-            text=f"{SHORT}: to=<a@b.example>, relay=none, delay=1, delays=1/0/0/0, dsn=4.4.1, "
+        logged("smtpd", "NOQUEUE: reject: CONNECT from x[198.18.0.1]: 554 5.7.1 no; proto=SMTP"),
+        logged(
+            "smtp",
+            f"{SHORT}: to=<a@b.example>, relay=none, delay=1, delays=1/0/0/0, dsn=4.4.1, "
             "status=deferred (no route)\r",
+            ISO,
         ),
-        ISO.format(service="cleanup", pid=1, text=f"{SHORT}: message-id=<x@y>"),
-        CLASSIC.format(
-            service="smtp",
-            pid=1,
-            text=f"{SHORT}: to=<a@b.example>, relay=none, delay=1, delays=1/0/0/0, dsn=2.1.5, "
+        logged("cleanup", f"{SHORT}: message-id=<x@y>", ISO),
+        logged(
+            "smtp",
+            f"{SHORT}: to=<a@b.example>, relay=none, delay=1, delays=1/0/0/0, dsn=2.1.5, "
             "status=deliverable (probe)",
         ),
-        CLASSIC.format(service="qmgr", pid=1, text=f"{SHORT}: to=<a@b.example>, relay=none"),
-        CLASSIC.format(service="local", pid=1, text="NOQUEUE: to=<a@b.example>, relay=none"),
-        CLASSIC.format(service="qmgr", pid=1, text=f"{SHORT}: removed"),
+        logged("qmgr", f"{SHORT}: to=<a@b.example>, relay=none"),
+        logged("local", "NOQUEUE: to=<a@b.example>, relay=none"),
+        logged("qmgr", f"{SHORT}: removed"),
         "Feb 29 14:00:01 relay-a postfix/cleanup[3]: 3D770111AF50: message-id=<x@y>",
         "2026-02-30T14:00:01+00:00 relay-a postfix/cleanup[3]: 3D770111AF50: message-id=<x@y>",
         # records() reads a line with one regex (its text ending where the \r and \n at the end of
         # the line start), then asks which service wrote it: where that could part from parse().
-        CLASSIC.format(service="cleanup", pid=1, text=f"{LONG}: message-id=<x\r@y>\r\r"),
-        CLASSIC.format(service="cleanup", pid=1, text=f"{LONG}: message-id=<x\n@y>"),
-        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: client=x[198.18.0.1], a=\rb\r\r"),
-        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: client=x[198.18.0.1], a=\nb"),
-        ISO.format(service="qmgr", pid=1, text=f"{SHORT}: from=<a\r@b>, size=1, nrcpt=1\r\r"),
-        ISO.format(service="qmgr", pid=1, text=f"{SHORT}: from=<a\n@b>, size=1, nrcpt=1"),
-        CLASSIC.format(
-            service="smtp",
-            pid=1,
-            text=f"{LONG}: to=<a\n>, b@c>, orig_to=<d>, e>, relay=x\r, delay=1, delays=1/0/0/0, "
+        logged("cleanup", f"{LONG}: message-id=<x\r@y>\r\r"),
+        logged("cleanup", f"{LONG}: message-id=<x\n@y>"),
+        logged("smtpd", f"{LONG}: client=x[198.18.0.1], a=\rb\r\r"),
+        logged("smtpd", f"{LONG}: client=x[198.18.0.1], a=\nb"),
+        logged("qmgr", f"{SHORT}: from=<a\r@b>, size=1, nrcpt=1\r\r", ISO),
+        logged("qmgr", f"{SHORT}: from=<a\n@b>, size=1, nrcpt=1", ISO),
+        logged(
+            "smtp",
+            f"{LONG}: to=<a\n>, b@c>, orig_to=<d>, e>, relay=x\r, delay=1, delays=1/0/0/0, "
             "tls=may, x=y, dsn=2.0.0, status=sent (250 \r\nok, dsn=5.1.1, status=bounced)\r\r",
         ),
-        CLASSIC.format(
-            service="smtpd",
-            pid=1,
-            text="NOQUEUE: reject: RCPT from x[198.18.0.1]: 554 5.7.1 \r\nno; from=<a\r> "
+        logged(
+            "smtpd",
+            "NOQUEUE: reject: RCPT from x[198.18.0.1]: 554 5.7.1 \r\nno; from=<a\r> "
             "to=<b\n> proto=ESMTP helo=<x>\r\r",
         ),
-        CLASSIC.format(
-            service="qmgr",
-            pid=1,
-            text=f"{LONG}: from=<a@b>, size=1, nrcpt=1 (x), status=expired, returned to sender",
+        logged(
+            "qmgr", f"{LONG}: from=<a@b>, size=1, nrcpt=1 (x), status=expired, returned to sender"
         ),
-        CLASSIC.format(
-            service="qmgr", pid=1, text=f"{LONG}: from=<a@b>, status=expired, returned to sender\r"
-        ),
-        CLASSIC.format(
-            service="smtp", pid=1, text=f"{LONG}: from=<a@b>, status=expired, returned to sender"
-        ),
-        CLASSIC.format(service="smtp", pid=1, text=f"{LONG}: from=<a@b>, size=1, nrcpt=1"),
-        CLASSIC.format(
-            service="smtpd",
-            pid=1,
-            text=f"{LONG}: to=<a@b.example>, relay=none, delay=1, delays=1/0/0/0, dsn=2.0.0, "
+        logged("qmgr", f"{LONG}: from=<a@b>, status=expired, returned to sender\r"),
+        logged("smtp", f"{LONG}: from=<a@b>, status=expired, returned to sender"),
+        logged("smtp", f"{LONG}: from=<a@b>, size=1, nrcpt=1"),
+        logged(
+            "smtpd",
+            f"{LONG}: to=<a@b.example>, relay=none, delay=1, delays=1/0/0/0, dsn=2.0.0, "
             "status=sent (x)",
         ),
-        CLASSIC.format(service="cleanup", pid=1, text=f"{LONG}: client=x[198.18.0.1]"),
-        CLASSIC.format(service="smtpd", pid=1, text="NOQUEUE: client=x[198.18.0.1]"),
-        CLASSIC.format(service="cleanup", pid=1, text="NOQUEUE: message-id=<x@y>"),
-        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: message-id=<x@y>"),
-        CLASSIC.format(service="smtpd", pid=1, text=f"{LONG}: uid=0 from=<root>"),
-        CLASSIC.format(service="pickup", pid=1, text="NOQUEUE: uid=0 from=<root>"),
-        CLASSIC.format(
-            service="cleanup",
-            pid=1,
-            text=f"{LONG}: milter-reject: END-OF-MESSAGE from x[198.18.0.1]: 5.7.1 no; "
+        logged("cleanup", f"{LONG}: client=x[198.18.0.1]"),
+        logged("smtpd", "NOQUEUE: client=x[198.18.0.1]"),
+        logged("cleanup", "NOQUEUE: message-id=<x@y>"),
+        logged("smtpd", f"{LONG}: message-id=<x@y>"),
+        logged("smtpd", f"{LONG}: uid=0 from=<root>"),
+        logged("pickup", "NOQUEUE: uid=0 from=<root>"),
+        logged(
+            "cleanup",
+            f"{LONG}: milter-reject: END-OF-MESSAGE from x[198.18.0.1]: 5.7.1 no; "
             "proto=ESMTP helo=<x>",
         ),
     ]
