@@ -23,6 +23,11 @@ _TWO = (2).to_bytes(4, "big")
 _FLOAT8 = struct.Struct(">d")
 
 
+def stream(fields: list[bytes]) -> bytes:
+    """A whole COPY stream of the rows whose heads and fields `fields` holds, in order."""
+    return HEADER + b"".join(fields) + TRAILER
+
+
 def row_head(fields: int) -> bytes:
     return fields.to_bytes(2, "big")
 

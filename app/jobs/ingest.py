@@ -632,7 +632,7 @@ class _MailRows:
 
     def __init__(self, node_id: str) -> None:
         self.count = 0
-        self._parts: list[bytes] = [pgcopy.HEADER]
+        self._parts: list[bytes] = []
         self._head = pgcopy.row_head(len(_MAIL_COLUMNS)) + pgcopy.text(node_id)
         self._messages: dict[str, bytes] = {}
         self._times: dict[dt.datetime, bytes] = {}
@@ -670,7 +670,7 @@ class _MailRows:
         self._messages.pop(qid, None)
 
     def data(self) -> bytes:
-        return b"".join(self._parts) + pgcopy.TRAILER
+        return pgcopy.stream(self._parts)
 
 
 # Per expiry, one `expired` row for each recipient whose last outcome was a deferral, with that
@@ -725,7 +725,7 @@ def _expired_columns(expiries: list[tuple[logparse.Record, _Context | None]]) ->
 def _context_data(node_id: str, queue_ids: list[str], known: dict[str, tuple]) -> bytes:
     """log_messages rows (_CONTEXT_COLUMNS) of these contexts, as COPY data."""
     head = pgcopy.row_head(len(_CONTEXT_COLUMNS)) + pgcopy.text(node_id)
-    rows = [pgcopy.HEADER]
+    rows: list[bytes] = []
     for qid in queue_ids:
         first_seen_at, message_id, sender, size, client = known[qid]
         rows += (
@@ -737,15 +737,14 @@ def _context_data(node_id: str, queue_ids: list[str], known: dict[str, tuple]) -
             pgcopy.text(client),
             pgcopy.timestamptz(first_seen_at),
         )
-    rows.append(pgcopy.TRAILER)
-    return b"".join(rows)
+    return pgcopy.stream(rows)
 
 
 def _rejection_data(node_id: str, records: list[logparse.Record]) -> bytes:
     """rejection_logs rows (_REJECTION_COLUMNS) of these REJECT records, as COPY data."""
     head = pgcopy.row_head(len(_REJECTION_COLUMNS))
     node = pgcopy.text(node_id)
-    rows = [pgcopy.HEADER]
+    rows: list[bytes] = []
     for _, at, _, client, sender, recipient, reason, code in records:
         rows += (
             head,
@@ -757,5 +756,4 @@ def _rejection_data(node_id: str, records: list[logparse.Record]) -> bytes:
             pgcopy.text(reason),
             pgcopy.int2(code),
         )
-    rows.append(pgcopy.TRAILER)
-    return b"".join(rows)
+    return pgcopy.stream(rows)

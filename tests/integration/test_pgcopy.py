@@ -23,11 +23,10 @@ ROWS = [
 
 
 async def test_rows_come_back_as_they_were_encoded():
-    data = [pgcopy.HEADER]
+    data: list[bytes] = []
     for at, words, number, count, code in ROWS:
         fields = (pgcopy.timestamptz(at), pgcopy.text(words), pgcopy.float8(number))
         data += [pgcopy.row_head(5), *fields, pgcopy.int8(count), pgcopy.int2(code)]
-    data.append(pgcopy.TRAILER)
 
     async with LogCursor._meta.db.transaction():
         connection = LogCursor._meta.db.current_transaction.get().connection
@@ -37,7 +36,7 @@ async def test_rows_come_back_as_they_were_encoded():
         )
 
         async def source():
-            yield b"".join(data)
+            yield pgcopy.stream(data)
 
         await connection.copy_to_table(
             "copied",
