@@ -58,7 +58,8 @@ def pg_cluster() -> PostgresCluster:
 TABLES = (
     "user_sessions, login_throttle, relay_routes, sender_domains, trusted_networks, "
     "config_versions, applied_versions, audit_log, mail_logs, rejection_logs, cluster_locks, "
-    "api_tokens, app_users, log_cursors, log_messages, vrrp_events, sync_runs, queue_imports, "
+    "api_tokens, app_users, log_cursors, log_messages, vrrp_events, promotions, sync_runs, "
+    "queue_imports, "
     "second_factors, recovery_codes, second_factor_policy, session_second_factor, "
     "second_factor_throttle, sync_run_totals, traffic_totals, alert_state, alert_notices"
 )

@@ -28,6 +28,7 @@ from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
 from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import ConfigVersion, SyncRun, VrrpEvent
 from app.messages import Message, decoded, encoded, joined, message_of
+from app.replication import promotion
 from app.settings import Settings
 
 try:
@@ -55,7 +56,7 @@ async def node_status(settings: Settings, agent: AgentClient) -> Status:
     now = dt.datetime.now(dt.UTC)
     vip = await _vip(settings, agent)
     vrrp, queue, sync, config, traffic, alerts = await asyncio.gather(
-        _vrrp(settings.node_id),
+        vrrp_state(settings.node_id),
         _queue(agent),
         _sync(settings.node_id, now, active=vip["held"] is not False),
         _config(settings),
@@ -79,7 +80,9 @@ async def node_status(settings: Settings, agent: AgentClient) -> Status:
     }
 
 
-async def _vrrp(node_id: str) -> Status:
+async def vrrp_state(node_id: str) -> Status:
+    """This node's last VRRP state since when; a MASTER's also says whether its takeover of the
+    peer's queue has been written (promotion: None while it runs)."""
     row = (
         await VrrpEvent.select(VrrpEvent.state, VrrpEvent.at, VrrpEvent.priority)
         .where(VrrpEvent.node_id == node_id)
@@ -91,7 +94,18 @@ async def _vrrp(node_id: str) -> Status:
             "state": None,
             "unknown": Message("keepalived has reported no VRRP state on this node yet"),
         }
-    return {"state": row["state"], "since": row["at"].isoformat(), "priority": row["priority"]}
+    state = {"state": row["state"], "since": row["at"].isoformat(), "priority": row["priority"]}
+    if row["state"] == "MASTER":
+        done = await promotion.finished(node_id, row["at"])
+        state["promotion"] = None
+        if done is not None:
+            state["promotion"] = {
+                "finished_at": done.finished_at.isoformat(),
+                "imported": done.imported,
+                "refused": done.refused,
+                "error": done.error,
+            }
+    return state
 
 
 async def _vip(settings: Settings, agent: AgentClient) -> Status:

@@ -185,17 +185,16 @@ class _Switchover:
         )
 
     async def check_peer_vip(self) -> str:
-        """Until the peer holds the VIP, is MASTER, and its agent answered its status: the peer
-        imports the replica through its agent as soon as it is MASTER, and its agent runs one
-        verb at a time, so a status it answered after that began is one after the import."""
+        """Until the peer holds the VIP, is MASTER, and has written what it took over of this
+        node's queue: the reconcile that follows asks for that list."""
         deadline = time.monotonic() + PEER_VIP_WAIT
         while True:
             answer = await status.peer_status(self.settings)
             peer = answer.get("status") or {}
             held = (peer.get("vip") or {}).get("held")
             state = (peer.get("vrrp") or {}).get("state")
-            agent_answered = (peer.get("queue") or {}).get("messages") is not None
-            if held is True and state == "MASTER" and agent_answered:
+            written = reconcile.took_over(peer)
+            if held is True and state == "MASTER" and written:
                 return Message(
                     "{peer} holds the VIP {vip} and is MASTER", peer=self.peer, vip=self.vip
                 )
@@ -206,10 +205,11 @@ class _Switchover:
             answer["error"]
             if not answer["reachable"]
             else Message(
-                "VIP held: {held}, VRRP state: {state}, its agent answered: {answered}",
+                "VIP held: {held}, VRRP state: {state}, its takeover of this node's queue "
+                "written: {written}",
                 held=held,
                 state=state,
-                answered=agent_answered,
+                written=written,
             )
         )
         try:

@@ -271,7 +271,7 @@ async def run(
     *,
     on_ready: Callable[[], None] | None = None,
     flush_seconds: float = 5.0,
-    on_master: Callable[[Notification], Awaitable[object]] | None = None,
+    on_master: Callable[[Notification, dt.datetime], Awaitable[object]] | None = None,
     on_leave: Callable[[Notification], Awaitable[Any]] | None = None,
     on_return: Callable[[Notification, dt.datetime, Any], Awaitable[object]] | None = None,
 ) -> None:
@@ -279,7 +279,8 @@ async def run(
 
     on_ready is called once the FIFO exists (the service tells systemd, so that keepalived,
     ordered after us, finds our FIFO). When cancelled, events already read get flush_seconds to
-    reach the database. When this node leaves MASTER, on_leave runs at once (it holds the
+    reach the database. on_master gets the MASTER event and the time vrrp_events records for
+    it. When this node leaves MASTER, on_leave runs at once (it holds the
     queue), then on_return with the time this node left MASTER and what on_leave returned; a
     node whose Postfix check flaps leaves MASTER again while the last reconcile still waits for
     the peer, and those reconciles run one after another, never side by side on the same queue.
@@ -332,7 +333,7 @@ async def run(
                 queue.put_nowait(_Pending(at, event))
                 hook: Awaitable[object] | None = None
                 if event.state == "MASTER" and on_master is not None:
-                    hook = on_master(event)
+                    hook = on_master(event, at)
                 elif last_state == "MASTER" and (on_leave or on_return) is not None:
                     # MASTER -> BACKUP, FAULT (Postfix stopped answering) or STOP (keepalived
                     # stopped): the peer takes over this node's queue; this copy is stale.
@@ -383,12 +384,9 @@ def service_hooks(settings: Settings, agent: AgentClient) -> dict[str, Any]:
     the peer's replica on becoming MASTER; hold this node's queue on leaving MASTER, then
     reconcile it once the peer has taken over."""
 
-    async def promote(event: Notification) -> object:
-        return await promotion.run_once(
-            settings.node_id,
-            agent,
-            f"{event.state} {event.priority} at {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
-        )
+    async def promote(event: Notification, at: dt.datetime) -> object:
+        transition = f"{event.state} {event.priority} at {at:%Y-%m-%dT%H:%M:%SZ}"
+        return await promotion.run_once(settings.node_id, agent, at, transition)
 
     async def hold(event: Notification) -> list[str]:
         return await reconcile.hold_on_leaving(settings, agent)

@@ -26,6 +26,7 @@ APP_CONFIG = AppConfig(
         tables.VrrpEvent,
         tables.SyncRun,
         tables.QueueImport,
+        tables.Promotion,
         tables.SecondFactor,
         tables.RecoveryCode,
         tables.SecondFactorPolicy,

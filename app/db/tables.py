@@ -248,6 +248,20 @@ class QueueImport(Table, tablename="queue_imports"):
     transition = Varchar(length=64, default="")  # e.g. "MASTER 100 at 2026-11-25T14:57:00Z"
 
 
+class Promotion(Table, tablename="promotions"):
+    """One takeover of the peer's queue by this node, written when it has finished (or failed):
+    a returning peer asks for queue_imports only once the MASTER period's promotion is here, as
+    the rows of queue_imports that go with it are written in the same transaction."""
+
+    id = BigSerial(primary_key=True)
+    node_id = Varchar(length=32)
+    master_at = Timestamptz(index=True)  # the vrrp_events time of the MASTER it followed
+    finished_at = Timestamptz()
+    imported = Integer(default=0)
+    refused = Integer(default=0)
+    error = Text(default="")  # why the import failed; empty when it finished
+
+
 class SecondFactor(Table, tablename="second_factors"):
     """A user's enrolled second factor: an authenticator app (TOTP) or a WebAuthn security key."""
 

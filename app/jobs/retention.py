@@ -78,6 +78,8 @@ RULES = (
     Rule("log_messages", "first_seen_at", lambda s: s.retention_days, whole_days=True),
     Rule("sync_runs", "started_at", lambda s: s.sync_runs_retention_days),
     Rule("vrrp_events", "at", lambda s: s.vrrp_events_retention_days),
+    # With the MASTER event each one followed: the peer's reconcile reads them together.
+    Rule("promotions", "master_at", lambda s: s.vrrp_events_retention_days),
     Rule("queue_imports", "imported_at", lambda s: s.queue_imports_retention_days),
     Rule("audit_log", "at", lambda s: s.audit_retention_days),
 )

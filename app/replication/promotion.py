@@ -1,26 +1,40 @@
 """Promotion: when this node becomes MASTER (from keepalived's ordered events), take over the
 peer's queue from the replica directory and record which of the peer's queue IDs it took, so
-the peer can drop exactly those when it returns."""
+the peer can drop exactly those when it returns.
+
+The takeover is recorded in promotions, in one transaction with its queue_imports rows, and only
+then may the returning peer ask for them (`finished`): before, it could ask between the end of
+the import and the insert, be told nothing, and deliver the mail this node delivers too.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.agent.protocol import ImportAnswer
-from app.db.tables import QueueImport
+from app.cluster.locks import DATABASE_ERRORS
+from app.db.tables import Promotion, QueueImport
 
 log = logging.getLogger("mailrelay.promotion")
+# The queue IDs exist only in this process until they are written: a database that is down
+# is waited for, as the VRRP event reader waits for it.
+_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
 
 
-async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[str]:
+async def run_once(
+    node_id: str, agent: AgentClient, master_at: dt.datetime, transition: str
+) -> list[str]:
+    """Take over the replica and the uncovered shadows for the MASTER event read at master_at."""
     started = time.monotonic()
     try:
         report = await agent.import_replica()
     except (AgentUnavailable, AgentRefused) as exc:
         log.error("promotion: importing the replica failed: %s", exc)
+        await _record(node_id, master_at, transition, [], 0, f"importing the replica failed: {exc}")
         return []
     # Then the agent injected the peer's shadow copies that the replica does not cover
     # (mail the peer accepted after its last sync): their original queue IDs are recorded the
@@ -30,6 +44,7 @@ async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[st
         imported=[], refused=[], refused_total=0, incomplete=0
     )
     imported: list[str] = report["imported"] + shadows["imported"]
+    refused_total = report["refused_total"] + shadows["refused_total"]
     # The peer's files are untrusted: what the agent refused (links, odd files, oversized ones,
     # senders outside the allowed domains) stays in the replica for the operator to look at.
     for refused in report["refused"] + shadows["refused"]:
@@ -38,26 +53,83 @@ async def run_once(node_id: str, agent: AgentClient, transition: str) -> list[st
             refused["path"],
             refused["reason"],
         )
-    now = dt.datetime.now(dt.UTC)
-    if imported:
-        await QueueImport.insert(
-            *[
-                QueueImport(
-                    node_id=node_id,
-                    original_queue_id=queue_id,
-                    imported_at=now,
-                    transition=transition[:64],
-                )
-                for queue_id in imported
-            ]
-        )
+    await _record(node_id, master_at, transition, imported, refused_total, "")
     log.info(
         "promotion (%s): took over %d messages (%d of them shadows) and flushed, refused %d, "
         "%.2f s",
         transition,
         len(imported),
         len(shadows["imported"]),
-        report["refused_total"] + shadows["refused_total"],
+        refused_total,
         time.monotonic() - started,
     )
     return imported
+
+
+async def _record(
+    node_id: str,
+    master_at: dt.datetime,
+    transition: str,
+    imported: list[str],
+    refused: int,
+    error: str,
+) -> None:
+    """Write the promotion and what it took over together, retrying while the database is down."""
+    attempt = 0
+    while True:
+        now = dt.datetime.now(dt.UTC)
+        try:
+            async with Promotion._meta.db.transaction():
+                if imported:
+                    await QueueImport.insert(
+                        *[
+                            QueueImport(
+                                node_id=node_id,
+                                original_queue_id=queue_id,
+                                imported_at=now,
+                                transition=transition[:64],
+                            )
+                            for queue_id in imported
+                        ]
+                    )
+                await Promotion.insert(
+                    Promotion(
+                        node_id=node_id,
+                        master_at=master_at,
+                        finished_at=now,
+                        imported=len(imported),
+                        refused=refused,
+                        error=error,
+                    )
+                )
+            return
+        except DATABASE_ERRORS as exc:
+            delay = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
+            attempt += 1
+            log.warning(
+                "promotion: cannot record the takeover of %d messages yet (%s); retrying in %s s",
+                len(imported),
+                exc,
+                delay,
+            )
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                # Stopped before the database came back: name what the peer cannot be told.
+                log.error(
+                    "promotion: the takeover at %s was not recorded; the peer's queue IDs it "
+                    "took over: %s",
+                    master_at.isoformat(),
+                    " ".join(imported) or "none",
+                )
+                raise
+
+
+async def finished(node_id: str, master_at: dt.datetime) -> Promotion | None:
+    """The promotion that followed this node's MASTER event read at master_at, once written."""
+    return (
+        await Promotion.objects()
+        .where((Promotion.node_id == node_id) & (Promotion.master_at >= master_at))
+        .order_by(Promotion.id, ascending=False)
+        .first()
+    )

@@ -20,6 +20,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from app import audit
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
@@ -35,6 +38,9 @@ log = logging.getLogger("mailrelay.reconcile")
 LEAVE_WAIT_SECONDS = 60.0
 IMPORT_WAIT_SECONDS = 900.0
 LEAVE_POLL_SECONDS = 1.0
+# How long a reconcile asks again a peer that is still writing what it took over: less than the
+# boot reconcile unit's 120 s start timeout. The queue here is held all along.
+ASK_WAIT_SECONDS = 90.0
 # A peer MASTER since this long before this node left MASTER was MASTER at the same time: a
 # partition. More than the clock skew of NTP-synced nodes, less than the 3 advert intervals
 # (plus skew) a split brain needs to begin.
@@ -90,6 +96,9 @@ def _forget(path: Path, ids: Iterable[str]) -> None:
 
 # A queue ID and its quotes take about 20 bytes: room for a queue of several hundred thousand.
 MAX_IMPORTED_BYTES = 16 * 1024 * 1024
+# The peer's reason for not answering yet is one sentence; it is shown on the dashboard.
+MAX_REFUSAL_BYTES = 4096
+MAX_DETAIL_CHARS = 300
 
 
 async def peer_imports(settings: Settings) -> set[str]:
@@ -97,14 +106,53 @@ async def peer_imports(settings: Settings) -> set[str]:
     async with peer_request(
         peer.url, peer.token, peer.tls, "GET", "/api/queue/imported"
     ) as response:
-        if response.status_code != 200:
-            raise PeerError(Message("the peer answered HTTP {status}", status=response.status_code))
         what = Message("the peer's list of imports")
+        if response.status_code != 200:
+            raise await _refusal(response, what)
         body = await json_object(response, MAX_IMPORTED_BYTES, what)
     ids = body.get("queue_ids", [])
     if not isinstance(ids, list):
         raise PeerError(Message("the peer's list of imports has no queue_ids list"))
     return {str(i) for i in ids}
+
+
+class PeerStillImporting(PeerError):
+    """The peer is MASTER and has not written yet what it took over of this node's queue."""
+
+
+async def _refusal(response: httpx.Response, what: Message) -> PeerError:
+    """An answer other than 200, with the peer's reason when it gives one (it answers 503 while
+    it still takes over this node's queue, and when that failed)."""
+    try:
+        body = await json_object(response, MAX_REFUSAL_BYTES, what)
+    except PeerError:
+        body = {}
+    detail = body.get("detail")
+    if not isinstance(detail, str) or not detail:
+        return PeerError(Message("the peer answered HTTP {status}", status=response.status_code))
+    why = Message(
+        "the peer answered HTTP {status}: {detail}",
+        status=response.status_code,
+        detail=detail[:MAX_DETAIL_CHARS],
+    )
+    return PeerStillImporting(why) if body.get("error") == "importing" else PeerError(why)
+
+
+async def _peer_imports_once_written(settings: Settings) -> set[str]:
+    """The peer's imports, waiting while it still writes them (a node that boots while its
+    peer imports a big replica); the queue here is held meanwhile."""
+    deadline = time.monotonic() + ASK_WAIT_SECONDS
+    waited = False
+    while True:
+        try:
+            return await peer_imports(settings)
+        except PeerStillImporting as exc:
+            if time.monotonic() > deadline:
+                raise
+            if not waited:
+                log.info("reconcile: waiting for the peer: %s", exc)
+            waited = True
+        await asyncio.sleep(LEAVE_POLL_SECONDS)
 
 
 async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
@@ -120,7 +168,7 @@ async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
         log.info("reconcile: the queue is empty, nothing to reconcile")
         return ReconcileResult("nothing")
     try:
-        imported = await peer_imports(settings)
+        imported = await _peer_imports_once_written(settings)
     except (PeerError, ValueError) as exc:
         _remember(pending_file(settings), held)
         _forget(leaving_file(settings), held)
@@ -198,8 +246,8 @@ async def after_leaving_master(
 ) -> ReconcileResult:
     """keepalived took the VIP from this node (MASTER -> BACKUP, FAULT or STOP). The peer
     imports this node's replica when it becomes MASTER, so this node's queue is stale: once the
-    peer is MASTER and has imported (its agent answers again: it runs one verb at a time),
-    reconcile as a returning node does.
+    peer is MASTER and has written what it took over (its status says its promotion
+    finished), reconcile as a returning node does.
 
     Unless the peer was MASTER already while this node still was: that is a partition that
     healed, and then each node keeps and delivers what it accepted. Nothing is deleted from a
@@ -215,9 +263,8 @@ async def after_leaving_master(
         peer = await status.peer_status(settings)
         node = peer.get("status") or {}
         state = (node.get("vrrp") or {}).get("state")
-        if state == "MASTER" and (node.get("queue") or {}).get("messages") is not None:
+        if state == "MASTER" and took_over(node):
             break
-        # A MASTER peer whose agent does not answer yet is still importing.
         limit = IMPORT_WAIT_SECONDS if state == "MASTER" else LEAVE_WAIT_SECONDS
         if time.monotonic() - started > limit:
             if peer["reachable"] and state != "MASTER":
@@ -242,6 +289,17 @@ async def after_leaving_master(
         await _release_held_on_leaving(settings, agent, held)
         return ReconcileResult("partition", detail=detail)
     return await run_once(settings, agent)
+
+
+def took_over(node: dict[str, Any]) -> bool:
+    """Whether a MASTER peer has written what it took over of this node's queue (or that its
+    takeover failed, which the reconcile then reports)."""
+    vrrp = node.get("vrrp") or {}
+    if "promotion" in vrrp:
+        return vrrp["promotion"] is not None
+    # A peer from before promotions were written: its agent answers again once it has imported
+    # (it runs one verb at a time), a moment before it writes what it imported.
+    return (node.get("queue") or {}).get("messages") is not None
 
 
 async def release_held(settings: Settings, agent: AgentClient, actor: str, source_ip: str) -> int:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from litestar import Litestar, get
+from litestar import Litestar, Response, get
 
 from app.agent.client import AgentClient
 from app.auth import tokens
@@ -38,26 +38,56 @@ AGENT = {
 
 
 class Peer:
-    """Node b as the leaving node sees it: its VRRP state since when, and its agent answering."""
+    """Node b as the leaving node sees it: its VRRP state since when, whether it has written
+    what it took over, and its agent answering."""
 
-    def __init__(self, state: str, since: dt.datetime, importing_for: int = 0) -> None:
+    def __init__(
+        self,
+        state: str,
+        since: dt.datetime,
+        writing_for: int = 0,
+        legacy: bool = False,
+        importing_answers: int = 0,
+    ) -> None:
         self.state, self.since = state, since
         self.asked = 0
-        # The peer's agent runs one verb at a time: while it imports, the status has no count.
-        self.importing_for = importing_for
+        self.asked_early: list[int] = []
+        # How many times the list of imports answers 503 "importing" first, as a peer that is
+        # still writing it does when this node boots and asks without looking at its status.
+        self.importing_answers = importing_answers
+        self.imports_asked = 0
+        # A MASTER writes what it took over after its agent finished the import: its agent
+        # answers again (its queue has a count) while the list of imports is still empty.
+        self.writing_for = writing_for
+        # A peer from before promotions were written says nothing of them; its agent runs one
+        # verb at a time, so while it imports its status has no count.
+        self.legacy = legacy
+
+    def written(self) -> bool:
+        """Written by the time of the status answer after the first writing_for ones."""
+        return self.writing_for == 0 or self.asked > self.writing_for
 
     def app(self) -> Litestar:
         @get("/api/cluster/status")
         async def cluster_status() -> dict[str, Any]:
             self.asked += 1
-            return {
-                "node_id": "b",
-                "vrrp": {"state": self.state, "since": self.since.isoformat()},
-                "queue": {"messages": None if self.asked <= self.importing_for else 2},
-            }
+            vrrp: dict[str, Any] = {"state": self.state, "since": self.since.isoformat()}
+            messages = 2
+            if self.legacy:
+                messages = 2 if self.written() else None
+            elif self.state == "MASTER":
+                vrrp["promotion"] = {"imported": 2, "error": ""} if self.written() else None
+            return {"node_id": "b", "vrrp": vrrp, "queue": {"messages": messages}}
 
         @get("/api/queue/imported")
-        async def imported() -> dict[str, Any]:
+        async def imported() -> Any:
+            self.imports_asked += 1
+            if self.imports_asked <= self.importing_answers:
+                detail = "this node is still taking over the peer's queue; ask again"
+                return Response({"error": "importing", "detail": detail}, status_code=503)
+            if not self.written():
+                self.asked_early.append(self.asked)
+                return {"queue_ids": []}
             return {"queue_ids": IMPORTED}
 
         return Litestar([cluster_status, imported])
@@ -122,11 +152,70 @@ async def test_a_master_peer_still_importing_a_big_replica_is_waited_for(
     monkeypatch.setattr(reconcile, "LEAVE_WAIT_SECONDS", 0.3)
     monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.1)
     left_at = dt.datetime.now(dt.UTC)
-    peer = Peer("MASTER", left_at + dt.timedelta(seconds=1), importing_for=8)
+    peer = Peer("MASTER", left_at + dt.timedelta(seconds=1), writing_for=8)
     async with node_a(settings, tmp_path, peer) as (a, agent):
         result = await leave(a, agent, left_at)
-    assert peer.asked == 9
+    assert peer.asked == 9 and peer.asked_early == []
     assert (result.outcome, result.deleted, result.released) == ("reconciled", 2, 1)
+
+
+async def test_a_peer_whose_agent_answers_before_its_imports_are_written_is_waited_for(
+    settings, tmp_path, monkeypatch
+):
+    """The lab's leaving-MASTER drill once had every message delivered twice: the peer's agent
+    answered between the end of its import and the insert of what it imported, the leaving
+    node asked for the list at that moment, was told nothing, and released its whole queue."""
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.1)
+    left_at = dt.datetime.now(dt.UTC)
+    peer = Peer("MASTER", left_at + dt.timedelta(seconds=1), writing_for=2)
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await leave(a, agent, left_at)
+    assert peer.asked == 3 and peer.asked_early == []
+    assert (result.outcome, result.deleted, result.released) == ("reconciled", 2, 1)
+
+
+async def test_a_peer_from_before_promotions_were_written_is_waited_for_by_its_agent(
+    settings, tmp_path, monkeypatch
+):
+    """During an upgrade the peer may still run the code before: its status says nothing of
+    its promotion, and the count of its queue is back once its agent has imported."""
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.1)
+    left_at = dt.datetime.now(dt.UTC)
+    peer = Peer("MASTER", left_at + dt.timedelta(seconds=1), writing_for=3, legacy=True)
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await leave(a, agent, left_at)
+    assert peer.asked == 4
+    assert (result.outcome, result.deleted, result.released) == ("reconciled", 2, 1)
+
+
+async def test_a_node_that_boots_while_the_peer_writes_its_imports_asks_again(
+    settings, tmp_path, monkeypatch
+):
+    """The boot reconcile asks without waiting for the peer's status: while the peer answers
+    that it is still taking over, the queue here stays held and it asks again."""
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.05)
+    peer = Peer("MASTER", dt.datetime.now(dt.UTC), importing_answers=3)
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await reconcile.run_once(a, AgentClient(agent.path))
+    assert peer.imports_asked == 4
+    assert (result.outcome, result.deleted, result.released) == ("reconciled", 2, 1)
+    assert agent.verbs[0] == "hold_all"
+
+
+async def test_a_peer_that_stays_busy_taking_over_leaves_the_mail_held_with_its_reason(
+    settings, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(reconcile, "ASK_WAIT_SECONDS", 0.3)
+    peer = Peer("MASTER", dt.datetime.now(dt.UTC), importing_answers=1000)
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await reconcile.run_once(a, AgentClient(agent.path))
+    assert (result.outcome, result.held) == ("held", 3)
+    assert result.detail == (
+        "the peer answered HTTP 503: this node is still taking over the peer's queue; ask again"
+    )
+    assert agent.verbs == ["hold_all"]
+    assert reconcile.pending(a) == HELD
 
 
 async def test_after_a_partition_nothing_is_held_or_deleted(settings, tmp_path):

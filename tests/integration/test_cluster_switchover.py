@@ -41,6 +41,7 @@ STEPS = ["vip", "peer", "final_sync", "handover", "peer_vip", "reconcile", "smtp
 HELD = ["4dLq2G1xZ9z9vxA", "4dLq2G1xZ9z9vxB", "4dLq2G1xZ9z9vxC"]
 # What node b took over from a's replica (and one ID of an older failover).
 IMPORTED = ["4dLq2G1xZ9z9vxA", "4dLq2G1xZ9z9vxB", "4dLq2G1xZ9z9vxZ"]
+TAKEOVER_FAILED = "this node's takeover of the peer's queue failed: the replica is not a directory"
 SYNC_REPORT = {"ok": True, "freeze_seconds": 0.12, "files": 3, "bytes": 4567}
 
 
@@ -64,22 +65,35 @@ class PeerB:
         state_before: str = "BACKUP",
         takes_over: bool = True,
         answers_imports: bool = True,
+        writing_for: int = 0,
     ) -> None:
         self.agent = agent
         self.state_before = state_before
         self.takes_over = takes_over
         self.answers_imports = answers_imports
+        # Status answers as MASTER before b has written what it took over (its agent answers
+        # again in between), and what the list of imports says meanwhile.
+        self.writing_for = writing_for
+        self.master_answers = 0
+        self.asked_early = 0
         self.tokens: list[str] = []
 
     def status(self) -> dict[str, Any]:
         moved = self.takes_over and "vip_handover" in self.agent.verbs
+        vrrp: dict[str, Any] = {"state": "MASTER" if moved else self.state_before}
+        if moved:
+            self.master_answers += 1
+            vrrp["promotion"] = {"imported": 3, "error": ""} if self.written() else None
         return {
             "node_id": "b",
             "cluster_mode": "slave",
-            "vrrp": {"state": "MASTER" if moved else self.state_before},
+            "vrrp": vrrp,
             "vip": {"address": HELD_VIP, "held": moved},
             "queue": {"messages": 3, "replica_files": 0, "replica_bytes": 0},
         }
+
+    def written(self) -> bool:
+        return self.master_answers > self.writing_for
 
     def app(self) -> Litestar:
         @get("/api/cluster/status")
@@ -90,7 +104,10 @@ class PeerB:
         @get("/api/queue/imported")
         async def imported() -> dict[str, Any]:
             if not self.answers_imports:
-                raise HTTPException(status_code=503)
+                raise HTTPException(status_code=503, detail=TAKEOVER_FAILED)
+            if not self.written():
+                self.asked_early += 1
+                return {"queue_ids": []}
             return {"queue_ids": IMPORTED}
 
         return Litestar([cluster_status, imported])
@@ -200,6 +217,20 @@ async def test_a_switchover_reports_every_step_with_its_time(settings, tmp_path,
     await locks.acquire(switchover.LOCK, "next-switchover", 5)
 
 
+async def test_the_reconcile_waits_until_the_peer_has_written_what_it_took_over(
+    settings, tmp_path, smtp, monkeypatch
+):
+    """b is MASTER and its agent answers a moment before its list of imports is written: the
+    reconcile asked then would be told nothing and release all of a's queue, which b delivers
+    too."""
+    monkeypatch.setattr(switchover, "POLL_SECONDS", 0.05)
+    async with cluster(settings, tmp_path, writing_for=3) as c:
+        steps = await c.run()
+    assert outcomes(steps) == dict.fromkeys(STEPS, "ok"), steps
+    assert c.peer.master_answers == 4 and c.peer.asked_early == 0
+    assert c.agent.args("delete_ids") == [{"queue_ids": HELD[:2]}]
+
+
 async def test_a_node_without_the_vip_refuses_and_changes_nothing(settings, tmp_path):
     async with cluster(settings, tmp_path) as c:
         c.settings = dataclasses.replace(c.settings, vip_address=NOT_HELD_VIP)
@@ -291,7 +322,7 @@ async def test_a_peer_that_cannot_say_what_it_took_over_leaves_the_mail_held(
         steps = await c.run()
     assert outcomes(steps) == dict.fromkeys(STEPS[:5], "ok") | {"reconcile": "failed", "smtp": "ok"}
     assert steps[5].detail == (
-        "3 messages stay on hold here: the peer answered HTTP 503; "
+        f"3 messages stay on hold here: the peer answered HTTP 503: {TAKEOVER_FAILED}; "
         "the dashboard offers to release them"
     )
     assert c.agent.verbs[-1] == "hold_all"  # nothing deleted, nothing released

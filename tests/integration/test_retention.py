@@ -18,6 +18,7 @@ from app.db.tables import (
     LogCursor,
     LogMessage,
     MailLog,
+    Promotion,
     QueueImport,
     RejectionLog,
     SyncRun,
@@ -117,7 +118,9 @@ async def test_whole_old_days_go_as_partitions_and_kept_days_stay(settings):
         "mail_logs": 15,
         "rejection_logs": 15,
         "log_messages": 15,
-        **dict.fromkeys(("sync_runs", "vrrp_events", "queue_imports", "audit_log"), 0),
+        **dict.fromkeys(
+            ("sync_runs", "vrrp_events", "promotions", "queue_imports", "audit_log"), 0
+        ),
         "user_sessions": 0,
     }
     assert result.batches == 2 + 2 + 4  # the 6 ancient rows of two tables; 15 log_messages
@@ -232,6 +235,9 @@ async def test_every_growing_table_loses_its_old_rows_and_keeps_new_ones(setting
         await VrrpEvent.insert(
             VrrpEvent(at=at(10, tag), node_id=tag, instance="VI_1", state="MASTER", priority=100)
         )
+        await Promotion.insert(
+            Promotion(node_id=tag, master_at=at(10, tag), finished_at=at(10, tag))
+        )
         await QueueImport.insert(
             QueueImport(node_id="a", original_queue_id=tag, imported_at=at(90, tag))
         )
@@ -261,6 +267,7 @@ async def test_every_growing_table_loses_its_old_rows_and_keeps_new_ones(setting
     assert {k: v for k, v in result.deleted.items() if v} == {
         "sync_runs": 3,
         "vrrp_events": 1,
+        "promotions": 1,
         "queue_imports": 1,
         "audit_log": 1,
         "user_sessions": 2,
@@ -268,6 +275,7 @@ async def test_every_growing_table_loses_its_old_rows_and_keeps_new_ones(setting
     assert {row["detail"] for row in await SyncRun.select(SyncRun.detail)} == {"new"}
     assert await SyncRun.count() == 3
     assert {row["node_id"] for row in await VrrpEvent.select()} == {"new"}
+    assert {row["node_id"] for row in await Promotion.select()} == {"new"}
     assert {row["original_queue_id"] for row in await QueueImport.select()} == {"new"}
     assert {row["actor"] for row in await AuditLog.select()} == {"new"}
     assert {row["token_hash"] for row in await UserSession.select()} == {"live"}
@@ -309,7 +317,8 @@ async def test_the_cli_runs_retention_and_says_what_went_in_one_line():
     assert len(lines) == 1
     assert (
         "retention: deleted 3 mail_logs, 3 rejection_logs, 3 log_messages, 0 sync_runs, "
-        "0 vrrp_events, 0 queue_imports, 0 audit_log, 0 user_sessions; mail logs kept from "
+        "0 vrrp_events, 0 promotions, 0 queue_imports, 0 audit_log, 0 user_sessions; mail logs "
+        "kept from "
         f"{retention.first_kept_day(dt.datetime.now(dt.UTC), 30):%Y-%m-%d}"
     ) in lines[0]
     assert lines[0].endswith(" s")

@@ -117,9 +117,11 @@ async def test_the_hooks_fire_on_becoming_master_and_on_every_way_of_leaving_it(
     check failed) or STOP (keepalived stopped, as in a switchover), never on other changes."""
     fifo, state_file = tmp_path / "vrrp.fifo", tmp_path / "vrrp.state"
     calls: list[str] = []
+    promoted_at: list[dt.datetime] = []
 
-    async def on_master(event: vrrp.Notification) -> None:
+    async def on_master(event: vrrp.Notification, at: dt.datetime) -> None:
         calls.append(f"promote at {event.state}")
+        promoted_at.append(at)
 
     async def on_return(event: vrrp.Notification, left_at: dt.datetime, held: Any) -> None:
         calls.append(f"reconcile at {event.state}")
@@ -144,6 +146,11 @@ async def test_the_hooks_fire_on_becoming_master_and_on_every_way_of_leaving_it(
             "promote at MASTER",
             "reconcile at STOP",
         ]
+        # The time the promotion records as its MASTER's is the one vrrp_events has.
+        rows = await (
+            VrrpEvent.select(VrrpEvent.at).where(VrrpEvent.state == "MASTER").order_by(VrrpEvent.id)
+        )
+        assert promoted_at == [row["at"] for row in rows]
     finally:
         await stop_task(reader)
 

@@ -11,10 +11,14 @@ from litestar import Controller, Request, get, post
 from litestar.exceptions import ClientException
 from litestar.params import FromQuery, JSONBody
 from litestar.response import Response
-from litestar.status_codes import HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
+from litestar.status_codes import (
+    HTTP_204_NO_CONTENT,
+    HTTP_409_CONFLICT,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 
 from app.auth.tokens import TokenPrincipal
-from app.cluster import locks
+from app.cluster import locks, status
 from app.config import applied, export
 
 Req = Request[TokenPrincipal, Any, Any]
@@ -175,12 +179,26 @@ class ClusterApi(Controller):
         )
 
     @get("/api/queue/imported", opt={"api": "cluster"})
-    async def queue_imported(
-        self,
-    ) -> dict[str, Any]:
+    async def queue_imported(self, request: Req) -> Response[dict[str, Any]]:
         """The peer's original queue IDs this node took over when it became MASTER: a returning
-        peer deletes exactly these from its stale queue."""
+        peer deletes exactly these from its stale queue. While this MASTER's takeover is not
+        written yet the list would be short, and what it misses would go out twice: 503."""
         from app.db.tables import QueueImport
 
+        vrrp = await status.vrrp_state(request.app.state.settings.node_id)
+        if vrrp["state"] == "MASTER":
+            done = vrrp["promotion"]
+            if done is None:
+                detail = "this node is still taking over the peer's queue; ask again"
+                return Response(
+                    {"error": "importing", "detail": detail},
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                )
+            if done["error"]:
+                detail = f"this node's takeover of the peer's queue failed: {done['error']}"
+                return Response(
+                    {"error": "import failed", "detail": detail},
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                )
         rows = await QueueImport.select(QueueImport.original_queue_id)
-        return {"queue_ids": sorted({row["original_queue_id"] for row in rows})}
+        return Response({"queue_ids": sorted({row["original_queue_id"] for row in rows})})

@@ -1,0 +1,175 @@
+"""A promotion is written together with what it took over, and only then does the node tell a
+returning peer which of its queue IDs it took: asked earlier, it would name too few, and the
+peer would deliver the rest a second time.
+
+Against the real PostgreSQL and the app's real HTTP stack; the agent is a fake on a unix socket
+(the real import is tested in test_replica_import.py and test_shadow_postfix.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import asyncpg
+
+from app.agent.client import AgentClient
+from app.auth import tokens
+from app.cluster import status
+from app.cluster.vrrp_table import VrrpEvent
+from app.db.tables import Promotion, QueueImport
+from app.replication import promotion
+from tests.clusterpeer import Refusal, fake_agent
+from tests.integration.test_backup import rows, scratch_databases  # noqa: F401 (fixture)
+from tests.integration.test_baseline_migration import piccolo
+from tests.oldchain import PROMOTIONS_ID, ROOM_ID
+
+REPLICA = ["4dLq2G1xZ9z9vxA", "4dLq2G1xZ9z9vxB"]
+SHADOW = "4dLq2G1xZ9z9vxS"
+
+
+def answer(imported: list[str], shadows: list[str]) -> dict[str, Any]:
+    return {
+        "imported": imported,
+        "refused": [],
+        "refused_total": 1,
+        "incomplete": 0,
+        "shadows": {"imported": shadows, "refused": [], "refused_total": 0, "incomplete": 0},
+    }
+
+
+async def became(node_id: str, state: str) -> dt.datetime:
+    """keepalived's event as the reader records it; its time is what the promotion gets."""
+    at = dt.datetime.now(dt.UTC)
+    await VrrpEvent.insert(
+        VrrpEvent(at=at, node_id=node_id, instance="VI_MAIL", state=state, priority=100)
+    )
+    return at
+
+
+async def imported(client: Any) -> Any:
+    """What node b's reconcile asks for, with a cluster token."""
+    if "authorization" not in client.headers:
+        token = await tokens.create("b-to-a", "cluster", "test")
+        client.headers["authorization"] = f"Bearer {token}"
+    return await client.get("/api/queue/imported")
+
+
+async def test_the_peer_is_told_what_was_taken_over_only_once_it_is_written(client, app):
+    node_id = app.state.settings.node_id
+    master_at = await became(node_id, "MASTER")
+    # The agent has imported (it answers again), the rows are not written yet: not yet.
+    early = await imported(client)
+    assert early.status_code == 503
+    assert early.json()["error"] == "importing"
+    assert (await status.vrrp_state(node_id))["promotion"] is None
+
+    async with fake_agent({"import_replica": answer(REPLICA, [SHADOW])}) as agent:
+        took = await promotion.run_once(node_id, AgentClient(agent.path), master_at, "MASTER 100")
+    assert took == [*REPLICA, SHADOW]
+
+    late = await imported(client)
+    assert late.status_code == 200
+    assert late.json() == {"queue_ids": sorted([*REPLICA, SHADOW])}
+    written = (await status.vrrp_state(node_id))["promotion"]
+    assert {k: written[k] for k in ("imported", "refused", "error")} == {
+        "imported": 3,
+        "refused": 1,
+        "error": "",
+    }
+    [row] = await Promotion.select()
+    assert row["master_at"] == master_at and row["node_id"] == node_id
+
+
+async def test_a_promotion_of_an_earlier_master_period_does_not_answer_for_this_one(client, app):
+    node_id = app.state.settings.node_id
+    first = await became(node_id, "MASTER")
+    async with fake_agent({"import_replica": answer(REPLICA, [])}) as agent:
+        await promotion.run_once(node_id, AgentClient(agent.path), first, "MASTER 100")
+    await became(node_id, "BACKUP")
+    # Not MASTER: what it took over the last time is the answer.
+    assert (await imported(client)).json() == {"queue_ids": REPLICA}
+    await became(node_id, "MASTER")
+    assert (await imported(client)).status_code == 503
+
+
+async def test_a_failed_takeover_is_written_and_the_peer_is_told_why(client, app):
+    """The peer keeps its mail held and its dashboard shows the reason, rather than releasing
+    mail this node may have taken over in part."""
+    node_id = app.state.settings.node_id
+    master_at = await became(node_id, "MASTER")
+    async with fake_agent({"import_replica": Refusal("the replica is not a directory")}) as agent:
+        took = await promotion.run_once(node_id, AgentClient(agent.path), master_at, "MASTER 100")
+    assert took == []
+    refused = await imported(client)
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "import failed"
+    assert "the replica is not a directory" in refused.json()["detail"]
+    assert (await status.vrrp_state(node_id))["promotion"]["error"]
+
+
+async def test_the_takeover_is_written_once_the_database_is_back(app, monkeypatch):
+    """Its queue IDs exist only in the reader's memory until written: an outage is waited out."""
+    node_id = app.state.settings.node_id
+    master_at = await became(node_id, "MASTER")
+    monkeypatch.setattr(promotion, "_RETRY_SECONDS", (0.05,))
+    real_insert = Promotion.insert
+    failures = []
+
+    def failing_insert(*rows: Any) -> Any:
+        if len(failures) < 2:
+            failures.append(1)
+            raise ConnectionRefusedError("the database is down")
+        return real_insert(*rows)
+
+    monkeypatch.setattr(Promotion, "insert", failing_insert)
+    async with fake_agent({"import_replica": answer(REPLICA, [])}) as agent:
+        await asyncio.wait_for(
+            promotion.run_once(node_id, AgentClient(agent.path), master_at, "MASTER 100"), 10
+        )
+    assert len(failures) == 2
+    # The failed tries wrote nothing: the queue IDs went in once, with their promotion.
+    assert sorted(row["original_queue_id"] for row in await QueueImport.select()) == REPLICA
+    assert await Promotion.count() == 1
+
+
+async def test_a_node_that_is_master_while_it_is_upgraded_counts_as_promoted(
+    scratch_databases,  # noqa: F811
+):
+    """Its promotion ran before promotions were written: the migration writes it, or the
+    returning peer would wait for one that never comes. Only a node whose last state is
+    MASTER gets one."""
+    url = scratch_databases("promotions_upgrade")
+    before = piccolo(url, "forwards", "mailrelay", f"--migration_id={ROOM_ID}")
+    assert before.returncode == 0, before.stdout
+    now = dt.datetime.now(dt.UTC)
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.executemany(
+            "INSERT INTO vrrp_events (at, node_id, state) VALUES ($1, $2, $3)",
+            [
+                (now - dt.timedelta(hours=3), "a", "BACKUP"),
+                (now - dt.timedelta(hours=2), "b", "MASTER"),
+                (now - dt.timedelta(hours=1), "a", "MASTER"),
+                (now - dt.timedelta(minutes=5), "b", "BACKUP"),
+            ],
+        )
+        await connection.executemany(
+            "INSERT INTO queue_imports (node_id, original_queue_id, imported_at) "
+            "VALUES ('a', $1, $2)",
+            [("older", now - dt.timedelta(days=2)), ("x", now - dt.timedelta(minutes=59))],
+        )
+    finally:
+        await connection.close()
+
+    up = piccolo(url, "forwards", "mailrelay", f"--migration_id={PROMOTIONS_ID}")
+
+    assert up.returncode == 0, up.stdout
+    [row] = await rows(url, "promotions")
+    assert (row["node_id"], row["master_at"], row["imported"], row["error"]) == (
+        "a",
+        now - dt.timedelta(hours=1),
+        1,
+        "",
+    )
