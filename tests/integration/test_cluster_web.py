@@ -19,7 +19,7 @@ import pytest
 from app.agent.client import AgentClient
 from app.auth import tokens
 from app.cluster import metrics, status
-from app.db.tables import AppliedVersion, AuditLog, MailLog, SyncRun, VrrpEvent
+from app.db.tables import AppliedVersion, AuditLog, MailLog, Promotion, SyncRun, VrrpEvent
 from app.web.app import create_app
 from app.web.i18n import GERMAN
 from tests.clusterpeer import (
@@ -122,6 +122,28 @@ async def test_the_panel_shows_both_nodes_side_by_side(login_as, two_nodes):
     page = (await client.get("/cluster")).text  # without JavaScript: the whole page
     assert "<html" in page and 'id="node-status-b"' in page
     assert 'hx-get="/cluster" hx-trigger="every 15s"' in page
+
+
+async def test_the_panel_says_while_a_master_takes_over_the_peers_queue_and_how_it_ended(
+    login_as, two_nodes
+):
+    now = await _history()
+    client = await login_as("readonly")
+
+    async def took() -> str:
+        card = _card((await client.get("/cluster", headers=HTMX)).text, "a")
+        return card[card.index('<dd class="vrrp-state">') :].split("</dd>")[0]
+
+    assert '<strong>MASTER</strong> · <span class="muted promotion">taking over the peer&#39;s' in (
+        await took()
+    )
+    await Promotion.insert(Promotion(node_id="a", master_at=now, finished_at=now, imported=3))
+    assert '<span class="promotion">took over 3 messages from the peer</span>' in await took()
+    failed = "importing the replica failed: the agent is not running"
+    await Promotion.insert(Promotion(node_id="a", master_at=now, finished_at=now, error=failed))
+    assert f"failed: {failed}</strong>" in await took()
+    # b is BACKUP: a takeover is only a MASTER's.
+    assert "promotion" not in _card((await client.get("/cluster", headers=HTMX)).text, "b")
 
 
 async def test_the_dashboard_shows_which_node_delivered_what(login_as, two_nodes):

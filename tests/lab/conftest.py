@@ -1,5 +1,6 @@
 """One lab for every lab test module: `scripts/lab up` before the first lab test, `scripts/lab
-down` after the last (also when they fail)."""
+down` after the last (also when they fail). A lab test that fails shows both nodes' journals:
+the lab is gone after the run, and with it what would tell why."""
 
 from __future__ import annotations
 
@@ -35,3 +36,22 @@ def up():
                 ["ip", "netns", "list"], capture_output=True, text=True, check=False
             ).stdout
         )
+
+
+# The journal lines a failed test shows per node: the last minutes of a drill.
+JOURNAL_LINES = "600"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed or "up" not in item.fixturenames:
+        return
+    for node in ("a", "b"):
+        journal = lab(
+            "exec", node, "journalctl", "--no-pager", "-o", "short-iso-precise",
+            "-n", JOURNAL_LINES, "-u", "mailrelay-*", "-u", "keepalived.service",
+            "-u", "postfix@-.service", check=False, timeout=60,
+        )  # fmt: skip
+        report.sections.append((f"journal of node {node}", journal.stdout + journal.stderr))
