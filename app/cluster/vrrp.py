@@ -420,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
         hooks = service_hooks(settings, AgentClient(settings.agent_socket))
+        started = dt.datetime.now(dt.UTC)
+        settling = asyncio.create_task(promotion.settle_interrupted(settings.node_id, started))
         with contextlib.suppress(asyncio.CancelledError):
             await run(
                 args.fifo,
@@ -428,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                 on_ready=lambda: _sd_notify("READY=1"),
                 **hooks,
             )
+        settling.cancel()
         _sd_notify("STOPPING=1")
 
     asyncio.run(serve())

@@ -17,7 +17,7 @@ import time
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.agent.protocol import ImportAnswer
 from app.cluster.locks import DATABASE_ERRORS
-from app.db.tables import Promotion, QueueImport
+from app.db.tables import Promotion, QueueImport, VrrpEvent
 
 log = logging.getLogger("mailrelay.promotion")
 # The queue IDs exist only in this process until they are written: a database that is down
@@ -133,3 +133,31 @@ async def finished(node_id: str, master_at: dt.datetime) -> Promotion | None:
         .order_by(Promotion.id, ascending=False)
         .first()
     )
+
+
+INTERRUPTED = (
+    "the VRRP event reader stopped while it took over the peer's queue; what it took over is "
+    "not known"
+)
+
+
+async def settle_interrupted(node_id: str, started: dt.datetime) -> None:
+    """At the reader's start: a last MASTER event without its promotion was being taken over when
+    the reader before stopped (a restart, a crash). Its queue IDs are gone with that process, so
+    the takeover is written as failed: the returning peer keeps its mail held with this reason
+    instead of waiting for a promotion that never comes. Events this reader read (at `started`
+    or later) are its own to promote."""
+    try:
+        last = (
+            await VrrpEvent.select(VrrpEvent.state, VrrpEvent.at)
+            .where((VrrpEvent.node_id == node_id) & (VrrpEvent.at < started))
+            .order_by(VrrpEvent.id, ascending=False)
+            .first()
+        )
+        if last is None or last["state"] != "MASTER" or await finished(node_id, last["at"]):
+            return
+    except DATABASE_ERRORS as exc:
+        log.warning("promotion: cannot look for a takeover left unwritten: %s", exc)
+        return
+    log.error("promotion (MASTER at %s): %s", last["at"].isoformat(), INTERRUPTED)
+    await _record(node_id, last["at"], "", [], 0, INTERRUPTED)

@@ -109,6 +109,34 @@ async def test_a_failed_takeover_is_written_and_the_peer_is_told_why(client, app
     assert (await status.vrrp_state(node_id))["promotion"]["error"]
 
 
+async def test_a_takeover_the_last_reader_left_unwritten_is_written_as_failed(client, app):
+    """The reader stopped (a restart, a crash) between MASTER and writing the takeover: the
+    queue IDs went with it. Its successor says so, rather than leave the peer waiting for a
+    promotion that never comes; a MASTER it reads itself is its own to promote."""
+    node_id = app.state.settings.node_id
+    interrupted = await became(node_id, "MASTER")
+    started = dt.datetime.now(dt.UTC)
+    await became(node_id, "MASTER")  # read by the new reader: its promotion is under way
+
+    await promotion.settle_interrupted(node_id, started)
+
+    [row] = await Promotion.select()
+    assert (row["master_at"], row["error"]) == (interrupted, promotion.INTERRUPTED)
+    answer = await imported(client)  # the new MASTER's own takeover is still running
+    assert (answer.status_code, answer.json()["error"]) == (503, "importing")
+
+
+async def test_a_reader_that_starts_after_a_written_takeover_or_as_backup_writes_nothing(app):
+    node_id = app.state.settings.node_id
+    master_at = await became(node_id, "MASTER")
+    async with fake_agent({"import_replica": answer(REPLICA, [])}) as agent:
+        await promotion.run_once(node_id, AgentClient(agent.path), master_at, "MASTER 100")
+    await promotion.settle_interrupted(node_id, dt.datetime.now(dt.UTC))
+    await became(node_id, "BACKUP")
+    await promotion.settle_interrupted(node_id, dt.datetime.now(dt.UTC))
+    assert [row["error"] for row in await Promotion.select()] == [""]
+
+
 async def test_the_takeover_is_written_once_the_database_is_back(app, monkeypatch):
     """Its queue IDs exist only in the reader's memory until written: an outage is waited out."""
     node_id = app.state.settings.node_id
