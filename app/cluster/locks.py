@@ -32,6 +32,9 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
+# The pauses of a writer that waits for a database that is down, the last one repeated: what it
+# holds exists only in its process until written (a VRRP event, a promotion's queue IDs).
+DATABASE_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
 
 # The queue-sync job's lock: one copy of the queue into the peer's replica at a time.
 QUEUE_SYNC = "queue-sync"

@@ -45,6 +45,7 @@ from typing import Any
 
 from app import logsetup
 from app.agent.client import AgentClient
+from app.cluster.locks import DATABASE_RETRY_SECONDS
 from app.cluster.vrrp_table import VrrpEvent
 from app.replication import promotion, reconcile
 from app.settings import Settings, SettingsError, load_settings
@@ -59,7 +60,7 @@ STATE_FILE = Path("/run/mailrelay-vrrp/vrrp.state")
 STATES = frozenset({"MASTER", "BACKUP", "FAULT", "STOP", "DELETED"})
 
 _LINE = re.compile(r'(INSTANCE|GROUP) "(.+)" ([A-Z_{}]+) (\d{1,3})')
-_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
+_RETRY_SECONDS = DATABASE_RETRY_SECONDS
 
 
 @dataclass(frozen=True)

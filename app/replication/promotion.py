@@ -16,13 +16,11 @@ import time
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.agent.protocol import ImportAnswer
-from app.cluster.locks import DATABASE_ERRORS
+from app.cluster.locks import DATABASE_ERRORS, DATABASE_RETRY_SECONDS
 from app.db.tables import Promotion, QueueImport, VrrpEvent
 
 log = logging.getLogger("mailrelay.promotion")
-# The queue IDs exist only in this process until they are written: a database that is down
-# is waited for, as the VRRP event reader waits for it.
-_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
+_RETRY_SECONDS = DATABASE_RETRY_SECONDS
 
 
 async def run_once(
