@@ -30,9 +30,11 @@ async def run_once(
     started = time.monotonic()
     try:
         report = await agent.import_replica()
-    except (AgentUnavailable, AgentRefused) as exc:
-        log.error("promotion: importing the replica failed: %s", exc)
-        await _record(node_id, master_at, transition, [], 0, f"importing the replica failed: {exc}")
+    except (AgentUnavailable, AgentRefused, TimeoutError) as exc:
+        # A takeover always ends with its row: the returning peer waits for it.
+        why = str(exc) or f"the agent did not answer within {agent.timeout:g} s"
+        log.error("promotion: importing the replica failed: %s", why)
+        await _record(node_id, master_at, transition, [], 0, f"importing the replica failed: {why}")
         return []
     # Then the agent injected the peer's shadow copies that the replica does not cover
     # (mail the peer accepted after its last sync): their original queue IDs are recorded the

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -107,6 +109,29 @@ async def test_a_failed_takeover_is_written_and_the_peer_is_told_why(client, app
     assert refused.json()["error"] == "import failed"
     assert "the replica is not a directory" in refused.json()["detail"]
     assert (await status.vrrp_state(node_id))["promotion"]["error"]
+
+
+async def test_an_agent_that_does_not_answer_in_time_makes_a_failed_takeover(client, app):
+    node_id = app.state.settings.node_id
+    master_at = await became(node_id, "MASTER")
+
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    with tempfile.TemporaryDirectory(prefix="mr-agent-") as folder:
+        path = Path(folder) / "agent.sock"
+        server = await asyncio.start_unix_server(never_answers, path=str(path))
+        async with server:
+            took = await promotion.run_once(
+                node_id, AgentClient(path, timeout=0.2), master_at, "MASTER 100"
+            )
+    assert took == []
+    refused = (await imported(client)).json()
+    assert refused["detail"] == (
+        "this node's takeover of the peer's queue failed: importing the replica failed: "
+        "the agent did not answer within 0.2 s"
+    )
 
 
 async def test_a_takeover_the_last_reader_left_unwritten_is_written_as_failed(client, app):
