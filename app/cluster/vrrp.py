@@ -420,9 +420,15 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
-        hooks = service_hooks(settings, AgentClient(settings.agent_socket))
+        agent = AgentClient(settings.agent_socket)
+        hooks = service_hooks(settings, agent)
         started = dt.datetime.now(dt.UTC)
-        settling = asyncio.create_task(promotion.settle_interrupted(settings.node_id, started))
+        still_master = _last_reported_state(args.state_file, settings.node_id) == "MASTER"
+        resuming = asyncio.create_task(
+            promotion.resume(
+                settings.node_id, started, agent if still_master else None, settings.vip_address
+            )
+        )
         with contextlib.suppress(asyncio.CancelledError):
             await run(
                 args.fifo,
@@ -431,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                 on_ready=lambda: _sd_notify("READY=1"),
                 **hooks,
             )
-        settling.cancel()
+        resuming.cancel()
         _sd_notify("STOPPING=1")
 
     asyncio.run(serve())

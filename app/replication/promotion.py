@@ -17,6 +17,7 @@ import time
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.agent.protocol import ImportAnswer
 from app.cluster.locks import DATABASE_ERRORS, DATABASE_RETRY_SECONDS
+from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import Promotion, QueueImport, VrrpEvent
 
 log = logging.getLogger("mailrelay.promotion")
@@ -141,12 +142,19 @@ INTERRUPTED = (
 )
 
 
-async def settle_interrupted(node_id: str, started: dt.datetime) -> None:
-    """At the reader's start: a last MASTER event without its promotion was being taken over when
-    the reader before stopped (a restart, a crash). Its queue IDs are gone with that process, so
-    the takeover is written as failed: the returning peer keeps its mail held with this reason
-    instead of waiting for a promotion that never comes. Events this reader read (at `started`
-    or later) are its own to promote."""
+async def resume(
+    node_id: str, started: dt.datetime, agent: AgentClient | None, vip: str | None
+) -> None:
+    """At the reader's start: the takeover that followed the last MASTER event before it, if it
+    did not finish. Either the reader before stopped mid-takeover (a restart, a crash) or the
+    takeover failed (its alert says to restart this reader once the cause is fixed).
+
+    With `agent` (the state file in /run says keepalived still reports MASTER here, so no reboot
+    came between) and the VIP on this node now, it is tried again: what the last try took over
+    is gone from the replica and the shadow store, so nothing is taken twice. Otherwise a
+    takeover left unwritten is written as failed: its queue IDs went with that process, and the
+    returning peer keeps its mail held with this reason instead of waiting for a promotion that
+    never comes. Events this reader reads itself (at `started` or later) are its own."""
     try:
         last = (
             await VrrpEvent.select(VrrpEvent.state, VrrpEvent.at)
@@ -154,10 +162,27 @@ async def settle_interrupted(node_id: str, started: dt.datetime) -> None:
             .order_by(VrrpEvent.id, ascending=False)
             .first()
         )
-        if last is None or last["state"] != "MASTER" or await finished(node_id, last["at"]):
+        if last is None or last["state"] != "MASTER":
             return
+        done = await finished(node_id, last["at"])
     except DATABASE_ERRORS as exc:
-        log.warning("promotion: cannot look for a takeover left unwritten: %s", exc)
+        log.warning("promotion: cannot look for a takeover left unfinished: %s", exc)
         return
-    log.error("promotion (MASTER at %s): %s", last["at"].isoformat(), INTERRUPTED)
-    await _record(node_id, last["at"], "", [], 0, INTERRUPTED)
+    if done is not None and not done.error:
+        return
+    why = done.error if done is not None else INTERRUPTED
+    if agent is not None and vip and await _holds(vip):
+        log.warning("promotion (MASTER at %s): trying again: %s", last["at"].isoformat(), why)
+        await run_once(node_id, agent, last["at"], f"MASTER, again at {started:%Y-%m-%dT%H:%M:%SZ}")
+    elif done is None:
+        log.error("promotion (MASTER at %s): %s", last["at"].isoformat(), why)
+        await _record(node_id, last["at"], "", [], 0, why)
+
+
+async def _holds(vip: str) -> bool:
+    """Whether the VIP is on this node: keepalived may have moved it while no reader listened."""
+    try:
+        return await asyncio.to_thread(vip_held, vip)
+    except VipCheckError as exc:
+        log.warning("promotion: cannot tell whether this node holds the VIP: %s", exc)
+        return False

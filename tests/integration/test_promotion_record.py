@@ -22,7 +22,7 @@ from app.cluster import status
 from app.cluster.vrrp_table import VrrpEvent
 from app.db.tables import Promotion, QueueImport
 from app.replication import promotion
-from tests.clusterpeer import Refusal, fake_agent
+from tests.clusterpeer import HELD_VIP, NOT_HELD_VIP, Refusal, fake_agent
 from tests.integration.test_backup import rows, scratch_databases  # noqa: F401 (fixture)
 from tests.integration.test_baseline_migration import piccolo
 from tests.oldchain import PROMOTIONS_ID, ROOM_ID
@@ -134,31 +134,54 @@ async def test_an_agent_that_does_not_answer_in_time_makes_a_failed_takeover(cli
     )
 
 
-async def test_a_takeover_the_last_reader_left_unwritten_is_written_as_failed(client, app):
-    """The reader stopped (a restart, a crash) between MASTER and writing the takeover: the
-    queue IDs went with it. Its successor says so, rather than leave the peer waiting for a
-    promotion that never comes; a MASTER it reads itself is its own to promote."""
+async def test_after_a_reboot_a_takeover_left_unwritten_is_written_as_failed(client, app):
+    """The node went down (or its reader stopped while keepalived moved on) between MASTER and
+    writing the takeover: the queue IDs went with the process. The next reader says so, rather
+    than leave the peer waiting for a promotion that never comes; a MASTER it reads itself is
+    its own to promote."""
     node_id = app.state.settings.node_id
     interrupted = await became(node_id, "MASTER")
     started = dt.datetime.now(dt.UTC)
     await became(node_id, "MASTER")  # read by the new reader: its promotion is under way
 
-    await promotion.settle_interrupted(node_id, started)
+    async with fake_agent({"import_replica": answer(REPLICA, [])}) as agent:
+        # keepalived still says MASTER, but the VIP is not here: no second try.
+        await promotion.resume(node_id, started, AgentClient(agent.path), NOT_HELD_VIP)
+        await promotion.resume(node_id, started, None, HELD_VIP)  # no state file: a reboot
+    assert agent.verbs == []
 
     [row] = await Promotion.select()
     assert (row["master_at"], row["error"]) == (interrupted, promotion.INTERRUPTED)
-    answer = await imported(client)  # the new MASTER's own takeover is still running
-    assert (answer.status_code, answer.json()["error"]) == (503, "importing")
+    answer_now = await imported(client)  # the new MASTER's own takeover is still running
+    assert (answer_now.status_code, answer_now.json()["error"]) == (503, "importing")
 
 
-async def test_a_reader_that_starts_after_a_written_takeover_or_as_backup_writes_nothing(app):
+async def test_a_reader_restarted_on_the_active_node_tries_a_failed_takeover_again(client, app):
+    """The takeover failed (the agent was down); once the cause is fixed, restarting the reader
+    takes the replica over: the node still reports MASTER and holds the VIP."""
+    node_id = app.state.settings.node_id
+    master_at = await became(node_id, "MASTER")
+    async with fake_agent({"import_replica": Refusal("the agent is not ready")}) as agent:
+        await promotion.run_once(node_id, AgentClient(agent.path), master_at, "MASTER 100")
+    assert (await imported(client)).json()["error"] == "import failed"
+
+    async with fake_agent({"import_replica": answer(REPLICA, [])}) as agent:
+        await promotion.resume(node_id, dt.datetime.now(dt.UTC), AgentClient(agent.path), HELD_VIP)
+    assert agent.verbs == ["import_replica"]
+    assert (await imported(client)).json() == {"queue_ids": REPLICA}
+    assert [row["error"] == "" for row in await Promotion.select()] == [False, True]
+
+
+async def test_a_reader_that_starts_after_a_written_takeover_or_as_backup_does_nothing(app):
     node_id = app.state.settings.node_id
     master_at = await became(node_id, "MASTER")
     async with fake_agent({"import_replica": answer(REPLICA, [])}) as agent:
-        await promotion.run_once(node_id, AgentClient(agent.path), master_at, "MASTER 100")
-    await promotion.settle_interrupted(node_id, dt.datetime.now(dt.UTC))
-    await became(node_id, "BACKUP")
-    await promotion.settle_interrupted(node_id, dt.datetime.now(dt.UTC))
+        path = agent.path
+        await promotion.run_once(node_id, AgentClient(path), master_at, "MASTER 100")
+        await promotion.resume(node_id, dt.datetime.now(dt.UTC), AgentClient(path), HELD_VIP)
+        await became(node_id, "BACKUP")
+        await promotion.resume(node_id, dt.datetime.now(dt.UTC), AgentClient(path), HELD_VIP)
+    assert agent.verbs == ["import_replica"]
     assert [row["error"] for row in await Promotion.select()] == [""]
 
 
