@@ -28,6 +28,7 @@ TITLES = {
     "unprotected_mail": "Mail without a shadow copy",
     "both_master": "Both nodes MASTER",
     "mail_held": "Mail held for release",
+    "takeover_failed": "Takeover of the peer's queue failed",
     "tls_cert_expiring": "Certificate expiring",
     "spool_full": "Spool disk nearly full",
     "config_drift": "Config versions differ",
@@ -81,6 +82,7 @@ def evaluate(facts: Facts, limits: AlertSettings) -> list[Finding]:
         _unprotected(facts, this),
         _both_master(facts.view),
         _held(facts),
+        _takeover_failed(this),
         _certificate(facts, this, limits),
         _spool(this, limits),
         _config_drift(this),
@@ -211,6 +213,22 @@ def _held(facts: Facts) -> Finding | None:
         "delivered; release them on the dashboard",
         (str(facts.held),),
     )
+
+
+def _takeover_failed(this: Status) -> Finding | None:
+    vrrp = this.get("vrrp") or {}
+    if vrrp.get("state") is None:
+        return None
+    error = _get(vrrp, "promotion", "error")
+    if vrrp.get("state") == "MASTER" and error:
+        return Finding(
+            "takeover_failed",
+            True,
+            "this node is MASTER but did not take over the peer's queue (%s); that mail waits in "
+            "the replica: fix the cause, then restart mailrelay-vrrp-events here to try again",
+            (str(error),),
+        )
+    return Finding("takeover_failed", False, "no takeover of the peer's queue failed")
 
 
 def _certificate(facts: Facts, this: Status, limits: AlertSettings) -> Finding | None:

@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from app.agent.client import AgentClient
 from app.alerts import conditions, run
 from app.auth import tokens
-from app.db.tables import AppliedVersion, SyncRun, VrrpEvent
+from app.db.tables import AppliedVersion, Promotion, SyncRun, VrrpEvent
 from app.replication import reconcile
 from app.web.app import create_app
 from tests.clusterpeer import AGENT_STATUS, fake_agent, passive_slave, peer_settings, serve_https
@@ -326,6 +326,20 @@ async def _b_runs(w: World, number: int) -> None:
 
 
 Step = Callable[[World], Awaitable[None]]
+
+
+async def _takeover(world: World, error: str) -> None:
+    """Node a's takeover of b's queue, for its MASTER event: failed (`error`) or done."""
+    master = await (
+        VrrpEvent.select(VrrpEvent.at)
+        .where(VrrpEvent.node_id == "a")
+        .order_by(VrrpEvent.id, ascending=False)
+        .first()
+    )
+    at = master["at"]
+    await Promotion.insert(Promotion(node_id="a", master_at=at, finished_at=at, error=error))
+
+
 CASES: dict[str, tuple[Step, Step]] = {
     "sync_failing": (_failed_runs, _ok_run),
     "replication_lag": (lambda w: _ok_run(w, 3600), _ok_run),
@@ -335,6 +349,7 @@ CASES: dict[str, tuple[Step, Step]] = {
     "unprotected_mail": (lambda w: _milter(w, "not answering"), lambda w: _milter(w, "answering")),
     "both_master": (lambda w: _vrrp_b(w, "MASTER"), lambda w: _vrrp_b(w, "BACKUP")),
     "mail_held": (lambda w: _held(w, ["4dLq2G0001z1bc"]), lambda w: _held(w, [])),
+    "takeover_failed": (lambda w: _takeover(w, "the agent is down"), lambda w: _takeover(w, "")),
     "tls_cert_expiring": (lambda w: _cert_days(w, 5), lambda w: _cert_days(w, 90)),
     "spool_full": (lambda w: _spool(w, 1.0), lambda w: _spool(w, 100.0)),
     "config_drift": (lambda w: _b_runs(w, 1), lambda w: _b_runs(w, 2)),

@@ -112,6 +112,19 @@ def test_thresholds_of_queue_age_certificate_spool_drift_and_held_mail():
     assert judge(held=2)["mail_held"].active
 
 
+def test_a_master_whose_takeover_failed_says_why_and_how_to_try_again():
+    failed = changed(this__vrrp__promotion={"error": "importing the replica failed: x"})
+    found = judge(failed)["takeover_failed"]
+    assert found.active and found.values == ("importing the replica failed: x",)
+    assert "restart mailrelay-vrrp-events" in found.summary
+    running = changed(this__vrrp__promotion=None)
+    assert judge(running)["takeover_failed"].active is False  # not failed (yet)
+    backup = changed(this__vrrp={"state": "BACKUP", "promotion": {"error": "x"}})
+    assert judge(backup)["takeover_failed"].active is False
+    unknown = changed(this__vrrp={"state": None, "unknown": "no state yet"})
+    assert "takeover_failed" not in judge(unknown)
+
+
 def test_every_text_a_condition_can_say_is_translated():
     worst = changed(
         this__vip={"held": None},
@@ -136,5 +149,6 @@ def test_every_text_a_condition_can_say_is_translated():
     texts |= {judge(changed(this__queue__shadow_milter="not answering"))["unprotected_mail"].text}
     texts |= {judge(changed(vip_owners=["a", "b"]))["both_master"].text}
     texts |= {judge(changed(this__queue__messages=0))["queue_age"].text}
-    assert len(texts) == 20  # every text in app/alerts/conditions.py
+    texts |= {judge(changed(this__vrrp__promotion={"error": "x"}))["takeover_failed"].text}
+    assert len(texts) == 22  # every text in app/alerts/conditions.py
     assert sorted(t for t in texts | set(TITLES.values()) if t not in GERMAN) == []
