@@ -11,9 +11,11 @@ that happens, so a killed run never blocks the next one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +37,20 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 # The pauses of a writer that waits for a database that is down, the last one repeated: what it
 # holds exists only in its process until written (a VRRP event, a promotion's queue IDs).
 DATABASE_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
+
+
+async def pause_for_database(
+    log: logging.Logger,
+    attempt: int,
+    what: str,
+    error: BaseException,
+    pauses: tuple[float, ...] = DATABASE_RETRY_SECONDS,
+) -> None:
+    """Before a writer's try number attempt + 1: say what waits for the database, and wait."""
+    delay = pauses[min(attempt, len(pauses) - 1)]
+    log.warning("%s yet (%s); retrying in %s s", what, error, delay)
+    await asyncio.sleep(delay)
+
 
 # The queue-sync job's lock: one copy of the queue into the peer's replica at a time.
 QUEUE_SYNC = "queue-sync"

@@ -45,7 +45,7 @@ from typing import Any
 
 from app import logsetup
 from app.agent.client import AgentClient
-from app.cluster.locks import DATABASE_RETRY_SECONDS
+from app.cluster.locks import DATABASE_RETRY_SECONDS, pause_for_database
 from app.cluster.vrrp_table import VrrpEvent
 from app.replication import promotion, reconcile
 from app.settings import Settings, SettingsError, load_settings
@@ -230,16 +230,9 @@ async def _record(queue: asyncio.Queue[_Pending], node_id: str, in_flight: list[
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
+                what = f"cannot record {item.event.name} {item.event.state}"
+                await pause_for_database(log, attempt, what, exc, _RETRY_SECONDS)
                 attempt += 1
-                log.warning(
-                    "cannot record %s %s yet (%s); retrying in %s s",
-                    item.event.name,
-                    item.event.state,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
         in_flight.clear()
         queue.task_done()
 

@@ -16,7 +16,7 @@ import time
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.agent.protocol import ImportAnswer
-from app.cluster.locks import DATABASE_ERRORS, DATABASE_RETRY_SECONDS
+from app.cluster.locks import DATABASE_ERRORS, DATABASE_RETRY_SECONDS, pause_for_database
 from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import Promotion, QueueImport, VrrpEvent
 
@@ -105,16 +105,9 @@ async def _record(
                 )
             return
         except DATABASE_ERRORS as exc:
-            delay = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
-            attempt += 1
-            log.warning(
-                "promotion: cannot record the takeover of %d messages yet (%s); retrying in %s s",
-                len(imported),
-                exc,
-                delay,
-            )
+            what = f"promotion: cannot record the takeover of {len(imported)} messages"
             try:
-                await asyncio.sleep(delay)
+                await pause_for_database(log, attempt, what, exc, _RETRY_SECONDS)
             except asyncio.CancelledError:
                 # Stopped before the database came back: name what the peer cannot be told.
                 log.error(
@@ -124,6 +117,7 @@ async def _record(
                     " ".join(imported) or "none",
                 )
                 raise
+            attempt += 1
 
 
 async def finished(node_id: str, master_at: dt.datetime) -> Promotion | None:
