@@ -6,6 +6,8 @@ the same log, and how soon a delivered message shows in message tracking while P
 machine falls on all of them, and reports medians. Each ingestion round runs in its own process
 (`once` below) against a fresh database made from a migrated template, and times `run_once` alone
 (as the job's unit runs it, less the interpreter's start); pflogsumm is timed as a whole command.
+Both parts' PostgreSQL keeps a node's durability (fsync, full-page writes and synchronous commit
+on, Debian's defaults), unlike the test suite's: what a commit waits for is part of the cost.
 `--before DIR` adds a third reader: the ingestion of another checkout (e.g. main), for a before
 and after from one run.
 """
@@ -106,7 +108,7 @@ def bench_logs(quick: bool, before: Path | None = None) -> None:
     readers = {"ours": ROOT}
     if before is not None:
         readers = {"before": before.resolve(), **readers}
-    cluster = PostgresCluster().start()
+    cluster = PostgresCluster(durable=True).start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     times: dict[str, list[float]] = {name: [] for name in [*readers, "pflogsumm"]}
     # CPU seconds: on a shared machine the wall clock also counts the neighbours' work, and
@@ -294,7 +296,7 @@ def _freshness(checkout: Path, rate: int, seconds: int, timer: bool) -> dict[str
     from tests.pgcluster import PostgresCluster
 
     total = rate * seconds
-    cluster = PostgresCluster().start()
+    cluster = PostgresCluster(durable=True).start()
     workdir = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
     log, state = workdir / "postfix.log", workdir / "state"
     log.touch()

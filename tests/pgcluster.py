@@ -22,7 +22,9 @@ from types import TracebackType
 
 __all__ = ["PostgresCluster", "find_pg_bin"]
 
-_SERVER_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+# The test suite's server need not survive a crash; a benchmark that times writes asks for
+# the durability of a node's PostgreSQL (durable=True: the server's defaults).
+_NOT_DURABLE = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -64,8 +66,9 @@ def _tail(path: Path, lines: int = 40) -> str:
 class PostgresCluster:
     """A private PostgreSQL server on 127.0.0.1 in a temporary directory."""
 
-    def __init__(self, pg_bin: str | None = None) -> None:
+    def __init__(self, pg_bin: str | None = None, durable: bool = False) -> None:
         self.pg_bin: str = pg_bin or find_pg_bin()
+        self.durable = durable
         self.base_dir: Path | None = None
         self.port: int | None = None
         self.host: str = "127.0.0.1"
@@ -156,7 +159,7 @@ class PostgresCluster:
             self.port = _free_port()
             options = (
                 f"-c listen_addresses={self.host} -p {self.port} -k {self._base()} "
-                f"{_SERVER_OPTIONS}"
+                f"{'' if self.durable else _NOT_DURABLE}"
             )
             result = self._run(
                 self._server_cmd(
