@@ -93,16 +93,6 @@ async def _set_state(session_id: int, **values: Any) -> None:
     )
 
 
-async def session_stage(session_id: int) -> str | None:
-    """What the session still lacks: VERIFY, ENROL, or None when it is fully logged in."""
-    row = (
-        await SessionSecondFactor.select(SessionSecondFactor.stage)
-        .where(SessionSecondFactor.session == session_id)
-        .first()
-    )
-    return row["stage"] if row else None
-
-
 async def start_login(token: str) -> str | None:
     """Right after a correct password: mark the new session as waiting for the second factor
     when the user has one (VERIFY) or the role requires one (ENROL); return that stage."""

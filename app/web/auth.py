@@ -82,16 +82,16 @@ class CallerMiddleware(AbstractAuthenticationMiddleware):
             return AuthenticationResult(user=principal, auth=principal)
         token = connection.cookies.get(COOKIE_NAME)
         settings = connection.app.state.settings
-        user = (
+        loaded = (
             await sessions.load_session(
                 token, settings.session_idle_minutes, settings.session_max_hours
             )
             if token
             else None
         )
-        if user is None:
+        if loaded is None:
             raise NotAuthorizedException("Please log in.")
-        stage = await mfa.session_stage(user.session_id)
+        user, stage = loaded
         return AuthenticationResult(user=user, auth=SessionAuth(user.session_id, stage))
 
 
