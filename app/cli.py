@@ -47,9 +47,10 @@ async def check_database(dsn: str) -> None:
 def _run_db(work: Callable[[], Awaitable[Any]]) -> Any:
     async def wrapped() -> Any:
         await check_database(os.environ["DATABASE_URL"])
+        from app.db import pool
         from app.piccolo_conf import DB
 
-        await DB.start_connection_pool(min_size=1, max_size=2)
+        await pool.start(min_size=1, max_size=2)
         try:
             return await work()
         finally:
@@ -458,12 +459,13 @@ def cmd_queue_sync(args: argparse.Namespace) -> None:
     from app.replication import queuesync
 
     settings = _settings()
+    from app.db import pool
     from app.piccolo_conf import DB
 
     async def connect() -> None:
         # Short: a run waits for this before it copies, and a database that cannot answer
         # in seconds is treated as down (the run copies and spools its record).
-        await DB.start_connection_pool(min_size=1, max_size=2, timeout=5)
+        await pool.start(min_size=1, max_size=2, timeout=5)
 
     async def work() -> queuesync.SyncResult:
         # Not _run_db: the VIP check comes first, and a run goes on when the database is down.

@@ -102,11 +102,12 @@ def settings() -> Any:
 async def app(settings: Any) -> AsyncIterator[Any]:
     """The app, with what its startup hook does (pool; first admin per test in clean_db) done
     here in the tests' event loop: Litestar's lifespan task group cannot span fixture tasks."""
+    from app.db import pool
     from app.piccolo_conf import DB
     from app.web.app import create_app
 
     application = create_app(settings)
-    await DB.start_connection_pool(min_size=1, max_size=10)
+    await pool.start(min_size=1, max_size=10)
     yield application
     await DB.close_connection_pool()
 

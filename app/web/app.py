@@ -30,6 +30,7 @@ from app.agent.client import AgentClient
 from app.auth.mfa import SecondFactorPending
 from app.config.service import NotFound
 from app.crypto import SecretBox, ensure_secret_key
+from app.db import pool
 from app.messages import Message
 from app.piccolo_conf import DB
 from app.settings import Settings
@@ -145,7 +146,7 @@ def create_app(settings: Settings) -> Litestar:
     csrf_secret = hashlib.sha256(b"csrf:" + settings.secret_key_file.read_bytes()).hexdigest()
 
     async def on_startup(app: Litestar) -> None:
-        await DB.start_connection_pool(min_size=1, max_size=10)
+        await pool.start(min_size=1, max_size=10)
 
     async def on_shutdown(app: Litestar) -> None:
         await DB.close_connection_pool()

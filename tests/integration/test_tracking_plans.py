@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from app import reports
+from app.db import pool
 from app.db.tables import MailLog
 from app.jobs import retention
 from app.settings import Settings
@@ -106,7 +107,7 @@ async def plans(request: pytest.FixtureRequest, seeded: None) -> AsyncIterator[s
         if engine.pool is not None:
             sizes = engine.pool.get_min_size(), engine.pool.get_max_size()
             await engine.close_connection_pool()
-            await engine.start_connection_pool(min_size=sizes[0], max_size=sizes[1])
+            await pool.start(min_size=sizes[0], max_size=sizes[1])
 
 
 @pytest.mark.parametrize(
