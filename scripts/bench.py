@@ -267,11 +267,11 @@ def bench_freshness(quick: bool, before: Path | None = None) -> None:
 # -- gui --------------------------------------------------------------------------------------
 
 
-def bench_gui(quick: bool) -> None:
+def bench_gui(quick: bool, before: Path | None = None) -> None:
     """Dashboard, tracking and audit latency at 10M mail_logs rows (scripts/bench_gui.py)."""
     import bench_gui
 
-    bench_gui.bench_gui(quick)
+    bench_gui.bench_gui(quick, before)
 
 
 def bench_gui_layouts(quick: bool) -> None:
@@ -330,10 +330,15 @@ def main() -> None:
         "--before",
         type=Path,
         metavar="CHECKOUT",
-        help="logs, freshness, shadow-cpu: also measure this checkout (e.g. /work/main)",
+        help="logs, freshness, gui, shadow-cpu: also measure this checkout (e.g. /work/main)",
     )
     args = parser.parse_args()
-    with_before = {"logs": bench_logs, "freshness": bench_freshness, "shadow-cpu": bench_shadow_cpu}
+    with_before = {
+        "logs": bench_logs,
+        "freshness": bench_freshness,
+        "gui": bench_gui,
+        "shadow-cpu": bench_shadow_cpu,
+    }
     if args.before is not None:
         if args.part not in with_before:
             parser.error(f"--before applies to these parts only: {', '.join(with_before)}")

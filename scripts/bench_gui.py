@@ -362,15 +362,17 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, ssl.SSLContext]]:
-    """`mailrelay serve` in its own process; yields its URL and a context that trusts its
-    self-signed certificate (made at start in STATE_DIR)."""
+def serving(
+    env: dict[str, str], workdir: Path, checkout: Path = ROOT
+) -> Iterator[tuple[str, ssl.SSLContext]]:
+    """`mailrelay serve` of `checkout` in its own process; yields its URL and a context that
+    trusts its self-signed certificate (made at start in STATE_DIR)."""
     log_file = workdir / "serve.log"
     with log_file.open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve"],
-            env=env,
-            cwd=ROOT,
+            env=env | {"PYTHONPATH": str(checkout)},
+            cwd=checkout,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -501,6 +503,45 @@ async def measure_pages(
     return results
 
 
+# Per page, each server in this order, twice: each runs first as often as last, so that drift on
+# a shared machine falls on both.
+SIDE_BY_SIDE_ORDER = (0, 1, 1, 0) * 2
+
+
+async def side_by_side(
+    servers: dict[str, tuple[str, ssl.SSLContext]], measured: list[Page], sizes: Sizes
+) -> list[dict[str, Any]]:
+    """Two servers (whose user has had its first login) page by page, alternated: per page
+    and server, `sizes.requests` requests in quarters, each after a warm-up of the page.
+    Per page: its name, label and, per server, its requests and latency_summary."""
+    names = list(servers)
+    clients: dict[str, list[httpx.AsyncClient]] = {}
+    try:
+        for name, (url, context) in servers.items():
+            clients[name] = [await logged_in(url, context) for _ in range(sizes.clients)]
+        results = []
+        for page in measured:
+            latencies: dict[str, list[float]] = {name: [] for name in names}
+            for name in (names[index] for index in SIDE_BY_SIDE_ORDER):
+                await asyncio.gather(*(timed_get(c, page) for c in clients[name]))
+                got, _ = await load_page(clients[name], page, sizes.requests // 4)
+                latencies[name] += got
+            row: dict[str, Any] = {"page": page.name, "label": page.label}
+            for name, values in latencies.items():
+                row[name] = {"requests": len(values), **latency_summary(values)}
+            print(
+                f"  {page.name}: p95 "
+                + ", ".join(f"{row[name]['p95_ms']:.0f} ms {name}" for name in names),
+                flush=True,
+            )
+            results.append(row)
+        return results
+    finally:
+        for each in clients.values():
+            for client in each:
+                await client.aclose()
+
+
 async def measure_queries(dsn: str, targets: dict[str, str], runs: int) -> list[dict[str, Any]]:
     """The app's own query functions behind the pages, called alone from this process, one at a
     time: what the database costs, without HTTP, sessions and templates."""
@@ -550,7 +591,9 @@ def terminated(signum: int, frame: Any) -> None:
     sys.exit(128 + signum)
 
 
-def bench_gui(quick: bool) -> None:
+def bench_gui(quick: bool, before: Path | None = None) -> None:
+    """The pages and the queries alone; with `before` (a checkout), its server beside this
+    one's on the same database, the two alternated page by page (side_by_side)."""
     from tests.pgcluster import PostgresCluster
 
     # A plain `kill` ends the run through the finally blocks: no server or cluster left behind.
@@ -580,14 +623,36 @@ def bench_gui(quick: bool) -> None:
         targets = asyncio.run(search_targets(dsn))
         measured = pages(targets)
         print(f"{sizes.clients} clients, {sizes.requests} requests per page", flush=True)
-        with serving(env, workdir) as (url, context):
-            page_results = asyncio.run(measure_pages(url, context, measured, sizes))
+        if before is None:
+            with serving(env, workdir) as (url, context):
+                page_results = asyncio.run(measure_pages(url, context, measured, sizes))
+        else:
+            page_results = asyncio.run(_before_and_now(env, workdir, before, measured, sizes))
         print("the queries alone", flush=True)
         query_results = asyncio.run(measure_queries(dsn, targets, runs=5))
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report(sizes, setup, targets, page_results, query_results)
+    report(sizes, setup, targets, page_results, query_results, before)
+
+
+async def _before_and_now(
+    env: dict[str, str], workdir: Path, before: Path, measured: list[Page], sizes: Sizes
+) -> list[dict[str, Any]]:
+    (workdir / "before").mkdir()
+    before_env = env | {
+        "STATE_DIR": str(workdir / "before" / "state"),
+        "HTTPS_PORT": str(_free_port()),
+    }
+    with contextlib.ExitStack() as stack:
+        servers = {
+            "before": stack.enter_context(
+                serving(before_env, workdir / "before", before.resolve())
+            ),
+            "now": stack.enter_context(serving(env, workdir)),
+        }
+        await first_login(*servers["now"])  # one user in the one database
+        return await side_by_side(servers, measured, sizes)
 
 
 def _ms(value: float) -> str:
@@ -600,25 +665,40 @@ def report(
     targets: dict[str, str],
     page_results: list[dict[str, Any]],
     query_results: list[dict[str, Any]],
+    before: Path | None = None,
 ) -> None:
-    rows = [
-        [
-            r["page"],
-            r["requests"],
-            _ms(r["p50_ms"]),
-            _ms(r["p95_ms"]),
-            _ms(r["max_ms"]),
-            f"{r['requests_per_s']:.1f}",
-        ]
-        for r in page_results
-    ]
-    text = table(
+    title = (
         f"GUI pages over HTTPS with {sizes.mail_logs:,} mail_logs, {sizes.rejection_logs:,} "
         f"rejection_logs and {sizes.audit_log:,} audit_log rows; {sizes.clients} concurrent "
-        "clients in another process than the server",
-        ["page", "requests", "p50 ms", "p95 ms", "max ms", "requests/s"],
-        rows,
+        "clients in another process than the server"
     )
+    if before is None:
+        text = table(
+            title,
+            ["page", "requests", "p50 ms", "p95 ms", "max ms", "requests/s"],
+            [
+                [r["page"], r["requests"], _ms(r["p50_ms"]), _ms(r["p95_ms"]), _ms(r["max_ms"]),
+                 f"{r['requests_per_s']:.1f}"]
+                for r in page_results
+            ],
+        )  # fmt: skip
+        bars = {name: [r[f"{name}_ms"] for r in page_results] for name in ("p50", "p95")}
+    else:
+        text = table(
+            f"{title}; the server of {before} (before) and of this checkout (now) on the same "
+            "database, each page on each in the order now, before, before, now, twice",
+            ["page", "requests each", "before p50 ms", "before p95 ms", "now p50 ms",
+             "now p95 ms", "p95 now / before"],
+            [
+                [r["page"], r["now"]["requests"], _ms(r["before"]["p50_ms"]),
+                 _ms(r["before"]["p95_ms"]), _ms(r["now"]["p50_ms"]), _ms(r["now"]["p95_ms"]),
+                 f"{r['now']['p95_ms'] / r['before']['p95_ms']:.2f}"]
+                for r in page_results
+            ],
+        )  # fmt: skip
+        bars = {
+            f"p95 {name}": [r[name]["p95_ms"] for r in page_results] for name in ("before", "now")
+        }
     text += "\n\n" + table(
         "The query code behind the pages, alone (one call at a time, no HTTP or templates)",
         ["query", "runs", "p50 ms", "max ms"],
@@ -640,15 +720,13 @@ def report(
         "setup": setup,
         "targets": targets,
         "pages": page_results,
+        "before": str(before) if before else None,
         "queries_alone": query_results,
     }
     chart = svg_bars(
         f"GUI page latency, {sizes.mail_logs:,} mail_logs rows, {sizes.clients} clients",
         [r["label"] for r in page_results],
-        {
-            "p50": [r["p50_ms"] for r in page_results],
-            "p95": [r["p95_ms"] for r in page_results],
-        },
+        bars,
         "ms",
     )
     save("gui", data, chart, text)

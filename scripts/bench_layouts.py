@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from bench import save, svg_bars, table
 from bench_gui import (
     FIRST_PASSWORD,
@@ -30,52 +29,24 @@ from bench_gui import (
     cli,
     first_login,
     generate,
-    latency_summary,
-    load_page,
-    logged_in,
     node_env,
     pages,
     search_targets,
     serving,
+    side_by_side,
     terminated,
-    timed_get,
 )
 from bench_retention import copy_database, plain_tables, vacuum_analyze
 
 LAYOUTS = {"parted": "day partitions (now)", "plain": "plain tables (before)"}
-ORDER = ["parted", "plain", "plain", "parted"]  # per page, twice
 
 
 async def _side_by_side(
     servers: dict[str, tuple[str, ssl.SSLContext]], measured: list[Page], sizes: Sizes
 ) -> list[dict[str, Any]]:
-    clients: dict[str, list[httpx.AsyncClient]] = {}
-    try:
-        for layout, (url, context) in servers.items():
-            await first_login(url, context)
-            clients[layout] = [await logged_in(url, context) for _ in range(sizes.clients)]
-        results = []
-        for page in measured:
-            latencies: dict[str, list[float]] = {layout: [] for layout in servers}
-            for layout in ORDER * 2:
-                # Warm-up of this page on this layout, then a quarter of the requests.
-                await asyncio.gather(*(timed_get(c, page) for c in clients[layout]))
-                got, _ = await load_page(clients[layout], page, sizes.requests // 4)
-                latencies[layout] += got
-            row: dict[str, Any] = {"page": page.name, "label": page.label}
-            for layout, values in latencies.items():
-                row[layout] = {"requests": len(values), **latency_summary(values)}
-            print(
-                f"  {page.name}: p95 {row['plain']['p95_ms']:.0f} ms plain, "
-                f"{row['parted']['p95_ms']:.0f} ms partitions",
-                flush=True,
-            )
-            results.append(row)
-        return results
-    finally:
-        for each in clients.values():
-            for client in each:
-                await client.aclose()
+    for url, context in servers.values():  # two databases, a user in each
+        await first_login(url, context)
+    return await side_by_side(servers, measured, sizes)
 
 
 def bench_gui_layouts(quick: bool) -> None:
