@@ -241,10 +241,13 @@ async def search_messages(
     # out of order (4, for spinning disks) makes even a plan made for the address prefer, in
     # the day the application stopped, the (at) index, whose rows lie in the order they were
     # written (13 ms against 0.6 ms at 10 million rows); the log's recent days are in memory
-    # or on SSD, where such a read costs about what reading the next page does.
+    # or on SSD, where such a read costs about what reading the next page does. Both in one
+    # statement (set_config(..., true) is SET LOCAL): a round trip less per search.
     async with MailLog._meta.db.transaction():
-        await MailLog.raw("SET LOCAL plan_cache_mode = force_custom_plan")
-        await MailLog.raw("SET LOCAL random_page_cost = 1.1")
+        await MailLog.raw(
+            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+            "set_config('random_page_cost', '1.1', true)"
+        )
         return await query
 
 
