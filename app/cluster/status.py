@@ -23,6 +23,7 @@ from typing import Any
 
 from app import reports
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
+from app.agent.protocol import PostfixStatus
 from app.cluster import configstate, health
 from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
 from app.cluster.vip import VipCheckError, vip_held
@@ -130,20 +131,33 @@ async def _vip(settings: Settings, agent: AgentClient) -> Status:
     return {"address": address, "held": bool(held)}
 
 
-async def _queue(agent: AgentClient) -> Status:
-    unknown = {
-        "messages": None,
-        "deferred": None,
-        "replica_files": None,
-        "replica_bytes": None,
-        "shadow_stored": None,
-        "shadow_unprotected_total": None,
-        "shadow_milter": None,
-    }
+# The agent's status, or None and why there is none (agent_status).
+AgentAnswer = tuple[PostfixStatus | None, str | None]
+
+
+async def agent_status(agent: AgentClient) -> AgentAnswer:
+    """The agent's status within AGENT_TIMEOUT, or None and why there is none."""
     try:
-        state = await asyncio.wait_for(agent.status(), AGENT_TIMEOUT)
+        return await asyncio.wait_for(agent.status(), AGENT_TIMEOUT), None
     except (AgentUnavailable, AgentRefused, TimeoutError) as exc:
-        return unknown | {"unknown": _agent_error(exc)}
+        return None, _agent_error(exc)
+
+
+async def _queue(agent: AgentClient, answer: AgentAnswer | None = None) -> Status:
+    """The queue and replica figures of the agent's status: `answer` when the caller asked
+    for it already, else asked now."""
+    state, error = answer if answer is not None else await agent_status(agent)
+    if state is None:
+        return {
+            "messages": None,
+            "deferred": None,
+            "replica_files": None,
+            "replica_bytes": None,
+            "shadow_stored": None,
+            "shadow_unprotected_total": None,
+            "shadow_milter": None,
+            "unknown": error,
+        }
     replica = state.get("replica") or {}
     # The peer's shadow copies held here, and this node's mail accepted without one.
     shadow = state.get("shadow") or {}
@@ -373,12 +387,16 @@ def with_messages(node: Status) -> Status:
 TRAFFIC_FIGURES = ("accepted", "delivered", "deferred", "bounced", "rejected")
 
 
-async def node_traffic(settings: Settings, agent: AgentClient, retention_days: int) -> Status:
+async def node_traffic(
+    settings: Settings, agent: AgentClient, retention_days: int, answer: AgentAnswer | None = None
+) -> Status:
     """This node's figures for the dashboard's windows (last hour, 24 hours, `retention_days`
-    days: reports.kpi_tiles, from log_totals), and its deferred queue now. A deferral counted
-    in a window happened; whether the mail still waits is the queue's to say (after a failover
-    the peer may have delivered it, and this node's reconcile deleted its copy)."""
-    windows, queue = await asyncio.gather(reports.kpi_tiles(retention_days), _queue(agent))
+    days: reports.kpi_tiles, from log_totals), and its deferred queue now (from `answer`, the
+    agent's status when the caller has it: the agent runs one verb at a time, and each status
+    runs Postfix's commands and counts the queue). A deferral counted in a window happened;
+    whether the mail still waits is the queue's to say (after a failover the peer may have
+    delivered it, and this node's reconcile deleted its copy)."""
+    windows, queue = await asyncio.gather(reports.kpi_tiles(retention_days), _queue(agent, answer))
     part: Status = {
         "node_id": settings.node_id,
         "at": dt.datetime.now(dt.UTC).isoformat(),

@@ -196,6 +196,23 @@ async def test_a_shadow_milter_that_does_not_answer_is_an_alert_on_the_dashboard
         assert 'id="shadow-milter-down"' not in (await client.get("/")).text
 
 
+async def test_the_dashboard_asks_the_agent_for_its_status_once_a_page(app, login_as, monkeypatch):
+    """The queue panel and this node's traffic tile both show the agent's status; the agent runs
+    one verb at a time, and each status runs Postfix's commands and counts the queue."""
+    from app.agent.client import AgentClient
+    from tests.clusterpeer import AGENT_STATUS, fake_agent
+
+    client = await login_as("readonly")
+    async with fake_agent({"status": AGENT_STATUS}) as agent:
+        monkeypatch.setattr(app.state, "agent", AgentClient(agent.path))
+        page = (await client.get("/")).text
+    assert agent.verbs == ["status"]
+    # Both parts of the page show what that one answer said.
+    assert "Postfix 3.7.11" in page
+    deferred_now = page.split('id="deferred-now"')[1].split("</table>")[0]
+    assert '<td class="this">4</td>' in deferred_now
+
+
 async def test_a_window_starts_at_the_five_minute_period_that_holds_its_start():
     """The last hour is the log_totals periods from the one holding `now - 1 h` on: 60 to 65
     minutes, whole periods only."""

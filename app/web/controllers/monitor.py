@@ -12,12 +12,10 @@ from litestar import Controller, Request, get
 from litestar.response import Template
 
 from app import reports
-from app.agent.client import AgentRefused, AgentUnavailable
 from app.alerts import state as alert_state
 from app.auth.sessions import SessionUser
 from app.cluster import configstate, status
 from app.config import service
-from app.messages import message_of
 from app.replication import reconcile
 from app.web.views import is_htmx, page
 
@@ -30,13 +28,12 @@ class Monitor(Controller):
     @get("/")
     async def dashboard(self, request: Req) -> Template:
         settings = request.app.state.settings
-        try:
-            postfix = await request.app.state.agent.status()
-            postfix_error = None
-        except (AgentUnavailable, AgentRefused) as exc:
-            postfix, postfix_error = None, message_of(exc)
+        agent = request.app.state.agent
+        # Once for the page: the queue panel and this node's traffic both show it.
+        postfix, postfix_error = answer = await status.agent_status(agent)
         traffic = await reports.hourly_traffic()
-        last = (postfix or {}).get("shadow", {}).get("last_unprotected_at")
+        shadow = postfix.get("shadow") if postfix else None
+        last = shadow.get("last_unprotected_at") if shadow else None
         return page(
             request,
             "dashboard/page.html",
@@ -44,9 +41,7 @@ class Monitor(Controller):
             alerts=await alert_state.active(settings.node_id),
             utc=dt.UTC,
             # The peer's figures come in a fragment loaded after the page (GET /dashboard/traffic).
-            this=await status.node_traffic(
-                settings, request.app.state.agent, settings.retention_days
-            ),
+            this=await status.node_traffic(settings, agent, settings.retention_days, answer),
             peer=None,
             total={},
             rejects=await reports.recent_rejects(),
