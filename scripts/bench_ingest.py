@@ -69,9 +69,16 @@ def once() -> None:
 
     settings = load_settings()
 
+    try:  # the pool as the job opens it (app.db.pool, since 2026-12-06)
+        from app.db.pool import start
+    except ImportError:  # a checkout from before it (--before)
+
+        async def start(min_size: int, max_size: int, **options: object) -> None:
+            await DB.start_connection_pool(min_size=min_size, max_size=max_size, **options)
+
     async def run() -> dict[str, Any]:
         # Both connections up front, so that the backends counted are all the run uses.
-        await DB.start_connection_pool(min_size=2, max_size=2)
+        await start(min_size=2, max_size=2)
         try:
             rows = await ingest.LogCursor.raw(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
