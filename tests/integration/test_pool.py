@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.db import pool
 from app.db.tables import LoginThrottle
 from app.piccolo_conf import DB
 
@@ -22,7 +21,6 @@ async def test_the_pool_hands_connections_back_without_a_reset_query(app: Any) -
         assert await connection.fetchval("SELECT pg_backend_pid()") == backend
         assert await connection.fetchval("SHOW work_mem") == "1234kB"
         await connection.execute("RESET work_mem")
-    assert DB.pool._reset is pool.keep_session
 
 
 async def test_a_transaction_left_open_is_rolled_back_when_its_connection_goes_back(
