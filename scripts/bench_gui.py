@@ -645,6 +645,7 @@ async def _before_and_now(
         "HTTPS_PORT": str(_free_port()),
     }
     with contextlib.ExitStack() as stack:
+        # In this order: side_by_side starts each page with the first, before.
         servers = {
             "before": stack.enter_context(
                 serving(before_env, workdir / "before", before.resolve())
@@ -686,7 +687,7 @@ def report(
     else:
         text = table(
             f"{title}; the server of {before} (before) and of this checkout (now) on the same "
-            "database, each page on each in the order now, before, before, now, twice",
+            "database, each page on each in the order before, now, now, before, twice",
             ["page", "requests each", "before p50 ms", "before p95 ms", "now p50 ms",
              "now p95 ms", "p95 now / before"],
             [
