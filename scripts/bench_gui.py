@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,13 +208,18 @@ async def _spread(conns: list[asyncpg.Connection], statements: list[str]) -> Non
     await asyncio.gather(*(worker(conn) for conn in conns))
 
 
-async def generate(dsn: str, sizes: Sizes, days: int = RETENTION_DAYS) -> dict[str, float]:
-    """Fill the log tables with `days` of a relay's mail up to now, fast: the tables' secondary
-    indexes (the app's own, as its migrations made them) are dropped for the bulk insert and
-    built again afterwards from their definitions; the triggers that keep log_totals are off
-    for the insert and the totals are counted once (log_totals_rebuild(), as the migration
-    does); then VACUUM ANALYZE, which autovacuum would long have done on a running node."""
-    tables = ["mail_logs", "rejection_logs", "audit_log"]
+# The tables the pages read that a run fills; another checkout's schema gets the same rows.
+FILLED = ["mail_logs", "rejection_logs", "audit_log"]
+
+
+async def _bulk_load(
+    dsn: str, fill: Callable[[list[asyncpg.Connection]], Awaitable[None]]
+) -> dict[str, float]:
+    """Fill FILLED fast: their secondary indexes (the app's own, as its migrations made them)
+    are dropped for `fill` and built again afterwards from their definitions; the triggers that
+    keep log_totals are off during `fill` and the totals are counted once (log_totals_rebuild(),
+    as the migration does); then VACUUM ANALYZE, which autovacuum would long have done on a
+    running node."""
     # One connection per core: each INSERT ... SELECT or CREATE INDEX keeps one core busy.
     conns = [await asyncpg.connect(dsn) for _ in range(max(2, os.cpu_count() or 2))]
     timings: dict[str, float] = {}
@@ -223,11 +228,36 @@ async def generate(dsn: str, sizes: Sizes, days: int = RETENTION_DAYS) -> dict[s
             await conn.execute("SET maintenance_work_mem = '512MB'")
             # No user triggers (we are the superuser of a throwaway cluster).
             await conn.execute("SET session_replication_role = replica")
-        indexes = await conns[0].fetch(INDEXES_SQL, tables)
+        indexes = await conns[0].fetch(INDEXES_SQL, FILLED)
         for index in indexes:
             await conns[0].execute(f'DROP INDEX "{index["indexname"]}"')
 
         started = time.perf_counter()
+        await fill(conns)
+        timings["insert_s"] = _lap("rows inserted", started)
+
+        started = time.perf_counter()
+        # A partitioned table's index reads "ON ONLY", which would build it on no partition.
+        await _spread(conns, [index["indexdef"].replace(" ON ONLY ", " ON ") for index in indexes])
+        timings["indexes_s"] = _lap("indexes built", started)
+
+        started = time.perf_counter()
+        await conns[0].execute("SELECT log_totals_rebuild()")
+        timings["totals_s"] = _lap("log_totals rebuilt", started)
+
+        started = time.perf_counter()
+        await _spread(conns, [f"VACUUM ANALYZE {name}" for name in [*FILLED, "log_totals"]])
+        timings["vacuum_analyze_s"] = _lap("vacuum analyze", started)
+    finally:
+        for conn in conns:
+            await conn.close()
+    return timings
+
+
+async def generate(dsn: str, sizes: Sizes, days: int = RETENTION_DAYS) -> dict[str, float]:
+    """Fill the log tables with `days` of a relay's mail up to now (_bulk_load)."""
+
+    async def fill(conns: list[asyncpg.Connection]) -> None:
         span = days * 86400 - 600  # the oldest row is 10 minutes inside the window
         start = await conns[0].fetchval("SELECT now() - make_interval(secs => $1)", span)
         stopped = sizes.mail_logs // 200
@@ -246,24 +276,91 @@ async def generate(dsn: str, sizes: Sizes, days: int = RETENTION_DAYS) -> dict[s
             REJECTION_LOGS_SQL, sizes.rejection_logs, start, span / sizes.rejection_logs
         )
         await conns[0].execute(AUDIT_LOG_SQL, sizes.audit_log, 365 * 86400 / sizes.audit_log)
-        timings["insert_s"] = _lap("rows inserted", started)
 
-        started = time.perf_counter()
-        # A partitioned table's index reads "ON ONLY", which would build it on no partition.
-        await _spread(conns, [index["indexdef"].replace(" ON ONLY ", " ON ") for index in indexes])
-        timings["indexes_s"] = _lap("indexes built", started)
+    return await _bulk_load(dsn, fill)
 
-        started = time.perf_counter()
-        await conns[0].execute("SELECT log_totals_rebuild()")
-        timings["totals_s"] = _lap("log_totals rebuilt", started)
 
-        started = time.perf_counter()
-        await _spread(conns, [f"VACUUM ANALYZE {name}" for name in [*tables, "log_totals"]])
-        timings["vacuum_analyze_s"] = _lap("vacuum analyze", started)
-    finally:
-        for conn in conns:
-            await conn.close()
-    return timings
+COLUMNS_SQL = (
+    "SELECT column_name FROM information_schema.columns "
+    "WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position"
+)
+
+
+async def copy_rows(source_dsn: str, target_dsn: str) -> dict[str, float]:
+    """The rows of FILLED, ids included, from one database into another whose schema another
+    checkout's migrations made (before the day partitions the log tables were plain): in the
+    columns both have, as text (a column's type may differ, serial against bigserial), each
+    table in id ranges, one per connection (_bulk_load)."""
+
+    async def fill(targets: list[asyncpg.Connection]) -> None:
+        sources = [await asyncpg.connect(source_dsn) for _ in targets]
+        try:
+            for name in FILLED:
+                wanted = {row[0] for row in await sources[0].fetch(COLUMNS_SQL, name)}
+                columns = [
+                    row[0] for row in await targets[0].fetch(COLUMNS_SQL, name)
+                    if row[0] in wanted
+                ]  # fmt: skip
+                low, high = await sources[0].fetchrow(
+                    f"SELECT min(id), max(id) FROM {name}"  # noqa: S608
+                )
+                if low is None:
+                    continue
+                step = (high - low) // len(targets) + 1
+                await asyncio.gather(
+                    *(
+                        _copy_range(source, target, name, columns, low + k * step, step)
+                        for k, (source, target) in enumerate(zip(sources, targets, strict=True))
+                    )
+                )
+                counts = [
+                    await conn.fetchval(f"SELECT count(*) FROM {name}")  # noqa: S608
+                    for conn in (sources[0], targets[0])
+                ]
+                if counts[0] != counts[1]:
+                    raise RuntimeError(f"{name}: {counts[1]} of {counts[0]} rows copied")
+                # The app adds audit entries: its ids must follow the copied ones.
+                await targets[0].execute(
+                    f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), {high})"
+                )
+        finally:
+            for source in sources:
+                await source.close()
+
+    return await _bulk_load(target_dsn, fill)
+
+
+async def _copy_range(
+    source: asyncpg.Connection,
+    target: asyncpg.Connection,
+    name: str,
+    columns: list[str],
+    first: int,
+    count: int,
+) -> None:
+    """The rows of `name` with ids from `first` to first + count - 1, streamed from one COPY
+    into the other."""
+    chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+    names = ", ".join(columns)
+
+    async def read() -> None:
+        try:
+            await source.copy_from_query(
+                f"SELECT {names} FROM {name} WHERE id >= $1 AND id < $2",  # noqa: S608
+                first,
+                first + count,
+                output=chunks.put,
+            )
+        finally:
+            await chunks.put(None)
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+
+    async with asyncio.TaskGroup() as both:  # one failing stops the other
+        both.create_task(read())
+        both.create_task(target.copy_to_table(name, source=stream(), columns=columns))
 
 
 async def search_targets(dsn: str) -> dict[str, str]:
@@ -347,11 +444,12 @@ def node_env(dsn: str, workdir: Path) -> dict[str, str]:
     }
 
 
-def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
+def cli(env: dict[str, str], *args: str, stdin: str | None = None, checkout: Path = ROOT) -> None:
+    """`mailrelay ARGS` of `checkout`."""
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
-        env=env,
-        cwd=ROOT,
+        env=env | {"PYTHONPATH": str(checkout)},
+        cwd=checkout,
         input=stdin,
         capture_output=True,
         text=True,
@@ -548,6 +646,7 @@ async def measure_queries(dsn: str, targets: dict[str, str], runs: int) -> list[
     os.environ["DATABASE_URL"] = dsn  # read when app.piccolo_conf is first imported
     os.environ["PICCOLO_CONF"] = "app.piccolo_conf"
     from app import reports
+    from app.db import pool
     from app.piccolo_conf import DB
 
     queries: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
@@ -564,7 +663,7 @@ async def measure_queries(dsn: str, targets: dict[str, str], runs: int) -> list[
         ("audit: audit_entries", lambda: reports.audit_entries(limit=51)),
         ("audit: action filter", lambda: reports.audit_entries(action="route", limit=51)),
     ]
-    await DB.start_connection_pool(min_size=1, max_size=1)
+    await pool.start_for_pages(min_size=1, max_size=1)  # as the web app's
     results = []
     try:
         for name, query in queries:
@@ -593,7 +692,8 @@ def terminated(signum: int, frame: Any) -> None:
 
 def bench_gui(quick: bool, before: Path | None = None) -> None:
     """The pages and the queries alone; with `before` (a checkout), its server beside this
-    one's on the same database, the two alternated page by page (side_by_side)."""
+    one's, each on a database its own migrations made holding the same rows, the two
+    alternated page by page (side_by_side)."""
     from tests.pgcluster import PostgresCluster
 
     # A plain `kill` ends the run through the finally blocks: no server or cluster left behind.
@@ -605,21 +705,8 @@ def bench_gui(quick: bool, before: Path | None = None) -> None:
         cluster.start()
         dsn = cluster.create_database("bench_gui")
         env = node_env(dsn, workdir)
-        cli(env, "migrate")
-        cli(env, "retention")  # the day partitions of the window, as the daily timer makes them
         print(f"generating {sizes.mail_logs:,} mail_logs rows", flush=True)
-        started = time.perf_counter()
-        setup = asyncio.run(generate(dsn, sizes))
-        setup["total_s"] = time.perf_counter() - started
-        cli(
-            env,
-            "create-user",
-            USERNAME,
-            "--role",
-            "readonly",
-            "--password-stdin",
-            stdin=FIRST_PASSWORD + "\n",
-        )
+        setup = ready_database(env, lambda: generate(dsn, sizes))
         targets = asyncio.run(search_targets(dsn))
         measured = pages(targets)
         print(f"{sizes.clients} clients, {sizes.requests} requests per page", flush=True)
@@ -627,7 +714,19 @@ def bench_gui(quick: bool, before: Path | None = None) -> None:
             with serving(env, workdir) as (url, context):
                 page_results = asyncio.run(measure_pages(url, context, measured, sizes))
         else:
-            page_results = asyncio.run(_before_and_now(env, workdir, before, measured, sizes))
+            before = before.resolve()
+            (workdir / "before").mkdir()
+            before_dsn = cluster.create_database("bench_gui_before")
+            before_env = node_env(before_dsn, workdir / "before")
+            print(f"the same rows in the schema of {before}", flush=True)
+            setup["before"] = ready_database(before_env, lambda: copy_rows(dsn, before_dsn), before)
+            with contextlib.ExitStack() as stack:
+                # In this order: side_by_side starts each page with the first, before.
+                servers = {
+                    "before": stack.enter_context(serving(before_env, workdir / "before", before)),
+                    "now": stack.enter_context(serving(env, workdir)),
+                }
+                page_results = asyncio.run(side_by_side_new_users(servers, measured, sizes))
         print("the queries alone", flush=True)
         query_results = asyncio.run(measure_queries(dsn, targets, runs=5))
     finally:
@@ -636,24 +735,31 @@ def bench_gui(quick: bool, before: Path | None = None) -> None:
     report(sizes, setup, targets, page_results, query_results, before)
 
 
-async def _before_and_now(
-    env: dict[str, str], workdir: Path, before: Path, measured: list[Page], sizes: Sizes
+def ready_database(
+    env: dict[str, str],
+    fill: Callable[[], Awaitable[dict[str, float]]],
+    checkout: Path = ROOT,
+) -> dict[str, Any]:
+    """A database ready for `checkout`'s server: its migrations, the day partitions of the
+    window (as the daily timer makes them), the rows `fill` loads, the bench's user. Returns
+    fill's timings and the whole time."""
+    started = time.perf_counter()
+    cli(env, "migrate", checkout=checkout)
+    cli(env, "retention", checkout=checkout)
+    timings: dict[str, Any] = asyncio.run(fill())
+    cli(env, "create-user", USERNAME, "--role", "readonly", "--password-stdin",
+        stdin=FIRST_PASSWORD + "\n", checkout=checkout)  # fmt: skip
+    timings["total_s"] = time.perf_counter() - started
+    return timings
+
+
+async def side_by_side_new_users(
+    servers: dict[str, tuple[str, ssl.SSLContext]], measured: list[Page], sizes: Sizes
 ) -> list[dict[str, Any]]:
-    (workdir / "before").mkdir()
-    before_env = env | {
-        "STATE_DIR": str(workdir / "before" / "state"),
-        "HTTPS_PORT": str(_free_port()),
-    }
-    with contextlib.ExitStack() as stack:
-        # In this order: side_by_side starts each page with the first, before.
-        servers = {
-            "before": stack.enter_context(
-                serving(before_env, workdir / "before", before.resolve())
-            ),
-            "now": stack.enter_context(serving(env, workdir)),
-        }
-        await first_login(*servers["now"])  # one user in the one database
-        return await side_by_side(servers, measured, sizes)
+    """side_by_side of servers with a database each, whose user has not logged in yet."""
+    for url, context in servers.values():
+        await first_login(url, context)
+    return await side_by_side(servers, measured, sizes)
 
 
 def _ms(value: float) -> str:
@@ -686,8 +792,9 @@ def report(
         bars = {name: [r[f"{name}_ms"] for r in page_results] for name in ("p50", "p95")}
     else:
         text = table(
-            f"{title}; the server of {before} (before) and of this checkout (now) on the same "
-            "database, each page on each in the order before, now, now, before, twice",
+            f"{title}; the server of {before} (before) and of this checkout (now), each on a "
+            "database its own migrations made holding the same rows, each page on each in the "
+            "order before, now, now, before, twice",
             ["page", "requests each", "before p50 ms", "before p95 ms", "now p50 ms",
              "now p95 ms", "p95 now / before"],
             [
@@ -710,6 +817,12 @@ def report(
         f"indexes {setup['indexes_s']:.0f} s, log_totals {setup['totals_s']:.0f} s, "
         f"vacuum analyze {setup['vacuum_analyze_s']:.0f} s"
     )
+    if "before" in setup:
+        text += (
+            f"; the same rows in the before checkout's schema in {setup['before']['total_s']:.0f}"
+            f" s (copy {setup['before']['insert_s']:.0f} s, indexes "
+            f"{setup['before']['indexes_s']:.0f} s)"
+        )
     data = {
         "rows": {
             "mail_logs": sizes.mail_logs,

@@ -14,39 +14,25 @@ import asyncio
 import contextlib
 import shutil
 import signal
-import ssl
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from bench import save, svg_bars, table
 from bench_gui import (
-    FIRST_PASSWORD,
-    USERNAME,
-    Page,
     Sizes,
-    cli,
-    first_login,
     generate,
     node_env,
     pages,
+    ready_database,
     search_targets,
     serving,
-    side_by_side,
+    side_by_side_new_users,
     terminated,
 )
 from bench_retention import copy_database, plain_tables, vacuum_analyze
 
 LAYOUTS = {"parted": "day partitions (now)", "plain": "plain tables (before)"}
-
-
-async def _side_by_side(
-    servers: dict[str, tuple[str, ssl.SSLContext]], measured: list[Page], sizes: Sizes
-) -> list[dict[str, Any]]:
-    for url, context in servers.values():  # two databases, a user in each
-        await first_login(url, context)
-    return await side_by_side(servers, measured, sizes)
 
 
 def bench_gui_layouts(quick: bool) -> None:
@@ -62,14 +48,9 @@ def bench_gui_layouts(quick: bool) -> None:
         cluster.start()
         dsn = {"parted": cluster.create_database("bench_gui")}
         env = {"parted": node_env(dsn["parted"], workdir / "parted")}
-        cli(env["parted"], "migrate")
-        cli(env["parted"], "retention")
         print(f"generating {sizes.mail_logs:,} mail_logs rows", flush=True)
-        started = time.perf_counter()
-        asyncio.run(generate(dsn["parted"], sizes))
-        cli(env["parted"], "create-user", USERNAME, "--role", "readonly", "--password-stdin",
-            stdin=FIRST_PASSWORD + "\n")  # fmt: skip
-        print(f"  data made in {time.perf_counter() - started:.0f} s", flush=True)
+        made = ready_database(env["parted"], lambda: generate(dsn["parted"], sizes))
+        print(f"  data made in {made['total_s']:.0f} s", flush=True)
         started = time.perf_counter()
         asyncio.run(copy_database("bench_plain", cluster.dsn(), "bench_gui"))
         dsn["plain"] = cluster.dsn("bench_plain")
@@ -84,7 +65,7 @@ def bench_gui_layouts(quick: bool) -> None:
                 layout: stack.enter_context(serving(env[layout], workdir / layout))
                 for layout in LAYOUTS
             }
-            results = asyncio.run(_side_by_side(servers, measured, sizes))
+            results = asyncio.run(side_by_side_new_users(servers, measured, sizes))
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
