@@ -208,7 +208,20 @@ async def search_messages(
     """Delivery outcomes matching every given filter, newest first unless `sort` says
     otherwise; addresses match exactly, an address starting with '@' matches a whole domain.
     Each finds its newest rows by an index on (address, at) or (the address's domain, at): a
-    migration's expressions, kept identical."""
+    migration's expressions, kept identical.
+
+    It must run on the web app's connections (app.db.pool.PAGE_SETTINGS). A newest-first
+    search can walk each day's (at) index backwards, filtering rows, instead of reading the
+    (address, at) index; for an application that stopped sending 12 days ago that walk reads
+    every row since. Two things lead PostgreSQL there, and those connections set both aside.
+    A generic plan, which it keeps after a few runs of one statement, is made without the
+    address: where a relay has few senders it takes any one of them for a large share of the
+    rows (20 s a search at 10 million rows, scripts/bench gui); so every search is planned for
+    its values. And the default cost of a page read out of order (4, for spinning disks) makes
+    even a plan made for the address prefer, in the day the application stopped, the (at)
+    index, whose rows lie in the order they were written (13 ms against 0.6 ms at 10 million
+    rows); the log's recent days are in memory or on SSD, where such a read costs about what
+    reading the next page does."""
     query = _sorted(MailLog.select(), MAIL_SORT[sort], MailLog.id, descending)
     query = query.limit(limit).offset(offset)
     for column, value in (("sender", sender), ("recipient", recipient)):
@@ -231,24 +244,7 @@ async def search_messages(
         query = query.where(MailLog.at >= since)
     if until:
         query = query.where(MailLog.at < until)
-    # A newest-first search can walk each day's (at) index backwards, filtering rows, instead
-    # of reading the (address, at) index; for an application that stopped sending 12 days ago
-    # that walk reads every row since. Two things lead PostgreSQL there, and both are set
-    # aside for this transaction. A generic plan, which it keeps after a few runs of one
-    # statement, is made without the address: where a relay has few senders it takes any one
-    # of them for a large share of the rows (20 s a search at 10 million rows, scripts/bench
-    # gui); so every search is planned for its values. And the default cost of a page read
-    # out of order (4, for spinning disks) makes even a plan made for the address prefer, in
-    # the day the application stopped, the (at) index, whose rows lie in the order they were
-    # written (13 ms against 0.6 ms at 10 million rows); the log's recent days are in memory
-    # or on SSD, where such a read costs about what reading the next page does. Both in one
-    # statement (set_config(..., true) is SET LOCAL): a round trip less per search.
-    async with MailLog._meta.db.transaction():
-        await MailLog.raw(
-            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
-            "set_config('random_page_cost', '1.1', true)"
-        )
-        return await query
+    return await query
 
 
 async def lifecycle(queue_id: str) -> dict[str, Any]:

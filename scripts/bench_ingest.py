@@ -385,11 +385,12 @@ def _freshness(checkout: Path, rate: int, seconds: int, timer: bool) -> dict[str
         thread.join()
 
     async def run() -> None:
+        from app.db import pool
         from app.piccolo_conf import DB
 
         await _wait_for_cursor(dsn)  # the ingestion is up once it has made its cursor row
         DB.config["dsn"] = dsn  # read at import, and each run has its own cluster
-        await DB.start_connection_pool(min_size=1, max_size=2)
+        await pool.start_for_pages(min_size=1, max_size=2)  # the search, as the web app runs it
         try:
             # A second of traffic first, not counted: the ingestion runs for days, its first
             # batch (new session, cold caches) is no sample of that.

@@ -107,7 +107,7 @@ async def app(settings: Any) -> AsyncIterator[Any]:
     from app.web.app import create_app
 
     application = create_app(settings)
-    await pool.start(min_size=1, max_size=10)
+    await pool.start_for_pages(min_size=1, max_size=10)
     yield application
     await DB.close_connection_pool()
 

@@ -146,7 +146,7 @@ def create_app(settings: Settings) -> Litestar:
     csrf_secret = hashlib.sha256(b"csrf:" + settings.secret_key_file.read_bytes()).hexdigest()
 
     async def on_startup(app: Litestar) -> None:
-        await pool.start(min_size=1, max_size=10)
+        await pool.start_for_pages(min_size=1, max_size=10)
 
     async def on_shutdown(app: Litestar) -> None:
         await DB.close_connection_pool()
