@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -42,7 +43,7 @@ async def logged(settings: Settings) -> None:
 
 
 @pytest.fixture(autouse=True)
-async def closed_pool() -> None:
+async def closed_pool() -> AsyncIterator[None]:
     yield
     if MailLog._meta.db.pool is not None:
         await MailLog._meta.db.close_connection_pool()

@@ -5,8 +5,8 @@
 -- and made these two searches slower than on the plain tables before. A PL/pgSQL function
 -- prepares its query once per connection and, under plan_cache_mode = auto, runs it with a
 -- generic plan from its sixth call: such a plan cannot mislead here, a queue ID or Message-ID
--- names one message and its few rows. In-process, 50,000 rows, alternated: 0.36 ms a search
--- against 1.25 ms. Written so that running it again changes nothing.
+-- names one message and its few rows. In-process, 50,000 rows, 1,000 searches each way: 0.36 ms
+-- a search against 1.25 ms. Written so that running it again changes nothing.
 CREATE OR REPLACE FUNCTION mail_logs_of_queue_id(wanted text, take bigint, skip bigint)
 RETURNS SETOF mail_logs LANGUAGE plpgsql STABLE SET plan_cache_mode = auto AS $$
 BEGIN
