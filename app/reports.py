@@ -210,42 +210,40 @@ async def search_messages(
     Each finds its newest rows by an index on (address, at) or (the address's domain, at): a
     migration's expressions, kept identical.
 
-    It must run on the web app's connections (app.db.pool.PAGE_SETTINGS). A newest-first
-    search can walk each day's (at) index backwards, filtering rows, instead of reading the
-    (address, at) index; for an application that stopped sending 12 days ago that walk reads
-    every row since. Two things lead PostgreSQL there, and those connections set both aside.
-    A generic plan, which it keeps after a few runs of one statement, is made without the
-    address: where a relay has few senders it takes any one of them for a large share of the
-    rows (20 s a search at 10 million rows, scripts/bench gui); so every search is planned for
-    its values. And the default cost of a page read out of order (4, for spinning disks) makes
-    even a plan made for the address prefer, in the day the application stopped, the (at)
-    index, whose rows lie in the order they were written (13 ms against 0.6 ms at 10 million
-    rows); the log's recent days are in memory or on SSD, where such a read costs about what
-    reading the next page does."""
-    lookup = _one_message(sender, recipient, queue_id, message_id, since, until, sort, descending)
-    if lookup is not None:
-        function, value = lookup
-        # The function's name is one of _LOOKUPS' constants, never input.
-        statement = f"SELECT * FROM {function}({{}}, {{}}, {{}})"  # noqa: S608
-        return await MailLog.raw(statement, value, limit, offset)
+    A search on one field, newest first (nearly every search an operator makes), runs through
+    mail_logs_newest, whose plans are made once per connection and cannot mislead (migration
+    2026-12-07T04:00). Every other search is planned for its values, on the web app's
+    connections (app.db.pool.PAGE_SETTINGS). A newest-first search can walk each day's (at)
+    index backwards, filtering rows, instead of reading the (address, at) index; for an
+    application that stopped sending 12 days ago that walk reads every row since. Two things
+    lead PostgreSQL there, and those connections set both aside. A generic plan, which it keeps
+    after a few runs of one statement, is made without the address: where a relay has few
+    senders it takes any one of them for a large share of the rows (20 s a search at 10 million
+    rows, scripts/bench gui); so every search is planned for its values. And the default cost
+    of a page read out of order (4, for spinning disks) makes even a plan made for the address
+    prefer, in the day the application stopped, the (at) index, whose rows lie in the order
+    they were written (13 ms against 0.6 ms at 10 million rows); the log's recent days are in
+    memory or on SSD, where such a read costs about what reading the next page does."""
+    matches = _matches(sender, recipient, queue_id, message_id)
+    if len(matches) == 1 and not since and not until and sort == "at" and descending:
+        field, value = matches[0]
+        return await MailLog.raw(
+            "SELECT * FROM mail_logs_newest({}, {}, {}, {})", field, value, limit, offset
+        )
     query = _sorted(MailLog.select(), MAIL_SORT[sort], MailLog.id, descending)
     query = query.limit(limit).offset(offset)
-    for column, value in (("sender", sender), ("recipient", recipient)):
-        value = value.strip().lower()
-        if value.startswith("@"):
+    for field, value in matches:
+        if field.endswith("_domain"):
+            column = field.removesuffix("_domain")
             # The part after the last '@', as mail_logs_{column}_domain_at indexes it.
             query = query.where(
                 WhereRaw(
                     f"lower(split_part({column}, '@', -1)) = {{}} AND {column} LIKE '%@%'",
-                    value[1:],
+                    value,
                 )
             )
-        elif value:
-            query = query.where(getattr(MailLog, column) == value)
-    if queue_id.strip():
-        query = query.where(MailLog.queue_id == queue_id.strip())
-    if message_id.strip():
-        query = query.where(MailLog.message_id == message_id.strip())
+        else:
+            query = query.where(getattr(MailLog, field) == value)
     if since:
         query = query.where(MailLog.at >= since)
     if until:
@@ -253,34 +251,22 @@ async def search_messages(
     return await query
 
 
-# The searches for one message, newest first, by functions that keep their plan (the migration
-# 2026-12-07T02:00 says why): planning them over the day partitions cost more than running them.
-_LOOKUPS = {"queue_id": "mail_logs_of_queue_id", "message_id": "mail_logs_of_message_id"}
-
-
-def _one_message(
-    sender: str,
-    recipient: str,
-    queue_id: str,
-    message_id: str,
-    since: dt.datetime | None,
-    until: dt.datetime | None,
-    sort: str,
-    descending: bool,
-) -> tuple[str, str] | None:
-    """The lookup function and its value when a search names one queue ID or one Message-ID
-    and nothing else, newest first; None for every other search."""
-    if sender.strip() or recipient.strip() or since or until or sort != "at" or not descending:
-        return None
-    given = [
-        (name, value.strip())
-        for name, value in (("queue_id", queue_id), ("message_id", message_id))
-        if value.strip()
-    ]
-    if len(given) != 1:
-        return None
-    name, value = given[0]
-    return _LOOKUPS[name], value
+def _matches(sender: str, recipient: str, queue_id: str, message_id: str) -> list[tuple[str, str]]:
+    """What a search matches, as (field, value), the fields named as mail_logs_newest names
+    them: an address in lower case, as ingestion stores it; '@domain' as the field's domain
+    ('sender_domain', 'recipient_domain'); a queue ID or Message-ID as given. Blank ones
+    are left out."""
+    matches = []
+    for column, address in (("sender", sender), ("recipient", recipient)):
+        address = address.strip().lower()
+        if address.startswith("@"):
+            matches.append((f"{column}_domain", address[1:]))
+        elif address:
+            matches.append((column, address))
+    for column, identifier in (("queue_id", queue_id), ("message_id", message_id)):
+        if identifier.strip():
+            matches.append((column, identifier.strip()))
+    return matches
 
 
 async def lifecycle(queue_id: str) -> dict[str, Any]:
