@@ -134,7 +134,8 @@ async def test_rolling_a_later_migration_back_leaves_the_schema_before_it(
     of a database migrated up to the one before it: mail_log_latest puts back the baseline's
     three functions and drops its table, the byte order gives the identifiers the database's
     collation again, the room takes mail_log_latest's fillfactor back, promotions drops its
-    table, and nothing else changes."""
+    table, the tracking lookups drop their two functions, the newest-first search drops its
+    function and makes those two again, and nothing else changes."""
     before_it = scratch_databases(f"later_{position}_before")
     previous = ID if position == 0 else AFTER_BASELINE[position - 1]
     assert piccolo(before_it, "forwards", "mailrelay", f"--migration_id={previous}").returncode == 0

@@ -20,9 +20,8 @@ totals, partitions and counters were), with `add_column` and friends where Picco
 from pathlib import Path
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.engine import engine_finder
 
-from app.db.migrations import MigrationRefused
+from app.db.migrations import MigrationRefused, transaction_connection
 
 ID = "2026-12-05T17:10:00:000000"
 VERSION = "1.38.0"
@@ -53,21 +52,11 @@ LEGACY_IDS = (
 LAST_BUILD_WITH_THE_CHAIN = "f10e9f9"
 
 
-def _connection():
-    """The connection of the transaction Piccolo runs this migration in: the script goes to it
-    whole (several statements, dollar-quoted bodies), which Piccolo's raw() cannot send."""
-    engine = engine_finder()
-    transaction = engine.current_transaction.get() if engine else None
-    if transaction is None:
-        raise RuntimeError("the baseline runs inside the migration's transaction only")
-    return transaction.connection
-
-
 async def forwards():
     manager = MigrationManager(migration_id=ID, app_name="mailrelay", description=DESCRIPTION)
 
     async def run():
-        connection = _connection()
+        connection = transaction_connection()
         recorded = await connection.fetchval(
             "SELECT count(DISTINCT name) FROM migration "
             "WHERE app_name = 'mailrelay' AND name = ANY($1::text[])",

@@ -6,10 +6,8 @@ file of the same name). Backwards puts the baseline's three functions back and d
 import re
 from pathlib import Path
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-
+from app.db.migrations import script_migration
 from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import SQL as BASELINE_SQL
-from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import _connection
 
 ID = "2026-12-06T02:30:00:000000"
 VERSION = "1.38.0"
@@ -31,15 +29,6 @@ def baseline_functions() -> str:
     return "\n".join(statements)
 
 
-async def forwards():
-    manager = MigrationManager(migration_id=ID, app_name="mailrelay", description=DESCRIPTION)
-
-    async def run():
-        await _connection().execute(SQL.read_text())
-
-    async def run_backwards():
-        await _connection().execute(baseline_functions() + "\nDROP TABLE mail_log_latest;")
-
-    manager.add_raw(run)
-    manager.add_raw_backwards(run_backwards)
-    return manager
+forwards = script_migration(
+    ID, DESCRIPTION, SQL.read_text, lambda: baseline_functions() + "\nDROP TABLE mail_log_latest;"
+)

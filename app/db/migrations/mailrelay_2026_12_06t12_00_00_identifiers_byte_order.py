@@ -5,9 +5,7 @@ the database's collation again."""
 import re
 from pathlib import Path
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-
-from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import _connection
+from app.db.migrations import script_migration
 
 ID = "2026-12-06T12:00:00:000000"
 VERSION = "1.38.0"
@@ -22,15 +20,4 @@ def backwards_sql() -> str:
     return statements.replace('COLLATE "C"', 'COLLATE "default"')
 
 
-async def forwards():
-    manager = MigrationManager(migration_id=ID, app_name="mailrelay", description=DESCRIPTION)
-
-    async def run():
-        await _connection().execute(SQL.read_text())
-
-    async def run_backwards():
-        await _connection().execute(backwards_sql())
-
-    manager.add_raw(run)
-    manager.add_raw_backwards(run_backwards)
-    return manager
+forwards = script_migration(ID, DESCRIPTION, SQL.read_text, backwards_sql)

@@ -3,9 +3,7 @@ name says why. Backwards gives the table PostgreSQL's default again."""
 
 from pathlib import Path
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-
-from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import _connection
+from app.db.migrations import script_migration
 
 ID = "2026-12-06T13:00:00:000000"
 VERSION = "1.38.0"
@@ -14,15 +12,6 @@ DESCRIPTION = "mail_log_latest: room on its pages for updated rows"
 SQL = Path(__file__).with_suffix(".sql")
 
 
-async def forwards():
-    manager = MigrationManager(migration_id=ID, app_name="mailrelay", description=DESCRIPTION)
-
-    async def run():
-        await _connection().execute(SQL.read_text())
-
-    async def run_backwards():
-        await _connection().execute("ALTER TABLE mail_log_latest RESET (fillfactor);")
-
-    manager.add_raw(run)
-    manager.add_raw_backwards(run_backwards)
-    return manager
+forwards = script_migration(
+    ID, DESCRIPTION, SQL.read_text, lambda: "ALTER TABLE mail_log_latest RESET (fillfactor);"
+)

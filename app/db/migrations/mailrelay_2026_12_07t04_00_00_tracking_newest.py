@@ -4,9 +4,7 @@ Backwards drops it and makes those two again."""
 
 from pathlib import Path
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-
-from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import _connection
+from app.db.migrations import script_migration
 from app.db.migrations.mailrelay_2026_12_07t02_00_00_tracking_lookups import SQL as LOOKUPS_SQL
 
 ID = "2026-12-07T04:00:00:000000"
@@ -16,17 +14,11 @@ DESCRIPTION = "tracking newest: a search on one field, by one function that keep
 SQL = Path(__file__).with_suffix(".sql")
 
 
-async def forwards():
-    manager = MigrationManager(migration_id=ID, app_name="mailrelay", description=DESCRIPTION)
-
-    async def run():
-        await _connection().execute(SQL.read_text())
-
-    async def run_backwards():
-        await _connection().execute(
-            "DROP FUNCTION mail_logs_newest(text, text, bigint, bigint); " + LOOKUPS_SQL.read_text()
-        )
-
-    manager.add_raw(run)
-    manager.add_raw_backwards(run_backwards)
-    return manager
+forwards = script_migration(
+    ID,
+    DESCRIPTION,
+    SQL.read_text,
+    lambda: (
+        "DROP FUNCTION mail_logs_newest(text, text, bigint, bigint); " + LOOKUPS_SQL.read_text()
+    ),
+)
