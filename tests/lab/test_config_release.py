@@ -76,23 +76,25 @@ def test_a_draft_or_a_failed_apply_on_a_never_reaches_b_and_an_apply_does_soon(u
         time.sleep(1)
     assert refused_by(A, domain)
 
-    # An Apply that fails on a (its agent is gone) does not release the version either.
-    # A stop job is cancelled when a connection (a queue sync every 5 s, the web's status)
-    # starts the service again meanwhile: stop until both units stay down.
+    # An Apply that fails on a (its agent is gone) does not release the version either. The
+    # queue sync (every 5 s) and the alerts want the agent's socket and would start it again
+    # between its stop and the Apply: a drop-in of this boot makes every start of it fail its
+    # condition until the Apply has failed.
     agent = ("mailrelay-agent.socket", "mailrelay-agent.service")
-
-    def agent_stopped() -> bool:
-        lab("exec", "a", "systemctl", "stop", *agent, check=False)
-        states = lab("exec", "a", "systemctl", "is-active", *agent, check=False).stdout.split()
-        return all(state in ("inactive", "failed") for state in states)
-
-    wait_for(agent_stopped, 60, "a's agent to stay stopped")
+    held = "/run/systemd/system/mailrelay-agent.socket.d/held-by-test.conf"
+    hold = (
+        f"mkdir -p {held.rsplit('/', 1)[0]} && printf "
+        f"'[Unit]\\nConditionPathExists=/nonexistent\\n' > {held} && systemctl daemon-reload"
+    )
+    lab("exec", "a", "bash", "-c", hold)
     try:
+        lab("exec", "a", "systemctl", "stop", *agent)
         failed = client.post("/config/apply", headers={"x-csrftoken": token})
         assert "not applied" in failed.text, failed.text
         time.sleep(LONG_POLL_ROUND + 1)
         assert refused_by(B, domain), "b enforces a version whose apply failed on a"
     finally:
+        lab("exec", "a", "bash", "-c", f"rm -f {held} && systemctl daemon-reload")
         lab("exec", "a", "systemctl", "start", "mailrelay-agent.socket")
 
     response = client.post("/config/apply", headers={"x-csrftoken": token})
