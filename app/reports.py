@@ -5,7 +5,7 @@ the caller) and a direction, a limit and an offset."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, NamedTuple
 
 from piccolo.columns.combination import WhereRaw
 
@@ -57,15 +57,19 @@ def _sorted(query: Any, column: Any, tiebreak: Any, descending: bool) -> Any:
 # Counting the minutes before the first whole period from the rows themselves instead (each
 # queue ID's latest row looked up in every partition since) took 3 to 5 ms of database time
 # per window at 10 million rows, most of a dashboard's; these sums take a fraction of one.
+# Each window sums its own rows (a lateral subquery per window): joining the windows to
+# log_totals and grouping the result hashed every row of the retention window once per
+# window it fell in, 3.2 ms a dashboard at 14 days of five-minute rows against 1.6.
 _TILES = (
-    "SELECT w.period, coalesce(sum(t.messages), 0)::bigint AS accepted,"
-    " coalesce(sum(t.sent), 0)::bigint AS delivered,"
-    " coalesce(sum(t.deferred), 0)::bigint AS deferred,"
-    " coalesce(sum(t.bounced + t.expired), 0)::bigint AS bounced,"
-    " coalesce(sum(t.rejected), 0)::bigint AS rejected"
-    " FROM unnest({}::text[], {}::timestamptz[]) WITH ORDINALITY AS w(period, since, n)"
-    " LEFT JOIN log_totals AS t ON t.period_start >= log_totals_bucket(w.since)"
-    " GROUP BY w.period, w.n ORDER BY w.n"
+    "SELECT w.period, t.* FROM unnest({}::text[], {}::timestamptz[]) WITH ORDINALITY"
+    " AS w(period, since, n) CROSS JOIN LATERAL (SELECT"
+    " coalesce(sum(messages), 0)::bigint AS accepted,"
+    " coalesce(sum(sent), 0)::bigint AS delivered,"
+    " coalesce(sum(deferred), 0)::bigint AS deferred,"
+    " coalesce(sum(bounced + expired), 0)::bigint AS bounced,"
+    " coalesce(sum(rejected), 0)::bigint AS rejected"
+    " FROM log_totals WHERE period_start >= log_totals_bucket(w.since)) AS t"
+    " ORDER BY w.n"
 )
 
 
@@ -86,8 +90,16 @@ async def kpi_tiles(retention_days: int) -> list[dict[str, Any]]:
     return await MailLog.raw(_TILES, [key for key, _ in spans], [now - span for _, span in spans])
 
 
-async def recent_rejects(limit: int = 20) -> list[dict[str, Any]]:
-    return await RejectionLog.select().order_by(RejectionLog.at, ascending=False).limit(limit)
+# Every dashboard and its refresh every 15 s run this. Plain SQL: Piccolo's select took 0.2 ms
+# more of the web app's CPU. Without parameters: a statement without any keeps its plan on a
+# connection whatever plan_cache_mode says; with the limit as one, each run planned the sort
+# over every day partition again (0.3 ms).
+_RECENT_REJECTS = "SELECT * FROM rejection_logs ORDER BY at DESC LIMIT 20"
+
+
+async def recent_rejects() -> list[dict[str, Any]]:
+    """The 20 newest rejections."""
+    return await RejectionLog.raw(_RECENT_REJECTS)
 
 
 async def rejections(
@@ -150,28 +162,45 @@ async def audit_entries(
 
 
 async def hourly_traffic(hours: int = 24) -> list[dict[str, Any]]:
-    """Per hour of the last `hours`: delivered, deferred, bounced and rejected (zeros kept)."""
+    """Per hour of the last `hours`, oldest first: delivered, deferred, bounced and rejected
+    (zeros kept). PostgreSQL makes the hours: filling them in Python cost every dashboard
+    0.2 ms more of the web app's CPU."""
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    since = now - dt.timedelta(hours=hours - 1)
-    buckets = {
-        since + dt.timedelta(hours=i): {"delivered": 0, "deferred": 0, "bounced": 0, "rejected": 0}
-        for i in range(hours)
-    }
-    rows = await MailLog.raw(
-        "SELECT date_trunc('hour', period_start, 'UTC') AS hour, sum(sent) AS delivered, "
-        "sum(deferred) AS deferred, sum(bounced + expired) AS bounced, sum(rejected) AS rejected "
-        "FROM log_totals WHERE period_start >= {} GROUP BY 1",
-        since,
+    return await MailLog.raw(
+        "SELECT h.hour, coalesce(sum(t.sent), 0)::bigint AS delivered,"
+        " coalesce(sum(t.deferred), 0)::bigint AS deferred,"
+        " coalesce(sum(t.bounced + t.expired), 0)::bigint AS bounced,"
+        " coalesce(sum(t.rejected), 0)::bigint AS rejected"
+        " FROM generate_series({}::timestamptz, {}::timestamptz, interval '1 hour') AS h(hour)"
+        " LEFT JOIN log_totals AS t"
+        " ON t.period_start >= h.hour AND t.period_start < h.hour + interval '1 hour'"
+        " GROUP BY h.hour ORDER BY h.hour",
+        now - dt.timedelta(hours=hours - 1),
+        now,
     )
-    for row in rows:
-        bucket = buckets.get(row["hour"])
-        if bucket:
-            bucket.update({key: int(row[key]) for key in bucket})
-    return [{"hour": hour, **values} for hour, values in sorted(buckets.items())]
 
 
-def chart_bars(traffic: list[dict[str, Any]], height: int = 120) -> list[dict[str, Any]]:
-    """Bar geometry for the traffic chart (SVG attributes; CSP forbids inline styles)."""
+class ChartSegment(NamedTuple):
+    key: str
+    y: int
+    height: int
+
+
+class ChartBar(NamedTuple):
+    x: int
+    title: str
+    tick: str
+    segments: tuple[ChartSegment, ...]
+
+
+CHART_BAR_WIDTH = 20
+
+
+def chart_bars(traffic: list[dict[str, Any]], height: int = 120) -> list[ChartBar]:
+    """Bar geometry for the traffic chart (SVG attributes; CSP forbids inline styles): every
+    figure the template shows is made here, and a bar holds only its visible segments. Named
+    tuples, not dicts: the chart is most of what the dashboard's template outputs, and Jinja
+    looks up a dict's keys as attributes first, through an AttributeError each."""
     keys = ("delivered", "deferred", "bounced", "rejected")
     peak = max((sum(h[k] for k in keys) for h in traffic), default=0) or 1
     bars = []
@@ -181,14 +210,16 @@ def chart_bars(traffic: list[dict[str, Any]], height: int = 120) -> list[dict[st
         for key in keys:
             size = round(hour[key] * height / peak)
             y -= size
-            segments.append({"key": key, "y": y, "height": size, "value": hour[key]})
+            if size > 0:
+                segments.append(ChartSegment(key, y, size))
+        at: dt.datetime = hour["hour"]
         bars.append(
-            {
-                "index": index,
-                "hour": hour["hour"],
-                "segments": segments,
-                "total": sum(hour[k] for k in keys),
-            }
+            ChartBar(
+                x=index * CHART_BAR_WIDTH + 2,
+                title=f"{at:%H}:00: {sum(hour[k] for k in keys)}",
+                tick=f"{at:%H}" if index % 3 == 0 else "",
+                segments=tuple(segments),
+            )
         )
     return bars
 

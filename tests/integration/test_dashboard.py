@@ -229,3 +229,49 @@ async def test_a_window_starts_at_the_five_minute_period_that_holds_its_start():
     hour, day, _ = await reports.kpi_tiles(14)
     assert (hour["period"], hour["accepted"], hour["delivered"]) == ("1h", 1, 1)
     assert (day["period"], day["accepted"], day["delivered"]) == ("24h", 2, 2)
+
+
+def _hour(at: dt.datetime) -> dt.datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+async def test_the_chart_has_every_hour_of_the_last_day_with_its_own_figures():
+    await _logs()
+    before = _hour(dt.datetime.now(dt.UTC))
+    hours = await reports.hourly_traffic()
+    last = hours[-1]["hour"]
+    assert last in (before, _hour(dt.datetime.now(dt.UTC)))
+    assert [h["hour"] for h in hours] == [last - dt.timedelta(hours=23 - i) for i in range(24)]
+    expected = {
+        hour: dict.fromkeys(("delivered", "deferred", "bounced", "rejected"), 0)
+        for hour in (h["hour"] for h in hours)
+    }
+    expected[_hour(NOW - dt.timedelta(minutes=10))]["delivered"] += 6
+    expected[_hour(NOW - dt.timedelta(minutes=5))]["rejected"] += 1
+    expected[_hour(NOW - dt.timedelta(hours=3))]["deferred"] += 1
+    # The bounce of three days ago is outside the chart.
+    assert {h["hour"]: {k: v for k, v in h.items() if k != "hour"} for h in hours} == expected
+
+
+def test_chart_bars_stack_the_figures_of_an_hour_to_the_busiest_hours_height():
+    start = dt.datetime(2026, 12, 7, 5, tzinfo=dt.UTC)
+    quiet = {"delivered": 0, "deferred": 0, "bounced": 0, "rejected": 0}
+    traffic = [{"hour": start + dt.timedelta(hours=i), **quiet} for i in range(4)]
+    traffic[0] |= {"delivered": 30, "rejected": 10}
+    traffic[3] |= {"delivered": 10, "deferred": 10, "bounced": 10, "rejected": 30}
+    bars = reports.chart_bars(traffic, height=120)
+    assert [(b.x, b.title, b.tick) for b in bars] == [
+        (2, "05:00: 40", "05"),
+        (22, "06:00: 0", ""),
+        (42, "07:00: 0", ""),
+        (62, "08:00: 60", "08"),
+    ]
+    # From the bottom (y=120) up, delivered first; an hour without mail draws nothing.
+    assert bars[0].segments == (("delivered", 60, 60), ("rejected", 40, 20))
+    assert bars[1].segments == bars[2].segments == ()
+    assert bars[3].segments == (
+        ("delivered", 100, 20),
+        ("deferred", 80, 20),
+        ("bounced", 60, 20),
+        ("rejected", 0, 60),
+    )
