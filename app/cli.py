@@ -104,6 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log_level="info",
         proxy_headers=False,
         server_header=False,
+        # Named, not "auto": without the package uvicorn would fall back to h11 in silence.
+        http="httptools",
         # The shadow milter's uvloop may be installed beside it (host installs): the web
         # manager keeps the event loop it is tested with.
         loop="asyncio",
