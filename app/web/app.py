@@ -20,7 +20,6 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.htmx import HTMXPlugin
-from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -34,7 +33,6 @@ from app.db import pool
 from app.messages import Message
 from app.piccolo_conf import DB
 from app.settings import Settings
-from app.web import i18n
 from app.web.auth import (
     CallerMiddleware,
     PasswordChangeRequired,
@@ -57,6 +55,7 @@ from app.web.controllers import (
     versions,
 )
 from app.web.security import add_security_headers
+from app.web.templating import template_engine
 from app.web.views import done, error_page
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,11 +170,7 @@ def create_app(settings: Settings) -> Litestar:
             # A regex searched anywhere in the path: anchored, or /users/api/reset would pass.
             exclude=["^/api/"],
         ),
-        template_config=TemplateConfig(
-            directory=ROOT / "templates",
-            engine=JinjaTemplateEngine,
-            engine_callback=lambda jinja: jinja.engine.filters.update(i18n.FILTERS),
-        ),
+        template_config=TemplateConfig(instance=template_engine(ROOT / "templates")),
         plugins=[HTMXPlugin()],
         openapi_config=OpenAPIConfig(
             title="mailrelay-ha API",
