@@ -193,14 +193,14 @@ class ChartBar(NamedTuple):
     segments: tuple[ChartSegment, ...]
 
 
+# SVG units a bar takes: the template's viewBox allots as many.
 CHART_BAR_WIDTH = 20
 
 
 def chart_bars(traffic: list[dict[str, Any]], height: int = 120) -> list[ChartBar]:
-    """Bar geometry for the traffic chart (SVG attributes; CSP forbids inline styles): every
-    figure the template shows is made here, and a bar holds only its visible segments. Named
-    tuples, not dicts: the chart is most of what the dashboard's template outputs, and Jinja
-    looks up a dict's keys as attributes first, through an AttributeError each."""
+    """Bar geometry for the traffic chart (SVG attributes; CSP forbids inline styles). The
+    chart is most of what the dashboard's template writes, so every figure it shows is made
+    here, once, and a bar holds only its visible segments."""
     keys = ("delivered", "deferred", "bounced", "rejected")
     peak = max((sum(h[k] for k in keys) for h in traffic), default=0) or 1
     bars = []
