@@ -9,6 +9,7 @@ its own: `python3 scripts/lab_debian13.py build` (the root), `... image` (the we
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -63,6 +64,21 @@ def root_ready(root: Path = DEBIAN13) -> bool:
     return marker.exists() and marker.read_text().strip() == RECIPE
 
 
+# Which uv.lock the root's Python environment was made from. install-node syncs offline, from
+# the uv cache the root holds: after a change to the lock it would need wheels that are not
+# there, so the environment is made again first.
+PYTHON_MARKER = ".mailrelay-lab-python"
+
+
+def lock_digest() -> str:
+    return hashlib.sha256((ROOT / "uv.lock").read_bytes()).hexdigest()
+
+
+def python_ready(root: Path) -> bool:
+    marker = root / PYTHON_MARKER
+    return marker.exists() and marker.read_text().strip() == lock_digest()
+
+
 @contextlib.contextmanager
 def chroot_mounts(root: Path):
     """/proc, /dev and the lab machine's DNS for apt and uv inside the chroot."""
@@ -106,6 +122,14 @@ def build_root(root: Path = DEBIAN13) -> Path:
     """Debian 13 with every package a node needs and the product's Python environment, made
     once (a few minutes) and kept; a half-built root is never used."""
     if root_ready(root):
+        if not python_ready(root):
+            print("lab: uv.lock changed: the Debian 13 root's Python environment again", flush=True)
+            try:
+                with chroot_mounts(root):
+                    install_python_env(root)
+            finally:
+                (root / "etc/resolv.conf").write_text("")
+            (root / PYTHON_MARKER).write_text(lock_digest() + "\n")
         return root
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -153,6 +177,7 @@ def build_root(root: Path = DEBIAN13) -> Path:
         in_root(partial, "apt-get", "clean")
     policy.unlink()
     (partial / "etc/resolv.conf").write_text("")
+    (partial / PYTHON_MARKER).write_text(lock_digest() + "\n")
     (partial / ".mailrelay-lab-root").write_text(RECIPE + "\n")
     shutil.rmtree(root, ignore_errors=True)
     partial.rename(root)
@@ -167,6 +192,7 @@ def install_python_env(root: Path) -> None:
     prefix.mkdir(parents=True, exist_ok=True)
     for part in ("pyproject.toml", "uv.lock", "README.md"):
         shutil.copy(ROOT / part, prefix / part)
+    shutil.rmtree(prefix / "app", ignore_errors=True)  # a root made before, made again
     shutil.copytree(ROOT / "app", prefix / "app", ignore=shutil.ignore_patterns("__pycache__"))
     ca_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
     env = {"UV_PROJECT_ENVIRONMENT": "/opt/mailrelay/venv", "HOME": "/root"}
