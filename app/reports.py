@@ -193,7 +193,7 @@ class ChartBar(NamedTuple):
     segments: tuple[ChartSegment, ...]
 
 
-# SVG units a bar takes: the template's viewBox allots as many.
+# SVG units a bar takes (the chart's width is as many per hour).
 CHART_BAR_WIDTH = 20
 
 

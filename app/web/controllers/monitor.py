@@ -51,6 +51,7 @@ class Monitor(Controller):
             postfix_error=postfix_error,
             unprotected_age=max(0.0, time.time() - last) if isinstance(last, int | float) else None,
             bars=reports.chart_bars(traffic),
+            chart_width=len(traffic) * reports.CHART_BAR_WIDTH,
             traffic_total=sum(
                 h["delivered"] + h["deferred"] + h["bounced"] + h["rejected"] for h in traffic
             ),
