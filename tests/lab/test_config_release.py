@@ -88,7 +88,14 @@ def test_a_draft_or_a_failed_apply_on_a_never_reaches_b_and_an_apply_does_soon(u
     )
     lab("exec", "a", "bash", "-c", hold)
     try:
-        lab("exec", "a", "systemctl", "stop", *agent)
+        # A start queued meanwhile (before the reload) cancels the stop job and then fails its
+        # condition: stop again until both units are down.
+        def agent_stopped() -> bool:
+            lab("exec", "a", "systemctl", "stop", *agent, check=False)
+            states = lab("exec", "a", "systemctl", "is-active", *agent, check=False).stdout.split()
+            return all(state in ("inactive", "failed") for state in states)
+
+        wait_for(agent_stopped, 60, "a's agent to stop")
         failed = client.post("/config/apply", headers={"x-csrftoken": token})
         assert "not applied" in failed.text, failed.text
         time.sleep(LONG_POLL_ROUND + 1)
