@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
+from email.utils import formatdate
 from pathlib import Path
 
 import uvloop
@@ -40,17 +42,18 @@ class Shadowing:
         if self.mode == "off":
             return None
         queue_id = message.macro("i")
+        accepted_at = time.time()
         # From a macro, not the connect event: that would be one more packet per connection
         # (main.cf.fragment: the macro lists).
         envelope = Envelope(
             queue_id, message.sender, message.recipients, message.macro("client_addr"),
-            time.time(),
+            accepted_at,
         )  # fmt: skip
         try:
             envelope = Envelope.from_dict(envelope.as_dict())
             if self.client is None:
                 raise ShadowUnavailable("no peer is configured (PEER_NODE_IP, SHADOW_TOKEN)")
-            await self.client.send(envelope, message.content())
+            await self.client.send(envelope, first_hop(message, accepted_at) + message.content())
         except ShadowFormatError as exc:
             problem = f"cannot copy this message: {exc}"
         except ShadowUnavailable as exc:
@@ -63,6 +66,46 @@ class Shadowing:
         log.warning("%s: accepted unprotected (no shadow copy): %s", queue_id, problem)
         self.counters.unprotected(problem)
         return None
+
+
+# What a trace header may hold of a value that came from elsewhere (the client's HELO name, a
+# DNS name): no line break or other control character can start a header of its own.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def first_hop(message: Message, accepted_at: float) -> bytes:
+    """The Received: header this node's Postfix put on the message, as far as a filter can know
+    it. Postfix never shows a filter its own Received: header (milter8.c: Sendmail
+    compatibility), so without this a message the peer takes over would reach its recipients
+    without the hop that says which client handed it in, to which node, under which queue ID.
+
+    Laid out as Postfix writes it (smtpd.c), from the HELO event and macros; what no macro
+    tells is left out rather than guessed: the TLS key exchange, and HELO against EHLO
+    ("with ESMTP" is written only when TLS shows it was ESMTP). The comment after the node's
+    name says that this is the shadow's account of the hop.
+    """
+
+    def clean(value: str) -> str:
+        return _UNPRINTABLE.sub("?", value)
+
+    address = message.macro("client_addr")
+    literal = f"IPv6:{address}" if ":" in address else address
+    name = message.macro("client_name") or "unknown"
+    lines = [f"Received: from {clean(message.helo or name)} ({clean(name)} [{clean(literal)}])"]
+    tls = message.macro("tls_version")
+    if tls:
+        cipher, bits = message.macro("cipher"), message.macro("cipher_bits")
+        lines.append(f"\t(using {clean(tls)} with cipher {clean(cipher)} ({clean(bits)} bits))")
+    by = (
+        f"\tby {clean(message.macro('j'))} (Postfix; as its shadow copy recorded it)"
+        f"{' with ESMTPS' if tls else ''} id {clean(message.macro('i'))}"
+    )
+    date = formatdate(accepted_at, localtime=True)
+    if len(message.recipients) == 1:
+        lines += [by, f"\tfor <{clean(message.recipients[0])}>; {date}"]
+    else:
+        lines += [f"{by};", f"\t{date}"]
+    return "".join(f"{line}\r\n" for line in lines).encode("utf-8", "surrogateescape")
 
 
 def serve(socket_path: Path, shadowing: Shadowing) -> None:

@@ -143,6 +143,67 @@ async def test_promotion_injects_an_uncovered_shadow_with_its_envelope(relay, ag
     assert queue_id not in shadows(relay.shadow_store)
 
 
+# What a client may hand in that a copy must keep byte for byte: a folded header, one without
+# a space after its colon, 8-bit text, lines that start with a dot, a line of 1,500 characters,
+# a carriage return inside a line, and no line break at the end.
+AWKWARD = (
+    b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= folded\r\n continued\r\n\tand again\r\n"
+    b"X-No-Space:value\r\nX-Empty:\r\nX-Umlaut: Gr\xc3\xbc\xc3\x9fe\r\n"
+    b"Message-Id: <awkward@test>\r\n\r\n"
+    b"Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\r\n.one dot\r\n..two dots\r\n"
+    + b"x" * 1500
+    + b"\r\ncarriage\rreturn\r\n\r\n\r\nno line break at the end"
+)
+
+
+def split_trace(raw: bytes) -> tuple[list[str], bytes]:
+    """The Received: headers on top of a delivered message (unfolded), and all after them."""
+    lines = raw.split(b"\n")
+    received: list[str] = []
+    while lines and (lines[0].startswith(b"Received:") or lines[0][:1] in (b" ", b"\t")):
+        line = lines.pop(0).rstrip(b"\r").decode()
+        if line.startswith("Received:"):
+            received.append(line)
+        else:
+            received[-1] += " " + line.strip()
+    return received, b"\n".join(lines)
+
+
+async def test_a_taken_over_message_keeps_its_bytes_and_its_first_hop(relay, agent):
+    relay.start_shadow("receiver")
+    relay.start_shadow("milter", "prefer")
+    data = relay.base / "awkward.eml"
+    data.write_bytes(AWKWARD)
+    out = relay.swaks(
+        f"app@{ALLOWED}", "someone@dest.example", CLIENT,
+        "--ehlo", "app1.internal", "--tls", "--data", f"@{data}",
+    )  # fmt: skip
+    queue_id = queue_id_of(out)
+    assert wait_for_sink(relay, "awkward@test")
+    [first] = relay.sink1.glob("*.eml")
+    as_delivered = first.read_bytes()
+    for item in relay.sink1.iterdir():
+        item.unlink()
+    relay.stop_shadow("receiver")
+    assert (await agent.import_replica())["shadows"]["imported"] == [queue_id]
+    assert wait_for_sink(relay, "awkward@test")
+    [again] = relay.sink1.glob("*.eml")
+    [postfix_hop], content = split_trace(as_delivered)
+    [takeover_hop, shadow_hop], content_again = split_trace(again.read_bytes())
+    assert content_again == content  # the message as the client sent it, byte for byte
+    assert "(Postfix, from userid" in takeover_hop  # the injection on this node
+    # The first hop as this node's Postfix wrote it, but for what no macro tells (the TLS key
+    # exchange, the client certificate line) and a comment that names the shadow copy.
+    origin = f"Received: from app1.internal (unknown [{CLIENT}])"
+    assert postfix_hop.startswith(origin + " (using TLSv1.3 with cipher ")
+    assert shadow_hop.startswith(origin + " (using TLSv1.3 with cipher ")
+    cipher = postfix_hop.split(" with cipher ")[1].split()[0]
+    assert f"with cipher {cipher} (" in shadow_hop
+    for part in (" with ESMTPS id " + queue_id, "for <someone@dest.example>;"):
+        assert part in postfix_hop and part in shadow_hop
+    assert " by relay.test (Postfix; as its shadow copy recorded it) with ESMTPS " in shadow_hop
+
+
 async def test_a_shadow_the_replica_covers_is_dropped_not_injected(relay, agent):
     relay.shadow_store.mkdir(exist_ok=True)
     queue_id = "4ZcoveredABC123"
