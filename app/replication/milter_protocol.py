@@ -29,10 +29,9 @@ VERSION = 6
 MAX_PACKET = 1 << 20
 
 # Protocol steps the filter asks Postfix to leave out (SMFIP_NO*) or not to wait for an answer
-# to (SMFIP_NR_*): the envelope, headers and body flow without a round trip each. HELO stays:
-# its name is in the copy's first Received: header (app/replication/shadow_milter.py), and no
-# macro carries it.
+# to (SMFIP_NR_*): the envelope, headers and body flow without a round trip each.
 NO_CONNECT = 0x01
+NO_HELO = 0x02
 NO_EOH = 0x40
 NO_UNKNOWN = 0x100
 NO_DATA = 0x200
@@ -47,7 +46,7 @@ NR_EOH = 0x40000
 NR_BODY = 0x80000
 HDR_LEADSPC = 0x100000
 WANTED = (
-    NO_CONNECT | NO_EOH | NO_UNKNOWN | NO_DATA | HDR_LEADSPC
+    NO_CONNECT | NO_HELO | NO_EOH | NO_UNKNOWN | NO_DATA | HDR_LEADSPC
     | NR_HDR | NR_CONN | NR_HELO | NR_MAIL | NR_RCPT | NR_DATA | NR_UNKN | NR_EOH | NR_BODY
 )  # fmt: skip
 
@@ -67,7 +66,6 @@ class Message:
     """One mail transaction as the filter sees it at end-of-data."""
 
     sender: str = ""
-    helo: str = ""  # the name the client gave in HELO or EHLO
     recipients: list[str] = field(default_factory=list)
     headers: list[bytes] = field(default_factory=list)
     body: list[bytes] = field(default_factory=list)
@@ -122,7 +120,6 @@ class MilterConnection(asyncio.Protocol):
         # forgotten with it, so a message never carries the queue ID of the one before.
         self.macros: dict[int, dict[str, str]] = {}
         self.message = Message()
-        self.helo = ""
         self.waiting: asyncio.Task[None] | None = None  # the copy of a message in flight
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -189,12 +186,8 @@ class MilterConnection(asyncio.Protocol):
     def _body(self, data: bytes) -> None:
         self.message.body.append(data)
 
-    def _helo(self, data: bytes) -> None:
-        args = _strings(data)
-        self.helo = args[0] if args else ""
-
     def _mail(self, data: bytes) -> None:
-        self.message = Message(sender=_address(data), helo=self.helo)
+        self.message = Message(sender=_address(data))
 
     def _recipient(self, data: bytes) -> None:
         self.message.recipients.append(_address(data))
@@ -208,7 +201,6 @@ class MilterConnection(asyncio.Protocol):
     def _quit_keep_connection(self, data: bytes) -> None:
         self.macros = {}
         self.message = Message()
-        self.helo = ""
 
     def _quit(self, data: bytes) -> None:
         self._close()
@@ -264,7 +256,6 @@ class MilterConnection(asyncio.Protocol):
 # The commands Postfix sends, by their code.
 HANDLERS: dict[int, Callable[[MilterConnection, bytes], None]] = {
     ord("D"): MilterConnection._macros,
-    ord("H"): MilterConnection._helo,
     ord("L"): MilterConnection._header,
     ord("B"): MilterConnection._body,
     ord("M"): MilterConnection._mail,
@@ -274,5 +265,5 @@ HANDLERS: dict[int, Callable[[MilterConnection, bytes], None]] = {
     ord("A"): MilterConnection._abort,
     ord("K"): MilterConnection._quit_keep_connection,
     ord("Q"): MilterConnection._quit,
-    **{command: MilterConnection._event for command in b"CTUN"},
+    **{command: MilterConnection._event for command in b"CHTUN"},
 }

@@ -211,22 +211,6 @@ async def test_a_message_never_carries_what_an_earlier_one_left(served):
     assert (second.macro("i"), second.macro("j")) == ("", "relay.example")
 
 
-async def test_the_helo_name_goes_with_each_message_of_its_session_only(served):
-    shadow_filter, path = served
-    postfix = await connect(path)
-    await postfix.negotiate()
-    await postfix.send(
-        packet(b"H", b"app1.internal\0"), *transaction("4ONE", "s@allowed.example", "r@x.example")
-    )
-    assert await postfix.answer() == (b"c", b"")
-    await postfix.send(*transaction("4TWO", "s@allowed.example", "r@x.example"))
-    assert await postfix.answer() == (b"c", b"")
-    # Postfix reuses the milter connection for another client's session: no HELO name yet.
-    await postfix.send(packet(b"K"), *transaction("4NEW", "s@allowed.example", "r@x.example"))
-    assert await postfix.answer() == (b"c", b"")
-    assert [m.helo for m in shadow_filter.messages] == ["app1.internal", "app1.internal", ""]
-
-
 @pytest.mark.parametrize(
     "hostile",
     [
