@@ -846,8 +846,11 @@ def main(argv: list[str]) -> None:
         elif action == "list":
             for message in sink_messages(name):
                 print(message["message_id"])
+        elif action == "show":
+            for message in sink_messages(name):
+                print(json.dumps(message))
         else:
-            raise SystemExit("lab: sink NAME stop|start|count|list")
+            raise SystemExit("lab: sink NAME stop|start|count|list|show")
     else:
         raise SystemExit(f"lab: unknown command {command}")
 

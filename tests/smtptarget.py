@@ -1,8 +1,9 @@
 """A relay target that records what it receives: `python -m tests.smtptarget HOST PORT DIR`.
 
 Each message is written to DIR as <n>.eml plus <n>.json with the envelope and how it arrived
-(over TLS or not, which SMTP AUTH user). Options: --tls CERT KEY (offer STARTTLS),
---require-tls, --auth USER:PASSWORD (require AUTH, only after STARTTLS). Runs until SIGTERM.
+(over TLS or not, which SMTP AUTH user, its Received: headers). Options: --tls CERT KEY (offer
+STARTTLS), --require-tls, --auth USER:PASSWORD (require AUTH, only after STARTTLS). Runs until
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Recorder:
                 else None
             ),
             "message_id": message.get("Message-ID", ""),
+            # The trace headers, newest first and unfolded: which hops the message took.
+            "received": [" ".join(str(h).split()) for h in message.get_all("Received", [])],
         }
         tmp = self.directory / f".{n}.json"
         tmp.write_text(json.dumps(record))

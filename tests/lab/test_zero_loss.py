@@ -50,6 +50,16 @@ def delivered(tag: str) -> list[str]:
     return [m for m in lab("sink", "sink1", "list").stdout.split() if f"<{tag}-" in m]
 
 
+def hops(tag: str) -> dict[str, list[str]]:
+    """The Received: headers of each message of `tag` sink1 received, by Message-ID."""
+    found: dict[str, list[str]] = {}
+    for line in lab("sink", "sink1", "show").stdout.splitlines():
+        record = json.loads(line)
+        if f"<{tag}-" in record["message_id"]:
+            found[record["message_id"]] = record["received"]
+    return found
+
+
 def flushed_and_delivered(node: str, tag: str) -> int:
     """Flush the node's queue (sink1 was down: its mail waits for a retry), then count the
     distinct messages of `tag` sink1 received."""
@@ -84,6 +94,7 @@ def test_every_250_survives_the_loss_of_the_active_node_and_its_disk(up):
     passive = other(active)
     wait_for(lambda: ready_backup(passive), 180, f"{passive} to be a ready BACKUP")
     tag = f"zero{int(time.time())}"
+    hostname = lab("exec", active, "postconf", "-h", "myhostname").stdout.strip()
     lab("exec", active, "systemctl", "stop", "mailrelay-queue-sync.timer")
     wait_for(lambda: not sync_running(active), 60, f"the sync under way on {active} to end")
     lab("sink", "sink1", "stop")
@@ -115,6 +126,12 @@ def test_every_250_survives_the_loss_of_the_active_node_and_its_disk(up):
     print(f"delivered by {passive} from shadows: {len(set(ids))} of 30")
     assert len(set(ids)) == 30, "a message that got a 250 was lost"
     print(f"duplicates: {len(ids) - len(set(ids))}")
+    # Each still shows where it came in: the lost node's first hop, from its shadow copy.
+    first_hop = f"by {hostname} (Postfix; as its shadow copy recorded it) id "
+    traces = hops(tag)
+    assert len(traces) == 30
+    for message_id, received in traces.items():
+        assert any(first_hop in h and "[198.18.0.30]" in h for h in received), message_id
     wait_for(lambda: ready_backup(active), 300, f"the replacement {active} to be a BACKUP")
     assert vip_owner() == passive, "the replacement took the VIP"
     # The replacement is a whole node again: mail through it is shadowed to the survivor.
