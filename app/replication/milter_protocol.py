@@ -67,6 +67,9 @@ class Message:
 
     sender: str = ""
     recipients: list[str] = field(default_factory=list)
+    # The ESMTP parameters of MAIL FROM, and of each RCPT TO in the order of `recipients`.
+    mail_params: list[str] = field(default_factory=list)
+    recipient_params: list[list[str]] = field(default_factory=list)
     headers: list[bytes] = field(default_factory=list)
     body: list[bytes] = field(default_factory=list)
     macros: dict[str, str] = field(default_factory=dict)
@@ -101,11 +104,12 @@ def _strings(data: bytes) -> list[str]:
     return [s.decode("utf-8", "surrogateescape") for s in data.split(b"\0")[:-1]]
 
 
-def _address(data: bytes) -> str:
+def _address(data: bytes) -> tuple[str, list[str]]:
+    """An envelope address and the ESMTP parameters given with it."""
     args = _strings(data)
     if not args:
         raise ProtocolError("an envelope address without its terminating NUL")
-    return args[0].strip("<>")
+    return args[0].strip("<>"), args[1:]
 
 
 class MilterConnection(asyncio.Protocol):
@@ -187,10 +191,13 @@ class MilterConnection(asyncio.Protocol):
         self.message.body.append(data)
 
     def _mail(self, data: bytes) -> None:
-        self.message = Message(sender=_address(data))
+        sender, params = _address(data)
+        self.message = Message(sender=sender, mail_params=params)
 
     def _recipient(self, data: bytes) -> None:
-        self.message.recipients.append(_address(data))
+        recipient, params = _address(data)
+        self.message.recipients.append(recipient)
+        self.message.recipient_params.append(params)
 
     def _event(self, data: bytes) -> None:
         """An event this filter has no use for (answered when Postfix waits for it)."""

@@ -7,7 +7,8 @@ within the size cap, each envelope must parse and its sender be in a sender doma
 sender_access map. A shadow older than the last sync's cutoff, or whose queue ID is in the
 replica, is covered by it and dropped; so is a second copy of a queue ID. Each other one is
 handed to `sendmail -G -i -f SENDER -- RECIPIENTS` (a gateway submission: the headers stay as
-the client sent them; pickup gives it a new queue ID). A segment goes once every shadow in it
+the client sent them; pickup gives it a new queue ID), with the client's DSN and body requests
+(`submissions`). A segment goes once every shadow in it
 was injected or covered; one with anything refused is renamed `refused-<name>` and kept for
 the operator, never read again (its accepted shadows are in the queue already).
 
@@ -32,6 +33,7 @@ from app.agent.replica import Report
 from app.replication.shadow_store import (
     READ_FLAGS,
     REFUSED_PREFIX,
+    Envelope,
     Record,
     is_segment,
     records,
@@ -40,21 +42,47 @@ from app.replication.shadow_store import (
 log = logging.getLogger("mailrelay.shadow.import")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-Inject = Callable[[str, list[str], bytes], None]
+Inject = Callable[[Envelope, bytes], None]
 
 
-def sendmail(sender: str, recipients: list[str], message: bytes) -> None:
-    """Postfix's sendmail as a gateway submission (-G: no header rewriting as for a local
-    user), -i: a line with a single dot is not the end."""
-    result = subprocess.run(
-        ["sendmail", "-G", "-i", "-f", sender, "--", *recipients],
-        input=message.replace(b"\r\n", b"\n"),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise OSError(f"sendmail failed: {result.stderr.decode(errors='replace').strip()}")
+def submissions(envelope: Envelope) -> list[list[str]]:
+    """The sendmail command lines that queue the message as the client handed it in: a gateway
+    submission (-G: no header rewriting as for a local user; -i: a line with a single dot is
+    not the end) with the client's ESMTP requests. sendmail takes one NOTIFY for all its
+    recipients, so recipients that asked differently go in separate submissions."""
+    requests = envelope.requests
+    options = ["-G", "-i"]
+    if requests.ret:
+        options += ["-R", requests.ret.lower()]
+    if requests.envid:
+        options += ["-V", requests.envid]
+    if requests.body:
+        options += ["-B", requests.body]
+    if requests.smtputf8:
+        options.append("-SMTPUTF8")
+    by_notify: dict[str, list[str]] = {}
+    for recipient, notify in zip(
+        envelope.recipients, requests.notify or [""] * len(envelope.recipients), strict=True
+    ):
+        by_notify.setdefault(notify, []).append(recipient)
+    return [
+        ["sendmail", *options, *(["-N", notify.lower()] if notify else []),
+         "-f", envelope.sender, "--", *recipients]
+        for notify, recipients in by_notify.items()
+    ]  # fmt: skip
+
+
+def sendmail(envelope: Envelope, message: bytes) -> None:
+    for command in submissions(envelope):
+        result = subprocess.run(
+            command,
+            input=message.replace(b"\r\n", b"\n"),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise OSError(f"sendmail failed: {result.stderr.decode(errors='replace').strip()}")
 
 
 @dataclass
@@ -161,7 +189,7 @@ def _one(record: Record, where: str, work: _Import) -> bool:
             f"sender <{envelope.sender[:200]}> is not in an allowed sender domain",
         )
         return False
-    work.inject(envelope.sender, envelope.recipients, message)
+    work.inject(envelope, message)
     work.report.imported.append(queue_id)
     work.done.add(queue_id)
     return True

@@ -25,7 +25,7 @@ import uvloop
 from app.replication.milter_protocol import Message, MilterConnection
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
 from app.replication.shadow_counters import Counters
-from app.replication.shadow_store import Envelope, ShadowFormatError
+from app.replication.shadow_store import Envelope, Requests, ShadowFormatError
 
 log = logging.getLogger("mailrelay.shadow.milter")
 
@@ -48,7 +48,7 @@ class Shadowing:
         # (main.cf.fragment: the macro lists).
         envelope = Envelope(
             queue_id, message.sender, message.recipients, message.macro("client_addr"),
-            accepted_at,
+            accepted_at, Requests.from_esmtp(message.mail_params, message.recipient_params),
         )  # fmt: skip
         try:
             envelope = Envelope.from_dict(envelope.as_dict())

@@ -55,6 +55,70 @@ class ShadowFormatError(Exception):
     """Not a shadow record or envelope (the peer's data is untrusted)."""
 
 
+RET = ("FULL", "HDRS")
+BODY = ("7BIT", "8BITMIME")
+NOTIFY = re.compile(r"NEVER|(SUCCESS|FAILURE|DELAY)(,(SUCCESS|FAILURE|DELAY))*")
+# RFC 3461: printable US-ASCII, and Postfix takes at most 100 characters.
+ENVID = re.compile(r"[\x20-\x7e]{1,100}")
+_XTEXT_ESCAPE = re.compile(r"\+([0-9A-Fa-f]{2})")
+
+
+@dataclass(frozen=True)
+class Requests:
+    """What the client asked with MAIL FROM and each RCPT TO about delivery status
+    notifications (RFC 3461) and the body (RFC 6152, RFC 6531). Postfix keeps them in its queue
+    file; a message the peer takes over must be delivered, and reported on, as the old node
+    would have: without them it would, say, bounce to a sender who asked for NOTIFY=NEVER."""
+
+    ret: str = ""  # FULL or HDRS: what a bounce returns of the message
+    envid: str = ""  # the client's ID for the transaction, decoded from xtext
+    notify: tuple[str, ...] = ()  # per recipient, "" where it asked nothing
+    body: str = ""  # 7BIT or 8BITMIME
+    smtputf8: bool = False
+
+    @classmethod
+    def from_esmtp(cls, mail: list[str], rcpts: list[list[str]]) -> Requests:
+        """From the ESMTP parameters as the client gave them (Postfix checked their syntax)."""
+        given = {key.upper(): value for key, _, value in (p.partition("=") for p in mail)}
+        notify = []
+        for params in rcpts:
+            asked = [v for k, _, v in (p.partition("=") for p in params) if k.upper() == "NOTIFY"]
+            notify.append(asked[0].upper() if asked else "")
+        return cls(
+            ret=given.get("RET", "").upper(),
+            envid=_XTEXT_ESCAPE.sub(lambda m: chr(int(m[1], 16)), given.get("ENVID", "")),
+            notify=tuple(notify) if any(notify) else (),
+            body=given.get("BODY", "").upper(),
+            smtputf8="SMTPUTF8" in given,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ret": self.ret, "envid": self.envid, "notify": list(self.notify),
+            "body": self.body, "smtputf8": self.smtputf8,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, raw: object, recipients: int) -> Requests:
+        if not isinstance(raw, dict):
+            raise ShadowFormatError("the ESMTP requests are not a JSON object")
+        ret, envid, body = raw.get("ret", ""), raw.get("envid", ""), raw.get("body", "")
+        notify, smtputf8 = raw.get("notify", []), raw.get("smtputf8", False)
+        if ret not in ("", *RET) or body not in ("", *BODY):
+            raise ShadowFormatError("RET or BODY is not one Postfix takes")
+        if not isinstance(envid, str) or (envid and not ENVID.fullmatch(envid)):
+            raise ShadowFormatError("ENVID is not printable text of at most 100 characters")
+        if (
+            not isinstance(notify, list)
+            or len(notify) not in (0, recipients)
+            or not all(isinstance(n, str) and (not n or NOTIFY.fullmatch(n)) for n in notify)
+        ):
+            raise ShadowFormatError("NOTIFY is not one valid request per recipient")
+        if not isinstance(smtputf8, bool):
+            raise ShadowFormatError("SMTPUTF8 is not true or false")
+        return cls(ret, envid, tuple(notify), body, smtputf8)
+
+
 @dataclass(frozen=True)
 class Envelope:
     queue_id: str
@@ -62,6 +126,7 @@ class Envelope:
     recipients: list[str]
     client_address: str
     time: float
+    requests: Requests = Requests()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +135,7 @@ class Envelope:
             "recipients": self.recipients,
             "client_address": self.client_address,
             "time": self.time,
+            "requests": self.requests.as_dict(),
         }
 
     @classmethod
@@ -90,7 +156,9 @@ class Envelope:
             raise ShadowFormatError("the recipients are not a list of addresses")
         if not isinstance(client, str) or not isinstance(when, int | float):
             raise ShadowFormatError("the client address or time is malformed")
-        return cls(queue_id, sender, list(rcpts), client, float(when))
+        # A shadow of an earlier release has no requests: as if the client had asked none.
+        requests = Requests.from_dict(raw.get("requests", {}), len(rcpts))
+        return cls(queue_id, sender, list(rcpts), client, float(when), requests)
 
 
 def encode(envelope: Envelope, message: bytes) -> bytes:

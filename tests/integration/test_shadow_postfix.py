@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -15,7 +17,7 @@ import pytest
 
 from app.replication.shadow_store import Envelope, encode, is_segment, records
 from tests import postfixhost
-from tests.postfixhost import ALLOWED, CLIENT
+from tests.postfixhost import ALLOWED, CLIENT, RELAY
 from tests.smtptarget import received
 
 pytestmark = pytest.mark.postfix
@@ -203,6 +205,73 @@ async def test_a_taken_over_message_keeps_its_bytes_and_its_first_hop(relay, age
     for part in (" with ESMTPS id " + queue_id, "for <someone@dest.example>;"):
         assert part in postfix_hop and part in shadow_hop
     assert " by relay.test (Postfix; as its shadow copy recorded it) with ESMTPS " in shadow_hop
+
+
+# A client that asks for DSN and declares its body, recipient by recipient (swaks cannot).
+DSN_CLIENT = f"""
+import smtplib
+smtp = smtplib.SMTP("{RELAY}", 25, source_address=("{CLIENT}", 0))
+smtp.ehlo("app1.internal")
+smtp.mail("app@{ALLOWED}", ["RET=HDRS", "ENVID=batch+2B42", "BODY=8BITMIME"])
+smtp.rcpt("never@dest.example", ["NOTIFY=NEVER"])
+smtp.rcpt("default@dest.example")
+smtp.rcpt("success@dest.example", ["NOTIFY=SUCCESS,FAILURE"])
+code, reply = smtp.data(b"Message-Id: <dsn@test>\\r\\n\\r\\nGr\\xc3\\xbc\\xc3\\x9fe\\r\\n")
+print(code, reply.decode())
+"""
+
+
+def dsn_records(relay, queue_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """What a queue file holds of the client's requests: for the message (ENVID, RET, body
+    encoding) and each recipient's NOTIFY flags (postcat's records)."""
+    message: dict[str, str] = {}
+    per_recipient: dict[str, str] = {}
+    notify = ""
+    for line in relay.exec("postcat", "-e", "-q", queue_id).stdout.splitlines():
+        key, _, value = line.partition(": ")
+        name, _, attribute = value.partition("=")
+        if key == "named_attribute" and name in ("envelope_id", "ret_flags", "encoding"):
+            message[name] = attribute
+        elif key == "named_attribute" and name == "notify_flags":
+            notify = attribute
+        elif key == "recipient":
+            per_recipient[value], notify = notify, ""
+    return message, per_recipient
+
+
+async def test_a_taken_over_message_keeps_the_clients_dsn_and_body_requests(relay, agent):
+    relay.start_shadow("receiver")
+    relay.start_shadow("milter", "prefer")
+    relay.stop_sink(1)  # both copies stay in the queue, where their records can be read
+    try:
+        sent = subprocess.run(
+            relay.net(sys.executable, "-c", DSN_CLIENT), capture_output=True, text=True, timeout=60
+        )
+        assert sent.stdout.startswith("250 "), sent.stdout + sent.stderr
+        original = sent.stdout.split()[-1]
+        relay.stop_shadow("receiver")
+        assert (await agent.import_replica())["shadows"]["imported"] == [original]
+        queued = {
+            json.loads(line)["queue_id"]
+            for line in relay.exec("postqueue", "-j").stdout.splitlines()
+        }
+        taken_over = sorted(queued - {original})
+        message, per_recipient = dsn_records(relay, original)
+        assert message == {"envelope_id": "batch+42", "ret_flags": "2", "encoding": "8bit"}
+        assert per_recipient == {
+            "never@dest.example": "1", "default@dest.example": "", "success@dest.example": "6",
+        }  # fmt: skip
+        # One submission per distinct NOTIFY (sendmail takes one for all its recipients).
+        assert len(taken_over) == 3
+        again: dict[str, str] = {}
+        for queue_id in taken_over:
+            copy_message, copy_recipients = dsn_records(relay, queue_id)
+            assert copy_message == message
+            again |= copy_recipients
+        assert again == per_recipient
+    finally:
+        relay.exec("postsuper", "-d", "ALL")
+        relay.start_sink(1)
 
 
 async def test_a_shadow_the_replica_covers_is_dropped_not_injected(relay, agent):

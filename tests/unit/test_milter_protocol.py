@@ -127,6 +127,8 @@ async def test_a_message_reaches_the_filter_whole_and_only_its_end_is_answered(s
     [message] = shadow_filter.messages
     assert message.sender == "app@allowed.example"
     assert message.recipients == ["a@x.example", "b@x.example"]
+    assert message.mail_params == ["SIZE=120"]
+    assert message.recipient_params == [[], []]
     assert message.macro("i") == "4ABC"
     assert message.macro("client_addr") == "198.18.0.9"
     assert message.content() == (

@@ -20,10 +20,10 @@ import pytest
 from app.replication import shadow_store
 from app.replication.milter_protocol import Message
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
-from app.replication.shadow_import import import_shadows
+from app.replication.shadow_import import import_shadows, submissions
 from app.replication.shadow_milter import first_hop
 from app.replication.shadow_receiver import Receiver, listen, serve, server_context
-from app.replication.shadow_store import Envelope, ShadowStore, StoreFull, records
+from app.replication.shadow_store import Envelope, Requests, ShadowStore, StoreFull, records
 from tests.postfixhost import _self_signed
 
 TOKEN = "t" * 40
@@ -183,10 +183,59 @@ def test_a_failed_fdatasync_acknowledges_nothing_it_covered_and_retires_its_segm
 
 
 def inject_into(delivered: list[tuple[str, list[str], bytes]]):
-    def inject(sender: str, recipients: list[str], message: bytes) -> None:
-        delivered.append((sender, recipients, message))
+    def inject(envelope: Envelope, message: bytes) -> None:
+        delivered.append((envelope.sender, envelope.recipients, message))
 
     return inject
+
+
+def test_the_clients_dsn_and_body_requests_travel_with_the_copy_to_sendmail(tmp_path):
+    requests = Requests.from_esmtp(
+        ["SIZE=120", "RET=hdrs", "ENVID=track+2B42", "BODY=8BITMIME", "SMTPUTF8"],
+        [["NOTIFY=NEVER"], [], ["NOTIFY=success,failure", "ORCPT=rfc822;c@x.example"]],
+    )
+    assert requests == Requests(
+        "HDRS", "track+42", ("NEVER", "", "SUCCESS,FAILURE"), "8BITMIME", True
+    )
+    rcpts = ["a@x.example", "b@x.example", "c@x.example"]
+    sent = Envelope("4ZdsnABC123", "app@ex.example", rcpts, "192.0.2.1", 1.0, requests)
+    ShadowStore(tmp_path / "s", 1 << 20).put(sent, b"m")
+    [(got, _)] = stored(tmp_path / "s")
+    assert got == sent
+    common = ["sendmail", "-G", "-i", "-R", "hdrs", "-V", "track+42", "-B", "8BITMIME", "-SMTPUTF8"]
+    # sendmail takes one NOTIFY for all its recipients: one submission per distinct request.
+    assert submissions(got) == [
+        [*common, "-N", "never", "-f", "app@ex.example", "--", "a@x.example"],
+        [*common, "-f", "app@ex.example", "--", "b@x.example"],
+        [*common, "-N", "success,failure", "-f", "app@ex.example", "--", "c@x.example"],
+    ]
+    assert submissions(envelope()) == [
+        ["sendmail", "-G", "-i", "-f", "a@ex.example", "--", "b@dest.example"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"envid": "a\nb"},
+        {"envid": "x" * 101},
+        {"ret": "EVERYTHING"},
+        {"body": "BINARYMIME"},
+        {"notify": ["NEVER", "NEVER"]},  # two requests for one recipient
+        {"notify": ["NEVER,SUCCESS"]},
+        {"smtputf8": "yes"},
+    ],
+)
+def test_requests_a_peer_could_forge_are_refused(forged):
+    raw = envelope().as_dict() | {"requests": Requests().as_dict() | forged}
+    with pytest.raises(shadow_store.ShadowFormatError):
+        Envelope.from_dict(raw)
+
+
+def test_a_shadow_of_an_earlier_release_has_no_requests():
+    raw = envelope().as_dict()
+    del raw["requests"]
+    assert Envelope.from_dict(raw).requests == Requests()
 
 
 def test_the_import_injects_each_uncovered_shadow_once_and_drops_the_segment(tmp_path):
