@@ -20,7 +20,7 @@ import pytest
 from app.replication import shadow_store
 from app.replication.milter_protocol import Message
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
-from app.replication.shadow_import import import_shadows, submissions
+from app.replication.shadow_import import INJECT_AT_ONCE, import_shadows, submissions
 from app.replication.shadow_milter import first_hop
 from app.replication.shadow_receiver import Receiver, listen, serve, server_context
 from app.replication.shadow_store import Envelope, Requests, ShadowStore, StoreFull, records
@@ -255,6 +255,45 @@ def test_the_import_injects_each_uncovered_shadow_once_and_drops_the_segment(tmp
     )
     assert report.imported == ["4ZtakeOverA"]
     assert delivered == [("a@ex.example", ["b@dest.example"], b"only here")]
+    assert segments(tmp_path / "s") == []
+
+
+def test_the_import_hands_shadows_to_sendmail_side_by_side_and_reports_them_in_order(tmp_path):
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    ids = [f"4Zside{i:05d}" for i in range(2 * INJECT_AT_ONCE)]
+    for queue_id in ids:
+        store.put(envelope(queue_id), b"m")
+    # Each injection waits until INJECT_AT_ONCE of them are under way: one at a time, the
+    # first would wait in vain.
+    all_at_once = threading.Barrier(INJECT_AT_ONCE, timeout=10)
+    report = import_shadows(
+        tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20,
+        lambda envelope, message: all_at_once.wait() and None,
+    )  # fmt: skip
+    assert report.imported == ids
+    assert segments(tmp_path / "s") == []
+
+
+def test_a_failed_injection_leaves_its_segment_for_the_next_import(tmp_path):
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    for queue_id in ("4ZfirstAAAA", "4ZfailsAAAA", "4ZthirdAAAA"):
+        store.put(envelope(queue_id), b"m")
+    [name] = segments(tmp_path / "s")
+
+    def sendmail_down_for_one(envelope: Envelope, message: bytes) -> None:
+        if envelope.queue_id == "4ZfailsAAAA":
+            raise OSError("sendmail failed: postdrop: warning: unable to look up public/pickup")
+
+    with pytest.raises(OSError):
+        import_shadows(
+            tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20, sendmail_down_for_one
+        )
+    assert segments(tmp_path / "s") == [name]  # nothing it held is lost
+    delivered: list[tuple[str, list[str], bytes]] = []
+    again = import_shadows(
+        tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20, inject_into(delivered)
+    )
+    assert again.imported == ["4ZfirstAAAA", "4ZfailsAAAA", "4ZthirdAAAA"]
     assert segments(tmp_path / "s") == []
 
 
