@@ -79,6 +79,8 @@ class Requests:
     @classmethod
     def from_esmtp(cls, mail: list[str], rcpts: list[list[str]]) -> Requests:
         """From the ESMTP parameters as the client gave them (Postfix checked their syntax)."""
+        if not any(rcpts) and all(p[:5].upper() == "SIZE=" for p in mail):
+            return NO_REQUESTS  # most clients: a shadow then carries none
         given = {key.upper(): value for key, _, value in (p.partition("=") for p in mail)}
         notify = []
         for params in rcpts:
@@ -119,6 +121,9 @@ class Requests:
         return cls(ret, envid, tuple(notify), body, smtputf8)
 
 
+NO_REQUESTS = Requests()
+
+
 @dataclass(frozen=True)
 class Envelope:
     queue_id: str
@@ -126,17 +131,19 @@ class Envelope:
     recipients: list[str]
     client_address: str
     time: float
-    requests: Requests = Requests()
+    requests: Requests = NO_REQUESTS
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        envelope = {
             "queue_id": self.queue_id,
             "sender": self.sender,
             "recipients": self.recipients,
             "client_address": self.client_address,
             "time": self.time,
-            "requests": self.requests.as_dict(),
         }
+        if self.requests != NO_REQUESTS:
+            envelope["requests"] = self.requests.as_dict()
+        return envelope
 
     @classmethod
     def from_dict(cls, raw: object) -> Envelope:
@@ -156,8 +163,9 @@ class Envelope:
             raise ShadowFormatError("the recipients are not a list of addresses")
         if not isinstance(client, str) or not isinstance(when, int | float):
             raise ShadowFormatError("the client address or time is malformed")
-        # A shadow of an earlier release has no requests: as if the client had asked none.
-        requests = Requests.from_dict(raw.get("requests", {}), len(rcpts))
+        # None written: the client asked none (or the shadow is of an earlier release).
+        given = raw.get("requests")
+        requests = NO_REQUESTS if given is None else Requests.from_dict(given, len(rcpts))
         return cls(queue_id, sender, list(rcpts), client, float(when), requests)
 
 
