@@ -8,9 +8,9 @@ sender_access map. A shadow older than the last sync's cutoff, or whose queue ID
 replica, is covered by it and dropped; so is a second copy of a queue ID. Each other one is
 handed to `sendmail -G -i -f SENDER -- RECIPIENTS` (a gateway submission: the headers stay as
 the client sent them; pickup gives it a new queue ID), with the client's DSN and body requests
-(`submissions`). A segment goes once every shadow in it
-was injected or covered; one with anything refused is renamed `refused-<name>` and kept for
-the operator, never read again (its accepted shadows are in the queue already).
+(`submissions`), INJECT_AT_ONCE at a time. A segment goes once every shadow in it was injected
+or covered; one with anything refused is renamed `refused-<name>` and kept for the operator,
+never read again (its accepted shadows are in the queue already).
 
 A segment the receiver still appends to is read to its end as it is then: a shadow stored after
 that is of mail the old active node still had when this one took over, which that node keeps

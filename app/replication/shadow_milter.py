@@ -69,8 +69,8 @@ class Shadowing:
         return None
 
 
-# What a trace header may hold of a value that came from elsewhere (the client's HELO name, a
-# DNS name): no line break or other control character can start a header of its own.
+# What a trace header may hold of a value that came from elsewhere (a DNS name, the client's
+# recipient address): no line break or other control character, which could start a header.
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
