@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import re
+import socket
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -99,8 +100,10 @@ def first_hop(message: Message, accepted_at: float) -> bytes:
     if tls:
         cipher, bits = message.macro("cipher"), message.macro("cipher_bits")
         lines.append(f"\t(using {clean(tls)} with cipher {clean(cipher)} ({clean(bits)} bits))")
+    # Without `j` (a main.cf whose macro lists predate it) the node's name comes from here.
+    node = message.macro("j") or socket.gethostname()
     by = (
-        f"\tby {clean(message.macro('j'))} (Postfix; as its shadow copy recorded it)"
+        f"\tby {clean(node)} (Postfix; as its shadow copy recorded it)"
         f"{' with ESMTPS' if tls else ''} id {clean(message.macro('i'))}"
     )
     date = _date(int(accepted_at))

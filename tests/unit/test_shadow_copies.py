@@ -445,6 +445,12 @@ def test_the_first_hop_of_tls_ipv6_and_many_recipients():
     assert "for <" not in lines[3]  # as Postfix: a recipient is named only when it is the one
 
 
+def test_the_first_hop_names_this_host_when_postfix_sends_no_j():
+    message = milter_message(["b@x.example"], i="4Z1", client_addr="198.51.100.7")
+    lines = first_hop(message, 0.0).decode().split("\r\n")
+    assert lines[1].startswith(f"\tby {socket.gethostname()} (Postfix;")
+
+
 def test_a_name_from_dns_cannot_add_a_header_of_its_own():
     message = milter_message(
         ["b@x.example"], client_name="evil\r\nBcc: victim@x.example", client_addr="198.51.100.7"
