@@ -181,10 +181,16 @@ def _segment(root: int, name: str, owner: int, work: _Import) -> None:
             else:
                 injections.append((outcome[0].queue_id, work.pool.submit(work.inject, *outcome)))
         # Reported in the segment's order once each is in the queue. The first that failed
-        # ends the import here and leaves its segment for the next import to take again.
-        for queue_id, injection in injections:
-            injection.result()
-            work.report.imported.append(queue_id)
+        # ends the import here and leaves its segment for the next import to take again; the
+        # shadows not begun yet are not begun (each would be delivered twice by that import).
+        try:
+            for queue_id, injection in injections:
+                injection.result()
+                work.report.imported.append(queue_id)
+        except BaseException:
+            for _queue_id, injection in injections:
+                injection.cancel()
+            raise
     finally:
         os.close(fd)
     if refused:

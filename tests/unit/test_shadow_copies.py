@@ -277,6 +277,28 @@ def test_the_import_hands_shadows_to_sendmail_side_by_side_and_reports_them_in_o
     assert segments(tmp_path / "s") == []
 
 
+def test_after_a_failed_injection_no_further_shadow_is_begun(tmp_path):
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    ids = [f"4Zstop{i:05d}" for i in range(5 * INJECT_AT_ONCE)]
+    for queue_id in ids:
+        store.put(envelope(queue_id), b"m")
+    begun: list[str] = []
+
+    def sendmail_that_fails_first(envelope: Envelope, message: bytes) -> None:
+        begun.append(envelope.queue_id)
+        if envelope.queue_id == ids[0]:
+            raise OSError("sendmail failed")
+        time.sleep(0.2)
+
+    with pytest.raises(OSError):
+        import_shadows(
+            tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20,
+            sendmail_that_fails_first,
+        )  # fmt: skip
+    # Those already under way finish; the others wait for the next import.
+    assert len(begun) <= 2 * INJECT_AT_ONCE
+
+
 def test_a_failed_injection_leaves_its_segment_for_the_next_import(tmp_path):
     store = ShadowStore(tmp_path / "s", 1 << 20)
     for queue_id in ("4ZfirstAAAA", "4ZfailsAAAA", "4ZthirdAAAA"):
