@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,6 +143,7 @@ def serve_node(
         yield running
     finally:
         _stop(process)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wait_healthy(server: Server) -> None:

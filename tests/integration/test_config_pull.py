@@ -74,12 +74,12 @@ async def apply(box, actor, problems):
         await writer.drain()
         writer.close()
 
-    folder = tempfile.mkdtemp(prefix="mr-master-agent-")
-    server = await asyncio.start_unix_server(answer, f"{folder}/agent.sock")
-    async with server:
-        latest = await service.latest_version()
-        agent = AgentClient(Path(folder) / "agent.sock")
-        report = await pipeline.apply_version(latest["number"], box, agent, "a", actor)
+    with tempfile.TemporaryDirectory(prefix="mr-master-agent-") as folder:
+        server = await asyncio.start_unix_server(answer, f"{folder}/agent.sock")
+        async with server:
+            latest = await service.latest_version()
+            agent = AgentClient(Path(folder) / "agent.sock")
+            report = await pipeline.apply_version(latest["number"], box, agent, "a", actor)
     return report.ok
 
 

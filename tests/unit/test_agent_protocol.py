@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +72,14 @@ class Recorder:
         writer.close()
 
 
-async def test_each_client_method_sends_the_verb_it_is_named_after():
-    recorder = Recorder()
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    made = Recorder()
+    yield made
+    shutil.rmtree(made.folder, ignore_errors=True)
+
+
+async def test_each_client_method_sends_the_verb_it_is_named_after(recorder):
     server = await asyncio.start_unix_server(recorder.handle, path=str(recorder.path))
     client = AgentClient(recorder.path, timeout=5)
     try:
@@ -166,6 +174,7 @@ async def _served(agent: Agent, request: bytes) -> bytes:
     finally:
         listening.close()
         await listening.wait_closed()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def test_a_payload_of_no_size_the_agent_reads_drops_the_connection():
@@ -180,8 +189,9 @@ async def test_a_payload_of_no_size_the_agent_reads_drops_the_connection():
     assert answer["result"]["problems"][0]["key"].startswith("expected exactly the maps")
 
 
-async def test_work_meanwhile_runs_after_the_request_and_ends_before_the_answer_returns():
-    recorder = Recorder()
+async def test_work_meanwhile_runs_after_the_request_and_ends_before_the_answer_returns(
+    recorder,
+):
     server = await asyncio.start_unix_server(recorder.handle, path=str(recorder.path))
     client = AgentClient(recorder.path, timeout=5)
     seen: list[str] = []
