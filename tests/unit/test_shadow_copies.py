@@ -17,10 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from app.agent.replica import Report
 from app.replication import shadow_store
 from app.replication.milter_protocol import Message
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
-from app.replication.shadow_import import INJECT_AT_ONCE, import_shadows, submissions
+from app.replication.shadow_import import (
+    INJECT_AT_ONCE,
+    Inject,
+    import_shadows,
+    submissions,
+)
 from app.replication.shadow_milter import first_hop
 from app.replication.shadow_receiver import Receiver, listen, serve, server_context
 from app.replication.shadow_store import Envelope, Requests, ShadowStore, StoreFull, records
@@ -189,6 +195,20 @@ def inject_into(delivered: list[tuple[str, list[str], bytes]]):
     return inject
 
 
+def shadows_of(root: Path, prefix: str, count: int) -> list[str]:
+    """A store holding `count` shadows of ex.example; their queue IDs in the order stored."""
+    store = ShadowStore(root, 1 << 20)
+    ids = [f"4Z{prefix}{i:05d}" for i in range(count)]
+    for queue_id in ids:
+        store.put(envelope(queue_id), b"m")
+    return ids
+
+
+def take_over(root: Path, inject: Inject) -> Report:
+    """The import of a promotion with no replica: every shadow of ex.example is uncovered."""
+    return import_shadows(root, set(), None, frozenset({"ex.example"}), 1 << 20, inject)
+
+
 def test_the_clients_dsn_and_body_requests_travel_with_the_copy_to_sendmail(tmp_path):
     requests = Requests.from_esmtp(
         ["SIZE=120", "RET=hdrs", "ENVID=track+2B42", "BODY=8BITMIME", "SMTPUTF8"],
@@ -262,26 +282,17 @@ def test_the_import_injects_each_uncovered_shadow_once_and_drops_the_segment(tmp
 
 
 def test_the_import_hands_shadows_to_sendmail_side_by_side_and_reports_them_in_order(tmp_path):
-    store = ShadowStore(tmp_path / "s", 1 << 20)
-    ids = [f"4Zside{i:05d}" for i in range(2 * INJECT_AT_ONCE)]
-    for queue_id in ids:
-        store.put(envelope(queue_id), b"m")
+    ids = shadows_of(tmp_path / "s", "side", 2 * INJECT_AT_ONCE)
     # Each injection waits until INJECT_AT_ONCE of them are under way: one at a time, the
     # first would wait in vain.
     all_at_once = threading.Barrier(INJECT_AT_ONCE, timeout=10)
-    report = import_shadows(
-        tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20,
-        lambda envelope, message: all_at_once.wait() and None,
-    )  # fmt: skip
+    report = take_over(tmp_path / "s", lambda envelope, message: all_at_once.wait() and None)
     assert report.imported == ids
     assert segments(tmp_path / "s") == []
 
 
 def test_after_a_failed_injection_no_further_shadow_is_begun(tmp_path):
-    store = ShadowStore(tmp_path / "s", 1 << 20)
-    ids = [f"4Zstop{i:05d}" for i in range(5 * INJECT_AT_ONCE)]
-    for queue_id in ids:
-        store.put(envelope(queue_id), b"m")
+    ids = shadows_of(tmp_path / "s", "stop", 5 * INJECT_AT_ONCE)
     begun: list[str] = []
 
     def sendmail_that_fails_first(envelope: Envelope, message: bytes) -> None:
@@ -291,10 +302,7 @@ def test_after_a_failed_injection_no_further_shadow_is_begun(tmp_path):
         time.sleep(0.2)
 
     with pytest.raises(OSError):
-        import_shadows(
-            tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20,
-            sendmail_that_fails_first,
-        )  # fmt: skip
+        take_over(tmp_path / "s", sendmail_that_fails_first)
     # Those already under way finish; the others wait for the next import.
     assert len(begun) <= 2 * INJECT_AT_ONCE
 
@@ -310,14 +318,10 @@ def test_a_failed_injection_leaves_its_segment_for_the_next_import(tmp_path):
             raise OSError("sendmail failed: postdrop: warning: unable to look up public/pickup")
 
     with pytest.raises(OSError):
-        import_shadows(
-            tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20, sendmail_down_for_one
-        )
+        take_over(tmp_path / "s", sendmail_down_for_one)
     assert segments(tmp_path / "s") == [name]  # nothing it held is lost
     delivered: list[tuple[str, list[str], bytes]] = []
-    again = import_shadows(
-        tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20, inject_into(delivered)
-    )
+    again = take_over(tmp_path / "s", inject_into(delivered))
     assert again.imported == ["4ZfirstAAAA", "4ZfailsAAAA", "4ZthirdAAAA"]
     assert segments(tmp_path / "s") == []
 
@@ -354,9 +358,7 @@ def test_the_import_follows_no_link_and_reads_no_file_it_does_not_own(tmp_path):
     (root / "4ZnotAsegmt").write_bytes(b"x")
     store.put(envelope("4ZfineAAAAA"), b"fine")
     delivered: list[tuple[str, list[str], bytes]] = []
-    report = import_shadows(
-        root, set(), None, frozenset({"ex.example"}), 1 << 20, inject_into(delivered)
-    )
+    report = take_over(root, inject_into(delivered))
     reasons = {r["path"]: r["reason"] for r in report.refused}
     assert "following links" in reasons[f"shadow/{link.name}"]
     assert "not a shadow segment" in reasons["shadow/4ZnotAsegmt"]
