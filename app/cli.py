@@ -398,8 +398,9 @@ def cmd_config_import(args: argparse.Namespace) -> None:
     config-export the master version it came from (the new version is numbered past it)."""
     import json
 
-    from app.config import service
+    from app.config import service, validation
     from app.config.validation import FieldErrors
+    from app.messages import message_of
 
     settings = _settings()
     try:
@@ -414,7 +415,13 @@ def cmd_config_import(args: argparse.Namespace) -> None:
     for entry in document.get("sender_domains", []):
         route = entry.get("route") or {}
         if "auth_password" in route:
-            route["auth_password_enc"] = box.encrypt(str(route.pop("auth_password")))
+            try:
+                password = validation.auth_password(str(route.pop("auth_password")))
+            except ValueError as exc:
+                raise UserFacingError(
+                    f"{args.file}: {entry.get('name')}: {message_of(exc)}"
+                ) from None
+            route["auth_password_enc"] = box.encrypt(password)
 
     async def work() -> int:
         try:

@@ -14,15 +14,6 @@ import ipaddress
 from app.config import validation
 from app.messages import Message, message_of
 
-# IPv6 ranges that carry an IPv4 address in their low bits (mapped, compatible, NAT64) or
-# right after the prefix (6to4): trusting one trusts that part of the IPv4 internet.
-_EMBEDDED_IPV4 = (
-    (ipaddress.IPv6Network("::ffff:0:0/96"), 96),
-    (ipaddress.IPv6Network("::/96"), 96),
-    (ipaddress.IPv6Network("64:ff9b::/96"), 96),
-    (ipaddress.IPv6Network("2002::/16"), 16),
-)
-
 
 def _network(line: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """A mynetworks line as rendered (IPv6 in brackets) as a network."""
@@ -32,23 +23,12 @@ def _network(line: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(line, strict=True)
 
 
-def _embedded(network: ipaddress.IPv6Network) -> list[ipaddress.IPv4Network]:
-    """The IPv4 networks an IPv6 network covers through the embedding ranges."""
-    found = []
-    for embedding, start in _EMBEDDED_IPV4:
-        if not network.overlaps(embedding):
-            continue
-        bits = max(0, min(32, network.prefixlen - start))
-        shift = 128 - start - 32
-        first = (int(network.network_address) >> shift) & 0xFFFFFFFF
-        found.append(ipaddress.IPv4Network((first >> (32 - bits) << (32 - bits), bits)))
-    return found
-
-
 def network_problems(mynetworks: bytes) -> list[str]:
     """Every trusted network wider than the floor of app.config.validation (IPv6 networks
-    judged also by the IPv4 they embed); empty when the map keeps to it."""
+    judged also by the IPv4 they embed), and networks that pass one by one but together trust
+    too much; empty when the map keeps to the floor."""
     problems: list[str] = []
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for number, line in enumerate(mynetworks.decode("ascii", "replace").splitlines(), 1):
         if not line or line.startswith("#"):
             continue
@@ -56,7 +36,7 @@ def network_problems(mynetworks: bytes) -> list[str]:
             network = _network(line)
             validation.cidr(str(network))
             if isinstance(network, ipaddress.IPv6Network):
-                for inner in _embedded(network):
+                for inner in validation.ipv4_inside(network):
                     try:
                         validation.cidr(str(inner))
                     except ValueError:
@@ -67,10 +47,15 @@ def network_problems(mynetworks: bytes) -> list[str]:
                                 inner=str(inner),
                             )
                         ) from None
+            trusted.append(network)
         except ValueError as exc:
             problems.append(
                 Message(
                     "mynetworks line {number}: {problem}", number=number, problem=message_of(exc)
                 )
             )
+    try:
+        validation.trusted_together(trusted)
+    except ValueError as exc:
+        problems.append(Message("mynetworks as a whole: {problem}", problem=message_of(exc)))
     return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import ipaddress
 import itertools
 import json
 import operator
@@ -172,13 +173,17 @@ def checked(snapshot: Snapshot) -> tuple[list[str], CheckedDomains]:
                 )
             )
     seen_networks: set[str] = set()
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for entry in networks:
         value = str(entry.get("cidr", ""))
         try:
-            if validation.cidr(value) != value:
+            normal = validation.cidr(value)
+            if normal != value:
                 problems.append(
                     Message("trusted network {cidr}: not in normalised form", cidr=repr(value))
                 )
+            elif value not in seen_networks:
+                trusted.append(ipaddress.ip_network(normal))
             validation.comment(str(entry.get("comment", "")))
         except ValueError as exc:
             problems.append(
@@ -189,6 +194,10 @@ def checked(snapshot: Snapshot) -> tuple[list[str], CheckedDomains]:
         if value in seen_networks:
             problems.append(Message("trusted network {cidr}: listed twice", cidr=value))
         seen_networks.add(value)
+    try:
+        validation.trusted_together(trusted)
+    except ValueError as exc:
+        problems.append(message_of(exc))
     return problems, passed
 
 

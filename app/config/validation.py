@@ -49,6 +49,12 @@ _IPV4_EMBEDDING = (
     (ipaddress.IPv6Network("2001::/32"), Message("Teredo addresses")),
 )
 _EMBEDDED_AT = 96
+# 6to4 carries the IPv4 address right after its /16, not in the last 32 bits.
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+# Together, the trusted networks may cover at most two /8s' worth of IPv4 addresses (every
+# private range, 10/8, 172.16/12, 192.168/16 and 100.64/10 at once, fits) and two /32s of IPv6.
+# Each network at the floor passes on its own, but 256 IPv4 /8s are all of IPv4.
+_MOST_TOGETHER = {4: 2 << 24, 6: 2 << 96}
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 # Names that resolve to this host by convention (RFC 6761 and the classic localhost.DOMAIN).
 _LOCALHOST = "localhost"
@@ -277,11 +283,58 @@ def _check_embedded_ipv4_width(network: ipaddress.IPv6Network) -> None:
             )
 
 
+def ipv4_inside(network: ipaddress.IPv6Network) -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks an IPv6 network stands for through the blocks that carry an IPv4
+    address (mapped, compatible, translated, NAT64, Teredo with its bits as they are, 6to4)."""
+    carriers = [(block, _EMBEDDED_AT) for block, _ in _IPV4_EMBEDDING] + [(_SIX_TO_FOUR, 16)]
+    found = []
+    for block, start in carriers:
+        if not network.overlaps(block):
+            continue
+        bits = max(0, min(32, network.prefixlen - start))
+        first = (int(network.network_address) >> (96 - start)) & 0xFFFFFFFF
+        found.append(ipaddress.IPv4Network((first >> (32 - bits) << (32 - bits), bits)))
+    return found
+
+
+def trusted_together(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    """Refuse trusted networks that each keep to the floor but together cover more addresses
+    than a relay should trust (IPv6 networks count also by the IPv4 they stand for)."""
+    ipv4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    ipv6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    ipv4 += [inner for network in ipv6 for inner in ipv4_inside(network)]
+    covered_by = {
+        4: sum(n.num_addresses for n in ipaddress.collapse_addresses(ipv4)),
+        6: sum(n.num_addresses for n in ipaddress.collapse_addresses(ipv6)),
+    }
+    for version, covered in covered_by.items():
+        if covered > _MOST_TOGETHER[version]:
+            raise ValueError(
+                Message(
+                    "The trusted networks together cover {covered} IPv{version} addresses, "
+                    "more than the {most} (two /{floor} networks) a relay may trust: together "
+                    "they would come close to an open relay.",
+                    covered=f"{covered:,}",
+                    version=version,
+                    most=f"{_MOST_TOGETHER[version]:,}",
+                    floor=_MIN_PREFIX[version],
+                )
+            )
+
+
+def _plain_ascii(value: str, what: str) -> None:
+    # The agent installs only plain ASCII maps: a user or password beyond it would pass here and
+    # then stop every Apply of every later version until someone found and changed it.
+    if not value.isascii():
+        raise ValueError(Message("{what} must be plain ASCII.", what=what))
+
+
 def auth_user(value: str) -> str:
     value = value.strip()
     if len(value) > 255:
         raise ValueError(Message("The SMTP AUTH user has at most 255 characters."))
     map_safe(value, Message("The SMTP AUTH user"))
+    _plain_ascii(value, Message("The SMTP AUTH user"))
     if ":" in value:
         raise ValueError(Message("The SMTP AUTH user must not contain ':'."))
     return value
@@ -290,6 +343,7 @@ def auth_user(value: str) -> str:
 def auth_password(value: str) -> str:
     if len(value) > 255:
         raise ValueError(Message("The SMTP AUTH password has at most 255 characters."))
+    _plain_ascii(value, Message("The SMTP AUTH password"))
     return map_safe(value, Message("The SMTP AUTH password"))
 
 

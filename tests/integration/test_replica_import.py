@@ -205,6 +205,21 @@ async def test_the_agent_refuses_maps_that_trust_a_network_wider_than_the_floor(
     assert (relay.maps_root / "live" / "mynetworks").read_bytes() == live
 
 
+async def test_the_agent_refuses_maps_whose_networks_together_trust_all_of_ipv4(relay, agent):
+    # Each /8 keeps to the floor; the 256 of them are 0.0.0.0/0.
+    files = render.render(2, postfixhost.ONE_ROUTE, str).files
+    files["mynetworks"] = "".join(f"{n}.0.0.0/8\n" for n in range(256)).encode()
+    live = (relay.maps_root / "live" / "mynetworks").read_bytes()
+    report = await agent.apply(2, files)
+    assert not report["applied"]
+    assert report["problems"] == [
+        "mynetworks as a whole: The trusted networks together cover 4,294,967,296 IPv4 "
+        "addresses, more than the 33,554,432 (two /8 networks) a relay may trust: together "
+        "they would come close to an open relay."
+    ]
+    assert (relay.maps_root / "live" / "mynetworks").read_bytes() == live
+
+
 async def test_a_relay_opened_by_hand_gets_no_new_maps(relay, agent):
     relay.exec("postconf", "-e", "smtpd_relay_restrictions=permit")
     try:

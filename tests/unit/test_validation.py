@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from app.config import validation
+from app.config import snapshot, validation
 
 PROPERTY = settings(max_examples=300, deadline=None)
 
@@ -224,6 +224,13 @@ def test_auth_password_is_refused_or_map_safe(raw: str) -> None:
     assert len(password) <= 255
 
 
+@pytest.mark.parametrize("field", [validation.auth_user, validation.auth_password])
+def test_a_user_or_password_the_agent_would_not_install_is_refused_at_once(field) -> None:
+    # The agent installs plain ASCII maps only: stored, it would stop every later Apply.
+    with pytest.raises(ValueError, match="must be plain ASCII"):
+        field("Passwört-2024")
+
+
 @PROPERTY
 @given(st.one_of(st.text(), st.text(min_size=495, max_size=510), spliced(st.text(max_size=20))))
 def test_comment_is_refused_or_clean(raw: str) -> None:
@@ -416,6 +423,44 @@ def test_an_ipv4_mapped_prefix_wider_than_the_floor_is_refused(raw: str) -> None
 )
 def test_ipv6_networks_within_the_ipv4_floor_stay_allowed(raw: str, expected: str) -> None:
     assert validation.cidr(raw) == expected
+
+
+def _networks(*cidrs: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(cidr) for cidr in cidrs]
+
+
+def test_networks_that_each_keep_to_the_floor_cannot_together_trust_all_of_ipv4() -> None:
+    every_slash_8 = [f"{n}.0.0.0/8" for n in range(256)]
+    with pytest.raises(ValueError, match="together cover 4,294,967,296 IPv4 addresses"):
+        validation.trusted_together(_networks(*every_slash_8))
+    with pytest.raises(ValueError, match="together cover 50,331,648 IPv4"):
+        validation.trusted_together(_networks(*every_slash_8[:3]))
+    # What operators trust: every private range at once, and their own IPv6 prefixes.
+    validation.trusted_together(
+        _networks("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "2001:db8::/32")
+    )
+    # A network inside another is counted once.
+    validation.trusted_together(_networks("10.0.0.0/8", "10.1.0.0/16", "11.0.0.0/8"))
+
+
+def test_ipv6_networks_count_also_by_the_ipv4_they_stand_for() -> None:
+    mapped = ("::ffff:1.0.0.0/104", "64:ff9b::2.0.0.0/104", "2002:300::/24")
+    assert [str(n) for n in map(validation.ipv4_inside, _networks(*mapped)) for n in n] == [
+        "1.0.0.0/8",
+        "2.0.0.0/8",
+        "3.0.0.0/8",
+    ]
+    with pytest.raises(ValueError, match="IPv4 addresses"):
+        validation.trusted_together(_networks(*mapped))
+    with pytest.raises(ValueError, match=r"together cover .* IPv6 addresses"):
+        validation.trusted_together(_networks("2001:db8::/32", "2001:db9::/32", "2001:dba::/32"))
+
+
+def test_a_snapshot_whose_networks_together_trust_too_much_is_refused() -> None:
+    networks = [{"cidr": f"{n}.0.0.0/8", "comment": ""} for n in range(1, 4)]
+    problems = snapshot.validate({"sender_domains": [], "trusted_networks": networks})
+    assert len(problems) == 1 and "together cover" in problems[0]
+    assert snapshot.validate({"sender_domains": [], "trusted_networks": networks[:2]}) == []
 
 
 def test_cidr_with_host_bits_suggests_the_network() -> None:
