@@ -33,8 +33,15 @@ from app.settings import AgentSettings, PostfixProtections
 HASHED_MAPS = ("sender_access", "sender_relayhost", "tls_policy", "sasl_passwd")
 # A key no map holds: looking it up opens the map the way Postfix's daemons will.
 PROBE_KEY = "mailrelay-map-check.invalid"
-# The main.cf settings that decide who may relay (checked against the fragment's values).
-RELAY_SETTINGS = ("smtpd_relay_restrictions", "mynetworks")
+# The main.cf settings that decide who may relay, and as which sender (checked against the
+# fragment's values).
+RELAY_SETTINGS = (
+    "smtpd_relay_restrictions",
+    "mynetworks",
+    "allow_percent_hack",
+    "swap_bangpath",
+    "resolve_dequoted_address",
+)
 QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]{6,32}$")
 FRAGMENT = Path(__file__).resolve().parents[2] / "postfix-conf" / "main.cf.fragment"
 COMMAND_TIMEOUT = 120
@@ -279,21 +286,20 @@ class PostfixTools:
         # at once, so an Apply of 100,000 sender domains waits for the largest map and its
         # lookup rather than for a dozen programs one after another.
         try:
-            with ThreadPoolExecutor(len(HASHED_MAPS) + 1 + len(RELAY_SETTINGS)) as pool:
+            with ThreadPoolExecutor(len(HASHED_MAPS) + 2) as pool:
                 maps = [pool.submit(self._build_map, stage, name, scratch) for name in HASHED_MAPS]
                 parsed = pool.submit(
                     self.run, "postconf", "-x", "-n", config_dir=scratch, check=False
                 )
-                relay = [
-                    pool.submit(self.run, "postconf", "-h", name, config_dir=scratch, check=False)
-                    for name in RELAY_SETTINGS
-                ]
+                relay = pool.submit(
+                    self.run, "postconf", "-h", *RELAY_SETTINGS, config_dir=scratch, check=False
+                )
                 problems = [problem for built in maps for problem in built.result()]
                 result = parsed.result()
                 text = result.stderr.strip()
                 if result.returncode != 0 or text:
                     problems.append(tool_said("postconf", text, result.returncode))
-                problems += self._relay_problems([answer.result() for answer in relay])
+                problems += self._relay_problems(relay.result())
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return problems
@@ -337,17 +343,19 @@ class PostfixTools:
             report.problems = policy.network_problems(files["mynetworks"])
         return report
 
-    def _relay_problems(self, answers: list[subprocess.CompletedProcess[str]]) -> list[str]:
+    def _relay_problems(self, answer: subprocess.CompletedProcess[str]) -> list[str]:
         """Who may relay is decided by main.cf, not by the maps: with these maps in place it
-        must still be only the trusted networks of the mynetworks map (the fragment's values),
-        so that no set of maps goes live on a relay that was opened by hand. `answers`: what
-        `postconf -h` said of each of RELAY_SETTINGS through the scratch main.cf."""
+        must still be only the trusted networks of the mynetworks map, for senders as they
+        were sent (the fragment's values), so that no set of maps goes live on a relay that
+        was opened by hand. `answer`: what `postconf -h` said of RELAY_SETTINGS, a line each,
+        through the scratch main.cf."""
+        values = answer.stdout.splitlines()
+        if answer.returncode != 0 or len(values) != len(RELAY_SETTINGS):
+            return []  # a main.cf postconf cannot read: the postconf check says so already
         wanted = dict(parse_fragment(FRAGMENT.read_text()))
         problems: list[str] = []
-        for name, result in zip(RELAY_SETTINGS, answers, strict=True):
-            if result.returncode != 0:
-                continue  # a main.cf postconf cannot read: the postconf check said so already
-            value = result.stdout.strip()
+        for name, value in zip(RELAY_SETTINGS, values, strict=True):
+            value = value.strip()
             if value != wanted[name]:
                 problems.append(
                     Message(

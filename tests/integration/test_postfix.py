@@ -15,7 +15,7 @@ from app.db.tables import AppliedVersion, AuditLog
 from app.postfix import render
 from tests import postfixhost
 from tests.conftest import csrf
-from tests.postfixhost import CLIENT, OUTSIDE, SINK1, SINK2, SINK2_PASSWORD, SINK2_USER
+from tests.postfixhost import CLIENT, OUTSIDE, RELAY, SINK1, SINK2, SINK2_PASSWORD, SINK2_USER
 from tests.smtptarget import received
 
 pytestmark = pytest.mark.postfix
@@ -402,3 +402,16 @@ async def test_maps_the_agent_refuses_leave_nothing_behind(host, agent):
     assert (host.maps_root / "live").resolve() == live
     assert not list(host.maps_root.glob("stage-*"))
     assert not (host.maps_root.parent / "escaped").exists()
+
+
+async def test_a_whitelisted_sender_in_an_old_address_form_is_refused(login_as, host, agent):
+    client = await login_as("operator")
+    await configure(client)
+    # With Postfix's defaults these senders would be checked as app@example.com (an address
+    # literal of this host is local, then the % hack, the bang path and the quoted local part)
+    # but routed as sent: to the recipient's MX, past the whitelist and the route.
+    for dressed in ("app%example.com", "example.com!app", '"app@example.com"'):
+        out = host.swaks(f"{dressed}@[{RELAY}]", "someone@dest.example", CLIENT)
+        assert "553 5.7.1" in out, (dressed, out)
+    out = host.swaks("app@example.com", "someone@dest.example", CLIENT)
+    assert "250 2.0.0 Ok: queued" in out, out
