@@ -81,6 +81,11 @@ class Report:
     refused: list[Refusal] = field(default_factory=list)
     refused_total: int = 0
     incomplete: int = 0
+    # The queue IDs of the files that passed every check, imported now or in the live queue
+    # already: the messages no shadow copy needs to bring. A file skipped as incomplete (mail
+    # in flight when the sync froze the queue, or rsync's staging directory) or refused covers
+    # nothing; its shadow, if there is one, is the message's only copy.
+    covered: set[str] = field(default_factory=set)
 
     def refuse(self, where: str, reason: str) -> None:
         self.refused_total += 1
@@ -321,7 +326,8 @@ def import_replica(
     try:
         for part in IMPORT_PARTS:
             walk.part(part)
-        walk.report.imported = sorted({a.name for a in walk.accepted if a.name not in walk.live})
+        walk.report.covered = {a.name for a in walk.accepted}
+        walk.report.imported = sorted(walk.report.covered - walk.live)
         requeue(walk.report.imported)
         # Only now, checked, copied and requeued: the names in the replica go.
         for accepted in walk.accepted:

@@ -154,8 +154,6 @@ class Agent:
         not cover (app/replication/shadow_import.py); the mail either may take is that of the
         sender domains in the maps this agent applied."""
         allowed = replica.allowed_domains(self.tools.maps_root / "live" / "sender_access")
-        # What the replica covers is what it holds before its import removes it.
-        covered = shadow_import.replica_names(self.tools.replica, replica.IMPORT_PARTS)
         cutoff = shadow_receiver.prune_cutoff(
             self.tools.replica / shadow_receiver.MARKER_NAME,
             self.settings.shadow_timeout_ms / 1000,
@@ -176,7 +174,7 @@ class Agent:
         except (replica.ReplicaError, queuesync.SyncError) as exc:
             raise AgentError(message_of(exc)) from None
         shadows = shadow_import.import_shadows(
-            self.tools.shadow_store, covered, cutoff, allowed, limits.max_file_bytes
+            self.tools.shadow_store, report.covered, cutoff, allowed, limits.max_file_bytes
         )
         if report.imported:
             self.tools.flush_all()

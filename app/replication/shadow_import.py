@@ -55,12 +55,19 @@ def submissions(envelope: Envelope) -> list[list[str]]:
     options = ["-G", "-i"]
     if requests.ret:
         options += ["-R", requests.ret.lower()]
-    if requests.envid:
+    if len(requests.envid) == 2:
+        # Postfix's sendmail reads -V with two characters as its old VERP option (-XV), and
+        # everything after it as recipients: such an ENVID cannot be passed on.
+        log.warning("%s: the client's ENVID %r is not kept", envelope.queue_id, requests.envid)
+    elif requests.envid:
         options += ["-V", requests.envid]
     if requests.body:
         options += ["-B", requests.body]
     if requests.smtputf8:
-        options.append("-SMTPUTF8")
+        # Postfix's sendmail has no -SMTPUTF8. It marks a submission whose envelope or headers
+        # hold UTF-8 by itself (smtputf8_autodetect_classes); from Postfix 3.11 on this option
+        # says so outright, and before it is accepted and ignored.
+        options += ["-O", "smtputf8=yes"]
     by_notify: dict[str, list[str]] = {}
     for recipient, notify in zip(
         envelope.recipients, requests.notify or [""] * len(envelope.recipients), strict=True
@@ -221,12 +228,3 @@ def _one(record: Record, where: str, work: _Import) -> tuple[Envelope, bytes] | 
         return False
     work.done.add(queue_id)
     return envelope, message
-
-
-def replica_names(replica: Path, parts: tuple[str, ...]) -> set[str]:
-    """The queue IDs the replica holds (names only; nothing is opened or followed)."""
-    names: set[str] = set()
-    for part in parts:
-        for _dir, _subdirs, files in os.walk(replica / part):
-            names.update(files)
-    return names

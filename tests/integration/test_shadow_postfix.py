@@ -17,6 +17,7 @@ import pytest
 
 from app.replication.shadow_store import Envelope, encode, is_segment, records
 from tests import postfixhost
+from tests.integration.test_replica_import import deferred_files, to_replica
 from tests.postfixhost import ALLOWED, CLIENT, RELAY
 from tests.smtptarget import received
 
@@ -274,19 +275,71 @@ async def test_a_taken_over_message_keeps_the_clients_dsn_and_body_requests(rela
         relay.start_sink(1)
 
 
-async def test_a_shadow_the_replica_covers_is_dropped_not_injected(relay, agent):
+# A client of internationalised mail with an ENVID of two characters, which Postfix's sendmail
+# would take for its old VERP option.
+UTF8_CLIENT = f"""
+import smtplib
+smtp = smtplib.SMTP("{RELAY}", 25, source_address=("{CLIENT}", 0))
+smtp.ehlo("app1.internal")
+smtp.mail("app@{ALLOWED}", ["SMTPUTF8", "ENVID=QQ", "BODY=8BITMIME"])
+smtp.rcpt("j\u00fcrgen@dest.example")
+code, reply = smtp.data("Subject: Gr\u00fc\u00dfe\\r\\n\\r\\nhi\\r\\n".encode())
+print(code, reply.decode())
+"""
+
+
+async def test_an_smtputf8_message_with_a_short_envid_is_taken_over_as_sent(relay, agent):
+    relay.start_shadow("receiver")
+    relay.start_shadow("milter", "prefer")
+    relay.stop_sink(1)
+    try:
+        sent = subprocess.run(
+            relay.net(sys.executable, "-c", UTF8_CLIENT), capture_output=True, text=True, timeout=60
+        )
+        assert sent.stdout.startswith("250 "), sent.stdout + sent.stderr
+        original = sent.stdout.split()[-1]
+        relay.stop_shadow("receiver")
+        assert (await agent.import_replica())["shadows"]["imported"] == [original]
+        queued = [json.loads(line) for line in relay.exec("postqueue", "-j").stdout.splitlines()]
+        [copy] = [q for q in queued if q["queue_id"] != original]
+        assert copy["sender"] == f"app@{ALLOWED}"
+        assert [r["address"] for r in copy["recipients"]] == ["j\u00fcrgen@dest.example"]
+        message, _ = dsn_records(relay, copy["queue_id"])
+        assert "envelope_id" not in message  # not kept, rather than read as VERP
+    finally:
+        relay.exec("postsuper", "-d", "ALL")
+        relay.start_sink(1)
+
+
+async def test_only_a_replica_file_the_import_takes_covers_a_shadow(relay, agent):
+    # A complete queue file in the replica brings its message: its shadow is dropped.
+    shutil.rmtree(relay.replica, ignore_errors=True)
+    queued = deferred_files(relay, [f"app@{ALLOWED}"])[f"app@{ALLOWED}"]
+    covered = to_replica(relay, queued).name
+    # Mail in flight when the sync froze the queue (cleanup keeps its file 0600 until it is
+    # complete), and a file rsync had not yet moved out of its staging directory when the
+    # node died: the import skips both, so their shadows are the messages' only copies.
+    in_flight, staged = "4ZinFlightAAA1", "4ZstagedAAAAA1"
+    for where, queue_id, mode in (
+        ("incoming/A", in_flight, 0o600),
+        ("incoming/.~tmp~", staged, 0o700),
+    ):
+        (relay.replica / where).mkdir(parents=True, exist_ok=True)
+        (relay.replica / where / queue_id).write_bytes(b"not complete")
+        (relay.replica / where / queue_id).chmod(mode)
     relay.shadow_store.mkdir(exist_ok=True)
-    queue_id = "4ZcoveredABC123"
-    envelope = Envelope(queue_id, f"app@{ALLOWED}", ["x@dest.example"], CLIENT, time.time())
     segment = relay.shadow_store / segment_name(1)
-    segment.write_bytes(encode(envelope, b"Subject: c\r\n\r\nhi\r\n"))
-    (relay.replica / "deferred" / "4").mkdir(parents=True, exist_ok=True)
-    (relay.replica / "deferred" / "4" / queue_id).write_bytes(b"not a queue file")
+    for queue_id in (covered, in_flight, staged):
+        envelope = Envelope(queue_id, f"app@{ALLOWED}", ["x@dest.example"], CLIENT, time.time())
+        with segment.open("ab") as out:
+            out.write(encode(envelope, f"Subject: {queue_id}\r\n\r\nhi\r\n".encode()))
     try:
         report = await agent.import_replica()
     finally:
         shutil.rmtree(relay.replica, ignore_errors=True)
-    assert report["shadows"]["imported"] == []
+        relay.exec("postsuper", "-d", "ALL")
+    assert report["imported"] == [covered]
+    assert report["shadows"]["imported"] == sorted([in_flight, staged])
     assert not segment.exists()
 
 

@@ -222,7 +222,8 @@ def test_the_clients_dsn_and_body_requests_travel_with_the_copy_to_sendmail(tmp_
     ShadowStore(tmp_path / "s", 1 << 20).put(sent, b"m")
     [(got, _)] = stored(tmp_path / "s")
     assert got == sent
-    common = ["sendmail", "-G", "-i", "-R", "hdrs", "-V", "track+42", "-B", "8BITMIME", "-SMTPUTF8"]
+    common = ["sendmail", "-G", "-i", "-R", "hdrs", "-V", "track+42", "-B", "8BITMIME"]
+    common += ["-O", "smtputf8=yes"]
     # sendmail takes one NOTIFY for all its recipients: one submission per distinct request.
     assert submissions(got) == [
         [*common, "-N", "never", "-f", "app@ex.example", "--", "a@x.example"],
@@ -230,6 +231,12 @@ def test_the_clients_dsn_and_body_requests_travel_with_the_copy_to_sendmail(tmp_
         [*common, "-N", "success,failure", "-f", "app@ex.example", "--", "c@x.example"],
     ]
     assert submissions(envelope()) == [
+        ["sendmail", "-G", "-i", "-f", "a@ex.example", "--", "b@dest.example"]
+    ]
+    # sendmail would read `-V QQ` as its old VERP option and QQ as a recipient.
+    two = Envelope("4ZtwoABC123", "a@ex.example", ["b@dest.example"], "192.0.2.1", 1.0,
+                   Requests(envid="QQ"))  # fmt: skip
+    assert submissions(two) == [
         ["sendmail", "-G", "-i", "-f", "a@ex.example", "--", "b@dest.example"]
     ]
 
