@@ -164,6 +164,10 @@ async def set_role(username: str, role: Role, actor: str, source_ip: str) -> Non
         raise UserError(Message("The last Admin cannot lose the Admin role."))
     async with AppUser._meta.db.transaction():
         await AppUser.update({AppUser.role: role.name}).where(AppUser.id == row.id)
+        if role.name != row.role:
+            # What a session may skip (the second factor) was settled at its login for the
+            # role then: a promoted user's open session must not carry the new role without it.
+            await sessions.end_other_sessions(row.id, keep_session_id=None)
         await audit.record(
             actor,
             "user.role",

@@ -10,6 +10,8 @@ from typing import Any
 
 import pyotp
 
+from app.auth import users
+from app.auth.roles import Role
 from app.db.tables import AuditLog, RecoveryCode, SecondFactor, UserSession
 from tests.conftest import FIRST_ADMIN_PASSWORD, csrf, http_client, login, make_user
 
@@ -222,6 +224,22 @@ async def test_the_role_policy_forces_enrolment_before_anything_else(login_as, a
     # A read-only user's role requires nothing: straight in.
     reader = await login_as("readonly")
     assert (await reader.get("/", follow_redirects=False)).status_code == 200
+
+
+async def test_a_promoted_user_signs_in_again_and_meets_the_new_roles_policy(login_as, app):
+    admin = await login_as("admin")
+    await _post(admin, "/users/second-factor-policy", {"require_operator": "on"})
+    await make_user(USER, "readonly")
+    async with http_client(app) as client:
+        await login(client, USER)
+        assert (await client.get("/", follow_redirects=False)).status_code == 200
+        await users.set_role(USER, Role.operator, "admin-user", "")
+        # The session of the read-only user, who needed no second factor, is over.
+        response = await client.get("/", follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/login")
+        response = await login(client, USER)
+        assert response.headers["location"] == "/mfa"
 
 
 async def test_an_admin_resets_a_users_factors_and_it_is_audited(login_as):
