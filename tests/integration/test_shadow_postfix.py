@@ -240,32 +240,37 @@ def dsn_records(relay, queue_id: str) -> tuple[dict[str, str], dict[str, str]]:
     return message, per_recipient
 
 
-async def test_a_taken_over_message_keeps_the_clients_dsn_and_body_requests(relay, agent):
+async def taken_over(relay, agent, client: str) -> tuple[str, list[dict]]:
+    """The queue ID `client` (a Python script) got its 250 under, and the queue's entries
+    after the shadow was taken over. Sink 1 is down: both the original and the takeover's
+    copies stay in the queue, where their records can be read."""
     relay.start_shadow("receiver")
     relay.start_shadow("milter", "prefer")
-    relay.stop_sink(1)  # both copies stay in the queue, where their records can be read
+    relay.stop_sink(1)
+    sent = subprocess.run(
+        relay.net(sys.executable, "-c", client), capture_output=True, text=True, timeout=60
+    )
+    assert sent.stdout.startswith("250 "), sent.stdout + sent.stderr
+    original = sent.stdout.split()[-1]
+    relay.stop_shadow("receiver")
+    assert (await agent.import_replica())["shadows"]["imported"] == [original]
+    lines = relay.exec("postqueue", "-j").stdout.splitlines()
+    return original, [json.loads(line) for line in lines]
+
+
+async def test_a_taken_over_message_keeps_the_clients_dsn_and_body_requests(relay, agent):
     try:
-        sent = subprocess.run(
-            relay.net(sys.executable, "-c", DSN_CLIENT), capture_output=True, text=True, timeout=60
-        )
-        assert sent.stdout.startswith("250 "), sent.stdout + sent.stderr
-        original = sent.stdout.split()[-1]
-        relay.stop_shadow("receiver")
-        assert (await agent.import_replica())["shadows"]["imported"] == [original]
-        queued = {
-            json.loads(line)["queue_id"]
-            for line in relay.exec("postqueue", "-j").stdout.splitlines()
-        }
-        taken_over = sorted(queued - {original})
+        original, queued = await taken_over(relay, agent, DSN_CLIENT)
+        taken_over_ids = sorted({q["queue_id"] for q in queued} - {original})
         message, per_recipient = dsn_records(relay, original)
         assert message == {"envelope_id": "batch+42", "ret_flags": "2", "encoding": "8bit"}
         assert per_recipient == {
             "never@dest.example": "1", "default@dest.example": "", "success@dest.example": "6",
         }  # fmt: skip
         # One submission per distinct NOTIFY (sendmail takes one for all its recipients).
-        assert len(taken_over) == 3
+        assert len(taken_over_ids) == 3
         again: dict[str, str] = {}
-        for queue_id in taken_over:
+        for queue_id in taken_over_ids:
             copy_message, copy_recipients = dsn_records(relay, queue_id)
             assert copy_message == message
             again |= copy_recipients
@@ -289,18 +294,8 @@ print(code, reply.decode())
 
 
 async def test_an_smtputf8_message_with_a_short_envid_is_taken_over_as_sent(relay, agent):
-    relay.start_shadow("receiver")
-    relay.start_shadow("milter", "prefer")
-    relay.stop_sink(1)
     try:
-        sent = subprocess.run(
-            relay.net(sys.executable, "-c", UTF8_CLIENT), capture_output=True, text=True, timeout=60
-        )
-        assert sent.stdout.startswith("250 "), sent.stdout + sent.stderr
-        original = sent.stdout.split()[-1]
-        relay.stop_shadow("receiver")
-        assert (await agent.import_replica())["shadows"]["imported"] == [original]
-        queued = [json.loads(line) for line in relay.exec("postqueue", "-j").stdout.splitlines()]
+        original, queued = await taken_over(relay, agent, UTF8_CLIENT)
         [copy] = [q for q in queued if q["queue_id"] != original]
         assert copy["sender"] == f"app@{ALLOWED}"
         assert [r["address"] for r in copy["recipients"]] == ["j\u00fcrgen@dest.example"]
