@@ -14,7 +14,7 @@ client sends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Generic, NotRequired, TypedDict, TypeVar
 
 from app.settings import FreezeMode
 
@@ -136,6 +136,8 @@ class ImportAnswer(TypedDict):
 
 class ReplicaImportAnswer(ImportAnswer):
     shadows: ImportAnswer  # the peer's shadow copies the replica did not cover
+    # Why the takeover stopped before its end; what it took before is listed all the same.
+    error: NotRequired[str]
 
 
 class Handover(TypedDict):

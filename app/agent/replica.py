@@ -86,6 +86,9 @@ class Report:
     # in flight when the sync froze the queue, or rsync's staging directory) or refused covers
     # nothing; its shadow, if there is one, is the message's only copy.
     covered: set[str] = field(default_factory=set)
+    # Why an import stopped before its end (the shadows' import: a sendmail that failed); what
+    # it took before is in `imported` all the same.
+    error: str = ""
 
     def refuse(self, where: str, reason: str) -> None:
         self.refused_total += 1

@@ -108,6 +108,10 @@ class Agent:
         self.settings = settings
         # One change at a time: two applies must not interleave their swaps and reloads.
         self.lock = asyncio.Lock()
+        # The peer's shadows a takeover injected before it stopped at a failed one: the next
+        # try counts them as covered rather than queue them again (kept while this agent
+        # runs; a try that reaches its end leaves no segment they could be read from).
+        self.shadows_injected: set[str] = set()
         self.verbs: dict[str, Handler] = dict(
             [
                 _on(p.STATUS, lambda a: self.tools.status()),
@@ -174,11 +178,24 @@ class Agent:
         except (replica.ReplicaError, queuesync.SyncError) as exc:
             raise AgentError(message_of(exc)) from None
         shadows = shadow_import.import_shadows(
-            self.tools.shadow_store, report.covered, cutoff, allowed, limits.max_file_bytes
+            self.tools.shadow_store,
+            report.covered | self.shadows_injected,
+            cutoff,
+            allowed,
+            limits.max_file_bytes,
         )
+        if shadows.error:
+            self.shadows_injected.update(shadows.imported)
+        else:
+            self.shadows_injected.clear()
         if report.imported:
             self.tools.flush_all()
-        return {**report.as_dict(), "shadows": shadows.as_dict()}
+        answer: p.ReplicaImportAnswer = {**report.as_dict(), "shadows": shadows.as_dict()}
+        if shadows.error:
+            # What was taken is in the answer all the same: the promotion records it, and the
+            # returning peer deletes it, whatever the try that finishes the takeover takes.
+            answer["error"] = shadows.error
+        return answer
 
     def _queue_list(self, args: dict[str, Any]) -> list[p.PostqueueEntry]:
         limit = args.get("limit", 1000)

@@ -54,7 +54,14 @@ async def run_once(
             refused["path"],
             refused["reason"],
         )
-    await _record(node_id, master_at, transition, imported, refused_total, "")
+    # A takeover that stopped part-way (a sendmail failed) is written as failed, with what it
+    # took: the returning peer keeps its mail held until a later try finishes the takeover
+    # (the reader's restart), and then deletes what both tries took.
+    error = report.get("error", "")
+    if error:
+        log.error("promotion: the takeover stopped before its end: %s", error)
+        error = f"the takeover stopped before its end: {error}"
+    await _record(node_id, master_at, transition, imported, refused_total, error)
     log.info(
         "promotion (%s): took over %d messages (%d of them shadows) and flushed, refused %d, "
         "%.2f s",

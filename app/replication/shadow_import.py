@@ -82,13 +82,16 @@ def submissions(envelope: Envelope) -> list[list[str]]:
 
 def sendmail(envelope: Envelope, message: bytes) -> None:
     for command in submissions(envelope):
-        result = subprocess.run(
-            command,
-            input=message.replace(b"\r\n", b"\n"),
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        try:
+            result = subprocess.run(
+                command,
+                input=message.replace(b"\r\n", b"\n"),
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise OSError("sendmail did not finish within 120 s") from None
         if result.returncode != 0:
             raise OSError(f"sendmail failed: {result.stderr.decode(errors='replace').strip()}")
 
@@ -120,8 +123,10 @@ def import_shadows(
     max_file_bytes: int,
     inject: Inject = sendmail,
 ) -> Report:
-    """`covered`: the queue IDs the replica holds; `cutoff`: the time before which the last
-    sync covers every shadow (None: no sync is known)."""
+    """`covered`: the queue IDs whose messages are in the queue already (the replica's import
+    took them, or an earlier try of this import injected their shadows); `cutoff`: the time
+    before which the last sync covers every shadow (None: no sync is known). A failed injection
+    ends the import: the report then says why, and lists what was injected before."""
     with ThreadPoolExecutor(INJECT_AT_ONCE, thread_name_prefix="inject") as pool:
         return _import(store, _Import(covered, cutoff, allowed, max_file_bytes, inject, pool))
 
@@ -142,14 +147,17 @@ def _import(store: Path, work: _Import) -> Report:
             if name.startswith((".", REFUSED_PREFIX)):
                 continue  # a write never confirmed, or refused at an earlier promotion
             _segment(root, name, owner, work)
+            if work.report.error:
+                break
         os.fsync(root)  # the segments that went stay gone after a power cut
     finally:
         os.close(root)
     log.info(
-        "shadow import: %d injected, %d refused (kept in %s)",
+        "shadow import: %d injected, %d refused (kept in %s)%s",
         len(work.report.imported),
         work.report.refused_total,
         store,
+        f"; stopped: {work.report.error}" if work.report.error else "",
     )
     return work.report
 
@@ -187,17 +195,25 @@ def _segment(root: int, name: str, owner: int, work: _Import) -> None:
                 refused |= not outcome
             else:
                 injections.append((outcome[0].queue_id, work.pool.submit(work.inject, *outcome)))
-        # Reported in the segment's order once each is in the queue. The first that failed
-        # ends the import here and leaves its segment for the next import to take again; the
-        # shadows not begun yet are not begun (each would be delivered twice by that import).
-        try:
-            for queue_id, injection in injections:
-                injection.result()
+        # Reported in the segment's order once each is in the queue. A failure ends the
+        # import here and leaves its segment for the next try: the shadows not begun yet are
+        # not begun, and those that went in are reported (the next try counts them as
+        # covered, and the returning peer deletes them).
+        for _queue_id, injection in injections:
+            if injection.exception() is not None:
+                for _queue_id, pending in injections:
+                    pending.cancel()
+                break
+        for queue_id, injection in injections:
+            if injection.cancelled():
+                continue
+            failure = injection.exception()
+            if failure is None:
                 work.report.imported.append(queue_id)
-        except BaseException:
-            for _queue_id, injection in injections:
-                injection.cancel()
-            raise
+            elif not work.report.error:
+                work.report.error = f"injecting the shadow of {queue_id} failed: {failure}"
+        if work.report.error:
+            return
     finally:
         os.close(fd)
     if refused:

@@ -111,6 +111,27 @@ async def test_a_failed_takeover_is_written_and_the_peer_is_told_why(client, app
     assert (await status.vrrp_state(node_id))["promotion"]["error"]
 
 
+async def test_a_takeover_that_stopped_part_way_keeps_what_it_took_for_the_peer(client, app):
+    """A sendmail failed after the replica and a shadow went in: those are written, the peer
+    keeps its mail held, and the try that finishes (the reader's restart) adds the rest."""
+    node_id = app.state.settings.node_id
+    master_at = await became(node_id, "MASTER")
+    why = "injecting the shadow of 4dLq2G1xZ9z9vxT failed: sendmail failed"
+    stopped = answer(REPLICA, [SHADOW]) | {"error": why}
+    async with fake_agent({"import_replica": stopped}) as agent:
+        took = await promotion.run_once(node_id, AgentClient(agent.path), master_at, "MASTER 100")
+    assert took == [*REPLICA, SHADOW]
+    held = await imported(client)
+    assert held.status_code == 503 and held.json()["error"] == "import failed"
+    assert held.json()["detail"].endswith(f"the takeover stopped before its end: {why}")
+    rows = await QueueImport.select(QueueImport.original_queue_id)
+    assert sorted(r["original_queue_id"] for r in rows) == sorted([*REPLICA, SHADOW])
+    async with fake_agent({"import_replica": answer([], ["4dLq2G1xZ9z9vxT"])}) as agent:
+        await promotion.run_once(node_id, AgentClient(agent.path), master_at, "MASTER, again")
+    everything = sorted([*REPLICA, SHADOW, "4dLq2G1xZ9z9vxT"])
+    assert (await imported(client)).json() == {"queue_ids": everything}
+
+
 async def test_an_agent_that_does_not_answer_in_time_makes_a_failed_takeover(client, app):
     node_id = app.state.settings.node_id
     master_at = await became(node_id, "MASTER")
