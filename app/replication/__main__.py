@@ -38,7 +38,7 @@ def receiver(settings: Settings) -> None:
     )
     context = shadow_receiver.server_context(cert, key)
     listener = shadow_receiver.listen(settings.node_ip, settings.shadow_port)
-    shadow_receiver.serve(service, listener, context)
+    shadow_receiver.serve(service, listener, context, peer=settings.peer_node_ip)
 
 
 def milter(settings: Settings) -> None:
@@ -52,6 +52,8 @@ def milter(settings: Settings) -> None:
             parse_fingerprint(settings.peer_cert_fingerprint, "PEER_CERT_FINGERPRINT"),
             settings.shadow_token,
             settings.shadow_timeout_ms / 1000,
+            # From this node's own address, the one the peer's receiver lets in.
+            source=settings.node_ip,
         )
     settings.shadow_counter_file.parent.mkdir(parents=True, exist_ok=True)
     shadowing = shadow_milter.Shadowing(

@@ -58,12 +58,16 @@ class _Connection:
         self.sock = sock
 
     @classmethod
-    async def open(cls, host: str, port: int, context: ssl.SSLContext) -> _Connection:
+    async def open(
+        cls, host: str, port: int, context: ssl.SSLContext, source: str = ""
+    ) -> _Connection:
         """Connected within CONNECT_TIMEOUT, TLS within what the caller's deadline leaves."""
         raw = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         raw.setblocking(False)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            if source:
+                raw.bind((source, 0))
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await asyncio.get_running_loop().sock_connect(raw, (host, port))
         except BaseException:
@@ -117,8 +121,11 @@ class _Connection:
 
 
 class ShadowClient:
-    def __init__(self, host: str, port: int, pin: bytes, token: str, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, pin: bytes, token: str, timeout: float, source: str = ""
+    ) -> None:
         self.host, self.port = host, port
+        self.source = source  # the local address to connect from ("": the kernel's choice)
         self.pin = pin
         self.token = token.encode()
         self.timeout = timeout
@@ -188,7 +195,7 @@ class ShadowClient:
         if not fresh and self.idle:
             return self.idle.pop()
         try:
-            conn = await _Connection.open(self.host, self.port, self.context)
+            conn = await _Connection.open(self.host, self.port, self.context, self.source)
         except OSError as exc:  # TimeoutError too: the connect timeout, which says nothing
             why = str(exc) or f"no answer within {CONNECT_TIMEOUT:g} s"
             raise _PeerDown(f"cannot reach the peer's shadow receiver: {why}") from None

@@ -14,8 +14,10 @@ config pull does); this server checks the shared SHADOW_TOKEN before it reads a 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import socket
@@ -76,11 +78,15 @@ class Receiver:
 
     def serve_connection(self, raw: socket.socket, context: ssl.SSLContext) -> None:
         """One peer connection, from the TLS handshake to its close."""
+        deadline: _Deadline | None = None
         try:
             # Inside the try: a client gone already must not leak the socket.
             peer = raw.getpeername()
             raw.settimeout(HELLO_TIMEOUT)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The timeout is per read: a client that sends a byte every few seconds would keep
+            # its slot for ever without showing the token. HELLO_TIMEOUT is for all of it.
+            deadline = _Deadline(raw, HELLO_TIMEOUT)
             with context.wrap_socket(raw, server_side=True) as sock:
                 reader = sock.makefile("rb")
                 word, _, token = reader.readline(1024).rstrip(b"\n").partition(b" ")
@@ -88,6 +94,7 @@ class Receiver:
                     log.warning("shadow connection from %s refused: wrong token", peer)
                     sock.sendall(b"NO wrong token\n")
                     return
+                deadline.cancel()
                 sock.sendall(b"OK\n")
                 sock.settimeout(IDLE_TIMEOUT)
                 while True:
@@ -102,6 +109,8 @@ class Receiver:
         except (OSError, ssl.SSLError):
             pass  # the peer went away or timed out: nothing was acknowledged
         finally:
+            if deadline is not None:
+                deadline.cancel()
             raw.close()
 
     def _one(self, reader: io.BufferedReader) -> bytes | None:
@@ -118,8 +127,9 @@ class Receiver:
             header = json.loads(_exactly(reader, length))
             envelope = Envelope.from_dict(header)
             size = header.get("size")
-        except (ValueError, ShadowFormatError) as exc:
-            raise _Refused(str(exc)) from None
+        except (ValueError, RecursionError, ShadowFormatError) as exc:
+            # RecursionError: JSON nested deeper than the parser goes.
+            raise _Refused(str(exc)[:200]) from None
         if not isinstance(size, int) or not 0 <= size <= self.max_message_bytes:
             raise _Refused(f"size must be 0-{self.max_message_bytes}")
         message = _exactly(reader, size)
@@ -165,6 +175,31 @@ def prune_cutoff(marker: Path, copy_timeout: float) -> float | None:
         return None
 
 
+class _Deadline:
+    """Ends a connection that is still open after `seconds`: shutdown() through a duplicate of
+    its descriptor ends it for every descriptor (the TLS socket takes over the original)."""
+
+    def __init__(self, raw: socket.socket, seconds: float) -> None:
+        self._twin: socket.socket | None = raw.dup()
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._twin is not None:
+                with contextlib.suppress(OSError):
+                    self._twin.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._twin is not None:
+                self._twin.close()
+                self._twin = None
+
+
 def _exactly(reader: io.BufferedReader, size: int) -> bytes:
     data = reader.read(size)
     if len(data) != size:
@@ -184,19 +219,38 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    receiver: Receiver, listener: socket.socket, context: ssl.SSLContext, prune: bool = True
+    receiver: Receiver,
+    listener: socket.socket,
+    context: ssl.SSLContext,
+    prune: bool = True,
+    peer: str | None = None,
 ) -> None:
-    """Accept connections until the listener is closed, each in its own thread."""
+    """Accept connections until the listener is closed, each in its own thread; with `peer`
+    (its node address, PEER_NODE_IP) only from there: no one else can take the slots the
+    peer's connections need, not even for the seconds a TLS handshake and a token take."""
     host, port = listener.getsockname()[:2]
     log.info("shadow receiver listening on %s:%d, store %s", host, port, receiver.store.root)
     if prune:
         threading.Thread(target=receiver.prune_forever, daemon=True).start()
     slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    only = ipaddress.ip_address(peer) if peer else None
+    strangers = 0
     while True:
         try:
             raw, address = listener.accept()
         except OSError:
             return  # closed: the service stops
+        if only is not None and ipaddress.ip_address(address[0]) != only:
+            strangers += 1
+            if strangers % 1000 == 1:  # a flood must not flood the journal too
+                log.warning(
+                    "shadow connection from %s closed: only the peer %s may connect (%d so far)",
+                    address[0],
+                    only,
+                    strangers,
+                )
+            raw.close()
+            continue
         if not slots.acquire(blocking=False):
             log.warning(
                 "shadow connection from %s closed: %d open already", address, MAX_CONNECTIONS

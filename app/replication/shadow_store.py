@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -163,10 +164,16 @@ class Envelope:
             raise ShadowFormatError("the recipients are not a list of addresses")
         if not isinstance(client, str) or not isinstance(when, int | float):
             raise ShadowFormatError("the client address or time is malformed")
+        try:
+            moment = float(when)  # an integer of 400 digits is no float
+        except OverflowError:
+            moment = math.inf
+        if not math.isfinite(moment):
+            raise ShadowFormatError("the time is not a finite number")
         # None written: the client asked none (or the shadow is of an earlier release).
         given = raw.get("requests")
         requests = NO_REQUESTS if given is None else Requests.from_dict(given, len(rcpts))
-        return cls(queue_id, sender, list(rcpts), client, float(when), requests)
+        return cls(queue_id, sender, list(rcpts), client, moment, requests)
 
 
 def encode(envelope: Envelope, message: bytes) -> bytes:
@@ -217,7 +224,7 @@ def records(fd: int, max_message_bytes: int, with_messages: bool = True) -> Iter
             return
         try:
             envelope = Envelope.from_dict(json.loads(body[:head_size]))
-        except (ValueError, ShadowFormatError) as exc:
+        except (ValueError, RecursionError, ShadowFormatError) as exc:
             yield Record(None, None, str(exc))
             continue
         yield Record(envelope, body[head_size:] if with_messages else None)
@@ -342,7 +349,7 @@ class ShadowStore:
                 if not data.startswith(MAGIC_V1) or line_end < 0:
                     raise ShadowFormatError("not a shadow file")
                 envelope = Envelope.from_dict(json.loads(data[len(MAGIC_V1) : line_end]))
-            except (ValueError, ShadowFormatError):
+            except (ValueError, RecursionError, ShadowFormatError):
                 # Left as it is, for the operator (the import never reads it).
                 self.used += len(data)
                 continue

@@ -615,7 +615,59 @@ def test_malformed_frames_are_answered_no_and_store_nothing(peer):
         b'{"queue_id": "4ZbigAAAAA", "sender": "", "recipients": ["b@x"], "time": 1, "size": 9999}'
     )
     assert exchange(struct.pack(">I", len(big)) + big) == b"NO size must be 0-8192\n"
+    # A time no float holds, and JSON nested deeper than the parser goes: answered, not a
+    # thread that dies with its exception.
+    huge = b'{"queue_id": "4ZhugeAAAA", "sender": "", "recipients": ["b@x"], "time": 1'
+    huge += b"0" * 400 + b', "size": 1}'
+    assert exchange(struct.pack(">I", len(huge)) + huge + b"m").startswith(b"NO the time is")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert exchange(struct.pack(">I", len(deep)) + deep).startswith(b"NO ")
     assert not any(store.root.iterdir())
+
+
+def test_a_client_that_does_not_show_its_token_in_time_is_cut_off(peer, monkeypatch):
+    """HELLO_TIMEOUT is for the handshake and the token together: a byte now and then, each
+    within the timeout of one read, keeps no slot for longer."""
+    monkeypatch.setattr("app.replication.shadow_receiver.HELLO_TIMEOUT", 0.6)
+    port, _pin, _store = peer
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with context.wrap_socket(raw) as sock:
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for byte in b"HELLO" * 10:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.2)  # a third of the timeout
+        assert time.monotonic() - started < 3
+
+
+async def test_only_the_peers_address_may_connect(tmp_path):
+    cert, key = tmp_path / "n.crt", tmp_path / "n.key"
+    _self_signed(cert, key, "peer.test")
+    pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).digest()
+    store = ShadowStore(tmp_path / "store", 8192)
+    listener = listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    receiver = Receiver(store, TOKEN, 8192, None)
+    threading.Thread(
+        target=serve,
+        args=(receiver, listener, server_context(cert, key), False, "127.0.0.2"),
+        daemon=True,
+    ).start()
+    try:
+        stranger = ShadowClient("127.0.0.1", port, pin, TOKEN, 2.0, source="127.0.0.3")
+        with pytest.raises(ShadowUnavailable):
+            await stranger.send(envelope("4ZstrangerAA"), b"m")
+        the_peer = ShadowClient("127.0.0.1", port, pin, TOKEN, 2.0, source="127.0.0.2")
+        await the_peer.send(envelope("4ZthePeerAAA"), b"m")
+        assert stored_ids(store.root) == ["4ZthePeerAAA"]
+        stranger.close()
+        the_peer.close()
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
 
 
 async def test_a_peer_that_did_not_answer_is_not_tried_again_for_each_message(monkeypatch):
