@@ -500,6 +500,12 @@ def cmd_reconcile(args: argparse.Namespace) -> None:
 
     settings = _settings()
     agent = AgentClient(settings.agent_socket)
+    if not args.release:
+        # Before the database is asked for anything: a node booting while its PostgreSQL is
+        # down keeps its stale queue on hold rather than deliver it before it can reconcile.
+        why = asyncio.run(reconcile.hold_first(settings, agent))
+        if why:
+            raise UserFacingError(f"{why}: Postfix delivers its queue as it is")
 
     async def work() -> Any:
         if args.release:

@@ -155,15 +155,27 @@ async def _peer_imports_once_written(settings: Settings) -> set[str]:
         await asyncio.sleep(LEAVE_POLL_SECONDS)
 
 
-async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
-    started = time.monotonic()
+async def hold_first(settings: Settings, agent: AgentClient) -> str:
+    """Hold the whole queue and write down what was held, before anything that needs the
+    database or the peer: a node that boots while its PostgreSQL is down, or is stopped in the
+    middle of its reconcile, keeps the mail the peer may have taken over on hold (the alert
+    and the dashboard then count it) instead of delivering it a second time. Why it could not
+    hold, or "" when it held."""
     try:
-        # hold_all names only what it held now: add what earlier steps held and left to us.
+        # hold_all names only what it held now; earlier steps' holds are in the files.
         fresh = await agent.hold_all()
     except (AgentUnavailable, AgentRefused) as exc:
-        why = Message("cannot hold the queue: {error}", error=message_of(exc))
+        return Message("cannot hold the queue: {error}", error=message_of(exc))
+    _remember(pending_file(settings), fresh)
+    return ""
+
+
+async def run_once(settings: Settings, agent: AgentClient) -> ReconcileResult:
+    started = time.monotonic()
+    why = await hold_first(settings, agent)
+    if why:
         return ReconcileResult("held", detail=why)
-    held = sorted(set(fresh) | set(pending(settings)) | set(_ids(leaving_file(settings))))
+    held = sorted(set(pending(settings)) | set(_ids(leaving_file(settings))))
     if not held:
         log.info("reconcile: the queue is empty, nothing to reconcile")
         return ReconcileResult("nothing")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
 
 from app.crypto import SecretBox, ensure_secret_key
 from app.db.tables import AppUser, AuditLog
+from tests.clusterpeer import fake_agent
 
 
 def run(*args: str, stdin: str = "", env: dict[str, str] | None = None):
@@ -253,3 +256,20 @@ async def test_reset_second_factor_is_the_way_back_for_an_admin_without_factors(
         (AuditLog.action == "mfa.reset") & (AuditLog.actor == "cli") & (AuditLog.target == "admin")
     )
     assert_one_line_error(run("reset-second-factor", "nobody"), "There is no user nobody.")
+
+
+async def test_a_node_booting_without_its_database_holds_its_queue_first(tmp_path):
+    """The boot reconcile holds the stale queue and writes down what it held before it needs
+    PostgreSQL: without the database it cannot ask the peer, and the mail stays on hold (the
+    alert counts it) instead of going out a second time."""
+    held = ["4dLq2G1xZ9z9vxA", "4dLq2G1xZ9z9vxB"]
+    async with fake_agent({"hold_all": held}) as agent:
+        env = {
+            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+            "AGENT_SOCKET": str(agent.path),
+            "STATE_DIR": str(tmp_path),
+        }
+        result = await asyncio.to_thread(run, "reconcile", env=env)
+    assert_one_line_error(result, "cannot connect to the database")
+    assert agent.verbs == ["hold_all"]
+    assert json.loads((tmp_path / "held-for-reconcile.json").read_text()) == held
