@@ -49,6 +49,11 @@ FREEZE_MODES = ("freeze", "stop", "none")
 # is put in place with the rest (--delay-updates) and only by a copy that completed.
 SHADOW_MARKER = Path("/var/lib/mailrelay-agent/shadow-prune-before")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+# How long the kernel may take to freeze Postfix's cgroup: a task in an uninterruptible wait
+# (a hung disk) delays it. Not frozen by then, the run copies nothing.
+FREEZE_CONFIRM_SECONDS = 5.0
+# A copy under the freeze gets its timeout and this much more before a watchdog thaws Postfix.
+WATCHDOG_MARGIN_SECONDS = 5.0
 # Written before `postfix stop` in stop mode and removed after `postfix start`: if the agent dies
 # in between, recover() knows that Postfix is down because of a sync, not because an operator
 # stopped it. Under /run (the unit's RuntimeDirectory), so a reboot forgets it: at boot Postfix
@@ -229,10 +234,17 @@ class Freezer:
                 (self.spool / "quick-start").touch()
             elif self.mode == "freeze" and self.cgroup is not None:
                 (self.cgroup / "cgroup.freeze").write_text("1")
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + FREEZE_CONFIRM_SECONDS
                 while "frozen 1" not in (self.cgroup / "cgroup.events").read_text():
                     if time.monotonic() > deadline:
-                        break
+                        # A copy of a queue that still moves is no snapshot: it could miss a
+                        # message on its way from one directory to the next.
+                        raise SyncError(
+                            Message(
+                                "Postfix's cgroup was not frozen within {seconds:g} s",
+                                seconds=FREEZE_CONFIRM_SECONDS,
+                            )
+                        )
                     time.sleep(0.005)
             elif self.mode == "freeze":
                 self.stopped = _postfix_pids()
@@ -405,14 +417,30 @@ def _held(
     watchdog thaws even if this thread hangs."""
     _write_marker(config.marker, time.time())
     freezer.freeze()
-    watchdog = threading.Timer(timeout + 5, freezer.thaw)
+    thawed_early = threading.Event()
+
+    def thaw_in_time() -> None:
+        thawed_early.set()
+        freezer.thaw()
+
+    watchdog = threading.Timer(timeout + WATCHDOG_MARGIN_SECONDS, thaw_in_time)
     watchdog.daemon = True
     watchdog.start()
     try:
-        return copy()
+        stats = copy()
     finally:
         watchdog.cancel()
         report.freeze_seconds = freezer.thaw()
+    if thawed_early.is_set():
+        # Postfix ran again before the copy ended: what it copied after that is no snapshot.
+        raise SyncError(
+            Message(
+                "the copy under the freeze took longer than {seconds:g} s and Postfix was "
+                "thawed before it ended; this run's copy is not used",
+                seconds=timeout + WATCHDOG_MARGIN_SECONDS,
+            )
+        )
+    return stats
 
 
 def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport) -> Stats:
