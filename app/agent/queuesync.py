@@ -328,11 +328,19 @@ def _ssh(config: SyncConfig) -> str:
     )
 
 
-def _rsync(config: SyncConfig, source: Path, timeout: float, local: Path | None = None) -> Stats:
+def _rsync(
+    config: SyncConfig,
+    source: Path,
+    timeout: float,
+    local: Path | None = None,
+    delete: bool = True,
+) -> Stats:
     """Copy the queue parts under `source` to the peer's replica, or to the local directory
     `local`. To the peer, new files are put in place and old ones deleted only at the end
     (--delay-updates --delete-after): a copy that fails half-way leaves the replica as it was,
-    not a mix in which a message that moved between queue directories is in neither."""
+    not a mix in which a message that moved between queue directories is in neither. Without
+    `delete` nothing is deleted: a copy taken while Postfix runs can miss a file that moved
+    while rsync listed the queue, and must not delete the replica's copy of it too."""
     sources = [str(source / part) for part in QUEUE_PARTS if (source / part).exists()]
     io_timeout = max(5, min(config.io_timeout, int(timeout)))
     command = ["rsync", "-rlptH", "--stats", f"--timeout={io_timeout}"]
@@ -342,7 +350,7 @@ def _rsync(config: SyncConfig, source: Path, timeout: float, local: Path | None 
     else:
         if config.marker.exists():
             sources.append(str(config.marker))
-        command += ["--delay-updates", "--delete-after", "-e", _ssh(config)]
+        command += ["--delay-updates", *(["--delete-after"] if delete else []), "-e", _ssh(config)]
         command += [*sources, f"{config.remote_user}@{config.peer}:/"]
         if config.bwlimit_kbps:
             command.insert(1, f"--bwlimit={config.bwlimit_kbps}")
@@ -473,7 +481,7 @@ def _copy_while_held(config: SyncConfig, freezer: Freezer, report: SyncReport) -
     first pass moves the bulk, so Postfix is down only for the deltas."""
     held = freezer.mode != "none"
     if held:
-        _rsync(config, config.spool, config.timeout)
+        _rsync(config, config.spool, config.timeout, delete=False)
         report.passes.append("bulk")
     timeout = config.frozen_timeout if held else config.timeout
     stats = _held(config, freezer, report, timeout, lambda: _rsync(config, config.spool, timeout))
