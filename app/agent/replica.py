@@ -142,6 +142,7 @@ class _Walk:
         # on hold (put there by an import that stopped half-way, or just now).
         self.live: set[str] = set()
         self.held: set[str] = set()
+        self.written: set[str] = set()  # put on hold by this import
         self.seen = 0
         self.descriptors: list[int] = []
 
@@ -232,10 +233,27 @@ class _Walk:
                 path, f"sender <{sender[:200]}> is not in an allowed sender domain of this node"
             )
             return
+        if name in self.held and name not in self.written and not self._same_held(name, data):
+            # Not what an import that stopped half-way left there: this node's own message,
+            # held by the operator, which `postsuper -r` would release.
+            self.report.refuse(path, "a different message of this name is on hold here")
+            return
         if name not in self.live and name not in self.held:
             _write_held(self.hold, name, data, st, self.postfix)
             self.held.add(name)
+            self.written.add(name)
         self.accepted.append(_Accepted(directory, name))
+
+    def _same_held(self, name: str, data: bytes) -> bool:
+        """Whether hold/NAME holds exactly `data`, as the import that wrote it left it."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self.hold)
+        except OSError:
+            return False
+        try:
+            return _read(fd, len(data)) == data
+        finally:
+            os.close(fd)
 
     def _problem(self, st: os.stat_result) -> str | None:
         if not stat.S_ISREG(st.st_mode):

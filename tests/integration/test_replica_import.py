@@ -187,6 +187,30 @@ async def test_odd_files_in_the_replica_are_refused_and_a_good_one_still_comes_i
     assert [m["message_id"] for m in wait_for_sink(relay, 1)] == [f"<ok@{ALLOWED}>"]
 
 
+async def test_a_replica_file_named_as_a_message_held_here_releases_nothing(relay, agent):
+    """The peer knows this node's queue IDs (Received: headers carry them): a file of its own
+    under the name of a message the operator put on hold here must not get it requeued."""
+    files = deferred_files(relay, [f"held@{ALLOWED}", f"other@{ALLOWED}"])
+    held = files[f"held@{ALLOWED}"]
+    relay.exec("postsuper", "-h", held.name)
+    planted = relay.replica / "deferred" / "X" / held.name
+    planted.parent.mkdir(parents=True)
+    shutil.copy2(files[f"other@{ALLOWED}"], planted)
+
+    report = await agent.import_replica()
+
+    assert report["imported"] == []
+    assert report["refused"] == [
+        {
+            "path": f"deferred/X/{held.name}",
+            "reason": "a different message of this name is on hold here",
+        }
+    ]
+    [entry] = [e for e in queue(relay) if e["queue_id"] == held.name]
+    assert entry["queue_name"] == "hold"
+    assert planted.exists()
+
+
 @pytest.mark.parametrize("network", ["0.0.0.0/1", "[::ffff:0:0]/96", "[2002::]/24"])
 async def test_the_agent_refuses_maps_that_trust_a_network_wider_than_the_floor(
     relay, agent, network
