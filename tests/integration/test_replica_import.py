@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import time
 from pathlib import Path
@@ -185,6 +186,24 @@ async def test_odd_files_in_the_replica_are_refused_and_a_good_one_still_comes_i
     (hold / "hardlink0001").unlink()
     assert (await agent.import_replica())["imported"] == [good.name]
     assert [m["message_id"] for m in wait_for_sink(relay, 1)] == [f"<ok@{ALLOWED}>"]
+
+
+async def test_an_import_that_stopped_half_way_is_finished_by_the_next(relay, agent):
+    source = deferred_files(relay, [f"app@{ALLOWED}"])[f"app@{ALLOWED}"]
+    data = source.read_bytes()
+    copy = to_replica(relay, source)
+    # What the import before left: the file on hold here, byte for byte, not yet requeued.
+    left = relay.base / "spool" / "hold" / copy.name
+    left.write_bytes(data)
+    postfix = pwd.getpwnam("postfix")
+    os.chown(left, postfix.pw_uid, postfix.pw_gid)
+    left.chmod(0o700)
+
+    report = await agent.import_replica()
+
+    assert report["imported"] == [copy.name] and report["refused"] == []
+    assert not copy.exists()
+    assert [m["message_id"] for m in wait_for_sink(relay, 1)] == [f"<app@{ALLOWED}>"]
 
 
 async def test_a_replica_file_named_as_a_message_held_here_releases_nothing(relay, agent):
