@@ -160,6 +160,21 @@ def test_a_store_of_an_earlier_release_moves_into_a_segment_when_the_receiver_st
     assert store.used == sum((root / n).stat().st_size for n in names)
 
 
+def test_an_earlier_releases_store_near_its_bound_still_moves_whole(tmp_path):
+    """A record is a few bytes larger than the file it comes from: a store that was nearly
+    full must not refuse its own shadows (the receiver would then never start)."""
+    root = tmp_path / "s"
+    root.mkdir()
+    ids = [f"4Zfull{n:05d}" for n in range(20)]
+    for queue_id in ids:
+        line = json.dumps(envelope(queue_id, when=123.0).as_dict()).encode()
+        (root / queue_id).write_bytes(shadow_store.MAGIC_V1 + line + b"\n" + b"m" * 900)
+    bound = sum(p.stat().st_size for p in root.iterdir())
+    ShadowStore(root, bound)
+    assert stored_ids(root) == ids
+    assert not any(shadow_store.QUEUE_ID.fullmatch(name) for name in segments(root))
+
+
 def test_a_failed_fdatasync_acknowledges_nothing_it_covered_and_retires_its_segment(
     tmp_path, monkeypatch
 ):
