@@ -178,11 +178,19 @@ class _Switchover:
             done = await self.agent.vip_handover(self.vip, timeout=HANDOVER_TIMEOUT)
         except (AgentUnavailable, AgentRefused) as exc:
             raise StepFailed(message_of(exc)) from None
-        return Message(
+        moved = Message(
             "keepalived stopped, the VIP left this node after {seconds:.2f} s, keepalived started "
             "again (BACKUP)",
             seconds=done["released_seconds"],
         )
+        # From here the peer takes this node's queue over: this node must not deliver it too,
+        # however long the peer takes (keepalived's events leave this to the switchover).
+        why = await reconcile.hold_first(self.settings, self.agent)
+        if why:
+            return Message(
+                "{moved}; this node's queue could not be held: {why}", moved=moved, why=why
+            )
+        return Message("{moved}; this node's queue is on hold", moved=moved)
 
     async def check_peer_vip(self) -> str:
         """Until the peer holds the VIP, is MASTER, and has written what it took over of this
@@ -213,18 +221,31 @@ class _Switchover:
             )
         )
         try:
-            here = Message("yes") if await asyncio.to_thread(vip_held, self.vip) else Message("no")
+            vip_here: bool | None = await asyncio.to_thread(vip_held, self.vip)
+            here = Message("yes") if vip_here else Message("no")
         except VipCheckError as exc:
+            vip_here = None
             here = Message("unknown ({error})", error=message_of(exc))
+        if vip_here and state != "MASTER":
+            # The VIP came back and the peer took nothing over: the queue is this node's again.
+            released = await reconcile.release_held(self.settings, self.agent, "switchover", "")
+            after = Message(
+                "{released} messages held at the handover were released here", released=released
+            )
+        else:
+            after = Message(
+                "This node's queue stays on hold (the held-mail alert counts it): check the "
+                "dashboard, then run `mailrelay reconcile` here once the peer is active"
+            )
         raise StepFailed(
             Message(
                 "{peer} has not taken over after {seconds:g} s ({seen}); the VIP is on this "
-                "node: {here}. This node's queue was not reconciled: check the dashboard, then "
-                "run `mailrelay reconcile` here once the peer is active",
+                "node: {here}. {after}",
                 peer=self.peer,
                 seconds=PEER_VIP_WAIT,
                 seen=seen,
                 here=here,
+                after=after,
             )
         )
 

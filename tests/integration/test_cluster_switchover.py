@@ -194,9 +194,12 @@ async def test_a_switchover_reports_every_step_with_its_time(settings, tmp_path,
     assert sum(step.seconds for step in steps) < 30
 
     # The agent did exactly this, in this order: no handover before the final sync.
+    # The queue is held as the VIP leaves, before the peer can import a message of it.
+    assert detail["handover"].endswith("; this node's queue is on hold")
     assert c.agent.verbs == [
         "queue_sync",
         "vip_handover",
+        "hold_all",
         "hold_all",
         "delete_ids",
         "release_ids",
@@ -294,11 +297,12 @@ async def test_the_final_sync_waits_for_the_timers_run_to_finish(settings, tmp_p
     assert c.agent.verbs.count("queue_sync") == 1
 
 
-async def test_a_peer_that_does_not_take_over_is_reported_and_the_queue_left_alone(
+async def test_a_peer_that_does_not_take_over_is_reported_and_the_queue_released_here(
     settings, tmp_path, smtp, monkeypatch
 ):
-    """Its import cannot be known: this node's queue is not reconciled. SMTP on the VIP is still
-    checked, since the handover was tried."""
+    """The VIP came back and the peer is not MASTER: it took nothing over, and what the
+    handover held is delivered from here. SMTP on the VIP is still checked, since the handover
+    was tried."""
     monkeypatch.setattr(switchover, "PEER_VIP_WAIT", 1.0)
     async with cluster(settings, tmp_path, takes_over=False) as c:
         steps = await c.run()
@@ -310,9 +314,31 @@ async def test_a_peer_that_does_not_take_over_is_reported_and_the_queue_left_alo
     detail = steps[4].detail
     assert detail.startswith("node b has not taken over after 1 s (VIP held: False, VRRP state: ")
     assert "the VIP is on this node: yes" in detail
-    assert "run `mailrelay reconcile` here once the peer is active" in detail
+    assert detail.endswith("3 messages held at the handover were released here")
     assert 1 <= steps[4].seconds < 5
-    assert "hold_all" not in c.agent.verbs
+    assert c.agent.verbs[-4:] == ["vip_handover", "hold_all", "release_ids", "flush_all"]
+    assert c.agent.args("release_ids") == [{"queue_ids": HELD}]
+    assert reconcile.pending(c.settings) == []
+
+
+async def test_a_peer_that_takes_longer_than_the_wait_leaves_this_queue_held(
+    settings, tmp_path, smtp, monkeypatch
+):
+    """The peer holds the VIP and is MASTER, but its takeover is not written within the wait
+    (a big queue): this node's queue stays held, counted by the alert, never delivered here
+    while the peer delivers it too."""
+    monkeypatch.setattr(switchover, "PEER_VIP_WAIT", 1.0)
+    monkeypatch.setattr(switchover, "POLL_SECONDS", 0.1)
+    async with cluster(settings, tmp_path, writing_for=1_000_000) as c:
+        steps = await c.run()
+    assert outcomes(steps) == dict.fromkeys(STEPS[:4], "ok") | {
+        "peer_vip": "failed",
+        "reconcile": "skipped",
+        "smtp": "ok",
+    }
+    assert "This node's queue stays on hold" in steps[4].detail
+    assert c.agent.verbs[-2:] == ["vip_handover", "hold_all"]
+    assert reconcile.pending(c.settings) == HELD
 
 
 async def test_a_peer_that_cannot_say_what_it_took_over_leaves_the_mail_held(
