@@ -175,7 +175,8 @@ async def json_object(response: httpx.Response, limit: int, what: str) -> dict[s
             raise PeerError(Message("{what} is larger than {limit} bytes", what=what, limit=limit))
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: nested deeper than the parser goes, a few hundred KB of brackets.
         raise PeerError(Message("{what} is not JSON", what=what)) from None
     if not isinstance(parsed, dict):
         raise PeerError(Message("{what} is not a JSON object", what=what))

@@ -96,6 +96,8 @@ def _forget(path: Path, ids: Iterable[str]) -> None:
 
 # A queue ID and its quotes take about 20 bytes: room for a queue of several hundred thousand.
 MAX_IMPORTED_BYTES = 16 * 1024 * 1024
+# The whole answer of the list of imports: 16 MiB at a slow link's pace fits.
+IMPORTS_ANSWER_SECONDS = 60.0
 # The peer's reason for not answering yet is one sentence; it is shown on the dashboard.
 MAX_REFUSAL_BYTES = 4096
 MAX_DETAIL_CHARS = 300
@@ -103,13 +105,23 @@ MAX_DETAIL_CHARS = 300
 
 async def peer_imports(settings: Settings) -> set[str]:
     peer = PeerApi.from_settings(settings)
-    async with peer_request(
-        peer.url, peer.token, peer.tls, "GET", "/api/queue/imported"
-    ) as response:
-        what = Message("the peer's list of imports")
-        if response.status_code != 200:
-            raise await _refusal(response, what)
-        body = await json_object(response, MAX_IMPORTED_BYTES, what)
+    what = Message("the peer's list of imports")
+    try:
+        # In all, not per read: a peer that sends a byte now and then must not keep the
+        # reconcile, and the mail it holds, waiting for ever.
+        async with asyncio.timeout(IMPORTS_ANSWER_SECONDS):
+            async with peer_request(
+                peer.url, peer.token, peer.tls, "GET", "/api/queue/imported"
+            ) as response:
+                if response.status_code != 200:
+                    raise await _refusal(response, what)
+                body = await json_object(response, MAX_IMPORTED_BYTES, what)
+    except TimeoutError:
+        raise PeerError(
+            Message(
+                "{what}: no answer within {seconds:g} s", what=what, seconds=IMPORTS_ANSWER_SECONDS
+            )
+        ) from None
     ids = body.get("queue_ids", [])
     if not isinstance(ids, list):
         raise PeerError(Message("the peer's list of imports has no queue_ids list"))

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from litestar import Litestar, Response, get
+from litestar.response import Stream
 
 from app.agent.client import AgentClient
 from app.auth import tokens
@@ -378,3 +379,55 @@ async def test_what_leaving_held_is_settled_by_the_next_reconcile_when_the_reade
     assert (result.outcome, result.deleted, result.released) == ("reconciled", 2, 1)
     assert agent.args("release_ids") == [{"queue_ids": ["4dLq2G1xZ9z9vxC"]}]
     assert not reconcile.leaving_file(a).exists()
+
+
+class OddPeer(Peer):
+    """A MASTER peer that has written its takeover, and answers the list of imports with
+    `imported` (a Litestar response) instead."""
+
+    def __init__(self, imported: Any) -> None:
+        super().__init__("MASTER", dt.datetime.now(dt.UTC))
+        self.imported = imported
+
+    def app(self) -> Litestar:
+        @get("/api/cluster/status")
+        async def cluster_status() -> dict[str, Any]:
+            vrrp = {"state": "MASTER", "since": self.since.isoformat()}
+            vrrp["promotion"] = {"imported": 2, "error": ""}
+            return {"node_id": "b", "vrrp": vrrp, "queue": {"messages": 2}}
+
+        @get("/api/queue/imported")
+        async def imported() -> Any:
+            return self.imported()
+
+        return Litestar([cluster_status, imported])
+
+
+async def test_an_answer_nested_too_deep_to_parse_leaves_the_mail_held(settings, tmp_path):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    peer = OddPeer(lambda: Response(deep, media_type="application/json"))
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await reconcile.run_once(a, AgentClient(agent.path))
+    assert (result.outcome, result.held) == ("held", 3)
+    assert result.detail == "the peer's list of imports is not JSON"
+    assert reconcile.pending(a) == HELD
+
+
+async def test_a_peer_that_drips_its_answer_is_given_up_on(settings, tmp_path, monkeypatch):
+    """A byte now and then keeps every read within its timeout: the answer as a whole has one."""
+    monkeypatch.setattr(reconcile, "IMPORTS_ANSWER_SECONDS", 1.0)
+
+    async def drip() -> AsyncIterator[bytes]:
+        yield b'{"queue_ids": ['
+        for _ in range(100):
+            await asyncio.sleep(0.2)
+            yield b" "
+
+    peer = OddPeer(lambda: Stream(drip(), media_type="application/json"))
+    started = time.monotonic()
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        result = await reconcile.run_once(a, AgentClient(agent.path))
+    assert time.monotonic() - started < 10
+    assert (result.outcome, result.held) == ("held", 3)
+    assert result.detail == "the peer's list of imports: no answer within 1 s"
+    assert reconcile.pending(a) == HELD
