@@ -16,10 +16,19 @@ from app.db.migrations.mailrelay_2026_12_06t13_00_00_mail_log_latest_room import
 from app.db.migrations.mailrelay_2026_12_06t15_00_00_promotions import ID as PROMOTIONS_ID
 from app.db.migrations.mailrelay_2026_12_07t02_00_00_tracking_lookups import ID as LOOKUPS_ID
 from app.db.migrations.mailrelay_2026_12_07t04_00_00_tracking_newest import ID as NEWEST_ID
+from app.db.migrations.mailrelay_2026_12_07t16_00_00_log_cursor_head import ID as HEAD_ID
 from tests.integration.test_cli import run
 
 # The migrations after the baseline, in the order they run.
-AFTER_BASELINE = (LATEST_ID, BYTE_ORDER_ID, ROOM_ID, PROMOTIONS_ID, LOOKUPS_ID, NEWEST_ID)
+AFTER_BASELINE = (
+    LATEST_ID,
+    BYTE_ORDER_ID,
+    ROOM_ID,
+    PROMOTIONS_ID,
+    LOOKUPS_ID,
+    NEWEST_ID,
+    HEAD_ID,
+)
 
 
 def migrated(scratch_databases: Callable[[str], str], name: str) -> str:

@@ -190,6 +190,7 @@ class LogCursor(Table, tablename="log_cursors"):
     inode = BigInt(default=0)
     position = BigInt(default=0)
     updated_at = Timestamptz()
+    head = Text(default="")  # the hash of the file's first line: which copy of the log
 
 
 class LogMessage(Table, tablename="log_messages"):

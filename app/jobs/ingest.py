@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import hashlib
 import itertools
 import logging
 import os
@@ -28,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import asyncpg
 
@@ -61,6 +62,7 @@ class IngestResult:
     batches: int = 0
     rotated: bool = False  # moved on to a new file (after finishing the rotated one if found)
     truncated: bool = False  # the same file shrank: started again at 0
+    lost_tail: bool = False  # the same file lost its end (a power cut): went on from its end
     missing: bool = False  # no log file yet (Postfix has not logged anything)
     seconds: float = 0.0
 
@@ -73,6 +75,7 @@ class IngestResult:
         for name in ("lines", "events", "mail_rows", "rejection_rows", "contexts", "batches"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.rotated |= other.rotated
+        self.lost_tail |= other.lost_tail
         self.truncated |= other.truncated
         self.missing = other.missing
         self.seconds += other.seconds
@@ -89,6 +92,8 @@ class _Read:
     rotated: bool = False
     truncated: bool = False
     missing: bool = False
+    lost_tail: bool = False
+    head: str = ""  # the file's first line, hashed (_head)
     records: list[logparse.Record] = field(default_factory=list)
     # The queue IDs whose context the batch needs from log_messages (see _continued).
     continued: list[str] = field(default_factory=list)
@@ -168,6 +173,8 @@ async def follow(settings: Settings, stop: asyncio.Event) -> None:
 # log, and 20,000 no less than 10,000 (scripts/bench logs' log, alternated). A follower's runs
 # read a few hundred lines each and never reach it.
 BATCH_LINES = 10_000
+# A log line is at most about 2,000 bytes (Postfix cuts a record there).
+_HEAD_BYTES = 8192
 
 
 async def run_once(
@@ -183,7 +190,7 @@ async def run_once(
     # moved it meanwhile, nor wrote contexts); log files only grow, so lines read a moment early
     # are the same lines. Otherwise the contexts this run knew are forgotten too.
     ahead: asyncio.Future[_Read] | None = None
-    ahead_from = (0, 0)
+    ahead_from = _Cursor(0, 0, "")
     known: dict[str, tuple] = {}
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(_SWITCH_INTERVAL)
@@ -211,15 +218,15 @@ async def run_once(
                     "SELECT set_config('jit', 'off', true), "
                     "set_config('enable_bitmapscan', 'off', true)"
                 )
-                inode, position = await _lock_cursor(str(path))
-                if ahead is not None and ahead_from == (inode, position):
+                cursor = await _lock_cursor(str(path))
+                if ahead is not None and ahead_from == cursor:
                     read = await ahead
                 else:
                     if ahead is not None:
                         ahead.cancel()
                     known = {}  # a new dict: a cancelled read may still be looking in the old
                     read = await asyncio.to_thread(
-                        _read_batch, path, inode, position, max_lines, settings.node_id, known
+                        _read_batch, path, cursor, max_lines, settings.node_id, known
                     )
                 ahead = None
                 plan = read.plan or await _plan_with_stored(settings.node_id, read, known)
@@ -227,28 +234,24 @@ async def run_once(
                     known = {}
                 known.update(plan.known)
                 if len(read.lines) == max_lines:
-                    ahead_from = (read.inode, read.end)
+                    ahead_from = _Cursor(read.inode, read.end, read.head)
                     ahead = asyncio.ensure_future(
                         asyncio.to_thread(
-                            _read_batch,
-                            path,
-                            read.inode,
-                            read.end,
-                            max_lines,
-                            settings.node_id,
-                            known,
+                            _read_batch, path, ahead_from, max_lines, settings.node_id, known
                         )
                     )
                 result.rotated |= read.rotated
                 result.truncated |= read.truncated
+                result.lost_tail |= read.lost_tail
                 result.missing = read.missing
                 if read.lines:
                     result.lines += len(read.lines)
                     await _write_batch(settings.node_id, plan, result)
                     result.batches += 1
-                moved = (read.inode, read.end) != (inode, position)
+                after = _Cursor(read.inode, read.end, read.head)
+                moved = after != cursor
                 if moved:
-                    await _move_cursor(str(path), read.inode, read.end)
+                    await _move_cursor(str(path), after)
             if not read.lines and not moved:
                 break
     finally:
@@ -269,6 +272,7 @@ def _log_run(path: Path, result: IngestResult) -> None:
         for note, flag in (
             ("rotated", result.rotated),
             ("truncated", result.truncated),
+            ("the log lost its end (a power cut?): went on from its end", result.lost_tail),
             ("no log file yet", result.missing),
         )
         if flag
@@ -294,7 +298,16 @@ def _log_run(path: Path, result: IngestResult) -> None:
     )
 
 
-async def _lock_cursor(source: str) -> tuple[int, int]:
+class _Cursor(NamedTuple):
+    """Where ingestion is: the file (inode), the offset in it, and the hash of its first line
+    (which copy of the log this is; "" while not known)."""
+
+    inode: int
+    position: int
+    head: str
+
+
+async def _lock_cursor(source: str) -> _Cursor:
     # Create the row first so that there is something to lock even on the very first run; a
     # second runner's INSERT waits for the first one's commit and then does nothing.
     await LogCursor.raw(
@@ -303,16 +316,18 @@ async def _lock_cursor(source: str) -> tuple[int, int]:
         source,
     )
     rows = await LogCursor.raw(
-        "SELECT inode, position FROM log_cursors WHERE source = {} FOR UPDATE", source
+        "SELECT inode, position, head FROM log_cursors WHERE source = {} FOR UPDATE", source
     )
-    return rows[0]["inode"], rows[0]["position"]
+    return _Cursor(rows[0]["inode"], rows[0]["position"], rows[0]["head"])
 
 
-async def _move_cursor(source: str, inode: int, position: int) -> None:
+async def _move_cursor(source: str, cursor: _Cursor) -> None:
     await LogCursor.raw(
-        "UPDATE log_cursors SET inode = {}, position = {}, updated_at = now() WHERE source = {}",
-        inode,
-        position,
+        "UPDATE log_cursors SET inode = {}, position = {}, head = {}, updated_at = now() "
+        "WHERE source = {}",
+        cursor.inode,
+        cursor.position,
+        cursor.head,
         source,
     )
 
@@ -321,11 +336,11 @@ async def _move_cursor(source: str, inode: int, position: int) -> None:
 
 
 def _read_batch(
-    path: Path, inode: int, position: int, max_lines: int, node_id: str, known: dict[str, tuple]
+    path: Path, cursor: _Cursor, max_lines: int, node_id: str, known: dict[str, tuple]
 ) -> _Read:
     """_read_next, the records of the lines it read, and what they write if `known` holds the
     context of every message they continue. Runs in a thread; reads `known`, never changes it."""
-    read = _read_next(path, inode, position, max_lines)
+    read = _read_next(path, cursor, max_lines)
     read.records = logparse.Parser(dt.datetime.now().astimezone()).records(read.lines)
     read.continued = _continued(read.records)
     contexts, unknown = _known_contexts(read.continued, known)
@@ -342,8 +357,9 @@ def _known_contexts(
     return contexts, [qid for qid in queue_ids if qid not in contexts]
 
 
-def _read_next(path: Path, inode: int, position: int, max_lines: int) -> _Read:
+def _read_next(path: Path, cursor: _Cursor, max_lines: int) -> _Read:
     """Decide which file and offset the cursor means now, and read up to max_lines from there."""
+    inode, position, head = cursor
     try:
         current: BinaryIO | None = path.open("rb")
     except FileNotFoundError:
@@ -360,26 +376,40 @@ def _read_next(path: Path, inode: int, position: int, max_lines: int) -> _Read:
                 with old:
                     lines, end = _read_lines(old, position, max_lines)
                 if lines:
-                    return _Read(inode, end, lines)
+                    return _Read(inode, end, lines, head=head)
             if stat is None:  # the new file is not there yet: keep our place in the old one
-                return _Read(inode, position, missing=True)
+                return _Read(inode, position, missing=True, head=head)
             if old is not None and stat.st_size == 0:
                 # logrotate creates the new file before the writer is told to reopen: until
                 # the first line arrives there, lines may still go to the old file.
-                return _Read(inode, position)
+                return _Read(inode, position, head=head)
             assert current is not None
             lines, end = _read_lines(current, 0, max_lines)
-            return _Read(stat.st_ino, end, lines, rotated=True)
+            return _Read(stat.st_ino, end, lines, rotated=True, head=_head(current))
         if stat is None:
-            return _Read(inode, position, missing=True)
+            return _Read(inode, position, missing=True, head=head)
         assert current is not None
         if not inode:
             inode = stat.st_ino
-        truncated = stat.st_size < position
-        if truncated:  # copytruncate or an operator's `: > file`: the file starts again
-            position = 0
+        now_head = _head(current)
+        truncated = lost_tail = False
+        if head and now_head != head:
+            # Another first line: copytruncate or an operator's `: > file`, seen even when the
+            # file has grown past our place again since.
+            truncated, position = True, 0
+        elif stat.st_size < position:
+            if head:
+                # The same log, shorter: the kernel had not written its end to the disk when
+                # the power went (Postfix never syncs it). Starting again at 0 would count every
+                # line a second time; the lines after the cut are gone, and those written
+                # since the reboot are skipped.
+                lost_tail, position = True, _line_start(current, stat.st_size)
+            else:  # a cursor from before the first line was kept
+                truncated, position = True, 0
         lines, end = _read_lines(current, position, max_lines)
-        return _Read(inode, end, lines, truncated=truncated)
+        return _Read(
+            inode, end, lines, truncated=truncated, lost_tail=lost_tail, head=now_head or head
+        )
     finally:
         if current is not None:
             current.close()
@@ -417,11 +447,34 @@ def _open_rotated(path: Path, inode: int, position: int) -> BinaryIO | None:
     return None
 
 
+def _head(handle: BinaryIO) -> str:
+    """The hash of the file's first line, once it is complete ("" before): which copy of the
+    log this is, whatever has been appended to it since."""
+    handle.seek(0)
+    first = handle.readline(_HEAD_BYTES)
+    if not first.endswith(b"\n"):
+        return ""
+    return hashlib.sha256(first).hexdigest()[:32]
+
+
+def _line_start(handle: BinaryIO, offset: int) -> int:
+    """The offset of the line that `offset` falls in (after the last newline before it)."""
+    start = max(0, offset - _HEAD_BYTES)
+    handle.seek(start)
+    newline = handle.read(offset - start).rfind(b"\n")
+    return start + newline + 1 if newline >= 0 else start
+
+
 def _read_lines(handle: BinaryIO, position: int, max_lines: int) -> tuple[list[bytes], int]:
     """Up to max_lines complete lines from position; a last line without its newline is being
-    written right now and waits for the next batch."""
+    written right now and waits for the next batch. A NUL becomes "?", as Postfix writes any
+    other control character: PostgreSQL refuses it in text, and the batch with it would fail
+    again at every run (zeroed blocks, where a crash left the log's end unwritten)."""
     handle.seek(position)
-    lines = list(itertools.islice(handle, max_lines))
+    lines = [
+        line.replace(b"\0", b"?") if b"\0" in line else line
+        for line in itertools.islice(handle, max_lines)
+    ]
     if lines and not lines[-1].endswith(b"\n"):  # only the file's last line can be partial
         lines.pop()
     return lines, position + sum(map(len, lines))

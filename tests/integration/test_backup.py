@@ -143,7 +143,9 @@ async def test_a_restore_into_a_database_that_is_not_empty_is_refused_and_change
 
 
 async def test_a_dump_of_a_database_the_old_chain_made_restores_and_migrates_forward(
-    tmp_path, scratch_databases
+    tmp_path,
+    scratch_databases,
+    box,  # the node's secret key: the test passed alone only after one that made it
 ):
     """A dump made before the migrations were squashed, restored on a host that runs this
     release: `mailrelay migrate` records the baseline beside the old chain's IDs."""

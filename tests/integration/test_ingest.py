@@ -275,6 +275,61 @@ async def test_a_truncated_file_is_read_again_from_the_start(log_settings):
     assert await counts() == log.expect + fresh.expect
 
 
+async def test_a_file_truncated_and_grown_past_the_cursor_is_read_from_its_start(log_settings):
+    """copytruncate while the follower was down, and the new file already longer than the
+    cursor: its first line tells it is another copy of the log."""
+    path = log_settings.postfix_log_file
+    log = traffic(0, 2)
+    write(path, log.text())
+    await ingest.run_once(log_settings)
+    fresh = traffic(2, 12, start=START + dt.timedelta(hours=1))
+    write(path, fresh.text(), mode="w")
+    assert path.stat().st_size > len(log.text())
+    result = await ingest.run_once(log_settings)
+    assert result.truncated and result.lines == len(fresh.lines)
+    assert await counts() == log.expect + fresh.expect
+
+
+async def test_a_log_that_lost_its_end_in_a_power_cut_is_not_read_again(log_settings):
+    """Postfix never syncs its log: after a power cut the same file is shorter than the cursor
+    (the kernel had not written its end), and Postfix appends after the cut. Read again from
+    its start, months of mail would count twice."""
+    path = log_settings.postfix_log_file
+    log = traffic(0, 12)
+    write(path, log.text())
+    await ingest.run_once(log_settings)
+    size = path.stat().st_size
+    kept = size - sum(len(text.encode()) for text in log.lines[-3:])
+    os.truncate(path, kept)
+    write(path, traffic(12, 1, start=START + dt.timedelta(hours=1)).lines[0])
+    assert path.stat().st_size < size
+    result = await ingest.run_once(log_settings)
+    assert result.lost_tail and not result.truncated
+    assert await counts() == log.expect
+    await assert_no_duplicates()
+    # What Postfix writes from now on comes in as usual.
+    more = traffic(13, 3, start=START + dt.timedelta(hours=2))
+    write(path, more.text())
+    await ingest.run_once(log_settings)
+    assert await counts() == log.expect + more.expect
+
+
+async def test_a_line_with_nul_bytes_does_not_stop_ingestion(log_settings):
+    """Zeroed blocks where a crash left the log's end unwritten, then Postfix's next line: one
+    line with NULs, which PostgreSQL refuses in text. The batch failed at every run, for good."""
+    path = log_settings.postfix_log_file
+    log = traffic(0, 6)
+    cut = line(START, "cleanup", f"{qid(900)}: message-id=<cut").rstrip("\n") + "\0" * 600
+    cut += "@app.example.com>\n"
+    after = traffic(6, 6, start=START + dt.timedelta(hours=1))
+    write(path, log.text() + cut + after.text())
+    result = await ingest.run_once(log_settings)
+    assert result.lines == len(log.lines) + 1 + len(after.lines)
+    assert await counts() == log.expect + after.expect
+    [stored] = await LogMessage.select(LogMessage.message_id).where(LogMessage.queue_id == qid(900))
+    assert stored["message_id"] == "cut" + "?" * 600 + "@app.example.com"
+
+
 async def test_two_runners_at_once_count_everything_once(log_settings):
     log = traffic(0, 40)
     write(log_settings.postfix_log_file, log.text())
