@@ -38,6 +38,8 @@ BOOTSTRAP_APT_PACKAGES=(
     systemd-container
     keepalived
     rsync
+    # scripts/install-node rotates Postfix's log with it.
+    logrotate
     openssh-server
     openssh-client
     python3

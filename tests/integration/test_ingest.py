@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -328,6 +329,46 @@ async def test_a_line_with_nul_bytes_does_not_stop_ingestion(log_settings):
     assert await counts() == log.expect + after.expect
     [stored] = await LogMessage.select(LogMessage.message_id).where(LogMessage.queue_id == qid(900))
     assert stored["message_id"] == "cut" + "?" * 600 + "@app.example.com"
+
+
+def logrotate(path: Path) -> None:
+    """The node's rotation of Postfix's log (postfix-conf/logrotate.conf, as install-node puts it
+    in /etc/logrotate.d) by the real logrotate, forced, for `path`; without its `postfix
+    reload` (the writer's reopen is what the test does next)."""
+    shipped = (Path(__file__).parents[2] / "postfix-conf" / "logrotate.conf").read_text()
+    config = re.sub(r"\s*postrotate.*?endscript", "", shipped, flags=re.S)
+    assert "/var/log/postfix.log {" in config and "endscript" not in config
+    conf = path.with_name("logrotate.conf")
+    conf.write_text(config.replace("/var/log/postfix.log", str(path)))
+    state = path.with_name("logrotate.state")
+    subprocess.run(["logrotate", "-f", "-s", str(state), str(conf)], check=True, timeout=60)
+
+
+async def test_the_nodes_log_rotation_loses_and_doubles_nothing(log_settings):
+    path = log_settings.postfix_log_file
+    hour = dt.timedelta(hours=1)
+    first, unread, late, fresh, later = (
+        traffic(12 * n, 12, start=START + n * hour) for n in range(5)
+    )
+    write(path, first.text())
+    await ingest.run_once(log_settings)
+    write(path, unread.text())  # not read yet when the log is rotated
+    logrotate(path)
+    write(path.with_name(path.name + ".1"), late.text())  # postlogd before its reopen
+    write(path, fresh.text())  # after it
+    result = await ingest.run_once(log_settings)
+    assert result.rotated
+    assert await counts() == first.expect + unread.expect + late.expect + fresh.expect
+    # The next rotation compresses the file read before, never the one being finished.
+    logrotate(path)
+    write(path, later.text())
+    await ingest.run_once(log_settings)
+    names = sorted(p.name for p in path.parent.iterdir() if p.name.startswith("postfix.log"))
+    assert names == ["postfix.log", "postfix.log.1", "postfix.log.2.gz"]
+    assert await counts() == (
+        first.expect + unread.expect + late.expect + fresh.expect + later.expect
+    )
+    await assert_no_duplicates()
 
 
 async def test_two_runners_at_once_count_everything_once(log_settings):
