@@ -337,8 +337,36 @@ async def peer_status(settings: Settings) -> Status:
     "error": "unreachable: <why>"} within PEER_TIMEOUT; never raises."""
     answer = await _peer_get(settings, STATUS_PATH)
     if answer["reachable"]:
-        return {"reachable": True, "status": with_messages(answer["body"])}
+        node = with_messages(answer["body"])
+        if problem := _malformed(node):
+            return {"reachable": False, "error": _unreachable(problem)}
+        return {"reachable": True, "status": node}
     return answer
+
+
+def _malformed(node: Status) -> str:
+    """What is wrong with the parts of the peer's status this node decides from (the reconcile,
+    the switchover, the takeover's wait), or "": the peer's answer is untrusted input, and one
+    of another shape must not end those halfway with an exception."""
+    for part in ("vrrp", "vip", "queue", "config", "sync"):
+        if node.get(part) is not None and not isinstance(node[part], dict):
+            return f"its status's {part} is not an object"
+    vrrp, vip = node.get("vrrp") or {}, node.get("vip") or {}
+    if vrrp.get("state") is not None and not isinstance(vrrp["state"], str):
+        return "its VRRP state is not a string"
+    if vrrp.get("promotion") is not None and not isinstance(vrrp["promotion"], dict):
+        return "its promotion is not an object"
+    if vip.get("held") is not None and not isinstance(vip["held"], bool):
+        return "its VIP's held is not true or false"
+    since = vrrp.get("since")
+    if since is not None:
+        try:
+            aware = isinstance(since, str) and dt.datetime.fromisoformat(since).tzinfo is not None
+        except ValueError:
+            aware = False
+        if not aware:
+            return "its VRRP state's time is not an ISO time with its zone"
+    return ""
 
 
 def _unreachable(why: str) -> Message:

@@ -386,7 +386,13 @@ def service_hooks(settings: Settings, agent: AgentClient) -> dict[str, Any]:
         return await reconcile.hold_on_leaving(settings, agent)
 
     async def come_back(event: Notification, left_at: dt.datetime, held: list[str]) -> object:
-        return await reconcile.after_leaving_master(settings, agent, left_at, held)
+        try:
+            return await reconcile.after_leaving_master(settings, agent, left_at, held)
+        except Exception:
+            # This task is not awaited: what leaving held must not stay held uncounted.
+            log.exception("reconcile after leaving MASTER failed; the mail held stays held")
+            reconcile.keep_held_for_release(settings)
+            raise
 
     return {"on_master": promote, "on_leave": hold, "on_return": come_back}
 

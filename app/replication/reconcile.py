@@ -243,6 +243,14 @@ async def _release_held_on_leaving(settings: Settings, agent: AgentClient, held:
         _forget(leaving_file(settings), held)
 
 
+def keep_held_for_release(settings: Settings) -> None:
+    """What leaving MASTER held, when its reconcile could not finish: held for the operator's
+    release, where the alert and the dashboard count it."""
+    held = _ids(leaving_file(settings))
+    _remember(pending_file(settings), held)
+    _forget(leaving_file(settings), held)
+
+
 async def hold_on_leaving(settings: Settings, agent: AgentClient) -> list[str]:
     """keepalived took the VIP from this node: hold the whole queue now, before the peer
     imports this node's replica, so that Postfix here does not deliver what the peer will

@@ -23,7 +23,7 @@ from litestar.response import Stream
 
 from app.agent.client import AgentClient
 from app.auth import tokens
-from app.cluster import locks, vrrp
+from app.cluster import locks, status, vrrp
 from app.db.tables import AuditLog
 from app.replication import reconcile
 from tests.clusterpeer import FakeAgent, fake_agent, peer_settings, serve_https
@@ -431,3 +431,27 @@ async def test_a_peer_that_drips_its_answer_is_given_up_on(settings, tmp_path, m
     assert (result.outcome, result.held) == ("held", 3)
     assert result.detail == "the peer's list of imports: no answer within 1 s"
     assert reconcile.pending(a) == HELD
+
+
+async def test_a_peer_status_of_another_shape_is_an_unreachable_peer_not_a_crash(
+    settings, tmp_path, monkeypatch
+):
+    """A time without its zone, as a buggy or foreign peer could send it: comparing it ended the
+    reconcile (an unawaited task of the event reader) with a TypeError, and what leaving MASTER
+    held stayed held, counted by nothing."""
+    monkeypatch.setattr(reconcile, "LEAVE_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(reconcile, "LEAVE_POLL_SECONDS", 0.05)
+    peer = Peer("MASTER", dt.datetime.now())  # naive
+    async with node_a(settings, tmp_path, peer) as (a, agent):
+        held = await reconcile.hold_on_leaving(a, AgentClient(agent.path))
+        result = await reconcile.after_leaving_master(
+            a, AgentClient(agent.path), dt.datetime.now(dt.UTC), held
+        )
+        answer = await status.peer_status(a)
+    assert answer == {
+        "reachable": False,
+        "error": "unreachable: its VRRP state's time is not an ISO time with its zone",
+    }
+    # The peer could not be read: reconciled as a returning node, by what it says it took.
+    assert result.outcome == "reconciled"
+    assert agent.args("delete_ids") == [{"queue_ids": IMPORTED}]
