@@ -161,6 +161,19 @@ def export_bytes(document: dict[str, Any]) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
+def last_made(directory: Path, node_id: str) -> float:
+    """When this node's newest dump in `directory` was written, or, while there is none, when
+    the directory was made (a node installed this evening has missed no backup yet); OSError
+    when the directory cannot be read."""
+    pattern = _ours(node_id)
+    times = [
+        entry.stat().st_mtime
+        for entry in os.scandir(directory)
+        if pattern.match(entry.name) and entry.name.endswith(DUMP_SUFFIX) and entry.is_file()
+    ]
+    return max(times) if times else directory.stat().st_mtime
+
+
 def rotate(directory: Path, node_id: str, keep: int, now: float | None = None) -> list[Path]:
     """Delete this node's backups but the newest `keep` (a dump and its export count as one),
     and temporary files of killed runs; return what was deleted."""

@@ -47,6 +47,9 @@ class AlertSettings:
     cert_days: float = 14.0
     spool_dir: Path = Path("/var/spool/postfix")
     spool_percent: float = 90.0
+    # No backup of this node newer than this many hours is an alert (0: no such alert, for a
+    # node whose backups are made otherwise).
+    backup_hours: float = 36.0
     # The language of the alert e-mail's text (the webhook's JSON keeps English keys and texts).
     language: str = "en"
 
@@ -491,6 +494,8 @@ def _alerts(r: _Reader) -> AlertSettings:
         cert_days=r.number("ALERT_CERT_DAYS", 14.0, 0.0, 3650.0),
         spool_dir=r.path("ALERT_SPOOL_DIR", "/var/spool/postfix") or Path(),
         spool_percent=r.number("ALERT_SPOOL_PERCENT", 90.0, 1.0, 100.0),
+        # The backup timer runs daily: a day and a half without a new one is a missed night.
+        backup_hours=r.number("ALERT_BACKUP_HOURS", 36.0, 0.0, 3650 * 24.0),
         language=r.choice("ALERT_LANGUAGE", "en", ("en", "de")),
     )
 

@@ -32,6 +32,7 @@ TITLES = {
     "tls_cert_expiring": "Certificate expiring",
     "spool_full": "Spool disk nearly full",
     "config_drift": "Config versions differ",
+    "backup_stale": "No recent backup",
 }
 
 
@@ -59,6 +60,9 @@ class Facts:
     held: int = 0  # queue IDs held for release (app/cluster/reconcile.py: pending)
     oldest_queued_seconds: float | None = None  # None: not known (or the queue is empty)
     previous: dict[str, float | None] = field(default_factory=dict)  # last run's figures
+    # Hours since this node's newest backup (since BACKUP_DIR was made, while it has none);
+    # None: BACKUP_DIR cannot be read.
+    backup_age_hours: float | None = None
 
 
 def _get(status: Any, *path: str) -> Any:
@@ -86,8 +90,26 @@ def evaluate(facts: Facts, limits: AlertSettings) -> list[Finding]:
         _certificate(facts, this, limits),
         _spool(this, limits),
         _config_drift(this),
+        _backup(facts, limits),
     ]
     return [finding for finding in judged if finding is not None]
+
+
+def _backup(facts: Facts, limits: AlertSettings) -> Finding | None:
+    age = facts.backup_age_hours
+    if not limits.backup_hours or age is None:
+        return None
+    if age > limits.backup_hours:
+        # Rotation runs only after a backup that worked: the old files stay, and the newest
+        # quietly ages until the day a restore needs it.
+        return Finding(
+            "backup_stale",
+            True,
+            "this node's newest backup is %s hours old: `journalctl -u mailrelay-backup` says "
+            "why the nightly one failed",
+            (f"{age:.0f}",),
+        )
+    return Finding("backup_stale", False, "a backup of the last %s hours", (f"{age:.0f}",))
 
 
 def _sync_failing(facts: Facts, this: Status, limits: AlertSettings) -> Finding | None:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import backup
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.alerts import conditions, notify, state
 from app.cluster import status
@@ -67,7 +68,17 @@ async def _facts(settings: Settings, agent: AgentClient, now: dt.datetime) -> co
         held=len(reconcile.pending(settings)),
         oldest_queued_seconds=await _oldest_queued(agent, view["this"], now),
         previous=await state.figures(settings.node_id),
+        backup_age_hours=_backup_age_hours(settings, now),
     )
+
+
+def _backup_age_hours(settings: Settings, now: dt.datetime) -> float | None:
+    try:
+        made = backup.last_made(settings.backup_dir, settings.node_id)
+    except OSError as exc:
+        log.warning("alerts: cannot look at %s: %s", settings.backup_dir, exc.strerror)
+        return None
+    return max(0.0, (now.timestamp() - made) / 3600)
 
 
 async def _sync_outcomes(settings: Settings) -> list[str]:

@@ -325,6 +325,19 @@ async def _b_runs(w: World, number: int) -> None:
     )
 
 
+async def _backup_made(w: World, hours_before: float) -> None:
+    """This node's only dump in BACKUP_DIR, made `hours_before` the runs' time."""
+    folder = w.folder / "backups"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    dump = folder / "mailrelay-a-20261201T000000Z.dump"
+    dump.write_bytes(b"PGDMP")
+    made = (T0 - dt.timedelta(hours=hours_before)).timestamp()
+    os.utime(dump, (made, made))
+    w.settings = dataclasses.replace(w.settings, backup_dir=folder)
+
+
 Step = Callable[[World], Awaitable[None]]
 
 
@@ -353,6 +366,7 @@ CASES: dict[str, tuple[Step, Step]] = {
     "tls_cert_expiring": (lambda w: _cert_days(w, 5), lambda w: _cert_days(w, 90)),
     "spool_full": (lambda w: _spool(w, 1.0), lambda w: _spool(w, 100.0)),
     "config_drift": (lambda w: _b_runs(w, 1), lambda w: _b_runs(w, 2)),
+    "backup_stale": (lambda w: _backup_made(w, 48), lambda w: _backup_made(w, 2)),
 }
 
 

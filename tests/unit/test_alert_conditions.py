@@ -4,6 +4,7 @@ what cannot be judged (then no finding, so the alert keeps its state)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -33,7 +34,8 @@ CALM: dict[str, Any] = {
 
 
 def judge(view: dict[str, Any] | None = None, **facts: Any) -> dict[str, Finding]:
-    given = {"sync_outcomes": ["ok"], "oldest_queued_seconds": 10.0} | facts
+    given = {"sync_outcomes": ["ok"], "oldest_queued_seconds": 10.0, "backup_age_hours": 5.0}
+    given |= facts
     found = evaluate(Facts(view=view or CALM, now=NOW, **given), LIMITS)
     return {f.key: f for f in found}
 
@@ -125,6 +127,20 @@ def test_a_master_whose_takeover_failed_says_why_and_how_to_try_again():
     assert "takeover_failed" not in judge(unknown)
 
 
+def test_a_node_without_a_backup_for_a_day_and_a_half_is_told():
+    stale = judge(backup_age_hours=36.5)["backup_stale"]
+    assert stale.active and stale.values == ("36",)
+    assert "journalctl -u mailrelay-backup" in stale.summary
+    assert judge(backup_age_hours=35.0)["backup_stale"].active is False
+    # BACKUP_DIR unreadable, or ALERT_BACKUP_HOURS=0 (backups made otherwise): not judged.
+    assert "backup_stale" not in judge(backup_age_hours=None)
+    off = evaluate(
+        Facts(view=CALM, now=NOW, backup_age_hours=99.0),
+        dataclasses.replace(LIMITS, backup_hours=0),
+    )
+    assert "backup_stale" not in {f.key for f in off}
+
+
 def test_every_text_a_condition_can_say_is_translated():
     worst = changed(
         this__vip={"held": None},
@@ -142,6 +158,7 @@ def test_every_text_a_condition_can_say_is_translated():
             held=1,
             oldest_queued_seconds=9e9,
             previous={"unprotected_mail": 1.0},
+            backup_age_hours=40.0,
         ).values()
     }
     texts |= {f.text for f in judge(previous={"unprotected_mail": 5.0}).values()}
@@ -150,5 +167,5 @@ def test_every_text_a_condition_can_say_is_translated():
     texts |= {judge(changed(vip_owners=["a", "b"]))["both_master"].text}
     texts |= {judge(changed(this__queue__messages=0))["queue_age"].text}
     texts |= {judge(changed(this__vrrp__promotion={"error": "x"}))["takeover_failed"].text}
-    assert len(texts) == 22  # every text in app/alerts/conditions.py
+    assert len(texts) == 24  # every text in app/alerts/conditions.py
     assert sorted(t for t in texts | set(TITLES.values()) if t not in GERMAN) == []
