@@ -72,6 +72,40 @@ async def migrate() -> None:
         raise UserFacingError(f"migration failed: {result.message}")
 
 
+def _print_pins(cert: Path) -> None:
+    from app.tls import fingerprint, key_fingerprint
+
+    print(f"HTTPS certificate SHA-256 fingerprint: {fingerprint(cert)}")
+    print(
+        f"its public key's SHA-256 (a pin that survives a renewal): {key_fingerprint(cert)}",
+        flush=True,
+    )
+
+
+def cmd_renew_cert(args: argparse.Namespace) -> None:
+    """A new certificate for the node's generated key (`mailrelay serve` made both); restart
+    mailrelay-web and mailrelay-shadow-receiver to serve it."""
+    from app.tls import LIFETIME, renew_generated
+
+    settings = _settings()
+    if settings.tls_cert_file:
+        raise UserFacingError(
+            f"TLS_CERT_FILE is set ({settings.tls_cert_file}): renew that certificate where it "
+            "comes from"
+        )
+    try:
+        cert = renew_generated(settings)
+    except (OSError, ValueError) as exc:
+        raise UserFacingError(f"cannot renew {settings.generated_cert_file}: {exc}") from None
+    print(f"renewed {cert} for {LIFETIME.days} days with the same key")
+    _print_pins(cert)
+    print(
+        "the peer's PEER_CERT_FINGERPRINT (and a slave's MASTER_CERT_FINGERPRINT) needs the new "
+        "certificate fingerprint, unless it is the public key's; restart mailrelay-web and "
+        "mailrelay-shadow-receiver here"
+    )
+
+
 def cmd_migrate(args: argparse.Namespace) -> None:
     _settings()
     _run_db(migrate)
@@ -81,7 +115,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from app.tls import ensure_certificate, fingerprint
+    from app.tls import ensure_certificate
 
     settings = _settings()
     asyncio.run(check_database(settings.database_url))
@@ -90,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     cert, key, generated = ensure_certificate(settings)
     if generated:
         print(f"generated a self-signed certificate: {cert}")
-    print(f"HTTPS certificate SHA-256 fingerprint: {fingerprint(cert)}", flush=True)
+    _print_pins(cert)
     if args.migrate:
         _run_db(migrate)
     uvicorn.run(
@@ -556,6 +590,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--migrate", action="store_true", help="apply migrations first")
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "renew-cert", help="a new certificate for the generated key (the key's pin stays)"
+    ).set_defaults(func=cmd_renew_cert)
     create = sub.add_parser("create-user", help="create a GUI user")
     create.add_argument("username")
     create.add_argument("--role", default="readonly", help="admin, operator or readonly")

@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from app.settings import Settings
-from app.tls import ensure_certificate, fingerprint
+from app.tls import ensure_certificate, fingerprint, key_fingerprint
 
 HELD_VIP = "127.0.0.1"  # on this machine's loopback: "held"
 NOT_HELD_VIP = "198.18.255.254"  # in the test range, on no interface: "not held"
@@ -32,6 +32,7 @@ NOT_HELD_VIP = "198.18.255.254"  # in the test range, on no interface: "not held
 class Https:
     url: str
     fingerprint: str
+    key_fingerprint: str = ""  # the pin of its public key, which a renewal keeps
 
 
 @contextlib.asynccontextmanager
@@ -61,7 +62,7 @@ async def serve_https(app: Any, settings: Settings) -> AsyncIterator[Https]:
             await asyncio.sleep(0.01)
         assert server.started, "the HTTPS server did not start"
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield Https(f"https://127.0.0.1:{port}", fingerprint(cert))
+        yield Https(f"https://127.0.0.1:{port}", fingerprint(cert), key_fingerprint(cert))
     finally:
         server.should_exit = True
         await task

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ import httpx
 
 from app.messages import Message, message_of
 from app.settings import Settings, SettingsError, parse_fingerprint
+from app.tls import matches_pin
 
 TIMEOUT_SECONDS = 10.0
 
@@ -142,7 +142,7 @@ class _PinCheck:
             ssl_object = stream.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
             seen = hashlib.sha256(der).digest() if der else b""
-            if not hmac.compare_digest(seen, self.pin):
+            if not (der and matches_pin(der, self.pin)):
                 await stream.aclose()
                 raise CertificateMismatch(
                     Message(

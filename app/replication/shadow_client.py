@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import socket
 import ssl
 import time
@@ -21,6 +19,7 @@ from typing import TypeVar
 
 from app.replication.shadow_receiver import frame
 from app.replication.shadow_store import Envelope
+from app.tls import matches_pin
 
 POOL_SIZE = 64
 # After the peer could not be reached, did not answer in time or could not be trusted (another
@@ -201,7 +200,7 @@ class ShadowClient:
             raise _PeerDown(f"cannot reach the peer's shadow receiver: {why}") from None
         try:
             der = conn.sock.getpeercert(binary_form=True) or b""
-            if not hmac.compare_digest(hashlib.sha256(der).digest(), self.pin):
+            if not matches_pin(der, self.pin):
                 raise _PeerDown(
                     "the peer's certificate is not the pinned PEER_CERT_FINGERPRINT; "
                     "the token was not sent"

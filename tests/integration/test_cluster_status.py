@@ -270,6 +270,10 @@ async def test_an_unreachable_peer_is_said_within_seconds(settings, peer_b):
         refused = await status.peer_status(peer_settings(a, peer_b, read))
         assert refused["error"] == "unreachable: the peer refused PEER_API_TOKEN (HTTP 403)"
 
+        # Pinned by its public key (which a renewal with the same key keeps): recognised.
+        by_key = dataclasses.replace(peer_b, fingerprint=peer_b.key_fingerprint)
+        assert (await status.peer_status(peer_settings(a, by_key, cluster)))["reachable"] is True
+
         stranger = dataclasses.replace(peer_b, fingerprint="AB" * 32)
         wrong = await status.peer_status(peer_settings(a, stranger, cluster))
         assert wrong["error"].startswith("unreachable: the server's certificate (SHA-256 ")
@@ -294,4 +298,4 @@ async def test_an_unreachable_peer_is_said_within_seconds(settings, peer_b):
         silent.close()
     assert mute["reachable"] is False and mute["error"].startswith("unreachable: ")
     assert elapsed < status.PEER_TIMEOUT + 1
-    assert peer_b.agent.verbs == []  # nothing reached node b's status
+    assert peer_b.agent.verbs == ["status"]  # only the request pinned by b's key reached it

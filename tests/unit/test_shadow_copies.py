@@ -30,6 +30,8 @@ from app.replication.shadow_import import (
 from app.replication.shadow_milter import first_hop
 from app.replication.shadow_receiver import Receiver, listen, serve, server_context
 from app.replication.shadow_store import Envelope, Requests, ShadowStore, StoreFull, records
+from app.settings import parse_fingerprint
+from app.tls import key_fingerprint
 from tests.postfixhost import _self_signed
 
 TOKEN = "t" * 40
@@ -426,6 +428,20 @@ async def test_many_messages_in_flight_are_all_stored_over_persistent_connection
     assert "4ZreusedAAA" in stored_ids(store.root)
     assert len(client.idle) == pooled
     client.close()
+
+
+async def test_a_receiver_pinned_by_its_public_key_gets_the_copy(peer, tmp_path):
+    port, _pin, store = peer
+    by_key = shadow_store_pin(tmp_path / "n.crt")
+    client = ShadowClient("127.0.0.1", port, by_key, TOKEN, 5.0)
+    await client.send(envelope("4ZbyKeyAAAAA"), b"m")
+    assert stored_ids(store.root) == ["4ZbyKeyAAAAA"]
+    client.close()
+
+
+def shadow_store_pin(cert: Path) -> bytes:
+    """The pin of a certificate's public key, as `mailrelay serve` prints it."""
+    return parse_fingerprint(key_fingerprint(cert), "PEER_CERT_FINGERPRINT")
 
 
 async def test_a_receiver_with_another_certificate_never_gets_the_token(peer):
