@@ -8,8 +8,10 @@ it as a new local version and apply it through the agent. Storing and applying a
 transaction: when the agent refuses the version, the tables roll back with it, so the slave's
 configuration always equals what its Postfix runs.
 
-The master's version number is kept in the local version's comment ("pulled master version N");
-only a newer master version is applied, an equal or older one is nothing to do. Two runs at once
+The master's version number and when it was made are kept in the local version's comment
+("pulled master version N of TIME");
+only a newer master version is applied (or one of the same number the master made at another
+time, after its database was restored), an equal or older one is nothing to do. Two runs at once
 (a manual run during the timer's) are serialised by an advisory lock and the second one re-reads
 the last pulled version inside it, so a version is never applied twice.
 
@@ -47,8 +49,10 @@ log = logging.getLogger("mailrelay.config_pull")
 
 ACTOR = service.Actor("config-pull")
 ACTION = "config.pull"
+# With the time the master made that version: a master restored from a backup may make a
+# version of the same number again, with other content (config-import, then Apply).
 COMMENT = "pulled master version {}"
-_COMMENT_RE = re.compile(r"^pulled master version (\d+)$")
+_COMMENT_RE = re.compile(r"^pulled master version (\d+)(?: of (\S+))?$")
 # pg_advisory_xact_lock key for the pull's critical part ("pull"); the config service takes its
 # own lock (for the version number) inside it.
 _PULL_LOCK = 0x70756C6C
@@ -166,6 +170,12 @@ def to_local(config: snap.Snapshot, box: SecretBox) -> snap.Snapshot:
 
 async def last_pulled_master_version() -> int:
     """The master version the newest pulled local version came from (0: never pulled)."""
+    return (await _last_pulled())[0]
+
+
+async def _last_pulled() -> tuple[int, str]:
+    """The master version the newest pulled local version came from and when the master made
+    it ((0, ""): never pulled; "": pulled by a release that did not keep the time)."""
     row = (
         await ConfigVersion.select(ConfigVersion.comment)
         .where(
@@ -176,7 +186,17 @@ async def last_pulled_master_version() -> int:
         .first()
     )
     match = _COMMENT_RE.match(row["comment"]) if row else None
-    return int(match.group(1)) if match else 0
+    return (int(match.group(1)), match.group(2) or "") if match else (0, "")
+
+
+def _applied_already(master_version: int, made: str, last: tuple[int, str]) -> bool:
+    """Whether the master's version (its number, when it made it) is what was pulled last, or
+    older. The same number made at another time is another version: the master's database was
+    restored, and a version of that number made again after it."""
+    number, last_made = last
+    if master_version != number:
+        return master_version < number
+    return not (made and last_made and made != last_made)
 
 
 async def applied_state(node_id: str) -> dict[str, Any] | None:
@@ -366,10 +386,11 @@ async def _pull(
         await _audit_failure(target, str(exc), exc.problems)
         return PullResult("refused", str(exc), problems=exc.problems)
     await record_master(export, settings.node_id)
+    made = str(export.get("created_at") or "")
     try:
-        last = await last_pulled_master_version()
-        if master_version <= last:
-            return _unchanged(master_version, last)
+        last = await _last_pulled()
+        if _applied_already(master_version, made, last):
+            return _unchanged(master_version, last[0])
         local = to_local(config, box)
         problems = snap.validate(local)
         if problems:
@@ -381,10 +402,11 @@ async def _pull(
         async with ConfigVersion._meta.db.transaction():
             await ConfigVersion.raw("SELECT pg_advisory_xact_lock({})", _PULL_LOCK)
             # Another run may have applied it while we fetched or waited for the lock.
-            last = await last_pulled_master_version()
-            if master_version <= last:
-                return _unchanged(master_version, last)
-            number = await service.replace_all(ACTOR, local, ACTION, COMMENT.format(master_version))
+            last = await _last_pulled()
+            if _applied_already(master_version, made, last):
+                return _unchanged(master_version, last[0])
+            comment = COMMENT.format(master_version) + (f" of {made}" if made else "")
+            number = await service.replace_all(ACTOR, local, ACTION, comment)
             report = await pipeline.apply_version(number, box, agent, settings.node_id, ACTOR)
             if not report.ok:
                 raise _ApplyFailed(report)  # rolls the stored version back

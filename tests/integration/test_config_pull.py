@@ -457,9 +457,13 @@ def clear(snapshot: dict[str, Any], box: SecretBox) -> dict[str, Any]:
 
 async def master_latest(master_db: asyncpg.Connection) -> dict[str, Any]:
     row = await master_db.fetchrow(
-        "SELECT number, snapshot FROM config_versions ORDER BY number DESC LIMIT 1"
+        "SELECT number, snapshot, created_at FROM config_versions ORDER BY number DESC LIMIT 1"
     )
-    return {"number": row["number"], "snapshot": json.loads(row["snapshot"])}
+    return {
+        "number": row["number"],
+        "snapshot": json.loads(row["snapshot"]),
+        "created_at": row["created_at"],
+    }
 
 
 async def local_versions() -> list[dict[str, Any]]:
@@ -496,9 +500,10 @@ async def test_it_pulls_a_newer_version_and_applies_it(
     route = (await snap.current())["sender_domains"][0]["route"]
     assert box.decrypt(route["auth_password_enc"]) == SECRET
     # Stored as a version of its own, marked as pulled, and applied through the agent.
-    assert await local_versions() == [
-        {"number": 1, "author": "config-pull", "comment": "pulled master version 4"}
-    ]
+    [version] = await local_versions()
+    assert (version["number"], version["author"]) == (1, "config-pull")
+    made = (await master_latest(master_db))["created_at"].isoformat()
+    assert version["comment"] == f"pulled master version 4 of {made}"
     assert agent.applied == [1]
     applied = await AppliedVersion.select().where(AppliedVersion.node_id == "b").first()
     assert applied["number"] == 1
@@ -541,6 +546,34 @@ async def test_the_same_version_again_is_nothing_to_do_and_a_newer_one_is_pulled
         {"cidr": "198.51.100.0/24", "comment": ""}
     ]
     assert agent.applied == [1, 2]
+
+
+async def test_a_version_of_the_same_number_made_again_on_a_restored_master_is_pulled(
+    settings, master, master_db, agent, box
+):
+    """The master restored from a backup made before its version 4, and a version 4 made again
+    with other content: the number alone said "applied already", and the nodes relayed by two
+    configurations while both reported the same version."""
+    master_config(master)
+    [token] = master_do(master, ["token", "slave-b", "cluster"])
+    node = slave(settings, master.url, token)
+    assert (await run(node, agent, box, pinned(master.pin))).outcome == "applied"
+    latest = await master_latest(master_db)
+    other = latest["snapshot"] | {"trusted_networks": [{"cidr": "198.51.100.0/24", "comment": ""}]}
+    await master_db.execute(
+        "UPDATE config_versions SET snapshot = $2, checksum = $3, "
+        "created_at = created_at + interval '1 hour' WHERE number = $1",
+        latest["number"],
+        json.dumps(other),
+        snap.checksum(other),
+    )
+
+    again = await run(node, agent, box, pinned(master.pin))
+
+    assert again.outcome == "applied", again.detail
+    assert (again.master_version, again.local_version) == (4, 2)
+    assert (await snap.current())["trusted_networks"] == other["trusted_networks"]
+    assert (await run(node, agent, box, pinned(master.pin))).outcome == "unchanged"
 
 
 async def test_a_pull_waits_at_the_master_for_a_newer_version(
