@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from app import tls
 from app.agent.client import AgentClient
 from app.auth import tokens
-from app.cluster import pull, status, vip
+from app.cluster import health, pull, status, vip
 from app.config import service
 from app.config import snapshot as snap
 from app.db.tables import AppliedVersion, SyncRun, VrrpEvent
@@ -299,3 +300,29 @@ async def test_an_unreachable_peer_is_said_within_seconds(settings, peer_b):
     assert mute["reachable"] is False and mute["error"].startswith("unreachable: ")
     assert elapsed < status.PEER_TIMEOUT + 1
     assert peer_b.agent.verbs == ["status"]  # only the request pinned by b's key reached it
+
+
+async def test_a_certificate_renewed_on_disk_but_not_yet_served_is_the_one_judged(
+    settings, tmp_path, monkeypatch
+):
+    """An ACME client renews TLS_CERT_FILE in place; the server presents the old one until it
+    restarts. The file's date kept the alert and /metrics quiet while browsers, Prometheus and
+    the peer met the old certificate's end."""
+    monkeypatch.setattr(health, "SERVED_CHECK_SECONDS", 0.0)
+    async with serve_https(create_app(settings), settings) as https:
+        port = int(https.url.rsplit(":", 1)[1])
+        monkeypatch.setattr(tls, "LIFETIME", dt.timedelta(days=900))
+        renewed, key, _ = tls.ensure_certificate(
+            dataclasses.replace(settings, state_dir=tmp_path, tls_cert_file=None, tls_key_file=None)
+        )
+        node = dataclasses.replace(
+            settings, tls_cert_file=renewed, tls_key_file=key, https_host="::", https_port=port
+        )
+        facts = await asyncio.to_thread(health.host_facts, node)
+    days = health.days_left(facts["tls_cert_not_after"], dt.datetime.now(dt.UTC))
+    assert days is not None and 824 < days < 826  # served: 825 days; on disk: 900
+    assert facts["tls_cert_restart_needed"] is True
+    # Nothing answers on the port any more: the file is what there is to judge.
+    facts = await asyncio.to_thread(health.host_facts, node)
+    assert "tls_cert_restart_needed" not in facts
+    assert 899 < health.days_left(facts["tls_cert_not_after"], dt.datetime.now(dt.UTC)) < 901
