@@ -743,12 +743,22 @@ _DATE_FORMATS = {"de": "%d.%m.%Y", "en": "%Y-%m-%d"}
 _SWAP_SEPARATORS = str.maketrans(",.", ".,")
 
 
+# What a page shows for a value of another type than its place wants: the peer's status is
+# untrusted input, and one odd field must not make the whole page an error.
+_NOT_A_VALUE = "–"
+
+
 def format_datetime(value: dt.datetime | str | None, language: str, seconds: bool = False) -> str:
     """A datetime, or an ISO 8601 text as the status API sends it; the time zone is not shown."""
     if not value:
         return ""
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return _NOT_A_VALUE
+    if not isinstance(value, dt.datetime):
+        return _NOT_A_VALUE
     time = "%H:%M:%S" if seconds else "%H:%M"
     return value.strftime(f"{_DATE_FORMATS.get(language, _DATE_FORMATS['en'])} {time}")
 
@@ -756,9 +766,12 @@ def format_datetime(value: dt.datetime | str | None, language: str, seconds: boo
 def format_number(value: float | None, language: str, digits: int = 0) -> str:
     if value is None:
         return ""
-    if language != "de":
-        return f"{value:.{digits}f}"
-    text = f"{value:,.{digits}f}"
+    try:
+        if language != "de":
+            return f"{value:.{digits}f}"
+        text = f"{value:,.{digits}f}"
+    except (TypeError, ValueError):
+        return _NOT_A_VALUE
     return text.translate(_SWAP_SEPARATORS)
 
 

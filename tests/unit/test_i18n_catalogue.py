@@ -257,6 +257,12 @@ def test_dates_and_numbers_are_written_the_german_way_in_german_only() -> None:
     assert format_number(1234.5, "de", 1) == "1.234,5"
     assert format_number(1234.5, "en", 1) == "1234.5"
     assert format_number(1234567, "de") == "1.234.567"
+    # What the peer sends is untrusted: a value of another type shows as a dash, and the page
+    # with it (the cluster panel) still renders.
+    for language in ("en", "de"):
+        assert format_number("a while", language) == "–"  # type: ignore[arg-type]
+        assert format_datetime("yesterday", language) == "–"
+        assert format_datetime(12, language) == "–"  # type: ignore[arg-type]
     handover = Message(
         "keepalived stopped, the VIP left this node after {seconds:.2f} s, keepalived started "
         "again (BACKUP)",
