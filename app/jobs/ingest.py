@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
 import hashlib
@@ -200,58 +201,81 @@ async def run_once(
     # run leaves in cycles (a few asyncio objects per batch) waits for the run's end.
     collecting = gc.isenabled()
     gc.disable()
+    # A NUL in a line (zeroed blocks, where a crash left the log's end unwritten) is refused by
+    # PostgreSQL in text, and the batch with it would fail again at every run. Looking for one
+    # in every line tripled the time to read the lines (245k lines: 36 -> 101 ms, alternated,
+    # the machine busy), a few percent of a run: once PostgreSQL has refused a batch,
+    # it is read again with each NUL as "?" (as Postfix writes other control characters).
+    scrub = False
     try:
         while True:
-            async with LogCursor._meta.db.transaction():
-                # For this transaction only (set_config(..., true) is SET LOCAL), in one round
-                # trip. jit: the log totals trigger's function runs with enable_seqscan off,
-                # which prices its small statements in the billions, and PostgreSQL then
-                # JIT-compiles them: 40 to 60 ms per batch on mail_logs, against 1 to 8 ms
-                # without (EXPLAIN ANALYZE). Better fixed on the function (SET jit = off) for
-                # every writer. enable_bitmapscan: the expiries' lookup of each message's last
-                # deferrals (_INSERT_EXPIRED) is by queue ID; with bitmap scans PostgreSQL may
-                # AND that with a range of the (at) index, which on a young day partition
-                # without statistics read tens of thousands of entries per expiry (3.5 s of
-                # 4.9 for 245k lines in batches of 10,000, auto_explain). No other statement
-                # of a batch wants a bitmap scan.
-                await LogCursor.raw(
-                    "SELECT set_config('jit', 'off', true), "
-                    "set_config('enable_bitmapscan', 'off', true)"
-                )
-                cursor = await _lock_cursor(str(path))
-                if ahead is not None and ahead_from == cursor:
-                    read = await ahead
-                else:
-                    if ahead is not None:
-                        ahead.cancel()
-                    known = {}  # a new dict: a cancelled read may still be looking in the old
-                    read = await asyncio.to_thread(
-                        _read_batch, path, cursor, max_lines, settings.node_id, known
+            counted = dataclasses.replace(result)
+            try:
+                async with LogCursor._meta.db.transaction():
+                    # For this transaction only (set_config(..., true) is SET LOCAL), in one round
+                    # trip. jit: the log totals trigger's function runs with enable_seqscan off,
+                    # which prices its small statements in the billions, and PostgreSQL then
+                    # JIT-compiles them: 40 to 60 ms per batch on mail_logs, against 1 to 8 ms
+                    # without (EXPLAIN ANALYZE). Better fixed on the function (SET jit = off) for
+                    # every writer. enable_bitmapscan: the expiries' lookup of each message's last
+                    # deferrals (_INSERT_EXPIRED) is by queue ID; with bitmap scans PostgreSQL may
+                    # AND that with a range of the (at) index, which on a young day partition
+                    # without statistics read tens of thousands of entries per expiry (3.5 s of
+                    # 4.9 for 245k lines in batches of 10,000, auto_explain). No other statement
+                    # of a batch wants a bitmap scan.
+                    await LogCursor.raw(
+                        "SELECT set_config('jit', 'off', true), "
+                        "set_config('enable_bitmapscan', 'off', true)"
                     )
-                ahead = None
-                plan = read.plan or await _plan_with_stored(settings.node_id, read, known)
-                if len(known) > _KNOWN_AT_MOST:
-                    known = {}
-                known.update(plan.known)
-                if len(read.lines) == max_lines:
-                    ahead_from = _Cursor(read.inode, read.end, read.head)
-                    ahead = asyncio.ensure_future(
-                        asyncio.to_thread(
-                            _read_batch, path, ahead_from, max_lines, settings.node_id, known
+                    cursor = await _lock_cursor(str(path))
+                    if ahead is not None and ahead_from == cursor:
+                        read = await ahead
+                    else:
+                        if ahead is not None:
+                            ahead.cancel()
+                        known = {}  # a new dict: a cancelled read may still be looking in the old
+                        read = await asyncio.to_thread(
+                            _read_batch, path, cursor, max_lines, settings.node_id, known, scrub
                         )
-                    )
-                result.rotated |= read.rotated
-                result.truncated |= read.truncated
-                result.lost_tail |= read.lost_tail
-                result.missing = read.missing
-                if read.lines:
-                    result.lines += len(read.lines)
-                    await _write_batch(settings.node_id, plan, result)
-                    result.batches += 1
-                after = _Cursor(read.inode, read.end, read.head)
-                moved = after != cursor
-                if moved:
-                    await _move_cursor(str(path), after)
+                    ahead = None
+                    plan = read.plan or await _plan_with_stored(settings.node_id, read, known)
+                    if len(known) > _KNOWN_AT_MOST:
+                        known = {}
+                    known.update(plan.known)
+                    if len(read.lines) == max_lines:
+                        ahead_from = _Cursor(read.inode, read.end, read.head)
+                        ahead = asyncio.ensure_future(
+                            asyncio.to_thread(
+                                _read_batch,
+                                path,
+                                ahead_from,
+                                max_lines,
+                                settings.node_id,
+                                known,
+                                scrub,
+                            )
+                        )
+                    result.rotated |= read.rotated
+                    result.truncated |= read.truncated
+                    result.lost_tail |= read.lost_tail
+                    result.missing = read.missing
+                    if read.lines:
+                        result.lines += len(read.lines)
+                        await _write_batch(settings.node_id, plan, result)
+                        result.batches += 1
+                    after = _Cursor(read.inode, read.end, read.head)
+                    moved = after != cursor
+                    if moved:
+                        await _move_cursor(str(path), after)
+            except asyncpg.exceptions.CharacterNotInRepertoireError:
+                if scrub:
+                    raise
+                log.warning("ingest-logs %s: PostgreSQL refused a NUL: reading it as '?'", path)
+                scrub, result, known = True, counted, {}
+                if ahead is not None:
+                    ahead.cancel()
+                    ahead = None
+                continue
             if not read.lines and not moved:
                 break
     finally:
@@ -336,11 +360,16 @@ async def _move_cursor(source: str, cursor: _Cursor) -> None:
 
 
 def _read_batch(
-    path: Path, cursor: _Cursor, max_lines: int, node_id: str, known: dict[str, tuple]
+    path: Path,
+    cursor: _Cursor,
+    max_lines: int,
+    node_id: str,
+    known: dict[str, tuple],
+    scrub: bool = False,
 ) -> _Read:
     """_read_next, the records of the lines it read, and what they write if `known` holds the
     context of every message they continue. Runs in a thread; reads `known`, never changes it."""
-    read = _read_next(path, cursor, max_lines)
+    read = _read_next(path, cursor, max_lines, scrub)
     read.records = logparse.Parser(dt.datetime.now().astimezone()).records(read.lines)
     read.continued = _continued(read.records)
     contexts, unknown = _known_contexts(read.continued, known)
@@ -357,7 +386,7 @@ def _known_contexts(
     return contexts, [qid for qid in queue_ids if qid not in contexts]
 
 
-def _read_next(path: Path, cursor: _Cursor, max_lines: int) -> _Read:
+def _read_next(path: Path, cursor: _Cursor, max_lines: int, scrub: bool = False) -> _Read:
     """Decide which file and offset the cursor means now, and read up to max_lines from there."""
     inode, position, head = cursor
     try:
@@ -374,7 +403,7 @@ def _read_next(path: Path, cursor: _Cursor, max_lines: int) -> _Read:
             old = _open_rotated(path, inode, position)
             if old is not None:
                 with old:
-                    lines, end = _read_lines(old, position, max_lines)
+                    lines, end = _read_lines(old, position, max_lines, scrub)
                 if lines:
                     return _Read(inode, end, lines, head=head)
             if stat is None:  # the new file is not there yet: keep our place in the old one
@@ -384,7 +413,7 @@ def _read_next(path: Path, cursor: _Cursor, max_lines: int) -> _Read:
                 # the first line arrives there, lines may still go to the old file.
                 return _Read(inode, position, head=head)
             assert current is not None
-            lines, end = _read_lines(current, 0, max_lines)
+            lines, end = _read_lines(current, 0, max_lines, scrub)
             return _Read(stat.st_ino, end, lines, rotated=True, head=_head(current))
         if stat is None:
             return _Read(inode, position, missing=True, head=head)
@@ -406,7 +435,7 @@ def _read_next(path: Path, cursor: _Cursor, max_lines: int) -> _Read:
                 lost_tail, position = True, _line_start(current, stat.st_size)
             else:  # a cursor from before the first line was kept
                 truncated, position = True, 0
-        lines, end = _read_lines(current, position, max_lines)
+        lines, end = _read_lines(current, position, max_lines, scrub)
         return _Read(
             inode, end, lines, truncated=truncated, lost_tail=lost_tail, head=now_head or head
         )
@@ -465,18 +494,18 @@ def _line_start(handle: BinaryIO, offset: int) -> int:
     return start + newline + 1 if newline >= 0 else start
 
 
-def _read_lines(handle: BinaryIO, position: int, max_lines: int) -> tuple[list[bytes], int]:
+def _read_lines(
+    handle: BinaryIO, position: int, max_lines: int, scrub: bool = False
+) -> tuple[list[bytes], int]:
     """Up to max_lines complete lines from position; a last line without its newline is being
-    written right now and waits for the next batch. A NUL becomes "?", as Postfix writes any
-    other control character: PostgreSQL refuses it in text, and the batch with it would fail
-    again at every run (zeroed blocks, where a crash left the log's end unwritten)."""
+    written right now and waits for the next batch. With `scrub` a NUL becomes "?" (run_once:
+    after PostgreSQL refused a batch with one)."""
     handle.seek(position)
-    lines = [
-        line.replace(b"\0", b"?") if b"\0" in line else line
-        for line in itertools.islice(handle, max_lines)
-    ]
+    lines = list(itertools.islice(handle, max_lines))
     if lines and not lines[-1].endswith(b"\n"):  # only the file's last line can be partial
         lines.pop()
+    if scrub:
+        lines = [line.replace(b"\0", b"?") for line in lines]
     return lines, position + sum(map(len, lines))
 
 
