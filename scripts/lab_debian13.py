@@ -41,13 +41,13 @@ AS_MAILRELAY = [
 ]
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Bump when what the root holds changes: the next `up --debian 13` builds it again.
-RECIPE = "2"
+RECIPE = "3"
 # What scripts/install-node installs on Debian 13 with the web manager as a quadlet, and what
 # the lab's checks run inside a node (ps, curl). The nodes have no registry: all of it now.
 PACKAGES = [
     *("postfix", "libsasl2-modules", "keepalived", "rsync", "openssh-server", "openssh-client"),
     *("postgresql", "python3", "python3-venv", "openssl", "iproute2", "swaks"),
-    "libnet-ssleay-perl",
+    *("libnet-ssleay-perl", "logrotate"),
     *("podman", "uidmap", "dbus-user-session", "libpam-systemd", "procps", "curl"),
 ]
 
