@@ -95,6 +95,8 @@ class AgentSettings:
     # None: Postfix's message_size_limit plus room for the envelope (app/agent/replica.py).
     replica_max_file_bytes: int | None
     replica_max_files: int
+    # What a takeover took so far (app/agent/takeover_journal.py).
+    takeover_journal: Path
     shadow_store: Path
     shadow_counter_file: Path
     shadow_mode: ShadowMode
@@ -363,6 +365,8 @@ def load_agent_settings(env: Mapping[str, str] | None = None) -> AgentSettings:
         replica_dir=shadow["replica_dir"],
         replica_max_file_bytes=max_file_bytes,
         replica_max_files=r.integer("REPLICA_MAX_FILES", 200_000, 1, 1 << 40),
+        takeover_journal=r.path("TAKEOVER_JOURNAL", "/var/lib/mailrelay-agent/takeover-journal")
+        or Path(),
         shadow_store=shadow["shadow_store"],
         shadow_counter_file=shadow["shadow_counter_file"],
         shadow_mode=shadow["shadow_mode"],

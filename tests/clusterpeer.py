@@ -92,7 +92,8 @@ def peer_settings(settings: Settings, peer: Https, token: str, **changes: Any) -
 
 
 class FakeAgent:
-    """Answers each verb with its scripted result (a callable gets the request's arguments);
+    """Answers each verb with its scripted result (a callable, or a coroutine function, gets the
+    request's arguments);
     a verb without one is refused like an unknown verb. Records every request."""
 
     def __init__(self, results: dict[str, Any]) -> None:
@@ -114,6 +115,8 @@ class FakeAgent:
         if request["verb"] in self.results:
             result = self.results[request["verb"]]
             result = result(request["args"]) if callable(result) else result
+            if asyncio.iscoroutine(result):  # an agent that takes its time
+                result = await result
             answer = (
                 {"ok": False, "error": result.error}
                 if isinstance(result, Refusal)

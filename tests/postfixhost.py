@@ -80,6 +80,12 @@ async def apply_one_route(host: PostfixHost) -> AgentClient:
     return client
 
 
+def new_takeover() -> str:
+    """A takeover's key as the VRRP reader passes it: each test's import is a takeover of its
+    own, unless it asks again with the same key."""
+    return f"test-{time.time_ns()}"
+
+
 def available() -> str | None:
     """Why this machine cannot run the fixture, or None."""
     if os.geteuid() != 0:
@@ -110,6 +116,7 @@ class PostfixHost:
         # The peer's queue copy, as the agent's promotion import reads it.
         self.replica = self.base / "replica"
         self.shadow_store = self.base / "shadow"
+        self.takeover_journal = self.base / "takeover-journal"
         self.milter_socket = self.base / "run" / "milter.sock"
         self.shadow_counters = self.base / "shadow-counters.json"
         self.shadow_processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -248,6 +255,7 @@ class PostfixHost:
             f"POSTFIX_MAPS_ROOT={self.maps_root}",
             f"AGENT_SOCKET={self.agent_socket}",
             f"REPLICA_DIR={self.replica}",
+            f"TAKEOVER_JOURNAL={self.takeover_journal}",
             f"SHADOW_MODE={self.shadow_mode}",
             f"SHADOW_MILTER_SOCKET={self.milter_socket}",
             f"SHADOW_STORE={self.shadow_store}",
@@ -259,30 +267,40 @@ class PostfixHost:
         return self.exec(*self._agent_env(), sys.executable, "-m", "app.agent", *args, check=False)
 
     def _daemons(self) -> None:
-        assert self.holder is not None
-        agent_log = open(self.base / "agent.log", "wb")  # noqa: SIM115 - lives with the daemon
-        self.daemons.append(
-            subprocess.Popen(
-                [
-                    "nsenter",
-                    "-t",
-                    str(self.holder.pid),
-                    "-m",
-                    "-n",
-                    "--wd=/",
-                    *self._agent_env(),
-                    sys.executable,
-                    "-m",
-                    "app.agent",
-                    "serve",
-                ],
-                stdout=agent_log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
+        self.start_agent()
         self.start_sink(1)
         self.start_sink(2)
+        self._wait(self.agent_socket.exists, "the agent socket")
+
+    def start_agent(self) -> None:
+        assert self.holder is not None
+        agent_log = open(self.base / "agent.log", "ab")  # noqa: SIM115 - lives with the daemon
+        self.agent = subprocess.Popen(
+            [
+                "nsenter",
+                "-t",
+                str(self.holder.pid),
+                "-m",
+                "-n",
+                "--wd=/",
+                *self._agent_env(),
+                sys.executable,
+                "-m",
+                "app.agent",
+                "serve",
+            ],
+            stdout=agent_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.daemons.append(self.agent)
+
+    def restart_agent(self) -> None:
+        """The agent stopped and started again: all it kept in memory is gone."""
+        _terminate(self.agent)
+        self.daemons.remove(self.agent)
+        self.agent_socket.unlink(missing_ok=True)
+        self.start_agent()
         self._wait(self.agent_socket.exists, "the agent socket")
 
     def start_sink(self, number: int) -> None:

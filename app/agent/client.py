@@ -153,8 +153,8 @@ class AgentClient:
     async def queue_sync(self, freeze: p.FreezeMode) -> p.SyncAnswer:
         return _with_messages(await self._call(p.QUEUE_SYNC({"freeze": freeze})))
 
-    async def import_replica(self) -> p.ReplicaImportAnswer:
-        return await self._call(p.IMPORT_REPLICA({}))
+    async def import_replica(self, takeover: str) -> p.ReplicaImportAnswer:
+        return await self._call(p.IMPORT_REPLICA({"takeover": takeover}))
 
     async def hold_all(self) -> list[str]:
         """Hold the whole queue; the IDs held by this call."""

@@ -73,6 +73,12 @@ class VipArgs(TypedDict):
     vip: str
 
 
+class ImportArgs(TypedDict):
+    # Which takeover this try belongs to (the time of its MASTER event): tries of the same
+    # takeover share app/agent/takeover_journal.py.
+    takeover: str
+
+
 class HandoverArgs(TypedDict):
     vip: str
     timeout: float
@@ -136,6 +142,8 @@ class ImportAnswer(TypedDict):
 
 class ReplicaImportAnswer(ImportAnswer):
     shadows: ImportAnswer  # the peer's shadow copies the replica did not cover
+    # What earlier tries of the same takeover took (the returning peer deletes those too).
+    earlier: list[str]
     # Why the takeover stopped before its end; what it took before is listed all the same.
     error: NotRequired[str]
 
@@ -156,7 +164,7 @@ APPLY: Verb[MapsArgs, MapsAnswer] = Verb("apply")
 RELOAD: Verb[NoArgs, None] = Verb("reload")
 QUEUE_LIST: Verb[QueueListArgs, list[PostqueueEntry]] = Verb("queue_list")
 QUEUE_SYNC: Verb[QueueSyncArgs, SyncAnswer] = Verb("queue_sync")
-IMPORT_REPLICA: Verb[NoArgs, ReplicaImportAnswer] = Verb("import_replica")
+IMPORT_REPLICA: Verb[ImportArgs, ReplicaImportAnswer] = Verb("import_replica")
 HOLD_ALL: Verb[NoArgs, list[str]] = Verb("hold_all")  # the queue IDs it held
 DELETE_IDS: Verb[QueueIdsArgs, int] = Verb("delete_ids")  # how many were given to postsuper
 RELEASE_IDS: Verb[QueueIdsArgs, int] = Verb("release_ids")

@@ -14,7 +14,9 @@ stays where it is, is logged and counted in the report.
 Each accepted file goes to hold/ first (a name already in the live queue is skipped, never
 overwritten), then `postsuper -r` requeues it through pickup, which gives it a new queue ID
 and drops the recipients already delivered. A replica file is removed only after the requeue,
-so an import that stopped half-way is finished by the next one.
+so an import that stopped half-way is finished by the next one; the takeover's journal
+(app/agent/takeover_journal.py) names the files an earlier try requeued already, which are
+only removed.
 """
 
 from __future__ import annotations
@@ -129,7 +131,14 @@ def _entries(directory: int) -> Iterator[os.DirEntry[str]]:
 class _Walk:
     """One import: the open descriptors, the report and what was accepted."""
 
-    def __init__(self, replica: int, hold: int, limits: Limits, allowed: frozenset[str]) -> None:
+    def __init__(
+        self,
+        replica: int,
+        hold: int,
+        limits: Limits,
+        allowed: frozenset[str],
+        taken_before: frozenset[str],
+    ) -> None:
         self.replica = replica
         self.owner = os.fstat(replica).st_uid
         self.hold = hold
@@ -143,6 +152,10 @@ class _Walk:
         self.live: set[str] = set()
         self.held: set[str] = set()
         self.written: set[str] = set()  # put on hold by this import
+        # Requeued by an earlier try of this takeover (app/agent/takeover_journal.py), which
+        # stopped before it removed them here: removed now, never queued a second time.
+        self.taken_before = taken_before
+        self.requeued_before: set[str] = set()
         self.seen = 0
         self.descriptors: list[int] = []
 
@@ -197,6 +210,10 @@ class _Walk:
     def file(self, directory: int, name: str, path: str) -> None:
         if not QUEUE_NAME.fullmatch(name):
             self.report.refuse(path, "not a queue file name")
+            return
+        if name in self.taken_before and name not in self.held:
+            self.requeued_before.add(name)
+            self.accepted.append(_Accepted(directory, name))
             return
         try:
             fd = os.open(name, _FILE_FLAGS, dir_fd=directory)
@@ -332,8 +349,12 @@ def import_replica(
     limits: Limits,
     allowed: frozenset[str],
     requeue: Callable[[list[str]], object],
+    taken_before: frozenset[str] = frozenset(),
+    write_down: Callable[[list[str]], object] = lambda ids: None,
 ) -> Report:
-    """Import what passes every check; `requeue(ids)` is `postsuper -r` for those IDs."""
+    """Import what passes every check; `requeue(ids)` is `postsuper -r` for those IDs.
+    `taken_before`: what earlier tries of this takeover took; `write_down(ids)` records the
+    IDs about to be requeued, durably, before they are."""
     try:
         root = os.open(replica, _DIR_FLAGS)
     except FileNotFoundError:
@@ -341,14 +362,16 @@ def import_replica(
     except OSError as exc:
         raise ReplicaError(f"{replica} is not a directory ({exc.strerror})") from None
     hold = os.open(spool / "hold", _DIR_FLAGS)
-    walk = _Walk(root, hold, limits, allowed)
+    walk = _Walk(root, hold, limits, allowed, taken_before)
     walk.live = _queue_names(spool, ("incoming", "active", "deferred"))
     walk.held = _queue_names(spool, ("hold",))
     try:
         for part in IMPORT_PARTS:
             walk.part(part)
         walk.report.covered = {a.name for a in walk.accepted}
-        walk.report.imported = sorted(walk.report.covered - walk.live)
+        walk.report.imported = sorted(walk.report.covered - walk.live - walk.requeued_before)
+        # Written down first: a try that stops after the requeue must not requeue them again.
+        write_down(walk.report.imported)
         requeue(walk.report.imported)
         # Only now, checked, copied and requeued: the names in the replica go.
         for accepted in walk.accepted:

@@ -22,6 +22,7 @@ from app.agent import callers, queuesync, replica, vip
 from app.agent import protocol as p
 from app.agent.callers import Caller
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
+from app.agent.takeover_journal import JournalError, TakeoverJournal
 from app.messages import Message, encoded, message_of
 from app.replication import shadow_import, shadow_receiver
 from app.settings import AgentSettings
@@ -108,10 +109,6 @@ class Agent:
         self.settings = settings
         # One change at a time: two applies must not interleave their swaps and reloads.
         self.lock = asyncio.Lock()
-        # The peer's shadows a takeover injected before it stopped at a failed one: the next
-        # try counts them as covered rather than queue them again (kept while this agent
-        # runs; a try that reaches its end leaves no segment they could be read from).
-        self.shadows_injected: set[str] = set()
         self.verbs: dict[str, Handler] = dict(
             [
                 _on(p.STATUS, lambda a: self.tools.status()),
@@ -120,7 +117,7 @@ class Agent:
                 _on(p.RELOAD, lambda a: self.tools.reload()),
                 _on(p.QUEUE_LIST, self._queue_list),
                 _on(p.QUEUE_SYNC, self._queue_sync),
-                _on(p.IMPORT_REPLICA, lambda a: self._import_replica()),
+                _on(p.IMPORT_REPLICA, self._import_replica),
                 _on(p.HOLD_ALL, lambda a: queuesync.hold_all()),
                 _on(p.DELETE_IDS, lambda a: queuesync.postsuper_ids("-d", _queue_ids(a))),
                 _on(p.RELEASE_IDS, lambda a: queuesync.postsuper_ids("-H", _queue_ids(a))),
@@ -153,10 +150,18 @@ class Agent:
             raise AgentError(message_of(exc)) from None
         return queuesync.sync(config, mode).as_dict()
 
-    def _import_replica(self) -> p.ReplicaImportAnswer:
+    def _import_replica(self, args: dict[str, Any]) -> p.ReplicaImportAnswer:
         """The replica into the live queue (app/agent/replica.py), then the shadows it does
         not cover (app/replication/shadow_import.py); the mail either may take is that of the
-        sender domains in the maps this agent applied."""
+        sender domains in the maps this agent applied. What earlier tries of the same takeover
+        took (app/agent/takeover_journal.py) is neither taken again nor left out."""
+        key = args.get("takeover")
+        if not isinstance(key, str):
+            raise AgentError(Message("takeover is required"))
+        try:
+            journal = TakeoverJournal(self.settings.takeover_journal, key)
+        except JournalError as exc:
+            raise AgentError(message_of(exc)) from None
         allowed = replica.allowed_domains(self.tools.maps_root / "live" / "sender_access")
         cutoff = shadow_receiver.prune_cutoff(
             self.tools.replica / shadow_receiver.MARKER_NAME,
@@ -174,23 +179,27 @@ class Agent:
                 limits,
                 allowed,
                 lambda ids: queuesync.postsuper_ids("-r", ids),
+                journal.before["replica"],
+                lambda ids: journal.took("replica", ids),
             )
         except (replica.ReplicaError, queuesync.SyncError) as exc:
             raise AgentError(message_of(exc)) from None
         shadows = shadow_import.import_shadows(
             self.tools.shadow_store,
-            report.covered | self.shadows_injected,
+            # A replica file an earlier try took is gone from the replica, not from the store.
+            report.covered | journal.taken["replica"] | journal.taken["shadow"],
             cutoff,
             allowed,
             limits.max_file_bytes,
+            write_down=lambda ids: journal.took("shadow", ids),
         )
-        if shadows.error:
-            self.shadows_injected.update(shadows.imported)
-        else:
-            self.shadows_injected.clear()
         if report.imported:
             self.tools.flush_all()
-        answer: p.ReplicaImportAnswer = {**report.as_dict(), "shadows": shadows.as_dict()}
+        answer: p.ReplicaImportAnswer = {
+            **report.as_dict(),
+            "shadows": shadows.as_dict(),
+            "earlier": journal.earlier(),
+        }
         if shadows.error:
             # What was taken is in the answer all the same: the promotion records it, and the
             # returning peer deletes it, whatever the try that finishes the takeover takes.

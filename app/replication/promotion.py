@@ -15,13 +15,19 @@ import logging
 import time
 
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
-from app.agent.protocol import ImportAnswer
+from app.agent.protocol import ImportAnswer, ReplicaImportAnswer
 from app.cluster.locks import DATABASE_ERRORS, DATABASE_RETRY_SECONDS, pause_for_database
 from app.cluster.vip import VipCheckError, vip_held
 from app.db.tables import Promotion, QueueImport, VrrpEvent
 
 log = logging.getLogger("mailrelay.promotion")
 _RETRY_SECONDS = DATABASE_RETRY_SECONDS
+# How long a takeover may take before it is written as failed: as long as the returning peer
+# waits for it (app/replication/reconcile.py, IMPORT_WAIT_SECONDS). The agent's client gives up
+# reading after its timeout, not the agent: it is asked again, and that try, behind the first
+# (the agent runs one verb at a time), answers with all the first one took as `earlier`.
+TAKEOVER_WAIT_SECONDS = 900.0
+ASK_AGAIN_SECONDS = 5.0
 
 
 async def run_once(
@@ -30,10 +36,10 @@ async def run_once(
     """Take over the replica and the uncovered shadows for the MASTER event read at master_at."""
     started = time.monotonic()
     try:
-        report = await agent.import_replica()
+        report = await _import(agent, takeover_key(master_at), started + TAKEOVER_WAIT_SECONDS)
     except (AgentUnavailable, AgentRefused, TimeoutError) as exc:
         # A takeover always ends with its row: the returning peer waits for it.
-        why = str(exc) or f"the agent did not answer within {agent.timeout:g} s"
+        why = str(exc) or f"the agent did not answer within {TAKEOVER_WAIT_SECONDS:g} s"
         log.error("promotion: importing the replica failed: %s", why)
         await _record(node_id, master_at, transition, [], 0, f"importing the replica failed: {why}")
         return []
@@ -44,7 +50,11 @@ async def run_once(
     shadows = report.get("shadows") or ImportAnswer(
         imported=[], refused=[], refused_total=0, incomplete=0
     )
-    imported: list[str] = report["imported"] + shadows["imported"]
+    # What earlier tries of this takeover took (a try whose answer never came, a failed one):
+    # recorded again with this one, so the peer deletes them whatever was written before.
+    imported = list(
+        dict.fromkeys(report["imported"] + shadows["imported"] + report.get("earlier", []))
+    )
     refused_total = report["refused_total"] + shadows["refused_total"]
     # The peer's files are untrusted: what the agent refused (links, odd files, oversized ones,
     # senders outside the allowed domains) stays in the replica for the operator to look at.
@@ -72,6 +82,24 @@ async def run_once(
         time.monotonic() - started,
     )
     return imported
+
+
+def takeover_key(master_at: dt.datetime) -> str:
+    """The takeover's name for the agent's journal: its MASTER event's time, as read back
+    from the database by a later try (app/agent/takeover_journal.py)."""
+    return f"{master_at.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%S.%fZ}"
+
+
+async def _import(agent: AgentClient, takeover: str, deadline: float) -> ReplicaImportAnswer:
+    while True:
+        try:
+            return await agent.import_replica(takeover)
+        except (AgentUnavailable, TimeoutError) as exc:
+            if time.monotonic() + ASK_AGAIN_SECONDS >= deadline:
+                raise
+            why = str(exc) or f"no answer within {agent.timeout:g} s"
+            log.warning("promotion: %s; asking the agent again", why)
+            await asyncio.sleep(ASK_AGAIN_SECONDS)
 
 
 async def _record(

@@ -110,6 +110,7 @@ class _Import:
     allowed: frozenset[str]
     max_file_bytes: int
     inject: Inject
+    write_down: Callable[[list[str]], object]
     pool: ThreadPoolExecutor
     report: Report = field(default_factory=Report)
     done: set[str] = field(default_factory=set)
@@ -122,13 +123,16 @@ def import_shadows(
     allowed: frozenset[str],
     max_file_bytes: int,
     inject: Inject = sendmail,
+    write_down: Callable[[list[str]], object] = lambda ids: None,
 ) -> Report:
     """`covered`: the queue IDs whose messages are in the queue already (the replica's import
     took them, or an earlier try of this import injected their shadows); `cutoff`: the time
-    before which the last sync covers every shadow (None: no sync is known). A failed injection
-    ends the import: the report then says why, and lists what was injected before."""
+    before which the last sync covers every shadow (None: no sync is known); `write_down(ids)`
+    records durably what a segment injected, before the segment goes. A failed injection ends
+    the import: the report then says why, and lists what was injected before."""
     with ThreadPoolExecutor(INJECT_AT_ONCE, thread_name_prefix="inject") as pool:
-        return _import(store, _Import(covered, cutoff, allowed, max_file_bytes, inject, pool))
+        work = _Import(covered, cutoff, allowed, max_file_bytes, inject, write_down, pool)
+        return _import(store, work)
 
 
 def _import(store: Path, work: _Import) -> Report:
@@ -204,14 +208,21 @@ def _segment(root: int, name: str, owner: int, work: _Import) -> None:
                 for _queue_id, pending in injections:
                     pending.cancel()
                 break
+        injected = []
         for queue_id, injection in injections:
             if injection.cancelled():
                 continue
             failure = injection.exception()
             if failure is None:
-                work.report.imported.append(queue_id)
+                injected.append(queue_id)
             elif not work.report.error:
                 work.report.error = f"injecting the shadow of {queue_id} failed: {failure}"
+        work.report.imported += injected
+        try:
+            work.write_down(injected)
+        except OSError as exc:
+            # They are in the queue and in the answer; only a later try would not know them.
+            work.report.error = work.report.error or f"cannot write down what went in: {exc}"
         if work.report.error:
             return
     finally:

@@ -584,6 +584,7 @@ GERMAN: dict[str, str] = {
     "a payload of {size} bytes": "eine Nutzlast von {size} Bytes",
     "queue_ids must be a list of queue IDs": "queue_ids muss eine Liste von Queue-IDs sein",
     "queue_id is required": "queue_id fehlt",
+    "takeover is required": "takeover fehlt",
     "not a queue ID: {queue_id}": "keine Queue-ID: {queue_id}",
     "vip must be an IP address": "vip muss eine IP-Adresse sein",
     "timeout must be 1-60 seconds": "timeout muss 1 bis 60 Sekunden betragen",

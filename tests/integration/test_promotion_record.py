@@ -132,7 +132,11 @@ async def test_a_takeover_that_stopped_part_way_keeps_what_it_took_for_the_peer(
     assert (await imported(client)).json() == {"queue_ids": everything}
 
 
-async def test_an_agent_that_does_not_answer_in_time_makes_a_failed_takeover(client, app):
+async def test_an_agent_that_does_not_answer_in_time_makes_a_failed_takeover(
+    client, app, monkeypatch
+):
+    monkeypatch.setattr(promotion, "TAKEOVER_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(promotion, "ASK_AGAIN_SECONDS", 0.05)
     node_id = app.state.settings.node_id
     master_at = await became(node_id, "MASTER")
 
@@ -151,8 +155,37 @@ async def test_an_agent_that_does_not_answer_in_time_makes_a_failed_takeover(cli
     refused = (await imported(client)).json()
     assert refused["detail"] == (
         "this node's takeover of the peer's queue failed: importing the replica failed: "
-        "the agent did not answer within 0.2 s"
+        "the agent did not answer within 0.5 s"
     )
+
+
+async def test_a_takeover_that_outlasts_the_clients_wait_is_asked_again_and_recorded_whole(
+    client, app, monkeypatch
+):
+    """The client stops reading after its timeout; the agent goes on. Asked again for the same
+    takeover, it runs that try after the first and answers with what the first took: all of
+    it is recorded, and the takeover is not written as failed."""
+    monkeypatch.setattr(promotion, "ASK_AGAIN_SECONDS", 0.05)
+    node_id = app.state.settings.node_id
+    master_at = await became(node_id, "MASTER")
+    tries: list[str] = []
+
+    async def slow_then_whole(args: dict[str, Any]) -> dict[str, Any]:
+        tries.append(args["takeover"])
+        if len(tries) == 1:
+            await asyncio.sleep(1)  # longer than the client reads
+            return answer(REPLICA, [SHADOW])
+        return answer([], []) | {"earlier": sorted([*REPLICA, SHADOW])}
+
+    async with fake_agent({"import_replica": slow_then_whole}) as agent:
+        took = await promotion.run_once(
+            node_id, AgentClient(agent.path, timeout=0.3), master_at, "MASTER 100"
+        )
+    assert tries == [promotion.takeover_key(master_at)] * 2
+    assert sorted(took) == sorted([*REPLICA, SHADOW])
+    assert (await imported(client)).json() == {"queue_ids": sorted([*REPLICA, SHADOW])}
+    [row] = await Promotion.select()
+    assert (row["imported"], row["error"]) == (3, "")
 
 
 async def test_after_a_reboot_a_takeover_left_unwritten_is_written_as_failed(client, app):
@@ -188,7 +221,9 @@ async def test_a_reader_restarted_on_the_active_node_tries_a_failed_takeover_aga
 
     async with fake_agent({"import_replica": answer(REPLICA, [])}) as agent:
         await promotion.resume(node_id, dt.datetime.now(dt.UTC), AgentClient(agent.path), HELD_VIP)
-    assert agent.verbs == ["import_replica"]
+    # The same takeover, by the time read back from the database: the agent's journal of the
+    # first try is found again.
+    assert agent.args("import_replica") == [{"takeover": promotion.takeover_key(master_at)}]
     assert (await imported(client)).json() == {"queue_ids": REPLICA}
     assert [row["error"] == "" for row in await Promotion.select()] == [False, True]
 

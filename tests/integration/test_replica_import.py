@@ -16,10 +16,11 @@ import pytest
 
 from app.agent import replica as replica_import
 from app.agent.client import AgentRefused
+from app.agent.takeover_journal import TakeoverJournal
 from app.postfix import render
 from app.settings import SettingsError, load_agent_settings
 from tests import postfixhost
-from tests.postfixhost import ALLOWED, CLIENT
+from tests.postfixhost import ALLOWED, CLIENT, new_takeover
 from tests.smtptarget import received
 
 pytestmark = pytest.mark.postfix
@@ -96,7 +97,7 @@ async def test_imported_mail_from_a_sender_domain_not_allowed_is_not_delivered(r
     good = to_replica(relay, files[f"app@{ALLOWED}"])
     bad = to_replica(relay, files["spam@blocked.example"])
 
-    report = await agent.import_replica()
+    report = await agent.import_replica(new_takeover())
 
     assert report["imported"] == [good.name]
     assert [r["path"] for r in report["refused"]] == [f"deferred/{bad.parent.name}/{bad.name}"]
@@ -131,7 +132,7 @@ async def test_a_symlink_in_the_replica_to_another_directory_leaves_that_directo
     relay.replica.joinpath("hold").mkdir()
     relay.replica.joinpath("hold", "precious1234").symlink_to(victim / "precious1234")
 
-    report = await agent.import_replica()
+    report = await agent.import_replica(new_takeover())
 
     assert report["imported"] == []
     assert {r["path"] for r in report["refused"]} == {"deferred", "active/F", "hold/precious1234"}
@@ -150,7 +151,7 @@ async def test_an_oversized_replica_file_is_refused_and_reported(relay, agent):
         padded.truncate(limit + 4 * 1024 * 1024 + 1)
     os.chmod(big, 0o700)
 
-    report = await agent.import_replica()
+    report = await agent.import_replica(new_takeover())
 
     assert report["imported"] == []
     assert report["refused"] == [
@@ -174,7 +175,7 @@ async def test_odd_files_in_the_replica_are_refused_and_a_good_one_still_comes_i
     os.link(good, hold / "hardlink0001")  # the second name of a file
     (relay.replica / "deferred" / "deep").mkdir()  # not a hash directory
 
-    report = await agent.import_replica()
+    report = await agent.import_replica(new_takeover())
 
     reasons = {r["path"]: r["reason"] for r in report["refused"]}
     assert reasons["hold/fifo00000001"] == "not a regular file"
@@ -184,7 +185,7 @@ async def test_odd_files_in_the_replica_are_refused_and_a_good_one_still_comes_i
     # The good file had two names too: refused, left in place. Once it has one, it comes in.
     assert report["imported"] == []
     (hold / "hardlink0001").unlink()
-    assert (await agent.import_replica())["imported"] == [good.name]
+    assert (await agent.import_replica(new_takeover()))["imported"] == [good.name]
     assert [m["message_id"] for m in wait_for_sink(relay, 1)] == [f"<ok@{ALLOWED}>"]
 
 
@@ -199,7 +200,7 @@ async def test_an_import_that_stopped_half_way_is_finished_by_the_next(relay, ag
     os.chown(left, postfix.pw_uid, postfix.pw_gid)
     left.chmod(0o700)
 
-    report = await agent.import_replica()
+    report = await agent.import_replica(new_takeover())
 
     assert report["imported"] == [copy.name] and report["refused"] == []
     assert not copy.exists()
@@ -216,7 +217,7 @@ async def test_a_replica_file_named_as_a_message_held_here_releases_nothing(rela
     planted.parent.mkdir(parents=True)
     shutil.copy2(files[f"other@{ALLOWED}"], planted)
 
-    report = await agent.import_replica()
+    report = await agent.import_replica(new_takeover())
 
     assert report["imported"] == []
     assert report["refused"] == [
@@ -283,7 +284,7 @@ async def test_a_replica_that_is_a_symlink_is_not_imported(relay, agent):
     relay.replica.symlink_to(relay.base / "spool")
     try:
         with pytest.raises(AgentRefused, match="is not a directory"):
-            await agent.import_replica()
+            await agent.import_replica(new_takeover())
     finally:
         relay.replica.unlink()
 
@@ -294,7 +295,7 @@ async def test_a_flood_of_refusals_is_counted_and_listed_only_up_to_a_thousand(r
     for index in range(1200):
         (deferred / f"junk{index:08d}").symlink_to("/etc/passwd")
 
-    report = await agent.import_replica()
+    report = await agent.import_replica(new_takeover())
 
     assert report["imported"] == []
     assert report["refused_total"] == 1200
@@ -332,3 +333,20 @@ def test_files_beyond_the_count_cap_are_not_read(tmp_path):
     assert limits == replica_import.Limits(10_240_000 + replica_import.HEADROOM, 7)
     with pytest.raises(SettingsError, match="REPLICA_MAX_FILES must be between 1 and"):
         load_agent_settings({"REPLICA_MAX_FILES": "0"})
+
+
+async def test_a_file_an_earlier_try_requeued_is_removed_and_not_queued_again(relay, agent):
+    """An earlier try of this takeover wrote the file down and requeued it, then stopped
+    (the agent was killed) before it removed the file here."""
+    copy = to_replica(relay, deferred_files(relay, [f"app@{ALLOWED}"])[f"app@{ALLOWED}"])
+    takeover = new_takeover()
+    TakeoverJournal(relay.takeover_journal, takeover).took("replica", [copy.name])
+
+    report = await agent.import_replica(takeover)
+
+    assert report["imported"] == [] and report["refused"] == []
+    assert report["earlier"] == [copy.name]
+    assert not copy.exists()
+    assert queue(relay) == []
+    time.sleep(2)
+    assert received(relay.sink1) == []

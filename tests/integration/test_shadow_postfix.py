@@ -18,7 +18,7 @@ import pytest
 from app.replication.shadow_store import Envelope, encode, is_segment, records
 from tests import postfixhost
 from tests.integration.test_replica_import import deferred_files, to_replica
-from tests.postfixhost import ALLOWED, CLIENT, RELAY
+from tests.postfixhost import ALLOWED, CLIENT, RELAY, new_takeover
 from tests.smtptarget import received
 
 pytestmark = pytest.mark.postfix
@@ -138,7 +138,7 @@ async def test_promotion_injects_an_uncovered_shadow_with_its_envelope(relay, ag
     for item in relay.sink1.iterdir():
         item.unlink()
     relay.stop_shadow("receiver")  # the peer's store, as this node finds it on promotion
-    report = await agent.import_replica()
+    report = await agent.import_replica(new_takeover())
     assert report["shadows"]["imported"] == [queue_id]
     [again] = wait_for_sink(relay, "promoted@test")
     assert again["mail_from"] == f"app@{ALLOWED}"
@@ -188,7 +188,7 @@ async def test_a_taken_over_message_keeps_its_bytes_and_its_first_hop(relay, age
     for item in relay.sink1.iterdir():
         item.unlink()
     relay.stop_shadow("receiver")
-    assert (await agent.import_replica())["shadows"]["imported"] == [queue_id]
+    assert (await agent.import_replica(new_takeover()))["shadows"]["imported"] == [queue_id]
     assert wait_for_sink(relay, "awkward@test")
     [again] = relay.sink1.glob("*.eml")
     [postfix_hop], content = split_trace(as_delivered)
@@ -253,7 +253,7 @@ async def taken_over(relay, agent, client: str) -> tuple[str, list[dict]]:
     assert sent.stdout.startswith("250 "), sent.stdout + sent.stderr
     original = sent.stdout.split()[-1]
     relay.stop_shadow("receiver")
-    assert (await agent.import_replica())["shadows"]["imported"] == [original]
+    assert (await agent.import_replica(new_takeover()))["shadows"]["imported"] == [original]
     lines = relay.exec("postqueue", "-j").stdout.splitlines()
     return original, [json.loads(line) for line in lines]
 
@@ -329,7 +329,7 @@ async def test_only_a_replica_file_the_import_takes_covers_a_shadow(relay, agent
         with segment.open("ab") as out:
             out.write(encode(envelope, f"Subject: {queue_id}\r\n\r\nhi\r\n".encode()))
     try:
-        report = await agent.import_replica()
+        report = await agent.import_replica(new_takeover())
     finally:
         shutil.rmtree(relay.replica, ignore_errors=True)
         relay.exec("postsuper", "-d", "ALL")
@@ -357,7 +357,7 @@ async def test_hostile_shadows_are_refused_and_left(relay, agent, tmp_path):
         encode(forbidden, b"Message-Id: <evil@test>\r\n\r\nx\r\n")
         + encode(big, b"Message-Id: <big@test>\r\n\r\n" + b"x" * (15 << 20))
     )
-    report = (await agent.import_replica())["shadows"]
+    report = (await agent.import_replica(new_takeover()))["shadows"]
     reasons = {r["path"]: r["reason"] for r in report["refused"]}
     assert report["imported"] == []
     assert "following links" in reasons[f"shadow/{link.name}"]
@@ -367,3 +367,51 @@ async def test_hostile_shadows_are_refused_and_left(relay, agent, tmp_path):
     assert (store / f"refused-{planted.name}").exists()  # kept for the operator
     time.sleep(2)
     assert not [m for m in received(relay.sink1) if "@test" in m["message_id"]]
+
+
+async def test_a_restarted_agent_queues_nothing_again_that_a_failed_try_took(relay, agent):
+    """The first try takes the replica and stops at a shadow sendmail cannot take (larger than
+    message_size_limit); the agent restarts, so nothing it kept in memory is left. The try that
+    finishes takes only the rest, and names what the first took for the promotion to record."""
+    shutil.rmtree(relay.replica, ignore_errors=True)
+    queued = deferred_files(relay, [f"app@{ALLOWED}"])[f"app@{ALLOWED}"]
+    in_replica = to_replica(relay, queued).name
+    relay.shadow_store.mkdir(exist_ok=True)
+    segment = relay.shadow_store / segment_name(1)
+    small, too_big, third = "4ZsmallAAAA1", "4ZtooBigAAA1", "4ZthirdAAAA1"
+    bodies = {in_replica: b"hi", small: b"hi", too_big: b"x" * (11 << 20), third: b"hi"}
+    with segment.open("ab") as out:
+        for queue_id, body in bodies.items():
+            envelope = Envelope(queue_id, f"app@{ALLOWED}", ["x@dest.example"], CLIENT, time.time())
+            out.write(encode(envelope, f"Message-Id: <{queue_id}@again>\r\n\r\n".encode() + body))
+    takeover = new_takeover()
+    try:
+        first = await agent.import_replica(takeover)
+        assert f"injecting the shadow of {too_big} failed" in first["error"]
+        assert first["imported"] == [in_replica]
+        assert small in first["shadows"]["imported"]
+        relay.restart_agent()
+        relay.exec("postconf", "-e", "message_size_limit=0")
+        relay.exec("postfix", "reload")
+        second = await agent.import_replica(takeover)
+    finally:
+        relay.exec("postconf", "-X", "message_size_limit")
+        relay.exec("postfix", "reload")
+    assert "error" not in second
+    assert second["earlier"] == sorted([in_replica, *first["shadows"]["imported"]])
+    assert second["imported"] == []
+    assert too_big in second["shadows"]["imported"]
+    took = first["imported"] + first["shadows"]["imported"] + second["shadows"]["imported"]
+    assert sorted(took) == sorted([in_replica, small, too_big, third])
+    assert not segment.exists()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(received(relay.sink1)) < 4:
+            time.sleep(0.2)
+        time.sleep(2)  # a second copy, if one was queued, comes as fast as the first
+        delivered = sorted(m["message_id"] for m in received(relay.sink1))
+    finally:
+        relay.exec("postsuper", "-d", "ALL")
+    assert delivered == sorted(
+        [f"<app@{ALLOWED}>", *(f"<{q}@again>" for q in (small, too_big, third))]
+    )

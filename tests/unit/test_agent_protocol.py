@@ -33,6 +33,7 @@ SAMPLE_ARGS: dict[str, Any] = {
     "freeze": "none",
     "vip": "198.18.0.100",
     "timeout": 5,
+    "takeover": "2026-12-07T18:55:19.123456Z",
 }
 
 

@@ -360,6 +360,38 @@ def test_a_failed_injection_leaves_its_segment_and_the_next_try_takes_only_the_r
     assert segments(tmp_path / "s") == []
 
 
+def test_what_went_in_is_written_down_before_its_segment_goes(tmp_path):
+    ids = shadows_of(tmp_path / "s", "down", 3)
+    written: list[list[str]] = []
+
+    def write_down(queue_ids: list[str]) -> None:
+        assert segments(tmp_path / "s")  # the segment is still there
+        written.append(queue_ids)
+
+    report = import_shadows(
+        tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20,
+        inject_into([]), write_down,
+    )  # fmt: skip
+    assert written == [ids] and report.imported == ids
+    assert segments(tmp_path / "s") == []
+
+
+def test_a_journal_that_cannot_be_written_stops_the_import_and_keeps_the_segment(tmp_path):
+    ids = shadows_of(tmp_path / "s", "full", 3)
+
+    def disk_full(queue_ids: list[str]) -> None:
+        raise OSError(28, "No space left on device")
+
+    report = import_shadows(
+        tmp_path / "s", set(), None, frozenset({"ex.example"}), 1 << 20,
+        inject_into([]), disk_full,
+    )  # fmt: skip
+    # In the queue, so in the answer: the promotion records them all the same.
+    assert report.imported == ids
+    assert report.error.startswith("cannot write down what went in: ")
+    assert len(segments(tmp_path / "s")) == 1
+
+
 def test_the_import_refuses_a_forbidden_sender_and_keeps_its_segment_aside(tmp_path):
     store = ShadowStore(tmp_path / "s", 1 << 20)
     store.put(envelope("4ZallowedAA"), b"fine")
