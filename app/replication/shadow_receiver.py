@@ -27,7 +27,13 @@ import threading
 import time
 from pathlib import Path
 
-from app.replication.shadow_store import Envelope, ShadowFormatError, ShadowStore, StoreFull
+from app.replication.shadow_store import (
+    Envelope,
+    ShadowFormatError,
+    ShadowStore,
+    StoreFull,
+    sync_filesystem,
+)
 
 log = logging.getLogger("mailrelay.shadow.receiver")
 HELLO_TIMEOUT = 5.0
@@ -151,7 +157,8 @@ class Receiver:
         if cutoff is None:
             self.store.close_old(time.monotonic())
             return 0
-        dropped = self.store.prune(cutoff)
+        marker = self.marker
+        dropped = self.store.prune(cutoff, lambda: sync_filesystem(marker))
         if dropped:
             log.debug("pruned %d shadows the peer's last sync covers", dropped)
         return dropped

@@ -19,6 +19,8 @@ sync's marker carries.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import math
 import os
@@ -28,7 +30,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,6 +268,24 @@ def _summary(fd: int) -> tuple[int, float]:
     return count, newest
 
 
+def sync_filesystem(path: Path) -> None:
+    """syncfs(2) of the filesystem holding `path`: everything written to it reaches the disk.
+    rsync fsyncs nothing it writes into the replica; a shadow is dropped only once the replica
+    files that cover it are on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if _libc().syncfs(fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"syncfs of {path}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -472,20 +492,24 @@ class ShadowStore:
                 segment.fd = None
                 segment.taking = False
 
-    def prune(self, before: float) -> int:
+    def prune(self, before: float, first: Callable[[], None] = lambda: None) -> int:
         """Drop every closed segment whose records are all older than `before` (one that is
-        old is closed first); how many shadows went."""
+        old is closed first); how many shadows went. `first` runs before anything is dropped,
+        and nothing is when it raises."""
         self.close_old(time.monotonic())
         with self.lock:
             gone = [s for s in self.segments if s.fd is None and s.newest < before]
+        if not gone:
+            return 0
+        first()
+        with self.lock:
             for segment in gone:
                 self.segments.remove(segment)
                 self.used -= segment.size
         for segment in gone:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / segment.name)
-        if gone:
-            fsync_directory(self.root)
+        fsync_directory(self.root)
         return sum(s.count for s in gone)
 
     def count(self) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from app.agent.replica import Report
-from app.replication import shadow_store
+from app.replication import shadow_receiver, shadow_store
 from app.replication.milter_protocol import Message
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
 from app.replication.shadow_import import (
@@ -104,6 +104,38 @@ def test_pruning_drops_only_segments_older_than_the_snapshot(tmp_path, monkeypat
     assert receiver.prune_once() == 2
     assert stored_ids(tmp_path / "s") == ["4ZmayMissA", "4ZnewBBBBB"]
     assert store.count() == 2
+
+
+def test_the_replica_reaches_the_disk_before_a_shadow_it_covers_goes(tmp_path, monkeypatch):
+    """rsync fsyncs nothing: the receiver syncs the replica's filesystem (syncfs) before it
+    drops a shadow, and drops nothing when that fails. Whether the data survives a power cut
+    cannot be shown here; the order, and the real syncfs call, can."""
+    store = ShadowStore(tmp_path / "s", 1 << 20)
+    store.put(envelope("4ZoldAAAAA", when=100.0), b"old")
+    store.close_old(float("inf"))
+    marker = tmp_path / "shadow-prune-before"
+    marker.write_text("160.0\n")
+    receiver = Receiver(store, TOKEN, 1 << 20, marker, copy_timeout=2.0)
+    synced: list[list[str]] = []
+    real_sync = shadow_receiver.sync_filesystem
+
+    def sync_then_look(path: Path) -> None:
+        real_sync(path)
+        synced.append(segments(tmp_path / "s"))
+
+    def failing_sync(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(shadow_receiver, "sync_filesystem", failing_sync)
+    with pytest.raises(OSError):
+        receiver.prune_once()
+    assert stored_ids(tmp_path / "s") == ["4ZoldAAAAA"]
+    monkeypatch.setattr(shadow_receiver, "sync_filesystem", sync_then_look)
+    assert receiver.prune_once() == 1
+    assert len(synced) == 1 and len(synced[0]) == 1  # the segment was still there
+    assert receiver.prune_once() == 0 and len(synced) == 1  # nothing to drop: no syncfs
+    with pytest.raises(OSError, match="No such file"):
+        real_sync(tmp_path / "missing")
 
 
 def test_a_segment_holding_a_newer_shadow_stays_until_it_is_covered_too(tmp_path):
