@@ -10,6 +10,7 @@ out.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -26,6 +27,10 @@ from app.settings import Settings, SettingsError, parse_fingerprint
 from app.tls import matches_pin
 
 TIMEOUT_SECONDS = 10.0
+# The whole exchange, not each read: a peer that sends a byte now and then would keep its
+# caller (a config pull, a reconcile and the mail it holds) waiting for ever. An export of
+# MAX_EXPORT_BYTES at a slow link's pace fits.
+ANSWER_SECONDS = 60.0
 
 
 class PeerError(Exception):
@@ -203,12 +208,42 @@ async def peer_request(
     params: dict[str, Any] | None = None,
     wait: float = 0.0,
     timeout: float = TIMEOUT_SECONDS,
+    answer_seconds: float | None = None,
 ) -> AsyncIterator[httpx.Response]:
     """One request to the other node with the bearer token, over HTTPS checked against the pin
     or the CA file before the token is sent: the streamed response (a refused token is a
-    PeerError; any other status is the caller's to judge). `wait`: how long the other node may
-    hold the answer back (a long poll) on top of the timeout."""
+    PeerError; any other status is the caller's to judge). `timeout` bounds each step,
+    `answer_seconds` (ANSWER_SECONDS unless given) the whole exchange including the caller's
+    reading of the body; `wait`: how long the other node may hold the answer back (a long
+    poll) on top of both."""
     endpoint = url.rstrip("/") + path
+    seconds = (ANSWER_SECONDS if answer_seconds is None else answer_seconds) + wait
+    try:
+        exchange = _request(token, tls, method, endpoint, body, params, wait, timeout)
+        async with asyncio.timeout(seconds), exchange as response:
+            yield response
+    except TimeoutError:
+        raise PeerError(
+            Message(
+                "no answer from the {who} at {endpoint} within {seconds:g} s",
+                who=_who(tls.who),
+                endpoint=endpoint,
+                seconds=seconds,
+            )
+        ) from None
+
+
+@contextlib.asynccontextmanager
+async def _request(
+    token: str,
+    tls: PeerTls,
+    method: str,
+    endpoint: str,
+    body: Any,
+    params: dict[str, Any] | None,
+    wait: float,
+    timeout: float,
+) -> AsyncIterator[httpx.Response]:
     extensions: dict[str, Any] = {}
     if tls.cert_fingerprint is not None:
         extensions["trace"] = _PinCheck(tls)

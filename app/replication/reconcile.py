@@ -106,22 +106,17 @@ MAX_DETAIL_CHARS = 300
 async def peer_imports(settings: Settings) -> set[str]:
     peer = PeerApi.from_settings(settings)
     what = Message("the peer's list of imports")
-    try:
-        # In all, not per read: a peer that sends a byte now and then must not keep the
-        # reconcile, and the mail it holds, waiting for ever.
-        async with asyncio.timeout(IMPORTS_ANSWER_SECONDS):
-            async with peer_request(
-                peer.url, peer.token, peer.tls, "GET", "/api/queue/imported"
-            ) as response:
-                if response.status_code != 200:
-                    raise await _refusal(response, what)
-                body = await json_object(response, MAX_IMPORTED_BYTES, what)
-    except TimeoutError:
-        raise PeerError(
-            Message(
-                "{what}: no answer within {seconds:g} s", what=what, seconds=IMPORTS_ANSWER_SECONDS
-            )
-        ) from None
+    async with peer_request(
+        peer.url,
+        peer.token,
+        peer.tls,
+        "GET",
+        "/api/queue/imported",
+        answer_seconds=IMPORTS_ANSWER_SECONDS,
+    ) as response:
+        if response.status_code != 200:
+            raise await _refusal(response, what)
+        body = await json_object(response, MAX_IMPORTED_BYTES, what)
     ids = body.get("queue_ids", [])
     if not isinstance(ids, list):
         raise PeerError(Message("the peer's list of imports has no queue_ids list"))

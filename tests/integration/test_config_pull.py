@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app.agent.client import AgentClient
-from app.cluster import configstate, pull
+from app.cluster import configstate, peer, pull
 from app.cluster.peer import PeerTls
 from app.config import snapshot as snap
 from app.crypto import SecretBox, ensure_secret_key
@@ -375,10 +375,11 @@ class TlsServer:
     """A TLS server on 127.0.0.1 that records every byte it receives and, if given a body,
     answers the first request with it."""
 
-    def __init__(self, cert: Path, key: Path, body: bytes | None = None) -> None:
+    def __init__(self, cert: Path, key: Path, body: bytes | None = None, drip: float = 0.0) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
         self.body = body
+        self.drip = drip  # seconds between the body's bytes
         self.received = b""
         self.connections = 0
 
@@ -402,9 +403,12 @@ class TlsServer:
             if self.body is not None:
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body) + self.body
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body)
                 )
-                await writer.drain()
+                for at in range(0, len(self.body), 1 if self.drip else len(self.body)):
+                    writer.write(self.body[at : at + (1 if self.drip else len(self.body))])
+                    await writer.drain()
+                    await asyncio.sleep(self.drip)
         except (OSError, ssl.SSLError):
             pass
         finally:
@@ -865,6 +869,24 @@ async def test_an_unreachable_master_is_a_clean_failure(settings, agent, box, ca
     assert result.detail.startswith(f"cannot reach the master at {url}/api/config/export")
     assert await local_versions() == [] and agent.calls == []
     assert not await AuditLog.exists().where(AuditLog.action == "config.pull")
+
+
+async def test_a_master_that_drips_its_export_is_given_up_on(
+    settings, pki, agent, box, monkeypatch
+):
+    """A byte now and then keeps every read within its timeout: the answer as a whole has one
+    (app/cluster/peer.py, ANSWER_SECONDS), or the pull would wait for ever."""
+    monkeypatch.setattr(peer, "ANSWER_SECONDS", 1.0)
+    export = json.dumps({"version": 1, "padding": "x" * 100}).encode()
+    async with TlsServer(pki.stranger_cert, pki.stranger_key, export, drip=0.2) as dripping:
+        started = time.monotonic()
+        how = pinned(fingerprint(pki.stranger_cert))
+        result = await run(slave(settings, dripping.url, "mrt_x"), agent, box, how)
+    assert time.monotonic() - started < 10
+    assert result.outcome == "failed"
+    assert result.detail.startswith(f"no answer from the master at {dripping.url}")
+    assert "/api/config/export within 1 s" in result.detail
+    assert await local_versions() == [] and agent.calls == []
 
 
 async def test_a_run_keeps_asking_an_unreachable_master_until_its_time_is_up(
