@@ -17,6 +17,7 @@ from app.db.migrations.mailrelay_2026_12_06t15_00_00_promotions import ID as PRO
 from app.db.migrations.mailrelay_2026_12_07t02_00_00_tracking_lookups import ID as LOOKUPS_ID
 from app.db.migrations.mailrelay_2026_12_07t04_00_00_tracking_newest import ID as NEWEST_ID
 from app.db.migrations.mailrelay_2026_12_07t16_00_00_log_cursor_head import ID as HEAD_ID
+from app.db.migrations.mailrelay_2026_12_07t20_00_00_alert_sending import ID as SENDING_ID
 from tests.integration.test_cli import run
 
 # The migrations after the baseline, in the order they run.
@@ -28,6 +29,7 @@ AFTER_BASELINE = (
     LOOKUPS_ID,
     NEWEST_ID,
     HEAD_ID,
+    SENDING_ID,
 )
 
 

@@ -113,7 +113,7 @@ async def _notify(
     channels = notify.channels(settings)
     if not channels:
         return
-    told = await state.notices(settings.node_id, channels)
+    told = await state.notices(settings.node_id, channels, now)
     interval = dt.timedelta(seconds=settings.alerts.min_interval_seconds)
     for alert in alerts:
         for channel in channels:

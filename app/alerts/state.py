@@ -3,7 +3,9 @@ was last told.
 
 Every timer fires on its own and an operator may run `mailrelay alerts` by hand meanwhile: a
 notice is claimed with a conditional UPDATE (what the channel was told and when, as this run
-read it), so that of two runs at once only one sends it; the other finds the row changed.
+read it), so that of two runs at once only one sends it; the other finds the row changed. A
+claim stays marked as sending until the send is confirmed, so that a run killed in between
+leaves a notice that a later run sends (at least once, rather than at most once).
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from app.alerts.conditions import TITLES, Finding
 
 class _Raw(Table):
     pass
+
+
+# Longer than any run of the alerts job lives (its unit stops one after 5 minutes): a claim
+# this old whose send was never confirmed belongs to a run that died.
+SEND_LEASE = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,19 @@ def _alert(row: dict) -> Alert:
     return Alert(row["key"], row["active"], row["since"], row["text"], values, row["figure"])
 
 
-async def notices(node_id: str, channels: list[str]) -> dict[tuple[str, str], Notice]:
-    """Each alert's notice row per channel, made (told nothing yet) where it is missing."""
+async def notices(
+    node_id: str, channels: list[str], now: dt.datetime
+) -> dict[tuple[str, str], Notice]:
+    """Each alert's notice row per channel, made (told nothing yet) where it is missing. A
+    claim older than SEND_LEASE whose send was never confirmed is undone first: its run died
+    between the two, and the channel was never told."""
+    await _Raw.raw(
+        "UPDATE alert_notices SET reported = NOT reported, last_sent_at = NULL, "
+        "sending_since = NULL, last_error = {} WHERE node_id = {} AND sending_since < {}",
+        "the run that was sending this notice stopped before it was sent",
+        node_id,
+        now - SEND_LEASE,
+    )
     await _Raw.raw(
         "INSERT INTO alert_notices (node_id, key, channel) "
         "SELECT {}, s.key, c.channel FROM alert_state AS s, unnest({}::varchar[]) AS c (channel) "
@@ -127,10 +145,11 @@ async def notices(node_id: str, channels: list[str]) -> dict[tuple[str, str], No
 async def claim(node_id: str, notice: Notice, state: bool, now: dt.datetime) -> bool:
     """Take the sending of `state` to this channel; False: another run changed it first."""
     rows = await _Raw.raw(
-        "UPDATE alert_notices SET reported = {}, last_sent_at = {} "
+        "UPDATE alert_notices SET reported = {}, last_sent_at = {}, sending_since = {} "
         "WHERE node_id = {} AND key = {} AND channel = {} AND reported = {} "
         "AND last_sent_at IS NOT DISTINCT FROM {} RETURNING key",
         state,
+        now,
         now,
         node_id,
         notice.key,
@@ -143,7 +162,8 @@ async def claim(node_id: str, notice: Notice, state: bool, now: dt.datetime) -> 
 
 async def sent(node_id: str, notice: Notice) -> None:
     await _Raw.raw(
-        "UPDATE alert_notices SET last_error = '' WHERE node_id = {} AND key = {} AND channel = {}",
+        "UPDATE alert_notices SET last_error = '', sending_since = NULL "
+        "WHERE node_id = {} AND key = {} AND channel = {}",
         node_id,
         notice.key,
         notice.channel,
@@ -153,7 +173,8 @@ async def sent(node_id: str, notice: Notice) -> None:
 async def failed(node_id: str, notice: Notice, claimed_at: dt.datetime, error: str) -> None:
     """Undo a claim whose sending failed, so that the next run tries again."""
     await _Raw.raw(
-        "UPDATE alert_notices SET reported = {}, last_sent_at = {}, last_error = {} "
+        "UPDATE alert_notices SET reported = {}, last_sent_at = {}, last_error = {}, "
+        "sending_since = NULL "
         "WHERE node_id = {} AND key = {} AND channel = {} AND last_sent_at = {}",
         notice.reported,
         notice.last_sent_at,

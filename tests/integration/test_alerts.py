@@ -10,6 +10,7 @@ app over HTTPS, passive, sharing the test database (every row carries its node_i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import email
@@ -35,6 +36,7 @@ from cryptography.x509.oid import NameOID
 
 from app.agent.client import AgentClient
 from app.alerts import conditions, run
+from app.alerts.state import SEND_LEASE
 from app.auth import tokens
 from app.db.tables import AppliedVersion, Promotion, SyncRun, VrrpEvent
 from app.replication import reconcile
@@ -137,6 +139,9 @@ class Hook:
         self.url, self.ca = url, ca
         self.posts: list[dict[str, Any]] = []
         self.status = 200
+        # Set: each POST is held until the event is set, and then dropped unrecorded.
+        self.hang: threading.Event | None = None
+        self.hung = 0
 
 
 @pytest.fixture
@@ -149,6 +154,10 @@ def hook(tmp_path: Path) -> Any:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             receiver = state["hook"]
+            if receiver.hang is not None:
+                receiver.hung += 1
+                receiver.hang.wait(30)
+                return
             if receiver.status == 200:
                 receiver.posts.append(json.loads(body))
             self.send_response(receiver.status)
@@ -459,6 +468,29 @@ async def test_a_refused_alert_mail_is_tried_again(world, caplog):
     world.sink.refuse = None
     assert (await world.run(30)).sent == ["email: started spool_full"]
     assert world.told("spool_full") == [("email", "ALERT"), ("webhook", "started")]
+
+
+async def test_a_notice_whose_run_died_before_sending_it_is_sent_by_a_later_run(world):
+    """The run claims the notice, then is killed while the webhook has not answered yet: the
+    channel never heard of it. Within SEND_LEASE that run may still be sending; after it, a
+    run undoes the claim and sends the notice, and the mail, sent before, is not repeated."""
+    world.hook.hang = threading.Event()
+    await CASES["queue_size"][0](world)
+    killed = asyncio.create_task(world.run(0))
+    for _ in range(200):
+        if world.hook.hung:
+            break
+        await asyncio.sleep(0.05)
+    assert world.hook.hung == 1
+    killed.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await killed
+    world.hook.hang.set()
+    world.hook.hang = None
+    assert (await world.run(60)).sent == []  # it may still be sending
+    lease = SEND_LEASE.total_seconds()
+    assert (await world.run(lease + 60)).sent == ["webhook: started queue_size"]
+    assert world.told("queue_size") == [("email", "ALERT"), ("webhook", "started")]
 
 
 async def test_two_runs_at_once_send_each_notice_once(world):
