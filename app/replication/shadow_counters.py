@@ -1,14 +1,25 @@
 """Mail this node accepted without a shadow copy, counted in a small file (no database:
-shadowing must outlive a database outage); the milter writes it, the agent's status reads it."""
+shadowing must outlive a database outage); the milter writes it, the agent's status reads it.
+
+The file is replaced whole (a new file, fsync'ed, renamed over the old one, the directory
+fsync'ed), so a power cut leaves the last count written, never an empty file that would read as
+0. With the peer down every message is unprotected: the first of a burst is written at once,
+the rest at most once every FLUSH_SECONDS, so the count on disk lags by at most that much.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("mailrelay.shadow.milter")
+FLUSH_SECONDS = 1.0
 
 
 class Counters:
@@ -22,17 +33,55 @@ class Counters:
         except (OSError, ValueError):
             self.data = {}
         self.data.setdefault("unprotected_total", 0)
+        self.written_at = -FLUSH_SECONDS
+        self.pending: threading.Timer | None = None
+        atexit.register(self.flush)
 
     def unprotected(self, reason: str) -> None:
         with self.lock:
             self.data["unprotected_total"] += 1
             self.data["last_unprotected_at"] = time.time()
             self.data["last_reason"] = reason[:300]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            with os.fdopen(fd, "w") as out:
-                json.dump(self.data, out)
-            os.replace(tmp, self.path)
+            if self.pending is not None:
+                return  # the write it waits for takes this count too
+            wait = self.written_at + FLUSH_SECONDS - time.monotonic()
+            if wait <= 0:
+                self._write()
+                return
+            self.pending = threading.Timer(wait, self.flush)
+            self.pending.daemon = True
+            self.pending.start()
+
+    def flush(self) -> None:
+        """Write what a pending write would (at the timer, and when the process ends)."""
+        with self.lock:
+            if self.pending is None:
+                return
+            self.pending.cancel()
+            self.pending = None
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            self._replace()
+        except OSError as exc:
+            # The count stays in memory and goes with the next write; the mail is not refused.
+            log.error("cannot write the unprotected-mail count to %s: %s", self.path, exc)
+
+    def _replace(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self.written_at = time.monotonic()
 
 
 def read_counters(path: Path) -> dict[str, Any]:

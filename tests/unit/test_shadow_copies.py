@@ -14,6 +14,7 @@ import threading
 import time
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from app.agent.replica import Report
 from app.replication import shadow_receiver, shadow_store
 from app.replication.milter_protocol import Message
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
+from app.replication.shadow_counters import FLUSH_SECONDS, Counters, read_counters
 from app.replication.shadow_import import (
     INJECT_AT_ONCE,
     Inject,
@@ -605,6 +607,41 @@ def test_shadow_mode_off_configures_no_milter():
     assert milter({"SHADOW_MODE": "off"}) == {"smtpd_milters": ""}
     assert milter({"SHADOW_MODE": "require"})["milter_default_action"] == "tempfail"
     assert milter({})["milter_default_action"] == "accept"
+
+
+def test_the_unprotected_count_is_written_at_once_then_at_most_once_a_second(tmp_path):
+    """With the peer down every message is unprotected: the first count is on disk at once,
+    a burst after it within FLUSH_SECONDS, and the file is always a whole count."""
+    path = tmp_path / "counters.json"
+    counters = Counters(path)
+    counters.unprotected("the peer is down")
+    assert read_counters(path)["unprotected_total"] == 1
+    writes = []
+    real_replace = os.replace
+
+    def counting_replace(src: Any, dst: Any) -> None:
+        writes.append(read_counters(Path(src))["unprotected_total"])
+        real_replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", counting_replace)
+        for _ in range(500):
+            counters.unprotected("the peer is down")
+            assert read_counters(path)["unprotected_total"] >= 1
+        time.sleep(FLUSH_SECONDS + 0.5)
+    assert writes == [501]  # one write for the burst, with all of it
+    assert read_counters(path)["unprotected_total"] == 501
+    assert Counters(path).data["unprotected_total"] == 501  # a restart counts on from there
+
+
+def test_a_pending_count_is_written_when_the_milter_stops(tmp_path):
+    path = tmp_path / "counters.json"
+    counters = Counters(path)
+    counters.unprotected("first")
+    counters.unprotected("second, within the second")
+    assert read_counters(path)["unprotected_total"] == 1
+    counters.flush()  # what atexit runs
+    assert read_counters(path)["unprotected_total"] == 2
 
 
 def test_a_milter_that_is_down_is_seen_not_just_uncounted(tmp_path):
