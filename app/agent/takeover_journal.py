@@ -15,13 +15,13 @@ not read.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from app.agent.replica import QUEUE_NAME
+from app.durable import replace_file
 
 KEY = re.compile(r"[0-9A-Za-z:.+-]{1,64}")
 KINDS = ("replica", "shadow")
@@ -66,21 +66,7 @@ class TakeoverJournal:
         self.taken[kind].update(ids)
 
     def _start(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.new")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            _write_all(fd, f"takeover {self.key}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_file(self.path, f"takeover {self.key}\n".encode())
 
 
 def _complete_lines(path: Path) -> list[str]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from app.durable import replace_file
 
 log = logging.getLogger("mailrelay.shadow.milter")
 FLUSH_SECONDS = 1.0
@@ -69,18 +70,7 @@ class Counters:
             log.error("cannot write the unprotected-mail count to %s: %s", self.path, exc)
 
     def _replace(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "w") as out:
-            json.dump(self.data, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_file(self.path, json.dumps(self.data).encode(), 0o644)
         self.written_at = time.monotonic()
 
 

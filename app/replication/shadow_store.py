@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.durable import fsync_directory
+
 QUEUE_ID = re.compile(r"[0-9A-Za-z]{6,32}")
 SEGMENT_NAME = re.compile(r"segment-[0-9]{20}-[0-9a-f]{8}")
 # A segment the promotion import refused something in: kept for the operator, never read again.
@@ -284,14 +286,6 @@ def sync_filesystem(path: Path) -> None:
 @functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
