@@ -121,7 +121,12 @@ async def _notify(
             if notice is None or notice.reported == alert.active:
                 continue
             what = f"{channel}: {'started' if alert.active else 'cleared'} {alert.key}"
-            if notice.last_sent_at is not None and now - notice.last_sent_at < interval:
+            # A notice sent while the clock was ahead is not waited for: the wait would last
+            # as long as the clock was ahead.
+            if (
+                notice.last_sent_at is not None
+                and dt.timedelta(0) <= now - notice.last_sent_at < interval
+            ):
                 result.waiting.append(what)
                 continue
             if not await state.claim(settings.node_id, notice, alert.active, now):

@@ -114,13 +114,16 @@ async def notices(
 ) -> dict[tuple[str, str], Notice]:
     """Each alert's notice row per channel, made (told nothing yet) where it is missing. A
     claim older than SEND_LEASE whose send was never confirmed is undone first: its run died
-    between the two, and the channel was never told."""
+    between the two, and the channel was never told. So is one dated later than SEND_LEASE
+    ahead: made while the clock was ahead, it would otherwise wait as long."""
     await _Raw.raw(
         "UPDATE alert_notices SET reported = NOT reported, last_sent_at = NULL, "
-        "sending_since = NULL, last_error = {} WHERE node_id = {} AND sending_since < {}",
+        "sending_since = NULL, last_error = {} "
+        "WHERE node_id = {} AND (sending_since < {} OR sending_since > {})",
         "the run that was sending this notice stopped before it was sent",
         node_id,
         now - SEND_LEASE,
+        now + SEND_LEASE,
     )
     await _Raw.raw(
         "INSERT INTO alert_notices (node_id, key, channel) "

@@ -139,8 +139,10 @@ class Hook:
         self.url, self.ca = url, ca
         self.posts: list[dict[str, Any]] = []
         self.status = 200
-        # Set: each POST is held until the event is set, and then dropped unrecorded.
+        # Set: each POST (of `hang_alert` only, when given) is held until the event is set,
+        # and then dropped unrecorded.
         self.hang: threading.Event | None = None
+        self.hang_alert: str | None = None
         self.hung = 0
 
 
@@ -154,7 +156,8 @@ def hook(tmp_path: Path) -> Any:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             receiver = state["hook"]
-            if receiver.hang is not None:
+            alert = json.loads(body).get("alert")
+            if receiver.hang is not None and receiver.hang_alert in (None, alert):
                 receiver.hung += 1
                 receiver.hang.wait(30)
                 return
@@ -490,6 +493,40 @@ async def test_a_notice_whose_run_died_before_sending_it_is_sent_by_a_later_run(
     assert (await world.run(60)).sent == []  # it may still be sending
     lease = SEND_LEASE.total_seconds()
     assert (await world.run(lease + 60)).sent == ["webhook: started queue_size"]
+    assert world.told("queue_size") == [("email", "ALERT"), ("webhook", "started")]
+
+
+async def test_a_notice_sent_while_the_clock_was_ahead_does_not_silence_the_next(world):
+    """The clock was a year ahead when the alert started (a bad real-time clock before NTP
+    set it): once it is right, the alert's end is told at the next run after the interval, not
+    a year later."""
+    year = 365 * 24 * 3600
+    await CASES["queue_size"][0](world)
+    assert "email: started queue_size" in (await world.run(year)).sent
+    await CASES["queue_size"][1](world)
+    cleared = await world.run(1200)
+    assert "email: cleared queue_size" in cleared.sent
+    assert "webhook: cleared queue_size" in cleared.sent
+
+
+async def test_a_claim_dated_in_the_future_is_undone(world):
+    """A run killed mid-send while the clock was a year ahead: its claim is undone once the
+    clock is right, not a year later."""
+    world.hook.hang = threading.Event()
+    world.hook.hang_alert = "queue_size"
+    await CASES["queue_size"][0](world)
+    killed = asyncio.create_task(world.run(365 * 24 * 3600))
+    for _ in range(200):
+        if world.hook.hung:
+            break
+        await asyncio.sleep(0.05)
+    killed.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await killed
+    assert world.hook.hung == 1
+    world.hook.hang.set()
+    world.hook.hang = None
+    assert "webhook: started queue_size" in (await world.run(60)).sent
     assert world.told("queue_size") == [("email", "ALERT"), ("webhook", "started")]
 
 
