@@ -174,27 +174,45 @@ def last_made(directory: Path, node_id: str) -> float:
     return max(times) if times else directory.stat().st_mtime
 
 
+def remove_stale_temps(directory: Path, node_id: str, now: float | None = None) -> list[Path]:
+    """Delete the temporary files of this node's runs that were killed (SIGKILL, a power cut):
+    a day old, or of a process that is gone. Each run does this before it dumps, so that runs
+    killed night after night (a dump that outgrew the unit's time limit) do not fill the disk."""
+    pattern = _ours(node_id)
+    removed: list[Path] = []
+    now = time.time() if now is None else now
+    for path in directory.iterdir():
+        temp = re.fullmatch(r"\.(.+)\.(\d+)\.tmp", path.name)
+        if not (temp and pattern.match(temp.group(1)) and path.is_file()):
+            continue
+        if now - path.stat().st_mtime > STALE_TEMP_SECONDS or not _alive(int(temp.group(2))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that number
+        return True
+    return True
+
+
 def rotate(directory: Path, node_id: str, keep: int, now: float | None = None) -> list[Path]:
     """Delete this node's backups but the newest `keep` (a dump and its export count as one),
     and temporary files of killed runs; return what was deleted."""
     pattern = _ours(node_id)
     by_stamp: dict[str, list[Path]] = {}
-    removed: list[Path] = []
-    now = time.time() if now is None else now
+    removed = remove_stale_temps(directory, node_id, now)
     for path in directory.iterdir():
         match = pattern.match(path.name)
         if match and path.is_file():
             by_stamp.setdefault(match.group(1), []).append(path)
-            continue
-        temp = re.fullmatch(r"\.(.+)\.\d+\.tmp", path.name)
-        if (
-            temp
-            and pattern.match(temp.group(1))
-            and path.is_file()
-            and now - path.stat().st_mtime > STALE_TEMP_SECONDS
-        ):
-            path.unlink(missing_ok=True)
-            removed.append(path)
     for stamp in sorted(by_stamp, reverse=True)[keep:]:
         for path in by_stamp[stamp]:
             path.unlink(missing_ok=True)
@@ -234,6 +252,7 @@ async def run_once(settings: Settings) -> BackupResult:
     base = f"mailrelay-{settings.node_id}-{stamp}"
     dump = directory / f"{base}{DUMP_SUFFIX}"
     pg_dump = _tool("pg_dump")
+    stale = remove_stale_temps(directory, settings.node_id)
     with _atomic(dump) as descriptor:
         await asyncio.to_thread(
             _run_tool, [pg_dump, "--format=custom"], settings.database_url, stdout=descriptor
@@ -254,7 +273,7 @@ async def run_once(settings: Settings) -> BackupResult:
             open(descriptor, "wb", closefd=False) as out,
         ):
             out.write(export_bytes(document))
-    result.removed = rotate(directory, settings.node_id, settings.backup_keep)
+    result.removed = stale + rotate(directory, settings.node_id, settings.backup_keep)
     result.seconds = time.monotonic() - started
     if failure:
         raise BackupError(failure)

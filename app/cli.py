@@ -390,10 +390,20 @@ def cmd_backup(args: argparse.Namespace) -> None:
     settings = _settings()
 
     async def work() -> backup.BackupResult:
+        # systemd stops a run that outlives TimeoutStartSec with SIGTERM to the unit's whole
+        # control group (pg_dump too): the run is cancelled, so that its partial dump goes
+        # with it rather than stay on the disk.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         try:
             return await backup.run_once(settings)
         except backup.BackupError as exc:
             raise UserFacingError(f"backup failed: {exc}") from None
+        except asyncio.CancelledError:
+            raise UserFacingError(
+                "backup stopped (SIGTERM); its partial dump was removed"
+            ) from None
 
     _run_db(work)
 

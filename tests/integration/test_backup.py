@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -188,9 +191,10 @@ async def test_rotation_keeps_the_newest_backups_and_leaves_other_files_alone(
     ]
     for name in foreign:
         (backups / name).write_text("not ours to delete")
-    # A run killed two days ago left its temporary file; one running now has a fresh one.
+    # A run killed two days ago left its temporary file; one running now (this process) has
+    # a fresh one.
     stale = backups / f".mailrelay-{node}-20261102T020000Z.dump.4242.tmp"
-    running = backups / f".mailrelay-{node}-20261203T020000Z.dump.4343.tmp"
+    running = backups / f".mailrelay-{node}-20261203T020000Z.dump.{os.getpid()}.tmp"
     for temp in (stale, running):
         temp.write_bytes(b"PGDMP partial")
     two_days_ago = time.time() - 2 * 86400
@@ -235,3 +239,72 @@ async def test_a_failed_pg_dump_leaves_no_file_and_is_one_clear_line(
     assert_one_line_error(result, "backup failed: pg_dump failed (exit 1)")
     assert "permission denied for table secret" in result.stderr
     assert list(backups.iterdir()) == []
+
+
+def fake_pg_dump(folder: Path) -> dict[str, str]:
+    """A pg_dump on PATH that writes 5 MB of its dump and then takes its time, as a dump of a
+    database that outgrew the unit's time limit does."""
+    folder.mkdir()
+    tool = folder / "pg_dump"
+    tool.write_text("#!/bin/sh\nhead -c 5000000 /dev/zero\nexec sleep 60\n")
+    tool.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+async def test_a_run_stopped_by_sigterm_leaves_no_partial_dump(tmp_path, settings):
+    backups = tmp_path / "backups"
+    env = {
+        **os.environ,
+        **fake_pg_dump(tmp_path / "bin"),
+        "BACKUP_DIR": str(backups),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "backup"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            partial = list(backups.glob(".*.tmp")) if backups.exists() else []
+            if partial and partial[0].stat().st_size >= 5_000_000:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the dump never began")
+        os.killpg(process.pid, signal.SIGTERM)  # as systemd stops the unit's control group
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 1
+    assert "backup stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert list(backups.iterdir()) == []
+
+
+async def test_the_partial_dumps_of_killed_runs_go_before_the_next_dump(tmp_path, settings):
+    """SIGKILL or a power cut leaves a temporary file: the next run removes it first, whether
+    its dump then succeeds or not (nightly failures must not fill the disk)."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    gone = backups / f".mailrelay-{settings.node_id}-20261201T000000Z.dump.999999999.tmp"
+    old = backups / f".mailrelay-{settings.node_id}-20261202T000000Z.dump.{os.getpid()}.tmp"
+    other_node = backups / ".mailrelay-zz-20261201T000000Z.dump.999999999.tmp"
+    for path in (gone, old, other_node):
+        path.write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    failing = tmp_path / "bin"
+    failing.mkdir()
+    (failing / "pg_dump").write_text("#!/bin/sh\necho 'pg_dump: error: refused' >&2\nexit 1\n")
+    (failing / "pg_dump").chmod(0o755)
+    result = run(
+        "backup",
+        env={"BACKUP_DIR": str(backups), "PATH": f"{failing}:{os.environ['PATH']}"},
+    )
+    assert_one_line_error(result, "backup failed: pg_dump failed (exit 1)")
+    assert sorted(p.name for p in backups.iterdir()) == [other_node.name]
