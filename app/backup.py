@@ -326,9 +326,32 @@ async def _refuse_unless_empty(url: str) -> None:
         )
 
 
-async def restore(settings: Settings, file: Path) -> float:
-    """Restore a dump of `mailrelay backup` into DATABASE_URL, which must be empty; nothing is
-    written when it is not. Return the seconds it took."""
+_ANY_NODE = re.compile(rf"^mailrelay-(.+)-\d{{8}}T\d{{6}}Z{re.escape(DUMP_SUFFIX)}$")
+
+
+def _check_node(settings: Settings, file: Path, from_node: str | None) -> None:
+    """A node's database holds its own users' sessions, mail log, sync runs and history: a dump
+    of the other node restored here would make this node the other one. The file's name says
+    whose it is; `from_node` is the operator saying so (for a renamed file, or on purpose)."""
+    if from_node is not None:
+        return
+    named = _ANY_NODE.match(file.name)
+    if named is None:
+        raise BackupError(
+            f"{file.name} is not named as `mailrelay backup` names a dump "
+            "(mailrelay-NODE-STAMP.dump), so whose it is cannot be told: give --from-node=NODE"
+        )
+    if named.group(1) != settings.node_id:
+        raise BackupError(
+            f"{file.name} is a backup of node {named.group(1)}, and this is node "
+            f"{settings.node_id} (NODE_ID): restoring it here would give this node the other's "
+            f"history; give --from-node={named.group(1)} if that is what you mean"
+        )
+
+
+async def restore(settings: Settings, file: Path, from_node: str | None = None) -> float:
+    """Restore a dump of `mailrelay backup` of this node (or of `from_node`) into DATABASE_URL,
+    which must be empty; nothing is written when it is not. Return the seconds it took."""
     started = time.monotonic()
     try:
         with file.open("rb") as dump:
@@ -337,6 +360,7 @@ async def restore(settings: Settings, file: Path) -> float:
         raise BackupError(f"{file}: {exc}") from None
     if magic != DUMP_MAGIC:
         raise BackupError(f"{file} is not a dump of `mailrelay backup` (pg_dump custom format)")
+    _check_node(settings, file, from_node)
     pg_restore = _tool("pg_restore")
     await _refuse_unless_empty(settings.database_url)
     # One transaction: a restore that fails leaves the database empty, as it found it. Owner and

@@ -60,11 +60,17 @@ def _run_db(work: Callable[[], Awaitable[Any]]) -> Any:
 
 
 async def migrate() -> None:
+    import asyncpg
     from piccolo.apps.migrations.commands.forwards import run_forwards
 
-    from app.db.migrations import MigrationRefused
+    from app.db.migrations import MigrationRefused, refuse_newer_schema
 
     try:
+        connection = await asyncpg.connect(os.environ["DATABASE_URL"], timeout=10)
+        try:
+            await refuse_newer_schema(connection)
+        finally:
+            await connection.close()
         result = await run_forwards(app_name="mailrelay")
     except MigrationRefused as exc:
         raise UserFacingError(f"migration refused: {exc}") from None
@@ -417,7 +423,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
     async def work() -> float:
         await check_database(settings.database_url)
         try:
-            return await backup.restore(settings, Path(args.file))
+            return await backup.restore(settings, Path(args.file), args.from_node)
         except backup.BackupError as exc:
             raise UserFacingError(str(exc)) from None
 
@@ -671,6 +677,11 @@ def parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_backup)
     res = sub.add_parser("restore", help="restore a dump of `backup` into an empty database")
     res.add_argument("file")
+    res.add_argument(
+        "--from-node",
+        metavar="NODE",
+        help="whose dump it is, when its name does not say or it is not this node's",
+    )
     res.set_defaults(func=cmd_restore)
     sub.add_parser(
         "config-apply", help="apply the newest config version on this node"

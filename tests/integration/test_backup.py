@@ -308,3 +308,47 @@ async def test_the_partial_dumps_of_killed_runs_go_before_the_next_dump(tmp_path
     )
     assert_one_line_error(result, "backup failed: pg_dump failed (exit 1)")
     assert sorted(p.name for p in backups.iterdir()) == [other_node.name]
+
+
+async def test_a_dump_of_the_other_node_is_restored_only_when_the_operator_says_so(
+    tmp_path, settings, box, scratch_databases
+):
+    await a_node_with_data(box, settings)
+    backups = tmp_path / "backups"
+    assert run("backup", env={"BACKUP_DIR": str(backups)}).returncode == 0
+    [dump] = backups.glob("*.dump")
+    fresh = scratch_databases("restored_elsewhere")
+    other = "b" if settings.node_id != "b" else "a"
+    result = run("restore", str(dump), env={"DATABASE_URL": fresh, "NODE_ID": other})
+    assert_one_line_error(result, f"is a backup of node {settings.node_id}, and this is node")
+    assert f"--from-node={settings.node_id}" in result.stderr
+    assert await rows(fresh, "pg_tables WHERE schemaname = 'public'") == []
+    renamed = tmp_path / "node-a.dump"
+    dump.rename(renamed)
+    result = run("restore", str(renamed), env={"DATABASE_URL": fresh})
+    assert_one_line_error(result, "so whose it is cannot be told: give --from-node=NODE")
+    result = run(
+        "restore", str(renamed), f"--from-node={settings.node_id}", env={"DATABASE_URL": fresh}
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_a_database_a_newer_release_made_is_not_migrated_by_this_one(
+    tmp_path, settings, scratch_databases
+):
+    """Restored from a newer release's dump (or made by one): this release would run on a
+    schema it does not know, so `migrate` refuses and changes nothing."""
+    newer = migrated(scratch_databases, "newer_release")
+    connection = await asyncpg.connect(newer)
+    try:
+        await connection.execute(
+            "INSERT INTO migration (name, app_name, ran_on) "
+            "VALUES ('2099-01-01T00:00:00:000000', 'mailrelay', now())"
+        )
+    finally:
+        await connection.close()
+    before = await rows(newer, "migration")
+    result = run("migrate", env={"DATABASE_URL": newer})
+    assert_one_line_error(result, "migration refused: the database has 1 migrations this release")
+    assert "2099-01-01T00:00:00:000000" in result.stderr
+    assert await rows(newer, "migration") == before

@@ -1,7 +1,10 @@
 """The committed migrations of the `mailrelay` Piccolo app, the error one raises when it must
 not change the database it found, and what the migrations written as SQL scripts share."""
 
+import importlib
+import pkgutil
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.engine import engine_finder
@@ -46,3 +49,33 @@ def script_migration(
         return manager
 
     return forwards
+
+
+def shipped_ids() -> frozenset[str]:
+    """The migration IDs this build knows: its own, and the old chain's that its baseline
+    stands for."""
+    from app.db.migrations.mailrelay_2026_12_05t17_10_00_baseline import LEGACY_IDS
+
+    ids = set(LEGACY_IDS)
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("mailrelay_"):
+            ids.add(importlib.import_module(f"{__name__}.{module.name}").ID)
+    return frozenset(ids)
+
+
+async def refuse_newer_schema(connection: Any) -> None:
+    """MigrationRefused when the database records a migration this build does not ship: a
+    newer release made it (or it was restored from a newer release's dump), and this build
+    would run on a schema it does not know. `connection`: an asyncpg connection."""
+    if await connection.fetchval("SELECT to_regclass('public.migration')") is None:
+        return
+    recorded = await connection.fetch(
+        "SELECT name FROM migration WHERE app_name = 'mailrelay' ORDER BY name"
+    )
+    unknown = [row["name"] for row in recorded if row["name"] not in shipped_ids()]
+    if unknown:
+        raise MigrationRefused(
+            f"the database has {len(unknown)} migrations this release does not know "
+            f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}): a newer release "
+            "made it or its backup; run that release, or restore a backup this release made"
+        )
