@@ -161,17 +161,35 @@ def export_bytes(document: dict[str, Any]) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
-def last_made(directory: Path, node_id: str) -> float:
+def last_made(directory: Path, node_id: str, now: float | None = None) -> float:
     """When this node's newest dump in `directory` was written, or, while there is none, when
     the directory was made (a node installed this evening has missed no backup yet); OSError
     when the directory cannot be read."""
     pattern = _ours(node_id)
+    now = time.time() if now is None else now
     times = [
-        entry.stat().st_mtime
+        made_at(Path(entry.path), now)
         for entry in os.scandir(directory)
         if pattern.match(entry.name) and entry.name.endswith(DUMP_SUFFIX) and entry.is_file()
     ]
-    return max(times) if times else directory.stat().st_mtime
+    return max(times) if times else min(directory.stat().st_mtime, now)
+
+
+# Clocks of two hosts, or of a host and its file system, differ by this much without a fault.
+CLOCK_SLACK_SECONDS = 60.0
+
+
+def made_at(path: Path, now: float) -> float:
+    """When a backup file was made: its mtime. One dated in the future was made while the clock
+    was ahead, no later than now: it is dated now (on disk too, so that its age grows from
+    here), or it would keep a failing backup from being noticed for as long as the clock was
+    ahead."""
+    mtime = path.stat().st_mtime
+    if mtime <= now + CLOCK_SLACK_SECONDS:
+        return mtime
+    with contextlib.suppress(OSError):
+        os.utime(path, (now, now))
+    return now
 
 
 def remove_stale_temps(directory: Path, node_id: str, now: float | None = None) -> list[Path]:
@@ -209,11 +227,19 @@ def rotate(directory: Path, node_id: str, keep: int, now: float | None = None) -
     pattern = _ours(node_id)
     by_stamp: dict[str, list[Path]] = {}
     removed = remove_stale_temps(directory, node_id, now)
+    now = time.time() if now is None else now
     for path in directory.iterdir():
         match = pattern.match(path.name)
         if match and path.is_file():
             by_stamp.setdefault(match.group(1), []).append(path)
-    for stamp in sorted(by_stamp, reverse=True)[keep:]:
+
+    def newest_first(stamp: str) -> tuple[bool, str]:
+        # A name stamped while the clock was ahead counts as older than every other: it must
+        # not outrank, and so delete, the backups made since the clock was set right.
+        named = dt.datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=dt.UTC).timestamp()
+        return named <= now + CLOCK_SLACK_SECONDS, stamp
+
+    for stamp in sorted(by_stamp, key=newest_first, reverse=True)[keep:]:
         for path in by_stamp[stamp]:
             path.unlink(missing_ok=True)
             removed.append(path)

@@ -74,7 +74,7 @@ async def _facts(settings: Settings, agent: AgentClient, now: dt.datetime) -> co
 
 def _backup_age_hours(settings: Settings, now: dt.datetime) -> float | None:
     try:
-        made = backup.last_made(settings.backup_dir, settings.node_id)
+        made = backup.last_made(settings.backup_dir, settings.node_id, now.timestamp())
     except OSError as exc:
         log.warning("alerts: cannot look at %s: %s", settings.backup_dir, exc.strerror)
         return None

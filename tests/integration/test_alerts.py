@@ -530,6 +530,19 @@ async def test_a_claim_dated_in_the_future_is_undone(world):
     assert world.told("queue_size") == [("email", "ALERT"), ("webhook", "started")]
 
 
+async def test_a_backup_dated_in_the_future_does_not_hide_the_backups_that_stopped(world):
+    """A dump written while the clock was a year ahead, then no backup at all: it counts as
+    made when first seen, and the alert comes 36 hours after that, not a year later."""
+    await _backup_made(world, 72)
+    future = world.settings.backup_dir / "mailrelay-a-20271201T000000Z.dump"
+    future.write_bytes(b"PGDMP")
+    year_ahead = (T0 + dt.timedelta(days=365)).timestamp()
+    os.utime(future, (year_ahead, year_ahead))
+    assert "email: started backup_stale" not in (await world.run(0)).sent
+    assert future.stat().st_mtime == T0.timestamp()
+    assert "email: started backup_stale" in (await world.run(37 * 3600)).sent
+
+
 async def test_two_runs_at_once_send_each_notice_once(world):
     await CASES["config_drift"][0](world)
     results = await asyncio.gather(world.run(0), world.run(0))

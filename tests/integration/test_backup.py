@@ -352,3 +352,24 @@ async def test_a_database_a_newer_release_made_is_not_migrated_by_this_one(
     assert_one_line_error(result, "migration refused: the database has 1 migrations this release")
     assert "2099-01-01T00:00:00:000000" in result.stderr
     assert await rows(newer, "migration") == before
+
+
+async def test_backups_named_while_the_clock_was_ahead_do_not_push_out_new_ones(
+    tmp_path, settings, box
+):
+    """Three backups made while the clock was a year ahead: the one made now is kept, and the
+    oldest of those goes, not the new one."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    node = settings.node_id
+    ahead = time.time() + 365 * 86400
+    for day in ("01", "02", "03"):
+        path = backups / f"mailrelay-{node}-202712{day}T000000Z.dump"
+        path.write_bytes(b"PGDMP ahead")
+        ahead += 86400
+        os.utime(path, (ahead, ahead))
+    result = run("backup", env={"BACKUP_DIR": str(backups), "BACKUP_KEEP": "3"})
+    assert result.returncode == 0, result.stderr
+    names = our_files(backups)
+    assert [n for n in names if "2027" not in n and n.endswith(".dump")], names
+    assert len([n for n in names if n.endswith(".dump")]) == 3
