@@ -14,7 +14,6 @@ from app.auth import sessions, throttle
 from app.auth.passwords import (
     check_new_password,
     hash_password,
-    verify_password,
     verify_password_bounded,
 )
 from app.auth.roles import Role
@@ -96,16 +95,40 @@ async def _logged_in(user: AppUser, source_ip: str) -> LoginResult:
 
 
 async def change_password(user: sessions.SessionUser, old: str, new: str, source_ip: str) -> None:
-    """Check the old password and the rules, store the new hash, end every other session."""
+    """Check the old password and the rules, store the new hash, end every other session.
+
+    The old password is checked as a login checks it: counted against the login throttle
+    first, in a worker thread, and a failure audited. Otherwise a session (a stolen cookie, an
+    unattended browser) could guess the password without limit and without a trace."""
     row = await AppUser.objects().where(AppUser.id == user.id).first()
-    if row is None or not verify_password(row.password_hash, old):
-        raise UserError(Message("The current password is wrong."))
-    check_new_password(row.username, new, row.password_hash)
+    if row is None:
+        raise UserError(WRONG_CURRENT_PASSWORD)
+    reason = "throttled"
+    if await throttle.count_attempt(row.username, source_ip):
+        right = await verify_password_bounded(row.password_hash, old)
+        if right is not False:  # right, or never checked (no worker came free)
+            await throttle.uncount_attempt(row.username, source_ip)
+        reason = "" if right else "busy" if right is None else "wrong password"
+    if reason:
+        await audit.record(
+            row.username, "password.change", row.username, source_ip, "failed",
+            after={"reason": reason},
+        )  # fmt: skip
+        raise UserError(WRONG_CURRENT_PASSWORD)
+    await asyncio.to_thread(check_new_password, row.username, new, row.password_hash)
+    new_hash = await asyncio.to_thread(hash_password, new)
     await AppUser.update(
-        {AppUser.password_hash: hash_password(new), AppUser.must_change_password: False}
+        {AppUser.password_hash: new_hash, AppUser.must_change_password: False}
     ).where(AppUser.id == user.id)
     await sessions.end_other_sessions(user.id, keep_session_id=user.session_id)
     await audit.record(user.username, "password.change", user.username, source_ip)
+
+
+# One answer for a wrong password and a full throttle alike, as at the login.
+WRONG_CURRENT_PASSWORD = Message(
+    "The current password is wrong, or there were too many attempts: wait a few minutes and "
+    "try again."
+)
 
 
 def _check_username(username: str) -> str:
@@ -124,11 +147,12 @@ async def create_user(
     check_new_password(username, password)
     if await AppUser.exists().where(AppUser.username == username):
         raise UserError(Message("The user {name} exists already.", name=username))
+    password_hash = await asyncio.to_thread(hash_password, password)  # argon2: off the loop
     async with AppUser._meta.db.transaction():
         await AppUser.insert(
             AppUser(
                 username=username,
-                password_hash=hash_password(password),
+                password_hash=password_hash,
                 role=role.name,
                 must_change_password=True,
                 created_at=dt.datetime.now(dt.UTC),
@@ -144,10 +168,11 @@ async def reset_password(username: str, password: str, actor: str, source_ip: st
     if row is None:
         raise UserError(Message("There is no user {name}.", name=username))
     check_new_password(username, password)
+    password_hash = await asyncio.to_thread(hash_password, password)
     async with AppUser._meta.db.transaction():
         await AppUser.update(
             {
-                AppUser.password_hash: hash_password(password),
+                AppUser.password_hash: password_hash,
                 AppUser.must_change_password: True,
             }
         ).where(AppUser.id == row.id)

@@ -138,6 +138,9 @@ def _server_error(request: Request[Any, Any, Any], exc: Exception) -> Response[A
     )
 
 
+FORM_MAX_BODY_BYTES = 64 * 1024
+
+
 def create_app(settings: Settings) -> Litestar:
     ensure_secret_key(settings.secret_key_file)
     box = SecretBox(settings.secret_key_file)
@@ -159,6 +162,11 @@ def create_app(settings: Settings) -> Litestar:
             ),
         ],
         guards=[access_guard],
+        # Litestar's default is 10 MB, and the CSRF check parses a form body before it refuses
+        # it, on the event loop, for anyone (the login form is public): a 10 MB form cost
+        # seconds of CPU and 200 MiB. The GUI's largest form is a few KiB; the API's routes
+        # keep their own 16 KiB.
+        request_max_body_size=FORM_MAX_BODY_BYTES,
         middleware=[DefineMiddleware(CallerMiddleware, exclude=PUBLIC_PATHS)],
         before_send=[add_security_headers],
         csrf_config=CSRFConfig(

@@ -467,7 +467,7 @@ GERMAN: dict[str, str] = {
     "another switchover is running: {error}": "ein anderer Wechsel läuft: {error}",
     "not run: an earlier step failed": "nicht ausgeführt: ein früherer Schritt ist fehlgeschlagen",
     # app/auth: users, passwords, roles and API tokens.
-    "The current password is wrong.": "Das aktuelle Passwort ist falsch.",
+    "The current password is wrong, or there were too many attempts: wait a few minutes and try again.": "Das aktuelle Passwort ist falsch, oder es gab zu viele Versuche: Warten Sie einige Minuten und versuchen Sie es erneut.",
     "A username has 2-64 characters: lowercase letters, digits, '.', '_' or '-'.": "Ein Benutzername hat 2 bis 64 Zeichen: Kleinbuchstaben, Ziffern, '.', '_' oder '-'.",
     "The user {name} exists already.": "Den Benutzer {name} gibt es bereits.",
     "There is no user {name}.": "Es gibt keinen Benutzer {name}.",

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import threading
 import time
 
 import pytest
 
-from app.auth import passwords, throttle
+from app.auth import passwords, throttle, users
 from app.db.tables import AppUser, AuditLog, LoginThrottle
 from tests.conftest import PASSWORD, csrf, http_client, login, make_user
 
@@ -250,3 +251,71 @@ async def test_argon2_runs_beside_the_event_loop_and_a_burst_is_bounded():
     assert None in results  # the rest got no slot and were answered, not queued
     assert took < passwords.VERIFY_WAIT_SECONDS + 2.0
     assert await passwords.verify_password_bounded(hashed, "a-long-enough-password") is True
+
+
+async def test_the_password_form_is_no_unthrottled_guess_at_the_current_password(login_as):
+    """A session (a stolen cookie, an unattended browser) guessing the account's password on
+    the password form is counted like logins are: after ACCOUNT_LIMIT wrong guesses even the
+    right one is refused, and every failure is audited."""
+    client = await login_as("operator")
+
+    async def change(current: str):
+        new = "an-entirely-new-secret"
+        return await client.post(
+            "/password",
+            data={"current_password": current, "new_password": new, "new_password_again": new},
+            headers=csrf(client),
+            follow_redirects=False,
+        )
+
+    for _ in range(throttle.ACCOUNT_LIMIT):
+        answer = await change(WRONG)
+        assert answer.status_code == 422 and "too many attempts" in answer.text
+    refused = await change(PASSWORD)
+    assert refused.status_code == 422 and "too many attempts" in refused.text
+    rows = (
+        await AuditLog.select(AuditLog.after)
+        .where((AuditLog.action == "password.change") & (AuditLog.outcome == "failed"))
+        .order_by(AuditLog.id)
+    )
+    reasons = [json.loads(row["after"])["reason"] for row in rows]
+    assert reasons == ["wrong password"] * throttle.ACCOUNT_LIMIT + ["throttled"]
+    await _time_passes(throttle.DRAIN_SECONDS * (throttle.ACCOUNT_LIMIT + 1))
+    assert (await change(PASSWORD)).status_code == 303
+
+
+async def test_an_oversized_form_is_refused_before_it_is_read(app, client):
+    """Anyone may post the login form: a body of megabytes is refused, not parsed on the event
+    loop that also serves the peer's API."""
+    await client.get("/login")
+    body = b"a=&" * (1024 * 1024 // 3)
+    answer = await client.post(
+        "/login",
+        content=body,
+        headers={**csrf(client), "content-type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 413
+
+
+async def test_a_password_change_hashes_off_the_event_loop(login_as, monkeypatch):
+    """argon2 takes a tenth of a second of CPU per run: on the event loop, a few password
+    changes at once would stall every page and the peer's API."""
+    client = await login_as("readonly")
+    threads: list[str] = []
+    for name in ("hash_password", "check_new_password"):
+        real = getattr(users, name)
+
+        def spy(*args: object, real=real) -> object:
+            threads.append(threading.current_thread().name)
+            return real(*args)
+
+        monkeypatch.setattr(users, name, spy)
+    new = "an-entirely-new-secret"
+    answer = await client.post(
+        "/password",
+        data={"current_password": PASSWORD, "new_password": new, "new_password_again": new},
+        headers=csrf(client),
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    assert len(threads) == 2 and threading.main_thread().name not in threads
