@@ -4,6 +4,7 @@ and the pins the other node recognises it by."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -37,6 +38,30 @@ def key_fingerprint(cert_file: Path) -> str:
     certificate of the same key matches, so a renewal changes nothing on the other node."""
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     return _colons(hashlib.sha256(_spki(cert)).digest())
+
+
+def served_names(cert_file: Path) -> frozenset[str]:
+    """The DNS names a certificate is for (its subjectAltName), lower case; a wildcard stays
+    as `*.domain`."""
+    stat = cert_file.stat()
+    return _served_names(cert_file, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _served_names(cert_file: Path, _mtime_ns: int, _size: int) -> frozenset[str]:
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return frozenset()
+    return frozenset(name.lower().rstrip(".") for name in names.get_values_for_type(x509.DNSName))
+
+
+def names_host(names: frozenset[str], host: str) -> bool:
+    """Whether `host` is one of `names`, a wildcard matching one label included."""
+    host = host.lower().rstrip(".")
+    label, dot, parent = host.partition(".")
+    return host in names or bool(label and dot and f"*.{parent}" in names)
 
 
 def _spki(cert: x509.Certificate) -> bytes:

@@ -19,6 +19,7 @@ from webauthn.helpers.structs import (
 )
 
 from app.auth.refusal import Refusal
+from app.tls import names_host
 
 TIMEOUT_MS = 120_000
 
@@ -36,9 +37,17 @@ class RelyingParty:
     name: str
 
 
-def relying_party(host: str, origin: str, configured: str | None, name: str) -> RelyingParty:
+def relying_party(
+    host: str, origin: str, configured: str | None, name: str, served: frozenset[str] = frozenset()
+) -> RelyingParty:
     """The relying party for a page at `origin` on `host`: the configured RP ID when set (the host
-    must be it or below it), else the host itself. Browsers refuse IP addresses as RP IDs."""
+    must be it or below it, and one of the `served` names of the node's HTTPS certificate),
+    else the host itself. Browsers refuse IP addresses as RP IDs.
+
+    A key bound to a domain answers for any host under it, and the origin its answer must come
+    from is the page's, taken from the request's Host header: without the check against the
+    served names, a relay on a sibling host could pass its own origin as the page's and have a
+    victim's key answer for a login it started with a stolen password."""
     host = host.lower().rstrip(".")
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -51,6 +60,11 @@ def relying_party(host: str, origin: str, configured: str | None, name: str) -> 
     rp_id = configured or host
     if host != rp_id and not host.endswith("." + rp_id):
         raise SecurityKeyError("Security keys work only under %s (WEBAUTHN_RP_ID).", rp_id)
+    if configured and not names_host(served, host):
+        raise SecurityKeyError(
+            "Security keys work only under a name of this node's HTTPS certificate (%s).",
+            ", ".join(sorted(served)) or "-",
+        )
     return RelyingParty(rp_id, origin, name)
 
 

@@ -467,6 +467,7 @@ GERMAN: dict[str, str] = {
     "another switchover is running: {error}": "ein anderer Wechsel läuft: {error}",
     "not run: an earlier step failed": "nicht ausgeführt: ein früherer Schritt ist fehlgeschlagen",
     # app/auth: users, passwords, roles and API tokens.
+    "Security keys work only under a name of this node's HTTPS certificate (%s).": "Sicherheitsschlüssel funktionieren nur unter einem Namen im HTTPS-Zertifikat dieses Knotens (%s).",
     "The current password is wrong, or there were too many attempts: wait a few minutes and try again.": "Das aktuelle Passwort ist falsch, oder es gab zu viele Versuche: Warten Sie einige Minuten und versuchen Sie es erneut.",
     "A username has 2-64 characters: lowercase letters, digits, '.', '_' or '-'.": "Ein Benutzername hat 2 bis 64 Zeichen: Kleinbuchstaben, Ziffern, '.', '_' oder '-'.",
     "The user {name} exists already.": "Den Benutzer {name} gibt es bereits.",

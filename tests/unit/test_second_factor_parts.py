@@ -3,12 +3,20 @@ party a page gets, and the WEBAUTHN_RP_ID setting."""
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+
 import pyotp
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from app.auth import totp
 from app.auth.securitykeys import SecurityKeyError, relying_party
 from app.settings import SettingsError, load_settings
+from app.tls import served_names
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 NOW = 1_800_000_015.0  # step 60_000_000, 15 s into it
@@ -42,11 +50,54 @@ def test_the_relying_party_is_the_host_name_of_the_page() -> None:
     assert (rp.id, rp.origin) == ("relay.example.com", "https://relay.example.com:8443")
 
 
+SERVED = frozenset({"a.relay.example.com", "*.nodes.example.com"})
+
+
 def test_a_configured_relying_party_covers_the_names_below_it_only() -> None:
-    rp = relying_party("a.relay.example.com", "https://a.relay.example.com", "example.com", "n")
+    rp = relying_party(
+        "a.relay.example.com", "https://a.relay.example.com", "example.com", "n", SERVED
+    )
     assert rp.id == "example.com"
     with pytest.raises(SecurityKeyError, match=r"only under example\.com"):
-        relying_party("evil-example.com", "https://evil-example.com", "example.com", "n")
+        relying_party("evil-example.com", "https://evil-example.com", "example.com", "n", SERVED)
+
+
+def test_under_a_configured_relying_party_only_the_names_this_node_serves_are_pages() -> None:
+    """A key bound to example.com answers for evil.example.com too: a relay there must not
+    pass its own origin as the page's by sending its name as the Host header."""
+    rp = relying_party(
+        "b.nodes.example.com", "https://b.nodes.example.com", "example.com", "n", SERVED
+    )
+    assert rp.origin == "https://b.nodes.example.com"
+    for host in ("evil.example.com", "x.b.nodes.example.com", "nodes.example.com"):
+        with pytest.raises(SecurityKeyError, match="name of this node's HTTPS certificate"):
+            relying_party(host, f"https://{host}", "example.com", "n", SERVED)
+
+
+def test_the_served_names_are_read_from_the_certificate(tmp_path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("Relay-A.Example.com"), x509.DNSName("*.nodes.example.com"),
+                 x509.IPAddress(ipaddress.ip_address("198.18.0.10"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    path = tmp_path / "node.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    assert served_names(path) == {"relay-a.example.com", "*.nodes.example.com"}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "198.18.0.100", "[::1]", "::1"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
@@ -15,6 +16,7 @@ from app.auth import mfa
 from app.auth.refusal import Refusal
 from app.auth.securitykeys import RelyingParty, SecurityKeyError, relying_party
 from app.auth.sessions import SessionUser
+from app.tls import served_names
 from app.web.auth import SessionAuth, source_ip
 from app.web.i18n import translator
 from app.web.views import language_of, page
@@ -42,11 +44,17 @@ def _stage(request: Req) -> str | None:
 def _rp(request: Req) -> RelyingParty:
     settings = request.app.state.settings
     url = request.url
+    served: frozenset[str] = frozenset()
+    if settings.webauthn_rp_id:
+        # No readable certificate: no name is served, and keys are refused with the reason.
+        with contextlib.suppress(OSError, ValueError):
+            served = served_names(settings.tls_cert_file or settings.generated_cert_file)
     return relying_party(
         url.hostname or "",
         f"{url.scheme}://{url.netloc}",
         settings.webauthn_rp_id,
         f"mailrelay {settings.node_id}",
+        served,
     )
 
 
