@@ -50,6 +50,8 @@ class AlertSettings:
     # No backup of this node newer than this many hours is an alert (0: no such alert, for a
     # node whose backups are made otherwise).
     backup_hours: float = 36.0
+    # Mail-log lines waiting this many minutes for ingestion are an alert (0: not judged).
+    ingest_minutes: float = 10.0
     # The language of the alert e-mail's text (the webhook's JSON keeps English keys and texts).
     language: str = "en"
 
@@ -500,6 +502,8 @@ def _alerts(r: _Reader) -> AlertSettings:
         spool_percent=r.number("ALERT_SPOOL_PERCENT", 90.0, 1.0, 100.0),
         # The backup timer runs daily: a day and a half without a new one is a missed night.
         backup_hours=r.number("ALERT_BACKUP_HOURS", 36.0, 0.0, 3650 * 24.0),
+        # The follower reads within seconds; ten minutes is a stop, not a busy hour.
+        ingest_minutes=r.number("ALERT_INGEST_MINUTES", 10.0, 0.0, 7 * 24 * 60.0),
         language=r.choice("ALERT_LANGUAGE", "en", ("en", "de")),
     )
 

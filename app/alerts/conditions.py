@@ -33,6 +33,7 @@ TITLES = {
     "spool_full": "Spool disk nearly full",
     "config_drift": "Config versions differ",
     "backup_stale": "No recent backup",
+    "ingest_stalled": "Mail log not read",
 }
 
 
@@ -63,6 +64,9 @@ class Facts:
     # Hours since this node's newest backup (since BACKUP_DIR was made, while it has none);
     # None: BACKUP_DIR cannot be read.
     backup_age_hours: float | None = None
+    # The mail log's bytes that ingestion has not read, and the minutes since it last read any;
+    # None: not known (no cursor yet, the log cannot be looked at).
+    ingest_behind: tuple[int, float] | None = None
 
 
 def _get(status: Any, *path: str) -> Any:
@@ -91,6 +95,7 @@ def evaluate(facts: Facts, limits: AlertSettings) -> list[Finding]:
         _spool(this, limits),
         _config_drift(this),
         _backup(facts, limits),
+        _ingest(facts, limits),
     ]
     return [finding for finding in judged if finding is not None]
 
@@ -110,6 +115,22 @@ def _backup(facts: Facts, limits: AlertSettings) -> Finding | None:
             (f"{age:.0f}",),
         )
     return Finding("backup_stale", False, "a backup of the last %s hours", (f"{age:.0f}",))
+
+
+def _ingest(facts: Facts, limits: AlertSettings) -> Finding | None:
+    if not limits.ingest_minutes or facts.ingest_behind is None:
+        return None
+    unread, minutes = facts.ingest_behind
+    if unread and minutes > limits.ingest_minutes:
+        # Message tracking, the dashboard's figures and the rejection log all come from it.
+        return Finding(
+            "ingest_stalled",
+            True,
+            "%s bytes of the mail log have waited %s minutes for ingestion: "
+            "`journalctl -u mailrelay-ingest-logs` says why",
+            (str(unread), f"{minutes:.0f}"),
+        )
+    return Finding("ingest_stalled", False, "ingestion keeps up with the mail log")
 
 
 def _sync_failing(facts: Facts, this: Status, limits: AlertSettings) -> Finding | None:

@@ -21,7 +21,7 @@ from app import backup
 from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.alerts import conditions, notify, state
 from app.cluster import status
-from app.db.tables import SyncRun
+from app.db.tables import LogCursor, SyncRun
 from app.replication import reconcile
 from app.settings import Settings
 
@@ -69,7 +69,28 @@ async def _facts(settings: Settings, agent: AgentClient, now: dt.datetime) -> co
         oldest_queued_seconds=await _oldest_queued(agent, view["this"], now),
         previous=await state.figures(settings.node_id),
         backup_age_hours=_backup_age_hours(settings, now),
+        ingest_behind=await _ingest_behind(settings, now),
     )
+
+
+async def _ingest_behind(settings: Settings, now: dt.datetime) -> tuple[int, float] | None:
+    """What of the mail log ingestion has not read (a rotated log counts whole), and the
+    minutes since its cursor last moved; an empty log has nothing to read."""
+    path = settings.postfix_log_file
+    rows = await LogCursor.raw(
+        "SELECT inode, position, updated_at FROM log_cursors WHERE source = {}", str(path)
+    )
+    try:
+        log_file = path.stat()
+    except OSError:
+        return None
+    if not rows:
+        return None
+    cursor = rows[0]
+    unread = log_file.st_size
+    if log_file.st_ino == cursor["inode"]:
+        unread = max(0, log_file.st_size - cursor["position"])
+    return unread, max(0.0, (now - cursor["updated_at"]).total_seconds() / 60)
 
 
 def _backup_age_hours(settings: Settings, now: dt.datetime) -> float | None:

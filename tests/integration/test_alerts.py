@@ -38,7 +38,7 @@ from app.agent.client import AgentClient
 from app.alerts import conditions, run
 from app.alerts.state import SEND_LEASE
 from app.auth import tokens
-from app.db.tables import AppliedVersion, Promotion, SyncRun, VrrpEvent
+from app.db.tables import AppliedVersion, LogCursor, Promotion, SyncRun, VrrpEvent
 from app.replication import reconcile
 from app.web.app import create_app
 from tests.clusterpeer import AGENT_STATUS, fake_agent, passive_slave, peer_settings, serve_https
@@ -237,6 +237,7 @@ async def world(settings, sink, hook, tmp_path) -> AsyncIterator[World]:
                     vip_address=None,
                     agent_socket=agent.path,
                     state_dir=tmp_path,
+                    postfix_log_file=tmp_path / "postfix.log",
                     tls_cert_file=cert,
                     tls_key_file=key,
                     alerts=dataclasses.replace(
@@ -268,7 +269,9 @@ async def world(settings, sink, hook, tmp_path) -> AsyncIterator[World]:
                         node_id=node_id, number=2, applied_at=ago(3600), reported_at=ago(1)
                     )
                 )
-            yield World(a, agent, status, queue, tmp_path, sink, hook)
+            world = World(a, agent, status, queue, tmp_path, sink, hook)
+            await _log_read(world, 0)
+            yield world
 
 
 # -- each condition: (key, make it hold, make it stop) ----------------------------------------
@@ -350,6 +353,22 @@ async def _backup_made(w: World, hours_before: float) -> None:
     w.settings = dataclasses.replace(w.settings, backup_dir=folder)
 
 
+async def _log_read(w: World, minutes_ago: float, unread: int = 0) -> None:
+    """The mail log as ingestion left it: read up to `unread` bytes before its end, the last
+    time `minutes_ago` minutes before the runs' time."""
+    log_file = w.settings.postfix_log_file
+    log_file.write_bytes(b"x" * 4000)
+    await LogCursor.raw(
+        "INSERT INTO log_cursors (source, inode, position, updated_at) VALUES ({}, {}, {}, {}) "
+        "ON CONFLICT (source) DO UPDATE SET inode = excluded.inode, "
+        "position = excluded.position, updated_at = excluded.updated_at",
+        str(log_file),
+        log_file.stat().st_ino,
+        4000 - unread,
+        T0 - dt.timedelta(minutes=minutes_ago),
+    )
+
+
 Step = Callable[[World], Awaitable[None]]
 
 
@@ -379,6 +398,7 @@ CASES: dict[str, tuple[Step, Step]] = {
     "spool_full": (lambda w: _spool(w, 1.0), lambda w: _spool(w, 100.0)),
     "config_drift": (lambda w: _b_runs(w, 1), lambda w: _b_runs(w, 2)),
     "backup_stale": (lambda w: _backup_made(w, 48), lambda w: _backup_made(w, 2)),
+    "ingest_stalled": (lambda w: _log_read(w, 30, unread=700), lambda w: _log_read(w, 0)),
 }
 
 

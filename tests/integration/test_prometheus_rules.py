@@ -47,7 +47,7 @@ def _rules() -> list[dict]:
 
 
 def test_promtool_accepts_the_rules():
-    assert "SUCCESS: 14 rules found" in promtool("check", "rules", str(RULES))
+    assert "SUCCESS: 15 rules found" in promtool("check", "rules", str(RULES))
 
 
 def test_the_rules_pass_their_unit_tests():

@@ -34,7 +34,12 @@ CALM: dict[str, Any] = {
 
 
 def judge(view: dict[str, Any] | None = None, **facts: Any) -> dict[str, Finding]:
-    given = {"sync_outcomes": ["ok"], "oldest_queued_seconds": 10.0, "backup_age_hours": 5.0}
+    given = {
+        "sync_outcomes": ["ok"],
+        "oldest_queued_seconds": 10.0,
+        "backup_age_hours": 5.0,
+        "ingest_behind": (0, 0.5),
+    }
     given |= facts
     found = evaluate(Facts(view=view or CALM, now=NOW, **given), LIMITS)
     return {f.key: f for f in found}
@@ -159,6 +164,7 @@ def test_every_text_a_condition_can_say_is_translated():
             oldest_queued_seconds=9e9,
             previous={"unprotected_mail": 1.0},
             backup_age_hours=40.0,
+            ingest_behind=(1, 99.0),
         ).values()
     }
     texts |= {f.text for f in judge(previous={"unprotected_mail": 5.0}).values()}
@@ -167,5 +173,15 @@ def test_every_text_a_condition_can_say_is_translated():
     texts |= {judge(changed(vip_owners=["a", "b"]))["both_master"].text}
     texts |= {judge(changed(this__queue__messages=0))["queue_age"].text}
     texts |= {judge(changed(this__vrrp__promotion={"error": "x"}))["takeover_failed"].text}
-    assert len(texts) == 24  # every text in app/alerts/conditions.py
+    assert len(texts) == 26  # every text in app/alerts/conditions.py
     assert sorted(t for t in texts | set(TITLES.values()) if t not in GERMAN) == []
+
+
+def test_a_mail_log_not_read_for_longer_than_the_limit_is_an_alert():
+    stalled = judge(ingest_behind=(700, 11.0))["ingest_stalled"]
+    assert stalled.active and stalled.values == ("700", "11")
+    # A quiet relay writes nothing: an old cursor with nothing unread is no stop.
+    assert judge(ingest_behind=(0, 600.0))["ingest_stalled"].active is False
+    # Lines read a minute ago: ingestion is behind, not stopped.
+    assert judge(ingest_behind=(50_000, 1.0))["ingest_stalled"].active is False
+    assert "ingest_stalled" not in judge(ingest_behind=None)
