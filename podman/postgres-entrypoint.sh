@@ -33,8 +33,11 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     initdb -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
         --auth-local=peer --auth-host=scram-sha-256 >/dev/null
     pg_ctl -D "$PGDATA" -w -s -o "-c listen_addresses='' -k /run/postgresql" start
+    # The password never goes on a command line (any user sees those in ps): psql reads the
+    # file itself, and :'password' quotes it as a literal.
     psql -v ON_ERROR_STOP=1 -q -h /run/postgresql -U postgres -d postgres \
-        -v user="$POSTGRES_USER" -v db="$POSTGRES_DB" -v password="$password" <<'SQL'
+        -v user="$POSTGRES_USER" -v db="$POSTGRES_DB" -v file="$file" <<'SQL'
+\set password `cat :'file'`
 CREATE ROLE :"user" LOGIN PASSWORD :'password';
 CREATE DATABASE :"db" OWNER :"user" ENCODING 'UTF8' TEMPLATE template0;
 SQL
