@@ -3,20 +3,13 @@ party a page gets, and the WEBAUTHN_RP_ID setting."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
-
 import pyotp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from app.auth import totp
 from app.auth.securitykeys import SecurityKeyError, relying_party
 from app.settings import SettingsError, load_settings
-from app.tls import served_names
+from app.tls import ensure_certificate, served_names
 
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 NOW = 1_800_000_015.0  # step 60_000_000, 15 s into it
@@ -75,29 +68,19 @@ def test_under_a_configured_relying_party_only_the_names_this_node_serves_are_pa
 
 
 def test_the_served_names_are_read_from_the_certificate(tmp_path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("Relay-A.Example.com"), x509.DNSName("*.nodes.example.com"),
-                 x509.IPAddress(ipaddress.ip_address("198.18.0.10"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    path = tmp_path / "node.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    assert served_names(path) == {"relay-a.example.com", "*.nodes.example.com"}
+    """The node's generated certificate names its host (and localhost); its addresses are not
+    names a key could be bound to."""
+    settings = load_settings(
+        env={
+            "DATABASE_URL": "postgresql:///x",
+            "STATE_DIR": str(tmp_path),
+            "NODE_HOSTNAME": "Relay-A.Example.com",
+            "NODE_IP": "198.18.0.10",
+        }
+    )
+    cert, _key, made = ensure_certificate(settings)
+    assert made
+    assert served_names(cert) == {"relay-a.example.com", "localhost"}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "198.18.0.100", "[::1]", "::1"])
