@@ -163,15 +163,24 @@ class PostfixHost:
             self._namespace()
             self._configure()
             self._daemons()
-            self.exec("postfix", "start")
-            self._wait(
-                lambda: self.exec("postfix", "status", check=False).returncode == 0,
-                "postfix to start",
-            )
+            self.start_postfix()
         except Exception:
             self.stop()
             raise
         return self
+
+    def start_postfix(self) -> None:
+        self.exec("postfix", "start")
+        self._wait(
+            lambda: self.exec("postfix", "status", check=False).returncode == 0,
+            "postfix to start",
+        )
+
+    def restart_postfix(self) -> None:
+        """A new master process: the services it throttled (daemons that died at their start)
+        start afresh."""
+        self.exec("postfix", "stop")
+        self.start_postfix()
 
     def _network(self) -> None:
         _run(["ip", "netns", "del", self.ns])
