@@ -394,24 +394,34 @@ def cmd_backup(args: argparse.Namespace) -> None:
     from app import backup
 
     settings = _settings()
+    stopped = asyncio.Event()
 
     async def work() -> backup.BackupResult:
         # systemd stops a run that outlives TimeoutStartSec with SIGTERM to the unit's whole
         # control group (pg_dump too): the run is cancelled, so that its partial dump goes
-        # with it rather than stay on the disk.
+        # with it rather than stay on the disk (Python's default for SIGTERM ends the
+        # process at once).
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+        def stop() -> None:
+            stopped.set()
+            task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
         try:
             return await backup.run_once(settings)
         except backup.BackupError as exc:
             raise UserFacingError(f"backup failed: {exc}") from None
-        except asyncio.CancelledError:
-            raise UserFacingError(
-                "backup stopped (SIGTERM); its partial dump was removed"
-            ) from None
 
-    _run_db(work)
+    try:
+        _run_db(work)
+    except (asyncio.CancelledError, UserFacingError):
+        # The cancellation may land after the dump's own end (pg_dump got the SIGTERM too, and
+        # its thread returned first): wherever it lands, the run was stopped.
+        if stopped.is_set():
+            raise UserFacingError("backup stopped (SIGTERM); its partial dump is removed") from None
+        raise
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
