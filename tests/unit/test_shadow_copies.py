@@ -617,19 +617,26 @@ def test_the_unprotected_count_is_written_at_once_then_at_most_once_a_second(tmp
     counters.unprotected("the peer is down")
     assert read_counters(path)["unprotected_total"] == 1
     writes = []
-    real_replace = os.replace
+    synced: list[int] = []
+    real_replace, real_fsync = os.replace, os.fsync
 
     def counting_replace(src: Any, dst: Any) -> None:
         writes.append(read_counters(Path(src))["unprotected_total"])
         real_replace(src, dst)
 
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "replace", counting_replace)
+        patch.setattr(os, "fsync", counting_fsync)
         for _ in range(500):
             counters.unprotected("the peer is down")
             assert read_counters(path)["unprotected_total"] >= 1
         time.sleep(FLUSH_SECONDS + 0.5)
     assert writes == [501]  # one write for the burst, with all of it
+    assert len(synced) == 2  # the new file before its rename, the directory after it
     assert read_counters(path)["unprotected_total"] == 501
     assert Counters(path).data["unprotected_total"] == 501  # a restart counts on from there
 
