@@ -15,14 +15,19 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     fsync_directory(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (one call may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_directory(path: Path) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from app.agent import queuefile
 from app.agent.protocol import ImportAnswer, Refusal
+from app.durable import write_all
 
 log = logging.getLogger("mailrelay.agent.replica")
 
@@ -331,9 +332,7 @@ def _write_held(
         os.unlink(tmp, dir_fd=hold)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=hold)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fchown(fd, owner.pw_uid, owner.pw_gid)
         os.fchmod(fd, 0o700)
         # A deferred file's mtime is its next retry time.

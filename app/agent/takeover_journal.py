@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from app.agent.replica import QUEUE_NAME
-from app.durable import replace_file
+from app.durable import replace_file, write_all
 
 KEY = re.compile(r"[0-9A-Za-z:.+-]{1,64}")
 KINDS = ("replica", "shadow")
@@ -59,7 +59,7 @@ class TakeoverJournal:
             return
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            _write_all(fd, f"{kind} {' '.join(ids)}\n".encode())
+            write_all(fd, f"{kind} {' '.join(ids)}\n".encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -80,9 +80,3 @@ def _complete_lines(path: Path) -> list[str]:
         data = journal.read()
     complete, _, _cut_short = data.rpartition(b"\n")
     return complete.decode("ascii", errors="replace").split("\n") if complete else []
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
