@@ -22,8 +22,8 @@ from app.db.tables import Promotion, QueueImport, VrrpEvent
 
 log = logging.getLogger("mailrelay.promotion")
 _RETRY_SECONDS = DATABASE_RETRY_SECONDS
-# How long a takeover may take before it is written as failed: as long as the returning peer
-# waits for it (app/replication/reconcile.py, IMPORT_WAIT_SECONDS). The agent's client gives up
+# How long a takeover may take before it is written as failed; the returning peer waits as long
+# for it (app/replication/reconcile.py, IMPORT_WAIT_SECONDS). The agent's client gives up
 # reading after its timeout, not the agent: it is asked again, and that try, behind the first
 # (the agent runs one verb at a time), answers with all the first one took as `earlier`.
 TAKEOVER_WAIT_SECONDS = 900.0

@@ -29,14 +29,16 @@ from app.agent.client import AgentClient, AgentRefused, AgentUnavailable
 from app.cluster import locks, status
 from app.cluster.peer import PeerApi, PeerError, json_object, peer_request
 from app.messages import Message, message_of
+from app.replication import promotion
 from app.settings import Settings
 
 log = logging.getLogger("mailrelay.reconcile")
 # How long a node that left MASTER waits for the peer to become MASTER, and then for a MASTER
 # peer to finish importing its replica (87 s for 100,000 messages in the lab: scripts/bench
-# sync). Until then the peer's list of what it took over is short.
+# sync): as long as the peer's promotion may take before it writes it as failed. Until then the
+# peer's list of what it took over is short.
 LEAVE_WAIT_SECONDS = 60.0
-IMPORT_WAIT_SECONDS = 900.0
+IMPORT_WAIT_SECONDS = promotion.TAKEOVER_WAIT_SECONDS
 LEAVE_POLL_SECONDS = 1.0
 # How long a reconcile asks again a peer that is still writing what it took over: less than the
 # boot reconcile unit's 120 s start timeout. The queue here is held all along.
