@@ -39,15 +39,17 @@ from typing import Any
 from app.agent import snapshot
 from app.agent.protocol import SyncAnswer
 from app.messages import Message, encoded, message_of
+from app.replication import sync_mark
 from app.settings import SyncSettings
 
 QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
 FREEZE_MODES = ("freeze", "stop", "none")
-# The time (this node's clock) just before the last held pass began, shipped with every copy
-# to the peer's replica: the peer's shadow receiver drops the shadows older than that, which
-# the replica now holds (or which left the queue). Shipped in the same rsync as the queue, it
-# is put in place with the rest (--delay-updates) and only by a copy that completed.
-SHADOW_MARKER = Path("/var/lib/mailrelay-agent/shadow-prune-before")
+# The mark of the last held pass (app/replication/sync_mark.py: the moment before Postfix was
+# held, and the queue files not committed then), shipped with every copy to the peer's
+# replica: the peer's shadow receiver drops the shadows it covers, which the replica now holds
+# (or which left the queue). Shipped in the same rsync as the queue, it is put in place with
+# the rest (--delay-updates) and only by a copy that completed.
+SHADOW_MARKER = Path("/var/lib/mailrelay-agent") / sync_mark.NAME
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 # How long the kernel may take to freeze Postfix's cgroup: a task in an uninterruptible wait
 # (a hung disk) delays it. Not frozen by then, the run copies nothing.
@@ -406,14 +408,6 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
     return report
 
 
-def _write_marker(marker: Path, when: float) -> None:
-    """The held pass's start, for the peer's shadow pruning (see SHADOW_MARKER)."""
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".{marker.name}.tmp")
-    tmp.write_text(f"{when:.3f}\n")
-    os.replace(tmp, marker)
-
-
 def _held(
     config: SyncConfig,
     freezer: Freezer,
@@ -423,7 +417,6 @@ def _held(
 ) -> Stats:
     """Run `copy` with Postfix frozen (or stopped); the thaw follows whatever happens, and a
     watchdog thaws even if this thread hangs."""
-    _write_marker(config.marker, time.time())
     freezer.freeze()
     thawed_early = threading.Event()
 
@@ -452,10 +445,20 @@ def _held(
 
 
 def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport) -> Stats:
-    """freeze mode: a local copy while Postfix runs (the bulk, by rsync), a catch-up with what
-    Postfix moved meanwhile, then under the freeze only what moved during the catch-up
-    (app.agent.snapshot: one walk of the queue, no network and no peer in the frozen window),
-    then that consistent snapshot is shipped to the peer after the thaw."""
+    """freeze mode: take_snapshot, then ship that consistent snapshot (and its mark) to the
+    peer after the thaw."""
+    take_snapshot(config, freezer, report)
+    assert config.staging is not None
+    stats = _rsync(config, config.staging, config.timeout)
+    report.passes.append("ship")
+    return stats
+
+
+def take_snapshot(config: SyncConfig, freezer: Freezer, report: SyncReport) -> None:
+    """A local copy while Postfix runs (the bulk, by rsync), a catch-up with what Postfix
+    moved meanwhile, then under the freeze only what moved during the catch-up
+    (app.agent.snapshot: one walk of the queue, no network and no peer in the frozen window);
+    and the snapshot's mark for the peer's shadow receiver."""
     staging = config.staging
     assert staging is not None
     staging.mkdir(mode=0o700, exist_ok=True)
@@ -464,16 +467,17 @@ def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport)
     report.passes.append("bulk-local")
     caught_up = snapshot.update(config.spool, staging, before, QUEUE_PARTS)
     report.passes.append("catch-up-local")
+    frozen: list[snapshot.Pass] = []
 
     def frozen_pass() -> Stats:
-        done = snapshot.update(config.spool, staging, caught_up.seen, QUEUE_PARTS)
-        return done.files, done.bytes
+        frozen.append(snapshot.update(config.spool, staging, caught_up.seen, QUEUE_PARTS))
+        return frozen[0].files, frozen[0].bytes
 
+    began = sync_mark.Moment.now()
     _held(config, freezer, report, config.frozen_timeout, frozen_pass)
     report.passes.append("frozen-local")
-    stats = _rsync(config, staging, config.timeout)
-    report.passes.append("ship")
-    return stats
+    # From the frozen walk: what cleanup had not committed while Postfix stood still.
+    sync_mark.write(config.marker, sync_mark.SyncMark(began, snapshot.uncommitted(frozen[0].seen)))
 
 
 def _copy_while_held(config: SyncConfig, freezer: Freezer, report: SyncReport) -> Stats:
@@ -484,7 +488,15 @@ def _copy_while_held(config: SyncConfig, freezer: Freezer, report: SyncReport) -
         _rsync(config, config.spool, config.timeout, delete=False)
         report.passes.append("bulk")
     timeout = config.frozen_timeout if held else config.timeout
-    stats = _held(config, freezer, report, timeout, lambda: _rsync(config, config.spool, timeout))
+    began = sync_mark.Moment.now()
+
+    def held_copy() -> Stats:
+        # Listed before the copy: a file committed after this is either in the copy or here.
+        pending = snapshot.uncommitted(snapshot.record(config.spool, ("incoming",)))
+        sync_mark.write(config.marker, sync_mark.SyncMark(began, pending))
+        return _rsync(config, config.spool, timeout)
+
+    stats = _held(config, freezer, report, timeout, held_copy)
     report.passes.append("held" if held else "live")
     return stats
 

@@ -24,7 +24,7 @@ from app.agent.callers import Caller
 from app.agent.postfix import QUEUE_ID_RE, AgentError, PostfixTools
 from app.agent.takeover_journal import JournalError, TakeoverJournal
 from app.messages import Message, encoded, message_of
-from app.replication import shadow_import, shadow_receiver
+from app.replication import shadow_import, sync_mark
 from app.settings import AgentSettings
 
 log = logging.getLogger("mailrelay.agent")
@@ -163,9 +163,8 @@ class Agent:
         except JournalError as exc:
             raise AgentError(message_of(exc)) from None
         allowed = replica.allowed_domains(self.tools.maps_root / "live" / "sender_access")
-        cutoff = shadow_receiver.prune_cutoff(
-            self.tools.replica / shadow_receiver.MARKER_NAME,
-            self.settings.shadow_timeout_ms / 1000,
+        coverage = sync_mark.read(
+            self.tools.replica / sync_mark.NAME, self.settings.shadow_timeout_ms / 1000
         )
         try:
             limits = replica.Limits.of(
@@ -188,7 +187,7 @@ class Agent:
             self.tools.shadow_store,
             # A replica file an earlier try took is gone from the replica, not from the store.
             report.covered | journal.taken["replica"] | journal.taken["shadow"],
-            cutoff,
+            coverage,
             allowed,
             limits.max_file_bytes,
             write_down=lambda ids: journal.took("shadow", ids),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,16 @@ def record(spool: Path, parts: Iterable[str]) -> Record:
         with contextlib.suppress(FileNotFoundError):
             found.files[name] = _signature(entry.stat(follow_symlinks=False))
     return found
+
+
+def uncommitted(found: Record) -> frozenset[str]:
+    """The queue IDs of the files in incoming/ that cleanup has not committed yet: mode 0600,
+    set to 0700 once the file is complete and fsync'ed (../shared notes: postfix-ha.md)."""
+    return frozenset(
+        name.rpartition("/")[2]
+        for name, signature in found.files.items()
+        if name.startswith("incoming/") and not signature[4] & stat.S_IXUSR
+    )
 
 
 def _copy(spool: Path, snapshot: Path, name: str, st: os.stat_result, scratch: Path) -> None:

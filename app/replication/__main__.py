@@ -14,7 +14,7 @@ import sys
 
 from app import logsetup
 from app.cluster.peer import parse_fingerprint
-from app.replication import shadow_receiver
+from app.replication import shadow_receiver, sync_mark
 from app.replication.shadow_client import ShadowClient
 from app.replication.shadow_store import ShadowStore
 from app.settings import Settings, SettingsError, load_settings
@@ -33,7 +33,7 @@ def receiver(settings: Settings) -> None:
         store,
         settings.shadow_token,
         min(MAX_MESSAGE_BYTES, settings.shadow_store_max_bytes),
-        settings.replica_dir / shadow_receiver.MARKER_NAME,
+        settings.replica_dir / sync_mark.NAME,
         settings.shadow_timeout_ms / 1000,
     )
     context = shadow_receiver.server_context(cert, key)

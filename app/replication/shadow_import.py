@@ -4,13 +4,14 @@ treating the shadow store as untrusted input (the peer decided what is in it).
 Only regular segment files directly in the store are read (app/replication/shadow_store.py),
 opened without following links, with one link and owned by the store's owner; each message
 within the size cap, each envelope must parse and its sender be in a sender domain of the live
-sender_access map. A shadow older than the last sync's cutoff, or whose queue ID is in the
-replica, is covered by it and dropped; so is a second copy of a queue ID. Each other one is
-handed to `sendmail -G -i -f SENDER -- RECIPIENTS` (a gateway submission: the headers stay as
-the client sent them; pickup gives it a new queue ID), with the client's DSN and body requests
-(`submissions`), INJECT_AT_ONCE at a time. A segment goes once every shadow in it was injected
-or covered; one with anything refused is renamed `refused-<name>` and kept for the operator,
-never read again (its accepted shadows are in the queue already).
+sender_access map. A shadow the last sync's mark covers (app/replication/sync_mark.py), or
+whose queue ID is in the replica, is covered by it and dropped; so is a second copy of a queue
+ID. Each other one is handed to `sendmail -G -i -f SENDER -- RECIPIENTS` (a gateway
+submission: the headers stay as the client sent them; pickup gives it a new queue ID), with the
+client's DSN and body requests (`submissions`), INJECT_AT_ONCE at a time. A segment goes once
+every shadow in it was injected or covered; one with anything refused is renamed
+`refused-<name>` and kept for the operator, never read again (its accepted shadows are in the
+queue already).
 
 A segment the receiver still appends to is read to its end as it is then: a shadow stored after
 that is of mail the old active node still had when this one took over, which that node keeps
@@ -39,6 +40,7 @@ from app.replication.shadow_store import (
     is_segment,
     records,
 )
+from app.replication.sync_mark import Coverage
 
 log = logging.getLogger("mailrelay.shadow.import")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -106,7 +108,7 @@ INJECT_AT_ONCE = 8
 @dataclass
 class _Import:
     covered: set[str]
-    cutoff: float | None
+    coverage: Coverage | None
     allowed: frozenset[str]
     max_file_bytes: int
     inject: Inject
@@ -119,19 +121,19 @@ class _Import:
 def import_shadows(
     store: Path,
     covered: set[str],
-    cutoff: float | None,
+    coverage: Coverage | None,
     allowed: frozenset[str],
     max_file_bytes: int,
     inject: Inject = sendmail,
     write_down: Callable[[list[str]], object] = lambda ids: None,
 ) -> Report:
     """`covered`: the queue IDs whose messages are in the queue already (the replica's import
-    took them, or an earlier try of this import injected their shadows); `cutoff`: the time
-    before which the last sync covers every shadow (None: no sync is known); `write_down(ids)`
+    took them, or an earlier try of this import injected their shadows); `coverage`: what the
+    last sync's mark covers (None: no sync is known); `write_down(ids)`
     records durably what a segment injected, before the segment goes. A failed injection ends
     the import: the report then says why, and lists what was injected before."""
     with ThreadPoolExecutor(INJECT_AT_ONCE, thread_name_prefix="inject") as pool:
-        work = _Import(covered, cutoff, allowed, max_file_bytes, inject, write_down, pool)
+        work = _Import(covered, coverage, allowed, max_file_bytes, inject, write_down, pool)
         return _import(store, work)
 
 
@@ -242,7 +244,7 @@ def _one(record: Record, where: str, work: _Import) -> tuple[Envelope, bytes] | 
         work.report.refuse(where, record.problem)
         return False
     queue_id = envelope.queue_id
-    if work.cutoff is not None and envelope.time < work.cutoff:
+    if work.coverage is not None and work.coverage.covers(queue_id, envelope.moment):
         return True
     if queue_id in work.covered or queue_id in work.done:
         return True

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import socket
-import time
 from email.utils import formatdate
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from app.replication.milter_protocol import Message, MilterConnection
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
 from app.replication.shadow_counters import Counters
 from app.replication.shadow_store import Envelope, Requests, ShadowFormatError
+from app.replication.sync_mark import Moment
 
 log = logging.getLogger("mailrelay.shadow.milter")
 
@@ -44,18 +44,21 @@ class Shadowing:
         if self.mode == "off":
             return None
         queue_id = message.macro("i")
-        accepted_at = time.time()
+        # Before the copy: a sync mark compares it with the moment before Postfix was held
+        # (app/replication/sync_mark.py), on the monotonic clock that no time step moves.
+        ended = Moment.now()
         # From a macro, not the connect event: that would be one more packet per connection
         # (main.cf.fragment: the macro lists).
         envelope = Envelope(
             queue_id, message.sender, message.recipients, message.macro("client_addr"),
-            accepted_at, Requests.from_esmtp(message.mail_params, message.recipient_params),
+            ended.wall, Requests.from_esmtp(message.mail_params, message.recipient_params),
+            ended.boot, ended.mono,
         )  # fmt: skip
         try:
             envelope = Envelope.from_dict(envelope.as_dict())
             if self.client is None:
                 raise ShadowUnavailable("no peer is configured (PEER_NODE_IP, SHADOW_TOKEN)")
-            await self.client.send(envelope, first_hop(message, accepted_at) + message.content())
+            await self.client.send(envelope, first_hop(message, ended.wall) + message.content())
         except ShadowFormatError as exc:
             problem = f"cannot copy this message: {exc}"
         except ShadowUnavailable as exc:

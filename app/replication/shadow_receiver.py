@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from app.replication import sync_mark
 from app.replication.shadow_store import (
     Envelope,
     ShadowFormatError,
@@ -43,15 +44,6 @@ IDLE_TIMEOUT = 300.0
 # Each connection has its own thread: this many at once, more are closed at once.
 MAX_CONNECTIONS = 256
 MAX_HEADER = 1024 * 1024
-# A sync's marker in the replica: the snapshot's time (the peer's clock), see
-# app/agent/queuesync.py.
-MARKER_NAME = "shadow-prune-before"
-# Between a shadow's end-of-data time and its queue file's commit on the peer lie the copy
-# (at most SHADOW_TIMEOUT_MS) and cleanup's own fsync: shadows younger than the snapshot by
-# less than SHADOW_TIMEOUT_MS plus this may not be in it yet, and are kept until the next
-# sync. Kept shadows of mail the peer has delivered meanwhile are what a takeover delivers
-# twice, so the margin stays short (it was 10 s).
-PRUNE_SLACK_SECONDS = 1.0
 
 
 class _Refused(Exception):
@@ -150,15 +142,15 @@ class Receiver:
         return b"OK\n"
 
     def prune_once(self) -> int:
-        """Drop the shadows the last successful sync covers (its marker in the replica)."""
+        """Drop the shadows the last successful sync covers (its mark in the replica)."""
         if self.marker is None:
             return 0
-        cutoff = prune_cutoff(self.marker, self.copy_timeout)
-        if cutoff is None:
+        coverage = sync_mark.read(self.marker, self.copy_timeout)
+        if coverage is None:
             self.store.close_old(time.monotonic())
             return 0
         marker = self.marker
-        dropped = self.store.prune(cutoff, lambda: sync_filesystem(marker))
+        dropped = self.store.prune(coverage, lambda: sync_filesystem(marker))
         if dropped:
             log.debug("pruned %d shadows the peer's last sync covers", dropped)
         return dropped
@@ -170,16 +162,6 @@ class Receiver:
             except OSError as exc:
                 log.error("pruning the shadow store failed: %s", exc)
             time.sleep(interval)
-
-
-def prune_cutoff(marker: Path, copy_timeout: float) -> float | None:
-    """The time before which the last successful sync covers every shadow: its snapshot time
-    (the marker it leaves in the replica) less the copy's timeout and PRUNE_SLACK_SECONDS;
-    None without a readable marker."""
-    try:
-        return float(marker.read_text().strip()) - copy_timeout - PRUNE_SLACK_SECONDS
-    except (OSError, ValueError):
-        return None
 
 
 class _Deadline:

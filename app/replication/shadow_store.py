@@ -9,11 +9,11 @@ a record in it is acknowledged: once `put` returns, a power cut keeps the messag
 One file per message cost the receiver about 0.8 ms of CPU per message, mostly in the kernel
 (create, fsync, rename and the directory's fsync), against about 0.07 ms for an append to a
 segment (measured, README). A segment is closed after SEGMENT_SECONDS or SEGMENT_BYTES and
-dropped whole once every record in it is older than the last sync's snapshot; the promotion
-import skips the older records of a segment that is still there (`prune_cutoff`).
+dropped whole once the last sync's snapshot covers every record in it; the promotion import
+skips the covered records of a segment that is still there (app/replication/sync_mark.py).
 
-The envelope time is the peer's clock at end-of-data, the clock of the snapshot time that a
-sync's marker carries.
+An envelope carries the moment of end-of-data on the peer's clocks (wall and monotonic), the
+clocks of the snapshot's moment that a sync's mark carries.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.durable import fsync_directory
+from app.replication.sync_mark import BOOT_ID, QUEUE_ID, Coverage, Moment
 
-QUEUE_ID = re.compile(r"[0-9A-Za-z]{6,32}")
 SEGMENT_NAME = re.compile(r"segment-[0-9]{20}-[0-9a-f]{8}")
 # A segment the promotion import refused something in: kept for the operator, never read again.
 REFUSED_PREFIX = "refused-"
@@ -135,11 +135,19 @@ class Envelope:
     sender: str
     recipients: list[str]
     client_address: str
-    time: float
+    time: float  # end-of-data, the peer's wall clock
     requests: Requests = NO_REQUESTS
+    # The same moment on the peer's monotonic clock, and the boot it counts from ("" and None
+    # in a shadow of an earlier release).
+    boot: str = ""
+    mono: float | None = None
+
+    @property
+    def moment(self) -> Moment:
+        return Moment(self.time, self.boot, self.mono)
 
     def as_dict(self) -> dict[str, Any]:
-        envelope = {
+        envelope: dict[str, Any] = {
             "queue_id": self.queue_id,
             "sender": self.sender,
             "recipients": self.recipients,
@@ -148,6 +156,8 @@ class Envelope:
         }
         if self.requests != NO_REQUESTS:
             envelope["requests"] = self.requests.as_dict()
+        if self.boot:
+            envelope |= {"boot": self.boot, "mono": self.mono}
         return envelope
 
     @classmethod
@@ -168,16 +178,29 @@ class Envelope:
             raise ShadowFormatError("the recipients are not a list of addresses")
         if not isinstance(client, str) or not isinstance(when, int | float):
             raise ShadowFormatError("the client address or time is malformed")
-        try:
-            moment = float(when)  # an integer of 400 digits is no float
-        except OverflowError:
-            moment = math.inf
-        if not math.isfinite(moment):
-            raise ShadowFormatError("the time is not a finite number")
+        wall = _finite(when)
+        boot, mono = raw.get("boot", ""), None
+        if boot != "":
+            if not isinstance(boot, str) or not BOOT_ID.fullmatch(boot):
+                raise ShadowFormatError("the boot ID is not one the kernel gives")
+            raw_mono = raw.get("mono")
+            if not isinstance(raw_mono, int | float):
+                raise ShadowFormatError("the monotonic time is malformed")
+            mono = _finite(raw_mono)
         # None written: the client asked none (or the shadow is of an earlier release).
         given = raw.get("requests")
         requests = NO_REQUESTS if given is None else Requests.from_dict(given, len(rcpts))
-        return cls(queue_id, sender, list(rcpts), client, moment, requests)
+        return cls(queue_id, sender, list(rcpts), client, wall, requests, boot, mono)
+
+
+def _finite(when: int | float) -> float:
+    try:
+        moment = float(when)  # an integer of 400 digits is no float
+    except OverflowError:
+        moment = math.inf
+    if not math.isfinite(moment):
+        raise ShadowFormatError("the time is not a finite number")
+    return moment
 
 
 def encode(envelope: Envelope, message: bytes) -> bytes:
@@ -253,21 +276,46 @@ def stored(root: Path) -> tuple[int, int]:
                 continue  # dropped meanwhile, or not a file to follow
             try:
                 size += os.fstat(fd).st_size
-                count += _summary(fd)[0]
+                count += _summary(fd).count
             finally:
                 os.close(fd)
     return count, size
 
 
-def _summary(fd: int) -> tuple[int, float]:
-    """How many shadows an open segment holds and the newest envelope time among them, from
-    the records' headers and envelopes (the messages are not read)."""
-    count, newest = 0, 0.0
+@dataclass
+class _Summary:
+    """The shadows of a segment as far as pruning needs them: how many, their queue IDs, and
+    per boot of the peer the newest end-of-data on each of its clocks."""
+
+    count: int = 0
+    ids: set[str] = field(default_factory=set)
+    newest: dict[str, Moment] = field(default_factory=dict)
+
+    def add(self, envelope: Envelope) -> None:
+        self.count += 1
+        self.ids.add(envelope.queue_id)
+        seen = self.newest.get(envelope.boot)
+        if seen is None:
+            self.newest[envelope.boot] = envelope.moment
+        elif seen.mono is None or envelope.mono is None:
+            # The shadows of a boot all have a monotonic time; those of none ("") have none.
+            self.newest[envelope.boot] = Moment(max(seen.wall, envelope.time), envelope.boot)
+        else:
+            wall, mono = max(seen.wall, envelope.time), max(seen.mono, envelope.mono)
+            self.newest[envelope.boot] = Moment(wall, envelope.boot, mono)
+
+    def covered_by(self, coverage: Coverage) -> bool:
+        return coverage.covers_all(self.ids, self.newest.values())
+
+
+def _summary(fd: int) -> _Summary:
+    """The summary of an open segment, from the records' headers and envelopes (the messages
+    are not read)."""
+    summary = _Summary()
     for record in records(fd, 1 << 62, False):
         if record.envelope:
-            count += 1
-            newest = max(newest, record.envelope.time)
-    return count, newest
+            summary.add(record.envelope)
+    return summary
 
 
 def sync_filesystem(path: Path) -> None:
@@ -294,8 +342,7 @@ class _Segment:
     fd: int | None  # open until closed under sync_lock
     opened: float  # time.monotonic()
     size: int = 0
-    count: int = 0
-    newest: float = 0.0  # the newest envelope time in it
+    shadows: _Summary = field(default_factory=_Summary)
     taking: bool = False  # new records go to it
     dirty: bool = False  # written since its last fdatasync
 
@@ -349,7 +396,7 @@ class ShadowStore:
         fd = os.open(self.root / name, READ_FLAGS)
         try:
             segment.size = os.fstat(fd).st_size
-            segment.count, segment.newest = _summary(fd)
+            segment.shadows = _summary(fd)
         finally:
             os.close(fd)
         return segment
@@ -406,8 +453,7 @@ class ShadowStore:
             if written != len(data):
                 current.taking = False
                 raise OSError(f"short write to shadow segment {current.name}")
-            current.count += 1
-            current.newest = max(current.newest, envelope.time)
+            current.shadows.add(envelope)
             current.dirty = True
             self.written += 1
             mine = self.written
@@ -486,13 +532,13 @@ class ShadowStore:
                 segment.fd = None
                 segment.taking = False
 
-    def prune(self, before: float, first: Callable[[], None] = lambda: None) -> int:
-        """Drop every closed segment whose records are all older than `before` (one that is
-        old is closed first); how many shadows went. `first` runs before anything is dropped,
-        and nothing is when it raises."""
+    def prune(self, coverage: Coverage, first: Callable[[], None] = lambda: None) -> int:
+        """Drop every closed segment whose records the last sync covers all (one that is old
+        is closed first); how many shadows went. `first` runs before anything is dropped, and
+        nothing is when it raises."""
         self.close_old(time.monotonic())
         with self.lock:
-            gone = [s for s in self.segments if s.fd is None and s.newest < before]
+            gone = [s for s in self.segments if s.fd is None and s.shadows.covered_by(coverage)]
         if not gone:
             return 0
         first()
@@ -504,8 +550,8 @@ class ShadowStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / segment.name)
         fsync_directory(self.root)
-        return sum(s.count for s in gone)
+        return sum(s.shadows.count for s in gone)
 
     def count(self) -> int:
         with self.lock:
-            return sum(s.count for s in self.segments)
+            return sum(s.shadows.count for s in self.segments)

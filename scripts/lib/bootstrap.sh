@@ -49,6 +49,9 @@ BOOTSTRAP_APT_PACKAGES=(
     # promtool: the tests check and unit-test scripts/prometheus/mailrelay-rules.yml.
     # (The package's own Prometheus server is not started: no systemd here.)
     prometheus
+    # A disk that stalls Postfix's commit of a queue file, made by delaying that system
+    # call (tests/integration/test_shadow_postfix.py).
+    strace
 )
 
 BOOTSTRAP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

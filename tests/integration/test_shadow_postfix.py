@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from app.agent import queuesync
+from app.replication import sync_mark
 from app.replication.shadow_store import Envelope, encode, is_segment, records
 from tests import postfixhost
 from tests.integration.test_replica_import import deferred_files, to_replica
@@ -415,3 +417,77 @@ async def test_a_restarted_agent_queues_nothing_again_that_a_failed_try_took(rel
     assert delivered == sorted(
         [f"<app@{ALLOWED}>", *(f"<{q}@again>" for q in (small, too_big, third))]
     )
+
+
+def postfix_pids(relay) -> list[int]:
+    master = int((relay.base / "spool" / "pid" / "master.pid").read_text().split()[0])
+    children = subprocess.run(
+        ["pgrep", "-P", str(master)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return [master, *map(int, children)]
+
+
+def snapshot_of(relay, tmp_path) -> sync_mark.Coverage:
+    """The agent's snapshot of the relay's queue with its mark, put where the receiver reads it
+    (as a completed ship puts it). Postfix is not frozen here: the stalled cleanup holds still
+    by itself, and the freeze is the lab's (tests/lab)."""
+    config = queuesync.SyncConfig(
+        peer="198.18.0.12",
+        ssh_key=tmp_path / "unused",
+        spool=relay.base / "spool",
+        staging=tmp_path / "snapshot",
+        marker=relay.replica / sync_mark.NAME,
+    )
+    queuesync.take_snapshot(config, queuesync.Freezer("none"), queuesync.SyncReport("freeze"))
+    coverage = sync_mark.read(config.marker, 0.2)
+    assert coverage is not None
+    return coverage
+
+
+async def test_a_shadow_whose_queue_file_was_not_committed_in_the_snapshot_is_kept(
+    relay, agent, tmp_path
+):
+    """A disk that stalls cleanup between the copy and its commit: strace holds cleanup's
+    fchmod (the call that marks a queue file complete, 0600 -> 0700) for 6 s. The snapshot
+    taken meanwhile holds the file uncommitted, which the takeover would skip; its mark names
+    the file, and the receiver keeps the shadow although it is older than the mark by more
+    than the copy's timeout (0.2 s) and PRUNE_SLACK_SECONDS. The next snapshot, after the
+    commit, covers it: the shadow goes."""
+    shutil.rmtree(relay.replica, ignore_errors=True)
+    relay.replica.mkdir()
+    relay.start_shadow("receiver")
+    relay.start_shadow("milter", "prefer", timeout_ms=200)
+    stall = ["-e", "trace=fchmod", "-e", "inject=fchmod:delay_enter=6s"]
+    attach = [f"-p{pid}" for pid in postfix_pids(relay)]
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", *stall, *attach])
+    result: dict[str, str] = {}
+    try:
+        time.sleep(1)  # strace attached
+        client = threading.Thread(target=lambda: result.update(out=send(relay, "stall@test")))
+        client.start()
+        deadline = time.monotonic() + 5
+        while not shadows(relay.shadow_store) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [(queue_id, (envelope, _message, _at))] = shadows(relay.shadow_store).items()
+        assert envelope.boot == sync_mark.boot_id() and envelope.mono is not None
+        [uncommitted] = (relay.base / "spool" / "incoming").rglob(queue_id)
+        assert uncommitted.stat().st_mode & 0o777 == 0o600
+        time.sleep(1.5)  # older than the mark by more than 0.2 s + PRUNE_SLACK_SECONDS
+        coverage = snapshot_of(relay, tmp_path)
+        assert coverage.mark.pending == {queue_id}
+        assert coverage.mark.began.wall - envelope.time > 0.2 + sync_mark.PRUNE_SLACK_SECONDS
+        time.sleep(2.5)  # the receiver prunes once a second
+        assert queue_id in shadows(relay.shadow_store)
+        client.join(30)
+        assert queue_id_of(result["out"]) == queue_id  # the commit came, and the 250
+        assert wait_for_sink(relay, "stall@test")
+        coverage = snapshot_of(relay, tmp_path)
+        assert coverage.mark.pending == frozenset()
+        deadline = time.monotonic() + 10
+        while shadows(relay.shadow_store) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert shadows(relay.shadow_store) == {}
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+        shutil.rmtree(relay.replica, ignore_errors=True)

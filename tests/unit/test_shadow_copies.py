@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from app.agent.replica import Report
-from app.replication import shadow_receiver, shadow_store
+from app.replication import shadow_receiver, shadow_store, sync_mark
 from app.replication.milter_protocol import Message
 from app.replication.shadow_client import ShadowClient, ShadowUnavailable
 from app.replication.shadow_counters import FLUSH_SECONDS, Counters, read_counters
@@ -32,6 +32,7 @@ from app.replication.shadow_import import (
 from app.replication.shadow_milter import first_hop
 from app.replication.shadow_receiver import Receiver, listen, serve, server_context
 from app.replication.shadow_store import Envelope, Requests, ShadowStore, StoreFull, records
+from app.replication.sync_mark import Coverage, Moment, SyncMark
 from app.settings import parse_fingerprint
 from app.tls import key_fingerprint
 from tests.postfixhost import _self_signed
@@ -43,6 +44,12 @@ def envelope(
     queue_id: str = "4ZabcDEF123", when: float | None = None, sender: str = "a@ex.example"
 ) -> Envelope:
     return Envelope(queue_id, sender, ["b@dest.example"], "192.0.2.1", when or time.time())
+
+
+def before(wall: float) -> Coverage:
+    """The coverage of an earlier release's mark (its time only) that covers every shadow
+    stamped before `wall`."""
+    return Coverage(SyncMark(Moment(wall + sync_mark.PRUNE_SLACK_SECONDS)), 0.0)
 
 
 def segments(root: Path) -> list[str]:
@@ -144,10 +151,10 @@ def test_a_segment_holding_a_newer_shadow_stays_until_it_is_covered_too(tmp_path
     store = ShadowStore(tmp_path / "s", 1 << 20)
     store.put(envelope("4ZoldAAAAA", when=100.0), b"old")
     store.put(envelope("4ZnewBBBBB", when=200.0), b"new")
-    assert store.prune(150.0) == 0
-    assert store.prune(250.0) == 0  # it still takes records: not closed yet
+    assert store.prune(before(150.0)) == 0
+    assert store.prune(before(250.0)) == 0  # it still takes records: not closed yet
     store.close_old(float("inf"))
-    assert store.prune(250.0) == 2
+    assert store.prune(before(250.0)) == 2
     assert segments(tmp_path / "s") == []
 
 
@@ -329,7 +336,7 @@ def test_the_import_injects_each_uncovered_shadow_once_and_drops_the_segment(tmp
     report = import_shadows(
         tmp_path / "s",
         {"4ZinReplica"},
-        200.0,
+        before(200.0),
         frozenset({"ex.example"}),
         1 << 20,
         inject_into(delivered),
