@@ -108,3 +108,23 @@ def test_a_crash_of_the_active_node_moves_smtp_and_the_gui_to_its_peer(up):
         lab("boot", active, timeout=600)
     wait_for(lambda: healthz(NODES[active]), 300, f"{active}'s GUI back after its boot")
     switch_back_to(active, peer)
+
+
+def test_the_app_cannot_change_what_mailrelays_systemd_and_podman_read(up):
+    """The state directory the container writes is also mailrelay's home: its quadlets, user
+    units and podman storage are read-only in the container, the app's own files are not."""
+    for node in NODES:
+        for path in (
+            ".config/containers/systemd/mailrelay-web.container",
+            ".config/systemd/user/evil.service",
+            ".local/share/systemd/user/evil.service",
+            ".local/share/containers/evil",
+            ".cache/evil",
+        ):
+            target = f"/var/lib/mailrelay/{path}"
+            probe = f"mkdir -p {target.rsplit('/', 1)[0]} && touch {target}"
+            tried = podman(node, "exec", "mailrelay-web", "sh", "-c", probe, check=False)
+            assert tried.returncode != 0, (node, path)
+            assert "Read-only file system" in tried.stderr, (node, path, tried.stderr)
+        probe = "touch /var/lib/mailrelay/tls/.probe && rm /var/lib/mailrelay/tls/.probe"
+        assert podman(node, "exec", "mailrelay-web", "sh", "-c", probe, check=False).returncode == 0

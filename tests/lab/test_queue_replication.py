@@ -62,6 +62,11 @@ def sync_runs(node: str, since: str) -> list[dict[str, str]]:
     return [json.loads(row) for row in sql(node, query.format(since))]
 
 
+def shadow_segments(node: str) -> list[str]:
+    listing = lab("exec", node, "ls", "/var/spool/mailrelay-shadow").stdout.split()
+    return [name for name in listing if name.startswith("segment-")]
+
+
 def set_env(node: str, name: str, value: str | None, env: str = MAILRELAY_ENV) -> None:
     """Set (or with None, remove) a variable in one of the node's environment files. The sync
     timer starts a fresh job every 5 s, which reads mailrelay.env again; the agent reads
@@ -174,6 +179,11 @@ def test_syncs_under_load_refuse_nothing_in_freeze_mode_and_stop_mode_shows_its_
                 else f"\n{mode}: no successful sync: {runs}"
             )
             assert len(ok) >= 2, f"{mode}: syncs every 5 s expected during the load: {runs}"
+            if mode == "freeze":
+                # The load's shadows on the passive node go once a sync's mark (shipped in
+                # the replica) covers them: app/replication/sync_mark.py.
+                passive = "b" if vip_owner() == "a" else "a"
+                wait_for(lambda node=passive: not shadow_segments(node), 30, f"{passive} pruning")
     finally:
         for node in ("a", "b"):
             set_env(node, "SYNC_FREEZE", None)
