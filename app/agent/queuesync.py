@@ -14,7 +14,9 @@ Freeze modes:
           after the thaw: no network, ssh or peer in the frozen window.
   stop    `postfix stop` / copy / `postfix start`: the seed's way, kept for comparison (as
           `systemctl stop/start` of Postfix's unit when systemd runs it)
-  none    copy while Postfix runs (the copy may be inconsistent; delivered-twice, never lost)
+  none    copy while Postfix runs, for a lab only: a message that moves between queue
+          directories while rsync lists them can be missing from that copy, and the peer
+          then drops its shadow all the same
 A thaw always follows, also when rsync fails or hangs; a watchdog thread thaws after the
 deadline even if this thread is stuck. When the agent itself dies mid-copy (killed, crashed,
 restarted), its unit's ExecStopPost runs `recover()` (`python -m app.agent thaw`), and so does
@@ -45,10 +47,9 @@ from app.settings import SyncSettings
 QUEUE_PARTS = ("incoming", "active", "deferred", "hold", "bounce", "defer", "trace")
 FREEZE_MODES = ("freeze", "stop", "none")
 # The mark of the last held pass (app/replication/sync_mark.py: the moment before Postfix was
-# held, and the queue files not committed then), shipped with every copy to the peer's
-# replica: the peer's shadow receiver drops the shadows it covers, which the replica now holds
-# (or which left the queue). Shipped in the same rsync as the queue, it is put in place with
-# the rest (--delay-updates) and only by a copy that completed.
+# held, and the queue files not committed then). It goes to the peer's replica on its own,
+# once the copy it describes is there in full (_ship_mark): the peer's shadow receiver drops
+# the shadows it covers, which the replica now holds (or which left the queue).
 SHADOW_MARKER = Path("/var/lib/mailrelay-agent") / sync_mark.NAME
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 # How long the kernel may take to freeze Postfix's cgroup: a task in an uninterruptible wait
@@ -253,6 +254,7 @@ class Freezer:
                 for pid in self.stopped:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGSTOP)
+                _wait_until_stopped(self.stopped)
 
     def thaw(self) -> float:
         """Undo the freeze (idempotent); the seconds Postfix was frozen."""
@@ -271,6 +273,36 @@ class Freezer:
             frozen = time.monotonic() - self.frozen_at
             self.frozen_at, self.stopped = None, []
             return frozen
+
+
+def _wait_until_stopped(pids: list[int]) -> None:
+    """A SIGSTOP takes effect when the process next leaves the kernel: one in a disk wait may
+    still rename a queue file. The walk under the freeze must not begin before every process
+    has stopped (or is gone)."""
+    deadline = time.monotonic() + FREEZE_CONFIRM_SECONDS
+    waiting = list(pids)
+    while waiting:
+        waiting = [pid for pid in waiting if _process_state(pid) not in ("T", "t", "X", "Z", "")]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise SyncError(
+                Message(
+                    "Postfix's processes {pids} did not stop within {seconds:g} s",
+                    pids=" ".join(map(str, waiting)),
+                    seconds=FREEZE_CONFIRM_SECONDS,
+                )
+            )
+        time.sleep(0.002)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat ("" when the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[0]
 
 
 def _start_postfix(unit: str | None) -> str | None:
@@ -350,32 +382,13 @@ def _rsync(
         command += ["--delete", *sources, f"{local}/"]
         where = str(local)
     else:
-        if config.marker.exists():
-            sources.append(str(config.marker))
         command += ["--delay-updates", *(["--delete-after"] if delete else []), "-e", _ssh(config)]
         command += [*sources, f"{config.remote_user}@{config.peer}:/"]
         if config.bwlimit_kbps:
             command.insert(1, f"--bwlimit={config.bwlimit_kbps}")
         where = config.peer
-    try:
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise SyncError(
-            Message("rsync to {peer} took longer than {seconds:.0f} s", peer=where, seconds=timeout)
-        ) from None
     # 24: files vanished during the copy (Postfix moved them): the next run copies them.
-    if result.returncode not in (0, 24):
-        # rsync's and ssh's own English, quoted as it is in a sentence of ours.
-        raise SyncError(
-            Message(
-                "rsync to {peer} failed ({code}): {output}",
-                peer=where,
-                code=result.returncode,
-                output=(result.stderr or result.stdout).strip()[-400:],
-            )
-        )
+    result = _run_rsync(command, where, timeout, (0, 24))
     numbers = {
         k: int(m.group(1).replace(",", "")) if (m := r.search(result.stdout)) else 0
         for k, r in _STATS.items()
@@ -395,6 +408,8 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
     started = time.monotonic()
     freezer = Freezer(mode, config.spool)
     try:
+        # A mark of an earlier run that failed describes no copy the peer has.
+        config.marker.unlink(missing_ok=True)
         config.check_pinned()
         if mode == "freeze" and config.staging is not None:
             report.files, report.bytes = _snapshot_and_ship(config, freezer, report)
@@ -451,6 +466,7 @@ def _snapshot_and_ship(config: SyncConfig, freezer: Freezer, report: SyncReport)
     assert config.staging is not None
     stats = _rsync(config, config.staging, config.timeout)
     report.passes.append("ship")
+    _ship_mark(config)
     return stats
 
 
@@ -492,13 +508,48 @@ def _copy_while_held(config: SyncConfig, freezer: Freezer, report: SyncReport) -
 
     def held_copy() -> Stats:
         # Listed before the copy: a file committed after this is either in the copy or here.
-        pending = snapshot.uncommitted(snapshot.record(config.spool, ("incoming",)))
+        pending = snapshot.uncommitted(snapshot.record(config.spool, snapshot.MESSAGE_PARTS))
         sync_mark.write(config.marker, sync_mark.SyncMark(began, pending))
         return _rsync(config, config.spool, timeout)
 
     stats = _held(config, freezer, report, timeout, held_copy)
     report.passes.append("held" if held else "live")
+    _ship_mark(config)
     return stats
+
+
+def _ship_mark(config: SyncConfig) -> None:
+    """The mark of the copy that just reached the peer in full, in a copy of its own: shipped
+    with the queue, --delay-updates would put it in place before the queue files it speaks
+    for (rsync renames a directory's files before its subdirectories')."""
+    io_timeout = max(5, min(config.io_timeout, int(config.timeout)))
+    command = ["rsync", "-pt", f"--timeout={io_timeout}", "-e", _ssh(config)]
+    command += [str(config.marker), f"{config.remote_user}@{config.peer}:/"]
+    _run_rsync(command, config.peer, config.timeout)
+
+
+def _run_rsync(
+    command: list[str], where: str, timeout: float, fine: tuple[int, ...] = (0,)
+) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SyncError(
+            Message("rsync to {peer} took longer than {seconds:.0f} s", peer=where, seconds=timeout)
+        ) from None
+    if result.returncode not in fine:
+        # rsync's and ssh's own English, quoted as it is in a sentence of ours.
+        raise SyncError(
+            Message(
+                "rsync to {peer} failed ({code}): {output}",
+                peer=where,
+                code=result.returncode,
+                output=(result.stderr or result.stdout).strip()[-400:],
+            )
+        )
+    return result
 
 
 def _ids(spool: Path, parts: tuple[str, ...]) -> set[str]:

@@ -94,13 +94,20 @@ def record(spool: Path, parts: Iterable[str]) -> Record:
     return found
 
 
+# The queue directories that hold messages (the others hold their delivery logs, mode 0600).
+MESSAGE_PARTS = ("incoming", "active", "deferred", "hold")
+_MESSAGE_PREFIXES = tuple(f"{part}/" for part in MESSAGE_PARTS)
+
+
 def uncommitted(found: Record) -> frozenset[str]:
-    """The queue IDs of the files in incoming/ that cleanup has not committed yet: mode 0600,
-    set to 0700 once the file is complete and fsync'ed (../shared notes: postfix-ha.md)."""
+    """The queue IDs of the message files that cleanup has not committed yet: mode 0600, set
+    to 0700 once the file is complete (../shared notes: postfix-ha.md). Mostly in incoming/;
+    in hold/ or deferred/ when a HOLD or DELAY rule moved it there (cleanup renames the file
+    before it commits it)."""
     return frozenset(
         name.rpartition("/")[2]
         for name, signature in found.files.items()
-        if name.startswith("incoming/") and not signature[4] & stat.S_IXUSR
+        if name.startswith(_MESSAGE_PREFIXES) and not signature[4] & stat.S_IXUSR
     )
 
 

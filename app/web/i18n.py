@@ -652,6 +652,7 @@ GERMAN: dict[str, str] = {
     "no answer within {seconds:g} s": "keine Antwort innerhalb von {seconds:g} s",
     "no answer from the {who} at {endpoint} within {seconds:g} s": "keine Antwort der Gegenseite ({who}) unter {endpoint} innerhalb von {seconds:g} s",
     "Postfix's cgroup was not frozen within {seconds:g} s": "Die cgroup von Postfix war nach {seconds:g} s nicht eingefroren",
+    "Postfix's processes {pids} did not stop within {seconds:g} s": "Die Prozesse {pids} von Postfix hielten nach {seconds:g} s nicht an",
     "the copy under the freeze took longer than {seconds:g} s and Postfix was thawed before it ended; this run's copy is not used": "die Kopie unter dem Einfrieren dauerte länger als {seconds:g} s, und Postfix wurde vor ihrem Ende wieder aufgetaut; die Kopie dieses Laufs wird nicht verwendet",
     "the peer answered HTTP {status}": "der Partner antwortete mit HTTP {status}",
     "the peer answered HTTP {status}: {detail}": "der Partner antwortete mit HTTP {status}: {detail}",

@@ -444,17 +444,24 @@ def snapshot_of(relay, tmp_path) -> sync_mark.Coverage:
     return coverage
 
 
+@pytest.mark.parametrize("where", ["incoming", "hold"])
 async def test_a_shadow_whose_queue_file_was_not_committed_in_the_snapshot_is_kept(
-    relay, agent, tmp_path
+    relay, agent, tmp_path, where
 ):
     """A disk that stalls cleanup between the copy and its commit: strace holds cleanup's
     fchmod (the call that marks a queue file complete, 0600 -> 0700) for 6 s. The snapshot
     taken meanwhile holds the file uncommitted, which the takeover would skip; its mark names
     the file, and the receiver keeps the shadow although it is older than the mark by more
     than the copy's timeout (0.2 s) and PRUNE_SLACK_SECONDS. The next snapshot, after the
-    commit, covers it: the shadow goes."""
+    commit, covers it: the shadow goes. With a HOLD rule cleanup moves the file to hold/
+    before it commits it."""
     shutil.rmtree(relay.replica, ignore_errors=True)
     relay.replica.mkdir()
+    if where == "hold":
+        rules = relay.base / "etc" / "hold_checks"
+        rules.write_text("/^Message-Id: <stall@test>/ HOLD kept for the test\n")
+        relay.exec("postconf", "-e", "header_checks=regexp:/etc/postfix/hold_checks")
+        relay.exec("postfix", "reload")
     relay.start_shadow("receiver")
     relay.start_shadow("milter", "prefer", timeout_ms=200)
     stall = ["-e", "trace=fchmod", "-e", "inject=fchmod:delay_enter=6s"]
@@ -470,7 +477,7 @@ async def test_a_shadow_whose_queue_file_was_not_committed_in_the_snapshot_is_ke
             time.sleep(0.05)
         [(queue_id, (envelope, _message, _at))] = shadows(relay.shadow_store).items()
         assert envelope.boot == sync_mark.boot_id() and envelope.mono is not None
-        [uncommitted] = (relay.base / "spool" / "incoming").rglob(queue_id)
+        [uncommitted] = (relay.base / "spool" / where).rglob(queue_id)
         assert uncommitted.stat().st_mode & 0o777 == 0o600
         time.sleep(1.5)  # older than the mark by more than 0.2 s + PRUNE_SLACK_SECONDS
         coverage = snapshot_of(relay, tmp_path)
@@ -480,7 +487,7 @@ async def test_a_shadow_whose_queue_file_was_not_committed_in_the_snapshot_is_ke
         assert queue_id in shadows(relay.shadow_store)
         client.join(30)
         assert queue_id_of(result["out"]) == queue_id  # the commit came, and the 250
-        assert wait_for_sink(relay, "stall@test")
+        assert where == "hold" or wait_for_sink(relay, "stall@test")
         coverage = snapshot_of(relay, tmp_path)
         assert coverage.mark.pending == frozenset()
         deadline = time.monotonic() + 10
@@ -491,3 +498,7 @@ async def test_a_shadow_whose_queue_file_was_not_committed_in_the_snapshot_is_ke
         tracer.terminate()
         tracer.wait(10)
         shutil.rmtree(relay.replica, ignore_errors=True)
+        if where == "hold":
+            relay.exec("postconf", "-X", "header_checks")
+            relay.exec("postfix", "reload")
+            relay.exec("postsuper", "-d", "ALL", "hold")
