@@ -23,6 +23,8 @@ from tests.unit.test_shadow_copies import TOKEN, inject_into, segments, stored_i
 
 BOOT = "0b2f9c4e-6f57-4d1e-9a43-5d9b6c1e2f10"
 LATER_BOOT = "7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
+# A snapshot at monotonic 110 in which the queue file of 4ZstalledAA1 was not committed yet.
+STALLED_IN_SNAPSHOT = SyncMark(Moment(200.0, BOOT, 110.0), frozenset({"4ZstalledAA1"}))
 
 
 def shadow(queue_id: str, wall: float, boot: str = BOOT, mono: float | None = None) -> Envelope:
@@ -41,6 +43,17 @@ def receiver(store: ShadowStore, mark: Path) -> Receiver:
     return Receiver(store, TOKEN, 1 << 20, mark, copy_timeout=2.0)
 
 
+def pruned(store: ShadowStore, tmp_path: Path, mark: SyncMark | str) -> int:
+    """How many shadows one prune drops under `mark`, written as a sync writes it (or as the
+    text of an earlier release's mark)."""
+    path = tmp_path / sync_mark.NAME
+    if isinstance(mark, str):
+        path.write_text(mark)
+    else:
+        sync_mark.write(path, mark)
+    return receiver(store, path).prune_once()
+
+
 def test_a_step_of_the_wall_clock_neither_drops_nor_keeps_the_wrong_shadows(store, tmp_path):
     """The snapshot began at 10:00:00 (wall 36000) at monotonic 500. Then the clock was stepped
     back an hour: a message after the snapshot got wall 32400 (by the wall clock long before
@@ -48,23 +61,20 @@ def test_a_step_of_the_wall_clock_neither_drops_nor_keeps_the_wrong_shadows(stor
     before the snapshot has a wall time after it."""
     store.put(shadow("4ZbeforeAAA1", 39600.0, mono=400.0), b"in the snapshot")
     store.put(shadow("4ZafterAAAA1", 32400.0, mono=501.0), b"in no snapshot")
-    mark = tmp_path / sync_mark.NAME
-    sync_mark.write(mark, SyncMark(Moment(36000.0, BOOT, 500.0)))
-    assert receiver(store, mark).prune_once() == 1
+    assert pruned(store, tmp_path, SyncMark(Moment(36000.0, BOOT, 500.0))) == 1
     assert stored_ids(tmp_path / "s") == ["4ZafterAAAA1"]
 
 
 def test_a_queue_file_not_committed_in_the_snapshot_keeps_its_shadow(store, tmp_path):
     store.put(shadow("4ZstalledAA1", 100.0, mono=10.0), b"cleanup had not committed it")
     store.put(shadow("4ZdoneAAAAA1", 100.0, mono=10.0), b"committed")
-    mark = tmp_path / sync_mark.NAME
-    sync_mark.write(mark, SyncMark(Moment(200.0, BOOT, 110.0), frozenset({"4ZstalledAA1"})))
-    assert receiver(store, mark).prune_once() == 1
+    assert pruned(store, tmp_path, STALLED_IN_SNAPSHOT) == 1
     assert stored_ids(tmp_path / "s") == ["4ZstalledAA1"]
     # The takeover: the replica's copy of it was skipped as incomplete, so the shadow goes in.
     delivered: list[tuple[str, list[str], bytes]] = []
     report = import_shadows(
-        tmp_path / "s", set(), sync_mark.read(mark, 2.0), frozenset({"ex.example"}), 1 << 20,
+        tmp_path / "s", set(), sync_mark.read(tmp_path / sync_mark.NAME, 2.0),
+        frozenset({"ex.example"}), 1 << 20,
         inject_into(delivered),
     )  # fmt: skip
     assert report.imported == ["4ZstalledAA1"] and len(delivered) == 1
@@ -72,11 +82,8 @@ def test_a_queue_file_not_committed_in_the_snapshot_keeps_its_shadow(store, tmp_
 
 def test_the_next_snapshot_after_the_commit_covers_the_shadow(store, tmp_path):
     store.put(shadow("4ZstalledAA1", 100.0, mono=10.0), b"m")
-    mark = tmp_path / sync_mark.NAME
-    sync_mark.write(mark, SyncMark(Moment(200.0, BOOT, 110.0), frozenset({"4ZstalledAA1"})))
-    assert receiver(store, mark).prune_once() == 0
-    sync_mark.write(mark, SyncMark(Moment(205.0, BOOT, 115.0)))
-    assert receiver(store, mark).prune_once() == 1
+    assert pruned(store, tmp_path, STALLED_IN_SNAPSHOT) == 0
+    assert pruned(store, tmp_path, SyncMark(Moment(205.0, BOOT, 115.0))) == 1
 
 
 def test_shadows_of_another_boot_or_release_are_judged_by_the_wall_clock(store, tmp_path):
@@ -85,18 +92,14 @@ def test_shadows_of_another_boot_or_release_are_judged_by_the_wall_clock(store, 
     store.put(shadow("4ZoldBootAA1", 1000.0 - copy_timeout_and_slack - 0.1, mono=9e9), b"m")
     store.put(shadow("4ZoldBootAA2", 1000.0 - copy_timeout_and_slack + 0.1, mono=0.0), b"m")
     store.put(shadow("4ZnoBootAAA1", 990.0, boot=""), b"an earlier release's shadow")
-    mark = tmp_path / sync_mark.NAME
-    sync_mark.write(mark, SyncMark(Moment(1000.0, LATER_BOOT, 5.0)))
-    assert receiver(store, mark).prune_once() == 2
+    assert pruned(store, tmp_path, SyncMark(Moment(1000.0, LATER_BOOT, 5.0))) == 2
     assert stored_ids(tmp_path / "s") == ["4ZoldBootAA2"]
 
 
 def test_an_earlier_releases_mark_is_its_wall_time(store, tmp_path):
     store.put(shadow("4ZoldAAAAAA1", 100.0, mono=1e9), b"m")
     store.put(shadow("4ZnewAAAAAA1", 158.0, mono=0.0), b"m")
-    mark = tmp_path / sync_mark.NAME
-    mark.write_text("160.000\n")
-    assert receiver(store, mark).prune_once() == 1
+    assert pruned(store, tmp_path, "160.000\n") == 1
     assert stored_ids(tmp_path / "s") == ["4ZnewAAAAAA1"]
 
 
@@ -166,7 +169,5 @@ def test_a_restarted_receiver_judges_its_segments_as_before(store, tmp_path):
     store.put(shadow("4ZafterAAAA1", 50.0, mono=200.0), b"m")
     store.close_old(float("inf"))
     again = ShadowStore(tmp_path / "s", 1 << 20)
-    mark = tmp_path / sync_mark.NAME
-    sync_mark.write(mark, SyncMark(Moment(300.0, BOOT, 110.0), frozenset({"4ZstalledAA1"})))
-    assert receiver(again, mark).prune_once() == 0
+    assert pruned(again, tmp_path, STALLED_IN_SNAPSHOT) == 0
     assert len(segments(tmp_path / "s")) == 2
