@@ -57,12 +57,6 @@ CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 FREEZE_CONFIRM_SECONDS = 5.0
 # A copy under the freeze gets its timeout and this much more before a watchdog thaws Postfix.
 WATCHDOG_MARGIN_SECONDS = 5.0
-# One ssh connection for the copy, the mark after it and the syncs that follow: a handshake
-# per rsync cost the active node 0.13 s of CPU and 0.4 s in the lab (README). A master whose
-# peer stopped answering ends after SSH_ALIVE_SECONDS x 2, and the next rsync makes a new one.
-SSH_CONTROL_DIR = Path("/run/mailrelay-agent/ssh")
-SSH_PERSIST_SECONDS = 30
-SSH_ALIVE_SECONDS = 5
 # Written before `postfix stop` in stop mode and removed after `postfix start`: if the agent dies
 # in between, recover() knows that Postfix is down because of a sync, not because an operator
 # stopped it. Under /run (the unit's RuntimeDirectory), so a reboot forgets it: at boot Postfix
@@ -95,9 +89,6 @@ class SyncConfig:
     # freeze mode's local snapshot of the queue (as large as the queue itself).
     staging: Path | None = None
     marker: Path = SHADOW_MARKER
-    # Where ssh keeps the master connection that the rsyncs of a sync, and of the syncs that
-    # follow within SSH_PERSIST_SECONDS, share (ControlMaster); None: a connection per rsync.
-    ssh_control_dir: Path | None = SSH_CONTROL_DIR
 
     @classmethod
     def from_settings(cls, settings: SyncSettings) -> SyncConfig:
@@ -364,18 +355,11 @@ _STATS = {
 
 def _ssh(config: SyncConfig) -> str:
     # Only the pinned key counts: no learning on first use, no global known_hosts, no updates.
-    command = (
+    return (
         f"ssh -i {config.ssh_key} -o BatchMode=yes -o ConnectTimeout=5 "
         f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={config.known_hosts} "
-        "-o GlobalKnownHostsFile=/dev/null -o UpdateHostKeys=no "
-        f"-o ServerAliveInterval={SSH_ALIVE_SECONDS} -o ServerAliveCountMax=2"
+        "-o GlobalKnownHostsFile=/dev/null -o UpdateHostKeys=no"
     )
-    if config.ssh_control_dir is not None:
-        command += (
-            f" -o ControlMaster=auto -o ControlPath={config.ssh_control_dir}/%C"
-            f" -o ControlPersist={SSH_PERSIST_SECONDS}"
-        )
-    return command
 
 
 def _rsync(
@@ -427,8 +411,6 @@ def sync(config: SyncConfig, mode: str) -> SyncReport:
         # A mark of an earlier run that failed describes no copy the peer has.
         config.marker.unlink(missing_ok=True)
         config.check_pinned()
-        if config.ssh_control_dir is not None:
-            config.ssh_control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if mode == "freeze" and config.staging is not None:
             report.files, report.bytes = _snapshot_and_ship(config, freezer, report)
         else:
