@@ -1,10 +1,11 @@
 """The sync mark: what a queue sync tells the peer's shadow receiver about the snapshot it
 shipped, so that the receiver drops exactly the shadows the replica now covers.
 
-The active node's agent writes it (app/agent/queuesync.py) and ships it in the same rsync as the
-queue, put in place with the rest only by a copy that completed. It holds the moment just
-before Postfix was held, on two clocks, and the queue IDs whose queue files were not committed
-yet in the snapshot (cleanup had them open, mode 0600: the snapshot holds no usable copy).
+The active node's agent writes it (app/agent/queuesync.py) and ships it in an rsync of its own,
+once the copy of the queue it describes has reached the replica in full. It holds the moment
+just before Postfix was held, on two clocks, and the queue IDs whose message files were not
+committed yet in the snapshot (cleanup had them open, mode 0600: the snapshot holds no usable
+copy).
 
 A shadow is covered when its end-of-data came before that moment and its queue ID is not one
 of those: its queue file was then committed, so the snapshot holds it, or it had left the
