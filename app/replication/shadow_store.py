@@ -22,7 +22,6 @@ import contextlib
 import ctypes
 import functools
 import json
-import math
 import os
 import re
 import secrets
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from app.durable import fsync_directory
-from app.replication.sync_mark import BOOT_ID, QUEUE_ID, Coverage, Moment
+from app.replication.sync_mark import BOOT_ID, QUEUE_ID, Coverage, Moment, finite
 
 SEGMENT_NAME = re.compile(r"segment-[0-9]{20}-[0-9a-f]{8}")
 # A segment the promotion import refused something in: kept for the operator, never read again.
@@ -178,29 +177,20 @@ class Envelope:
             raise ShadowFormatError("the recipients are not a list of addresses")
         if not isinstance(client, str) or not isinstance(when, int | float):
             raise ShadowFormatError("the client address or time is malformed")
-        wall = _finite(when)
+        wall = finite(when)
+        if wall is None:
+            raise ShadowFormatError("the time is not a finite number")
         boot, mono = raw.get("boot", ""), None
         if boot != "":
             if not isinstance(boot, str) or not BOOT_ID.fullmatch(boot):
                 raise ShadowFormatError("the boot ID is not one the kernel gives")
-            raw_mono = raw.get("mono")
-            if not isinstance(raw_mono, int | float):
-                raise ShadowFormatError("the monotonic time is malformed")
-            mono = _finite(raw_mono)
+            mono = finite(raw.get("mono"))
+            if mono is None:
+                raise ShadowFormatError("the monotonic time is not a finite number")
         # None written: the client asked none (or the shadow is of an earlier release).
         given = raw.get("requests")
         requests = NO_REQUESTS if given is None else Requests.from_dict(given, len(rcpts))
         return cls(queue_id, sender, list(rcpts), client, wall, requests, boot, mono)
-
-
-def _finite(when: int | float) -> float:
-    try:
-        moment = float(when)  # an integer of 400 digits is no float
-    except OverflowError:
-        moment = math.inf
-    if not math.isfinite(moment):
-        raise ShadowFormatError("the time is not a finite number")
-    return moment
 
 
 def encode(envelope: Envelope, message: bytes) -> bytes:

@@ -125,9 +125,9 @@ def read(path: Path, copy_timeout: float) -> Coverage | None:
 
 def _parse(raw: object) -> SyncMark | None:
     if not isinstance(raw, dict):
-        wall = _finite(raw)
+        wall = finite(raw)
         return None if wall is None else SyncMark(Moment(wall))
-    wall, mono = _finite(raw.get("time")), _finite(raw.get("mono"))
+    wall, mono = finite(raw.get("time")), finite(raw.get("mono"))
     boot, pending = raw.get("boot"), raw.get("pending")
     if wall is None or not isinstance(boot, str) or not isinstance(pending, list):
         return None
@@ -140,7 +140,9 @@ def _parse(raw: object) -> SyncMark | None:
     return SyncMark(Moment(wall, boot, mono if boot else None), frozenset(pending))
 
 
-def _finite(value: object) -> float | None:
+def finite(value: object) -> float | None:
+    """A JSON number as a finite float; None for anything else (a boolean, an integer too
+    large for a float, NaN, infinity)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
